@@ -1,0 +1,177 @@
+"""Activation registry: name -> factory of an `Activation` (module, init gain, dead and saturation rules)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from actstat.registry import lookup, parameters_model
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation function and what the measurement needs to know about it.
+
+    `gain` is the init gain for this activation (`gain: auto` in an init uses it): the value of
+    `torch.nn.init.calculate_gain` where torch defines one (relu √2, leaky_relu √(2/(1+slope²)),
+    tanh 5/3, sigmoid 1, selu 3/4, identity 1). Where torch has none (gelu, silu, elu, softplus,
+    mish) it is the second-moment rule 1/√E[φ(z)²], z ~ N(0, 1), which is exactly how torch's relu
+    and leaky_relu gains arise: a layer with Var(W) = gain²/fan_in then keeps E[x²] for unit
+    Gaussian pre-activations.
+
+    `dead_below`: a unit whose pre-activation is <= this for every sample of the batch sits in the
+    activation's flat region for the whole batch: constant output, zero gradient: dead. Only
+    activations with an exactly flat region have it (relu; general_relu without leak); for the
+    others it is None and no unit can die.
+
+    `lower`, `upper`, `scale`: the ends of the activation's range (None: unbounded on that side)
+    and the width that the saturation margin is measured in: a value is saturated when it lies
+    within (1 - cut) * scale of an end, so with the default cut 0.97 tanh is saturated beyond
+    |t| > 0.97 and sigmoid outside (0.015, 0.985). A hard clamp (general_relu's clamp_max) has
+    scale 0: saturated means clamped.
+    """
+
+    name: str
+    module: Callable[[], nn.Module]
+    gain: float
+    dead_below: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    scale: float = 1.0
+
+    def saturation_edges(self, cut: float) -> tuple[float | None, float | None] | None:
+        """(lo, hi): a post-activation value <= lo or >= hi is saturated; None if unbounded."""
+        if self.lower is None and self.upper is None:
+            return None
+        margin = (1.0 - cut) * self.scale
+        lo = None if self.lower is None else self.lower + margin
+        hi = None if self.upper is None else self.upper - margin
+        return lo, hi
+
+
+def second_moment_gain(module: nn.Module, nodes: int = 201) -> float:
+    """1/√E[φ(z)²] for z ~ N(0, 1), by Gauss–Hermite quadrature (accurate to ~1e-6 for these φ)."""
+    x, w = np.polynomial.hermite.hermgauss(nodes)
+    z = torch.from_numpy(math.sqrt(2.0) * x)
+    with torch.no_grad():
+        phi = module(z).numpy()
+    second_moment = float(np.sum(w * phi**2) / math.sqrt(math.pi))
+    return 1.0 / math.sqrt(second_moment)
+
+
+class GeneralRelu(nn.Module):
+    """fastai's GeneralRelu: leaky ReLU, minus a constant, optionally clamped from above."""
+
+    def __init__(self, leak: float = 0.0, subtract: float = 0.0, clamp_max: float | None = None):
+        super().__init__()
+        self.leak, self.subtract, self.clamp_max = leak, subtract, clamp_max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.leaky_relu(x, self.leak) if self.leak else nn.functional.relu(x)
+        if self.subtract:
+            x = x - self.subtract
+        if self.clamp_max is not None:
+            x = x.clamp_max(self.clamp_max)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"leak={self.leak}, subtract={self.subtract}, clamp_max={self.clamp_max}"
+
+
+def _leaky_gain(slope: float) -> float:
+    return math.sqrt(2.0 / (1.0 + slope**2))
+
+
+def relu() -> Activation:
+    return Activation("relu", nn.ReLU, math.sqrt(2.0), dead_below=0.0)
+
+
+def leaky_relu(*, negative_slope: float = 0.01) -> Activation:
+    return Activation("leaky_relu", lambda: nn.LeakyReLU(negative_slope), _leaky_gain(negative_slope))
+
+
+def general_relu(
+    *, leak: float = 0.0, subtract: float = 0.0, clamp_max: float | None = None
+) -> Activation:
+    """The lesson's "ReLU minus 0.5" is general_relu(subtract=0.5); the gain is leaky_relu's."""
+    return Activation(
+        "general_relu",
+        lambda: GeneralRelu(leak, subtract, clamp_max),
+        _leaky_gain(leak),
+        dead_below=0.0 if leak == 0 else None,
+        upper=clamp_max,
+        scale=0.0,
+    )
+
+
+def tanh() -> Activation:
+    return Activation("tanh", nn.Tanh, 5.0 / 3.0, lower=-1.0, upper=1.0, scale=1.0)
+
+
+def sigmoid() -> Activation:
+    return Activation("sigmoid", nn.Sigmoid, 1.0, lower=0.0, upper=1.0, scale=0.5)
+
+
+def gelu(*, approximate: Literal["none", "tanh"] = "none") -> Activation:
+    make = lambda: nn.GELU(approximate=approximate)  # noqa: E731
+    return Activation("gelu", make, second_moment_gain(make()))
+
+
+def silu() -> Activation:
+    return Activation("silu", nn.SiLU, second_moment_gain(nn.SiLU()))
+
+
+def selu() -> Activation:
+    # SELU's negative asymptote is -scale*alpha of torch's constants
+    floor = 1.0507009873554805 * 1.6732632423543772
+    return Activation("selu", nn.SELU, 0.75, lower=-floor, scale=floor)
+
+
+def elu(*, alpha: PositiveFloat = 1.0) -> Activation:
+    make = lambda: nn.ELU(alpha)  # noqa: E731
+    return Activation("elu", make, second_moment_gain(make()), lower=-alpha, scale=alpha)
+
+
+def softplus(*, beta: PositiveFloat = 1.0) -> Activation:
+    make = lambda: nn.Softplus(beta)  # noqa: E731
+    return Activation("softplus", make, second_moment_gain(make()), lower=0.0, scale=1.0 / beta)
+
+
+def mish() -> Activation:
+    return Activation("mish", nn.Mish, second_moment_gain(nn.Mish()))
+
+
+def identity() -> Activation:
+    return Activation("identity", nn.Identity, 1.0)
+
+
+ACTIVATIONS: dict[str, Callable[..., Activation]] = {
+    "relu": relu,
+    "leaky_relu": leaky_relu,
+    "general_relu": general_relu,
+    "tanh": tanh,
+    "sigmoid": sigmoid,
+    "gelu": gelu,
+    "silu": silu,
+    "selu": selu,
+    "elu": elu,
+    "softplus": softplus,
+    "mish": mish,
+    "identity": identity,
+}
+
+
+def make_activation(name: str, params: dict | None = None) -> Activation:
+    """The registered activation `name` built with `params` (validated against its signature)."""
+    factory = lookup(ACTIVATIONS, name, "activation")
+    checked = parameters_model(factory).model_validate(params or {})
+    return factory(**dict(checked))

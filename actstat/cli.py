@@ -1,0 +1,248 @@
+"""Command line: parse options, call the pipeline, print, choose the exit code.
+
+Only this module prints or exits. Importing it must not import torch (`--help` stays instant):
+every import of the pipeline happens inside a command.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from actstat import __version__
+from actstat.errors import ActstatError
+
+EXIT_OK, EXIT_FLAGGED, EXIT_USAGE = 0, 1, 2
+# flag names, for --fail-on (kept here so that --help and option parsing need no torch)
+FLAG_NAMES = ("nonfinite", "symmetric", "exploding", "vanishing", "saturated", "dead")
+
+
+class _OneLineErrors(TyperGroup):
+    """Typer's group, with usage errors (unknown option, missing value) as one line on stderr."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as err:  # Typer's usage errors: bad option, missing value
+            ctx = getattr(err, "ctx", None)
+            if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
+                typer.echo(ctx.get_help())
+                code = EXIT_OK
+            else:
+                path = ctx.command_path if ctx is not None else "actstat"
+                typer.echo(f"{path}: error: {err.format_message()} (see '{path} --help')",
+                           err=True)
+                code = getattr(err, "exit_code", EXIT_USAGE)
+        except typer.Abort:
+            typer.echo("actstat: interrupted", err=True)
+            code = 130
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+app = typer.Typer(
+    name="actstat",
+    cls=_OneLineErrors,
+    help="Per-layer activation statistics of an MLP: does your init keep the signal alive?",
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+    no_args_is_help=True,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"actstat {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """actstat: per-layer activation statistics of neural networks, before training."""
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"actstat: error: {message}", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _names(option: str, value: str) -> list[str]:
+    """`kaiming,lecun` -> ["kaiming", "lecun"]; an empty list or an empty name is an error."""
+    names = [name.strip() for name in value.split(",")]
+    if not any(names):
+        raise _fail(f"{option}: give at least one name (got '{value}')")
+    if not all(names):
+        raise _fail(f"{option}: empty name in '{value}' (names are separated by single commas)")
+    return names
+
+
+def _scalar(text: str) -> Any:
+    """A command-line value read as YAML reads a scalar: "20" -> 20, "0.5" -> 0.5, "x" -> "x"."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, str)) else text
+
+
+def _overrides(**options: Any) -> dict[str, Any]:
+    """Dotted config keys for every option the user gave (None: not given)."""
+    keys = {"depth": "model.depth", "batch_size": "data.batch_size", "seed": "seed",
+            "data": "data.source", "device": "device", "dtype": "dtype", "bias": "model.bias"}
+    overrides: dict[str, Any] = {}
+    for option, key in keys.items():
+        value = options[option]
+        if value is not None:
+            overrides[key] = _scalar(value) if option in ("depth", "batch_size", "seed") else value
+    if options["width"] is not None:
+        widths = [_scalar(w) for w in _names("--width", options["width"])]
+        overrides["model.width"] = widths[0] if len(widths) == 1 else widths
+    if options["init"] is not None:
+        overrides["init"] = _names("--init", options["init"])
+    if options["act"] is not None:
+        overrides["activation"] = _names("--act", options["act"])
+    return overrides
+
+
+def _fail_on(value: str | None) -> set[str]:
+    if value is None:
+        return set()
+    names = _names("--fail-on", value)
+    if "any" in names:
+        return set(FLAG_NAMES)
+    unknown = [n for n in names if n not in FLAG_NAMES]
+    if unknown:
+        raise _fail(f"--fail-on: unknown flag '{unknown[0]}'; choose from: "
+                    f"{', '.join(FLAG_NAMES)}, any")
+    return set(names)
+
+
+ConfigArg = Annotated[Path | None, typer.Argument(
+    help="YAML config file (default: the built-in defaults, spelled out in configs/default.yaml).",
+    show_default=False, dir_okay=False)]
+InitOpt = Annotated[str | None, typer.Option(
+    "--init", "-i", help="Init name(s), comma-separated: kaiming,lecun,randn.", show_default=False)]
+ActOpt = Annotated[str | None, typer.Option(
+    "--act", "-a", help="Activation name(s), comma-separated: relu,tanh.", show_default=False)]
+DepthOpt = Annotated[str | None, typer.Option(
+    "--depth", "-d", metavar="INT", help="Hidden Linear+activation blocks.", show_default=False)]
+WidthOpt = Annotated[str | None, typer.Option(
+    "--width", "-w", metavar="INT[,INT...]", help="Hidden width, or one per layer.",
+    show_default=False)]
+BatchOpt = Annotated[str | None, typer.Option(
+    "--batch-size", "-b", metavar="INT", help="Samples in the batch.", show_default=False)]
+DataOpt = Annotated[str | None, typer.Option(
+    "--data", metavar="SOURCE", show_default=False,
+    help="mnist, gaussian, or a path (.npy, .npz, .pt, a directory of MNIST IDX files).")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.", show_default=False)]
+DtypeOpt = Annotated[str | None, typer.Option(
+    "--dtype", metavar="DTYPE", help="float32, float64, float16 or bfloat16.", show_default=False)]
+SeedOpt = Annotated[str | None, typer.Option(
+    "--seed", "-s", metavar="INT", help="Seed of the batch and the weights.", show_default=False)]
+BiasOpt = Annotated[bool | None, typer.Option(
+    "--bias/--no-bias", help="Linear layers with or without bias.", show_default=False)]
+FormatOpt = Annotated[str, typer.Option(
+    "--format", "-f", metavar="FORMAT", help="table, json, csv or markdown.")]
+OutputOpt = Annotated[Path | None, typer.Option(
+    "--output", "-o", help="Write the report to this file (atomically) instead of stdout.",
+    show_default=False, dir_okay=False)]
+FailOnOpt = Annotated[str | None, typer.Option(
+    "--fail-on", metavar="FLAG[,FLAG...]", show_default=False,
+    help="Exit 1 if any layer carries one of these flags (or 'any'): " + ", ".join(FLAG_NAMES))]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No messages on stderr (errors still appear).")]
+
+
+@app.command()
+def run(
+    config: ConfigArg = None,
+    init: InitOpt = None,
+    act: ActOpt = None,
+    depth: DepthOpt = None,
+    width: WidthOpt = None,
+    batch_size: BatchOpt = None,
+    data: DataOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    seed: SeedOpt = None,
+    bias: BiasOpt = None,
+    format: FormatOpt = "table",
+    output: OutputOpt = None,
+    fail_on: FailOnOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure every hidden layer's pre- and post-activation statistics for each init × act.
+
+    Exit codes: 0 ran; 1 a layer carries a --fail-on flag; 2 a usage or input error.
+    """
+    from actstat.render import FORMATS
+
+    if format not in FORMATS:
+        raise _fail(f"--format: unknown format '{format}'; choose from: {', '.join(FORMATS)}")
+    failing = _fail_on(fail_on)
+    overrides = _overrides(depth=depth, width=width, batch_size=batch_size, data=data,
+                           device=device, dtype=dtype, seed=seed, bias=bias, init=init, act=act)
+    try:
+        from actstat.config import load_config
+        from actstat.pipeline import profile
+
+        report = profile(load_config(config, overrides))
+        _emit(report, format, output, quiet)
+    except ActstatError as err:
+        raise _fail(str(err)) from None
+    _exit_on_flags(report, failing, quiet)
+
+
+def _emit(report: Any, format: str, output: Path | None, quiet: bool) -> None:
+    """The report in the chosen format to stdout or a file; verdicts to stderr when not a table."""
+    from actstat.atomic import write_atomic
+    from actstat.render import TEXT_FORMATS, tables, verdict_line
+
+    if output is not None:
+        write_atomic(output, TEXT_FORMATS[format](report))
+    elif format == "table" and sys.stdout.isatty():
+        from rich.console import Console
+
+        console = Console(highlight=False)
+        for renderable in tables(report):
+            console.print(renderable)
+    else:
+        sys.stdout.write(TEXT_FORMATS[format](report))
+        sys.stdout.flush()
+    if quiet or (format == "table" and output is None):
+        return
+    for scheme in report.runs:
+        typer.echo(verdict_line(scheme, report), err=True)
+    if output is not None:
+        typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
+
+
+def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:
+    hits = [(run.scheme, layer.index, flag) for run in report.runs for layer in run.layers
+            for flag in layer.flags if flag in failing]
+    if not hits:
+        return
+    if not quiet:
+        schemes = sorted({scheme for scheme, _, _ in hits})
+        scheme, index, flag = hits[0]
+        typer.echo(f"actstat: --fail-on: {len(hits)} flagged layer(s) in {len(schemes)} scheme(s); "
+                   f"first: {scheme}, layer {index}, {flag}", err=True)
+    raise typer.Exit(EXIT_FLAGGED)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

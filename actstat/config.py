@@ -1,0 +1,423 @@
+"""Configuration: a YAML file plus command-line overrides -> one validated, frozen `Config`.
+
+Every default lives here, with one comment that says why; configs/default.yaml spells the same
+values out for reading (a test keeps the two equal). Errors name where the value came from (the
+file or the option), the key, the bad value and what is allowed, in one line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from actstat.errors import ActstatError, ConfigError
+from actstat.registry import closest
+
+# Documented limits that keep a typo from asking for terabytes (a memory pre-flight may replace them).
+MAX_DEPTH = 10_000
+MAX_WIDTH = 65_536
+MAX_BATCH = 1_000_000
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+DATA_SOURCES = ("mnist", "gaussian")  # named sources; anything else is a path
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class _Section(BaseModel):
+    # strict: a YAML "20" is not the integer 20, and `true` is not 1
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelConfig(_Section):
+    depth: int = Field(20, ge=1, le=MAX_DEPTH)  # hidden Linear+activation blocks; 20 shows drift
+    width: int | list[int] = 100  # hidden units: one for every layer, or one per layer
+    bias: bool = True  # Linear layers carry a bias (initialised by init.bias)
+    num_classes: int = Field(10, ge=1)  # outputs of the final linear head (MNIST's 10 digits)
+
+    @field_validator("width")
+    @classmethod
+    def _widths_in_range(cls, width: int | list[int]) -> int | list[int]:
+        for w in [width] if isinstance(width, int) else width:
+            if not 1 <= w <= MAX_WIDTH:
+                raise ValueError(f"every width must be between 1 and {MAX_WIDTH}")
+        if isinstance(width, list) and not width:
+            raise ValueError("a width list needs one entry per hidden layer")
+        return width
+
+    @model_validator(mode="after")
+    def _one_width_per_layer(self) -> ModelConfig:
+        if isinstance(self.width, list) and len(self.width) != self.depth:
+            raise ValueError(
+                f"width lists {len(self.width)} layers but depth is {self.depth}: "
+                "give one width per hidden layer, or a single int"
+            )
+        return self
+
+    @property
+    def widths(self) -> list[int]:
+        """The width of each hidden layer, in order."""
+        return [self.width] * self.depth if isinstance(self.width, int) else list(self.width)
+
+
+class _Spec(BaseModel):
+    """A registry name and its parameters; written flat in YAML: `{name: kaiming, mode: fan_out}`.
+
+    A bare string is the name with default parameters. Parameters are checked against the
+    registry entry's signature by `load_config` (see `_resolve_spec`), which also fills in every
+    default, so the resolved config says exactly what ran.
+    """
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_form(cls, raw: Any) -> Any:
+        if isinstance(raw, str):
+            return {"name": raw}
+        if isinstance(raw, Mapping) and "params" not in raw:
+            own = set(cls.model_fields) - {"params"}
+            return {**{k: v for k, v in raw.items() if k in own},
+                    "params": {k: v for k, v in raw.items() if k not in own}}
+        return raw
+
+    @model_serializer
+    def _flat(self) -> dict[str, Any]:
+        extra = {k: getattr(self, k) for k in type(self).model_fields if k not in ("name", "params")}
+        return {"name": self.name, **self.params, **extra}
+
+
+class BiasSpec(_Spec):
+    """How biases start: zeros (default), constant, normal, uniform, or default (PyTorch's)."""
+
+    name: str = "zeros"
+
+
+class InitSpec(_Spec):
+    name: str = "kaiming"  # the init this tool is usually reached for; fits the default relu
+    bias: BiasSpec = Field(default_factory=BiasSpec)
+
+
+class ActivationSpec(_Spec):
+    name: str = "relu"
+
+
+class DataConfig(_Section):
+    source: str = "mnist"  # mnist (bundled sample), gaussian, or a path (.npy/.npz/.pt/IDX dir)
+    batch_size: int = Field(1000, ge=1, le=MAX_BATCH)  # one batch; enough for stable statistics
+    # standardize: pixels to [0, 1] (uint8 only), then mean 0, std 1 over the whole source;
+    # scale: only the [0, 1] pixel scaling; none: the raw numbers
+    normalize: Literal["standardize", "scale", "none"] = "standardize"
+    input_size: int = Field(784, ge=1, le=MAX_WIDTH)  # features of `gaussian` data (MNIST's 28²)
+
+
+class Thresholds(_Section):
+    """When a layer is flagged; every statistic's definition is in actstat/analysis.py."""
+
+    # post std < vanishing · input std: the signal has lost 90 % of its scale
+    vanishing: float = Field(0.1, gt=0)
+    # post std > exploding · input std
+    exploding: float = Field(10.0, gt=0)
+    # more than this fraction of a layer's units dead (kaiming+relu reaches ~0.2 at depth 20)
+    dead: float = Field(0.5, ge=0, le=1)
+    # more than this fraction of a layer's values saturated
+    saturated: float = Field(0.5, ge=0, le=1)
+    # |t| > 0.97 counts as saturated for tanh (Karpathy, makemore part 3); scaled for other ranges
+    saturation_cut: float = Field(0.97, gt=0, lt=1)
+    # |x| < near_zero counts as near zero; absolute, 1 % of the unit scale a good init keeps
+    near_zero: float = Field(0.01, ge=0)
+    # units equal to within this fraction of the layer's largest |value| are identical
+    symmetric: float = Field(1e-4, ge=0, lt=1)
+
+
+class Config(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    init: list[InitSpec] = Field(default_factory=lambda: [InitSpec()])  # every init x every act
+    activation: list[ActivationSpec] = Field(default_factory=lambda: [ActivationSpec()])
+    data: DataConfig = Field(default_factory=DataConfig)
+    device: str = "auto"  # auto: cuda when available, else cpu; or cpu, cuda, cuda:N
+    dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # one seed: the batch and every scheme's weights
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+    @field_validator("init", "activation", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Mapping)) else value
+
+    @field_validator("init", "activation")
+    @classmethod
+    def _not_empty(cls, value: list) -> list:
+        if not value:
+            raise ValueError("needs at least one entry")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, device: str) -> str:
+        if not DEVICE_PATTERN.match(device):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return device
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML file, or a ConfigError that says what is wrong and where."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a YAML config file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config file ({err})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys (model, init, activation, ...), "
+            f"not a {type(raw).__name__}"
+        )
+    return raw
+
+
+def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Validate a YAML file (None: the defaults) with command-line overrides applied on top.
+
+    `overrides` maps dotted keys to values, e.g. {"model.depth": 30, "init": ["kaiming"]}, and
+    names the option each came from in errors through `OPTION_NAMES`. A relative data path in
+    the file is taken relative to the file; on the command line, relative to the working dir.
+    """
+    path = Path(path) if path is not None else None
+    raw = read_yaml(path) if path is not None else {}
+    origin = str(path) if path is not None else "defaults"
+    if path is not None:
+        raw = _anchor_data_path(raw, path.parent)
+    overrides = dict(overrides or {})
+    for dotted, value in overrides.items():
+        _set_dotted(raw, dotted, value)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, Config, origin, overrides)) from None
+    return _resolved(config, origin, overrides)
+
+
+def config_from_dict(raw: Mapping[str, Any], origin: str = "report") -> Config:
+    """A Config from a resolved config dict (as stored in a Report)."""
+    try:
+        config = Config.model_validate(dict(raw))
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, Config, origin, {})) from None
+    return _resolved(config, origin, {})
+
+
+def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Config:
+    specs = {}
+    for section in ("init", "activation"):
+        entries = getattr(config, section)
+        specs[section] = [
+            _resolve_spec(spec, section, f"{section}[{i}]" if len(entries) > 1 else section,
+                          _origin_of(section, overrides, origin))
+            for i, spec in enumerate(entries)
+        ]
+    return config.model_copy(update=specs)
+
+
+def _anchor_data_path(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("source"), str):
+        source = data["source"]
+        if source not in DATA_SOURCES and not Path(source).expanduser().is_absolute():
+            raw = {**raw, "data": {**data, "source": str(base / Path(source).expanduser())}}
+    return raw
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[leaf] = value
+
+
+def _resolve_spec(spec: _Spec, section: str, prefix: str, where: str) -> _Spec:
+    """Check a spec's name and parameters against its registry; fill in every default."""
+    from actstat import activations, inits  # torch-importing: only when a config is loaded
+    from actstat.registry import lookup, parameters_model
+
+    registry = inits.INITS if section == "init" else activations.ACTIVATIONS
+    try:
+        factory = lookup(registry, spec.name, "init" if section == "init" else "activation")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {prefix}.name: {err}") from None
+    model = parameters_model(factory)
+    try:
+        params = dict(model.model_validate(spec.params))
+    except ValidationError as err:
+        detail = _one_line(err, model, where, {}, kind=f"{section} '{spec.name}'", prefix=prefix)
+        raise ConfigError(detail) from None
+    try:
+        factory(**params)  # value checks that need more than a type (e.g. low < high, gain names)
+    except ActstatError as err:
+        raise ConfigError(f"{where}: {prefix}: {err}") from None
+    update: dict[str, Any] = {"params": params}
+    if isinstance(spec, InitSpec):
+        update["bias"] = _resolve_bias(spec.bias, f"{prefix}.bias", where)
+    return spec.model_copy(update=update)
+
+
+def _resolve_bias(spec: BiasSpec, key: str, where: str) -> BiasSpec:
+    from actstat import inits
+    from actstat.registry import lookup, parameters_model
+
+    try:
+        factory = lookup(inits.BIAS_INITS, spec.name, "bias init")
+        model = parameters_model(factory)
+        params = dict(model.model_validate(spec.params))
+        factory(**params)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {key}: {err}") from None
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, model, where, {}, kind=f"bias init '{spec.name}'",
+                                    prefix=key)) from None
+    return spec.model_copy(update={"params": params})
+
+
+def _origin_of(key: str, overrides: Mapping[str, Any], origin: str) -> str:
+    return OPTION_NAMES.get(key, key) if key in overrides else origin
+
+
+# the command-line option behind each overridable key, for messages
+OPTION_NAMES = {
+    "init": "--init",
+    "activation": "--act",
+    "model.depth": "--depth",
+    "model.width": "--width",
+    "model.bias": "--bias/--no-bias",
+    "data.batch_size": "--batch-size",
+    "data.source": "--data",
+    "device": "--device",
+    "dtype": "--dtype",
+    "seed": "--seed",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# one-line messages from pydantic's errors
+
+
+def _one_line(err: ValidationError, model: type[BaseModel], origin: str,
+              overrides: Mapping[str, Any], kind: str = "", prefix: str = "") -> str:
+    """The first error as `origin: key: problem (got value)`, plus how many more there are."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+    key = f"{prefix}.{key}" if prefix and key else (prefix or key)
+    where = origin
+    for dotted in overrides:
+        if key == dotted or key.startswith(dotted + ".") or key.startswith(dotted + "["):
+            where = OPTION_NAMES.get(dotted, dotted)
+    problem = _problem(first, model, loc, kind)
+    got = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {_show(first['input'])})"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {key or '(top level)'}: {problem}{got}{more}"
+
+
+def _problem(error: Mapping[str, Any], model: type[BaseModel], loc: tuple, kind: str) -> str:
+    kind_of = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind_of == "extra_forbidden":
+        valid = _fields_at(model, loc[:-1])
+        if kind and not valid:
+            return f"unknown key: {kind} takes no parameters"
+        guess = closest(str(loc[-1]), valid)
+        hint = f"did you mean '{guess}'? " if guess else ""
+        owner = f"for {kind}" if kind else "here"
+        return f"unknown key ({hint}valid keys {owner}: {', '.join(valid) or 'none'})"
+    if kind_of == "missing":
+        return "is required"
+    if kind_of == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    if kind_of in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        sign = {"greater_than_equal": "≥", "greater_than": ">",
+                "less_than_equal": "≤", "less_than": "<"}[kind_of]
+        bound = next(iter(ctx.values()))
+        return f"must be {sign} {bound}"
+    if kind_of.startswith("int_"):
+        return "must be a whole number"
+    if kind_of.startswith("float_"):
+        return "must be a number"
+    if kind_of.startswith("bool_"):
+        return "must be true or false"
+    if kind_of.startswith("string_"):
+        return "must be a string"
+    if kind_of.startswith(("list_", "tuple_")):
+        return "must be a list"
+    if kind_of in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a mapping (valid keys: {', '.join(_fields_at(model, loc))})"
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The valid keys of the section at `loc` (list indices and unions looked through)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            return []
+        current = _model_in(fields[part].annotation)
+    if isinstance(current, type) and issubclass(current, _Spec):
+        return ["name"] + [f for f in current.model_fields if f not in ("name", "params")]
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (list, Union, Annotated) or get_args(annotation):
+        for arg in get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

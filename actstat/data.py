@@ -1,0 +1,243 @@
+"""Data: a DataConfig -> one Batch (inputs, labels) on a device, sampled with the seed."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import struct
+import zipfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from actstat.config import DTYPES, DataConfig
+from actstat.errors import DataError, DeviceError
+
+IMAGE_KEYS = ("images", "inputs", "x", "X", "data", "features")
+LABEL_KEYS = ("labels", "targets", "y", "Y")
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch on the run's device: inputs (batch, features), int64 labels (batch,)."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    description: str  # what was loaded, for the report
+    labelled: bool  # False: the source had no labels and they were drawn with the seed
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda`/`cuda:N` only where that GPU exists."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            raise DeviceError(
+                f"device '{name}': CUDA is not available here (torch {torch.__version__}, {build}, "
+                "no usable GPU); use --device cpu or --device auto"
+            )
+        index = int(name.split(":")[1]) if ":" in name else 0
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise DeviceError(f"device '{name}': this machine has {count} CUDA device(s), "
+                              f"numbered 0 to {count - 1}")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise DeviceError(f"dtype '{name}' is not one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def load_batch(data: DataConfig, *, seed: int, device: torch.device, dtype: torch.dtype,
+               num_classes: int) -> Batch:
+    """The batch that every scheme of a run sees: the same rows, in the same order, for a seed."""
+    g = torch.Generator().manual_seed(seed)
+    if data.source == "gaussian":
+        inputs = torch.randn(data.batch_size, data.input_size, generator=g, dtype=torch.float64)
+        description = f"gaussian: N(0, 1), {data.input_size} features"
+        labels = None
+    else:
+        features, all_labels, description = _read_source(data.source)
+        features = _normalised(features, data.normalize, description)
+        count = features.shape[0]
+        if data.batch_size > count:
+            raise DataError(f"{description}: batch_size {data.batch_size} is more than its "
+                            f"{count} samples; use --batch-size {count} or fewer")
+        rows = torch.randperm(count, generator=g)[: data.batch_size].numpy()
+        inputs = torch.from_numpy(features[rows])
+        labels = None if all_labels is None else torch.from_numpy(all_labels[rows].astype(np.int64))
+    labelled = labels is not None
+    if labels is None:
+        # unlabelled data: labels drawn with the seed, so a backward pass has a loss to follow
+        labels = torch.randint(num_classes, (data.batch_size,), generator=g)
+    elif int(labels.max()) >= num_classes:
+        raise DataError(f"{description}: labels go up to {int(labels.max())} but "
+                        f"model.num_classes is {num_classes}; raise num_classes")
+    return Batch(inputs.to(device=device, dtype=dtype), labels.to(device), description, labelled)
+
+
+def _read_source(source: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(features as (N, F), labels or None, description) of the bundled sample or a path."""
+    if source == "mnist":
+        images, labels = _bundled_mnist()
+        return images, labels, "mnist: the bundled 5,000-image MNIST sample"
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"data '{source}': no such file or directory (sources: mnist, gaussian, "
+                        "or a path to a .npy, .npz or .pt file or a directory of MNIST IDX files)")
+    if path.is_dir():
+        features, labels = _read_idx_dir(path)
+    elif path.suffix == ".npy":
+        features, labels = _checked_array(_np_load(path), path), None
+    elif path.suffix == ".npz":
+        features, labels = _read_npz(path)
+    elif path.suffix in (".pt", ".pth"):
+        features, labels = _read_pt(path)
+    elif "idx" in path.name:
+        features, labels = _checked_array(_read_idx(path), path), None
+    else:
+        raise DataError(f"data '{path}': unknown file type '{path.suffix}' "
+                        "(expected .npy, .npz, .pt, an IDX file or a directory of IDX files)")
+    return features, _checked_labels(labels, features, path), str(path)
+
+
+@functools.cache
+def _bundled_mnist() -> tuple[np.ndarray, np.ndarray]:
+    with resources.files("actstat").joinpath("assets/mnist_5k.npz").open("rb") as f, \
+            np.load(f) as archive:
+        return archive["images"].reshape(len(archive["images"]), -1), archive["labels"]
+
+
+def _np_load(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"data '{path}': not a readable .npy file ({err})") from None
+    return array
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"data '{path}': not a readable .npz file ({err})") from None
+    return _pick(arrays, path)
+
+
+def _read_pt(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; all mean "unreadable"
+        raise DataError(f"data '{path}': not a readable .pt file ({type(err).__name__})") from None
+    if isinstance(loaded, torch.Tensor):
+        return _checked_array(loaded.numpy(), path), None
+    if isinstance(loaded, (tuple, list)) and len(loaded) == 2:
+        loaded = {"inputs": loaded[0], "labels": loaded[1]}
+    if isinstance(loaded, dict):
+        arrays = {k: v.numpy() for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        return _pick(arrays, path)
+    raise DataError(f"data '{path}': expected a tensor, an (inputs, labels) pair or a dict of "
+                    f"tensors, found a {type(loaded).__name__}")
+
+
+def _pick(arrays: dict[str, np.ndarray], path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inputs and labels from named arrays: the usual names, or the only array there is."""
+    if not arrays:
+        raise DataError(f"data '{path}': holds no arrays")
+    inputs_key = next((k for k in IMAGE_KEYS if k in arrays), None)
+    if inputs_key is None:
+        if len(arrays) != 1:
+            raise DataError(f"data '{path}': cannot tell which array holds the inputs "
+                            f"(found {', '.join(arrays)}; name it one of {', '.join(IMAGE_KEYS)})")
+        inputs_key = next(iter(arrays))
+    labels_key = next((k for k in LABEL_KEYS if k in arrays), None)
+    return _checked_array(arrays[inputs_key], path), arrays.get(labels_key) if labels_key else None
+
+
+def _read_idx_dir(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """MNIST's IDX files in a directory (train-* preferred over t10k-*), gzipped or not."""
+    for prefix in ("train", "t10k", ""):
+        images = sorted(path.glob(f"{prefix}*images*idx3*"))
+        if images:
+            labels = sorted(path.glob(f"{images[0].name.split('images')[0]}labels*idx1*"))
+            features = _checked_array(_read_idx(images[0]), images[0])
+            return features, _read_idx(labels[0]) if labels else None
+    raise DataError(f"data '{path}': no MNIST IDX images file (such as train-images-idx3-ubyte.gz) "
+                    "in this directory")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An array in the IDX format that MNIST is distributed in (big-endian header, then data)."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"data '{path}': cannot read IDX file ({err})") from None
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in IDX_DTYPES:
+        raise DataError(f"data '{path}': not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"data '{path}': corrupt IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(f"data '{path}': IDX header promises shape {shape} ({expected} bytes) but "
+                        f"the file holds {len(raw) - header} bytes: truncated or corrupt")
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+
+
+def _checked_array(array: np.ndarray, path: Path) -> np.ndarray:
+    """Samples × features: image stacks are flattened; non-numeric, empty or NaN data refused."""
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) \
+            or np.issubdtype(array.dtype, np.complexfloating):
+        raise DataError(f"data '{path}': values must be real numbers, found dtype {array.dtype}")
+    if array.ndim < 2:
+        raise DataError(f"data '{path}': expected samples × features (2-D) or a stack of images, "
+                        f"found shape {tuple(array.shape)}")
+    if array.size == 0:
+        raise DataError(f"data '{path}': is empty (shape {tuple(array.shape)})")
+    flat = array.reshape(array.shape[0], -1)
+    if np.issubdtype(flat.dtype, np.floating):
+        bad = ~np.isfinite(flat)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise DataError(f"data '{path}': holds NaN or Inf values (first in sample {row})")
+    return flat
+
+
+def _checked_labels(labels: np.ndarray | None, features: np.ndarray,
+                    path: Path) -> np.ndarray | None:
+    if labels is None:
+        return None
+    labels = np.asarray(labels).reshape(-1) if np.ndim(labels) else np.asarray([labels])
+    if len(labels) != len(features):
+        raise DataError(f"data '{path}': {len(labels)} labels for {len(features)} samples")
+    if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
+        raise DataError(f"data '{path}': labels must be class indices 0, 1, 2, ... "
+                        f"(found dtype {labels.dtype})")
+    return labels
+
+
+def _normalised(features: np.ndarray, normalize: str, description: str) -> np.ndarray:
+    """Float64 inputs: uint8 pixels scaled to [0, 1], then standardised over the whole source."""
+    x = features.astype(np.float64)
+    if features.dtype == np.uint8 and normalize != "none":
+        x /= 255.0
+    if normalize == "standardize":
+        mean, std = x.mean(), x.std()
+        if not std > 0:
+            raise DataError(f"{description}: every value is the same, so it cannot be "
+                            "standardised; set data.normalize: none")
+        x = (x - mean) / std
+    return x

@@ -1,0 +1,21 @@
+"""The project's exceptions: every user mistake is one of these, and the CLI turns it into exit 2."""
+
+
+class ActstatError(Exception):
+    """A problem with the user's input that they can fix; its message is one readable line."""
+
+
+class ConfigError(ActstatError):
+    """A configuration value (from a YAML file or a command-line option) is not acceptable."""
+
+
+class DataError(ActstatError):
+    """The input data cannot be found, read or used."""
+
+
+class DeviceError(ActstatError):
+    """The requested device or dtype is not available on this machine."""
+
+
+class OutputError(ActstatError):
+    """An output file cannot be written."""

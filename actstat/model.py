@@ -1,0 +1,40 @@
+"""Model: the MLP that a Config describes, initialised by a scheme, on a device."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from actstat.activations import Activation
+from actstat.inits import BiasInit, WeightInit
+
+
+def build_mlp(*, in_features: int, widths: list[int], num_classes: int, bias: bool,
+              activation: Activation) -> nn.Sequential:
+    """Linear -> activation, once per hidden width, then a linear head of `num_classes` logits.
+
+    Built on the meta device: parameters get storage only when `initialise` fills them, so
+    nn.Linear's own reset (a wasted pass over every weight) never runs.
+    """
+    layers: list[nn.Module] = []
+    fan_in = in_features
+    for width in widths:
+        layers += [nn.Linear(fan_in, width, bias=bias, device="meta"), activation.module()]
+        fan_in = width
+    layers.append(nn.Linear(fan_in, num_classes, bias=bias, device="meta"))
+    return nn.Sequential(*layers)
+
+
+def initialise(model: nn.Module, weight_init: WeightInit, bias_init: BiasInit, *, act_gain: float,
+               seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Fill every Linear (the head too) in module order from one CPU generator seeded with `seed`,
+    then move the model: the same seed gives the same weights on every device and dtype."""
+    model = model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                weight_init(module.weight, act_gain, g)
+                if module.bias is not None:
+                    bias_init(module.bias, module.in_features, g)
+    return model.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,92 @@
+"""Pipeline: a Config -> a Report, through data, model, probe and analysis, one scheme at a time."""
+
+from __future__ import annotations
+
+from itertools import product
+
+import torch
+
+from actstat import __version__
+from actstat.activations import ACTIVATIONS, make_activation
+from actstat.analysis import analyse, verdict
+from actstat.config import ActivationSpec, Config, InitSpec
+from actstat.data import Batch, load_batch, resolve_device, resolve_dtype
+from actstat.inits import BIAS_INITS, INITS, make_bias_init, make_init
+from actstat.model import build_mlp, initialise
+from actstat.probe import measure
+from actstat.registry import label
+from actstat.report import SCHEMA_VERSION, InputStats, Report, Run, finite_or_none
+
+
+def schemes(config: Config) -> list[tuple[InitSpec, ActivationSpec]]:
+    """Every (init, activation) combination, inits outer, in the order the config lists them."""
+    return list(product(config.init, config.activation))
+
+
+def profile(config: Config) -> Report:
+    """Load the batch once, then build, initialise and measure one model per scheme."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype)
+    batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
+                       num_classes=config.model.num_classes)
+    runs = tuple(profile_scheme(config, init, act, batch) for init, act in schemes(config))
+    inputs = measure_inputs(batch)
+    return Report(
+        schema_version=SCHEMA_VERSION,
+        actstat_version=__version__,
+        torch_version=torch.__version__,
+        device=str(device),
+        config=config.model_dump(mode="json"),
+        input=InputStats(
+            source=batch.description,
+            batch_size=batch.inputs.shape[0],
+            features=batch.inputs.shape[1],
+            labelled=batch.labelled,
+            mean=finite_or_none(inputs[0]),
+            std=finite_or_none(inputs[1]),
+        ),
+        runs=runs,
+    )
+
+
+def measure_inputs(batch: Batch) -> list[float]:
+    from actstat.probe import moments
+
+    return torch.stack(moments(batch.inputs, 0.0)[:2]).tolist()
+
+
+def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch) -> Run:
+    activation = make_activation(act.name, act.params)
+    model = build_mlp(
+        in_features=batch.inputs.shape[1],
+        widths=config.model.widths,
+        num_classes=config.model.num_classes,
+        bias=config.model.bias,
+        activation=activation,
+    )
+    model = initialise(
+        model,
+        make_init(init.name, init.params),
+        make_bias_init(init.bias.name, init.bias.params),
+        act_gain=activation.gain,
+        seed=config.seed,
+        device=batch.inputs.device,
+        dtype=batch.inputs.dtype,
+    )
+    t = config.thresholds
+    measurement = measure(model, batch.inputs, activation=activation, near_zero=t.near_zero,
+                          saturation_cut=t.saturation_cut)
+    layers = analyse(measurement, thresholds=t, can_die=activation.dead_below is not None,
+                     bounded=activation.saturation_edges(t.saturation_cut) is not None)
+    init_params = {**init.params, "bias": init.bias.model_dump()}
+    return Run(scheme_label(init, act), init.name, init_params, act.name, dict(act.params),
+               verdict(layers), layers)
+
+
+def scheme_label(init: InitSpec, act: ActivationSpec) -> str:
+    """`kaiming(mode='fan_out') + relu`: names with every non-default parameter."""
+    init_label = label(init.name, init.params, INITS[init.name])
+    if init.bias.name != "zeros":
+        bias = label(init.bias.name, init.bias.params, BIAS_INITS[init.bias.name])
+        init_label += f" [bias {bias}]"
+    return f"{init_label} + {label(act.name, act.params, ACTIVATIONS[act.name])}"

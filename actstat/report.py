@@ -1,0 +1,165 @@
+"""Report: the one record that every output is made from (JSON, CSV, Markdown, tables, checks).
+
+Plain numbers only: no tensors, no modules, no formatting. A number that is not finite (or does
+not apply, such as the dead fraction of tanh) is None, so `to_dict` is valid strict JSON as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from actstat.errors import ActstatError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Statistics of all batch × units values of one tensor (definitions: actstat/analysis.py)."""
+
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    near_zero: float | None
+
+
+@dataclass(frozen=True)
+class PostStats(TensorStats):
+    dead: float | None  # None: the activation cannot die
+    saturated: float | None  # None: the activation is unbounded
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    index: int  # 1 = the first hidden layer
+    fan_in: int
+    fan_out: int
+    pre: TensorStats  # the Linear's output
+    post: PostStats  # the activation's output
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One scheme (init × activation) on the shared batch."""
+
+    scheme: str  # a readable, unique label: "kaiming(mode='fan_out') + relu"
+    init: str
+    init_params: Mapping[str, Any]
+    act: str
+    act_params: Mapping[str, Any]
+    verdict: str
+    layers: tuple[LayerStats, ...]
+
+
+@dataclass(frozen=True)
+class InputStats:
+    source: str
+    batch_size: int
+    features: int
+    labelled: bool
+    mean: float | None
+    std: float | None
+
+
+@dataclass(frozen=True)
+class Report:
+    schema_version: int
+    actstat_version: str
+    torch_version: str
+    device: str
+    config: Mapping[str, Any]  # fully resolved: load it again to re-run exactly this
+    input: InputStats
+    runs: tuple[Run, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "actstat_version": self.actstat_version,
+            "torch_version": self.torch_version,
+            "device": self.device,
+            "config": dict(self.config),
+            "input": asdict(self.input),
+            "runs": [_run_dict(run) for run in self.runs],
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Report:
+        """A Report from `to_dict`'s output; an ActstatError if it is not one of this schema."""
+        if not isinstance(raw, Mapping):
+            raise ActstatError("not an actstat report: the top level is not a JSON object")
+        version = raw.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ActstatError(f"report schema_version is {version!r}; this actstat reads "
+                               f"version {SCHEMA_VERSION}")
+        try:
+            return cls(
+                schema_version=version,
+                actstat_version=raw["actstat_version"],
+                torch_version=raw["torch_version"],
+                device=raw["device"],
+                config=raw["config"],
+                input=InputStats(**raw["input"]),
+                runs=tuple(_run_from(run) for run in raw["runs"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ActstatError(f"not a complete actstat report ({type(err).__name__}: {err})") \
+                from None
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """The JSON-safe form of a measured number: None unless finite."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _run_dict(run: Run) -> dict[str, Any]:
+    return {
+        "scheme": run.scheme,
+        "init": run.init,
+        "init_params": dict(run.init_params),
+        "act": run.act,
+        "act_params": dict(run.act_params),
+        "verdict": run.verdict,
+        "layers": [
+            {
+                "index": layer.index,
+                "fan_in": layer.fan_in,
+                "fan_out": layer.fan_out,
+                "pre": asdict(layer.pre),
+                "post": asdict(layer.post),
+                "flags": list(layer.flags),
+            }
+            for layer in run.layers
+        ],
+    }
+
+
+def _run_from(raw: Mapping[str, Any]) -> Run:
+    return Run(
+        scheme=raw["scheme"],
+        init=raw["init"],
+        init_params=raw["init_params"],
+        act=raw["act"],
+        act_params=raw["act_params"],
+        verdict=raw["verdict"],
+        layers=tuple(
+            LayerStats(
+                index=layer["index"],
+                fan_in=layer["fan_in"],
+                fan_out=layer["fan_out"],
+                pre=TensorStats(**_only(TensorStats, layer["pre"])),
+                post=PostStats(**_only(PostStats, layer["post"])),
+                flags=tuple(layer["flags"]),
+            )
+            for layer in raw["layers"]
+        ),
+    )
+
+
+def _only(kind: type, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of `kind` from `raw`, so that later, additive schema fields are ignored."""
+    return {f.name: raw[f.name] for f in fields(kind)}
