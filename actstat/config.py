@@ -194,6 +194,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and start:
+            problem += f" ({context} at line {start.line + 1}, column {start.column + 1})"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     if raw is None:
         return {}
@@ -218,6 +221,9 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
     if path is not None:
         raw = _anchor_data_path(raw, path.parent)
     overrides = dict(overrides or {})
+    for section in ("init", "activation"):
+        if section in overrides:
+            overrides[section] = _named_from(raw.get(section), overrides[section])
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
     try:
@@ -255,6 +261,19 @@ def _anchor_data_path(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if source not in DATA_SOURCES and not Path(source).expanduser().is_absolute():
             raw = {**raw, "data": {**data, "source": str(base / Path(source).expanduser())}}
     return raw
+
+
+def _named_from(entries: Any, names: list[Any]) -> list[Any]:
+    """For each name given on the command line, the file's entry of that name (with its
+    parameters) if the file has one, else the bare name."""
+    entries = [entries] if isinstance(entries, (str, Mapping)) else list(entries or [])
+    by_name = {}
+    for entry in entries:
+        name = entry if isinstance(entry, str) else entry.get("name") if isinstance(entry, Mapping) \
+            else None
+        if isinstance(name, str):
+            by_name.setdefault(name, entry)
+    return [by_name.get(name, name) if isinstance(name, str) else name for name in names]
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,0 +1,145 @@
+"""Config: defaults, every shipped config, CLI precedence, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from actstat.config import Config, load_config
+from actstat.errors import ConfigError
+from conftest import ROOT
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_default_yaml_is_the_builtin_defaults():
+    assert load_config(ROOT / "configs" / "default.yaml") == load_config(None)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_resolved_config_fills_every_default_and_reloads(tmp_path):
+    config = load_config(write(tmp_path, "init: {name: kaiming, mode: fan_out}\n"
+                                         "activation: {name: general_relu, subtract: 0.5}"))
+    dumped = config.model_dump(mode="json")
+    assert dumped["init"] == [{"name": "kaiming", "distribution": "normal", "mode": "fan_out",
+                               "gain": "auto", "bias": {"name": "zeros"}}]
+    assert dumped["activation"] == [{"name": "general_relu", "leak": 0.0, "subtract": 0.5,
+                                     "clamp_max": None}]
+    import yaml
+    assert load_config(write(tmp_path, yaml.safe_dump(dumped))) == config
+
+
+def test_cli_overrides_beat_the_file(tmp_path):
+    path = write(tmp_path, "model: {depth: 7, width: 30}\nseed: 3")
+    config = load_config(path, {"model.depth": 4, "seed": 9})
+    assert (config.model.depth, config.model.width, config.seed) == (4, 30, 9)
+
+
+def test_cli_init_names_keep_the_files_parameters(tmp_path):
+    path = write(tmp_path, "init: [{name: kaiming, mode: fan_out}, lecun]")
+    config = load_config(path, {"init": ["lecun", "kaiming", "randn"]})
+    assert [(s.name, s.params.get("mode")) for s in config.init] == [
+        ("lecun", None), ("kaiming", "fan_out"), ("randn", None)]
+
+
+def test_width_list_and_widths():
+    config = load_config(None, {"model.depth": 3, "model.width": [8, 4, 2]})
+    assert config.model.widths == [8, 4, 2]
+    assert load_config(None, {"model.depth": 2}).model.widths == [100, 100]
+
+
+def test_relative_data_path_is_relative_to_the_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "c.yaml"
+    path.write_text("data: {source: x.npy}")
+    assert load_config(path).data.source == str(tmp_path / "sub" / "x.npy")
+    assert load_config(path, {"data.source": "y.npy"}).data.source == "y.npy"
+
+
+def test_empty_file_means_defaults(tmp_path):
+    assert load_config(write(tmp_path, "")) == load_config(None)
+
+
+# one line naming the origin, the key, the bad value and what is allowed
+BAD = [
+    ("model: {dpeth: 3}", ["model.dpeth", "unknown key", "did you mean 'depth'", "width"]),
+    ("model: {depth: 0}", ["model.depth", "≥ 1", "got 0"]),
+    ("model: {depth: -3}", ["model.depth", "≥ 1", "got -3"]),
+    ("model: {depth: 99999999}", ["model.depth", "≤ 10000"]),
+    ("model: {depth: twenty}", ["model.depth", "whole number", "'twenty'"]),
+    ("model: {depth: 2.5}", ["model.depth", "whole number", "2.5"]),
+    ("model: {depth: '20'}", ["model.depth", "whole number", "'20'"]),
+    ("model: {bias: 1}", ["model.bias", "true or false"]),
+    ("model: {width: 0}", ["model.width", "between 1 and"]),
+    ("model: {width: [10, 20]}", ["model", "width lists 2 layers but depth is 20"]),
+    ("model: [1, 2]", ["model", "must be a mapping", "depth"]),
+    ("dtype: float8", ["dtype", "float32", "bfloat16", "'float8'"]),
+    ("device: gpu", ["device", "auto, cpu, cuda or cuda:N", "'gpu'"]),
+    ("seed: -1", ["seed", "≥ 0"]),
+    ("init: {name: kaimin}", ["init.name", "unknown init 'kaimin'", "did you mean 'kaiming'",
+                              "trunc_normal"]),
+    ("init: {name: kaiming, mod: fan_out}", ["init.mod", "did you mean 'mode'", "distribution"]),
+    ("init: {name: kaiming, mode: fan_inn}", ["init.mode", "'fan_in'", "'fan_out'"]),
+    ("init: {name: randn, std: 2}", ["init.std", "takes no parameters"]),
+    ("init: {name: normal, std: 0}", ["init.std", "> 0"]),
+    ("init: {name: uniform, low: 1, high: 0}", ["init", "low < high"]),
+    ("init: {name: xavier, gain: tahn}", ["init", "gain", "did you mean 'tanh'"]),
+    ("init: {name: xavier, gain: -1}", ["init", "gain must be a positive number"]),
+    ("init: {name: kaiming, bias: {name: normal, stdd: 1}}", ["init.bias.stdd", "'std'"]),
+    ("init: {name: kaiming, bias: nope}", ["init.bias", "unknown bias init 'nope'"]),
+    ("init: []", ["init", "at least one"]),
+    ("activation: {name: relu6}", ["activation.name", "unknown activation", "relu"]),
+    ("activation: [relu, {name: elu, alpha: -1}]", ["activation[1].alpha", "> 0"]),
+    ("activation: {name: gelu, approximate: fast}", ["activation.approximate", "'tanh'"]),
+    ("data: {batch_size: 0}", ["data.batch_size", "≥ 1"]),
+    ("data: {normalize: zscore}", ["data.normalize", "'standardize'"]),
+    ("thresholds: {dead: 2}", ["thresholds.dead", "≤ 1"]),
+    ("thresholds: {vanishing: 0}", ["thresholds.vanishing", "> 0"]),
+    ("colour: red", ["colour", "unknown key", "thresholds"]),
+]
+
+
+@pytest.mark.parametrize("text, words", BAD, ids=[b[0] for b in BAD])
+def test_bad_values_give_one_line_naming_file_key_and_value(tmp_path, text, words):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(str(path))
+    for word in words:
+        assert word in message, message
+
+
+def test_yaml_syntax_error_gives_line_and_column(tmp_path):
+    with pytest.raises(ConfigError, match=r"invalid YAML at line 3, column 5: .*"
+                                          r"flow sequence at line 2, column 10"):
+        load_config(write(tmp_path, "model:\n  depth: [1, 2\nseed: 1\n"))
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="top level must be a mapping.*not a list"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_missing_and_directory_config(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+
+
+def test_cli_origin_names_the_option():
+    with pytest.raises(ConfigError, match=r"^--depth: model.depth: must be ≥ 1 \(got 0\)$"):
+        load_config(None, {"model.depth": 0})
+    with pytest.raises(ConfigError, match=r"^--init: init\[1\].name: unknown init 'lecnu'"):
+        load_config(None, {"init": ["kaiming", "lecnu"]})
