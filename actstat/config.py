@@ -366,8 +366,12 @@ def _one_line(err: ValidationError, model: type[BaseModel], origin: str,
     for dotted in overrides:
         if key == dotted or key.startswith(dotted + ".") or key.startswith(dotted + "["):
             where = OPTION_NAMES.get(dotted, dotted)
+    inside = [OPTION_NAMES.get(d, d) for d in overrides if key and d.startswith(key + ".")]
+    if inside:  # a section-level rule broken by an option: name both sources
+        where = f"{origin} with {', '.join(inside)}" if origin != "defaults" else inside[0]
     problem = _problem(first, model, loc, kind)
-    got = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {_show(first['input'])})"
+    quiet = first["type"] in ("extra_forbidden", "missing") or isinstance(first["input"], Mapping)
+    got = "" if quiet else f" (got {_show(first['input'])})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {key or '(top level)'}: {problem}{got}{more}"
 

@@ -66,6 +66,9 @@ def load_batch(data: DataConfig, *, seed: int, device: torch.device, dtype: torc
         labels = None
     else:
         features, all_labels, description = _read_source(data.source)
+        if all_labels is not None and all_labels.size and int(all_labels.max()) >= num_classes:
+            raise DataError(f"{description}: labels go up to {int(all_labels.max())} but "
+                            f"model.num_classes is {num_classes}; raise num_classes")
         features = _normalised(features, data.normalize, description)
         count = features.shape[0]
         if data.batch_size > count:
@@ -78,9 +81,6 @@ def load_batch(data: DataConfig, *, seed: int, device: torch.device, dtype: torc
     if labels is None:
         # unlabelled data: labels drawn with the seed, so a backward pass has a loss to follow
         labels = torch.randint(num_classes, (data.batch_size,), generator=g)
-    elif int(labels.max()) >= num_classes:
-        raise DataError(f"{description}: labels go up to {int(labels.max())} but "
-                        f"model.num_classes is {num_classes}; raise num_classes")
     return Batch(inputs.to(device=device, dtype=dtype), labels.to(device), description, labelled)
 
 

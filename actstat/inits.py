@@ -41,7 +41,7 @@ Distribution = Literal["normal", "uniform"]
 # a number, "auto" (the gain of the run's activation) or an activation's name ("tanh" -> 5/3)
 Gain = float | str
 
-# (weight, gain of the run's activation, generator) -> None; fills the weight in place (the return value is ignored)
+# (weight, gain of the run's activation, generator): fills the weight in place (return ignored)
 WeightInit = Callable[[torch.Tensor, float, torch.Generator], object]
 # (bias, fan_in, generator) -> None
 BiasInit = Callable[[torch.Tensor, int, torch.Generator], object]

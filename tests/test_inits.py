@@ -159,7 +159,7 @@ BIAS_CASES = [
     ("zeros", {}, lambda b: not b.any()),
     ("constant", {"value": 0.25}, lambda b: torch.equal(b, torch.full_like(b, 0.25))),
     ("normal", {"std": 0.5}, lambda b: abs(variance(b) - 0.25) < 0.25 * 0.05),
-    ("uniform", {"low": 0.0, "high": 1.0}, lambda b: 0 <= float(b.min()) and float(b.max()) <= 1),
+    ("uniform", {"low": 0.0, "high": 1.0}, lambda b: float(b.min()) >= 0 and float(b.max()) <= 1),
     ("default", {}, lambda b: float(b.abs().max()) <= 1 / math.sqrt(IN)
      and abs(variance(b) - 1 / (3 * IN)) < 0.05 / (3 * IN)),
 ]

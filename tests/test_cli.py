@@ -1,0 +1,273 @@
+"""`actstat run` as a user sees it: outputs, exit codes, one-line errors, determinism, start-up."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, SMALL
+
+from actstat.atomic import write_atomic
+from actstat.errors import OutputError
+
+
+def test_default_run_prints_a_table_and_a_verdict(cli):
+    result = cli("run", *SMALL)
+    assert "kaiming + relu" in result.stdout
+    assert "kaiming + relu: healthy" in result.stdout
+    assert result.stderr == ""
+    assert "\x1b[" not in result.stdout  # no colour codes when stdout is not a terminal
+
+
+def test_every_combination_runs(cli):
+    result = cli("run", *SMALL, "--init", "kaiming,lecun,randn", "--act", "relu,tanh",
+                 "-f", "json")
+    runs = json.loads(result.stdout)["runs"]
+    assert [(r["init"], r["act"]) for r in runs] == [
+        (i, a) for i in ("kaiming", "lecun", "randn") for a in ("relu", "tanh")]
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "markdown", "table"])
+def test_formats_go_to_stdout_and_nothing_else_does(cli, fmt):
+    result = cli("run", *SMALL, "--init", "kaiming,randn", "-f", fmt)
+    if fmt == "json":
+        assert len(json.loads(result.stdout)["runs"]) == 2
+    elif fmt == "csv":
+        assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == 2 * 3
+    elif fmt == "markdown":
+        assert result.stdout.startswith("## actstat report")
+    if fmt != "table":  # verdicts go to stderr, so a pipe gets the format alone
+        assert "randn + relu: exploding from layer 1" in result.stderr
+
+
+@pytest.mark.parametrize("fmt, check", [
+    ("json", lambda text: json.loads(text)["schema_version"] == 1),
+    ("csv", lambda text: text.startswith("scheme,init,act")),
+    ("markdown", lambda text: "| layer |" in text),
+    ("table", lambda text: "kaiming + relu: healthy" in text),
+])
+def test_output_file(cli, tmp_path, fmt, check):
+    path = tmp_path / f"report.{fmt}"
+    result = cli("run", *SMALL, "-f", fmt, "-o", str(path))
+    assert result.stdout == ""
+    assert check(path.read_text(encoding="utf-8"))
+    assert f"wrote {path}" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_quiet(cli):
+    assert cli("run", *SMALL, "-f", "json", "-q").stderr == ""
+
+
+def test_yaml_config_and_cli_precedence(cli, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {depth: 5, width: 8}\ninit: [lecun, randn]\n"
+                      "data: {batch_size: 32}\ndevice: cpu\n")
+    raw = json.loads(cli("run", str(config), "-f", "json").stdout)
+    assert [r["init"] for r in raw["runs"]] == ["lecun", "randn"]
+    assert len(raw["runs"][0]["layers"]) == 5
+    raw = json.loads(cli("run", str(config), "--depth", "2", "--init", "kaiming",
+                         "-f", "json").stdout)
+    assert [r["init"] for r in raw["runs"]] == ["kaiming"]
+    assert len(raw["runs"][0]["layers"]) == 2 and raw["config"]["model"]["width"] == 8
+
+
+def test_every_option_reaches_the_config(cli):
+    raw = json.loads(cli("run", "--init", "xavier", "--act", "tanh", "--depth", "2",
+                         "--width", "7,5", "--batch-size", "20", "--data", "gaussian",
+                         "--device", "cpu", "--dtype", "float64", "--seed", "4", "--no-bias",
+                         "-f", "json").stdout)
+    config = raw["config"]
+    assert (config["model"]["depth"], config["model"]["width"], config["model"]["bias"]) == (
+        2, [7, 5], False)
+    assert (config["data"]["batch_size"], config["data"]["source"]) == (20, "gaussian")
+    assert (config["device"], config["dtype"], config["seed"]) == ("cpu", "float64", 4)
+    assert [entry["fan_out"] for entry in raw["runs"][0]["layers"]] == [7, 5]
+    assert raw["input"]["batch_size"] == 20 and raw["input"]["labelled"] is False
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_run(cli, config):
+    raw = json.loads(cli("run", str(config), "--batch-size", "50", "--device", "cpu",
+                         "-f", "json").stdout)
+    depth = raw["config"]["model"]["depth"]
+    assert raw["runs"] and all(len(r["layers"]) == depth for r in raw["runs"])
+
+
+def test_an_option_that_breaks_a_files_rule_is_named(cli):
+    result = cli("run", str(ROOT / "configs" / "fan_modes.yaml"), "--depth", "2", code=2)
+    assert "fan_modes.yaml with --depth: model: width lists 6 layers but depth is 2" \
+        in result.stderr
+
+
+def test_lesson8_config_shows_the_lessons_three_activations(cli):
+    raw = json.loads(cli("run", str(ROOT / "configs" / "lesson8.yaml"), "--device", "cpu",
+                         "-f", "json").stdout)
+    verdicts = {(r["init"], r["act"]): r["verdict"] for r in raw["runs"]}
+    assert verdicts["randn", "relu"] == "exploding"
+    assert verdicts["randn", "tanh"] == "saturated"
+    assert verdicts["lecun", "relu"] == "vanishing"
+    assert verdicts["kaiming", "relu"] == "healthy"
+    # "ReLU minus 0.5" recentres the post-activation mean
+    means = {r["act"]: r["layers"][0]["post"]["mean"] for r in raw["runs"] if r["init"] == "kaiming"}
+    assert means["general_relu"] == pytest.approx(means["relu"] - 0.5, abs=1e-5)
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--init", "randn", "--fail-on", "exploding"], 1),
+    (["--init", "randn", "--fail-on", "any"], 1),
+    (["--init", "kaiming", "--fail-on", "exploding,vanishing"], 0),
+    (["--init", "zeros", "--fail-on", "symmetric"], 1),
+    (["--init", "randn", "--fail-on", "exploding", "-f", "json", "-q"], 1),
+])
+def test_fail_on(cli, args, code):
+    result = cli("run", *SMALL, *args, code=code)
+    if code == 1 and "-q" not in args:
+        assert "--fail-on:" in result.stderr and "first:" in result.stderr
+
+
+def test_fail_on_still_writes_the_report(cli, tmp_path):
+    path = tmp_path / "r.json"
+    cli("run", *SMALL, "--init", "randn", "--fail-on", "exploding", "-f", "json",
+        "-o", str(path), code=1)
+    assert json.loads(path.read_text())["runs"][0]["verdict"] == "exploding"
+
+
+# every documented user error: exit 2, one line on stderr, no traceback, the key words
+ERRORS = [
+    (["--dpeth", "3"], "No such option: --dpeth"),
+    (["--depth"], "requires an argument"),
+    (["--depth", "0"], "--depth: model.depth: must be ≥ 1 (got 0)"),
+    (["--depth", "abc"], "must be a whole number (got 'abc')"),
+    (["--width", "10,0"], "every width must be between 1 and"),
+    (["--width", "10,,3"], "--width: empty name"),
+    (["--batch-size", "-5"], "must be ≥ 1"),
+    (["--batch-size", "6000"], "batch_size 6000 is more than its 5000 samples"),
+    (["--seed", "x"], "seed: must be a whole number"),
+    (["--init", "kaimin"], "did you mean 'kaiming'"),
+    (["--init", ""], "--init: give at least one name"),
+    (["--init", ","], "--init: give at least one name"),
+    (["--init", "kaiming,"], "--init: empty name"),
+    (["--act", "rleu"], "did you mean 'relu'"),
+    (["--dtype", "float8"], "dtype: must be one of"),
+    (["--device", "tpu"], "device: must be auto, cpu, cuda or cuda:N"),
+    (["--data", "nowhere.npy"], "no such file or directory"),
+    (["--format", "xml"], "--format: unknown format 'xml'"),
+    (["--fail-on", "exploded"], "--fail-on: unknown flag 'exploded'"),
+    (["-o", "/nonexistent-dir/r.json"], "directory '/nonexistent-dir' does not exist"),
+    (["missing.yaml"], "missing.yaml: config file not found"),
+]
+
+
+@pytest.mark.parametrize("args, message", ERRORS, ids=[" ".join(e[0]) or "''" for e in ERRORS])
+def test_user_errors_exit_2_with_one_line(cli, args, message):
+    result = cli("run", *args, code=2)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_requested_without_cuda(cli):
+    result = cli("run", "--device", "cuda:3", code=2)
+    assert "CUDA is not available" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_bad_config_file_errors(cli, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  depth: [1, 2\n")
+    result = cli("run", str(path), code=2)
+    assert f"{path}: invalid YAML at line" in result.stderr
+
+
+def test_a_failed_run_leaves_an_existing_output_untouched(cli, tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text("previous")
+    cli("run", "--depth", "0", "-o", str(path), code=2)
+    assert path.read_text() == "previous"
+
+
+def test_atomic_write_survives_an_interruption(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    path.write_text("previous")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, "new contents")
+    assert path.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_atomic_write_errors(tmp_path):
+    with pytest.raises(OutputError, match="is a directory"):
+        write_atomic(tmp_path, "x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(OutputError, match="cannot write"):
+            write_atomic(locked / "r.json", "x")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_same_seed_gives_byte_identical_json(cli):
+    args = ("run", *SMALL, "--init", "kaiming,randn,orthogonal", "--act", "relu,tanh",
+            "-f", "json")
+    assert cli(*args).stdout == cli(*args).stdout
+    other = cli("run", *SMALL, "--seed", "1", "-f", "json").stdout
+    assert other != cli("run", *SMALL, "-f", "json").stdout
+
+
+def run_process(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "actstat", *args], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_byte_identical_json_across_processes():
+    first = run_process("run", *SMALL, "--init", "kaiming,xavier", "-f", "json")
+    second = run_process("run", *SMALL, "--init", "kaiming,xavier", "-f", "json")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+
+
+PROBE = ("import sys, atexit\n"
+         "atexit.register(lambda: print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'))\n"
+         "sys.argv = ['actstat', *sys.argv[1:]]\n"
+         "from actstat.cli import main\n"
+         "main()\n")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["-h"], ["--version"]])
+def test_help_and_version_do_not_import_torch(args):
+    result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("NO-TORCH"), result.stdout[-300:]
+
+
+def test_python_dash_m_and_version():
+    result = run_process("--version")
+    assert result.returncode == 0 and result.stdout.strip().startswith("actstat ")
+
+
+def test_no_arguments_shows_help():
+    result = run_process()
+    assert result.returncode == 0 and "run" in result.stdout
+
+
+def test_no_color_in_a_terminal_like_environment(cli):
+    result = cli("run", *SMALL, "--init", "randn", env={"NO_COLOR": "1", "FORCE_COLOR": None})
+    assert "\x1b[" not in result.stdout

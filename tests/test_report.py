@@ -1,0 +1,161 @@
+"""Report and render: strict JSON that round-trips, CSV, Markdown, and golden tables."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from actstat.config import load_config
+from actstat.errors import ActstatError
+from actstat.pipeline import profile
+from actstat.render import CSV_COLUMNS, table_text, to_csv, to_json, to_markdown, verdict_line
+from actstat.report import (
+    SCHEMA_VERSION,
+    InputStats,
+    LayerStats,
+    PostStats,
+    Report,
+    Run,
+    TensorStats,
+)
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as strict parsers (and JSON itself) do."""
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def layer(index, pre_std, post_mean, post_std, *, flags=(), dead=0.0, saturated=None):
+    pre = TensorStats(mean=0.01 * index, std=pre_std, min=-3.0, max=3.5, near_zero=0.0123)
+    post = PostStats(mean=post_mean, std=post_std, min=0.0, max=3.5, near_zero=0.5,
+                     dead=dead, saturated=saturated)
+    return LayerStats(index, 784 if index == 1 else 100, 100, pre, post, tuple(flags))
+
+
+def synthetic_report() -> Report:
+    """A hand-made Report, so golden files test rendering alone, not BLAS rounding."""
+    healthy = Run("kaiming + relu", "kaiming", {"mode": "fan_in", "bias": {"name": "zeros"}},
+                  "relu", {}, "healthy",
+                  (layer(1, 1.366, 0.643, 0.8738), layer(2, 1.5, 0.57, 0.8, dead=0.03),
+                   layer(3, 1.4, 0.5, 0.7123, dead=0.15)))
+    broken = Run("randn + tanh", "randn", {"bias": {"name": "zeros"}}, "tanh", {}, "saturated",
+                 (layer(1, 27.04, 0.01, 0.978, dead=None, saturated=0.83, flags=["saturated"]),
+                  layer(2, 123456.0, None, None, dead=None, saturated=None,
+                        flags=["nonfinite"]),
+                  layer(3, 0.0004, 0.0, 0.00001234, dead=None, saturated=0.0,
+                        flags=["symmetric", "vanishing"])))
+    return Report(SCHEMA_VERSION, "0.1.0", "2.13.0+cpu", "cpu",
+                  {"thresholds": {"vanishing": 0.1, "exploding": 10.0, "dead": 0.5,
+                                  "saturated": 0.5}},
+                  InputStats("mnist: the bundled 5,000-image MNIST sample", 1000, 784, True,
+                             -0.0071, 0.9914),
+                  (healthy, broken))
+
+
+@pytest.fixture(scope="module")
+def real_report() -> Report:
+    config = load_config(None, {"init": ["kaiming", "randn"], "activation": ["relu", "tanh"],
+                                "model.depth": 4, "model.width": 32, "device": "cpu"})
+    return profile(config)
+
+
+def test_json_is_strict_and_round_trips(real_report):
+    text = to_json(real_report)
+    raw = strict_json(text)
+    assert Report.from_dict(raw) == real_report
+    assert to_json(Report.from_dict(raw)) == text
+
+
+def test_json_contract(real_report):
+    raw = strict_json(to_json(real_report))
+    assert raw["schema_version"] == 1
+    assert {"actstat_version", "torch_version", "device", "config", "input", "runs"} <= set(raw)
+    assert raw["config"]["model"]["depth"] == 4  # fully resolved
+    assert [(r["init"], r["act"]) for r in raw["runs"]] == [
+        ("kaiming", "relu"), ("kaiming", "tanh"), ("randn", "relu"), ("randn", "tanh")]
+    for run in raw["runs"]:
+        assert [entry["index"] for entry in run["layers"]] == [1, 2, 3, 4]
+        for entry in run["layers"]:
+            assert {"index", "fan_in", "fan_out", "pre", "post", "flags"} <= set(entry)
+            assert {"mean", "std", "min", "max", "near_zero"} <= set(entry["pre"])
+            assert {"mean", "std", "dead", "saturated"} <= set(entry["post"])
+            assert isinstance(entry["flags"], list)
+
+
+def test_nonfinite_numbers_become_null():
+    raw = strict_json(to_json(synthetic_report()))
+    second = raw["runs"][1]["layers"][1]
+    assert second["post"]["mean"] is None and second["flags"] == ["nonfinite"]
+
+
+def test_an_overflowing_run_completes_with_nulls_and_says_where():
+    config = load_config(None, {"init": ["randn"], "model.depth": 8, "dtype": "float16",
+                                "device": "cpu"})
+    report = profile(config)
+    raw = strict_json(to_json(report))
+    layers = raw["runs"][0]["layers"]
+    assert len(layers) == 8
+    first = next(entry["index"] for entry in layers if "nonfinite" in entry["flags"])
+    assert 2 <= first <= 6
+    assert all("nonfinite" in entry["flags"] for entry in layers[first - 1:])
+    assert any(value is None for value in layers[-1]["post"].values())
+    assert report.runs[0].verdict == "nonfinite"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda raw: raw.update(schema_version=99), "schema_version is 99"),
+    (lambda raw: raw.pop("runs"), "not a complete actstat report"),
+    (lambda raw: raw["runs"][0]["layers"][0].pop("pre"), "not a complete actstat report"),
+])
+def test_from_dict_refuses_other_documents(change, message):
+    raw = strict_json(to_json(synthetic_report()))
+    change(raw)
+    with pytest.raises(ActstatError, match=message):
+        Report.from_dict(raw)
+    with pytest.raises(ActstatError, match="not a JSON object"):
+        Report.from_dict([])
+
+
+def test_csv_has_one_row_per_scheme_and_layer(real_report):
+    rows = list(csv.DictReader(io.StringIO(to_csv(real_report))))
+    assert len(rows) == 4 * 4 and tuple(rows[0]) == CSV_COLUMNS
+    first = real_report.runs[0].layers[0]
+    assert float(rows[0]["post_std"]) == first.post.std
+    assert rows[0]["post_saturated"] == ""  # relu is unbounded: an empty cell, not 0
+    synthetic = list(csv.DictReader(io.StringIO(to_csv(synthetic_report()))))
+    assert synthetic[5]["flags"] == "symmetric;vanishing"
+
+
+def test_markdown_has_a_table_per_scheme(real_report):
+    text = to_markdown(real_report)
+    assert text.count("### ") == 4 and text.count("**Verdict:**") == 4
+    table_rows = [line for line in text.splitlines() if line.startswith("| ") and
+                  line[2].isdigit()]
+    assert len(table_rows) == 16
+
+
+def test_verdict_lines():
+    report = synthetic_report()
+    assert verdict_line(report.runs[0], report) == (
+        "kaiming + relu: healthy — post std 0.8738 → 0.7123 over 3 layers, up to 15.0% of units "
+        "dead; no flags")
+    assert verdict_line(report.runs[1], report) == (
+        "randn + tanh: saturated from layer 1 (1 of 3 layers) — 83.0% of values saturated "
+        "(> 50.0%); post std 0.978 → 1.23e-05 over 3 layers")
+
+
+def test_golden_table(golden):
+    golden("run_table.txt", table_text(synthetic_report()))
+
+
+def test_golden_markdown(golden):
+    golden("run_report.md", to_markdown(synthetic_report()))
+
+
+def test_golden_csv(golden):
+    golden("run_report.csv", to_csv(synthetic_report()))
