@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from reference import NUMPY
 from torch import nn
 
 from actstat.activations import ACTIVATIONS, make_activation, second_moment_gain
+from reference import NUMPY
 
 
 def test_numpy_table_covers_the_registry():

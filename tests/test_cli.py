@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SMALL
 
 from actstat.atomic import write_atomic
 from actstat.errors import OutputError
+from conftest import ROOT, SMALL
 
 
 def test_default_run_prints_a_table_and_a_verdict(cli):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference import NUMPY
 from torch import nn
 
 from actstat.activations import ACTIVATIONS, make_activation
 from actstat.inits import make_bias_init, make_init
 from actstat.model import build_mlp, initialise
 from actstat.probe import hidden_blocks, measure, moments
+from reference import NUMPY
 
 NEAR_ZERO, CUT = 0.05, 0.97
 
