@@ -24,7 +24,7 @@ Flags (thresholds are config keys; see actstat/config.py for their defaults and 
 - `dead`: dead fraction > thresholds.dead.
 - `saturated`: saturated fraction > thresholds.saturated.
 
-The verdict of a scheme is the first of `VERDICT_ORDER` that any of its layers carries (the most
+The verdict of a scheme is the first of `FLAGS` (actstat/report.py) that any of its layers carries (the most
 fundamental cause first: symmetric weights explain vanishing, not the other way round), else
 `healthy`.
 """
@@ -35,29 +35,25 @@ import math
 from typing import TYPE_CHECKING
 
 from actstat.config import Thresholds
-from actstat.report import LayerStats, PostStats, TensorStats, finite_or_none
+from actstat.report import FLAGS, HEALTHY, LayerStats, PostStats, TensorStats, finite_or_none
 
 if TYPE_CHECKING:
-    from actstat.probe import Measurement, RawLayer
-
-FLAGS = ("nonfinite", "symmetric", "exploding", "vanishing", "saturated", "dead")
-VERDICT_ORDER = FLAGS
-HEALTHY = "healthy"
+    from actstat.probe import RawLayer
 
 
-def analyse(measurement: Measurement, *, thresholds: Thresholds, can_die: bool,
+
+def analyse(layers: list[RawLayer], *, input_std: float, thresholds: Thresholds, can_die: bool,
             bounded: bool) -> tuple[LayerStats, ...]:
     """One LayerStats per hidden layer, in order, with its flags."""
-    input_std = measurement.inputs["std"]
     return tuple(
         _layer(i, raw, input_std, thresholds, can_die, bounded)
-        for i, raw in enumerate(measurement.layers, start=1)
+        for i, raw in enumerate(layers, start=1)
     )
 
 
 def verdict(layers: tuple[LayerStats, ...]) -> str:
     present = {flag for layer in layers for flag in layer.flags}
-    return next((flag for flag in VERDICT_ORDER if flag in present), HEALTHY)
+    return next((flag for flag in FLAGS if flag in present), HEALTHY)
 
 
 def first_flagged(layers: tuple[LayerStats, ...], flag: str) -> LayerStats | None:

@@ -15,10 +15,9 @@ from typer.core import TyperGroup
 
 from actstat import __version__
 from actstat.errors import ActstatError
+from actstat.report import FLAGS as FLAG_NAMES  # torch-free, like everything imported here
 
 EXIT_OK, EXIT_FLAGGED, EXIT_USAGE = 0, 1, 2
-# flag names, for --fail-on (kept here so that --help and option parsing need no torch)
-FLAG_NAMES = ("nonfinite", "symmetric", "exploding", "vanishing", "saturated", "dead")
 
 
 class _OneLineErrors(TyperGroup):

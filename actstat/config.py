@@ -233,15 +233,6 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
     return _resolved(config, origin, overrides)
 
 
-def config_from_dict(raw: Mapping[str, Any], origin: str = "report") -> Config:
-    """A Config from a resolved config dict (as stored in a Report)."""
-    try:
-        config = Config.model_validate(dict(raw))
-    except ValidationError as err:
-        raise ConfigError(_one_line(err, Config, origin, {})) from None
-    return _resolved(config, origin, {})
-
-
 def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Config:
     specs = {}
     for section in ("init", "activation"):

@@ -13,7 +13,7 @@ from actstat.config import ActivationSpec, Config, InitSpec
 from actstat.data import Batch, load_batch, resolve_device, resolve_dtype
 from actstat.inits import BIAS_INITS, INITS, make_bias_init, make_init
 from actstat.model import build_mlp, initialise
-from actstat.probe import measure
+from actstat.probe import measure, moments
 from actstat.registry import label
 from actstat.report import SCHEMA_VERSION, InputStats, Report, Run, finite_or_none
 
@@ -29,8 +29,10 @@ def profile(config: Config) -> Report:
     dtype = resolve_dtype(config.dtype)
     batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
                        num_classes=config.model.num_classes)
-    runs = tuple(profile_scheme(config, init, act, batch) for init, act in schemes(config))
-    inputs = measure_inputs(batch)
+    with torch.inference_mode():  # the batch's own moments, fetched once
+        inputs = torch.stack(moments(batch.inputs, 0.0)[:2]).tolist()
+    runs = tuple(profile_scheme(config, init, act, batch, input_std=inputs[1])
+                 for init, act in schemes(config))
     return Report(
         schema_version=SCHEMA_VERSION,
         actstat_version=__version__,
@@ -49,13 +51,8 @@ def profile(config: Config) -> Report:
     )
 
 
-def measure_inputs(batch: Batch) -> list[float]:
-    from actstat.probe import moments
-
-    return torch.stack(moments(batch.inputs, 0.0)[:2]).tolist()
-
-
-def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch) -> Run:
+def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch, *,
+                   input_std: float) -> Run:
     activation = make_activation(act.name, act.params)
     model = build_mlp(
         in_features=batch.inputs.shape[1],
@@ -74,9 +71,10 @@ def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: B
         dtype=batch.inputs.dtype,
     )
     t = config.thresholds
-    measurement = measure(model, batch.inputs, activation=activation, near_zero=t.near_zero,
-                          saturation_cut=t.saturation_cut)
-    layers = analyse(measurement, thresholds=t, can_die=activation.dead_below is not None,
+    raw = measure(model, batch.inputs, activation=activation, near_zero=t.near_zero,
+                  saturation_cut=t.saturation_cut)
+    layers = analyse(raw, input_std=input_std, thresholds=t,
+                     can_die=activation.dead_below is not None,
                      bounded=activation.saturation_edges(t.saturation_cut) is not None)
     init_params = {**init.params, "bias": init.bias.model_dump()}
     return Run(scheme_label(init, act), init.name, init_params, act.name, dict(act.params),

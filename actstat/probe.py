@@ -33,14 +33,6 @@ class RawLayer:
     post: dict[str, float]
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """The input's moments and every hidden layer's numbers from one forward pass."""
-
-    inputs: dict[str, float]
-    layers: list[RawLayer]
-
-
 def hidden_blocks(model: nn.Module) -> list[tuple[nn.Linear, nn.Module]]:
     """(Linear, activation) pairs in forward order; a Linear followed by no activation (the
     classification head) is not a hidden layer."""
@@ -123,7 +115,7 @@ def _hooks(blocks: list[tuple[nn.Linear, nn.Module]], reducer: _Reducer,
 
 
 def measure(model: nn.Module, inputs: torch.Tensor, *, activation: Activation, near_zero: float,
-            saturation_cut: float) -> Measurement:
+            saturation_cut: float) -> list[RawLayer]:
     """One forward pass without autograd; every statistic reaches the host in one copy."""
     blocks = hidden_blocks(model)
     reducer = _Reducer(activation, near_zero, saturation_cut)
@@ -133,21 +125,17 @@ def measure(model: nn.Module, inputs: torch.Tensor, *, activation: Activation, n
     try:
         with torch.inference_mode(), _hooks(blocks, reducer, store):
             model(inputs)
-            input_stats = torch.stack(moments(inputs, near_zero)).to(torch.float64)
-            rows = [input_stats] + [torch.cat([store[i, "pre"], store[i, "post"]])
-                                    for i in range(len(blocks))]
-            width = max(len(r) for r in rows)
-            host = torch.stack([nn.functional.pad(r, (0, width - len(r))) for r in rows]).tolist()
+            rows = [torch.cat([store[i, "pre"], store[i, "post"]]) for i in range(len(blocks))]
+            host = torch.stack(rows).tolist() if rows else []
     finally:
         model.train(was_training)
     n_pre = len(MOMENTS) + len(PRE_EXTRA)
-    layers = [
+    return [
         RawLayer(
             fan_in=linear.in_features,
             fan_out=linear.out_features,
             pre=dict(zip(MOMENTS + PRE_EXTRA, row[:n_pre])),
             post=dict(zip(MOMENTS + POST_EXTRA, row[n_pre:])),
         )
-        for (linear, _), row in zip(blocks, host[1:])
+        for (linear, _), row in zip(blocks, host)
     ]
-    return Measurement(dict(zip(MOMENTS, host[0])), layers)

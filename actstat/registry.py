@@ -38,7 +38,7 @@ def parameters_model(factory: Callable[..., Any]) -> type[BaseModel]:
     """A strict pydantic model of a factory's keyword-only parameters (their types and defaults).
 
     A registry entry declares its parameters once, in its signature; configs are validated
-    against that signature, so the documentation (`describe`) and the checks cannot drift apart.
+    against that signature, so what a factory accepts and what configs may say cannot drift apart.
     """
     hints = typing.get_type_hints(factory, include_extras=True)
     fields: dict[str, Any] = {}
@@ -47,12 +47,6 @@ def parameters_model(factory: Callable[..., Any]) -> type[BaseModel]:
             fields[parameter.name] = (hints[parameter.name], parameter.default)
     config = ConfigDict(extra="forbid", strict=True, frozen=True)
     return create_model(f"{factory.__name__}_parameters", __config__=config, **fields)
-
-
-def describe(factory: Callable[..., Any]) -> str:
-    """`mode='fan_in', gain='auto'`: a factory's parameters with their defaults, for docs and errors."""
-    model = parameters_model(factory)
-    return ", ".join(f"{name}={field.default!r}" for name, field in model.model_fields.items())
 
 
 def label(name: str, params: Mapping[str, Any], factory: Callable[..., Any]) -> str:

@@ -13,8 +13,8 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from actstat.analysis import HEALTHY, first_flagged
-from actstat.report import LayerStats, Report, Run
+from actstat.analysis import first_flagged
+from actstat.report import HEALTHY, LayerStats, Report, Run
 
 FORMATS = ("table", "json", "csv", "markdown")
 

@@ -14,6 +14,9 @@ from typing import Any
 from actstat.errors import ActstatError
 
 SCHEMA_VERSION = 1
+# every flag a layer can carry, in verdict order (definitions: actstat/analysis.py)
+FLAGS = ("nonfinite", "symmetric", "exploding", "vanishing", "saturated", "dead")
+HEALTHY = "healthy"
 
 
 @dataclass(frozen=True)

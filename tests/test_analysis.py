@@ -7,11 +7,12 @@ import math
 import pytest
 
 from actstat.activations import ACTIVATIONS
-from actstat.analysis import FLAGS, analyse, verdict
+from actstat.analysis import analyse, verdict
 from actstat.config import Thresholds, load_config
 from actstat.inits import INITS
 from actstat.pipeline import profile
-from actstat.probe import Measurement, RawLayer
+from actstat.probe import RawLayer
+from actstat.report import FLAGS
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +125,8 @@ def raw(std: float, *, spread: float = 0.5, dead: float = 0.0, saturated: float 
 
 
 def flags(layer: RawLayer, *, can_die: bool = True, bounded: bool = True) -> tuple[str, ...]:
-    measurement = Measurement({"std": 2.0}, [layer])
-    return analyse(measurement, thresholds=Thresholds(), can_die=can_die, bounded=bounded)[0].flags
+    return analyse([layer], input_std=2.0, thresholds=Thresholds(), can_die=can_die,
+                   bounded=bounded)[0].flags
 
 
 @pytest.mark.parametrize("layer, expected", [
@@ -150,8 +151,25 @@ def test_dead_and_saturated_only_where_they_apply():
 
 
 def test_verdict_takes_the_most_fundamental_flag():
-    layers = analyse(Measurement({"std": 1.0}, [raw(0.0, spread=0.0, dead=1.0), raw(100.0)]),
+    layers = analyse([raw(0.0, spread=0.0, dead=1.0), raw(100.0)], input_std=1.0,
                      thresholds=Thresholds(), can_die=True, bounded=True)
     assert verdict(layers) == "symmetric"
     assert verdict(layers[1:]) == "exploding"
     assert verdict(()) == "healthy"
+
+
+def test_input_statistics_are_the_batchs_own():
+    import numpy as np
+    import torch
+
+    from actstat.data import load_batch
+
+    config = load_config(None, {"model.depth": 2, "data.source": "gaussian", "device": "cpu",
+                                "data.batch_size": 300})
+    report = profile(config)
+    batch = load_batch(config.data, seed=0, device=torch.device("cpu"), dtype=torch.float32,
+                       num_classes=10)
+    inputs = batch.inputs.double().numpy()
+    assert report.input.std == pytest.approx(np.std(inputs), rel=1e-5)
+    assert report.input.mean == pytest.approx(np.mean(inputs), abs=1e-6)
+    assert (report.input.batch_size, report.input.features) == (300, 784)

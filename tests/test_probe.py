@@ -64,12 +64,11 @@ def test_statistics_match_numpy(act, dtype, rtol):
     model, x, activation = model_and_batch(act, dtype=dtype)
     measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
     reference = numpy_layers(model, x, act)
-    assert len(measured.layers) == len(reference) == 3
-    for layer, (pre, post) in zip(measured.layers, reference):
+    assert len(measured) == len(reference) == 3
+    for layer, (pre, post) in zip(measured, reference):
         want, have = expected(pre, post, act), got(layer)
         for key in want:
             assert have[key] == pytest.approx(want[key], rel=rtol, abs=rtol), key
-    assert measured.inputs["std"] == pytest.approx(x.double().numpy().std(), rel=rtol)
 
 
 def test_dead_units_are_units_zero_for_every_sample():
@@ -79,7 +78,7 @@ def test_dead_units_are_units_zero_for_every_sample():
         for linear, _ in hidden_blocks(model):
             linear.bias.fill_(-1.0)
     measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
-    fractions = [layer.pre["dead"] for layer in measured.layers]
+    fractions = [layer.pre["dead"] for layer in measured]
     for fraction, (_, post) in zip(fractions, numpy_layers(model, x, "relu")):
         assert fraction == pytest.approx(np.mean((post == 0).all(axis=0)))
     assert max(fractions) > 0.2
@@ -92,7 +91,7 @@ def test_dead_units_of_relu_minus_half_sit_at_minus_half():
         for linear, _ in hidden_blocks(model):
             linear.bias.fill_(-1.0)
     measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
-    for layer, (_, post) in zip(measured.layers, numpy_layers(model, x, "general_relu", params)):
+    for layer, (_, post) in zip(measured, numpy_layers(model, x, "general_relu", params)):
         assert layer.pre["dead"] == pytest.approx(np.mean((post == -0.5).all(axis=0)))
 
 
@@ -104,18 +103,18 @@ def test_dead_units_of_relu_minus_half_sit_at_minus_half():
 def test_saturated_fraction_matches_numpy(act, params, saturated):
     model, x, activation = model_and_batch(act, init="randn", params=params)
     measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
-    for layer, (_, post) in zip(measured.layers, numpy_layers(model, x, act, params)):
+    for layer, (_, post) in zip(measured, numpy_layers(model, x, act, params)):
         assert layer.post["saturated"] == pytest.approx(np.mean(saturated(post)))
-    assert max(layer.post["saturated"] for layer in measured.layers) > 0.3
+    assert max(layer.post["saturated"] for layer in measured) > 0.3
 
 
 def test_symmetric_spread_is_zero_for_constant_weights():
     model, x, activation = model_and_batch("tanh", init="constant", bias="zeros")
     measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
-    assert all(layer.pre["spread"] < 1e-12 for layer in measured.layers)
+    assert all(layer.pre["spread"] < 1e-12 for layer in measured)
     model, x, activation = model_and_batch("tanh")
     measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
-    assert all(layer.pre["spread"] > 0.1 for layer in measured.layers)
+    assert all(layer.pre["spread"] > 0.1 for layer in measured)
 
 
 def test_moments_stay_finite_for_huge_finite_values():

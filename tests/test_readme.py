@@ -8,10 +8,10 @@ import shlex
 import pytest
 
 from actstat.activations import ACTIVATIONS
-from actstat.analysis import FLAGS
 from actstat.cli import app
 from actstat.inits import BIAS_INITS, INITS
 from actstat.render import FORMATS
+from actstat.report import FLAGS
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
