@@ -12,16 +12,25 @@ Definitions (each statistic is taken over all batch × units values of the tenso
 - `saturated` (post only): the fraction of values within (1 - thresholds.saturation_cut) of the
   ends of a bounded activation's range, in units of its half-range: |t| >= 0.97 for tanh by
   default; for general_relu with clamp_max, values at the clamp. None for unbounded activations.
+- `grad.mean`, `grad.std`: of dL/d(pre), the gradient of the loss (mean cross-entropy of the head's
+  logits against the batch's labels) with respect to the layer's pre-activation, over batch × units.
+- `grad.weight_std`: population std of dL/dW over the weight's entries.
+- `grad.grad_to_data`: std(dL/dW) / std(W), the size of an SGD step relative to the weights per
+  unit learning rate (Karpathy's update:data ratio). None when std(W) is 0 (zeros, constant).
 
 Flags (thresholds are config keys; see actstat/config.py for their defaults and sources):
 
-- `nonfinite`: NaN or Inf among the layer's pre- or post-activations. The run still completes.
+- `nonfinite`: NaN or Inf among the layer's pre- or post-activations or its gradients. The run
+  still completes.
 - `symmetric`: every unit of the layer computes the same pre-activation for each sample, to within
   thresholds.symmetric of the layer's largest |value| (all-zero layers included); needs 2+ units.
   Constant inits do this; such units get identical gradients and never differentiate.
 - `vanishing`: post std < thresholds.vanishing × the input's std.
 - `exploding`: post std > thresholds.exploding × the input's std.
 - `dead`: dead fraction > thresholds.dead.
+- `grad_vanishing`: grad std < thresholds.grad_vanishing × the last hidden layer's grad std.
+- `grad_exploding`: grad std > thresholds.grad_exploding × the last hidden layer's grad std.
+- `grad_zero`: dL/dW is exactly zero in every entry: this layer's weights cannot learn (zero init).
 - `saturated`: saturated fraction > thresholds.saturated.
 
 The verdict of a scheme is the first of `FLAGS` (actstat/report.py) that any of its layers carries (the most
@@ -35,7 +44,15 @@ import math
 from typing import TYPE_CHECKING
 
 from actstat.config import Thresholds
-from actstat.report import FLAGS, HEALTHY, LayerStats, PostStats, TensorStats, finite_or_none
+from actstat.report import (
+    FLAGS,
+    HEALTHY,
+    GradStats,
+    LayerStats,
+    PostStats,
+    TensorStats,
+    finite_or_none,
+)
 
 if TYPE_CHECKING:
     from actstat.probe import RawLayer
@@ -45,8 +62,9 @@ if TYPE_CHECKING:
 def analyse(layers: list[RawLayer], *, input_std: float, thresholds: Thresholds, can_die: bool,
             bounded: bool) -> tuple[LayerStats, ...]:
     """One LayerStats per hidden layer, in order, with its flags."""
+    last = layers[-1].grad["std"] if layers and layers[-1].grad is not None else None
     return tuple(
-        _layer(i, raw, input_std, thresholds, can_die, bounded)
+        _layer(i, raw, input_std, last, thresholds, can_die, bounded)
         for i, raw in enumerate(layers, start=1)
     )
 
@@ -60,8 +78,8 @@ def first_flagged(layers: tuple[LayerStats, ...], flag: str) -> LayerStats | Non
     return next((layer for layer in layers if flag in layer.flags), None)
 
 
-def _layer(index: int, raw: RawLayer, input_std: float, t: Thresholds, can_die: bool,
-           bounded: bool) -> LayerStats:
+def _layer(index: int, raw: RawLayer, input_std: float, last_grad_std: float | None,
+           t: Thresholds, can_die: bool, bounded: bool) -> LayerStats:
     pre = TensorStats(**{k: finite_or_none(raw.pre[k]) for k in TensorStats.__dataclass_fields__})
     post = PostStats(
         **{k: finite_or_none(raw.post[k]) for k in TensorStats.__dataclass_fields__},
@@ -69,14 +87,36 @@ def _layer(index: int, raw: RawLayer, input_std: float, t: Thresholds, can_die: 
         saturated=raw.post["saturated"] if bounded else None,
     )
     finite = all(math.isfinite(raw.pre[k]) and math.isfinite(raw.post[k]) for k in ("min", "max"))
+    grad, grad_flags = _grad(raw, last_grad_std, t)
     std = raw.post["std"]
     flags = {
-        "nonfinite": not finite,
+        **grad_flags,
+        "nonfinite": not finite or grad_flags.get("nonfinite", False),
         "symmetric": finite and raw.fan_out > 1 and raw.pre["spread"] <= t.symmetric,
         "exploding": finite and std > t.exploding * input_std,
         "vanishing": finite and std < t.vanishing * input_std,
         "saturated": post.saturated is not None and post.saturated > t.saturated,
         "dead": post.dead is not None and post.dead > t.dead,
     }
-    return LayerStats(index, raw.fan_in, raw.fan_out, pre, post,
-                      tuple(flag for flag in FLAGS if flags[flag]))
+    return LayerStats(index, raw.fan_in, raw.fan_out, pre, post, grad,
+                      tuple(flag for flag in FLAGS if flags.get(flag)))
+
+
+def _grad(raw: RawLayer, last_std: float | None, t: Thresholds) -> tuple[GradStats | None,
+                                                                          dict[str, bool]]:
+    if raw.grad is None:
+        return None, {}
+    g = raw.grad
+    values = [g["mean"], g["std"], g["weight_std"], g["weight_min"], g["weight_max"]]
+    finite = all(math.isfinite(v) for v in values)
+    data_std = g["weight_data_std"]
+    ratio = g["weight_std"] / data_std if data_std > 0 and finite else None
+    stats = GradStats(finite_or_none(g["mean"]), finite_or_none(g["std"]),
+                      finite_or_none(g["weight_std"]), finite_or_none(ratio))
+    relative = g["std"] / last_std if finite and last_std and math.isfinite(last_std) else None
+    return stats, {
+        "nonfinite": not finite,
+        "grad_vanishing": relative is not None and relative < t.grad_vanishing,
+        "grad_exploding": relative is not None and relative > t.grad_exploding,
+        "grad_zero": finite and g["weight_min"] == 0 == g["weight_max"],
+    }

@@ -99,12 +99,14 @@ def _scalar(text: str) -> Any:
 def _overrides(**options: Any) -> dict[str, Any]:
     """Dotted config keys for every option the user gave (None: not given)."""
     keys = {"depth": "model.depth", "batch_size": "data.batch_size", "seed": "seed",
-            "data": "data.source", "device": "device", "dtype": "dtype", "bias": "model.bias"}
+            "data": "data.source", "device": "device", "dtype": "dtype", "bias": "model.bias",
+            "grad": "grad", "steps": "train.steps", "lr": "train.lr"}
+    numeric = ("depth", "batch_size", "seed", "steps", "lr")
     overrides: dict[str, Any] = {}
     for option, key in keys.items():
         value = options[option]
         if value is not None:
-            overrides[key] = _scalar(value) if option in ("depth", "batch_size", "seed") else value
+            overrides[key] = _scalar(value) if option in numeric else value
     if options["width"] is not None:
         widths = [_scalar(w) for w in _names("--width", options["width"])]
         overrides["model.width"] = widths[0] if len(widths) == 1 else widths
@@ -153,6 +155,14 @@ SeedOpt = Annotated[str | None, typer.Option(
     "--seed", "-s", metavar="INT", help="Seed of the batch and the weights.", show_default=False)]
 BiasOpt = Annotated[bool | None, typer.Option(
     "--bias/--no-bias", help="Linear layers with or without bias.", show_default=False)]
+GradOpt = Annotated[bool | None, typer.Option(
+    "--grad/--no-grad", show_default=False,
+    help="Measure one backward pass too (default), or only the forward pass, without autograd.")]
+StepsOpt = Annotated[str | None, typer.Option(
+    "--steps", metavar="INT", show_default=False,
+    help="Then train with plain SGD for this many steps and report how the weights moved.")]
+LrOpt = Annotated[str | None, typer.Option(
+    "--lr", metavar="FLOAT", help="Learning rate of --steps (default 0.1).", show_default=False)]
 FormatOpt = Annotated[str, typer.Option(
     "--format", "-f", metavar="FORMAT", help="table, json, csv or markdown.")]
 OutputOpt = Annotated[Path | None, typer.Option(
@@ -178,6 +188,9 @@ def run(
     dtype: DtypeOpt = None,
     seed: SeedOpt = None,
     bias: BiasOpt = None,
+    grad: GradOpt = None,
+    steps: StepsOpt = None,
+    lr: LrOpt = None,
     format: FormatOpt = "table",
     output: OutputOpt = None,
     fail_on: FailOnOpt = None,
@@ -193,7 +206,8 @@ def run(
         raise _fail(f"--format: unknown format '{format}'; choose from: {', '.join(FORMATS)}")
     failing = _fail_on(fail_on)
     overrides = _overrides(depth=depth, width=width, batch_size=batch_size, data=data,
-                           device=device, dtype=dtype, seed=seed, bias=bias, init=init, act=act)
+                           device=device, dtype=dtype, seed=seed, bias=bias, init=init, act=act,
+                           grad=grad, steps=steps, lr=lr)
     try:
         from actstat.config import load_config
         from actstat.pipeline import profile

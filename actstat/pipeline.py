@@ -16,6 +16,7 @@ from actstat.model import build_mlp, initialise
 from actstat.probe import measure, moments
 from actstat.registry import label
 from actstat.report import SCHEMA_VERSION, InputStats, Report, Run, finite_or_none
+from actstat.train import train_probe
 
 
 def schemes(config: Config) -> list[tuple[InitSpec, ActivationSpec]]:
@@ -71,14 +72,19 @@ def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: B
         dtype=batch.inputs.dtype,
     )
     t = config.thresholds
-    raw = measure(model, batch.inputs, activation=activation, near_zero=t.near_zero,
-                  saturation_cut=t.saturation_cut)
-    layers = analyse(raw, input_std=input_std, thresholds=t,
+    measurement = measure(model, batch.inputs, batch.labels if config.grad else None,
+                          activation=activation, near_zero=t.near_zero,
+                          saturation_cut=t.saturation_cut)
+    layers = analyse(measurement.layers, input_std=input_std, thresholds=t,
                      can_die=activation.dead_below is not None,
                      bounded=activation.saturation_edges(t.saturation_cut) is not None)
     init_params = {**init.params, "bias": init.bias.model_dump()}
+    train = None
+    if config.train.steps:
+        train = train_probe(model, batch.inputs, batch.labels, steps=config.train.steps,
+                            lr=config.train.lr, symmetric=t.symmetric)
     return Run(scheme_label(init, act), init.name, init_params, act.name, dict(act.params),
-               verdict(layers), layers)
+               verdict(layers), finite_or_none(measurement.loss), layers, train)
 
 
 def scheme_label(init: InitSpec, act: ActivationSpec) -> str:

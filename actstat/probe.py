@@ -1,19 +1,21 @@
-"""Probe: forward hooks that reduce every hidden layer's pre- and post-activation on the device.
+"""Probe: hooks that reduce every hidden layer's activations and gradients on the device.
 
 The probe knows nothing of the MLP's code: it pairs each nn.Linear with the leaf module that runs
-after it (its activation) by module order, so any sequential stack can be profiled. Each hook
-reduces its tensor to a handful of device scalars at once (the tensor itself is not kept); all of
-them are copied to the host together, once per pass.
+after it (its activation) by module order, so any sequential stack can be profiled. Each forward
+hook reduces its tensor to a handful of device scalars at once (the tensor itself is not kept);
+with gradients on, it also puts a tensor hook on the pre-activation, which reduces dL/d(pre) when
+backward reaches it. Everything a pass measured is copied to the host together, once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from actstat.activations import Activation
 
@@ -21,6 +23,8 @@ from actstat.activations import Activation
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
 PRE_EXTRA = ("dead", "spread")
 POST_EXTRA = ("saturated",)
+# dL/d(pre): mean, std; dL/dW: std, min, max; W: std
+GRAD = ("mean", "std", "weight_std", "weight_min", "weight_max", "weight_data_std")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,22 @@ class RawLayer:
     fan_out: int
     pre: dict[str, float]
     post: dict[str, float]
+    grad: dict[str, float] | None  # None: measured without a backward pass
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One pass: every hidden layer's numbers, and the loss when there was a backward pass."""
+
+    layers: list[RawLayer]
+    loss: float | None
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss of every backward pass: mean cross-entropy, computed in at least float32."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits, labels)
 
 
 def hidden_blocks(model: nn.Module) -> list[tuple[nn.Linear, nn.Module]]:
@@ -97,45 +117,96 @@ class _Reducer:
         return torch.stack([*stats, saturated.to(acc) / x.numel()]).to(torch.float64)
 
 
+    @staticmethod
+    def grad(g: torch.Tensor) -> torch.Tensor:
+        mean, std, *_ = moments(g, 0.0)
+        return torch.stack([mean, std]).to(torch.float64)
+
+
 @contextmanager
 def _hooks(blocks: list[tuple[nn.Linear, nn.Module]], reducer: _Reducer,
-           store: dict[tuple[int, str], torch.Tensor]) -> Iterator[None]:
-    """Forward hooks on every block, removed on the way out whatever happens."""
+           store: dict[tuple[int, str], torch.Tensor], grad: bool) -> Iterator[None]:
+    """Forward hooks on every block (and, with `grad`, a gradient hook on each pre-activation),
+    removed on the way out whatever happens. Tensor hooks die with their tensors."""
     handles = []
+
+    def on_pre(i: int, out: torch.Tensor) -> None:
+        with torch.no_grad():
+            store[i, "pre"] = reducer.pre(out.detach())
+        if grad and out.requires_grad:
+            out.register_hook(lambda g: store.__setitem__((i, "grad"), reducer.grad(g)))
+
+    def on_post(i: int, out: torch.Tensor) -> None:
+        with torch.no_grad():
+            store[i, "post"] = reducer.post(out.detach())
+
     try:
         for i, (linear, activation) in enumerate(blocks):
             handles.append(linear.register_forward_hook(
-                lambda module, args, out, i=i: store.__setitem__((i, "pre"), reducer.pre(out))))
+                lambda module, args, out, i=i: on_pre(i, out)))
             handles.append(activation.register_forward_hook(
-                lambda module, args, out, i=i: store.__setitem__((i, "post"), reducer.post(out))))
+                lambda module, args, out, i=i: on_post(i, out)))
         yield
     finally:
         for handle in handles:
             handle.remove()
 
 
-def measure(model: nn.Module, inputs: torch.Tensor, *, activation: Activation, near_zero: float,
-            saturation_cut: float) -> list[RawLayer]:
-    """One forward pass without autograd; every statistic reaches the host in one copy."""
+def measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None, *,
+            activation: Activation, near_zero: float, saturation_cut: float) -> Measurement:
+    """One forward pass, and with `labels` one backward pass of the mean cross-entropy of the
+    model's logits (no optimiser step; gradients are left in `.grad`). Without labels the pass
+    runs in inference mode: no autograd graph, no activation kept beyond its layer. Every
+    statistic reaches the host in one copy."""
     blocks = hidden_blocks(model)
+    grad = labels is not None
     reducer = _Reducer(activation, near_zero, saturation_cut)
     store: dict[tuple[int, str], torch.Tensor] = {}
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), _hooks(blocks, reducer, store):
-            model(inputs)
-            rows = [torch.cat([store[i, "pre"], store[i, "post"]]) for i in range(len(blocks))]
-            host = torch.stack(rows).tolist() if rows else []
+        with torch.enable_grad() if grad else torch.inference_mode(), \
+                _hooks(blocks, reducer, store, grad):
+            logits = model(inputs)
+            loss = None
+            if grad:
+                model.zero_grad(set_to_none=True)
+                loss = cross_entropy(logits, labels)
+                loss.backward()
+            with torch.no_grad() if grad else nullcontext():
+                rows = [_row(i, linear, store, grad) for i, (linear, _) in enumerate(blocks)]
+                flat = torch.cat(rows + ([loss.detach().to(torch.float64).reshape(1)] if grad
+                                         else [])) if rows else torch.zeros(0)
+                host = flat.tolist()
     finally:
         model.train(was_training)
-    n_pre = len(MOMENTS) + len(PRE_EXTRA)
-    return [
-        RawLayer(
+    widths = [len(MOMENTS + PRE_EXTRA), len(MOMENTS + POST_EXTRA), len(GRAD) if grad else 0]
+    layers = []
+    for i, (linear, _) in enumerate(blocks):
+        row = host[i * sum(widths):(i + 1) * sum(widths)]
+        pre, post, grads = row[:widths[0]], row[widths[0]:widths[0] + widths[1]], \
+            row[widths[0] + widths[1]:]
+        layers.append(RawLayer(
             fan_in=linear.in_features,
             fan_out=linear.out_features,
-            pre=dict(zip(MOMENTS + PRE_EXTRA, row[:n_pre])),
-            post=dict(zip(MOMENTS + POST_EXTRA, row[n_pre:])),
-        )
-        for (linear, _), row in zip(blocks, host)
-    ]
+            pre=dict(zip(MOMENTS + PRE_EXTRA, pre)),
+            post=dict(zip(MOMENTS + POST_EXTRA, post)),
+            grad=dict(zip(GRAD, grads)) if grad else None,
+        ))
+    return Measurement(layers, host[-1] if grad and blocks else None)
+
+
+def _row(i: int, linear: nn.Linear, store: dict[tuple[int, str], torch.Tensor],
+         grad: bool) -> torch.Tensor:
+    parts = [store[i, "pre"], store[i, "post"]]
+    if grad:
+        # a pre-activation that backward never reached (no path to the loss) has zero gradient
+        pre_grad = store.get((i, "grad"), torch.zeros(2, dtype=torch.float64,
+                                                      device=parts[0].device))
+        weight_grad = linear.weight.grad
+        if weight_grad is None:
+            weight_grad = torch.zeros_like(linear.weight)
+        _, g_std, g_min, g_max, _ = moments(weight_grad, 0.0)
+        w_std = moments(linear.weight.detach(), 0.0)[1]
+        parts += [pre_grad, torch.stack([g_std, g_min, g_max, w_std]).to(torch.float64)]
+    return torch.cat(parts)

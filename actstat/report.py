@@ -15,7 +15,8 @@ from actstat.errors import ActstatError
 
 SCHEMA_VERSION = 1
 # every flag a layer can carry, in verdict order (definitions: actstat/analysis.py)
-FLAGS = ("nonfinite", "symmetric", "exploding", "vanishing", "saturated", "dead")
+FLAGS = ("nonfinite", "symmetric", "exploding", "vanishing", "saturated", "grad_exploding",
+         "grad_vanishing", "grad_zero", "dead")
 HEALTHY = "healthy"
 
 
@@ -37,12 +38,46 @@ class PostStats(TensorStats):
 
 
 @dataclass(frozen=True)
+class GradStats:
+    """The backward pass at one hidden layer (definitions: actstat/analysis.py)."""
+
+    mean: float | None  # of dL/d(pre)
+    std: float | None  # of dL/d(pre)
+    weight_std: float | None  # of dL/dW
+    grad_to_data: float | None  # std(dL/dW) / std(W); None when std(W) is 0
+
+
+@dataclass(frozen=True)
+class TrainLayer:
+    """How one hidden layer's weights moved during the training probe."""
+
+    index: int
+    weight_change: float | None  # ||W_end - W_start|| / ||W_start|| (Frobenius); None if W_start = 0
+    weight_delta: float | None  # ||W_end - W_start||
+    bias_delta: float | None  # ||b_end - b_start||; None without bias
+    still_symmetric: bool  # every unit's incoming weights and bias still identical
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """A few steps of plain SGD on the batch, after the measurement."""
+
+    steps: int
+    lr: float
+    loss: tuple[float | None, ...]  # before the first step, then after each step: steps + 1 values
+    layers: tuple[TrainLayer, ...]
+    head_weight_delta: float | None
+    head_bias_delta: float | None
+
+
+@dataclass(frozen=True)
 class LayerStats:
     index: int  # 1 = the first hidden layer
     fan_in: int
     fan_out: int
     pre: TensorStats  # the Linear's output
     post: PostStats  # the activation's output
+    grad: GradStats | None  # None: measured without a backward pass (--no-grad)
     flags: tuple[str, ...]
 
 
@@ -56,7 +91,9 @@ class Run:
     act: str
     act_params: Mapping[str, Any]
     verdict: str
+    loss: float | None  # the initial cross-entropy; None without a backward pass
     layers: tuple[LayerStats, ...]
+    train: TrainStats | None = None  # None: no training probe (steps: 0)
 
 
 @dataclass(frozen=True)
@@ -127,6 +164,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
         "act": run.act,
         "act_params": dict(run.act_params),
         "verdict": run.verdict,
+        "loss": run.loss,
         "layers": [
             {
                 "index": layer.index,
@@ -134,10 +172,15 @@ def _run_dict(run: Run) -> dict[str, Any]:
                 "fan_out": layer.fan_out,
                 "pre": asdict(layer.pre),
                 "post": asdict(layer.post),
+                "grad": None if layer.grad is None else asdict(layer.grad),
                 "flags": list(layer.flags),
             }
             for layer in run.layers
         ],
+        "train": None if run.train is None else {
+            **asdict(run.train), "loss": list(run.train.loss),
+            "layers": [asdict(layer) for layer in run.train.layers],
+        },
     }
 
 
@@ -149,6 +192,7 @@ def _run_from(raw: Mapping[str, Any]) -> Run:
         act=raw["act"],
         act_params=raw["act_params"],
         verdict=raw["verdict"],
+        loss=raw["loss"],
         layers=tuple(
             LayerStats(
                 index=layer["index"],
@@ -156,10 +200,23 @@ def _run_from(raw: Mapping[str, Any]) -> Run:
                 fan_out=layer["fan_out"],
                 pre=TensorStats(**_only(TensorStats, layer["pre"])),
                 post=PostStats(**_only(PostStats, layer["post"])),
+                grad=None if layer["grad"] is None else GradStats(**_only(GradStats, layer["grad"])),
                 flags=tuple(layer["flags"]),
             )
             for layer in raw["layers"]
         ),
+        train=None if raw["train"] is None else _train_from(raw["train"]),
+    )
+
+
+def _train_from(raw: Mapping[str, Any]) -> TrainStats:
+    return TrainStats(
+        steps=raw["steps"],
+        lr=raw["lr"],
+        loss=tuple(raw["loss"]),
+        layers=tuple(TrainLayer(**_only(TrainLayer, layer)) for layer in raw["layers"]),
+        head_weight_delta=raw["head_weight_delta"],
+        head_bias_delta=raw["head_bias_delta"],
     )
 
 

@@ -118,10 +118,14 @@ def test_every_init_and_activation_gives_one_complete_record_per_layer():
 
 
 def raw(std: float, *, spread: float = 0.5, dead: float = 0.0, saturated: float = 0.0,
-        lo: float = -1.0, fan_out: int = 10) -> RawLayer:
+        lo: float = -1.0, fan_out: int = 10, grad_std: float | None = None,
+        weight_grad: tuple[float, float] = (-1.0, 1.0)) -> RawLayer:
     common = {"mean": 0.0, "std": std, "min": lo, "max": 1.0, "near_zero": 0.0}
+    grad = None if grad_std is None else {
+        "mean": 0.0, "std": grad_std, "weight_std": 0.5, "weight_min": weight_grad[0],
+        "weight_max": weight_grad[1], "weight_data_std": 0.25}
     return RawLayer(10, fan_out, {**common, "dead": dead, "spread": spread},
-                    {**common, "saturated": saturated})
+                    {**common, "saturated": saturated}, grad)
 
 
 def flags(layer: RawLayer, *, can_die: bool = True, bounded: bool = True) -> tuple[str, ...]:
@@ -144,6 +148,25 @@ def flags(layer: RawLayer, *, can_die: bool = True, bounded: bool = True) -> tup
 ])
 def test_flag_thresholds(layer, expected):
     assert flags(layer) == expected
+
+
+@pytest.mark.parametrize("first, expected", [
+    (1.0, ()),
+    (0.099, ("grad_vanishing",)),  # < 0.1 × the last hidden layer's grad std
+    (10.1, ("grad_exploding",)),  # > 10 ×
+    (float("inf"), ("nonfinite",)),
+])
+def test_gradient_flags_are_relative_to_the_last_hidden_layer(first, expected):
+    layers = analyse([raw(1.0, grad_std=first), raw(1.0, grad_std=1.0)], input_std=1.0,
+                     thresholds=Thresholds(), can_die=True, bounded=True)
+    assert layers[0].flags == expected and layers[1].flags == ()
+
+
+def test_grad_zero_and_grad_to_data():
+    layers = analyse([raw(1.0, grad_std=0.0, weight_grad=(0.0, 0.0)), raw(1.0, grad_std=0.0)],
+                     input_std=1.0, thresholds=Thresholds(), can_die=True, bounded=True)
+    assert layers[0].flags == ("grad_zero",)
+    assert layers[1].grad.grad_to_data == pytest.approx(0.5 / 0.25)
 
 
 def test_dead_and_saturated_only_where_they_apply():
@@ -173,3 +196,36 @@ def test_input_statistics_are_the_batchs_own():
     assert report.input.std == pytest.approx(np.std(inputs), rel=1e-5)
     assert report.input.mean == pytest.approx(np.mean(inputs), abs=1e-6)
     assert (report.input.batch_size, report.input.features) == (300, 784)
+
+
+def grad_ratio(run) -> float:
+    return run.layers[0].grad.std / run.layers[-1].grad.std
+
+
+def test_kaiming_relu_gradients_keep_their_scale(mnist_depth20):
+    run = mnist_depth20["kaiming", "relu"]
+    assert 0.5 < grad_ratio(run) < 2  # the issue: ≈ 1
+    assert all(layer.grad.grad_to_data > 0 for layer in run.layers)
+
+
+@pytest.mark.parametrize("init, low, high", [("default", 1e-10, 1e-6), ("xavier", 1e-4, 1e-2)])
+def test_default_and_xavier_relu_gradients_vanish_in_the_early_layers(mnist_depth20, init, low,
+                                                                      high):
+    run = mnist_depth20[init, "relu"]
+    assert low < grad_ratio(run) < high  # the issue: ≈ 1e-8 and ≈ 1e-3
+    assert "grad_vanishing" in run.layers[0].flags
+    assert "grad_vanishing" not in run.layers[-1].flags
+
+
+def test_randn_tanh_gradients_explode_behind_a_stable_looking_forward(mnist_depth20):
+    run = mnist_depth20["randn", "tanh"]
+    assert grad_ratio(run) > 1e6  # the issue: ≈ 1e7
+    assert "grad_exploding" in run.layers[0].flags
+    assert run.verdict == "saturated"  # the forward cause comes first in the verdict
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_zeros_weight_gradients_are_exactly_zero(mnist_depth20, act):
+    run = mnist_depth20["zeros", act]
+    assert all(layer.grad.weight_std == 0.0 and "grad_zero" in layer.flags for layer in run.layers)
+    assert all(layer.grad.grad_to_data is None for layer in run.layers)  # std(W) = 0

@@ -60,6 +60,33 @@ def test_output_file(cli, tmp_path, fmt, check):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
 
+def test_no_grad_leaves_gradients_null(cli):
+    raw = json.loads(cli("run", *SMALL, "--no-grad", "-f", "json").stdout)
+    run = raw["runs"][0]
+    assert run["loss"] is None and run["train"] is None
+    assert all(entry["grad"] is None for entry in run["layers"])
+    assert raw["config"]["grad"] is False
+    table = cli("run", *SMALL, "--no-grad").stdout
+    assert "grad std" not in table
+
+
+def test_gradients_are_on_by_default(cli):
+    raw = json.loads(cli("run", *SMALL, "-f", "json").stdout)
+    run = raw["runs"][0]
+    assert run["loss"] > 0 and all(entry["grad"]["std"] > 0 for entry in run["layers"])
+    assert "grad std" in cli("run", *SMALL).stdout
+
+
+def test_steps_add_a_training_section(cli):
+    result = cli("run", *SMALL, "--init", "zeros", "--steps", "3", "--lr", "0.2")
+    assert "training: 3 SGD steps at lr 0.2" in result.stdout
+    assert "hidden weights never moved; units still identical in 3 of 3 layers" in result.stdout
+    raw = json.loads(cli("run", *SMALL, "--steps", "2", "-f", "json").stdout)
+    assert len(raw["runs"][0]["train"]["loss"]) == 3
+    rows = list(csv.DictReader(io.StringIO(cli("run", *SMALL, "--steps", "2", "-f", "csv").stdout)))
+    assert rows[0]["train_still_symmetric"] == "False" and float(rows[0]["grad_std"]) > 0
+
+
 def test_quiet(cli):
     assert cli("run", *SMALL, "-f", "json", "-q").stderr == ""
 
@@ -162,6 +189,10 @@ ERRORS = [
     (["--fail-on", "exploded"], "--fail-on: unknown flag 'exploded'"),
     (["-o", "/nonexistent-dir/r.json"], "directory '/nonexistent-dir' does not exist"),
     (["missing.yaml"], "missing.yaml: config file not found"),
+    (["--steps", "3", "--no-grad"], "train.steps needs gradients"),
+    (["--steps", "-1"], "--steps: train.steps: must be ≥ 0"),
+    (["--lr", "0"], "--lr: train.lr: must be > 0"),
+    (["--lr", "fast"], "train.lr: must be a number"),
 ]
 
 

@@ -62,7 +62,8 @@ def got(layer) -> dict[str, float]:
                          ids=["float64", "float32"])
 def test_statistics_match_numpy(act, dtype, rtol):
     model, x, activation = model_and_batch(act, dtype=dtype)
-    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
+    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO,
+                       saturation_cut=CUT).layers
     reference = numpy_layers(model, x, act)
     assert len(measured) == len(reference) == 3
     for layer, (pre, post) in zip(measured, reference):
@@ -77,7 +78,8 @@ def test_dead_units_are_units_zero_for_every_sample():
     with torch.no_grad():
         for linear, _ in hidden_blocks(model):
             linear.bias.fill_(-1.0)
-    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
+    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO,
+                       saturation_cut=CUT).layers
     fractions = [layer.pre["dead"] for layer in measured]
     for fraction, (_, post) in zip(fractions, numpy_layers(model, x, "relu")):
         assert fraction == pytest.approx(np.mean((post == 0).all(axis=0)))
@@ -90,7 +92,8 @@ def test_dead_units_of_relu_minus_half_sit_at_minus_half():
     with torch.no_grad():
         for linear, _ in hidden_blocks(model):
             linear.bias.fill_(-1.0)
-    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
+    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO,
+                       saturation_cut=CUT).layers
     for layer, (_, post) in zip(measured, numpy_layers(model, x, "general_relu", params)):
         assert layer.pre["dead"] == pytest.approx(np.mean((post == -0.5).all(axis=0)))
 
@@ -102,7 +105,8 @@ def test_dead_units_of_relu_minus_half_sit_at_minus_half():
 ])
 def test_saturated_fraction_matches_numpy(act, params, saturated):
     model, x, activation = model_and_batch(act, init="randn", params=params)
-    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
+    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO,
+                       saturation_cut=CUT).layers
     for layer, (_, post) in zip(measured, numpy_layers(model, x, act, params)):
         assert layer.post["saturated"] == pytest.approx(np.mean(saturated(post)))
     assert max(layer.post["saturated"] for layer in measured) > 0.3
@@ -110,10 +114,12 @@ def test_saturated_fraction_matches_numpy(act, params, saturated):
 
 def test_symmetric_spread_is_zero_for_constant_weights():
     model, x, activation = model_and_batch("tanh", init="constant", bias="zeros")
-    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
+    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO,
+                       saturation_cut=CUT).layers
     assert all(layer.pre["spread"] < 1e-12 for layer in measured)
     model, x, activation = model_and_batch("tanh")
-    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
+    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO,
+                       saturation_cut=CUT).layers
     assert all(layer.pre["spread"] > 0.1 for layer in measured)
 
 
@@ -149,6 +155,8 @@ def test_hooks_are_removed_and_mode_restored_even_on_error():
     model, x, activation = model_and_batch("relu")
     model.train()
     measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
+    measure(model, x, torch.zeros(37, dtype=torch.long), activation=activation,
+            near_zero=NEAR_ZERO, saturation_cut=CUT)
     assert model.training
     assert all(not m._forward_hooks for m in model.modules())
     with pytest.raises(RuntimeError):
@@ -157,12 +165,71 @@ def test_hooks_are_removed_and_mode_restored_even_on_error():
     assert all(not m._forward_hooks for m in model.modules())
 
 
-def test_measure_runs_without_autograd():
+def test_without_labels_no_autograd_graph_is_built():
     model, x, activation = model_and_batch("relu", dtype=torch.float32)
     seen = []
-    model[0].register_forward_hook(lambda m, a, out: seen.append(out.requires_grad))
-    measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
-    assert seen == [False]
+    model[0].register_forward_hook(
+        lambda m, a, out: seen.append((out.requires_grad, out.grad_fn, torch.is_inference(out))))
+    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
+    assert seen == [(False, None, True)]
+    assert measured.loss is None and all(layer.grad is None for layer in measured.layers)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def autograd_reference(model: nn.Module, x: torch.Tensor, labels: torch.Tensor):
+    """The same quantities by plain autograd: retain_grad on every hidden pre-activation."""
+    model.zero_grad(set_to_none=True)
+    pres, h = [], x
+    modules = list(model)
+    for i, module in enumerate(modules):
+        h = module(h)
+        if isinstance(module, nn.Linear) and i < len(modules) - 1:
+            h.retain_grad()
+            pres.append(h)
+    loss = nn.functional.cross_entropy(h, labels)
+    loss.backward()
+    linears = [m for m in modules if isinstance(m, nn.Linear)][:-1]
+    rows = []
+    for pre, linear in zip(pres, linears):
+        g = pre.grad.double().numpy()
+        dw = linear.weight.grad.double().numpy()
+        w = linear.weight.detach().double().numpy()
+        rows.append({"mean": g.mean(), "std": g.std(), "weight_std": dw.std(),
+                     "weight_min": dw.min(), "weight_max": dw.max(), "weight_data_std": w.std()})
+    model.zero_grad(set_to_none=True)
+    return float(loss.detach()), rows
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_gradient_statistics_match_autograd(act):
+    model, x, activation = model_and_batch(act)
+    labels = torch.randint(4, (37,), generator=torch.Generator().manual_seed(2))
+    loss, reference = autograd_reference(model, x, labels)
+    measured = measure(model, x, labels, activation=activation, near_zero=NEAR_ZERO,
+                       saturation_cut=CUT)
+    assert measured.loss == pytest.approx(loss, rel=1e-12)
+    for layer, want in zip(measured.layers, reference):
+        for key, value in want.items():
+            assert layer.grad[key] == pytest.approx(value, rel=1e-9, abs=1e-15), key
+
+
+def test_gradient_pass_keeps_forward_statistics_identical():
+    model, x, activation = model_and_batch("tanh")
+    labels = torch.zeros(37, dtype=torch.long)
+    forward = measure(model, x, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
+    both = measure(model, x, labels, activation=activation, near_zero=NEAR_ZERO,
+                   saturation_cut=CUT)
+    assert [layer.pre for layer in forward.layers] == [layer.pre for layer in both.layers]
+    assert [layer.post for layer in forward.layers] == [layer.post for layer in both.layers]
+
+
+def test_zero_init_weight_gradients_are_exactly_zero():
+    model, x, activation = model_and_batch("relu", init="zeros", bias="zeros")
+    measured = measure(model, x, torch.zeros(37, dtype=torch.long), activation=activation,
+                       near_zero=NEAR_ZERO, saturation_cut=CUT)
+    for layer in measured.layers:
+        assert layer.grad["weight_min"] == 0.0 == layer.grad["weight_max"]
+        assert layer.grad["std"] == 0.0
 
 
 def test_hidden_blocks_pair_each_linear_with_the_module_after_it():

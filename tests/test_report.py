@@ -14,12 +14,15 @@ from actstat.pipeline import profile
 from actstat.render import CSV_COLUMNS, table_text, to_csv, to_json, to_markdown, verdict_line
 from actstat.report import (
     SCHEMA_VERSION,
+    GradStats,
     InputStats,
     LayerStats,
     PostStats,
     Report,
     Run,
     TensorStats,
+    TrainLayer,
+    TrainStats,
 )
 
 
@@ -30,20 +33,28 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def layer(index, pre_std, post_mean, post_std, *, flags=(), dead=0.0, saturated=None):
+def layer(index, pre_std, post_mean, post_std, *, flags=(), dead=0.0, saturated=None,
+          grad=None):
     pre = TensorStats(mean=0.01 * index, std=pre_std, min=-3.0, max=3.5, near_zero=0.0123)
     post = PostStats(mean=post_mean, std=post_std, min=0.0, max=3.5, near_zero=0.5,
                      dead=dead, saturated=saturated)
-    return LayerStats(index, 784 if index == 1 else 100, 100, pre, post, tuple(flags))
+    return LayerStats(index, 784 if index == 1 else 100, 100, pre, post, grad, tuple(flags))
 
 
 def synthetic_report() -> Report:
     """A hand-made Report, so golden files test rendering alone, not BLAS rounding."""
     healthy = Run("kaiming + relu", "kaiming", {"mode": "fan_in", "bias": {"name": "zeros"}},
-                  "relu", {}, "healthy",
-                  (layer(1, 1.366, 0.643, 0.8738), layer(2, 1.5, 0.57, 0.8, dead=0.03),
-                   layer(3, 1.4, 0.5, 0.7123, dead=0.15)))
+                  "relu", {}, "healthy", 2.47,
+                  (layer(1, 1.366, 0.643, 0.8738, grad=GradStats(1e-5, 0.0032, 0.005, 0.0962)),
+                   layer(2, 1.5, 0.57, 0.8, dead=0.03, grad=GradStats(-2e-5, 0.0041, 0.01, 0.07)),
+                   layer(3, 1.4, 0.5, 0.7123, dead=0.15,
+                         grad=GradStats(0.0, 0.00427, 0.02, 0.14))),
+                  TrainStats(3, 0.1, (2.47, 2.31, 2.28, 2.25),
+                             (TrainLayer(1, 0.0113, 0.16, 0.007, False),
+                              TrainLayer(2, 0.0, 0.0, 0.0, True),
+                              TrainLayer(3, None, 0.0, None, True)), 0.0688, 0.0268))
     broken = Run("randn + tanh", "randn", {"bias": {"name": "zeros"}}, "tanh", {}, "saturated",
+                 None,
                  (layer(1, 27.04, 0.01, 0.978, dead=None, saturated=0.83, flags=["saturated"]),
                   layer(2, 123456.0, None, None, dead=None, saturated=None,
                         flags=["nonfinite"]),
@@ -71,6 +82,19 @@ def test_json_is_strict_and_round_trips(real_report):
     assert to_json(Report.from_dict(raw)) == text
 
 
+def test_grad_and_train_in_json():
+    raw = strict_json(to_json(synthetic_report()))
+    healthy, broken = raw["runs"]
+    assert healthy["layers"][0]["grad"] == {"mean": 1e-5, "std": 0.0032, "weight_std": 0.005,
+                                            "grad_to_data": 0.0962}
+    assert healthy["loss"] == 2.47 and broken["loss"] is None
+    assert broken["layers"][0]["grad"] is None and broken["train"] is None
+    assert healthy["train"]["loss"] == [2.47, 2.31, 2.28, 2.25]
+    assert healthy["train"]["layers"][2] == {"index": 3, "weight_change": None,
+                                             "weight_delta": 0.0, "bias_delta": None,
+                                             "still_symmetric": True}
+
+
 def test_json_contract(real_report):
     raw = strict_json(to_json(real_report))
     assert raw["schema_version"] == 1
@@ -84,6 +108,7 @@ def test_json_contract(real_report):
             assert {"index", "fan_in", "fan_out", "pre", "post", "flags"} <= set(entry)
             assert {"mean", "std", "min", "max", "near_zero"} <= set(entry["pre"])
             assert {"mean", "std", "dead", "saturated"} <= set(entry["post"])
+            assert {"mean", "std", "weight_std", "grad_to_data"} <= set(entry["grad"])
             assert isinstance(entry["flags"], list)
 
 
@@ -95,16 +120,27 @@ def test_nonfinite_numbers_become_null():
 
 def test_an_overflowing_run_completes_with_nulls_and_says_where():
     config = load_config(None, {"init": ["randn"], "model.depth": 8, "dtype": "float16",
-                                "device": "cpu"})
+                                "device": "cpu", "grad": False})
     report = profile(config)
     raw = strict_json(to_json(report))
     layers = raw["runs"][0]["layers"]
     assert len(layers) == 8
     first = next(entry["index"] for entry in layers if "nonfinite" in entry["flags"])
-    assert 2 <= first <= 6
+    assert 2 <= first <= 6  # the forward pass overflows float16 a few layers in
     assert all("nonfinite" in entry["flags"] for entry in layers[first - 1:])
     assert any(value is None for value in layers[-1]["post"].values())
     assert report.runs[0].verdict == "nonfinite"
+
+
+def test_overflowing_gradients_are_nonfinite_too():
+    config = load_config(None, {"init": ["randn"], "model.depth": 8, "dtype": "float16",
+                                "device": "cpu"})
+    raw = strict_json(to_json(profile(config)))
+    layers = raw["runs"][0]["layers"]
+    # gradients grow backwards: the first layers' gradients overflow, and say so
+    assert "nonfinite" in layers[0]["flags"]
+    assert layers[0]["pre"]["std"] is not None  # the forward numbers there are still finite
+    assert len(layers) == 8
 
 
 @pytest.mark.parametrize("change, message", [
@@ -143,7 +179,7 @@ def test_verdict_lines():
     report = synthetic_report()
     assert verdict_line(report.runs[0], report) == (
         "kaiming + relu: healthy — post std 0.8738 → 0.7123 over 3 layers, up to 15.0% of units "
-        "dead; no flags")
+        "dead; grad std layer 1 / layer 3 = 0.7494; no flags")
     assert verdict_line(report.runs[1], report) == (
         "randn + tanh: saturated from layer 1 (1 of 3 layers) — 83.0% of values saturated "
         "(> 50.0%); post std 0.978 → 1.23e-05 over 3 layers")
