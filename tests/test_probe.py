@@ -244,3 +244,19 @@ def test_the_head_is_not_a_hidden_layer():
     model, x, activation = model_and_batch("relu")
     assert len(hidden_blocks(model)) == 3
     assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [13, 9, 11, 4]
+
+
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_the_probe_keeps_no_activation(with_grad):
+    """Hooks reduce and let go: no pre- or post-activation outlives the pass."""
+    import gc
+    import weakref
+
+    model, x, activation = model_and_batch("relu")
+    refs = []
+    for module in model:
+        module.register_forward_hook(lambda m, a, out: refs.append(weakref.ref(out)))
+    labels = torch.zeros(37, dtype=torch.long) if with_grad else None
+    measure(model, x, labels, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
+    gc.collect()
+    assert len(refs) == 7 and all(ref() is None for ref in refs)
