@@ -41,6 +41,7 @@ fundamental cause first: symmetric weights explain vanishing, not the other way 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from actstat.config import Thresholds
@@ -76,6 +77,52 @@ def verdict(layers: tuple[LayerStats, ...]) -> str:
 
 def first_flagged(layers: tuple[LayerStats, ...], flag: str) -> LayerStats | None:
     return next((layer for layer in layers if flag in layer.flags), None)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One scheme in a line, derived from its Run alone (so a saved report can be re-summarised).
+
+    - `gain`: the geometric mean of the layer-to-layer ratios of post std,
+      (std_last / std_first) ** (1 / (depth - 1)): < 1 the signal shrinks by that factor per
+      layer, > 1 it grows. None with one layer, or when a std is 0 or not finite.
+    - `first_flag`: (layer index, flag) of the first flagged layer, its first flag in FLAGS order.
+    - `worst_dead`, `worst_saturated`: the largest fraction over the layers (None: not applicable).
+    - `grad_ratio`: std of dL/d(pre) at layer 1 over the last hidden layer's (None: no gradients).
+    """
+
+    verdict: str
+    first_std: float | None
+    last_std: float | None
+    gain: float | None
+    first_flag: tuple[int, str] | None
+    worst_dead: float | None
+    worst_saturated: float | None
+    grad_ratio: float | None
+
+
+def summarise(layers: tuple[LayerStats, ...], verdict_name: str) -> Summary:
+    first, last = layers[0].post.std, layers[-1].post.std
+    gain = None
+    if len(layers) > 1 and first and last:
+        gain = (last / first) ** (1 / (len(layers) - 1))
+    flagged = next((layer for layer in layers if layer.flags), None)
+    deads = [layer.post.dead for layer in layers if layer.post.dead is not None]
+    saturations = [layer.post.saturated for layer in layers if layer.post.saturated is not None]
+    g_first, g_last = layers[0].grad, layers[-1].grad
+    ratio = None
+    if g_first is not None and g_last is not None and g_first.std is not None and g_last.std:
+        ratio = g_first.std / g_last.std
+    return Summary(
+        verdict=verdict_name,
+        first_std=first,
+        last_std=last,
+        gain=finite_or_none(gain),
+        first_flag=(flagged.index, flagged.flags[0]) if flagged else None,
+        worst_dead=max(deads) if deads else None,
+        worst_saturated=max(saturations) if saturations else None,
+        grad_ratio=finite_or_none(ratio),
+    )
 
 
 def _layer(index: int, raw: RawLayer, input_std: float, last_grad_std: float | None,

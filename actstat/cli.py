@@ -196,6 +196,12 @@ QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", help="No messages on stderr (errors still appear).")]
 
 
+SortOpt = Annotated[str, typer.Option(
+    "--sort", metavar="ORDER", help="verdict (healthy first), gain (closest to 1 first) or name.")]
+DetailOpt = Annotated[bool, typer.Option(
+    "--detail", help="Also print every scheme's per-layer table.")]
+
+
 @app.command()
 def run(
     config: ConfigArg = None,
@@ -221,24 +227,93 @@ def run(
 
     Exit codes: 0 ran; 1 a layer carries a --fail-on flag; 2 a usage or input error.
     """
+    failing = _check_output_options(format, fail_on)
+    report = _profile(config, _overrides(
+        depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
+        seed=seed, bias=bias, init=init, act=act, grad=grad, steps=steps, lr=lr), quiet=quiet)
+    _guarded(_emit, report, format, output, quiet)
+    _exit_on_flags(report, failing, quiet)
+
+
+@app.command()
+def compare(
+    config: ConfigArg = None,
+    init: InitOpt = None,
+    act: ActOpt = None,
+    depth: DepthOpt = None,
+    width: WidthOpt = None,
+    batch_size: BatchOpt = None,
+    data: DataOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    seed: SeedOpt = None,
+    bias: BiasOpt = None,
+    grad: GradOpt = None,
+    steps: StepsOpt = None,
+    lr: LrOpt = None,
+    sort: SortOpt = "verdict",
+    detail: DetailOpt = False,
+    format: FormatOpt = "table",
+    output: OutputOpt = None,
+    fail_on: FailOnOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run many schemes on the same batch and seed, one row each: which keeps the signal alive?
+
+    Schemes: the --init × --act grid, the config's init × activation grid and its compare: list;
+    with none of them, the lesson's schemes (README). JSON is the same Report as `run` writes.
+    Exit codes as `run`.
+    """
+    from actstat.config import LESSON_SCHEMES
+    from actstat.render import SORTS
+
+    failing = _check_output_options(format, fail_on)
+    if sort not in SORTS:
+        raise _fail(f"--sort: unknown order '{sort}'; choose from: {', '.join(SORTS)}")
+    report = _profile(config, _overrides(
+        depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
+        seed=seed, bias=bias, init=init, act=act, grad=grad, steps=steps, lr=lr), quiet=quiet,
+        default_schemes=LESSON_SCHEMES)
+    _guarded(_emit_compare, report, format, output, quiet, sort, detail)
+    _exit_on_flags(report, failing, quiet)
+
+
+def _check_output_options(format: str, fail_on: str | None) -> set[str]:
     from actstat.render import FORMATS
 
     if format not in FORMATS:
         raise _fail(f"--format: unknown format '{format}'; choose from: {', '.join(FORMATS)}")
-    failing = _fail_on(fail_on)
-    _one_malloc_arena()
-    overrides = _overrides(depth=depth, width=width, batch_size=batch_size, data=data,
-                           device=device, dtype=dtype, seed=seed, bias=bias, init=init, act=act,
-                           grad=grad, steps=steps, lr=lr)
-    try:
-        from actstat.config import load_config
-        from actstat.pipeline import profile
+    return _fail_on(fail_on)
 
-        report = profile(load_config(config, overrides))
-        _emit(report, format, output, quiet)
+
+def _guarded(emit: Any, *args: Any) -> None:
+    try:
+        emit(*args)
     except ActstatError as err:
         raise _fail(str(err)) from None
-    _exit_on_flags(report, failing, quiet)
+
+
+def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool,
+             default_schemes: list[dict[str, Any]] | None = None) -> Any:
+    """Load the config and measure every scheme, with a progress bar on a terminal's stderr."""
+    _one_malloc_arena()
+    try:
+        from actstat.config import load_config
+        from actstat.pipeline import profile, schemes
+
+        resolved = load_config(config, overrides, default_schemes=default_schemes)
+        if quiet or not sys.stderr.isatty():
+            return profile(resolved)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("measuring", total=len(schemes(resolved)))
+            return profile(resolved, lambda done, total, label: bar.update(
+                task, completed=done, description=f"measured {label}"))
+    except ActstatError as err:
+        raise _fail(str(err)) from None
 
 
 def _emit(report: Any, format: str, output: Path | None, quiet: bool) -> None:
@@ -263,6 +338,43 @@ def _emit(report: Any, format: str, output: Path | None, quiet: bool) -> None:
         typer.echo(verdict_line(scheme, report), err=True)
     if output is not None:
         typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
+
+
+def _emit_compare(report: Any, format: str, output: Path | None, quiet: bool, sort: str,
+                  detail: bool) -> None:
+    """The compare view in the chosen format (JSON: the Report itself) to stdout or a file."""
+    from actstat.atomic import write_atomic
+    from actstat.render import (
+        compare_csv,
+        compare_markdown,
+        compare_table,
+        compare_text,
+        table_text,
+        tables,
+        to_json,
+    )
+
+    if format == "table" and output is None and sys.stdout.isatty():
+        from rich.console import Console
+
+        console = Console(highlight=False)
+        for renderable in (tables(report) if detail else []):
+            console.print(renderable)
+        console.print(compare_table(report, sort))
+        return
+    text = {
+        "table": lambda: (table_text(report) if detail else "") + compare_text(report, sort),
+        "json": lambda: to_json(report),
+        "csv": lambda: compare_csv(report, sort),
+        "markdown": lambda: compare_markdown(report, sort, detail),
+    }[format]()
+    if output is not None:
+        write_atomic(output, text)
+        if not quiet:
+            typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:

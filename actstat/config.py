@@ -116,6 +116,28 @@ class ActivationSpec(_Spec):
     name: str = "relu"
 
 
+class SchemeSpec(_Section):
+    """One scheme of a `compare:` list: an init and an activation, each with its parameters."""
+
+    init: InitSpec
+    activation: ActivationSpec
+
+
+# `actstat compare` with no schemes given: the fast.ai lesson-8/9 experiments (N(0, 1) weights,
+# 1/sqrt(fan_in), Kaiming, "ReLU minus 0.5", PyTorch's own default) and the textbook contrasts
+LESSON_SCHEMES: list[dict[str, Any]] = [
+    {"init": "randn", "activation": "tanh"},
+    {"init": "randn", "activation": "relu"},
+    {"init": "lecun", "activation": "tanh"},
+    {"init": "lecun", "activation": "relu"},
+    {"init": "xavier", "activation": "tanh"},
+    {"init": "kaiming", "activation": "relu"},
+    {"init": "kaiming", "activation": {"name": "general_relu", "subtract": 0.5}},
+    {"init": "default", "activation": "relu"},
+    {"init": "zeros", "activation": "relu"},
+]
+
+
 class DataConfig(_Section):
     source: str = "mnist"  # mnist (bundled sample), gaussian, or a path (.npy/.npz/.pt/IDX dir)
     batch_size: int = Field(1000, ge=1, le=MAX_BATCH)  # one batch; enough for stable statistics
@@ -158,6 +180,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     init: list[InitSpec] = Field(default_factory=lambda: [InitSpec()])  # every init x every act
     activation: list[ActivationSpec] = Field(default_factory=lambda: [ActivationSpec()])
+    compare: list[SchemeSpec] = Field(default_factory=list)  # schemes one by one, after the grid
     data: DataConfig = Field(default_factory=DataConfig)
     device: str = "auto"  # auto: cuda when available, else cpu; or cpu, cuda, cuda:N
     dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
@@ -171,12 +194,15 @@ class Config(_Section):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, Mapping)) else value
 
-    @field_validator("init", "activation")
-    @classmethod
-    def _not_empty(cls, value: list) -> list:
-        if not value:
-            raise ValueError("needs at least one entry")
-        return value
+    @model_validator(mode="after")
+    def _some_scheme(self) -> Config:
+        if bool(self.init) != bool(self.activation):
+            empty = "init" if not self.init else "activation"
+            raise ValueError(f"{empty} is empty: the init × activation grid needs entries in both "
+                             "(or neither, with a compare: list)")
+        if not self.init and not self.compare:
+            raise ValueError("no schemes to run: list init and activation, or a compare: list")
+        return self
 
     @field_validator("device")
     @classmethod
@@ -227,12 +253,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None, *,
+                default_schemes: list[dict[str, Any]] | None = None) -> Config:
     """Validate a YAML file (None: the defaults) with command-line overrides applied on top.
 
     `overrides` maps dotted keys to values, e.g. {"model.depth": 30, "init": ["kaiming"]}, and
     names the option each came from in errors through `OPTION_NAMES`. A relative data path in
     the file is taken relative to the file; on the command line, relative to the working dir.
+
+    Schemes: the init × activation grid when either is given (file or options), plus the
+    `compare:` list. With neither, `default_schemes` (as a compare list) if given, else the
+    default grid (kaiming × relu). The result always spells its schemes out.
     """
     path = Path(path) if path is not None else None
     raw = read_yaml(path) if path is not None else {}
@@ -245,6 +276,11 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
             overrides[section] = _named_from(raw.get(section), overrides[section])
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
+    if "init" not in raw and "activation" not in raw:
+        if not raw.get("compare") and default_schemes is not None:
+            raw["compare"] = default_schemes
+        if raw.get("compare"):
+            raw["init"], raw["activation"] = [], []
     try:
         config = Config.model_validate(raw)
     except ValidationError as err:
@@ -261,6 +297,13 @@ def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Conf
                           _origin_of(section, overrides, origin))
             for i, spec in enumerate(entries)
         ]
+    specs["compare"] = [
+        scheme.model_copy(update={
+            part: _resolve_spec(getattr(scheme, part), part, f"compare[{i}].{part}",
+                                _origin_of("compare", overrides, origin))
+            for part in ("init", "activation")})
+        for i, scheme in enumerate(config.compare)
+    ]
     return config.model_copy(update=specs)
 
 
@@ -370,7 +413,8 @@ OPTION_NAMES = {
 def _one_line(err: ValidationError, model: type[BaseModel], origin: str,
               overrides: Mapping[str, Any], kind: str = "", prefix: str = "") -> str:
     """The first error as `origin: key: problem (got value)`, plus how many more there are."""
-    errors = err.errors(include_url=False)
+    # an unknown key usually explains a missing one (a typo): report it first
+    errors = sorted(err.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
     loc = tuple(first["loc"])
     key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")

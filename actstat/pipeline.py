@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import product
 
 import torch
@@ -20,11 +21,16 @@ from actstat.train import train_probe
 
 
 def schemes(config: Config) -> list[tuple[InitSpec, ActivationSpec]]:
-    """Every (init, activation) combination, inits outer, in the order the config lists them."""
-    return list(product(config.init, config.activation))
+    """Every (init, activation) of the grid, inits outer, in config order; then the compare list."""
+    grid = list(product(config.init, config.activation))
+    return grid + [(scheme.init, scheme.activation) for scheme in config.compare]
 
 
-def profile(config: Config) -> Report:
+# called after each scheme with (schemes done, schemes in all, the scheme's label)
+Progress = Callable[[int, int, str], None]
+
+
+def profile(config: Config, on_scheme: Progress | None = None) -> Report:
     """Load the batch once, then build, initialise and measure one model per scheme."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
@@ -32,8 +38,12 @@ def profile(config: Config) -> Report:
                        num_classes=config.model.num_classes)
     with torch.inference_mode():  # the batch's own moments, fetched once
         inputs = torch.stack(moments(batch.inputs, 0.0)[:2]).tolist()
-    runs = tuple(profile_scheme(config, init, act, batch, input_std=inputs[1])
-                 for init, act in schemes(config))
+    todo = schemes(config)
+    runs = []
+    for done, (init, act) in enumerate(todo, start=1):
+        runs.append(profile_scheme(config, init, act, batch, input_std=inputs[1]))
+        if on_scheme is not None:
+            on_scheme(done, len(todo), runs[-1].scheme)
     return Report(
         schema_version=SCHEMA_VERSION,
         actstat_version=__version__,
@@ -48,7 +58,7 @@ def profile(config: Config) -> Report:
             mean=finite_or_none(inputs[0]),
             std=finite_or_none(inputs[1]),
         ),
-        runs=runs,
+        runs=tuple(runs),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +14,12 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from actstat.analysis import first_flagged
-from actstat.report import HEALTHY, LayerStats, Report, Run, TrainLayer
+from actstat.analysis import Summary, first_flagged, summarise
+from actstat.report import FLAGS, HEALTHY, LayerStats, Report, Run, TrainLayer
 
 FORMATS = ("table", "json", "csv", "markdown")
+SORTS = ("verdict", "gain", "name")
+SPARK = "▁▂▃▄▅▆▇█"
 
 # one colour per flag, used for the flags column, the flagged number cells and the verdict
 FLAG_STYLES = {
@@ -115,10 +118,7 @@ def verdict_line(run: Run, report: Report) -> str:
 
 def gradient_ratio(run: Run) -> float | None:
     """std of dL/d(pre) at layer 1 over the last hidden layer's; None without gradients."""
-    first, last = run.layers[0].grad, run.layers[-1].grad
-    if first is None or last is None or first.std is None or not last.std:
-        return None
-    return first.std / last.std
+    return summarise(run.layers, run.verdict).grad_ratio
 
 
 def train_line(run: Run) -> str | None:
@@ -206,10 +206,14 @@ def _verdict_text(run: Run, report: Report) -> Text:
 def table_text(report: Report, width: int = 1000) -> str:
     """The tables as plain text (no colour), as they appear in a file or a pipe: at their natural
     width (a terminal squeezes them to fit; a file need not)."""
+    return _plain(tables(report), width)
+
+
+def _plain(renderables: list[RenderableType], width: int) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False,
                       highlight=False, legacy_windows=False)
-    for renderable in tables(report):
+    for renderable in renderables:
         console.print(renderable, soft_wrap=True)
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
@@ -253,16 +257,15 @@ def to_csv(report: Report) -> str:
     return buffer.getvalue()
 
 
+def _input_line(report: Report) -> str:
+    return (f"{report.input.source}; batch {report.input.batch_size} × {report.input.features}, "
+            f"input std {number(report.input.std)}; device {report.device}, torch "
+            f"{report.torch_version}, actstat {report.actstat_version}.")
+
+
 def to_markdown(report: Report) -> str:
     """A heading, one pipe table and one verdict line per scheme (GitHub-flavoured Markdown)."""
-    lines = [
-        "## actstat report",
-        "",
-        f"{report.input.source}; batch {report.input.batch_size} × {report.input.features}, "
-        f"input std {number(report.input.std)}; device {report.device}, torch "
-        f"{report.torch_version}, actstat {report.actstat_version}.",
-        "",
-    ]
+    lines = ["## actstat report", "", _input_line(report), ""]
     for run in report.runs:
         chosen = columns(run)
         names = [name for name, _ in chosen] + ["flags"]
@@ -275,6 +278,124 @@ def to_markdown(report: Report) -> str:
         lines += ["", f"**Verdict:** {verdict_line(run, report)}", ""]
         if run.train is not None:
             lines += [f"**Training:** {train_line(run)}", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# compare: one row per scheme
+
+
+def sparkline(values: list[float | None], width: int = 40) -> str:
+    """log10 of each value as one of eight bar heights, scaled to the row's own range; a value
+    that is 0, missing or not finite is a space. A constant row is a flat middle bar. More than
+    `width` values are sampled at evenly spaced layers (the first and the last always)."""
+    if len(values) > width:
+        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    logs = [math.log10(v) if v is not None and v > 0 and math.isfinite(v) else None
+            for v in values]
+    present = [v for v in logs if v is not None]
+    if not present:
+        return " " * len(values)
+    lo, hi = min(present), max(present)
+    if hi - lo < 1e-12:
+        return "".join(SPARK[3] if v is not None else " " for v in logs)
+    return "".join(" " if v is None else SPARK[round((v - lo) / (hi - lo) * (len(SPARK) - 1))]
+                   for v in logs)
+
+
+def sorted_runs(report: Report, sort: str) -> list[Run]:
+    """`verdict`: healthy first, then from the mildest flag to the most fundamental (config order
+    within a verdict); `gain`: closest to 1 (the signal kept) first; `name`: by scheme label."""
+    runs = list(report.runs)
+    if sort == "name":
+        return sorted(runs, key=lambda run: run.scheme)
+    if sort == "gain":
+        def distance(run: Run) -> float:
+            gain = summarise(run.layers, run.verdict).gain
+            return abs(math.log(gain)) if gain else math.inf
+        return sorted(runs, key=distance)
+    severity = [HEALTHY, *reversed(FLAGS)]
+    return sorted(runs, key=lambda run: severity.index(run.verdict))
+
+
+COMPARE_COLUMNS = ("scheme", "verdict", "first flag", "post std 1 → L", "gain", "dead", "sat",
+                   "grad 1/L", "log std", "log grad")
+
+
+def _compare_cells(run: Run, summary: Summary) -> dict[str, str]:
+    first = "—" if summary.first_flag is None else f"{summary.first_flag[1]} @ {summary.first_flag[0]}"
+    grads = [layer.grad.std if layer.grad else None for layer in run.layers]
+    return {
+        "scheme": run.scheme,
+        "verdict": run.verdict,
+        "first flag": first,
+        "post std 1 → L": f"{number(summary.first_std)} → {number(summary.last_std)}",
+        "gain": number(summary.gain),
+        "dead": percent(summary.worst_dead),
+        "sat": percent(summary.worst_saturated),
+        "grad 1/L": number(summary.grad_ratio),
+        "log std": sparkline([layer.post.std for layer in run.layers]),
+        "log grad": sparkline(grads) if any(g is not None for g in grads) else "—",
+    }
+
+
+def compare_table(report: Report, sort: str = "verdict") -> Table:
+    """One row per scheme: where each one fails, at a glance."""
+    depth = len(report.runs[0].layers) if report.runs else 0
+    table = Table(title=f"{len(report.runs)} schemes, {depth} hidden layers, {report.input.source}",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in COMPARE_COLUMNS:
+        table.add_column(name, justify="left" if name in ("scheme", "verdict", "first flag",
+                                                          "log std", "log grad") else "right",
+                         no_wrap=name in ("scheme", "log std", "log grad"))
+    for run in sorted_runs(report, sort):
+        summary = summarise(run.layers, run.verdict)
+        cells = _compare_cells(run, summary)
+        styles = {"verdict": f"bold {FLAG_STYLES[run.verdict]}"}
+        if summary.first_flag:
+            styles["first flag"] = FLAG_STYLES[summary.first_flag[1]]
+        table.add_row(*(Text(cells[c], style=styles.get(c, "")) for c in COMPARE_COLUMNS))
+    return table
+
+
+def compare_text(report: Report, sort: str = "verdict", width: int = 1000) -> str:
+    return _plain([compare_table(report, sort)], width)
+
+
+COMPARE_CSV_COLUMNS = ("scheme", "init", "act", "verdict", "first_flag_layer", "first_flag",
+                       "post_std_first", "post_std_last", "gain", "worst_dead",
+                       "worst_saturated", "grad_ratio", "loss")
+
+
+def compare_csv(report: Report, sort: str = "verdict") -> str:
+    """One row per scheme, in the chosen order; empty cells for none."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COMPARE_CSV_COLUMNS)
+    for run in sorted_runs(report, sort):
+        s = summarise(run.layers, run.verdict)
+        row = {"scheme": run.scheme, "init": run.init, "act": run.act, "verdict": run.verdict,
+               "first_flag_layer": s.first_flag[0] if s.first_flag else None,
+               "first_flag": s.first_flag[1] if s.first_flag else None,
+               "post_std_first": s.first_std, "post_std_last": s.last_std, "gain": s.gain,
+               "worst_dead": s.worst_dead, "worst_saturated": s.worst_saturated,
+               "grad_ratio": s.grad_ratio, "loss": run.loss}
+        writer.writerow("" if row[c] is None else row[c] for c in COMPARE_CSV_COLUMNS)
+    return buffer.getvalue()
+
+
+def compare_markdown(report: Report, sort: str = "verdict", detail: bool = False) -> str:
+    """The compare table in Markdown, then (with `detail`) every scheme's per-layer table."""
+    lines = ["## actstat compare", "", _input_line(report), "",
+             "| " + " | ".join(COMPARE_COLUMNS) + " |",
+             "|" + "|".join("---" if c in ("scheme", "verdict", "first flag", "log std",
+                                           "log grad") else "---:" for c in COMPARE_COLUMNS) + "|"]
+    for run in sorted_runs(report, sort):
+        cells = _compare_cells(run, summarise(run.layers, run.verdict))
+        lines.append("| " + " | ".join(cells[c] for c in COMPARE_COLUMNS) + " |")
+    lines.append("")
+    if detail:
+        lines += to_markdown(report).split("\n")[4:]
     return "\n".join(lines)
 
 

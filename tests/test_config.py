@@ -51,6 +51,26 @@ def test_cli_init_names_keep_the_files_parameters(tmp_path):
         ("lecun", None), ("kaiming", "fan_out"), ("randn", None)]
 
 
+def test_compare_list_instead_of_or_besides_a_grid(tmp_path):
+    from actstat.pipeline import schemes
+
+    only = load_config(write(tmp_path, "compare:\n  - {init: xavier, activation: tanh}\n"
+                                       "  - {init: {name: kaiming, mode: fan_out}, activation: relu}"))
+    assert [(i.name, a.name) for i, a in schemes(only)] == [("xavier", "tanh"), ("kaiming", "relu")]
+    assert only.init == [] and schemes(only)[1][0].params["mode"] == "fan_out"
+    both = load_config(write(tmp_path, "init: lecun\ncompare: [{init: xavier, activation: tanh}]"))
+    assert [(i.name, a.name) for i, a in schemes(both)] == [("lecun", "relu"), ("xavier", "tanh")]
+
+
+def test_default_schemes_apply_only_when_none_are_given():
+    from actstat.config import LESSON_SCHEMES
+    from actstat.pipeline import schemes
+
+    assert len(schemes(load_config(None, default_schemes=LESSON_SCHEMES))) == len(LESSON_SCHEMES)
+    assert len(schemes(load_config(None, {"init": ["randn"]}, default_schemes=LESSON_SCHEMES))) == 1
+    assert len(schemes(load_config(None))) == 1
+
+
 def test_width_list_and_widths():
     config = load_config(None, {"model.depth": 3, "model.width": [8, 4, 2]})
     assert config.model.widths == [8, 4, 2]
@@ -96,7 +116,13 @@ BAD = [
     ("init: {name: xavier, gain: -1}", ["init", "gain must be a positive number"]),
     ("init: {name: kaiming, bias: {name: normal, stdd: 1}}", ["init.bias.stdd", "'std'"]),
     ("init: {name: kaiming, bias: nope}", ["init.bias", "unknown bias init 'nope'"]),
-    ("init: []", ["init", "at least one"]),
+    ("init: []", ["init is empty", "needs entries in both"]),
+    ("init: []\nactivation: []", ["no schemes to run"]),
+    ("compare: [{init: kaiming}]", ["compare[0].activation", "is required"]),
+    ("compare: [{init: kaimin, activation: relu}]", ["compare[0].init.name", "did you mean"]),
+    ("compare: [{init: kaiming, activation: {name: elu, alpha: 0}}]",
+     ["compare[0].activation.alpha", "> 0"]),
+    ("compare: [{init: kaiming, act: relu}]", ["compare[0].act", "unknown key", "activation"]),
     ("activation: {name: relu6}", ["activation.name", "unknown activation", "relu"]),
     ("activation: [relu, {name: elu, alpha: -1}]", ["activation[1].alpha", "> 0"]),
     ("activation: {name: gelu, approximate: fast}", ["activation.approximate", "'tanh'"]),
