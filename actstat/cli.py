@@ -317,63 +317,56 @@ def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool,
 
 
 def _emit(report: Any, format: str, output: Path | None, quiet: bool) -> None:
-    """The report in the chosen format to stdout or a file; verdicts to stderr when not a table."""
-    from actstat.atomic import write_atomic
+    """The report in the chosen format; verdicts to stderr when stdout is not a table."""
     from actstat.render import TEXT_FORMATS, tables, verdict_line
 
-    if output is not None:
-        write_atomic(output, TEXT_FORMATS[format](report))
-    elif format == "table" and sys.stdout.isatty():
-        from rich.console import Console
-
-        console = Console(highlight=False)
-        for renderable in tables(report):
-            console.print(renderable)
-    else:
-        sys.stdout.write(TEXT_FORMATS[format](report))
-        sys.stdout.flush()
+    _deliver(format, output, lambda: tables(report), lambda: TEXT_FORMATS[format](report))
     if quiet or (format == "table" and output is None):
         return
     for scheme in report.runs:
         typer.echo(verdict_line(scheme, report), err=True)
-    if output is not None:
-        typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
+    _wrote(report, format, output)
 
 
 def _emit_compare(report: Any, format: str, output: Path | None, quiet: bool, sort: str,
                   detail: bool) -> None:
-    """The compare view in the chosen format (JSON: the Report itself) to stdout or a file."""
-    from actstat.atomic import write_atomic
-    from actstat.render import (
-        compare_csv,
-        compare_markdown,
-        compare_table,
-        compare_text,
-        table_text,
-        tables,
-        to_json,
-    )
+    """The compare view in the chosen format (JSON: the Report itself)."""
+    from actstat import render
 
-    if format == "table" and output is None and sys.stdout.isatty():
+    texts = {
+        "table": lambda: (render.table_text(report) if detail else "")
+        + render.compare_text(report, sort),
+        "json": lambda: render.to_json(report),
+        "csv": lambda: render.compare_csv(report, sort),
+        "markdown": lambda: render.compare_markdown(report, sort, detail),
+    }
+    _deliver(format, output,
+             lambda: (render.tables(report) if detail else []) + [render.compare_table(report, sort)],
+             texts[format])
+    if not quiet:
+        _wrote(report, format, output)
+
+
+def _wrote(report: Any, format: str, output: Path | None) -> None:
+    if output is not None:
+        typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
+
+
+def _deliver(format: str, output: Path | None, renderables: Any, text: Any) -> None:
+    """To a file (atomically), to a terminal as Rich renderables (tables in colour), or to a
+    pipe as plain text; nothing but the chosen format reaches stdout."""
+    from actstat.atomic import write_atomic
+
+    if output is not None:
+        write_atomic(output, text())
+    elif format == "table" and sys.stdout.isatty():
         from rich.console import Console
 
         console = Console(highlight=False)
-        for renderable in (tables(report) if detail else []):
+        for renderable in renderables():
             console.print(renderable)
-        console.print(compare_table(report, sort))
-        return
-    text = {
-        "table": lambda: (table_text(report) if detail else "") + compare_text(report, sort),
-        "json": lambda: to_json(report),
-        "csv": lambda: compare_csv(report, sort),
-        "markdown": lambda: compare_markdown(report, sort, detail),
-    }[format]()
-    if output is not None:
-        write_atomic(output, text)
-        if not quiet:
-            typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(text())
         sys.stdout.flush()
 
 
