@@ -278,6 +278,201 @@ def compare(
     _exit_on_flags(report, failing, quiet)
 
 
+BaselineOutOpt = Annotated[Path, typer.Option(
+    "--output", "-o", help="Where to write the baseline (atomically).", dir_okay=False)]
+
+
+@app.command()
+def baseline(
+    config: ConfigArg = None,
+    init: InitOpt = None,
+    act: ActOpt = None,
+    depth: DepthOpt = None,
+    width: WidthOpt = None,
+    batch_size: BatchOpt = None,
+    data: DataOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    seed: SeedOpt = None,
+    bias: BiasOpt = None,
+    grad: GradOpt = None,
+    output: BaselineOutOpt = Path("actstat-baseline.json"),
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure and save a baseline Report (JSON) for `actstat check` to compare against.
+
+    The file holds the full resolved config, versions, device and every per-layer value; a JSON
+    report from `run` or `compare` serves as a baseline too.
+    """
+    from actstat.render import to_json, verdict_line
+
+    report = _profile(config, _overrides(
+        depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
+        seed=seed, bias=bias, init=init, act=act, grad=grad, steps=None, lr=None), quiet=quiet)
+    _guarded(_write_report, output, to_json(report))
+    if not quiet:
+        for scheme in report.runs:
+            typer.echo(verdict_line(scheme, report), err=True)
+        layers = sum(len(run.layers) for run in report.runs)
+        typer.echo(f"wrote {output} ({len(report.runs)} scheme(s), {layers} layers)", err=True)
+
+
+def _write_report(path: Path, text: str) -> None:
+    from actstat.atomic import write_atomic
+
+    write_atomic(path, text)
+
+
+TargetArg = Annotated[Path | None, typer.Argument(
+    help="A baseline (.json report), or a YAML config for --max-drift / --fail-on alone.",
+    show_default=False, dir_okay=False)]
+CheckConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="Run this config instead of the baseline's own (differences shown).",
+    show_default=False, dir_okay=False)]
+RtolOpt = Annotated[str | None, typer.Option(
+    "--rtol", metavar="FLOAT", show_default=False,
+    help="Std metrics: |ln(obtained/expected)| <= ln(1 + rtol). Default 0.05.")]
+AtolOpt = Annotated[str | None, typer.Option(
+    "--atol", metavar="FLOAT", show_default=False,
+    help="Mean metrics: |difference| <= atol x the expected std. Default 0.05.")]
+MetricsOpt = Annotated[str | None, typer.Option(
+    "--metrics", metavar="NAME[,NAME...]", show_default=False,
+    help="pre_std, post_std, grad_std, pre_mean, post_mean, grad_mean (default: all).")]
+MaxDriftOpt = Annotated[str | None, typer.Option(
+    "--max-drift", metavar="F", show_default=False,
+    help="Fail when a layer's post std leaves [s/F, s*F], s = the first hidden layer's.")]
+UpdateOpt = Annotated[bool, typer.Option(
+    "--update", help="Rewrite the baseline with the new values (after showing what changed).")]
+CheckFormatOpt = Annotated[str, typer.Option(
+    "--format", "-f", metavar="FORMAT", help="table, json or markdown (CI summary page).")]
+JunitOpt = Annotated[Path | None, typer.Option(
+    "--junit-xml", help="Also write a JUnit XML report here.", show_default=False,
+    dir_okay=False)]
+CHECK_FORMATS = ("table", "json", "markdown")
+
+
+@app.command()
+def check(
+    target: TargetArg = None,
+    config: CheckConfigOpt = None,
+    init: InitOpt = None,
+    act: ActOpt = None,
+    depth: DepthOpt = None,
+    width: WidthOpt = None,
+    batch_size: BatchOpt = None,
+    data: DataOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    seed: SeedOpt = None,
+    bias: BiasOpt = None,
+    grad: GradOpt = None,
+    rtol: RtolOpt = None,
+    atol: AtolOpt = None,
+    metrics: MetricsOpt = None,
+    max_drift: MaxDriftOpt = None,
+    fail_on: FailOnOpt = None,
+    update: UpdateOpt = False,
+    format: CheckFormatOpt = "table",
+    output: OutputOpt = None,
+    junit_xml: JunitOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Re-run a baseline's config and fail on per-layer std drift; or bound the drift alone.
+
+    Exit codes: 0 passed (or --update rewrote the baseline); 1 drift, a --max-drift breach or a
+    --fail-on flag; 2 unusable input (nothing is written then).
+    """
+    if format not in CHECK_FORMATS:
+        raise _fail(f"--format: check writes {', '.join(CHECK_FORMATS)}, not '{format}'")
+    failing = _fail_on(fail_on)
+    is_baseline = target is not None and target.suffix.lower() == ".json"
+    if target is not None and not is_baseline and config is not None:
+        raise _fail(f"give the config once: '{target}' is not a .json baseline, and --config "
+                    "names another config")
+    config_path = config if config is not None else (None if is_baseline else target)
+    factor = _positive(max_drift, "--max-drift", minimum=1.0) if max_drift is not None else None
+    if not is_baseline and factor is None and not failing:
+        raise _fail("nothing to check against: give a baseline (a .json report), --max-drift F "
+                    "or --fail-on FLAGS")
+    if update and not is_baseline:
+        raise _fail("--update rewrites a baseline: give one (a .json report)")
+    overrides = _overrides(
+        depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
+        seed=seed, bias=bias, init=init, act=act, grad=grad, steps=None, lr=None)
+    for key, value in (("check.rtol", rtol), ("check.atol", atol)):
+        if value is not None:
+            overrides[key] = _scalar(value)
+    if metrics is not None:
+        overrides["check.metrics"] = _names("--metrics", metrics)
+    try:
+        from actstat import check as checking
+        from actstat.config import config_from_dict, load_config
+        from actstat.pipeline import schemes
+        from actstat.report import read_report
+
+        base = read_report(target) if is_baseline else None
+        changes: list[str] = []
+        if base is not None:
+            own = config_from_dict(base.config, str(target))
+            checking.consistent(base, own.model.depth, len(schemes(own)), str(target))
+            resolved = (load_config(config_path, overrides) if config_path is not None
+                        else config_from_dict(base.config, str(target), overrides))
+            changes = checking.config_changes(base.config, resolved.model_dump(mode="json"))
+        else:
+            resolved = load_config(config_path, overrides)
+    except ActstatError as err:
+        raise _fail(str(err)) from None
+    report = _profile_resolved(resolved, quiet=quiet)
+    settings = resolved.check
+    compared, drifts, labels = (0, [], [run.scheme for run in report.runs])
+    if base is not None:
+        compared, drifts, labels = checking.compare(
+            base, report, metrics=tuple(settings.metrics), rtol=settings.rtol, atol=settings.atol,
+            tolerances={m: t.model_dump(exclude_none=True) for m, t in settings.tolerances.items()})
+    result = checking.CheckResult(
+        compared=compared,
+        drifts=tuple(drifts),
+        breaches=tuple(checking.drift_bound(report, factor)) if factor is not None else (),
+        flagged=tuple((run.scheme, layer.index, flag) for run in report.runs
+                      for layer in run.layers for flag in layer.flags if flag in failing),
+        config_changes=tuple(changes),
+        schemes=tuple(labels),
+        metrics=tuple(settings.metrics) if base is not None else (),
+        bound_checked=factor is not None,
+        flags_checked=bool(failing),
+    )
+    _guarded(_emit_check, result, format, output, junit_xml)
+    only_drift = base is not None and not result.breaches and not result.flagged
+    if update and only_drift:
+        from actstat.render import to_json
+
+        _guarded(_write_report, target, to_json(report))
+        if not quiet:
+            typer.echo(f"updated {target} with the new values", err=True)
+        return
+    if not result.passed:
+        raise typer.Exit(EXIT_FLAGGED)
+
+
+def _positive(text: str, option: str, minimum: float) -> float:
+    value = _scalar(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
+        raise _fail(f"{option}: must be a number ≥ {minimum:g} (got {text!r})")
+    return float(value)
+
+
+def _emit_check(result: Any, format: str, output: Path | None, junit: Path | None) -> None:
+    from actstat import render
+    from actstat.atomic import write_atomic
+
+    texts = {"table": render.check_text, "json": render.check_json,
+             "markdown": render.check_markdown}
+    if junit is not None:
+        write_atomic(junit, render.junit_xml(result))
+    _deliver(format, output, lambda: render.check_renderables(result),
+             lambda: texts[format](result))
+
+
 def _check_output_options(format: str, fail_on: str | None) -> set[str]:
     from actstat.render import FORMATS
 
@@ -296,12 +491,21 @@ def _guarded(emit: Any, *args: Any) -> None:
 def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool,
              default_schemes: list[dict[str, Any]] | None = None) -> Any:
     """Load the config and measure every scheme, with a progress bar on a terminal's stderr."""
-    _one_malloc_arena()
     try:
         from actstat.config import load_config
-        from actstat.pipeline import profile, schemes
 
         resolved = load_config(config, overrides, default_schemes=default_schemes)
+    except ActstatError as err:
+        raise _fail(str(err)) from None
+    return _profile_resolved(resolved, quiet=quiet)
+
+
+def _profile_resolved(resolved: Any, *, quiet: bool) -> Any:
+    """Measure every scheme of a resolved config, with a progress bar on a terminal's stderr."""
+    _one_malloc_arena()
+    try:
+        from actstat.pipeline import profile, schemes
+
         if quiet or not sys.stderr.isatty():
             return profile(resolved)
         from rich.console import Console

@@ -7,6 +7,7 @@ file or the option), the key, the bad value and what is allowed, in one line.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Mapping
@@ -171,6 +172,27 @@ class Thresholds(_Section):
     grad_exploding: float = Field(10.0, gt=0)
 
 
+METRIC_NAMES = ("pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean")
+Metric = Literal["pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean"]
+
+
+class MetricTolerance(_Section):
+    rtol: float | None = Field(None, gt=0)  # for a std metric
+    atol: float | None = Field(None, ge=0)  # for a mean metric
+
+
+class CheckConfig(_Section):
+    """`actstat check` against a baseline (definitions: actstat/check.py)."""
+
+    # std metrics: |ln(obtained / expected)| <= ln(1 + rtol); 0.05 fails any 10 % change and
+    # passes another thread count or torch patch release (~1e-6 apart)
+    rtol: float = Field(0.05, gt=0)
+    # mean metrics: |obtained - expected| <= atol x the expected std of that tensor
+    atol: float = Field(0.05, ge=0)
+    metrics: list[Metric] = Field(default_factory=lambda: list(METRIC_NAMES))
+    tolerances: dict[Metric, MetricTolerance] = Field(default_factory=dict)  # per metric
+
+
 class TrainConfig(_Section):
     steps: int = Field(0, ge=0, le=100_000)  # SGD steps after the measurement; 0: no training
     lr: float = Field(0.1, gt=0)  # plain SGD, no momentum: what moves is the gradient alone
@@ -188,6 +210,7 @@ class Config(_Section):
     grad: bool = True  # one backward pass of cross-entropy on the batch's labels; no step
     train: TrainConfig = Field(default_factory=TrainConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    check: CheckConfig = Field(default_factory=CheckConfig)
 
     @field_validator("init", "activation", mode="before")
     @classmethod
@@ -270,6 +293,15 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
     origin = str(path) if path is not None else "defaults"
     if path is not None:
         raw = _anchor_data_path(raw, path.parent)
+    return config_from_dict(raw, origin, overrides, default_schemes=default_schemes)
+
+
+def config_from_dict(raw: Mapping[str, Any], origin: str,
+                     overrides: Mapping[str, Any] | None = None, *,
+                     default_schemes: list[dict[str, Any]] | None = None) -> Config:
+    """A Config from an already-read mapping (a YAML file's, or a report's resolved config),
+    validated and resolved as `load_config` does; `origin` names it in errors."""
+    raw = copy.deepcopy(dict(raw))
     overrides = dict(overrides or {})
     for section in ("init", "activation"):
         if section in overrides:
@@ -403,6 +435,9 @@ OPTION_NAMES = {
     "grad": "--grad/--no-grad",
     "train.steps": "--steps",
     "train.lr": "--lr",
+    "check.rtol": "--rtol",
+    "check.atol": "--atol",
+    "check.metrics": "--metrics",
 }
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import math
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from rich import box
@@ -15,7 +16,16 @@ from rich.table import Table
 from rich.text import Text
 
 from actstat.analysis import Summary, first_flagged, summarise
-from actstat.report import FLAGS, HEALTHY, LayerStats, Report, Run, TrainLayer
+from actstat.check import BoundBreach, CheckResult, Drift
+from actstat.report import (
+    FLAGS,
+    HEALTHY,
+    LayerStats,
+    Report,
+    Run,
+    TrainLayer,
+    finite_or_none,
+)
 
 FORMATS = ("table", "json", "csv", "markdown")
 SORTS = ("verdict", "gain", "name")
@@ -397,6 +407,160 @@ def compare_markdown(report: Report, sort: str = "verdict", detail: bool = False
     if detail:
         lines += to_markdown(report).split("\n")[4:]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# check: what drifted, for a terminal, a CI summary page, a machine, and a JUnit reader
+
+
+def check_summary(result: CheckResult) -> list[str]:
+    """One line per kind of check that ran: baseline drift, drift bound, flags."""
+    lines = []
+    if result.compared:
+        if result.drifts:
+            first = result.drifts[0]
+            lines.append(f"{len(result.drifts)} of {result.compared} values drifted; first at "
+                         f"layer {first.layer} ({first.scheme}, {first.metric})")
+        else:
+            lines.append(f"all {result.compared} values within tolerance "
+                         f"({', '.join(result.metrics)})")
+    if result.breaches:
+        first_breach = result.breaches[0]
+        lines.append(f"max drift {first_breach.factor:g}: {len(result.breaches)} layer(s) outside "
+                     f"[s/{first_breach.factor:g}, s×{first_breach.factor:g}] of their first "
+                     f"layer's post std; first at layer {first_breach.layer} "
+                     f"({first_breach.scheme})")
+    if result.flagged:
+        scheme, layer, flag = result.flagged[0]
+        lines.append(f"--fail-on: {len(result.flagged)} flagged layer(s); first at layer {layer} "
+                     f"({scheme}, {flag})")
+    lines.append("passed" if result.passed else "FAILED")
+    return lines
+
+
+DRIFT_COLUMNS = ("scheme", "layer", "metric", "expected", "obtained", "difference", "tolerance")
+
+
+def _drift_cells(drift: Drift) -> list[str]:
+    if drift.metric.endswith("_std"):
+        difference = "—" if drift.difference is None else (
+            "×∞" if math.isinf(drift.difference) else f"×{math.exp(drift.difference):.4g}")
+        tolerance = f"×{math.exp(drift.tolerance):.4g}"
+    else:
+        difference = "—" if drift.difference is None else f"{drift.difference:+.3g}"
+        tolerance = f"±{number(drift.tolerance)}"
+    return [drift.scheme, str(drift.layer), drift.metric, number(drift.expected),
+            number(drift.obtained), difference, tolerance]
+
+
+def _breach_cells(breach: BoundBreach) -> list[str]:
+    return [breach.scheme, str(breach.layer), "post_std (bound)", number(breach.first_std),
+            number(breach.std), "outside", f"×{breach.factor:g} of layer 1"]
+
+
+def check_renderables(result: CheckResult) -> list[RenderableType]:
+    """The failing rows only, then the summary; config changes first when a config replaced the
+    baseline's."""
+    out: list[RenderableType] = []
+    if result.config_changes:
+        out.append(Text("config changes against the baseline:", style="bold"))
+        out += [Text(f"  {change}") for change in result.config_changes]
+        out.append(Text(""))
+    rows = [_drift_cells(d) for d in result.drifts] + [_breach_cells(b) for b in result.breaches]
+    if rows:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="values out of tolerance",
+                      title_justify="left")
+        for name in DRIFT_COLUMNS:
+            table.add_column(name, justify="left" if name in ("scheme", "metric") else "right")
+        for cells in rows:
+            table.add_row(*cells)
+        out.append(table)
+    for scheme, layer, flag in result.flagged:
+        out.append(Text(f"{scheme}: layer {layer} carries {flag}", style=FLAG_STYLES[flag]))
+    for line in check_summary(result):
+        style = "bold green" if line == "passed" else "bold red" if line == "FAILED" else ""
+        out.append(Text(line, style=style))
+    return out
+
+
+def check_text(result: CheckResult) -> str:
+    return _plain(check_renderables(result), 1000)
+
+
+def check_markdown(result: CheckResult, limit: int = 200) -> str:
+    """For a CI job summary page ($GITHUB_STEP_SUMMARY): verdict, summary, failing rows."""
+    mark = "✅ passed" if result.passed else "❌ failed"
+    lines = [f"## actstat check: {mark}", ""]
+    lines += [f"- {line}" for line in check_summary(result)[:-1]]
+    if result.config_changes:
+        lines += ["", "Config changes against the baseline:", ""]
+        lines += [f"- `{change}`" for change in result.config_changes]
+    rows = [_drift_cells(d) for d in result.drifts] + [_breach_cells(b) for b in result.breaches]
+    if rows:
+        lines += ["", "| " + " | ".join(DRIFT_COLUMNS) + " |",
+                  "|---|---:|---|---:|---:|---:|---:|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows[:limit]]
+        if len(rows) > limit:
+            lines.append(f"\n… and {len(rows) - limit} more rows (see the JSON or JUnit report).")
+    if result.flagged:
+        lines += [""] + [f"- {scheme}: layer {layer} carries `{flag}`"
+                         for scheme, layer, flag in result.flagged]
+    return "\n".join(lines) + "\n"
+
+
+def check_json(result: CheckResult) -> str:
+    """The machine-readable result (README, "Use in CI")."""
+    body = {
+        "passed": result.passed,
+        "summary": check_summary(result)[:-1],
+        "compared": result.compared,
+        "drifted": len(result.drifts),
+        "metrics": list(result.metrics),
+        "schemes": list(result.schemes),
+        "config_changes": list(result.config_changes),
+        "drifts": [{**asdict(d), "difference": finite_or_none(d.difference)}
+                   for d in result.drifts],
+        "breaches": [asdict(b) for b in result.breaches],
+        "flagged": [{"scheme": s, "layer": layer, "flag": f} for s, layer, f in result.flagged],
+    }
+    return json.dumps(body, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def junit_xml(result: CheckResult) -> str:
+    """JUnit XML: one test case per scheme and metric family (and per scheme for the drift bound
+    and the flags when those ran), so CI lists each drifted layer set as a failed test."""
+    from xml.etree import ElementTree as ET
+
+    suite = ET.Element("testsuite", name="actstat check")
+    cases = 0
+    failures = 0
+
+    def case(classname: str, name: str, failed: list[str]) -> None:
+        nonlocal cases, failures
+        cases += 1
+        element = ET.SubElement(suite, "testcase", classname=classname, name=name)
+        if failed:
+            failures += 1
+            message = f"{len(failed)} layer(s) out of tolerance"
+            ET.SubElement(element, "failure", message=message).text = "\n".join(failed)
+
+    if result.compared:
+        for scheme in result.schemes:
+            for metric in result.metrics:
+                rows = [" | ".join(_drift_cells(d)[1:]) for d in result.drifts
+                        if d.scheme == scheme and d.metric == metric]
+                case(scheme, metric, [f"layer {row}" for row in rows])
+    for scheme in result.schemes if result.breaches or result.bound_checked else []:
+        rows = [f"layer {b.layer}: post std {number(b.std)} vs layer 1 {number(b.first_std)}"
+                for b in result.breaches if b.scheme == scheme]
+        case(scheme, "max_drift", rows)
+    for scheme in result.schemes if result.flags_checked else []:
+        rows = [f"layer {layer}: {flag}" for s, layer, flag in result.flagged if s == scheme]
+        case(scheme, "fail_on", rows)
+    suite.set("tests", str(cases))
+    suite.set("failures", str(failures))
+    suite.set("errors", "0")
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
 TEXT_FORMATS: dict[str, Callable[[Report], str]] = {

@@ -6,9 +6,11 @@ not apply, such as the dead fraction of tanh) is None, so `to_dict` is valid str
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from actstat.errors import ActstatError
@@ -149,6 +151,31 @@ class Report:
         except (KeyError, TypeError, ValueError) as err:
             raise ActstatError(f"not a complete actstat report ({type(err).__name__}: {err})") \
                 from None
+
+
+def read_report(path: Path | str) -> Report:
+    """A Report from a JSON file written by run, compare or baseline; one-line errors otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ActstatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ActstatError(f"{path}: is a directory, not a report") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ActstatError(f"{path}: cannot read ({err})") from None
+    if not text.strip():
+        raise ActstatError(f"{path}: is empty, not an actstat report")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        hint = " (truncated?)" if err.pos >= len(text.rstrip()) else ""
+        raise ActstatError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: "
+                           f"{err.msg}{hint}") from None
+    try:
+        return Report.from_dict(raw)
+    except ActstatError as err:
+        raise ActstatError(f"{path}: {err}") from None
 
 
 def finite_or_none(value: float | None) -> float | None:

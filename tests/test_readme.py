@@ -46,12 +46,20 @@ def test_the_readme_has_examples():
     assert len(EXAMPLES) >= 3
 
 
+@pytest.fixture(scope="module")
+def readme_dir(tmp_path_factory):
+    """One directory for all the README's examples, run in order: later ones (check) read what
+    earlier ones (baseline) wrote, as a reader following the README would."""
+    directory = tmp_path_factory.mktemp("readme")
+    (directory / "configs").symlink_to(ROOT / "configs")
+    return directory
+
+
 @pytest.mark.parametrize("command, shown", EXAMPLES, ids=[c for c, _ in EXAMPLES])
-def test_readme_examples_print_what_the_readme_shows(command, shown, tmp_path, monkeypatch):
+def test_readme_examples_print_what_the_readme_shows(command, shown, readme_dir, monkeypatch):
     from typer.testing import CliRunner
 
-    (tmp_path / "configs").symlink_to(ROOT / "configs")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(readme_dir)
     args = shlex.split(command.split("#")[0])[1:]
     expected_code = 1 if "# exit 1" in command else 0
     result = CliRunner().invoke(app, args, env={"NO_COLOR": "1"})
