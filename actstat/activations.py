@@ -33,6 +33,10 @@ class Activation:
     activations with an exactly flat region have it (relu; general_relu without leak); for the
     others it is None and no unit can die.
 
+    `kinks`: pre-activation values where φ or φ' jumps (numerical integrals split there).
+    `gaussian`: where a closed form exists, q -> (E[φ(√q z)], E[φ(√q z)²], E[φ'(√q z)²]) for
+    z ~ N(0, 1), used by the mean-field theory (actstat/theory.py) instead of quadrature.
+
     `lower`, `upper`, `scale`: the ends of the activation's range (None: unbounded on that side)
     and the width that the saturation margin is measured in: a value is saturated when it lies
     within (1 - cut) * scale of an end, so with the default cut 0.97 tanh is saturated beyond
@@ -47,6 +51,8 @@ class Activation:
     lower: float | None = None
     upper: float | None = None
     scale: float = 1.0
+    kinks: tuple[float, ...] = ()
+    gaussian: Callable[[float], tuple[float, float, float]] | None = None
 
     def saturation_edges(self, cut: float) -> tuple[float | None, float | None] | None:
         """(lo, hi): a post-activation value <= lo or >= hi is saturated; None if unbounded."""
@@ -91,18 +97,40 @@ def _leaky_gain(slope: float) -> float:
     return math.sqrt(2.0 / (1.0 + slope**2))
 
 
+def _leaky_gaussian(slope: float, subtract: float = 0.0) -> Callable[[float], tuple[float, ...]]:
+    """Closed forms for φ(y) = leaky(y) - subtract, y ~ N(0, q): E[relu(y)] = √q/√(2π),
+    E[relu(y)²] = q/2, and the negative half mirrored with the slope."""
+
+    def moments(q: float) -> tuple[float, float, float]:
+        half_mean = math.sqrt(q / (2 * math.pi))
+        mean = (1 - slope) * half_mean
+        second = q * (1 + slope**2) / 2
+        return (mean - subtract, second - 2 * subtract * mean + subtract**2,
+                (1 + slope**2) / 2)
+
+    return moments
+
+
 def relu() -> Activation:
-    return Activation("relu", nn.ReLU, math.sqrt(2.0), dead_below=0.0)
+    return Activation("relu", nn.ReLU, math.sqrt(2.0), dead_below=0.0, kinks=(0.0,),
+                      gaussian=_leaky_gaussian(0.0))
 
 
 def leaky_relu(*, negative_slope: float = 0.01) -> Activation:
-    return Activation("leaky_relu", lambda: nn.LeakyReLU(negative_slope), _leaky_gain(negative_slope))
+    return Activation("leaky_relu", lambda: nn.LeakyReLU(negative_slope),
+                      _leaky_gain(negative_slope), kinks=(0.0,),
+                      gaussian=_leaky_gaussian(negative_slope))
 
 
 def general_relu(
     *, leak: float = 0.0, subtract: float = 0.0, clamp_max: float | None = None
 ) -> Activation:
     """The lesson's "ReLU minus 0.5" is general_relu(subtract=0.5); the gain is leaky_relu's."""
+    kinks: tuple[float, ...] = (0.0,)
+    if clamp_max is not None:
+        # where leaky(y) - subtract reaches the clamp
+        edge = clamp_max + subtract
+        kinks += (edge if edge >= 0 or not leak else edge / leak,)
     return Activation(
         "general_relu",
         lambda: GeneralRelu(leak, subtract, clamp_max),
@@ -110,6 +138,8 @@ def general_relu(
         dead_below=0.0 if leak == 0 else None,
         upper=clamp_max,
         scale=0.0,
+        kinks=tuple(sorted(set(kinks))),
+        gaussian=_leaky_gaussian(leak, subtract) if clamp_max is None else None,
     )
 
 
@@ -133,12 +163,13 @@ def silu() -> Activation:
 def selu() -> Activation:
     # SELU's negative asymptote is -scale*alpha of torch's constants
     floor = 1.0507009873554805 * 1.6732632423543772
-    return Activation("selu", nn.SELU, 0.75, lower=-floor, scale=floor)
+    return Activation("selu", nn.SELU, 0.75, lower=-floor, scale=floor, kinks=(0.0,))
 
 
 def elu(*, alpha: PositiveFloat = 1.0) -> Activation:
     make = lambda: nn.ELU(alpha)  # noqa: E731
-    return Activation("elu", make, second_moment_gain(make()), lower=-alpha, scale=alpha)
+    return Activation("elu", make, second_moment_gain(make()), lower=-alpha, scale=alpha,
+                      kinks=(0.0,))
 
 
 def softplus(*, beta: PositiveFloat = 1.0) -> Activation:
@@ -151,7 +182,7 @@ def mish() -> Activation:
 
 
 def identity() -> Activation:
-    return Activation("identity", nn.Identity, 1.0)
+    return Activation("identity", nn.Identity, 1.0, gaussian=lambda q: (0.0, q, 1.0))
 
 
 ACTIVATIONS: dict[str, Callable[..., Activation]] = {

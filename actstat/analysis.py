@@ -58,6 +58,9 @@ from actstat.report import (
 if TYPE_CHECKING:
     from actstat.probe import RawLayer
 
+# the statistics every tensor has (actstat/probe.py reduces them in this order)
+MOMENTS = ("mean", "std", "min", "max", "near_zero")
+
 
 
 def analyse(layers: list[RawLayer], *, input_std: float, thresholds: Thresholds, can_die: bool,
@@ -127,9 +130,9 @@ def summarise(layers: tuple[LayerStats, ...], verdict_name: str) -> Summary:
 
 def _layer(index: int, raw: RawLayer, input_std: float, last_grad_std: float | None,
            t: Thresholds, can_die: bool, bounded: bool) -> LayerStats:
-    pre = TensorStats(**{k: finite_or_none(raw.pre[k]) for k in TensorStats.__dataclass_fields__})
+    pre = TensorStats(**{k: finite_or_none(raw.pre[k]) for k in MOMENTS})
     post = PostStats(
-        **{k: finite_or_none(raw.post[k]) for k in TensorStats.__dataclass_fields__},
+        **{k: finite_or_none(raw.post[k]) for k in MOMENTS},
         dead=raw.pre["dead"] if can_die else None,
         saturated=raw.post["saturated"] if bounded else None,
     )

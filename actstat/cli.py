@@ -121,7 +121,7 @@ def _overrides(**options: Any) -> dict[str, Any]:
     """Dotted config keys for every option the user gave (None: not given)."""
     keys = {"depth": "model.depth", "batch_size": "data.batch_size", "seed": "seed",
             "data": "data.source", "device": "device", "dtype": "dtype", "bias": "model.bias",
-            "grad": "grad", "steps": "train.steps", "lr": "train.lr"}
+            "grad": "grad", "theory": "theory", "steps": "train.steps", "lr": "train.lr"}
     numeric = ("depth", "batch_size", "seed", "steps", "lr")
     overrides: dict[str, Any] = {}
     for option, key in keys.items():
@@ -179,6 +179,9 @@ BiasOpt = Annotated[bool | None, typer.Option(
 GradOpt = Annotated[bool | None, typer.Option(
     "--grad/--no-grad", show_default=False,
     help="Measure one backward pass too (default), or only the forward pass, without autograd.")]
+TheoryOpt = Annotated[bool | None, typer.Option(
+    "--theory/--no-theory", show_default=False,
+    help="Show the mean-field expected std and phase next to the measurement (default on).")]
 StepsOpt = Annotated[str | None, typer.Option(
     "--steps", metavar="INT", show_default=False,
     help="Then train with plain SGD for this many steps and report how the weights moved.")]
@@ -216,6 +219,7 @@ def run(
     seed: SeedOpt = None,
     bias: BiasOpt = None,
     grad: GradOpt = None,
+    theory: TheoryOpt = None,
     steps: StepsOpt = None,
     lr: LrOpt = None,
     format: FormatOpt = "table",
@@ -230,7 +234,7 @@ def run(
     failing = _check_output_options(format, fail_on)
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, steps=steps, lr=lr), quiet=quiet)
+        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr), quiet=quiet)
     _guarded(_emit, report, format, output, quiet)
     _exit_on_flags(report, failing, quiet)
 
@@ -249,6 +253,7 @@ def compare(
     seed: SeedOpt = None,
     bias: BiasOpt = None,
     grad: GradOpt = None,
+    theory: TheoryOpt = None,
     steps: StepsOpt = None,
     lr: LrOpt = None,
     sort: SortOpt = "verdict",
@@ -272,7 +277,7 @@ def compare(
         raise _fail(f"--sort: unknown order '{sort}'; choose from: {', '.join(SORTS)}")
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, steps=steps, lr=lr), quiet=quiet,
+        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr), quiet=quiet,
         default_schemes=LESSON_SCHEMES)
     _guarded(_emit_compare, report, format, output, quiet, sort, detail)
     _exit_on_flags(report, failing, quiet)
@@ -296,6 +301,7 @@ def baseline(
     seed: SeedOpt = None,
     bias: BiasOpt = None,
     grad: GradOpt = None,
+    theory: TheoryOpt = None,
     output: BaselineOutOpt = Path("actstat-baseline.json"),
     quiet: QuietOpt = False,
 ) -> None:
@@ -308,7 +314,7 @@ def baseline(
 
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, steps=None, lr=None), quiet=quiet)
+        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=None, lr=None), quiet=quiet)
     _guarded(_write_report, output, to_json(report))
     if not quiet:
         for scheme in report.runs:
@@ -366,6 +372,7 @@ def check(
     seed: SeedOpt = None,
     bias: BiasOpt = None,
     grad: GradOpt = None,
+    theory: TheoryOpt = None,
     rtol: RtolOpt = None,
     atol: AtolOpt = None,
     metrics: MetricsOpt = None,
@@ -398,7 +405,7 @@ def check(
         raise _fail("--update rewrites a baseline: give one (a .json report)")
     overrides = _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, steps=None, lr=None)
+        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=None, lr=None)
     for key, value in (("check.rtol", rtol), ("check.atol", atol)):
         if value is not None:
             overrides[key] = _scalar(value)

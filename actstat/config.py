@@ -208,6 +208,7 @@ class Config(_Section):
     dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
     seed: int = Field(0, ge=0, le=2**63 - 1)  # one seed: the batch and every scheme's weights
     grad: bool = True  # one backward pass of cross-entropy on the batch's labels; no step
+    theory: bool = True  # mean-field expected std per layer and the scheme's phase
     train: TrainConfig = Field(default_factory=TrainConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     check: CheckConfig = Field(default_factory=CheckConfig)
@@ -433,6 +434,7 @@ OPTION_NAMES = {
     "dtype": "--dtype",
     "seed": "--seed",
     "grad": "--grad/--no-grad",
+    "theory": "--theory/--no-theory",
     "train.steps": "--steps",
     "train.lr": "--lr",
     "check.rtol": "--rtol",

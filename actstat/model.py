@@ -25,6 +25,20 @@ def build_mlp(*, in_features: int, widths: list[int], num_classes: int, bias: bo
     return nn.Sequential(*layers)
 
 
+def parameter_variances(model: nn.Module, linears: list[nn.Linear]) -> list[tuple[float, float]]:
+    """(σ_w², σ_b²) = (fan_in · Var(W), Var(b)) of each Linear, population variances in float64,
+    fetched in one copy (σ_b² is 0 without a bias)."""
+    values = []
+    for linear in linears:
+        w = linear.weight.detach().to(torch.float64)
+        values.append(w.var(correction=0) * linear.in_features)
+        values.append(linear.bias.detach().to(torch.float64).var(correction=0)
+                      if linear.bias is not None else torch.zeros((), dtype=torch.float64,
+                                                                   device=w.device))
+    host = torch.stack(values).tolist() if values else []
+    return list(zip(host[0::2], host[1::2]))
+
+
 def initialise(model: nn.Module, weight_init: WeightInit, bias_init: BiasInit, *, act_gain: float,
                seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Fill every Linear (the head too) in module order from one CPU generator seeded with `seed`,

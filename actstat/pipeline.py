@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import replace
 from itertools import product
 
 import torch
 
 from actstat import __version__
-from actstat.activations import ACTIVATIONS, make_activation
+from actstat.activations import ACTIVATIONS, Activation, make_activation
 from actstat.analysis import analyse, verdict
 from actstat.config import ActivationSpec, Config, InitSpec
 from actstat.data import Batch, load_batch, resolve_device, resolve_dtype
 from actstat.inits import BIAS_INITS, INITS, make_bias_init, make_init
-from actstat.model import build_mlp, initialise
-from actstat.probe import measure, moments
+from actstat.model import build_mlp, initialise, parameter_variances
+from actstat.probe import hidden_blocks, measure, moments
 from actstat.registry import label
-from actstat.report import SCHEMA_VERSION, InputStats, Report, Run, finite_or_none
+from actstat.report import (
+    SCHEMA_VERSION,
+    InputStats,
+    LayerStats,
+    Report,
+    Run,
+    Theory,
+    finite_or_none,
+)
+from actstat.theory import Expected, expected, phase
 from actstat.train import train_probe
 
 
@@ -36,12 +47,14 @@ def profile(config: Config, on_scheme: Progress | None = None) -> Report:
     dtype = resolve_dtype(config.dtype)
     batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
                        num_classes=config.model.num_classes)
-    with torch.inference_mode():  # the batch's own moments, fetched once
-        inputs = torch.stack(moments(batch.inputs, 0.0)[:2]).tolist()
+    with torch.inference_mode():  # the batch's moments and second moment, fetched once
+        inputs = torch.stack(moments(batch.inputs, 0.0)[:2]
+                             + [batch.inputs.double().pow(2).mean()]).tolist()
     todo = schemes(config)
     runs = []
     for done, (init, act) in enumerate(todo, start=1):
-        runs.append(profile_scheme(config, init, act, batch, input_std=inputs[1]))
+        runs.append(profile_scheme(config, init, act, batch, input_std=inputs[1],
+                                   input_second_moment=inputs[2]))
         if on_scheme is not None:
             on_scheme(done, len(todo), runs[-1].scheme)
     return Report(
@@ -63,7 +76,7 @@ def profile(config: Config, on_scheme: Progress | None = None) -> Report:
 
 
 def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch, *,
-                   input_std: float) -> Run:
+                   input_std: float, input_second_moment: float | None = None) -> Run:
     activation = make_activation(act.name, act.params)
     model = build_mlp(
         in_features=batch.inputs.shape[1],
@@ -82,19 +95,50 @@ def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: B
         dtype=batch.inputs.dtype,
     )
     t = config.thresholds
+    theory = None
+    expectations: list[Expected | None] = [None] * len(config.model.widths)
+    if config.theory:
+        if input_second_moment is None:
+            input_second_moment = float(batch.inputs.double().pow(2).mean())
+        expectations, theory = _theory(model, activation, input_second_moment)
     measurement = measure(model, batch.inputs, batch.labels if config.grad else None,
                           activation=activation, near_zero=t.near_zero,
                           saturation_cut=t.saturation_cut)
     layers = analyse(measurement.layers, input_std=input_std, thresholds=t,
                      can_die=activation.dead_below is not None,
                      bounded=activation.saturation_edges(t.saturation_cut) is not None)
+    layers = tuple(_with_expected(layer, e) for layer, e in zip(layers, expectations))
     init_params = {**init.params, "bias": init.bias.model_dump()}
     train = None
     if config.train.steps:
         train = train_probe(model, batch.inputs, batch.labels, steps=config.train.steps,
                             lr=config.train.lr, symmetric=t.symmetric)
     return Run(scheme_label(init, act), init.name, init_params, act.name, dict(act.params),
-               verdict(layers), finite_or_none(measurement.loss), layers, train)
+               verdict(layers), finite_or_none(measurement.loss), layers, train, theory)
+
+
+def _theory(model: torch.nn.Module, activation: Activation,
+            input_second_moment: float) -> tuple[list[Expected | None], Theory]:
+    """Mean-field expectations per hidden layer from the model's actual parameters, and the
+    phase of the deep layers (the last hidden layer's σ_w², σ_b²)."""
+    linears = [linear for linear, _ in hidden_blocks(model)]
+    variances = parameter_variances(model, linears)
+    sigma_w2 = [w2 for w2, _ in variances]
+    sigma_b2 = [b2 for _, b2 in variances]
+    layers = expected(activation, sigma_w2, sigma_b2, input_second_moment)
+    last = layers[-1].pre_std
+    found = phase(activation, sigma_w2[-1], sigma_b2[-1], last**2 if last is not None else math.inf)
+    return list(layers), Theory(finite_or_none(found.chi1), finite_or_none(found.q_star),
+                                found.phase)
+
+
+def _with_expected(layer: LayerStats, expected_here: Expected | None) -> LayerStats:
+    if expected_here is None:
+        return layer
+    return replace(layer,
+                   pre=replace(layer.pre, expected_std=expected_here.pre_std),
+                   post=replace(layer.post, expected_mean=expected_here.post_mean,
+                                expected_std=expected_here.post_std))
 
 
 def scheme_label(init: InitSpec, act: ActivationSpec) -> str:

@@ -79,6 +79,11 @@ GRAD_COLUMNS: list[tuple[str, Cell]] = [
     ("grad std", lambda layer, _: number(layer.grad.std if layer.grad else None)),
     ("grad:data", lambda layer, _: number(layer.grad.grad_to_data if layer.grad else None)),
 ]
+THEORY_COLUMNS: list[tuple[str, Cell]] = [
+    ("exp std", lambda layer, _: number(layer.post.expected_std)),
+    ("meas/exp", lambda layer, _: number(layer.post.std / layer.post.expected_std)
+     if layer.post.std is not None and layer.post.expected_std else "—"),
+]
 TRAIN_COLUMNS: list[tuple[str, Cell]] = [
     ("ΔW", lambda _, moved: "—" if moved is None else _weight_change(moved)),
     ("still sym", lambda _, moved: "—" if moved is None else
@@ -89,6 +94,8 @@ TRAIN_COLUMNS: list[tuple[str, Cell]] = [
 def columns(run: Run) -> list[tuple[str, Cell]]:
     """The number columns of a scheme's table: gradient and training ones only when measured."""
     chosen = list(FORWARD_COLUMNS)
+    if run.theory is not None:
+        chosen += THEORY_COLUMNS
     if any(layer.grad is not None for layer in run.layers):
         chosen += GRAD_COLUMNS
     if run.train is not None:
@@ -114,6 +121,8 @@ def verdict_line(run: Run, report: Report) -> str:
              f"over {len(layers)} layers")
     ratio = gradient_ratio(run)
     grad = "" if ratio is None else f"; grad std layer 1 / layer {len(layers)} = {number(ratio)}"
+    if run.theory is not None:
+        grad += f"; mean field: {run.theory.phase} (χ₁ = {number(run.theory.chi1)})"
     if run.verdict == HEALTHY:
         worst_dead = max((layer.post.dead or 0.0) for layer in layers)
         dead = f", up to {percent(worst_dead)} of units dead" if worst_dead else ""
@@ -240,7 +249,8 @@ def to_json(report: Report) -> str:
 CSV_COLUMNS = ("scheme", "init", "act", "verdict", "layer", "fan_in", "fan_out",
                "pre_mean", "pre_std", "pre_min", "pre_max", "pre_near_zero",
                "post_mean", "post_std", "post_min", "post_max", "post_near_zero",
-               "post_dead", "post_saturated", "grad_mean", "grad_std", "grad_weight_std",
+               "post_dead", "post_saturated", "pre_expected_std", "post_expected_mean",
+               "post_expected_std", "grad_mean", "grad_std", "grad_weight_std",
                "grad_to_data", "train_weight_change", "train_weight_delta", "train_bias_delta",
                "train_still_symmetric", "flags")
 
@@ -329,7 +339,7 @@ def sorted_runs(report: Report, sort: str) -> list[Run]:
 
 
 COMPARE_COLUMNS = ("scheme", "verdict", "first flag", "post std 1 → L", "gain", "dead", "sat",
-                   "grad 1/L", "log std", "log grad")
+                   "grad 1/L", "phase", "χ₁", "log std", "log grad")
 
 
 def _compare_cells(run: Run, summary: Summary) -> dict[str, str]:
@@ -344,6 +354,8 @@ def _compare_cells(run: Run, summary: Summary) -> dict[str, str]:
         "dead": percent(summary.worst_dead),
         "sat": percent(summary.worst_saturated),
         "grad 1/L": number(summary.grad_ratio),
+        "phase": run.theory.phase if run.theory else "—",
+        "χ₁": number(run.theory.chi1) if run.theory else "—",
         "log std": sparkline([layer.post.std for layer in run.layers]),
         "log grad": sparkline(grads) if any(g is not None for g in grads) else "—",
     }
@@ -356,7 +368,8 @@ def compare_table(report: Report, sort: str = "verdict") -> Table:
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for name in COMPARE_COLUMNS:
         table.add_column(name, justify="left" if name in ("scheme", "verdict", "first flag",
-                                                          "log std", "log grad") else "right",
+                                                          "phase", "log std", "log grad")
+                         else "right",
                          no_wrap=name in ("scheme", "log std", "log grad"))
     for run in sorted_runs(report, sort):
         summary = summarise(run.layers, run.verdict)
@@ -374,7 +387,7 @@ def compare_text(report: Report, sort: str = "verdict", width: int = 1000) -> st
 
 COMPARE_CSV_COLUMNS = ("scheme", "init", "act", "verdict", "first_flag_layer", "first_flag",
                        "post_std_first", "post_std_last", "gain", "worst_dead",
-                       "worst_saturated", "grad_ratio", "loss")
+                       "worst_saturated", "grad_ratio", "phase", "chi1", "q_star", "loss")
 
 
 def compare_csv(report: Report, sort: str = "verdict") -> str:
@@ -389,8 +402,10 @@ def compare_csv(report: Report, sort: str = "verdict") -> str:
                "first_flag": s.first_flag[1] if s.first_flag else None,
                "post_std_first": s.first_std, "post_std_last": s.last_std, "gain": s.gain,
                "worst_dead": s.worst_dead, "worst_saturated": s.worst_saturated,
-               "grad_ratio": s.grad_ratio, "loss": run.loss}
-        writer.writerow("" if row[c] is None else row[c] for c in COMPARE_CSV_COLUMNS)
+               "grad_ratio": s.grad_ratio, "loss": run.loss,
+               **({"phase": run.theory.phase, "chi1": run.theory.chi1,
+                   "q_star": run.theory.q_star} if run.theory else {})}
+        writer.writerow("" if row.get(c) is None else row[c] for c in COMPARE_CSV_COLUMNS)
     return buffer.getvalue()
 
 
@@ -398,7 +413,7 @@ def compare_markdown(report: Report, sort: str = "verdict", detail: bool = False
     """The compare table in Markdown, then (with `detail`) every scheme's per-layer table."""
     lines = ["## actstat compare", "", _input_line(report), "",
              "| " + " | ".join(COMPARE_COLUMNS) + " |",
-             "|" + "|".join("---" if c in ("scheme", "verdict", "first flag", "log std",
+             "|" + "|".join("---" if c in ("scheme", "verdict", "first flag", "phase", "log std",
                                            "log grad") else "---:" for c in COMPARE_COLUMNS) + "|"]
     for run in sorted_runs(report, sort):
         cells = _compare_cells(run, summarise(run.layers, run.verdict))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,14 @@ class TensorStats:
     min: float | None
     max: float | None
     near_zero: float | None
+    expected_std: float | None = field(default=None, kw_only=True)  # mean-field theory
 
 
 @dataclass(frozen=True)
 class PostStats(TensorStats):
     dead: float | None  # None: the activation cannot die
     saturated: float | None  # None: the activation is unbounded
+    expected_mean: float | None = field(default=None, kw_only=True)  # mean-field theory
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,15 @@ class LayerStats:
 
 
 @dataclass(frozen=True)
+class Theory:
+    """The scheme's mean-field phase (definitions: actstat/theory.py)."""
+
+    chi1: float | None
+    q_star: float | None  # None: the length map has no finite fixed point
+    phase: str  # ordered, critical or chaotic
+
+
+@dataclass(frozen=True)
 class Run:
     """One scheme (init × activation) on the shared batch."""
 
@@ -96,6 +107,7 @@ class Run:
     loss: float | None  # the initial cross-entropy; None without a backward pass
     layers: tuple[LayerStats, ...]
     train: TrainStats | None = None  # None: no training probe (steps: 0)
+    theory: Theory | None = None  # None: --no-theory
 
 
 @dataclass(frozen=True)
@@ -208,6 +220,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
             **asdict(run.train), "loss": list(run.train.loss),
             "layers": [asdict(layer) for layer in run.train.layers],
         },
+        "theory": None if run.theory is None else asdict(run.theory),
     }
 
 
@@ -233,6 +246,7 @@ def _run_from(raw: Mapping[str, Any]) -> Run:
             for layer in raw["layers"]
         ),
         train=None if raw["train"] is None else _train_from(raw["train"]),
+        theory=None if raw.get("theory") is None else Theory(**_only(Theory, raw["theory"])),
     )
 
 
@@ -248,5 +262,7 @@ def _train_from(raw: Mapping[str, Any]) -> TrainStats:
 
 
 def _only(kind: type, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of `kind` from `raw`, so that later, additive schema fields are ignored."""
-    return {f.name: raw[f.name] for f in fields(kind)}
+    """The fields of `kind` from `raw`: later, additive schema fields are ignored, and fields
+    with a default (added after version 1 first shipped) may be absent."""
+    return {f.name: raw[f.name] for f in fields(kind)
+            if f.name in raw or (f.default is MISSING and f.default_factory is MISSING)}

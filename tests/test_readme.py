@@ -56,7 +56,8 @@ def readme_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("command, shown", EXAMPLES, ids=[c for c, _ in EXAMPLES])
-def test_readme_examples_print_what_the_readme_shows(command, shown, readme_dir, monkeypatch):
+def test_readme_examples_print_what_the_readme_shows(command, shown, readme_dir, monkeypatch,
+                                                     request):
     from typer.testing import CliRunner
 
     monkeypatch.chdir(readme_dir)
@@ -65,5 +66,13 @@ def test_readme_examples_print_what_the_readme_shows(command, shown, readme_dir,
     result = CliRunner().invoke(app, args, env={"NO_COLOR": "1"})
     assert result.exit_code == expected_code, result.stderr
     printed = result.stdout + result.stderr
+    if request.config.getoption("--update-golden"):
+        path = ROOT / "README.md"
+        text = path.read_text(encoding="utf-8")
+        old = f"```console\n$ {command}\n{shown}```"
+        assert old in text
+        path.write_text(text.replace(old, f"```console\n$ {command}\n{printed.rstrip()}\n```"),
+                        encoding="utf-8")
+        return
     assert printed.rstrip("\n") == shown.rstrip("\n"), (
-        "the README's example output is stale; paste the new output:\n" + printed)
+        "the README's example output is stale: run pytest --update-golden and review the diff")

@@ -21,6 +21,7 @@ from actstat.report import (
     Report,
     Run,
     TensorStats,
+    Theory,
     TrainLayer,
     TrainStats,
 )
@@ -34,10 +35,12 @@ def strict_json(text: str):
 
 
 def layer(index, pre_std, post_mean, post_std, *, flags=(), dead=0.0, saturated=None,
-          grad=None):
-    pre = TensorStats(mean=0.01 * index, std=pre_std, min=-3.0, max=3.5, near_zero=0.0123)
+          grad=None, expected=None):
+    pre = TensorStats(mean=0.01 * index, std=pre_std, min=-3.0, max=3.5, near_zero=0.0123,
+                      expected_std=expected and expected[0])
     post = PostStats(mean=post_mean, std=post_std, min=0.0, max=3.5, near_zero=0.5,
-                     dead=dead, saturated=saturated)
+                     dead=dead, saturated=saturated, expected_mean=expected and expected[1],
+                     expected_std=expected and expected[2])
     return LayerStats(index, 784 if index == 1 else 100, 100, pre, post, grad, tuple(flags))
 
 
@@ -45,14 +48,17 @@ def synthetic_report() -> Report:
     """A hand-made Report, so golden files test rendering alone, not BLAS rounding."""
     healthy = Run("kaiming + relu", "kaiming", {"mode": "fan_in", "bias": {"name": "zeros"}},
                   "relu", {}, "healthy", 2.47,
-                  (layer(1, 1.366, 0.643, 0.8738, grad=GradStats(1e-5, 0.0032, 0.005, 0.0962)),
-                   layer(2, 1.5, 0.57, 0.8, dead=0.03, grad=GradStats(-2e-5, 0.0041, 0.01, 0.07)),
+                  (layer(1, 1.366, 0.643, 0.8738, grad=GradStats(1e-5, 0.0032, 0.005, 0.0962),
+                         expected=(1.402, 0.5594, 0.8186)),
+                   layer(2, 1.5, 0.57, 0.8, dead=0.03, grad=GradStats(-2e-5, 0.0041, 0.01, 0.07),
+                         expected=(1.41, 0.5625, 0.82)),
                    layer(3, 1.4, 0.5, 0.7123, dead=0.15,
-                         grad=GradStats(0.0, 0.00427, 0.02, 0.14))),
+                         grad=GradStats(0.0, 0.00427, 0.02, 0.14), expected=(1.42, 0.567, 0.83))),
                   TrainStats(3, 0.1, (2.47, 2.31, 2.28, 2.25),
                              (TrainLayer(1, 0.0113, 0.16, 0.007, False),
                               TrainLayer(2, 0.0, 0.0, 0.0, True),
-                              TrainLayer(3, None, 0.0, None, True)), 0.0688, 0.0268))
+                              TrainLayer(3, None, 0.0, None, True)), 0.0688, 0.0268),
+                  Theory(1.0035, None, "critical"))
     broken = Run("randn + tanh", "randn", {"bias": {"name": "zeros"}}, "tanh", {}, "saturated",
                  None,
                  (layer(1, 27.04, 0.01, 0.978, dead=None, saturated=0.83, flags=["saturated"]),
@@ -80,6 +86,21 @@ def test_json_is_strict_and_round_trips(real_report):
     raw = strict_json(text)
     assert Report.from_dict(raw) == real_report
     assert to_json(Report.from_dict(raw)) == text
+
+
+def test_theory_round_trips_and_old_reports_without_it_still_load():
+    raw = strict_json(to_json(synthetic_report()))
+    assert raw["runs"][0]["theory"] == {"chi1": 1.0035, "q_star": None, "phase": "critical"}
+    assert raw["runs"][0]["layers"][0]["post"]["expected_mean"] == 0.5594
+    assert Report.from_dict(raw) == synthetic_report()
+    for run in raw["runs"]:  # a schema-1 report written before the theory fields existed
+        run.pop("theory")
+        for entry in run["layers"]:
+            entry["pre"].pop("expected_std")
+            entry["post"].pop("expected_std")
+            entry["post"].pop("expected_mean")
+    old = Report.from_dict(raw)
+    assert old.runs[0].theory is None and old.runs[0].layers[0].post.expected_std is None
 
 
 def test_grad_and_train_in_json():
@@ -179,7 +200,7 @@ def test_verdict_lines():
     report = synthetic_report()
     assert verdict_line(report.runs[0], report) == (
         "kaiming + relu: healthy — post std 0.8738 → 0.7123 over 3 layers, up to 15.0% of units "
-        "dead; grad std layer 1 / layer 3 = 0.7494; no flags")
+        "dead; grad std layer 1 / layer 3 = 0.7494; mean field: critical (χ₁ = 1.004); no flags")
     assert verdict_line(report.runs[1], report) == (
         "randn + tanh: saturated from layer 1 (1 of 3 layers) — 83.0% of values saturated "
         "(> 50.0%); post std 0.978 → 1.23e-05 over 3 layers")
