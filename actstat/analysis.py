@@ -22,8 +22,9 @@ Flags (thresholds are config keys; see actstat/config.py for their defaults and 
 
 - `nonfinite`: NaN or Inf among the layer's pre- or post-activations or its gradients. The run
   still completes.
-- `symmetric`: every unit of the layer computes the same pre-activation for each sample, to within
-  thresholds.symmetric of the layer's largest |value| (all-zero layers included); needs 2+ units.
+- `symmetric`: every unit of the layer computes the same pre-activation for each sample: the
+  largest range across units on one sample (max - min over units) is within thresholds.symmetric
+  of the layer's largest |value| (all-zero layers included); needs 2+ units.
   Constant inits do this; such units get identical gradients and never differentiate.
 - `vanishing`: post std < thresholds.vanishing × the input's std.
 - `exploding`: post std > thresholds.exploding × the input's std.

@@ -195,6 +195,8 @@ OutputOpt = Annotated[Path | None, typer.Option(
 FailOnOpt = Annotated[str | None, typer.Option(
     "--fail-on", metavar="FLAG[,FLAG...]", show_default=False,
     help="Exit 1 if any layer carries one of these flags (or 'any'): " + ", ".join(FLAG_NAMES))]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Run even when the memory pre-flight estimates it will not fit.")]
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", help="No messages on stderr (errors still appear).")]
 
@@ -225,6 +227,7 @@ def run(
     format: FormatOpt = "table",
     output: OutputOpt = None,
     fail_on: FailOnOpt = None,
+    force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Measure every hidden layer's pre- and post-activation statistics for each init × act.
@@ -234,7 +237,8 @@ def run(
     failing = _check_output_options(format, fail_on)
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr), quiet=quiet)
+        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr),
+        quiet=quiet, force=force)
     _guarded(_emit, report, format, output, quiet)
     _exit_on_flags(report, failing, quiet)
 
@@ -261,6 +265,7 @@ def compare(
     format: FormatOpt = "table",
     output: OutputOpt = None,
     fail_on: FailOnOpt = None,
+    force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Run many schemes on the same batch and seed, one row each: which keeps the signal alive?
@@ -277,8 +282,8 @@ def compare(
         raise _fail(f"--sort: unknown order '{sort}'; choose from: {', '.join(SORTS)}")
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr), quiet=quiet,
-        default_schemes=LESSON_SCHEMES)
+        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr),
+        quiet=quiet, force=force, default_schemes=LESSON_SCHEMES)
     _guarded(_emit_compare, report, format, output, quiet, sort, detail)
     _exit_on_flags(report, failing, quiet)
 
@@ -303,6 +308,7 @@ def baseline(
     grad: GradOpt = None,
     theory: TheoryOpt = None,
     output: BaselineOutOpt = Path("actstat-baseline.json"),
+    force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Measure and save a baseline Report (JSON) for `actstat check` to compare against.
@@ -314,7 +320,8 @@ def baseline(
 
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=None, lr=None), quiet=quiet)
+        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=None, lr=None),
+        quiet=quiet, force=force)
     _guarded(_write_report, output, to_json(report))
     if not quiet:
         for scheme in report.runs:
@@ -382,6 +389,7 @@ def check(
     format: CheckFormatOpt = "table",
     output: OutputOpt = None,
     junit_xml: JunitOpt = None,
+    force: ForceOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Re-run a baseline's config and fail on per-layer std drift; or bound the drift alone.
@@ -429,7 +437,7 @@ def check(
             resolved = load_config(config_path, overrides)
     except ActstatError as err:
         raise _fail(str(err)) from None
-    report = _profile_resolved(resolved, quiet=quiet)
+    report = _profile_resolved(resolved, quiet=quiet, force=force)
     settings = resolved.check
     compared, drifts, labels = (0, [], [run.scheme for run in report.runs])
     if base is not None:
@@ -495,7 +503,7 @@ def _guarded(emit: Any, *args: Any) -> None:
         raise _fail(str(err)) from None
 
 
-def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool,
+def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, force: bool,
              default_schemes: list[dict[str, Any]] | None = None) -> Any:
     """Load the config and measure every scheme, with a progress bar on a terminal's stderr."""
     try:
@@ -504,17 +512,17 @@ def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool,
         resolved = load_config(config, overrides, default_schemes=default_schemes)
     except ActstatError as err:
         raise _fail(str(err)) from None
-    return _profile_resolved(resolved, quiet=quiet)
+    return _profile_resolved(resolved, quiet=quiet, force=force)
 
 
-def _profile_resolved(resolved: Any, *, quiet: bool) -> Any:
+def _profile_resolved(resolved: Any, *, quiet: bool, force: bool) -> Any:
     """Measure every scheme of a resolved config, with a progress bar on a terminal's stderr."""
     _one_malloc_arena()
     try:
         from actstat.pipeline import profile, schemes
 
         if quiet or not sys.stderr.isatty():
-            return profile(resolved)
+            return profile(resolved, force=force)
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -522,7 +530,7 @@ def _profile_resolved(resolved: Any, *, quiet: bool) -> Any:
         with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("measuring", total=len(schemes(resolved)))
             return profile(resolved, lambda done, total, label: bar.update(
-                task, completed=done, description=f"measured {label}"))
+                task, completed=done, description=f"measured {label}"), force=force)
     except ActstatError as err:
         raise _fail(str(err)) from None
 

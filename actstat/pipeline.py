@@ -14,6 +14,7 @@ from actstat.activations import ACTIVATIONS, Activation, make_activation
 from actstat.analysis import analyse, verdict
 from actstat.config import ActivationSpec, Config, InitSpec
 from actstat.data import Batch, load_batch, resolve_device, resolve_dtype
+from actstat.errors import ActstatError
 from actstat.inits import BIAS_INITS, INITS, make_bias_init, make_init
 from actstat.model import build_mlp, initialise, parameter_variances
 from actstat.probe import hidden_blocks, measure, moments
@@ -41,12 +42,68 @@ def schemes(config: Config) -> list[tuple[InitSpec, ActivationSpec]]:
 Progress = Callable[[int, int, str], None]
 
 
-def profile(config: Config, on_scheme: Progress | None = None) -> Report:
+def memory_needed(config: Config, in_features: int, element_bytes: int) -> dict[str, int]:
+    """Bytes one scheme needs at its peak (schemes run one after another), by part.
+
+    weights: every Linear's weight and bias (twice with gradients: .grad mirrors them; once more
+    for the training probe's snapshot). activations: without gradients, about four tensors of
+    the widest layer at a time (output, the probe's scaled copy and mask, the next input); with
+    gradients, autograd also keeps every layer's pre- and post-activation for the backward pass.
+    data: the batch.
+    """
+    widths = config.model.widths
+    fans = list(zip([in_features, *widths], [*widths, config.model.num_classes]))
+    weights = sum(fan_in * fan_out + fan_out for fan_in, fan_out in fans) * element_bytes
+    weights *= (2 if config.grad else 1) + (1 if config.train.steps else 0)
+    batch = config.data.batch_size
+    widest = max([in_features, *widths])
+    activations = 4 * batch * widest * element_bytes
+    if config.grad:
+        activations += 2 * batch * sum(widths) * element_bytes
+    return {"weights": weights, "activations": activations,
+            "data": batch * in_features * element_bytes}
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free memory on the device: CUDA's free bytes, or Linux's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# refuse a run that needs more than this share of the free memory
+MEMORY_HEADROOM = 0.9
+
+
+def preflight(config: Config, in_features: int, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse, before allocating the models, a run that cannot fit in the device's free memory."""
+    needed = memory_needed(config, in_features, torch.finfo(dtype).bits // 8)
+    total = sum(needed.values())
+    free = available_memory(device)
+    if free is None or total <= MEMORY_HEADROOM * free:
+        return
+    parts = ", ".join(f"{name} {size / 2**30:.1f}" for name, size in needed.items())
+    raise ActstatError(
+        f"this run needs about {total / 2**30:.1f} GiB ({parts}) but {device} has "
+        f"{free / 2**30:.1f} GiB free; lower the depth, width or batch size, use --no-grad, "
+        "or pass --force to try anyway")
+
+
+def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = False) -> Report:
     """Load the batch once, then build, initialise and measure one model per scheme."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
                        num_classes=config.model.num_classes)
+    if not force:
+        preflight(config, batch.inputs.shape[1], device, dtype)
     with torch.inference_mode():  # the batch's moments and second moment, fetched once
         inputs = torch.stack(moments(batch.inputs, 0.0)[:2]
                              + [batch.inputs.double().pow(2).mean()]).tolist()

@@ -61,13 +61,25 @@ def hidden_blocks(model: nn.Module) -> list[tuple[nn.Linear, nn.Module]]:
             if isinstance(m, nn.Linear) and not isinstance(after, nn.Linear)]
 
 
+def count_fraction(mask: torch.Tensor) -> torch.Tensor:
+    """The fraction of ones in a 0/1 float tensor (from an in-place comparison).
+
+    Summing 0/1 floats is several times faster than summing a bool tensor (which accumulates in
+    int64); float32 sums of integers are exact below 2**24 elements, so larger tensors (and
+    half-precision ones, whose own sum would overflow at 65504) accumulate in float64/float32.
+    """
+    dtype = torch.float64 if mask.numel() > 2**24 or mask.dtype == torch.float64 else torch.float32
+    return mask.sum(dtype=dtype) / mask.numel()
+
+
 def moments(x: torch.Tensor, near_zero: float) -> list[torch.Tensor]:
     """[mean, std, min, max, near-zero fraction] of all values of `x`, as device scalars.
 
     Two passes over a copy scaled by max|x|: the scaling keeps the sum of squares finite for any
     finite input (a float32 net at 1e20 still reports its std), and subtracting the mean before
     squaring avoids the cancellation of E[x²] - E[x]². Half-precision tensors are reduced in
-    float32. `aminmax`, `sum` and `dot` each cost a fraction of `std_mean` (see benchmarks/).
+    float32. `aminmax`, `sum` and `dot` each cost a fraction of `std_mean`, and the near-zero
+    count sums a float mask (benchmarks/run.py measures all of it).
     """
     flat = x.reshape(-1)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -78,8 +90,14 @@ def moments(x: torch.Tensor, near_zero: float) -> list[torch.Tensor]:
     mean = y.mean()
     y.sub_(mean)
     std = torch.sqrt(torch.dot(y, y) / flat.numel())
-    near = (flat.abs() < near_zero).sum().to(acc) / flat.numel()
+    near = count_fraction(exact(flat).abs().lt_(near_zero)).to(acc)
     return [mean * scale, std * scale, lo.to(acc), hi.to(acc), near]
+
+
+def exact(x: torch.Tensor) -> torch.Tensor:
+    """`x` in a dtype where thresholds like 0.01 and 0.97 are what they say: half-precision
+    tensors are compared in float32 (bfloat16 would round 0.97 to 0.96875)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 class _Reducer:
@@ -97,25 +115,29 @@ class _Reducer:
         if self.activation.dead_below is None:
             dead = torch.zeros((), dtype=acc, device=x.device)
         else:
-            dead = (x2.amax(dim=0) <= self.activation.dead_below).sum().to(acc) / x2.shape[1]
-        # largest gap between a unit and unit 0 on the same sample, relative to max|x|
+            # per-unit maxima over the batch: a unit is dead when even its largest input is flat
+            dead = count_fraction(x2.amax(dim=0).le_(self.activation.dead_below)).to(acc)
+        # the largest range across units on one sample, relative to max|x| (0: all identical)
         scale = torch.maximum(stats[2].abs(), stats[3].abs())
-        gap = (x2 - x2[:, :1]).abs().amax().to(acc)
+        gap = (x2.amax(dim=1) - x2.amin(dim=1)).amax().to(acc)
         spread = torch.where(scale > 0, gap / scale, torch.zeros_like(gap))
         return torch.stack([*stats, dead, spread]).to(torch.float64)
 
     def post(self, x: torch.Tensor) -> torch.Tensor:
         stats = moments(x, self.near_zero)
         acc = stats[0].dtype
-        saturated = torch.zeros((), dtype=torch.int64, device=x.device)
+        saturated = torch.zeros((), dtype=acc, device=x.device)
+        x = exact(x)
         if self.edges is not None:
             lo, hi = self.edges
-            if lo is not None:
-                saturated = saturated + (x <= lo).sum()
-            if hi is not None:
-                saturated = saturated + (x >= hi).sum()
-        return torch.stack([*stats, saturated.to(acc) / x.numel()]).to(torch.float64)
-
+            if lo is not None and hi is not None:  # one pass: |x - mid| >= half-width
+                mid, half = (lo + hi) / 2, (hi - lo) / 2
+                saturated = count_fraction(torch.sub(x, mid).abs_().ge_(half)).to(acc)
+            elif lo is not None:
+                saturated = count_fraction(torch.sub(lo, x).ge_(0)).to(acc)
+            elif hi is not None:
+                saturated = count_fraction(torch.sub(x, hi).ge_(0)).to(acc)
+        return torch.stack([*stats, saturated]).to(torch.float64)
 
     @staticmethod
     def grad(g: torch.Tensor) -> torch.Tensor:

@@ -260,3 +260,27 @@ def test_the_probe_keeps_no_activation(with_grad):
     measure(model, x, labels, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
     gc.collect()
     assert len(refs) == 7 and all(ref() is None for ref in refs)
+
+
+def test_counts_are_exact_beyond_float32_integers():
+    from actstat.probe import count_fraction
+
+    ones = torch.ones(2**24 + 3)  # float32 sums of ones stop being exact at 2**24
+    assert float(count_fraction(ones)) == 1.0
+    half = (torch.arange(100_000) % 4 == 0).half()  # 25,000 ones: more than a half can count
+    assert float(count_fraction(half)) == pytest.approx(0.25, abs=0)  # a half sum overflows
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_near_zero_and_saturation_match_numpy(dtype):
+    model, x, activation = model_and_batch("tanh", init="randn", dtype=dtype)
+    measured = measure(model, x, activation=activation, near_zero=NEAR_ZERO,
+                       saturation_cut=CUT).layers
+    h = x
+    for layer, module in zip(measured, [m for m in model if isinstance(m, nn.Linear)]):
+        with torch.no_grad():
+            pre = module(h)
+            h = torch.tanh(pre)
+        post = h.float().numpy()
+        assert layer.post["near_zero"] == pytest.approx(np.mean(np.abs(post) < NEAR_ZERO))
+        assert layer.post["saturated"] == pytest.approx(np.mean(np.abs(post) >= CUT))

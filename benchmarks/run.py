@@ -1,0 +1,212 @@
+"""actstat's performance, as ratios against a bare PyTorch pass of the same model and batch.
+
+    python benchmarks/run.py [--quick] [--device cpu|cuda]
+
+One process, one run: a table of ratios, then one `name=value` line per headline figure.
+Timings are medians of several repeats, taken after a warm-up; memory is peak RSS (CPU, in a
+child process) or peak allocated (CUDA). Nothing here is asserted: the figures are for reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from actstat.activations import make_activation  # noqa: E402
+from actstat.inits import make_bias_init, make_init  # noqa: E402
+from actstat.model import build_mlp, initialise  # noqa: E402
+from actstat.probe import measure  # noqa: E402
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def model_and_batch(depth: int, width: int, batch: int, act: str, device: torch.device):
+    activation = make_activation(act)
+    model = build_mlp(in_features=width, widths=[width] * depth, num_classes=10, bias=True,
+                      activation=activation)
+    model = initialise(model, make_init("kaiming"), make_bias_init("zeros"),
+                       act_gain=activation.gain, seed=0, device=device, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, width, generator=g).to(device)
+    y = torch.randint(10, (batch,), generator=g).to(device)
+    return model, x, y, activation
+
+
+def bare_forward(model: nn.Module, x: torch.Tensor) -> None:
+    with torch.inference_mode():
+        model(x)
+
+
+def bare_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+
+
+def fastai_style(model: nn.Module, x: torch.Tensor) -> None:
+    """The reference probe of fastai's hooks lesson: mean, std and a near-zero fraction of each
+    activation, each fetched with .item()."""
+    stats = []
+
+    def hook(module, args, out):
+        stats.append((out.mean().item(), out.std().item(), (out.abs() < 0.05).float().mean().item()))
+
+    handles = [m.register_forward_hook(hook) for m in model if not isinstance(m, nn.Linear)]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def peak_rss_child(depth: int, width: int, batch: int) -> float:
+    """Peak RSS (MiB) of a child process that runs one forward-only measurement: VmHWM, which
+    exec resets (ru_maxrss would carry the forked parent's peak into the child)."""
+    overrides = {"model.depth": depth, "model.width": width, "data.source": "gaussian",
+                 "data.input_size": width, "data.batch_size": batch, "device": "cpu",
+                 "grad": False, "theory": False}
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from actstat.cli import _one_malloc_arena; _one_malloc_arena()\n"
+        "from actstat.config import load_config; from actstat.pipeline import profile\n"
+        f"profile(load_config(None, {overrides!r}))\n"
+        "print(next(int(line.split()[1]) for line in open('/proc/self/status')\n"
+        "           if line.startswith('VmHWM:')) / 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def weights_mib(depth: int, width: int) -> float:
+    return depth * (width * width + width) * 4 / 2**20
+
+
+def command_seconds(args: list[str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(args, capture_output=True, check=True, cwd=ROOT)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def overheads(act: str, depth: int, width: int, batch: int, repeats: int, device: torch.device,
+              rows: list[tuple[str, float, float]]) -> dict[str, float]:
+    """actstat's forward (and, for relu, backward) measurement against the bare passes."""
+    model, x, y, activation = model_and_batch(depth, width, batch, act, device)
+
+    def ours_forward() -> object:
+        return measure(model, x, activation=activation, near_zero=0.01, saturation_cut=0.97)
+
+    bare = median_seconds(lambda: bare_forward(model, x), repeats, device)
+    ours = median_seconds(ours_forward, repeats, device)
+    rows.append((f"forward statistics ({act})", bare, ours))
+    if act != "relu":
+        return {f"forward_overhead_{act}": ours / bare}
+    fastai = median_seconds(lambda: fastai_style(model, x), repeats, device)
+    rows.append(("fastai-style probe (.item() per statistic)", bare, fastai))
+    bare_bw = median_seconds(lambda: bare_backward(model, x, y), repeats, device)
+    ours_bw = median_seconds(lambda: measure(model, x, y, activation=activation, near_zero=0.01,
+                                             saturation_cut=0.97), repeats, device)
+    rows.append(("forward + backward statistics (relu)", bare_bw, ours_bw))
+    return {"forward_overhead": ours / bare, "fastai_style_ratio": ours / fastai,
+            "backward_overhead": ours_bw / bare_bw}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    depth, width, batch = (10, 512, 512) if args.quick else (50, 1024, 1024)
+    repeats = 3 if args.quick else 5
+    figures: dict[str, float] = {}
+    rows: list[tuple[str, float, float]] = []
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(f"model: depth {depth}, width {width}, batch {batch}, kaiming + relu, float32; "
+          f"median of {repeats}\n")
+
+    for act in ("relu", "tanh"):
+        figures.update(overheads(act, depth, width, batch, repeats, device, rows))
+
+    model, x, y, activation = model_and_batch(2 * depth, width, batch, "relu", device)
+    deeper = median_seconds(lambda: measure(model, x, activation=activation, near_zero=0.01,
+                                            saturation_cut=0.97), repeats, device)
+    model, x, y, activation = model_and_batch(depth, width, 2 * batch, "relu", device)
+    bigger = median_seconds(lambda: measure(model, x, activation=activation, near_zero=0.01,
+                                            saturation_cut=0.97), repeats, device)
+    model, x, y, activation = model_and_batch(depth, width, batch, "relu", device)
+    base = median_seconds(lambda: measure(model, x, activation=activation, near_zero=0.01,
+                                          saturation_cut=0.97), repeats, device)
+    figures["depth_scaling"] = deeper / base
+    figures["batch_scaling"] = bigger / base
+
+    if device.type == "cpu":
+        shallow_depth, deep_depth = (10, 100) if args.quick else (20, 200)
+        mem_width, mem_batch = (512, 1024) if args.quick else (1024, 2048)
+        shallow = peak_rss_child(shallow_depth, mem_width, mem_batch)
+        deep = peak_rss_child(deep_depth, mem_width, mem_batch)
+        # activation memory: peak minus the weights, which grow with depth by design
+        figures["memory_depth_ratio"] = ((deep - weights_mib(deep_depth, mem_width))
+                                         / (shallow - weights_mib(shallow_depth, mem_width)))
+        figures["peak_rss_mib_shallow"] = shallow
+        figures["peak_rss_mib_deep"] = deep
+
+    python = sys.executable
+    figures["import_torch_seconds"] = command_seconds([python, "-c", "import torch"], repeats)
+    figures["help_seconds"] = command_seconds([python, "-m", "actstat", "--help"], repeats)
+    figures["run_cold_seconds"] = command_seconds(
+        [python, "-m", "actstat", "run", "-f", "json", "-q", "--device", str(device)], repeats)
+
+    from actstat.config import load_config
+    from actstat.pipeline import profile
+
+    inits = ["kaiming", "lecun", "xavier", "default"]
+    acts = ["relu", "tanh", "gelu", "silu"]
+    common = {"model.depth": 20, "model.width": 256, "device": str(device)}
+    grid = load_config(None, {**common, "init": inits, "activation": acts})
+    together = median_seconds(lambda: profile(grid), max(1, repeats // 2), device)
+    singles = [load_config(None, {**common, "init": [i], "activation": [a]})
+               for i in inits for a in acts]
+    apart = median_seconds(lambda: [profile(c) for c in singles], max(1, repeats // 2), device)
+    figures["compare_ratio"] = together / apart
+
+    print(f"{'measurement':46s} {'bare (s)':>10s} {'actstat (s)':>12s} {'ratio':>7s}")
+    for name, bare_s, ours_s in rows:
+        print(f"{name:46s} {bare_s:10.4f} {ours_s:12.4f} {ours_s / bare_s:7.3f}")
+    print()
+    for name, value in figures.items():
+        print(f"{name}={value:.4g}")
+
+
+if __name__ == "__main__":
+    main()
