@@ -45,6 +45,20 @@ def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device)
     return statistics.median(times)
 
 
+def paired(bare: Callable[[], object], ours: Callable[[], object], repeats: int,
+           device: torch.device) -> tuple[float, float, float]:
+    """(bare seconds, actstat seconds, ratio): the two run alternately and the ratio is the
+    median of per-pair ratios, so a machine that slows down or speeds up mid-run (other tenants,
+    frequency scaling) moves both sides of each pair alike."""
+    bare()
+    ours()
+    pairs = []
+    for _ in range(repeats):
+        pairs.append((median_seconds(bare, 1, device), median_seconds(ours, 1, device)))
+    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+            statistics.median(b / a for a, b in pairs))
+
+
 def model_and_batch(depth: int, width: int, batch: int, act: str, device: torch.device):
     activation = make_activation(act)
     model = build_mlp(in_features=width, widths=[width] * depth, num_classes=10, bias=True,
@@ -116,26 +130,28 @@ def command_seconds(args: list[str], repeats: int) -> float:
 
 
 def overheads(act: str, depth: int, width: int, batch: int, repeats: int, device: torch.device,
-              rows: list[tuple[str, float, float]]) -> dict[str, float]:
+              rows: list[tuple[str, float, float, float]]) -> dict[str, float]:
     """actstat's forward (and, for relu, backward) measurement against the bare passes."""
     model, x, y, activation = model_and_batch(depth, width, batch, act, device)
 
     def ours_forward() -> object:
         return measure(model, x, activation=activation, near_zero=0.01, saturation_cut=0.97)
 
-    bare = median_seconds(lambda: bare_forward(model, x), repeats, device)
-    ours = median_seconds(ours_forward, repeats, device)
-    rows.append((f"forward statistics ({act})", bare, ours))
+    bare, ours, forward = paired(lambda: bare_forward(model, x), ours_forward, repeats, device)
+    rows.append((f"forward statistics ({act})", bare, ours, forward))
     if act != "relu":
-        return {f"forward_overhead_{act}": ours / bare}
-    fastai = median_seconds(lambda: fastai_style(model, x), repeats, device)
-    rows.append(("fastai-style probe (.item() per statistic)", bare, fastai))
-    bare_bw = median_seconds(lambda: bare_backward(model, x, y), repeats, device)
-    ours_bw = median_seconds(lambda: measure(model, x, y, activation=activation, near_zero=0.01,
-                                             saturation_cut=0.97), repeats, device)
-    rows.append(("forward + backward statistics (relu)", bare_bw, ours_bw))
-    return {"forward_overhead": ours / bare, "fastai_style_ratio": ours / fastai,
-            "backward_overhead": ours_bw / bare_bw}
+        return {f"forward_overhead_{act}": forward}
+    bare_f, fastai, fastai_ratio = paired(lambda: bare_forward(model, x),
+                                          lambda: fastai_style(model, x), repeats, device)
+    rows.append(("fastai-style probe (.item() per statistic)", bare_f, fastai, fastai_ratio))
+    _, _, versus_fastai = paired(lambda: fastai_style(model, x), ours_forward, repeats, device)
+    bare_bw, ours_bw, backward = paired(
+        lambda: bare_backward(model, x, y),
+        lambda: measure(model, x, y, activation=activation, near_zero=0.01, saturation_cut=0.97),
+        repeats, device)
+    rows.append(("forward + backward statistics (relu)", bare_bw, ours_bw, backward))
+    return {"forward_overhead": forward, "fastai_style_ratio": versus_fastai,
+            "backward_overhead": backward}
 
 
 def main() -> None:
@@ -145,9 +161,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     depth, width, batch = (10, 512, 512) if args.quick else (50, 1024, 1024)
-    repeats = 3 if args.quick else 5
+    repeats = 3 if args.quick else 7
     figures: dict[str, float] = {}
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float, float]] = []
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {device}"
@@ -201,8 +217,8 @@ def main() -> None:
     figures["compare_ratio"] = together / apart
 
     print(f"{'measurement':46s} {'bare (s)':>10s} {'actstat (s)':>12s} {'ratio':>7s}")
-    for name, bare_s, ours_s in rows:
-        print(f"{name:46s} {bare_s:10.4f} {ours_s:12.4f} {ours_s / bare_s:7.3f}")
+    for name, bare_s, ours_s, ratio in rows:
+        print(f"{name:46s} {bare_s:10.4f} {ours_s:12.4f} {ratio:7.3f}")
     print()
     for name, value in figures.items():
         print(f"{name}={value:.4g}")
