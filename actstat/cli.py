@@ -39,8 +39,10 @@ class _OneLineErrors(TyperGroup):
                            err=True)
                 code = getattr(err, "exit_code", EXIT_USAGE)
         except typer.Abort:
-            typer.echo("actstat: interrupted", err=True)
             code = 130
+        if code == 130:  # Ctrl-C: Typer turns KeyboardInterrupt into exit code 130
+            typer.echo("actstat: interrupted; no output was written (an existing file is as it "
+                       "was)", err=True)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else EXIT_OK)
@@ -542,6 +544,10 @@ def _emit(report: Any, format: str, output: Path | None, quiet: bool) -> None:
     _deliver(format, output, lambda: tables(report), lambda: TEXT_FORMATS[format](report))
     if quiet or (format == "table" and output is None):
         return
+    from actstat.render import precision_note
+
+    if precision_note(report):
+        typer.echo(precision_note(report), err=True)
     for scheme in report.runs:
         typer.echo(verdict_line(scheme, report), err=True)
     _wrote(report, format, output)

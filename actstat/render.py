@@ -135,6 +135,15 @@ def verdict_line(run: Run, report: Report) -> str:
     return f"{run.scheme}: {run.verdict} {where} — {reason}; {drift}{grad}"
 
 
+def precision_note(report: Report) -> str | None:
+    """Half-precision runs say that their statistics were accumulated in float32."""
+    dtype = report.config.get("dtype")
+    if dtype in ("float16", "bfloat16"):
+        return (f"note: the network ran in {dtype}; its statistics were reduced in float32 "
+                "(thresholds compared in float32 too)")
+    return None
+
+
 def gradient_ratio(run: Run) -> float | None:
     """std of dL/d(pre) at layer 1 over the last hidden layer's; None without gradients."""
     return summarise(run.layers, run.verdict).grad_ratio
@@ -188,6 +197,9 @@ def _reason(flag: str, layer: LayerStats, t: dict[str, Any], run: Run) -> str:
 def tables(report: Report) -> list[RenderableType]:
     """One table and one verdict line per scheme, flagged cells coloured."""
     renderables: list[RenderableType] = []
+    note = precision_note(report)
+    if note:
+        renderables.append(Text(note, style="dim"))
     for run in report.runs:
         renderables += [_table(run), _verdict_text(run, report)]
         line = train_line(run)
@@ -286,6 +298,8 @@ def _input_line(report: Report) -> str:
 def to_markdown(report: Report) -> str:
     """A heading, one pipe table and one verdict line per scheme (GitHub-flavoured Markdown)."""
     lines = ["## actstat report", "", _input_line(report), ""]
+    if precision_note(report):
+        lines += [f"_{precision_note(report)}_", ""]
     for run in report.runs:
         chosen = columns(run)
         names = [name for name, _ in chosen] + ["flags"]

@@ -1,0 +1,144 @@
+"""Every user mistake gets one line on stderr and exit 2; numeric accidents still give complete,
+strict JSON; an interrupted run writes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+
+
+def write_data(tmp_path, name: str, content) -> str:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, np.ndarray):
+        np.save(path, content)
+    elif callable(content):
+        content(path)
+    return str(path)
+
+
+DATA_CASES = [
+    ("missing.npy", None, "no such file or directory"),
+    ("empty.npy", np.zeros((0, 4)), "is empty"),
+    ("corrupt.npy", b"\x93NUMPY\x01\x00garbage", "not a readable .npy file"),
+    ("corrupt.npz", b"PK\x03\x04garbage", "not a readable .npz file"),
+    ("flat.npy", np.arange(12.0), "expected samples × features"),
+    ("text.npy", np.array([["a", "b"], ["c", "d"]]), "values must be real numbers"),
+    ("nan.npy", np.array([[0.0, 1.0], [np.nan, 2.0]]), "holds NaN or Inf values"),
+    ("inf.npy", np.array([[0.0, np.inf], [1.0, 2.0]]), "holds NaN or Inf values"),
+    ("mismatch.npz", lambda p: np.savez(p, x=np.eye(6), y=np.arange(5)), "5 labels for 6 samples"),
+    ("toobig.npz", lambda p: np.savez(p, x=np.eye(6), y=np.arange(6) * 3),
+     "labels go up to 15 but model.num_classes is 10"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data_files(cli, tmp_path, name, content, message):
+    path = write_data(tmp_path, name, content) if content is not None else str(tmp_path / name)
+    result = cli("run", "--data", path, "--batch-size", "2", "--device", "cpu", code=2)
+    assert message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+CONFIG_CASES = [
+    ("model:\n  depth: [1, 2\n", "invalid YAML at line"),
+    ("- a list\n", "top level must be a mapping"),
+    ("model: {dpeth: 3}\n", "did you mean 'depth'"),
+    ("model: {depth: twenty}\n", "must be a whole number"),
+    ("model: {width: 0}\n", "every width must be between 1 and"),
+    ("model: {depth: -1}\n", "must be ≥ 1"),
+    ("data: {batch_size: 0}\n", "must be ≥ 1"),
+    ("init: {name: kaimng}\n", "did you mean 'kaiming'"),
+    ("activation: {name: tanhh}\n", "did you mean 'tanh'"),
+    ("init: {name: zeros, std: 1}\n", "takes no parameters"),
+    ("train: {steps: 3}\ngrad: false\n", "train.steps needs gradients"),
+]
+
+
+@pytest.mark.parametrize("text, message", CONFIG_CASES, ids=[c[1] for c in CONFIG_CASES])
+def test_bad_config_files(cli, tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    result = cli("run", str(path), code=2)
+    assert message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_absurd_sizes_are_caught_before_allocating(cli):
+    result = cli("run", "--depth", "10000", "--width", "65536", "--device", "cpu", code=2)
+    assert "this run needs about" in result.stderr
+
+
+def test_randn_relu_overflows_float32_at_depth_100_and_still_reports(cli):
+    result = cli("run", "--init", "randn", "--depth", "100", "--device", "cpu", "-f", "json")
+    raw = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(name))
+    layers = raw["runs"][0]["layers"]
+    assert len(layers) == 100
+    first = next(entry["index"] for entry in layers if "nonfinite" in entry["flags"])
+    assert all("nonfinite" in entry["flags"] for entry in layers[first - 1:])
+    assert layers[-1]["post"]["std"] is None and raw["runs"][0]["verdict"] == "nonfinite"
+
+
+def test_float16_at_depth_20_says_how_it_reduced(cli):
+    result = cli("run", "--init", "randn", "--dtype", "float16", "--device", "cpu", "-f", "json")
+    raw = json.loads(result.stdout)
+    assert raw["config"]["dtype"] == "float16" and len(raw["runs"][0]["layers"]) == 20
+    assert "statistics were reduced in float32" in result.stderr
+
+
+def test_the_report_says_which_seed_ran_and_seeds_change_the_weights(cli):
+    small = ["--depth", "2", "--width", "8", "--batch-size", "32", "--device", "cpu",
+             "-f", "json", "--data", "gaussian"]
+    one = json.loads(cli("run", *small, "--seed", "1").stdout)
+    two = json.loads(cli("run", *small, "--seed", "2").stdout)
+    assert (one["config"]["seed"], two["config"]["seed"]) == (1, 2)
+    assert one["runs"][0]["layers"][0]["pre"] != two["runs"][0]["layers"][0]["pre"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_an_interrupted_compare_leaves_the_previous_output_untouched(tmp_path):
+    output = tmp_path / "report.json"
+    output.write_text('{"previous": true}\n')
+    before = output.read_bytes()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "actstat", "compare", "--depth", "200", "--width", "512",
+         "--init", "kaiming,lecun,xavier,default,randn,orthogonal", "--act", "relu,tanh",
+         "--device", "cpu", "-f", "json", "-o", str(output)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # torch imported, schemes running
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted; no output was written" in stderr and "Traceback" not in stderr
+    assert output.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary left
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:3"])
+def test_cuda_devices_without_cuda(cli, device):
+    assert "CUDA is not available" in cli("run", "--device", device, code=2).stderr
+
+
+def test_unwritable_output_directory(cli, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        result = cli("run", "--depth", "2", "-o", str(locked / "r.json"), code=2)
+        assert "cannot write" in result.stderr
+    finally:
+        locked.chmod(0o700)
