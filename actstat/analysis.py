@@ -136,6 +136,9 @@ def _layer(index: int, raw: RawLayer, input_std: float, last_grad_std: float | N
         **{k: finite_or_none(raw.post[k]) for k in MOMENTS},
         dead=raw.pre["dead"] if can_die else None,
         saturated=raw.post["saturated"] if bounded else None,
+        histogram=(tuple(round(c) for c in raw.histogram)
+                   if raw.histogram is not None and math.isfinite(raw.post["min"])
+                   and math.isfinite(raw.post["max"]) else None),
     )
     finite = all(math.isfinite(raw.pre[k]) and math.isfinite(raw.post[k]) for k in ("min", "max"))
     grad, grad_flags = _grad(raw, last_grad_std, t)

@@ -9,7 +9,7 @@ from pathlib import Path
 from actstat.errors import OutputError
 
 
-def write_atomic(path: Path | str, text: str) -> None:
+def write_atomic(path: Path | str, text: str | bytes) -> None:
     """Write `text` to a temporary file beside `path`, flush it to disk, then rename it into place.
 
     An interruption (Ctrl-C, a crash, a full disk) leaves `path` as it was; the temporary file
@@ -26,7 +26,9 @@ def write_atomic(path: Path | str, text: str) -> None:
     except OSError as err:
         raise OutputError(f"{path}: cannot write in '{directory}' ({err.strerror})") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        binary = isinstance(text, bytes)
+        with (os.fdopen(fd, "wb") if binary else
+              os.fdopen(fd, "w", encoding="utf-8", newline="")) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

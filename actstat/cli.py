@@ -123,11 +123,12 @@ def _overrides(**options: Any) -> dict[str, Any]:
     """Dotted config keys for every option the user gave (None: not given)."""
     keys = {"depth": "model.depth", "batch_size": "data.batch_size", "seed": "seed",
             "data": "data.source", "device": "device", "dtype": "dtype", "bias": "model.bias",
-            "grad": "grad", "theory": "theory", "steps": "train.steps", "lr": "train.lr"}
+            "grad": "grad", "theory": "theory", "hist": "hist", "steps": "train.steps",
+            "lr": "train.lr"}
     numeric = ("depth", "batch_size", "seed", "steps", "lr")
     overrides: dict[str, Any] = {}
     for option, key in keys.items():
-        value = options[option]
+        value = options.get(option)
         if value is not None:
             overrides[key] = _scalar(value) if option in numeric else value
     if options["width"] is not None:
@@ -184,6 +185,12 @@ GradOpt = Annotated[bool | None, typer.Option(
 TheoryOpt = Annotated[bool | None, typer.Option(
     "--theory/--no-theory", show_default=False,
     help="Show the mean-field expected std and phase next to the measurement (default on).")]
+HistOpt = Annotated[bool | None, typer.Option(
+    "--hist", show_default=False,
+    help="Also draw every layer's post-activation histogram, as a heat map over depth.")]
+PlotOpt = Annotated[Path | None, typer.Option(
+    "--plot", help="Also draw a figure (.png, .svg or .pdf; needs actstat[plot]); implies --hist.",
+    show_default=False, dir_okay=False)]
 StepsOpt = Annotated[str | None, typer.Option(
     "--steps", metavar="INT", show_default=False,
     help="Then train with plain SGD for this many steps and report how the weights moved.")]
@@ -224,6 +231,8 @@ def run(
     bias: BiasOpt = None,
     grad: GradOpt = None,
     theory: TheoryOpt = None,
+    hist: HistOpt = None,
+    plot: PlotOpt = None,
     steps: StepsOpt = None,
     lr: LrOpt = None,
     format: FormatOpt = "table",
@@ -239,9 +248,10 @@ def run(
     failing = _check_output_options(format, fail_on)
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr),
-        quiet=quiet, force=force)
+        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
+        hist=True if plot else hist), quiet=quiet, force=force)
     _guarded(_emit, report, format, output, quiet)
+    _figure(report, plot, quiet)
     _exit_on_flags(report, failing, quiet)
 
 
@@ -260,6 +270,8 @@ def compare(
     bias: BiasOpt = None,
     grad: GradOpt = None,
     theory: TheoryOpt = None,
+    hist: HistOpt = None,
+    plot: PlotOpt = None,
     steps: StepsOpt = None,
     lr: LrOpt = None,
     sort: SortOpt = "verdict",
@@ -284,9 +296,10 @@ def compare(
         raise _fail(f"--sort: unknown order '{sort}'; choose from: {', '.join(SORTS)}")
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr),
-        quiet=quiet, force=force, default_schemes=LESSON_SCHEMES)
+        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
+        hist=True if plot else hist), quiet=quiet, force=force, default_schemes=LESSON_SCHEMES)
     _guarded(_emit_compare, report, format, output, quiet, sort, detail)
+    _figure(report, plot, quiet)
     _exit_on_flags(report, failing, quiet)
 
 
@@ -488,6 +501,34 @@ def _emit_check(result: Any, format: str, output: Path | None, junit: Path | Non
         write_atomic(junit, render.junit_xml(result))
     _deliver(format, output, lambda: render.check_renderables(result),
              lambda: texts[format](result))
+
+
+def _figure(report: Any, path: Path | None, quiet: bool) -> None:
+    if path is None:
+        return
+    from actstat.plot import draw
+
+    _guarded(draw, report, path)
+    if not quiet:
+        typer.echo(f"wrote {path} (figure)", err=True)
+
+
+ReportArg = Annotated[Path, typer.Argument(
+    help="A JSON report written by run, compare or baseline.", dir_okay=False)]
+FigureOpt = Annotated[Path, typer.Option(
+    "--output", "-o", help="The figure: .png, .svg or .pdf.", dir_okay=False)]
+
+
+@app.command()
+def plot(report: ReportArg, output: FigureOpt, quiet: QuietOpt = False) -> None:
+    """Draw a saved report's figure without running anything (and without importing torch)."""
+    from actstat.report import read_report
+
+    try:
+        saved = read_report(report)
+    except ActstatError as err:
+        raise _fail(str(err)) from None
+    _figure(saved, output, quiet)
 
 
 def _check_output_options(format: str, fail_on: str | None) -> set[str]:

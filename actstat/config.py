@@ -209,6 +209,7 @@ class Config(_Section):
     seed: int = Field(0, ge=0, le=2**63 - 1)  # one seed: the batch and every scheme's weights
     grad: bool = True  # one backward pass of cross-entropy on the batch's labels; no step
     theory: bool = True  # mean-field expected std per layer and the scheme's phase
+    hist: bool = False  # a histogram of every post-activation (terminal heat map, figures)
     train: TrainConfig = Field(default_factory=TrainConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     check: CheckConfig = Field(default_factory=CheckConfig)
@@ -435,6 +436,7 @@ OPTION_NAMES = {
     "seed": "--seed",
     "grad": "--grad/--no-grad",
     "theory": "--theory/--no-theory",
+    "hist": "--hist",
     "train.steps": "--steps",
     "train.lr": "--lr",
     "check.rtol": "--rtol",

@@ -17,7 +17,7 @@ from actstat.data import Batch, load_batch, resolve_device, resolve_dtype
 from actstat.errors import ActstatError
 from actstat.inits import BIAS_INITS, INITS, make_bias_init, make_init
 from actstat.model import build_mlp, initialise, parameter_variances
-from actstat.probe import hidden_blocks, measure, moments
+from actstat.probe import HIST_BINS, hidden_blocks, measure, moments
 from actstat.registry import label
 from actstat.report import (
     SCHEMA_VERSION,
@@ -160,7 +160,7 @@ def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: B
         expectations, theory = _theory(model, activation, input_second_moment)
     measurement = measure(model, batch.inputs, batch.labels if config.grad else None,
                           activation=activation, near_zero=t.near_zero,
-                          saturation_cut=t.saturation_cut)
+                          saturation_cut=t.saturation_cut, bins=HIST_BINS if config.hist else 0)
     layers = analyse(measurement.layers, input_std=input_std, thresholds=t,
                      can_die=activation.dead_below is not None,
                      bounded=activation.saturation_edges(t.saturation_cut) is not None)

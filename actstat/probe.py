@@ -23,6 +23,7 @@ from actstat.activations import Activation
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
 PRE_EXTRA = ("dead", "spread")
 POST_EXTRA = ("saturated",)
+HIST_BINS = 40  # cells per layer in --hist and in the figures' heat maps
 # dL/d(pre): mean, std; dL/dW: std, min, max; W: std
 GRAD = ("mean", "std", "weight_std", "weight_min", "weight_max", "weight_data_std")
 
@@ -36,6 +37,7 @@ class RawLayer:
     pre: dict[str, float]
     post: dict[str, float]
     grad: dict[str, float] | None  # None: measured without a backward pass
+    histogram: list[float] | None = None  # post counts in HIST_BINS bins over [min, max]
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,18 @@ def moments(x: torch.Tensor, near_zero: float) -> list[torch.Tensor]:
     return [mean * scale, std * scale, lo.to(acc), hi.to(acc), near]
 
 
+def histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
+    """Counts of `x` in `bins` equal bins over [lo, hi] (the last bin closed, as np.histogram),
+    in float64. Built with scatter_add on the device: torch.histc would need the range on the
+    host, a sync per layer. A constant tensor puts everything in the first bin."""
+    flat = exact(x).reshape(-1)
+    width = torch.where(hi > lo, hi - lo, torch.ones_like(hi)).to(flat.dtype)
+    index = (flat - lo.to(flat.dtype)).mul_(bins / width).floor_().clamp_(0, bins - 1)
+    index = torch.nan_to_num(index, nan=0.0).long()
+    counts = torch.zeros(bins, dtype=torch.float64, device=x.device)
+    return counts.scatter_add_(0, index, torch.ones_like(index, dtype=torch.float64))
+
+
 def exact(x: torch.Tensor) -> torch.Tensor:
     """`x` in a dtype where thresholds like 0.01 and 0.97 are what they say: half-precision
     tensors are compared in float32 (bfloat16 would round 0.97 to 0.96875)."""
@@ -103,10 +117,12 @@ def exact(x: torch.Tensor) -> torch.Tensor:
 class _Reducer:
     """The two hook bodies for one layer; the reduced scalars are stored, nothing else."""
 
-    def __init__(self, activation: Activation, near_zero: float, saturation_cut: float):
+    def __init__(self, activation: Activation, near_zero: float, saturation_cut: float,
+                 bins: int = 0):
         self.activation = activation
         self.near_zero = near_zero
         self.edges = activation.saturation_edges(saturation_cut)
+        self.bins = bins
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         stats = moments(x, self.near_zero)
@@ -137,7 +153,10 @@ class _Reducer:
                 saturated = count_fraction(torch.sub(lo, x).ge_(0)).to(acc)
             elif hi is not None:
                 saturated = count_fraction(torch.sub(x, hi).ge_(0)).to(acc)
-        return torch.stack([*stats, saturated]).to(torch.float64)
+        row = torch.stack([*stats, saturated]).to(torch.float64)
+        if self.bins:
+            row = torch.cat([row, histogram(x, stats[2], stats[3], self.bins)])
+        return row
 
     @staticmethod
     def grad(g: torch.Tensor) -> torch.Tensor:
@@ -175,14 +194,15 @@ def _hooks(blocks: list[tuple[nn.Linear, nn.Module]], reducer: _Reducer,
 
 
 def measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None, *,
-            activation: Activation, near_zero: float, saturation_cut: float) -> Measurement:
+            activation: Activation, near_zero: float, saturation_cut: float,
+            bins: int = 0) -> Measurement:
     """One forward pass, and with `labels` one backward pass of the mean cross-entropy of the
     model's logits (no optimiser step; gradients are left in `.grad`). Without labels the pass
     runs in inference mode: no autograd graph, no activation kept beyond its layer. Every
     statistic reaches the host in one copy."""
     blocks = hidden_blocks(model)
     grad = labels is not None
-    reducer = _Reducer(activation, near_zero, saturation_cut)
+    reducer = _Reducer(activation, near_zero, saturation_cut, bins)
     store: dict[tuple[int, str], torch.Tensor] = {}
     was_training = model.training
     model.eval()
@@ -202,18 +222,22 @@ def measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None 
                 host = flat.tolist()
     finally:
         model.train(was_training)
-    widths = [len(MOMENTS + PRE_EXTRA), len(MOMENTS + POST_EXTRA), len(GRAD) if grad else 0]
+    widths = [len(MOMENTS + PRE_EXTRA), len(MOMENTS + POST_EXTRA), bins, len(GRAD) if grad else 0]
     layers = []
     for i, (linear, _) in enumerate(blocks):
         row = host[i * sum(widths):(i + 1) * sum(widths)]
-        pre, post, grads = row[:widths[0]], row[widths[0]:widths[0] + widths[1]], \
-            row[widths[0] + widths[1]:]
+        parts, start = [], 0
+        for width in widths:
+            parts.append(row[start:start + width])
+            start += width
+        pre, post, counts, grads = parts
         layers.append(RawLayer(
             fan_in=linear.in_features,
             fan_out=linear.out_features,
             pre=dict(zip(MOMENTS + PRE_EXTRA, pre)),
             post=dict(zip(MOMENTS + POST_EXTRA, post)),
             grad=dict(zip(GRAD, grads)) if grad else None,
+            histogram=counts if bins else None,
         ))
     return Measurement(layers, host[-1] if grad and blocks else None)
 

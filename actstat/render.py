@@ -205,6 +205,9 @@ def tables(report: Report) -> list[RenderableType]:
         line = train_line(run)
         if line:
             renderables.append(Text(line))
+        hist = histogram_block(run)
+        if hist:
+            renderables += [Text(""), *hist]
         renderables.append(Text(""))
     return renderables
 
@@ -319,6 +322,14 @@ def to_markdown(report: Report) -> str:
 # compare: one row per scheme
 
 
+def quantise(values: list[float | None], levels: int, lo: float, hi: float) -> list[int | None]:
+    """Each value's level 0..levels-1 on [lo, hi] (a flat range: the middle level; None: none).
+    Sparklines and histogram rows are both drawn from this."""
+    if hi - lo < 1e-12:
+        return [None if v is None else (levels - 1) // 2 for v in values]
+    return [None if v is None else round((v - lo) / (hi - lo) * (levels - 1)) for v in values]
+
+
 def sparkline(values: list[float | None], width: int = 40) -> str:
     """log10 of each value as one of eight bar heights, scaled to the row's own range; a value
     that is 0, missing or not finite is a space. A constant row is a flat middle bar. More than
@@ -330,11 +341,35 @@ def sparkline(values: list[float | None], width: int = 40) -> str:
     present = [v for v in logs if v is not None]
     if not present:
         return " " * len(values)
-    lo, hi = min(present), max(present)
-    if hi - lo < 1e-12:
-        return "".join(SPARK[3] if v is not None else " " for v in logs)
-    return "".join(" " if v is None else SPARK[round((v - lo) / (hi - lo) * (len(SPARK) - 1))]
-                   for v in logs)
+    levels = quantise(logs, len(SPARK), min(present), max(present))
+    return "".join(" " if level is None else SPARK[level] for level in levels)
+
+
+SHADES = " ░▒▓█"
+
+
+def histogram_row(counts: tuple[int, ...]) -> str:
+    """One shaded cell per bin: blank when empty, then four shades by log(1 + count) relative
+    to the row's largest bin, so a thin tail stays visible next to a spike."""
+    logs = [math.log1p(c) if c > 0 else None for c in counts]
+    top = max((v for v in logs if v is not None), default=0.0)
+    levels = quantise(logs, len(SHADES) - 1, 0.0, top)
+    return "".join(" " if level is None else SHADES[max(level, 0) + 1] for level in levels)
+
+
+def histogram_block(run: Run) -> list[Text]:
+    """The post-activation distribution of every layer, one row each: a heat map over depth.
+    Each row spans its own layer's [min, max], printed beside it."""
+    if all(layer.post.histogram is None for layer in run.layers):
+        return []
+    lines = [Text(f"post-activation histograms ({run.scheme}; each row over its layer's "
+                  "[min, max]; darker: more values, log scale)", style="bold")]
+    for layer in run.layers:
+        counts = layer.post.histogram
+        cells = "—" if counts is None else histogram_row(counts)
+        span = f"[{number(layer.post.min)}, {number(layer.post.max)}]"
+        lines.append(Text(f"{layer.index:>5} │{cells}│ {span}"))
+    return lines
 
 
 def sorted_runs(report: Report, sort: str) -> list[Run]:

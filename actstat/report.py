@@ -39,6 +39,8 @@ class PostStats(TensorStats):
     dead: float | None  # None: the activation cannot die
     saturated: float | None  # None: the activation is unbounded
     expected_mean: float | None = field(default=None, kw_only=True)  # mean-field theory
+    # --hist: counts in equal bins over [min, max]; None when not measured or not finite
+    histogram: tuple[int, ...] | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,8 @@ def _run_dict(run: Run) -> dict[str, Any]:
                 "fan_in": layer.fan_in,
                 "fan_out": layer.fan_out,
                 "pre": asdict(layer.pre),
-                "post": asdict(layer.post),
+                "post": {**asdict(layer.post), "histogram": None if layer.post.histogram is None
+                         else list(layer.post.histogram)},
                 "grad": None if layer.grad is None else asdict(layer.grad),
                 "flags": list(layer.flags),
             }
@@ -239,7 +242,7 @@ def _run_from(raw: Mapping[str, Any]) -> Run:
                 fan_in=layer["fan_in"],
                 fan_out=layer["fan_out"],
                 pre=TensorStats(**_only(TensorStats, layer["pre"])),
-                post=PostStats(**_only(PostStats, layer["post"])),
+                post=_post_from(layer["post"]),
                 grad=None if layer["grad"] is None else GradStats(**_only(GradStats, layer["grad"])),
                 flags=tuple(layer["flags"]),
             )
@@ -248,6 +251,13 @@ def _run_from(raw: Mapping[str, Any]) -> Run:
         train=None if raw["train"] is None else _train_from(raw["train"]),
         theory=None if raw.get("theory") is None else Theory(**_only(Theory, raw["theory"])),
     )
+
+
+def _post_from(raw: Mapping[str, Any]) -> PostStats:
+    fields_ = _only(PostStats, raw)
+    if fields_.get("histogram") is not None:
+        fields_["histogram"] = tuple(fields_["histogram"])
+    return PostStats(**fields_)
 
 
 def _train_from(raw: Mapping[str, Any]) -> TrainStats:

@@ -1,0 +1,125 @@
+"""Plot: a Report -> one figure (PNG, SVG or PDF) with matplotlib. No torch is imported here, so
+`actstat plot` draws a saved report quickly."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from actstat.atomic import write_atomic
+from actstat.errors import ActstatError
+from actstat.report import Report
+
+FIGURE_INCHES = (12.0, 8.0)
+DPI = 100
+MAX_HEATMAPS = 6
+FORMATS = (".png", ".svg", ".pdf")
+
+
+class PlotError(ActstatError):
+    """A figure cannot be drawn (matplotlib missing, unknown file type)."""
+
+
+def series(report: Report) -> dict[str, Any]:
+    """Everything the figure draws, per scheme label: post std, expected post std (theory),
+    gradient std, dead and saturated fractions by layer, and the histogram rows."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in (
+        "post_std", "expected_std", "grad_std", "dead", "saturated", "histograms")}
+    for run in report.runs:
+        layers = run.layers
+        out["post_std"][run.scheme] = [layer.post.std for layer in layers]
+        if run.theory is not None:
+            out["expected_std"][run.scheme] = [layer.post.expected_std for layer in layers]
+        if any(layer.grad is not None for layer in layers):
+            out["grad_std"][run.scheme] = [layer.grad.std if layer.grad else None
+                                           for layer in layers]
+        if any(layer.post.dead is not None for layer in layers):
+            out["dead"][run.scheme] = [layer.post.dead for layer in layers]
+        if any(layer.post.saturated is not None for layer in layers):
+            out["saturated"][run.scheme] = [layer.post.saturated for layer in layers]
+        if any(layer.post.histogram is not None for layer in layers):
+            out["histograms"][run.scheme] = [layer.post.histogram for layer in layers]
+    return out
+
+
+def draw(report: Report, path: Path | str) -> None:
+    """Draw the report's figure to `path` (its suffix picks the format), atomically."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise PlotError(f"{path}: figures are written as {', '.join(FORMATS)}, not "
+                        f"'{path.suffix or '(no suffix)'}'")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+    except ImportError:
+        raise PlotError("figures need matplotlib, an optional extra: "
+                        "pip install 'actstat[plot]'") from None
+    data = series(report)
+    heatmaps = list(data["histograms"].items())[:MAX_HEATMAPS]
+    figure = plt.figure(figsize=FIGURE_INCHES, dpi=DPI, layout="constrained")
+    top, bottom = (figure.subfigures(2, 1, height_ratios=[1.1, 1]) if heatmaps
+                   else (figure, None))
+    std_axes, grad_axes, fraction_axes = top.subplots(1, 3)
+    depth = len(report.runs[0].layers) if report.runs else 0
+    layers = list(range(1, depth + 1))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {scheme: palette[i % len(palette)] for i, scheme in enumerate(data["post_std"])}
+
+    for scheme, values in data["post_std"].items():
+        std_axes.plot(layers, _positive(values), marker=".", color=colour[scheme], label=scheme)
+        if scheme in data["expected_std"]:
+            std_axes.plot(layers, _positive(data["expected_std"][scheme]), linestyle="--",
+                          color=colour[scheme], alpha=0.7)
+    _style(std_axes, "post std (dashed: mean-field theory)", "std", log=True)
+    std_axes.legend(fontsize="x-small")
+
+    for scheme, values in data["grad_std"].items():
+        grad_axes.plot(layers, _positive(values), marker=".", color=colour[scheme], label=scheme)
+    _style(grad_axes, "gradient std, dL/d(pre)", "std", log=bool(data["grad_std"]))
+    if not data["grad_std"]:
+        grad_axes.text(0.5, 0.5, "measured with --no-grad", ha="center", va="center",
+                       transform=grad_axes.transAxes)
+
+    for kind, style in (("dead", "-"), ("saturated", ":")):
+        for scheme, values in data[kind].items():
+            fraction_axes.plot(layers, [math.nan if v is None else v for v in values],
+                               linestyle=style, color=colour[scheme])
+    _style(fraction_axes, "dead (solid), saturated (dotted)", "fraction of layer", log=False)
+    fraction_axes.set_ylim(-0.02, 1.02)
+
+    if heatmaps and bottom is not None:
+        for axes, (scheme, counts) in zip(bottom.subplots(1, len(heatmaps), squeeze=False)[0],
+                                          heatmaps):
+            width = max(len(row) for row in counts if row is not None)
+            image = [[math.log1p(c) for c in row] if row is not None else [math.nan] * width
+                     for row in counts]
+            axes.imshow(image, aspect="auto", cmap="magma", interpolation="nearest",
+                        extent=(0, 1, depth + 0.5, 0.5))
+            axes.set_title(scheme, fontsize="small")
+            axes.set_xticks([0, 1], ["min", "max"])
+            axes.set_ylabel("hidden layer")
+        bottom.suptitle("post-activation histograms, each row over its layer's [min, max] "
+                        "(brighter: more values, log scale)", fontsize="medium")
+    figure.suptitle(f"actstat: {report.input.source}; batch {report.input.batch_size}, "
+                    f"{depth} hidden layers")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lower().lstrip("."))
+    plt.close(figure)
+    write_atomic(path, buffer.getvalue())
+
+
+def _positive(values: list[float | None]) -> list[float]:
+    return [v if v is not None and v > 0 else math.nan for v in values]
+
+
+def _style(axes: Any, title: str, ylabel: str, *, log: bool) -> None:
+    axes.set_title(title, fontsize="small")
+    axes.set_xlabel("hidden layer")
+    axes.set_ylabel(ylabel)
+    if log:
+        axes.set_yscale("log")
+    axes.grid(True, alpha=0.3)

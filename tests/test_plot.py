@@ -1,0 +1,131 @@
+"""Pictures: --hist rows, figures for run / compare / a saved report, the optional extra."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from actstat.probe import HIST_BINS, histogram, measure
+from actstat.render import SHADES, histogram_row
+from actstat.report import read_report
+from conftest import ROOT, SMALL
+
+matplotlib = pytest.importorskip("matplotlib")
+from matplotlib import image as mpimg  # noqa: E402
+
+
+def test_histogram_counts_equal_numpy():
+    x = torch.randn(300, 70, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lo, hi = x.min(), x.max()
+    counts, _ = np.histogram(x.numpy(), bins=HIST_BINS, range=(float(lo), float(hi)))
+    assert histogram(x, lo, hi, HIST_BINS).tolist() == counts.tolist()
+
+
+def test_histograms_of_a_real_network_equal_numpy():
+    from test_probe import model_and_batch, numpy_layers
+
+    model, x, activation = model_and_batch("tanh", init="randn")
+    measured = measure(model, x, activation=activation, near_zero=0.01, saturation_cut=0.97,
+                       bins=HIST_BINS).layers
+    for layer, (_, post) in zip(measured, numpy_layers(model, x, "tanh")):
+        counts, _ = np.histogram(post, bins=HIST_BINS, range=(post.min(), post.max()))
+        assert layer.histogram == counts.tolist()
+
+
+def test_histogram_row_shades_by_log_count():
+    row = histogram_row((0, 1, 10, 100, 1000))
+    assert row[0] == " " and row[-1] == SHADES[-1] and len(row) == 5
+    levels = [SHADES.index(cell) for cell in row]
+    assert levels == sorted(levels)  # more values, darker
+
+
+def test_hist_rows_in_the_table_equal_the_reports_counts(cli):
+    raw = json.loads(cli("run", *SMALL, "--hist", "--act", "tanh", "-f", "json").stdout)
+    text = cli("run", *SMALL, "--hist", "--act", "tanh").stdout
+    rows = [line for line in text.splitlines() if "│" in line]
+    assert len(rows) == 3
+    for entry, line in zip(raw["runs"][0]["layers"], rows):
+        assert sum(entry["post"]["histogram"]) == 64 * 16  # every value counted
+        assert line.split("│")[1] == histogram_row(tuple(entry["post"]["histogram"]))
+    assert "[-" in rows[0]  # the range shown includes negative values
+
+
+def png_size(path) -> tuple[int, int]:
+    height, width = mpimg.imread(path).shape[:2]
+    return width, height
+
+
+def test_run_and_compare_draw_figures(cli, tmp_path):
+    run_png, compare_png = tmp_path / "run.png", tmp_path / "compare.png"
+    result = cli("run", *SMALL, "--plot", str(run_png))
+    assert f"wrote {run_png} (figure)" in result.stderr
+    cli("compare", *SMALL, "--init", "kaiming,randn", "--act", "relu,tanh", "--plot",
+        str(compare_png))
+    assert png_size(run_png) == png_size(compare_png) == (1200, 800)
+
+
+@pytest.mark.parametrize("suffix, magic", [(".svg", b"<?xml"), (".pdf", b"%PDF")])
+def test_a_saved_report_redraws_in_every_format(cli, tmp_path, suffix, magic):
+    report = tmp_path / "r.json"
+    cli("run", *SMALL, "--hist", "-f", "json", "-o", str(report))
+    figure = tmp_path / f"figure{suffix}"
+    cli("plot", str(report), "-o", str(figure))
+    assert figure.read_bytes().startswith(magic)
+
+
+def test_the_plot_receives_every_schemes_series(cli, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from actstat.plot import draw
+
+    report_path = tmp_path / "r.json"
+    cli("compare", *SMALL, "--init", "kaiming,randn", "--hist", "-f", "json", "-o",
+        str(report_path))
+    report = read_report(report_path)
+    drawn: dict[int, list] = {}  # per axes, in the order they are drawn on
+    real_plot = Axes.plot
+
+    def spy(self, *args, **kwargs):
+        if "label" in kwargs:
+            drawn.setdefault(id(self), []).append((kwargs["label"], list(args[1])))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    draw(report, tmp_path / "f.png")
+    std_panel, grad_panel = list(drawn.values())[:2]
+    by_label = dict(std_panel)
+    for run in report.runs:
+        assert by_label[run.scheme] == [layer.post.std for layer in run.layers]
+    grads = dict(grad_panel)
+    assert grads[report.runs[0].scheme] == [layer.grad.std for layer in report.runs[0].layers]
+
+
+def test_missing_matplotlib_says_how_to_install(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = cli("run", *SMALL, "--plot", str(tmp_path / "f.png"), code=2)
+    assert "pip install 'actstat[plot]'" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_unknown_figure_type(cli, tmp_path):
+    result = cli("run", *SMALL, "--plot", str(tmp_path / "f.gif"), code=2)
+    assert "figures are written as .png, .svg, .pdf" in result.stderr
+
+
+def test_plot_does_not_import_torch(cli, tmp_path):
+    report = tmp_path / "r.json"
+    cli("run", *SMALL, "-f", "json", "-o", str(report))
+    code = ("import sys, atexit\n"
+            "atexit.register(lambda: print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'))\n"
+            "sys.argv = ['actstat', 'plot', sys.argv[1], '-o', sys.argv[2]]\n"
+            "from actstat.cli import main\nmain()\n")
+    result = subprocess.run([sys.executable, "-c", code, str(report), str(tmp_path / "f.png")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("NO-TORCH")
+    assert (tmp_path / "f.png").exists()
