@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Annotated, Literal
 
 import numpy as np
@@ -64,9 +65,17 @@ class Activation:
         return lo, hi
 
 
+@cache
+def hermite_rule(nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Hermite nodes and weights (an eigenvalue problem: computed once per size)."""
+    x, w = np.polynomial.hermite.hermgauss(nodes)
+    x.flags.writeable = w.flags.writeable = False
+    return x, w
+
+
 def second_moment_gain(module: nn.Module, nodes: int = 201) -> float:
     """1/√E[φ(z)²] for z ~ N(0, 1), by Gauss–Hermite quadrature (accurate to ~1e-6 for these φ)."""
-    x, w = np.polynomial.hermite.hermgauss(nodes)
+    x, w = hermite_rule(nodes)
     z = torch.from_numpy(math.sqrt(2.0) * x)
     with torch.no_grad():
         phi = module(z).numpy()

@@ -111,6 +111,41 @@ def test_no_finite_fixed_point_is_said():
     assert found.chi1 == pytest.approx(1.25)
 
 
+def plain_iteration(length_map, q: float, steps: int) -> float:
+    for _ in range(steps):
+        q = length_map(q)
+    return q
+
+
+@pytest.mark.parametrize("name, params, sigma_w2, sigma_b2", [
+    ("tanh", {}, 1.01, 0.0),  # slightly chaotic: a small positive q*, approached at rate 0.98
+    ("tanh", {}, 1.5, 0.05),
+    ("tanh", {}, 0.8, 0.01),
+    ("selu", {}, 1.2, 0.0),
+    ("general_relu", {"subtract": 0.5}, 1.5, 0.0),  # E[φ²] is not monotone in q
+    ("sigmoid", {}, 4.0, 0.1),
+    ("softplus", {}, 1.0, 0.0),
+])
+def test_fixed_point_is_where_plain_iteration_ends(name, params, sigma_w2, sigma_b2):
+    """The accelerated solver lands on the fixed point that iterating the map reaches."""
+    moments = Moments(make_activation(name, params))
+
+    def length_map(q):
+        return sigma_w2 * moments(q, slope=False)[1] + sigma_b2
+
+    found = phase(make_activation(name, params), sigma_w2, sigma_b2, 2.0)
+    expected = plain_iteration(length_map, 2.0, 5_000)
+    assert found.q_star == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert length_map(found.q_star) == pytest.approx(found.q_star, rel=1e-9, abs=1e-12)
+
+
+def test_slow_approach_to_zero_still_reaches_zero():
+    """tanh at σ_w² = 1 creeps onto q* = 0 as q_l ≈ 1/(2l): no iteration budget gets there
+    plainly, and the answer is still exactly 0 (χ₁ = 1: critical)."""
+    found = phase(make_activation("tanh"), 1.0, 0.0, 5.0)
+    assert (found.q_star, found.phase) == (0.0, "critical")
+
+
 def test_selu_self_normalising_fixed_point():
     found = phase(make_activation("selu"), 1.0, 0.0, 3.0)
     assert found.q_star == pytest.approx(1.0, abs=1e-6)
