@@ -6,7 +6,6 @@ every import of the pipeline happens inside a command.
 
 from __future__ import annotations
 
-import ctypes
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from actstat import __version__
+from actstat.allocator import tune_malloc
 from actstat.errors import ActstatError
 from actstat.report import FLAGS as FLAG_NAMES  # torch-free, like everything imported here
 
@@ -71,26 +71,6 @@ def _root(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """actstat: per-layer activation statistics of neural networks, before training."""
-
-
-def _one_malloc_arena() -> None:
-    """Ask glibc for one malloc arena in this process, before torch starts its threads.
-
-    With one arena per thread, glibc serves freed activation-sized blocks back from whichever
-    arena a thread owns, and once a large block has been freed (the data's float64 copy, say) it
-    stops returning 8 MB blocks to the system: RSS then grows with depth although no activation
-    outlives its layer. Measured on a 2-core CPU, depth 200, width 1024, batch 2048, --no-grad:
-    peak RSS 2.8 GB with per-thread arenas, 1.1 GB (the weights plus one layer's tensors) with
-    one; timings unchanged within noise. Only the CLI does this: a library caller's process keeps
-    its own allocator settings. Elsewhere than glibc this is a no-op.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, 1)  # M_ARENA_MAX = -8 in glibc's malloc.h
-    except (OSError, AttributeError):
-        pass
 
 
 def _fail(message: str) -> typer.Exit:
@@ -560,7 +540,7 @@ def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, for
 
 def _profile_resolved(resolved: Any, *, quiet: bool, force: bool) -> Any:
     """Measure every scheme of a resolved config, with a progress bar on a terminal's stderr."""
-    _one_malloc_arena()
+    tune_malloc()
     try:
         from actstat.pipeline import profile, schemes
 

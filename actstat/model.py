@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from actstat.activations import Activation
 from actstat.inits import BiasInit, WeightInit
@@ -23,6 +24,57 @@ def build_mlp(*, in_features: int, widths: list[int], num_classes: int, bias: bo
         fan_in = width
     layers.append(nn.Linear(fan_in, num_classes, bias=bias, device="meta"))
     return nn.Sequential(*layers)
+
+
+class StackedLinear(nn.Module):
+    """K Linear layers of one shape side by side: weight (K, out, in), bias (K, out).
+
+    A (batch, in) input is shared by all K (the first layer: one matmul against the K weights
+    laid end to end); a (K, batch, in) input gives each its own (one batched matmul). Either way
+    the output is (K, batch, out), contiguous.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias) if bias is not None else None
+        self.groups, self.out_features, self.in_features = weight.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, out, fan_in = self.weight.shape
+        if x.dim() == 2:
+            bias = self.bias.reshape(k * out) if self.bias is not None else None
+            y = F.linear(x, self.weight.reshape(k * out, fan_in), bias)  # (batch, K * out)
+            return y.view(x.shape[0], k, out).transpose(0, 1).contiguous()
+        if self.bias is None:
+            return torch.bmm(x, self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        return (f"groups={self.groups}, in_features={self.in_features}, "
+                f"out_features={self.out_features}, bias={self.bias is not None}")
+
+
+# the layers that the probe treats as linear
+LINEAR = (nn.Linear, StackedLinear)
+
+
+def stack_mlps(models: list[nn.Sequential]) -> nn.Sequential:
+    """One model that runs K MLPs of the same shape and activation side by side: their Linear
+    weights stacked (copied) into StackedLinear layers, the activation shared (it is
+    elementwise). Its input is one (batch, in) batch for all K; its logits are (K, batch, classes).
+    """
+    layers: list[nn.Module] = []
+    for same_place in zip(*(model.children() for model in models)):
+        first = same_place[0]
+        if isinstance(first, nn.Linear):
+            bias = (torch.stack([m.bias.detach() for m in same_place])
+                    if first.bias is not None else None)
+            layers.append(StackedLinear(torch.stack([m.weight.detach() for m in same_place]),
+                                        bias))
+        else:
+            layers.append(first)
+    return nn.Sequential(*layers).eval()
 
 
 def parameter_variances(model: nn.Module, linears: list[nn.Linear]) -> list[tuple[float, float]]:

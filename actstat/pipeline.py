@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import product
 
 import torch
@@ -16,8 +16,15 @@ from actstat.config import ActivationSpec, Config, InitSpec
 from actstat.data import Batch, load_batch, resolve_device, resolve_dtype
 from actstat.errors import ActstatError
 from actstat.inits import BIAS_INITS, INITS, make_bias_init, make_init
-from actstat.model import build_mlp, initialise, parameter_variances
-from actstat.probe import HIST_BINS, hidden_blocks, measure, moments
+from actstat.model import build_mlp, initialise, parameter_variances, stack_mlps
+from actstat.probe import (
+    HIST_BINS,
+    Measurement,
+    hidden_blocks,
+    measure,
+    measure_stacked,
+    moments,
+)
 from actstat.registry import label
 from actstat.report import (
     SCHEMA_VERSION,
@@ -96,24 +103,63 @@ def preflight(config: Config, in_features: int, device: torch.device, dtype: tor
         "or pass --force to try anyway")
 
 
-def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = False) -> Report:
-    """Load the batch once, then build, initialise and measure one model per scheme."""
+# at most this many schemes run side by side: past it the gain is gone and memory is not
+MAX_STACK = 16
+
+
+def stacks(todo: list[tuple[InitSpec, ActivationSpec]], size: int) -> list[list[int]]:
+    """Indices of `todo` in groups that can run as one stacked model: schemes with the same
+    activation (name and parameters; widths, bias, device and dtype are the config's), at most
+    `size` to a group, in order of each group's first scheme."""
+    by_activation: dict[str, list[int]] = {}
+    for index, (_, act) in enumerate(todo):
+        by_activation.setdefault(act.model_dump_json(), []).append(index)
+    return [indices[start:start + size] for indices in by_activation.values()
+            for start in range(0, len(indices), size)]
+
+
+def stack_size(config: Config, in_features: int, device: torch.device, dtype: torch.dtype) -> int:
+    """How many schemes to run side by side: up to MAX_STACK, fewer where K times one scheme's
+    activations and gradients (plus the stacked copy of the weights) would not fit in half of
+    the device's free memory."""
+    if config.train.steps:
+        return 1
+    needed = memory_needed(config, in_features, torch.finfo(dtype).bits // 8)
+    per_scheme = needed["activations"] + 2 * needed["weights"]  # its model and its stacked copy
+    free = available_memory(device)
+    if free is None:
+        return 1
+    return max(1, min(MAX_STACK, int(0.5 * free) // max(per_scheme, 1)))
+
+
+def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = False,
+            stack: int | None = None) -> Report:
+    """Load the batch once, then build, initialise and measure one model per scheme; schemes
+    that share an activation are measured side by side as one stacked model (`stack`: at most
+    this many at once; default from `stack_size`, 1 to measure every scheme on its own)."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
                        num_classes=config.model.num_classes)
+    in_features = batch.inputs.shape[1]
     if not force:
-        preflight(config, batch.inputs.shape[1], device, dtype)
+        preflight(config, in_features, device, dtype)
     with torch.inference_mode():  # the batch's moments and second moment, fetched once
         inputs = torch.stack(moments(batch.inputs, 0.0)[:2]
                              + [batch.inputs.double().pow(2).mean()]).tolist()
     todo = schemes(config)
-    runs = []
-    for done, (init, act) in enumerate(todo, start=1):
-        runs.append(profile_scheme(config, init, act, batch, input_std=inputs[1],
-                                   input_second_moment=inputs[2]))
-        if on_scheme is not None:
-            on_scheme(done, len(todo), runs[-1].scheme)
+    size = (stack if stack is not None else 1 if len(todo) == 1
+            else stack_size(config, in_features, device, dtype))
+    runs: list[Run | None] = [None] * len(todo)
+    done = 0
+    for group in stacks(todo, size):
+        measured = profile_schemes(config, [todo[i] for i in group], batch, input_std=inputs[1],
+                                   input_second_moment=inputs[2])
+        for index, run in zip(group, measured):
+            runs[index] = run
+            done += 1
+            if on_scheme is not None:
+                on_scheme(done, len(todo), run.scheme)
     return Report(
         schema_version=SCHEMA_VERSION,
         actstat_version=__version__,
@@ -134,6 +180,44 @@ def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = 
 
 def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch, *,
                    input_std: float, input_second_moment: float | None = None) -> Run:
+    """One scheme on its own."""
+    return profile_schemes(config, [(init, act)], batch, input_std=input_std,
+                           input_second_moment=input_second_moment)[0]
+
+
+@dataclass
+class _Prepared:
+    """One scheme's initialised model and its mean-field expectations, before measurement."""
+
+    init: InitSpec
+    act: ActivationSpec
+    activation: Activation
+    model: torch.nn.Module
+    expectations: list[Expected | None]
+    theory: Theory | None
+
+
+def profile_schemes(config: Config, specs: list[tuple[InitSpec, ActivationSpec]], batch: Batch,
+                    *, input_std: float, input_second_moment: float | None = None) -> list[Run]:
+    """Schemes that share an activation: each initialised as on its own, then measured in one
+    pass of their stacked model (one scheme: its own model); a Run each, in order."""
+    prepared = [_prepare(config, init, act, batch, input_second_moment) for init, act in specs]
+    t = config.thresholds
+    activation = prepared[0].activation
+    options = {"activation": activation, "near_zero": t.near_zero,
+               "saturation_cut": t.saturation_cut, "bins": HIST_BINS if config.hist else 0}
+    labels = batch.labels if config.grad else None
+    if len(prepared) == 1:
+        measurements = [measure(prepared[0].model, batch.inputs, labels, **options)]
+    else:
+        stacked = stack_mlps([p.model for p in prepared])
+        measurements = measure_stacked(stacked, batch.inputs, labels, **options)
+        del stacked
+    return [_finish(config, p, m, batch, input_std) for p, m in zip(prepared, measurements)]
+
+
+def _prepare(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch,
+             input_second_moment: float | None) -> _Prepared:
     activation = make_activation(act.name, act.params)
     model = build_mlp(
         in_features=batch.inputs.shape[1],
@@ -151,27 +235,31 @@ def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: B
         device=batch.inputs.device,
         dtype=batch.inputs.dtype,
     )
-    t = config.thresholds
     theory = None
     expectations: list[Expected | None] = [None] * len(config.model.widths)
     if config.theory:
         if input_second_moment is None:
             input_second_moment = float(batch.inputs.double().pow(2).mean())
         expectations, theory = _theory(model, activation, input_second_moment)
-    measurement = measure(model, batch.inputs, batch.labels if config.grad else None,
-                          activation=activation, near_zero=t.near_zero,
-                          saturation_cut=t.saturation_cut, bins=HIST_BINS if config.hist else 0)
+    return _Prepared(init, act, activation, model, expectations, theory)
+
+
+def _finish(config: Config, prepared: _Prepared, measurement: Measurement, batch: Batch,
+            input_std: float) -> Run:
+    t = config.thresholds
+    activation = prepared.activation
     layers = analyse(measurement.layers, input_std=input_std, thresholds=t,
                      can_die=activation.dead_below is not None,
                      bounded=activation.saturation_edges(t.saturation_cut) is not None)
-    layers = tuple(_with_expected(layer, e) for layer, e in zip(layers, expectations))
+    layers = tuple(_with_expected(layer, e) for layer, e in zip(layers, prepared.expectations))
+    init, act = prepared.init, prepared.act
     init_params = {**init.params, "bias": init.bias.model_dump()}
     train = None
     if config.train.steps:
-        train = train_probe(model, batch.inputs, batch.labels, steps=config.train.steps,
+        train = train_probe(prepared.model, batch.inputs, batch.labels, steps=config.train.steps,
                             lr=config.train.lr, symmetric=t.symmetric)
     return Run(scheme_label(init, act), init.name, init_params, act.name, dict(act.params),
-               verdict(layers), finite_or_none(measurement.loss), layers, train, theory)
+               verdict(layers), finite_or_none(measurement.loss), layers, train, prepared.theory)
 
 
 def _theory(model: torch.nn.Module, activation: Activation,

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from actstat.activations import Activation
+from actstat.model import LINEAR, StackedLinear
 
 # the order of the numbers in each reduced vector
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
@@ -55,44 +56,63 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def hidden_blocks(model: nn.Module) -> list[tuple[nn.Linear, nn.Module]]:
+def hidden_blocks(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     """(Linear, activation) pairs in forward order; a Linear followed by no activation (the
-    classification head) is not a hidden layer."""
+    classification head) is not a hidden layer. A StackedLinear counts as a Linear."""
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     return [(m, after) for m, after in zip(leaves, leaves[1:])
-            if isinstance(m, nn.Linear) and not isinstance(after, nn.Linear)]
+            if isinstance(m, LINEAR) and not isinstance(after, LINEAR)]
 
 
 def count_fraction(mask: torch.Tensor) -> torch.Tensor:
-    """The fraction of ones in a 0/1 float tensor (from an in-place comparison).
+    """The fraction of ones in each group (row of the leading dimension) of a 0/1 float tensor
+    from an in-place comparison: a (K, ...) mask gives K fractions.
 
     Summing 0/1 floats is several times faster than summing a bool tensor (which accumulates in
-    int64); float32 sums of integers are exact below 2**24 elements, so larger tensors (and
-    half-precision ones, whose own sum would overflow at 65504) accumulate in float64/float32.
+    int64); float32 sums of integers are exact below 2**24 elements, so larger groups (and
+    half-precision masks, whose own sum would overflow at 65504) accumulate in float64/float32.
     """
-    dtype = torch.float64 if mask.numel() > 2**24 or mask.dtype == torch.float64 else torch.float32
-    return mask.sum(dtype=dtype) / mask.numel()
+    rows = mask.reshape(mask.shape[0], -1)
+    size = rows.shape[1]
+    dtype = torch.float64 if size > 2**24 or mask.dtype == torch.float64 else torch.float32
+    return rows.sum(dim=1, dtype=dtype) / size
 
 
-def moments(x: torch.Tensor, near_zero: float) -> list[torch.Tensor]:
-    """[mean, std, min, max, near-zero fraction] of all values of `x`, as device scalars.
+def moments(x: torch.Tensor, near_zero: float,
+            scratch: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """[mean, std, min, max, near-zero fraction] of all values of `x`, as device scalars."""
+    return [stat[0] for stat in group_moments(x.unsqueeze(0), near_zero, scratch)]
 
-    Two passes over a copy scaled by max|x|: the scaling keeps the sum of squares finite for any
-    finite input (a float32 net at 1e20 still reports its std), and subtracting the mean before
-    squaring avoids the cancellation of E[x²] - E[x]². Half-precision tensors are reduced in
-    float32. `aminmax`, `sum` and `dot` each cost a fraction of `std_mean`, and the near-zero
-    count sums a float mask (benchmarks/run.py measures all of it).
+
+def group_moments(x: torch.Tensor, near_zero: float,
+                  scratch: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """[mean, std, min, max, near-zero fraction] of each group x[k] of a (K, ...) tensor, as
+    device vectors of K values.
+
+    Two passes over a copy scaled by each group's max|x|: the scaling keeps the sum of squares
+    finite for any finite input (a float32 net at 1e20 still reports its std), and subtracting
+    the mean before squaring avoids the cancellation of E[x²] - E[x]². Half-precision tensors are
+    reduced in float32. Every reduction is a sum, a min or a max along one dimension, each a
+    fraction of `std_mean`'s cost. Sums of squares are squared in place and summed, not taken by
+    `torch.dot`: torch's sum adds in a cascade, while BLAS dot (and gemm, and vector_norm) runs
+    float32 accumulators that were 1.2e-4 off on the MNIST batch's std (many equal pixels); the
+    near-zero count sums a float mask. The scaled copy
+    and the mask go to `scratch` (a buffer of at least x.numel() elements in the accumulation
+    dtype) when given: reusing one buffer keeps every pass free of allocations, whose fresh
+    pages the OS would otherwise fault in each time (benchmarks/run.py measures all of it).
     """
-    flat = x.reshape(-1)
+    flat = x.reshape(x.shape[0], -1)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    lo, hi = torch.aminmax(flat)
+    lo, hi = flat.amin(dim=1), flat.amax(dim=1)
     scale = torch.maximum(lo.abs(), hi.abs()).to(acc)
     scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
-    y = flat.to(acc) / scale
-    mean = y.mean()
-    y.sub_(mean)
-    std = torch.sqrt(torch.dot(y, y) / flat.numel())
-    near = count_fraction(exact(flat).abs().lt_(near_zero)).to(acc)
+    if scratch is not None and flat.dtype == acc:
+        y = torch.div(flat, scale[:, None], out=scratch[:flat.numel()].view_as(flat))
+    else:
+        y = flat.to(acc) / scale[:, None]
+    mean = y.mean(dim=1)
+    std = torch.sqrt(y.sub_(mean[:, None]).square_().mean(dim=1))
+    near = count_fraction(torch.abs(exact(flat), out=y).lt_(near_zero)).to(acc)
     return [mean * scale, std * scale, lo.to(acc), hi.to(acc), near]
 
 
@@ -100,12 +120,22 @@ def histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) ->
     """Counts of `x` in `bins` equal bins over [lo, hi] (the last bin closed, as np.histogram),
     in float64. Built with scatter_add on the device: torch.histc would need the range on the
     host, a sync per layer. A constant tensor puts everything in the first bin."""
-    flat = exact(x).reshape(-1)
-    width = torch.where(hi > lo, hi - lo, torch.ones_like(hi)).to(flat.dtype)
-    index = (flat - lo.to(flat.dtype)).mul_(bins / width).floor_().clamp_(0, bins - 1)
+    return group_histogram(x.unsqueeze(0), lo.reshape(1), hi.reshape(1), bins)[0]
+
+
+def group_histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                    bins: int) -> torch.Tensor:
+    """(K, bins) counts: each group x[k] binned over its own [lo[k], hi[k]] (see `histogram`)."""
+    flat = exact(x).reshape(x.shape[0], -1)
+    lo, hi = lo.to(flat.dtype)[:, None], hi.to(flat.dtype)[:, None]
+    width = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    index = (flat - lo).mul_(bins / width).floor_().clamp_(0, bins - 1)
     index = torch.nan_to_num(index, nan=0.0).long()
-    counts = torch.zeros(bins, dtype=torch.float64, device=x.device)
-    return counts.scatter_add_(0, index, torch.ones_like(index, dtype=torch.float64))
+    index += torch.arange(flat.shape[0], device=x.device)[:, None] * bins
+    counts = torch.zeros(flat.shape[0] * bins, dtype=torch.float64, device=x.device)
+    counts.scatter_add_(0, index.reshape(-1), torch.ones(index.numel(), dtype=torch.float64,
+                                                         device=x.device))
+    return counts.view(flat.shape[0], bins)
 
 
 def exact(x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +145,9 @@ def exact(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Reducer:
-    """The two hook bodies for one layer; the reduced scalars are stored, nothing else."""
+    """The hook bodies for one pass. Each takes a (K, batch, units) tensor (K models side by
+    side; K = 1 for one model) and returns a (K, n) float64 tensor of reduced numbers; one
+    scratch buffer, grown to the largest tensor seen, serves every reduction of the pass."""
 
     def __init__(self, activation: Activation, near_zero: float, saturation_cut: float,
                  bins: int = 0):
@@ -123,63 +155,78 @@ class _Reducer:
         self.near_zero = near_zero
         self.edges = activation.saturation_edges(saturation_cut)
         self.bins = bins
+        self._scratch: torch.Tensor | None = None
+
+    def scratch(self, x: torch.Tensor) -> torch.Tensor:
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        buffer = self._scratch
+        if (buffer is None or buffer.numel() < x.numel() or buffer.dtype != acc
+                or buffer.device != x.device):
+            buffer = self._scratch = torch.empty(x.numel(), dtype=acc, device=x.device)
+        return buffer[:x.numel()]
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
-        stats = moments(x, self.near_zero)
+        stats = group_moments(x, self.near_zero, self.scratch(x))
         acc = stats[0].dtype
-        x2 = x.reshape(x.shape[0], -1)
+        x3 = x.reshape(x.shape[0], x.shape[1], -1)
         if self.activation.dead_below is None:
-            dead = torch.zeros((), dtype=acc, device=x.device)
+            dead = torch.zeros_like(stats[0])
         else:
             # per-unit maxima over the batch: a unit is dead when even its largest input is flat
-            dead = count_fraction(x2.amax(dim=0).le_(self.activation.dead_below)).to(acc)
+            dead = count_fraction(x3.amax(dim=1).le_(self.activation.dead_below)).to(acc)
         # the largest range across units on one sample, relative to max|x| (0: all identical)
         scale = torch.maximum(stats[2].abs(), stats[3].abs())
-        gap = (x2.amax(dim=1) - x2.amin(dim=1)).amax().to(acc)
+        gap = (x3.amax(dim=2) - x3.amin(dim=2)).amax(dim=1).to(acc)
         spread = torch.where(scale > 0, gap / scale, torch.zeros_like(gap))
-        return torch.stack([*stats, dead, spread]).to(torch.float64)
+        return torch.stack([*stats, dead, spread], dim=1).to(torch.float64)
 
     def post(self, x: torch.Tensor) -> torch.Tensor:
-        stats = moments(x, self.near_zero)
+        scratch = self.scratch(x)
+        stats = group_moments(x, self.near_zero, scratch)
         acc = stats[0].dtype
-        saturated = torch.zeros((), dtype=acc, device=x.device)
+        saturated = torch.zeros_like(stats[0])
         x = exact(x)
         if self.edges is not None:
             lo, hi = self.edges
+            work = scratch.view_as(x)
             if lo is not None and hi is not None:  # one pass: |x - mid| >= half-width
                 mid, half = (lo + hi) / 2, (hi - lo) / 2
-                saturated = count_fraction(torch.sub(x, mid).abs_().ge_(half)).to(acc)
+                saturated = count_fraction(torch.sub(x, mid, out=work).abs_().ge_(half))
             elif lo is not None:
-                saturated = count_fraction(torch.sub(lo, x).ge_(0)).to(acc)
+                saturated = count_fraction(torch.sub(lo, x, out=work).ge_(0))
             elif hi is not None:
-                saturated = count_fraction(torch.sub(x, hi).ge_(0)).to(acc)
-        row = torch.stack([*stats, saturated]).to(torch.float64)
+                saturated = count_fraction(torch.sub(x, hi, out=work).ge_(0))
+        row = torch.stack([*stats, saturated.to(acc)], dim=1).to(torch.float64)
         if self.bins:
-            row = torch.cat([row, histogram(x, stats[2], stats[3], self.bins)])
+            row = torch.cat([row, group_histogram(x, stats[2], stats[3], self.bins)], dim=1)
         return row
 
-    @staticmethod
-    def grad(g: torch.Tensor) -> torch.Tensor:
-        mean, std, *_ = moments(g, 0.0)
-        return torch.stack([mean, std]).to(torch.float64)
+    def grad(self, g: torch.Tensor) -> torch.Tensor:
+        mean, std, *_ = group_moments(g, 0.0, self.scratch(g))
+        return torch.stack([mean, std], dim=1).to(torch.float64)
 
 
 @contextmanager
-def _hooks(blocks: list[tuple[nn.Linear, nn.Module]], reducer: _Reducer,
-           store: dict[tuple[int, str], torch.Tensor], grad: bool) -> Iterator[None]:
+def _hooks(blocks: list[tuple[nn.Module, nn.Module]], reducer: _Reducer,
+           store: dict[tuple[int, str], torch.Tensor], grad: bool,
+           grouped: bool) -> Iterator[None]:
     """Forward hooks on every block (and, with `grad`, a gradient hook on each pre-activation),
-    removed on the way out whatever happens. Tensor hooks die with their tensors."""
+    removed on the way out whatever happens. Tensor hooks die with their tensors. A single
+    model's (batch, units) tensors are reduced as one group."""
     handles = []
+
+    def groups(t: torch.Tensor) -> torch.Tensor:
+        return t.detach() if grouped else t.detach().unsqueeze(0)
 
     def on_pre(i: int, out: torch.Tensor) -> None:
         with torch.no_grad():
-            store[i, "pre"] = reducer.pre(out.detach())
+            store[i, "pre"] = reducer.pre(groups(out))
         if grad and out.requires_grad:
-            out.register_hook(lambda g: store.__setitem__((i, "grad"), reducer.grad(g)))
+            out.register_hook(lambda g: store.__setitem__((i, "grad"), reducer.grad(groups(g))))
 
     def on_post(i: int, out: torch.Tensor) -> None:
         with torch.no_grad():
-            store[i, "post"] = reducer.post(out.detach())
+            store[i, "post"] = reducer.post(groups(out))
 
     try:
         for i, (linear, activation) in enumerate(blocks):
@@ -200,35 +247,72 @@ def measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None 
     model's logits (no optimiser step; gradients are left in `.grad`). Without labels the pass
     runs in inference mode: no autograd graph, no activation kept beyond its layer. Every
     statistic reaches the host in one copy."""
+    return _measure(model, inputs, labels, groups=0, activation=activation, near_zero=near_zero,
+                    saturation_cut=saturation_cut, bins=bins)[0]
+
+
+def measure_stacked(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None,
+                    *, activation: Activation, near_zero: float, saturation_cut: float,
+                    bins: int = 0) -> list[Measurement]:
+    """`measure` for K models run side by side as one (see actstat.model.stack_mlps): one
+    Measurement per model, in stack order, with the numbers that K separate passes give (to
+    float rounding: a batched matmul sums in its own order). The loss backward is the sum of the
+    K models' mean cross-entropies, whose gradient for each model's parameters is that model's
+    own. Still one host copy for the whole stack."""
+    groups = next(m for m in model.modules() if isinstance(m, StackedLinear)).weight.shape[0]
+    return _measure(model, inputs, labels, groups=groups, activation=activation,
+                    near_zero=near_zero, saturation_cut=saturation_cut, bins=bins)
+
+
+def _measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None, *, groups: int,
+             activation: Activation, near_zero: float, saturation_cut: float,
+             bins: int) -> list[Measurement]:
+    """groups: 0 for one model, K for a stack of K."""
     blocks = hidden_blocks(model)
     grad = labels is not None
     reducer = _Reducer(activation, near_zero, saturation_cut, bins)
     store: dict[tuple[int, str], torch.Tensor] = {}
+    k = max(groups, 1)
     was_training = model.training
     model.eval()
     try:
         with torch.enable_grad() if grad else torch.inference_mode(), \
-                _hooks(blocks, reducer, store, grad):
+                _hooks(blocks, reducer, store, grad, grouped=groups > 0):
             logits = model(inputs)
-            loss = None
+            losses = None
             if grad:
                 model.zero_grad(set_to_none=True)
-                loss = cross_entropy(logits, labels)
-                loss.backward()
+                losses = _losses(logits if groups else logits.unsqueeze(0), labels)
+                losses.sum().backward()
             with torch.no_grad() if grad else nullcontext():
-                rows = [_row(i, linear, store, grad) for i, (linear, _) in enumerate(blocks)]
-                flat = torch.cat(rows + ([loss.detach().to(torch.float64).reshape(1)] if grad
-                                         else [])) if rows else torch.zeros(0)
-                host = flat.tolist()
+                rows = [_row(i, linear, store, grad, grouped=groups > 0)
+                        for i, (linear, _) in enumerate(blocks)]
+                if grad:
+                    rows.append(losses.detach().to(torch.float64)[:, None])
+                host = torch.cat(rows, dim=1).tolist() if rows else [[] for _ in range(k)]
     finally:
         model.train(was_training)
     widths = [len(MOMENTS + PRE_EXTRA), len(MOMENTS + POST_EXTRA), bins, len(GRAD) if grad else 0]
+    return [_unpack(values, blocks, widths, grad, bins) for values in host]
+
+
+def _losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each group's mean cross-entropy, for (K, batch, classes) logits: a (K,) vector."""
+    k, batch = logits.shape[:2]
+    per_sample = F.cross_entropy(
+        logits.reshape(k * batch, -1).float() if logits.dtype in (torch.float16, torch.bfloat16)
+        else logits.reshape(k * batch, -1), labels.repeat(k), reduction="none")
+    return per_sample.view(k, batch).mean(dim=1)
+
+
+def _unpack(row: list[float], blocks: list[tuple[nn.Module, nn.Module]], widths: list[int],
+            grad: bool, bins: int) -> Measurement:
     layers = []
     for i, (linear, _) in enumerate(blocks):
-        row = host[i * sum(widths):(i + 1) * sum(widths)]
+        values = row[i * sum(widths):(i + 1) * sum(widths)]
         parts, start = [], 0
         for width in widths:
-            parts.append(row[start:start + width])
+            parts.append(values[start:start + width])
             start += width
         pre, post, counts, grads = parts
         layers.append(RawLayer(
@@ -239,20 +323,23 @@ def measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None 
             grad=dict(zip(GRAD, grads)) if grad else None,
             histogram=counts if bins else None,
         ))
-    return Measurement(layers, host[-1] if grad and blocks else None)
+    return Measurement(layers, row[-1] if grad and blocks else None)
 
 
-def _row(i: int, linear: nn.Linear, store: dict[tuple[int, str], torch.Tensor],
-         grad: bool) -> torch.Tensor:
+def _row(i: int, linear: nn.Module, store: dict[tuple[int, str], torch.Tensor], grad: bool,
+         grouped: bool) -> torch.Tensor:
+    """Layer i's (K, n) numbers: pre, post (with histogram), and with `grad` the gradients."""
     parts = [store[i, "pre"], store[i, "post"]]
     if grad:
+        k = parts[0].shape[0]
         # a pre-activation that backward never reached (no path to the loss) has zero gradient
-        pre_grad = store.get((i, "grad"), torch.zeros(2, dtype=torch.float64,
+        pre_grad = store.get((i, "grad"), torch.zeros(k, 2, dtype=torch.float64,
                                                       device=parts[0].device))
-        weight_grad = linear.weight.grad
-        if weight_grad is None:
-            weight_grad = torch.zeros_like(linear.weight)
-        _, g_std, g_min, g_max, _ = moments(weight_grad, 0.0)
-        w_std = moments(linear.weight.detach(), 0.0)[1]
-        parts += [pre_grad, torch.stack([g_std, g_min, g_max, w_std]).to(torch.float64)]
-    return torch.cat(parts)
+        weight = linear.weight if grouped else linear.weight.unsqueeze(0)
+        weight_grad = weight.grad if grouped else linear.weight.grad
+        weight_grad = (torch.zeros_like(weight) if weight_grad is None
+                       else weight_grad if grouped else weight_grad.unsqueeze(0))
+        _, g_std, g_min, g_max, _ = group_moments(weight_grad, 0.0)
+        w_std = group_moments(weight.detach(), 0.0)[1]
+        parts += [pre_grad, torch.stack([g_std, g_min, g_max, w_std], dim=1).to(torch.float64)]
+    return torch.cat(parts, dim=1)

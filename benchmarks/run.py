@@ -22,6 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from actstat.allocator import tune_malloc  # noqa: E402
+
+MALLOC_TUNED = tune_malloc()  # as the CLI does, before torch starts threads: both sides alike
+
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -106,7 +110,7 @@ def peak_rss_child(depth: int, width: int, batch: int) -> float:
                  "grad": False, "theory": False}
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-        "from actstat.cli import _one_malloc_arena; _one_malloc_arena()\n"
+        "from actstat.allocator import tune_malloc; tune_malloc()\n"
         "from actstat.config import load_config; from actstat.pipeline import profile\n"
         f"profile(load_config(None, {overrides!r}))\n"
         "print(next(int(line.split()[1]) for line in open('/proc/self/status')\n"
