@@ -104,8 +104,10 @@ def group_moments(x: torch.Tensor, near_zero: float,
     flat = x.reshape(x.shape[0], -1)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     lo, hi = flat.amin(dim=1), flat.amax(dim=1)
-    scale = torch.maximum(lo.abs(), hi.abs()).to(acc)
-    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+    # max|x|, kept off 0 (an all-zero group divides to zeros) and off inf (a non-finite group
+    # is reported as such: its mean and std come out NaN, like its min or max)
+    scale = torch.maximum(lo.abs(), hi.abs()).to(acc).clamp_(torch.finfo(acc).tiny,
+                                                              torch.finfo(acc).max)
     if scratch is not None and flat.dtype == acc:
         y = torch.div(flat, scale[:, None], out=scratch[:flat.numel()].view_as(flat))
     else:

@@ -35,6 +35,36 @@ from actstat.model import build_mlp, initialise  # noqa: E402
 from actstat.probe import measure  # noqa: E402
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def where_time_goes(model: nn.Module, x: torch.Tensor, activation, device: torch.device,
+                    rows: int = 12) -> list[tuple[str, float, float]]:
+    """(operator, milliseconds, share of the pass) for one forward measurement, from torch's
+    profiler (self time per ATen operator, summed over layers): the matmuls are the floor,
+    the rest is what the statistics cost."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    with profile(activities=activities) as prof:
+        measure(model, x, activation=activation, near_zero=0.01, saturation_cut=0.97)
+    events = prof.key_averages()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    top = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:rows]
+    return [(e.key, getattr(e, attr) / 1e3, getattr(e, attr) / total) for e in top]
+
+
 def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     fn()  # warm-up
     times = []
@@ -124,13 +154,16 @@ def weights_mib(depth: int, width: int) -> float:
     return depth * (width * width + width) * 4 / 2**20
 
 
-def command_seconds(args: list[str], repeats: int) -> float:
-    times = []
+def commands_seconds(commands: dict[str, list[str]], repeats: int) -> dict[str, float]:
+    """Median wall seconds of each command from a cold process; the commands take turns, so
+    drift in the machine's speed reaches them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(args, capture_output=True, check=True, cwd=ROOT)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, args in commands.items():
+            start = time.perf_counter()
+            subprocess.run(args, capture_output=True, check=True, cwd=ROOT)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def overheads(act: str, depth: int, width: int, batch: int, repeats: int, device: torch.device,
@@ -169,9 +202,10 @@ def main() -> None:
     figures: dict[str, float] = {}
     rows: list[tuple[str, float, float, float]] = []
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+          + f"; glibc malloc tuned as the CLI does: {'yes' if MALLOC_TUNED else 'no'}")
     print(f"model: depth {depth}, width {width}, batch {batch}, kaiming + relu, float32; "
           f"median of {repeats}\n")
 
@@ -202,10 +236,12 @@ def main() -> None:
         figures["peak_rss_mib_deep"] = deep
 
     python = sys.executable
-    figures["import_torch_seconds"] = command_seconds([python, "-c", "import torch"], repeats)
-    figures["help_seconds"] = command_seconds([python, "-m", "actstat", "--help"], repeats)
-    figures["run_cold_seconds"] = command_seconds(
-        [python, "-m", "actstat", "run", "-f", "json", "-q", "--device", str(device)], repeats)
+    figures.update(commands_seconds({
+        "import_torch_seconds": [python, "-c", "import torch"],
+        "help_seconds": [python, "-m", "actstat", "--help"],
+        # the default run, as a user types it (tables; stdout is a pipe, so no progress bar)
+        "run_cold_seconds": [python, "-m", "actstat", "run", "--device", str(device)],
+    }, repeats))
 
     from actstat.config import load_config
     from actstat.pipeline import profile
@@ -214,15 +250,26 @@ def main() -> None:
     acts = ["relu", "tanh", "gelu", "silu"]
     common = {"model.depth": 20, "model.width": 256, "device": str(device)}
     grid = load_config(None, {**common, "init": inits, "activation": acts})
-    together = median_seconds(lambda: profile(grid), max(1, repeats // 2), device)
     singles = [load_config(None, {**common, "init": [i], "activation": [a]})
                for i in inits for a in acts]
-    apart = median_seconds(lambda: [profile(c) for c in singles], max(1, repeats // 2), device)
-    figures["compare_ratio"] = together / apart
+    apart, together, figures["compare_ratio"] = paired(
+        lambda: [profile(c) for c in singles], lambda: profile(grid), max(3, repeats // 2),
+        device)
+    rows.append(("compare, 16 schemes (vs 16 single runs)", apart, together,
+                 figures["compare_ratio"]))
+    one_by_one, _, figures["compare_stacked_ratio"] = paired(
+        lambda: profile(grid, stack=1), lambda: profile(grid), max(3, repeats // 2), device)
+    rows.append(("  stacked (vs the same compare unstacked)", one_by_one, together,
+                 figures["compare_stacked_ratio"]))
 
     print(f"{'measurement':46s} {'bare (s)':>10s} {'actstat (s)':>12s} {'ratio':>7s}")
     for name, bare_s, ours_s, ratio in rows:
         print(f"{name:46s} {bare_s:10.4f} {ours_s:12.4f} {ratio:7.3f}")
+    model, x, y, activation = model_and_batch(depth, width, batch, "relu", device)
+    print(f"\nwhere the time of one forward measurement goes (relu, depth {depth}; "
+          "self time per operator, profiled):")
+    for name, ms, share in where_time_goes(model, x, activation, device):
+        print(f"  {name:28s} {ms:9.1f} ms {share:7.1%}")
     print()
     for name, value in figures.items():
         print(f"{name}={value:.4g}")
