@@ -50,7 +50,8 @@ Progress = Callable[[int, int, str], None]
 
 
 def memory_needed(config: Config, in_features: int, element_bytes: int) -> dict[str, int]:
-    """Bytes one scheme needs at its peak (schemes run one after another), by part.
+    """Bytes one scheme needs at its peak, by part (a stack of K schemes needs K times the
+    activations and its own copy of the weights: `stack_size` keeps stacks within free memory).
 
     weights: every Linear's weight and bias (twice with gradients: .grad mirrors them; once more
     for the training probe's snapshot). activations: without gradients, about four tensors of

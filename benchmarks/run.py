@@ -65,32 +65,39 @@ def where_time_goes(model: nn.Module, x: torch.Tensor, activation, device: torch
     return [(e.key, getattr(e, attr) / 1e3, getattr(e, attr) / total) for e in top]
 
 
+def seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call (on CUDA, to the end of its kernels)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(seconds(fn, device) for _ in range(repeats))
 
 
 def paired(bare: Callable[[], object], ours: Callable[[], object], repeats: int,
            device: torch.device) -> tuple[float, float, float]:
-    """(bare seconds, actstat seconds, ratio): the two run alternately and the ratio is the
-    median of per-pair ratios, so a machine that slows down or speeds up mid-run (other tenants,
-    frequency scaling) moves both sides of each pair alike."""
+    """(bare seconds, actstat seconds, ratio). Each repeat runs bare, ours, ours, bare (ABBA),
+    and its ratio is ours' total over bare's: a machine that speeds up or slows down during the
+    repeat (other tenants, frequency scaling) moves both sides alike, to first order. The
+    figures are medians over the repeats."""
     bare()
     ours()
-    pairs = []
+    bare_times, our_times, ratios = [], [], []
     for _ in range(repeats):
-        pairs.append((median_seconds(bare, 1, device), median_seconds(ours, 1, device)))
-    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
-            statistics.median(b / a for a, b in pairs))
+        first = seconds(bare, device)
+        mine = seconds(ours, device) + seconds(ours, device)
+        total = first + seconds(bare, device)
+        bare_times.append(total / 2)
+        our_times.append(mine / 2)
+        ratios.append(mine / total)
+    return statistics.median(bare_times), statistics.median(our_times), statistics.median(ratios)
 
 
 def model_and_batch(depth: int, width: int, batch: int, act: str, device: torch.device):
