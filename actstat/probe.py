@@ -84,8 +84,8 @@ def moments(x: torch.Tensor, near_zero: float,
     return [stat[0] for stat in group_moments(x.unsqueeze(0), near_zero, scratch)]
 
 
-def group_moments(x: torch.Tensor, near_zero: float,
-                  scratch: torch.Tensor | None = None) -> list[torch.Tensor]:
+def group_moments(x: torch.Tensor, near_zero: float, scratch: torch.Tensor | None = None,
+                  extremes: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
     """[mean, std, min, max, near-zero fraction] of each group x[k] of a (K, ...) tensor, as
     device vectors of K values.
 
@@ -100,10 +100,11 @@ def group_moments(x: torch.Tensor, near_zero: float,
     and the mask go to `scratch` (a buffer of at least x.numel() elements in the accumulation
     dtype) when given: reusing one buffer keeps every pass free of allocations, whose fresh
     pages the OS would otherwise fault in each time (benchmarks/run.py measures all of it).
+    `extremes`: each group's (min, max) when the caller already has them (a pass saved).
     """
     flat = x.reshape(x.shape[0], -1)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    lo, hi = flat.amin(dim=1), flat.amax(dim=1)
+    lo, hi = extremes if extremes is not None else (flat.amin(dim=1), flat.amax(dim=1))
     # max|x|, kept off 0 (an all-zero group divides to zeros) and off inf (a non-finite group
     # is reported as such: its mean and std come out NaN, like its min or max)
     scale = torch.maximum(lo.abs(), hi.abs()).to(acc).clamp_(torch.finfo(acc).tiny,
@@ -168,9 +169,13 @@ class _Reducer:
         return buffer[:x.numel()]
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
-        stats = group_moments(x, self.near_zero, self.scratch(x))
-        acc = stats[0].dtype
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
+        # each sample's extremes across units: their range is the spread, their extremes the
+        # tensor's (so the moments need no min/max pass of their own)
+        sample_lo, sample_hi = x3.amin(dim=2), x3.amax(dim=2)
+        stats = group_moments(x, self.near_zero, self.scratch(x),
+                              extremes=(sample_lo.amin(dim=1), sample_hi.amax(dim=1)))
+        acc = stats[0].dtype
         if self.activation.dead_below is None:
             dead = torch.zeros_like(stats[0])
         else:
@@ -178,7 +183,7 @@ class _Reducer:
             dead = count_fraction(x3.amax(dim=1).le_(self.activation.dead_below)).to(acc)
         # the largest range across units on one sample, relative to max|x| (0: all identical)
         scale = torch.maximum(stats[2].abs(), stats[3].abs())
-        gap = (x3.amax(dim=2) - x3.amin(dim=2)).amax(dim=1).to(acc)
+        gap = (sample_hi - sample_lo).amax(dim=1).to(acc)
         spread = torch.where(scale > 0, gap / scale, torch.zeros_like(gap))
         return torch.stack([*stats, dead, spread], dim=1).to(torch.float64)
 

@@ -1,0 +1,66 @@
+"""Allocation: the probe's passes reuse one scratch buffer; the CLI tunes glibc's malloc."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from actstat import allocator
+from actstat.activations import make_activation
+from actstat.inits import make_bias_init, make_init
+from actstat.model import build_mlp, initialise
+from actstat.probe import measure
+
+BATCH, WIDTH, DEPTH = 256, 64, 6
+
+
+def large_allocations(fn) -> int:
+    """How many allocations of at least one activation's size `fn` makes (CPU profiler)."""
+    size = BATCH * WIDTH * 4
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sum(1 for event in prof.events() if event.self_cpu_memory_usage >= size)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+def test_a_pass_allocates_one_scratch_buffer_beyond_the_forward_itself(act):
+    activation = make_activation(act)
+    model = initialise(build_mlp(in_features=WIDTH, widths=[WIDTH] * DEPTH, num_classes=10,
+                                 bias=True, activation=activation), make_init("kaiming"),
+                       make_bias_init("zeros"), act_gain=activation.gain, seed=0,
+                       device=torch.device("cpu"), dtype=torch.float32)
+    x = torch.randn(BATCH, WIDTH)
+
+    def bare():
+        with torch.inference_mode():
+            model(x)
+
+    def ours():
+        measure(model, x, activation=activation, near_zero=0.01, saturation_cut=0.97)
+
+    bare(), ours()
+    assert large_allocations(ours) == large_allocations(bare) + 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_tune_malloc_is_accepted_by_glibc():
+    code = "from actstat.allocator import tune_malloc; print(tune_malloc())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+
+
+def test_tune_malloc_is_a_no_op_elsewhere(monkeypatch):
+    monkeypatch.setattr(allocator.sys, "platform", "darwin")
+    assert allocator.tune_malloc() is False
+
+
+def test_the_cli_tunes_malloc_before_measuring(cli, monkeypatch):
+    calls = []
+    monkeypatch.setattr("actstat.cli.tune_malloc", lambda: calls.append(1) or True)
+    cli("run", "--depth", "2", "--width", "8", "--batch-size", "16", "--device", "cpu",
+        "-f", "json")
+    assert calls == [1]
