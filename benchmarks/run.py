@@ -205,7 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     depth, width, batch = (10, 512, 512) if args.quick else (50, 1024, 1024)
-    repeats = 3 if args.quick else 7
+    repeats = 3 if args.quick else 9
     figures: dict[str, float] = {}
     rows: list[tuple[str, float, float, float]] = []
 
@@ -219,17 +219,15 @@ def main() -> None:
     for act in ("relu", "tanh"):
         figures.update(overheads(act, depth, width, batch, repeats, device, rows))
 
-    model, x, y, activation = model_and_batch(2 * depth, width, batch, "relu", device)
-    deeper = median_seconds(lambda: measure(model, x, activation=activation, near_zero=0.01,
-                                            saturation_cut=0.97), repeats, device)
-    model, x, y, activation = model_and_batch(depth, width, 2 * batch, "relu", device)
-    bigger = median_seconds(lambda: measure(model, x, activation=activation, near_zero=0.01,
-                                            saturation_cut=0.97), repeats, device)
-    model, x, y, activation = model_and_batch(depth, width, batch, "relu", device)
-    base = median_seconds(lambda: measure(model, x, activation=activation, near_zero=0.01,
-                                          saturation_cut=0.97), repeats, device)
-    figures["depth_scaling"] = deeper / base
-    figures["batch_scaling"] = bigger / base
+    def measurement(size_depth: int, size_batch: int) -> Callable[[], object]:
+        model, x, _, activation = model_and_batch(size_depth, width, size_batch, "relu", device)
+        return lambda: measure(model, x, activation=activation, near_zero=0.01,
+                               saturation_cut=0.97)
+
+    # 2x depth and 2x batch, each paired against the base size, so drift cancels as above
+    base = measurement(depth, batch)
+    *_, figures["depth_scaling"] = paired(base, measurement(2 * depth, batch), repeats, device)
+    *_, figures["batch_scaling"] = paired(base, measurement(depth, 2 * batch), repeats, device)
 
     if device.type == "cpu":
         shallow_depth, deep_depth = (10, 100) if args.quick else (20, 200)
