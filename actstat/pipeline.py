@@ -186,7 +186,7 @@ def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: B
                            input_second_moment=input_second_moment)[0]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Prepared:
     """One scheme's initialised model and its mean-field expectations, before measurement."""
 

@@ -49,11 +49,13 @@ class Measurement:
     loss: float | None
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The loss of every backward pass: mean cross-entropy, computed in at least float32."""
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                  reduction: str = "mean") -> torch.Tensor:
+    """The loss of every backward pass: cross-entropy (mean over the batch unless `reduction`
+    says otherwise), computed in at least float32."""
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, labels, reduction=reduction)
 
 
 def hidden_blocks(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
@@ -292,7 +294,7 @@ def _measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None
                 losses = _losses(logits if groups else logits.unsqueeze(0), labels)
                 losses.sum().backward()
             with torch.no_grad() if grad else nullcontext():
-                rows = [_row(i, linear, store, grad, grouped=groups > 0)
+                rows = [_row(i, linear, store, grad, grouped=groups > 0, reducer=reducer)
                         for i, (linear, _) in enumerate(blocks)]
                 if grad:
                     rows.append(losses.detach().to(torch.float64)[:, None])
@@ -306,9 +308,7 @@ def _measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None
 def _losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Each group's mean cross-entropy, for (K, batch, classes) logits: a (K,) vector."""
     k, batch = logits.shape[:2]
-    per_sample = F.cross_entropy(
-        logits.reshape(k * batch, -1).float() if logits.dtype in (torch.float16, torch.bfloat16)
-        else logits.reshape(k * batch, -1), labels.repeat(k), reduction="none")
+    per_sample = cross_entropy(logits.reshape(k * batch, -1), labels.repeat(k), reduction="none")
     return per_sample.view(k, batch).mean(dim=1)
 
 
@@ -334,7 +334,7 @@ def _unpack(row: list[float], blocks: list[tuple[nn.Module, nn.Module]], widths:
 
 
 def _row(i: int, linear: nn.Module, store: dict[tuple[int, str], torch.Tensor], grad: bool,
-         grouped: bool) -> torch.Tensor:
+         grouped: bool, reducer: _Reducer) -> torch.Tensor:
     """Layer i's (K, n) numbers: pre, post (with histogram), and with `grad` the gradients."""
     parts = [store[i, "pre"], store[i, "post"]]
     if grad:
@@ -342,11 +342,13 @@ def _row(i: int, linear: nn.Module, store: dict[tuple[int, str], torch.Tensor], 
         # a pre-activation that backward never reached (no path to the loss) has zero gradient
         pre_grad = store.get((i, "grad"), torch.zeros(k, 2, dtype=torch.float64,
                                                       device=parts[0].device))
-        weight = linear.weight if grouped else linear.weight.unsqueeze(0)
-        weight_grad = weight.grad if grouped else linear.weight.grad
-        weight_grad = (torch.zeros_like(weight) if weight_grad is None
-                       else weight_grad if grouped else weight_grad.unsqueeze(0))
-        _, g_std, g_min, g_max, _ = group_moments(weight_grad, 0.0)
-        w_std = group_moments(weight.detach(), 0.0)[1]
+        weight = linear.weight.detach()
+        weight_grad = linear.weight.grad
+        if weight_grad is None:
+            weight_grad = torch.zeros_like(weight)
+        if not grouped:
+            weight, weight_grad = weight.unsqueeze(0), weight_grad.unsqueeze(0)
+        _, g_std, g_min, g_max, _ = group_moments(weight_grad, 0.0, reducer.scratch(weight))
+        w_std = group_moments(weight, 0.0, reducer.scratch(weight))[1]
         parts += [pre_grad, torch.stack([g_std, g_min, g_max, w_std], dim=1).to(torch.float64)]
     return torch.cat(parts, dim=1)

@@ -76,11 +76,6 @@ def seconds(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    return statistics.median(seconds(fn, device) for _ in range(repeats))
-
-
 def paired(bare: Callable[[], object], ours: Callable[[], object], repeats: int,
            device: torch.device) -> tuple[float, float, float]:
     """(bare seconds, actstat seconds, ratio). Each repeat runs bare, ours, ours, bare (ABBA),
