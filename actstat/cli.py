@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import typer
 from typer.core import TyperGroup
@@ -188,6 +188,18 @@ ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Run even when the memory pre-flight estimates it will not fit.")]
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", help="No messages on stderr (errors still appear).")]
+WideOpt = Annotated[bool, typer.Option(
+    "--wide", help="Tables at full width in a terminal, however narrow (lines wrap); by default "
+    "columns leave, least important first, so that every number shows whole.")]
+NoColorOpt = Annotated[bool, typer.Option(
+    "--no-color", help="No colour in tables (as the NO_COLOR environment variable).")]
+
+
+class Display(NamedTuple):
+    """How tables reach a terminal: fitted to its width or at full width; in colour or not."""
+
+    wide: bool = False
+    no_color: bool = False
 
 
 SortOpt = Annotated[str, typer.Option(
@@ -220,6 +232,8 @@ def run(
     fail_on: FailOnOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    wide: WideOpt = False,
+    no_color: NoColorOpt = False,
 ) -> None:
     """Measure every hidden layer's pre- and post-activation statistics for each init × act.
 
@@ -230,7 +244,7 @@ def run(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
         hist=True if plot else hist), quiet=quiet, force=force)
-    _guarded(_emit, report, format, output, quiet)
+    _guarded(_emit, report, format, output, quiet, Display(wide, no_color))
     _figure(report, plot, quiet)
     _exit_on_flags(report, failing, quiet)
 
@@ -261,6 +275,8 @@ def compare(
     fail_on: FailOnOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    wide: WideOpt = False,
+    no_color: NoColorOpt = False,
 ) -> None:
     """Run many schemes on the same batch and seed, one row each: which keeps the signal alive?
 
@@ -278,7 +294,8 @@ def compare(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
         hist=True if plot else hist), quiet=quiet, force=force, default_schemes=LESSON_SCHEMES)
-    _guarded(_emit_compare, report, format, output, quiet, sort, detail)
+    _guarded(_emit_compare, report, format, output, quiet, sort, detail,
+             Display(wide, no_color))
     _figure(report, plot, quiet)
     _exit_on_flags(report, failing, quiet)
 
@@ -386,6 +403,8 @@ def check(
     junit_xml: JunitOpt = None,
     force: ForceOpt = False,
     quiet: QuietOpt = False,
+    wide: WideOpt = False,
+    no_color: NoColorOpt = False,
 ) -> None:
     """Re-run a baseline's config and fail on per-layer std drift; or bound the drift alone.
 
@@ -451,7 +470,7 @@ def check(
         bound_checked=factor is not None,
         flags_checked=bool(failing),
     )
-    _guarded(_emit_check, result, format, output, junit_xml)
+    _guarded(_emit_check, result, format, output, junit_xml, Display(wide, no_color))
     only_drift = base is not None and not result.breaches and not result.flagged
     if update and only_drift:
         from actstat.render import to_json
@@ -471,7 +490,8 @@ def _positive(text: str, option: str, minimum: float) -> float:
     return float(value)
 
 
-def _emit_check(result: Any, format: str, output: Path | None, junit: Path | None) -> None:
+def _emit_check(result: Any, format: str, output: Path | None, junit: Path | None,
+                display: Display) -> None:
     from actstat import render
     from actstat.atomic import write_atomic
 
@@ -479,8 +499,8 @@ def _emit_check(result: Any, format: str, output: Path | None, junit: Path | Non
              "markdown": render.check_markdown}
     if junit is not None:
         write_atomic(junit, render.junit_xml(result))
-    _deliver(format, output, lambda: render.check_renderables(result),
-             lambda: texts[format](result))
+    _deliver(format, output, lambda width: render.check_renderables(result, width),
+             lambda: texts[format](result), display)
 
 
 def _figure(report: Any, path: Path | None, quiet: bool) -> None:
@@ -558,11 +578,13 @@ def _profile_resolved(resolved: Any, *, quiet: bool, force: bool) -> Any:
         raise _fail(str(err)) from None
 
 
-def _emit(report: Any, format: str, output: Path | None, quiet: bool) -> None:
+def _emit(report: Any, format: str, output: Path | None, quiet: bool,
+          display: Display) -> None:
     """The report in the chosen format; verdicts to stderr when stdout is not a table."""
     from actstat.render import TEXT_FORMATS, tables, verdict_line
 
-    _deliver(format, output, lambda: tables(report), lambda: TEXT_FORMATS[format](report))
+    _deliver(format, output, lambda width: tables(report, width),
+             lambda: TEXT_FORMATS[format](report), display)
     if quiet or (format == "table" and output is None):
         return
     from actstat.render import precision_note
@@ -575,7 +597,7 @@ def _emit(report: Any, format: str, output: Path | None, quiet: bool) -> None:
 
 
 def _emit_compare(report: Any, format: str, output: Path | None, quiet: bool, sort: str,
-                  detail: bool) -> None:
+                  detail: bool, display: Display) -> None:
     """The compare view in the chosen format (JSON: the Report itself)."""
     from actstat import render
 
@@ -587,8 +609,9 @@ def _emit_compare(report: Any, format: str, output: Path | None, quiet: bool, so
         "markdown": lambda: render.compare_markdown(report, sort, detail),
     }
     _deliver(format, output,
-             lambda: (render.tables(report) if detail else []) + [render.compare_table(report, sort)],
-             texts[format])
+             lambda width: (render.tables(report, width) if detail else [])
+             + render.compare_renderables(report, sort, width),
+             texts[format], display)
     if not quiet:
         _wrote(report, format, output)
 
@@ -598,9 +621,11 @@ def _wrote(report: Any, format: str, output: Path | None) -> None:
         typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
 
 
-def _deliver(format: str, output: Path | None, renderables: Any, text: Any) -> None:
-    """To a file (atomically), to a terminal as Rich renderables (tables in colour), or to a
-    pipe as plain text; nothing but the chosen format reaches stdout."""
+def _deliver(format: str, output: Path | None, renderables: Any, text: Any,
+             display: Display) -> None:
+    """To a file (atomically), to a terminal as Rich renderables fitted to its width (tables in
+    colour unless NO_COLOR or --no-color), or to a pipe as plain text at full width; nothing but
+    the chosen format reaches stdout. `renderables(width)`: width None means full width."""
     from actstat.atomic import write_atomic
 
     if output is not None:
@@ -608,8 +633,11 @@ def _deliver(format: str, output: Path | None, renderables: Any, text: Any) -> N
     elif format == "table" and sys.stdout.isatty():
         from rich.console import Console
 
-        console = Console(highlight=False)
-        for renderable in renderables():
+        console = Console(highlight=False, no_color=display.no_color or None)
+        width = None if display.wide else console.width
+        if width is None:  # --wide: as wide as the table; the terminal wraps what it must
+            console.width = 10_000
+        for renderable in renderables(width):
             console.print(renderable)
     else:
         sys.stdout.write(text())

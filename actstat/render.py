@@ -10,13 +10,12 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from rich import box
 from rich.console import Console, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from actstat.analysis import Summary, first_flagged, summarise
 from actstat.check import BoundBreach, CheckResult, Drift
+from actstat.layout import Column, Fitted, fit, left_out_note
 from actstat.report import (
     FLAGS,
     HEALTHY,
@@ -194,38 +193,56 @@ def _reason(flag: str, layer: LayerStats, t: dict[str, Any], run: Run) -> str:
 # Rich
 
 
-def tables(report: Report) -> list[RenderableType]:
-    """One table and one verdict line per scheme, flagged cells coloured."""
+def tables(report: Report, width: int | None = None) -> list[RenderableType]:
+    """One table and one verdict line per scheme, flagged cells coloured; each table fitted to
+    `width` terminal cells (None: full width), with a note when columns left."""
     renderables: list[RenderableType] = []
     note = precision_note(report)
     if note:
         renderables.append(Text(note, style="dim"))
     for run in report.runs:
-        renderables += [_table(run), _verdict_text(run, report)]
+        fitted = _table(run, width)
+        renderables.append(fitted.table)
+        left = left_out_note(fitted.left_out, width)
+        if left:
+            renderables.append(left)
+        renderables.append(_verdict_text(run, report))
         line = train_line(run)
         if line:
             renderables.append(Text(line))
-        hist = histogram_block(run)
+        hist = histogram_block(run, width)
         if hist:
             renderables += [Text(""), *hist]
         renderables.append(Text(""))
     return renderables
 
 
-def _table(run: Run) -> Table:
-    table = Table(title=run.scheme, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+# The order in which a scheme's per-layer columns leave a narrow terminal: the first named here
+# leave first. The layer, its post std and its flags always stay.
+LAYER_COLUMNS_LEAVING = ("units", "still sym", "grad:data", "near 0", "exp std", "pre mean",
+                         "meas/exp", "sat", "dead", "pre std", "ΔW", "grad std", "post mean")
+
+
+def _rank(name: str, leaving: tuple[str, ...]) -> int:
+    return len(leaving) - leaving.index(name) if name in leaving else 0
+
+
+def _table(run: Run, width: int | None = None) -> Fitted:
     chosen = columns(run)
-    for name, _ in chosen:
-        table.add_column(name, justify="right")
-    table.add_column("flags", justify="left")
+    rows: list[dict[str, Text]] = []
     for layer, moved in zip(run.layers, _trained(run)):
         styles = {FLAG_CELLS[f]: FLAG_STYLES[f] for f in reversed(layer.flags) if f in FLAG_CELLS}
         if "nonfinite" in layer.flags:
             styles = {name: FLAG_STYLES["nonfinite"] for name, _ in chosen}
-        flags = Text(", ").join(Text(f, style=FLAG_STYLES[f]) for f in layer.flags)
-        table.add_row(*(Text(cell(layer, moved), style=styles.get(name, ""))
-                        for name, cell in chosen), flags)
-    return table
+        row = {name: Text(cell(layer, moved), style=styles.get(name, "")) for name, cell in chosen}
+        row["flags"] = Text(", ").join(Text(f, style=FLAG_STYLES[f]) for f in layer.flags)
+        rows.append(row)
+    names = [name for name, _ in chosen] + ["flags"]
+    spec = [Column(name, [row[name] for row in rows], rank=_rank(name, LAYER_COLUMNS_LEAVING))
+            for name in names[:-1]]
+    spec.append(Column("flags", [row["flags"] for row in rows], justify="left", wrap=True,
+                       min_width=max(len(f) for f in FLAGS)))
+    return fit(spec, width, title=run.scheme)
 
 
 def _verdict_text(run: Run, report: Report) -> Text:
@@ -237,10 +254,10 @@ def _verdict_text(run: Run, report: Report) -> Text:
     return text
 
 
-def table_text(report: Report, width: int = 1000) -> str:
+def table_text(report: Report) -> str:
     """The tables as plain text (no colour), as they appear in a file or a pipe: at their natural
-    width (a terminal squeezes them to fit; a file need not)."""
-    return _plain(tables(report), width)
+    width (a terminal fits them to its width; a file need not)."""
+    return _plain(tables(report), 1000)
 
 
 def _plain(renderables: list[RenderableType], width: int) -> str:
@@ -357,18 +374,31 @@ def histogram_row(counts: tuple[int, ...]) -> str:
     return "".join(" " if level is None else SHADES[max(level, 0) + 1] for level in levels)
 
 
-def histogram_block(run: Run) -> list[Text]:
+def merge_bins(counts: tuple[int, ...], cells: int) -> tuple[int, ...]:
+    """Adjacent bins summed pairwise until at most `cells` remain (a narrow terminal): each
+    merged bin still covers an equal share of [min, max] where the count halves evenly."""
+    while len(counts) > max(cells, 1):
+        counts = tuple(sum(counts[i:i + 2]) for i in range(0, len(counts), 2))
+    return counts
+
+
+def histogram_block(run: Run, width: int | None = None) -> list[Text]:
     """The post-activation distribution of every layer, one row each: a heat map over depth.
-    Each row spans its own layer's [min, max], printed beside it."""
+    Each row spans its own layer's [min, max], printed beside it; in a terminal narrower than a
+    row, adjacent bins merge (40 -> 20 -> 10 cells) so that the range is still printed whole."""
     if all(layer.post.histogram is None for layer in run.layers):
         return []
+    spans = {layer.index: f"[{number(layer.post.min)}, {number(layer.post.max)}]"
+             for layer in run.layers}
+    cells = None if width is None else width - 9 - max(len(span) for span in spans.values())
     lines = [Text(f"post-activation histograms ({run.scheme}; each row over its layer's "
                   "[min, max]; darker: more values, log scale)", style="bold")]
     for layer in run.layers:
         counts = layer.post.histogram
-        cells = "—" if counts is None else histogram_row(counts)
-        span = f"[{number(layer.post.min)}, {number(layer.post.max)}]"
-        lines.append(Text(f"{layer.index:>5} │{cells}│ {span}"))
+        if counts is not None and cells is not None:
+            counts = merge_bins(counts, cells)
+        row = "—" if counts is None else histogram_row(counts)
+        lines.append(Text(f"{layer.index:>5} │{row}│ {spans[layer.index]}"))
     return lines
 
 
@@ -391,7 +421,16 @@ COMPARE_COLUMNS = ("scheme", "verdict", "first flag", "post std 1 → L", "gain"
                    "grad 1/L", "phase", "χ₁", "log std", "log grad")
 
 
-def _compare_cells(run: Run, summary: Summary) -> dict[str, str]:
+# The order in which compare's columns leave a narrow terminal: the first named here leave first;
+# the scheme always stays. At 80 columns the name, verdict, first flag, post std 1 -> L and
+# grad 1/L remain; the sparklines shrink (fewer layers sampled) before any number leaves.
+COMPARE_COLUMNS_LEAVING = ("phase", "log grad", "χ₁", "sat", "dead", "gain", "log std",
+                           "grad 1/L", "first flag", "post std 1 → L", "verdict")
+SPARK_COLUMNS = ("log std", "log grad")
+TEXT_COLUMNS = ("scheme", "verdict", "first flag", "phase", *SPARK_COLUMNS)
+
+
+def _compare_cells(run: Run, summary: Summary, spark_width: int = 40) -> dict[str, str]:
     first = "—" if summary.first_flag is None else f"{summary.first_flag[1]} @ {summary.first_flag[0]}"
     grads = [layer.grad.std if layer.grad else None for layer in run.layers]
     return {
@@ -405,33 +444,53 @@ def _compare_cells(run: Run, summary: Summary) -> dict[str, str]:
         "grad 1/L": number(summary.grad_ratio),
         "phase": run.theory.phase if run.theory else "—",
         "χ₁": number(run.theory.chi1) if run.theory else "—",
-        "log std": sparkline([layer.post.std for layer in run.layers]),
-        "log grad": sparkline(grads) if any(g is not None for g in grads) else "—",
+        "log std": sparkline([layer.post.std for layer in run.layers], spark_width),
+        "log grad": (sparkline(grads, spark_width) if any(g is not None for g in grads)
+                     else "—"),
     }
 
 
-def compare_table(report: Report, sort: str = "verdict") -> Table:
-    """One row per scheme: where each one fails, at a glance."""
+def compare_table(report: Report, sort: str = "verdict", width: int | None = None) -> Fitted:
+    """One row per scheme: where each one fails, at a glance; fitted to `width` terminal cells
+    (None: full width)."""
     depth = len(report.runs[0].layers) if report.runs else 0
-    table = Table(title=f"{len(report.runs)} schemes, {depth} hidden layers, {report.input.source}",
-                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in COMPARE_COLUMNS:
-        table.add_column(name, justify="left" if name in ("scheme", "verdict", "first flag",
-                                                          "phase", "log std", "log grad")
-                         else "right",
-                         no_wrap=name in ("scheme", "log std", "log grad"))
-    for run in sorted_runs(report, sort):
-        summary = summarise(run.layers, run.verdict)
-        cells = _compare_cells(run, summary)
+    runs = sorted_runs(report, sort)
+    summaries = [summarise(run.layers, run.verdict) for run in runs]
+    rows = [_compare_cells(run, summary) for run, summary in zip(runs, summaries)]
+    styled: dict[str, list[Text]] = {name: [] for name in COMPARE_COLUMNS}
+    for run, summary, cells in zip(runs, summaries, rows):
         styles = {"verdict": f"bold {FLAG_STYLES[run.verdict]}"}
         if summary.first_flag:
             styles["first flag"] = FLAG_STYLES[summary.first_flag[1]]
-        table.add_row(*(Text(cells[c], style=styles.get(c, "")) for c in COMPARE_COLUMNS))
-    return table
+        for name in COMPARE_COLUMNS:
+            styled[name].append(Text(cells[name], style=styles.get(name, "")))
+
+    def spark(name: str) -> Any:
+        return lambda size: [Text(_compare_cells(run, summary, size)[name])
+                              for run, summary in zip(runs, summaries)]
+
+    spec = [
+        Column(name, styled[name], justify="left" if name in TEXT_COLUMNS else "right",
+               rank=_rank(name, COMPARE_COLUMNS_LEAVING), wrap=name in ("scheme", "first flag"),
+               min_width=16 if name == "scheme" else max(len(f) for f in FLAGS),
+               spark=spark(name) if name in SPARK_COLUMNS else None,
+               spark_width=min(depth, 40) if name in SPARK_COLUMNS else 0)
+        for name in COMPARE_COLUMNS
+    ]
+    return fit(spec, width, title=f"{len(report.runs)} schemes, {depth} hidden layers, "
+               f"{report.input.source}")
 
 
-def compare_text(report: Report, sort: str = "verdict", width: int = 1000) -> str:
-    return _plain([compare_table(report, sort)], width)
+def compare_renderables(report: Report, sort: str = "verdict",
+                        width: int | None = None) -> list[RenderableType]:
+    """The compare table, then the note that says which columns left to fit `width`."""
+    fitted = compare_table(report, sort, width)
+    note = left_out_note(fitted.left_out, width)
+    return [fitted.table] + ([note] if note else [])
+
+
+def compare_text(report: Report, sort: str = "verdict") -> str:
+    return _plain(compare_renderables(report, sort), 1000)
 
 
 COMPARE_CSV_COLUMNS = ("scheme", "init", "act", "verdict", "first_flag_layer", "first_flag",
@@ -522,9 +581,13 @@ def _breach_cells(breach: BoundBreach) -> list[str]:
             number(breach.std), "outside", f"×{breach.factor:g} of layer 1"]
 
 
-def check_renderables(result: CheckResult) -> list[RenderableType]:
+# The order in which check's columns leave a narrow terminal (first named, first to leave).
+DRIFT_COLUMNS_LEAVING = ("tolerance", "difference", "expected")
+
+
+def check_renderables(result: CheckResult, width: int | None = None) -> list[RenderableType]:
     """The failing rows only, then the summary; config changes first when a config replaced the
-    baseline's."""
+    baseline's. The table is fitted to `width` terminal cells (None: full width)."""
     out: list[RenderableType] = []
     if result.config_changes:
         out.append(Text("config changes against the baseline:", style="bold"))
@@ -532,13 +595,16 @@ def check_renderables(result: CheckResult) -> list[RenderableType]:
         out.append(Text(""))
     rows = [_drift_cells(d) for d in result.drifts] + [_breach_cells(b) for b in result.breaches]
     if rows:
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title="values out of tolerance",
-                      title_justify="left")
-        for name in DRIFT_COLUMNS:
-            table.add_column(name, justify="left" if name in ("scheme", "metric") else "right")
-        for cells in rows:
-            table.add_row(*cells)
-        out.append(table)
+        spec = [Column(name, [Text(row[i]) for row in rows],
+                       justify="left" if name in ("scheme", "metric") else "right",
+                       rank=_rank(name, DRIFT_COLUMNS_LEAVING), wrap=name in ("scheme", "metric"),
+                       min_width=12 if name == "scheme" else 8)
+                for i, name in enumerate(DRIFT_COLUMNS)]
+        fitted = fit(spec, width, title="values out of tolerance")
+        out.append(fitted.table)
+        note = left_out_note(fitted.left_out, width)
+        if note:
+            out.append(note)
     for scheme, layer, flag in result.flagged:
         out.append(Text(f"{scheme}: layer {layer} carries {flag}", style=FLAG_STYLES[flag]))
     for line in check_summary(result):

@@ -1,0 +1,169 @@
+"""Fit a table to a terminal's width: columns leave in a stated priority order; numbers are never cut.
+
+Rich, given a table wider than the terminal, shrinks every column and cuts what no longer fits
+with an ellipsis: `9.40e+06` becomes `9.40…`, a different number. Here the widths are decided
+before Rich sees the table. Every column gets a fixed width: a number column its natural width
+(no wrapping, ever); a text column (a scheme's name, flags) at least `min_width`, wrapping onto
+more lines when it must; a sparkline column shrinks, by sampling fewer layers, down to
+`SPARK_MIN` cells. When even that does not fit, whole columns leave, least important first, and
+the caller says which ones left (`left_out_note`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from rich import box
+from rich.cells import cell_len
+from rich.table import Table
+from rich.text import Text
+
+GAP = 2  # cells between two columns: one of padding, one of the (blank) divider
+SPARK_MIN = 8  # a sparkline narrower than this no longer shows a trend
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table to fit.
+
+    `rank`: 0 never leaves; otherwise a higher rank leaves sooner. `wrap`: text that may break onto
+    more lines (words, or folded inside a long name), never a number. `spark`: a function that
+    draws the column's cells at a given width (sparklines), instead of fixed `cells`.
+    """
+
+    name: str
+    cells: Sequence[Text] = ()
+    justify: str = "right"
+    rank: int = 0
+    wrap: bool = False
+    min_width: int = 0
+    spark: Callable[[int], Sequence[Text]] | None = field(default=None, compare=False)
+    spark_width: int = 0  # the sparkline's natural width (one cell per layer, capped)
+
+    def natural(self) -> int:
+        if self.spark is not None:
+            return max(cell_len(self.name), self.spark_width)
+        return max([cell_len(self.name), *(cell_len(cell.plain) for cell in self.cells)])
+
+    def narrowest(self) -> int:
+        """The fewest cells this column can take without cutting anything."""
+        if self.spark is not None:
+            return max(min(SPARK_MIN, self.spark_width), 1)
+        if not self.wrap:
+            return self.natural()
+        return min(self.natural(), max(self.min_width, 1))
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A table that fits, and the names of the columns that left to make it fit."""
+
+    table: Table
+    left_out: tuple[str, ...]
+
+
+def _widths(columns: list[Column], width: int | None) -> dict[str, int] | None:
+    """Each kept column's width, or None when these columns cannot fit in `width`."""
+    natural = {c.name: c.natural() for c in columns}
+    if width is None:
+        return natural
+    room = width - GAP * (len(columns) - 1)
+    least = {c.name: c.narrowest() for c in columns}
+    if sum(least.values()) > room:
+        return None
+    widths = dict(least)
+    spare = room - sum(widths.values())
+    # spare cells: first to text that then stops wrapping (the nearest first), then to the
+    # sparklines (they shrank before any column left), then to any text still wrapping
+    def grow(column: Column, whole: bool) -> None:
+        nonlocal spare
+        deficit = natural[column.name] - widths[column.name]
+        if whole and deficit > spare:
+            return
+        widths[column.name] += min(deficit, spare)
+        spare -= min(deficit, spare)
+
+    texts = sorted((c for c in columns if c.spark is None),
+                   key=lambda c: natural[c.name] - widths[c.name])
+    for column in texts:
+        grow(column, whole=True)
+    for column in columns:
+        if column.spark is not None:
+            grow(column, whole=False)
+    for column in texts:
+        grow(column, whole=False)
+    return widths
+
+
+def wrap_text(text: str, width: int) -> str:
+    """`text` broken into lines of at most `width` cells, after a space, a '(' or a ',' where
+    possible (`kaiming + general_relu(` / `subtract=0.5)`), folding only a longer word."""
+    lines: list[str] = []
+    line = ""
+    for token in re.findall(r"[^ (,]*[ (,]*", text):
+        if not token:
+            continue
+        if line and cell_len((line + token).rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ""
+        while cell_len(token.rstrip()) > width:  # a word longer than the column: fold it
+            lines.append(token[:width])
+            token = token[width:]
+        line += token
+    lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def _wrapped(cells: Sequence[Text], width: int) -> list[Text]:
+    out = []
+    for cell in cells:
+        if cell_len(cell.plain) <= width or cell.spans:  # styled spans: leave it to Rich
+            out.append(cell)
+        else:
+            out.append(Text(wrap_text(cell.plain, width), style=cell.style))
+    return out
+
+
+def fit(columns: Sequence[Column], width: int | None, *, title: str | None = None,
+        styles: Sequence[str] = ()) -> Fitted:
+    """The table of `columns` in at most `width` cells (None: every column at full width).
+
+    Columns with the highest rank leave first (ties: the rightmost first) until the rest fit;
+    the rank-0 columns stay even when they do not fit (a terminal narrower than them wraps).
+    `styles`: one row style per row (may be empty).
+    """
+    kept = list(columns)
+    widths = _widths(kept, width)
+    while widths is None:
+        leaving = max((c for c in kept if c.rank > 0), key=lambda c: (c.rank, kept.index(c)),
+                      default=None)
+        if leaving is None:
+            widths = {c.name: c.narrowest() for c in kept}
+            break
+        kept.remove(leaving)
+        widths = _widths(kept, width)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, padding=(0, 1, 0, 0), collapse_padding=False)
+    cells: list[Sequence[Text]] = []
+    for column in kept:
+        size = widths[column.name]
+        table.add_column(column.name, justify=column.justify, width=size, no_wrap=not column.wrap,
+                         overflow="fold")
+        if column.spark is not None:
+            cells.append(column.spark(size))
+        else:
+            cells.append(_wrapped(column.cells, size) if column.wrap else column.cells)
+    for index, row in enumerate(zip(*cells)):
+        table.add_row(*row, style=styles[index] if index < len(styles) else None)
+    left_out = tuple(c.name for c in columns if c not in kept)
+    return Fitted(table, left_out)
+
+
+def left_out_note(left_out: Sequence[str], width: int | None) -> Text | None:
+    """One dim line under a table that lost columns: which, and how to see them all."""
+    if not left_out:
+        return None
+    return Text(f"left out to fit {width} columns: {', '.join(left_out)} "
+                "(all columns: --wide, or -f markdown / -f json)", style="dim")
