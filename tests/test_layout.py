@@ -1,0 +1,230 @@
+"""Tables at 80, 100, 120 and 160 columns: every number whole or its column announced as left out."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+from collections import Counter
+
+import pytest
+from rich.cells import cell_len
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from actstat import render
+from actstat.check import compare as check_compare
+from actstat.check import drift_bound
+from actstat.config import LESSON_SCHEMES, load_config
+from actstat.layout import SPARK_MIN, Column, fit, wrap_text
+from actstat.pipeline import profile
+
+WIDTHS = (80, 100, 120, 160)
+TINY = {"data.batch_size": 64, "model.width": 16, "device": "cpu"}
+# a number as the tables print it: 0.1493, -7.78e-05, 9.40e+06, 20.0%, 1.1%, 17
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]\d+)?%?")
+
+
+@pytest.fixture(scope="module")
+def run_report():
+    """One scheme of every kind of column: theory, gradients, training, histograms."""
+    config = load_config(None, {**TINY, "model.depth": 6, "init": ["randn", "kaiming"],
+                                "activation": ["tanh", "relu"], "train.steps": 2, "hist": True})
+    return profile(config)
+
+
+@pytest.fixture(scope="module")
+def compare_report():
+    config = load_config(None, {**TINY, "model.depth": 20}, default_schemes=LESSON_SCHEMES)
+    return profile(config)
+
+
+@pytest.fixture(scope="module")
+def check_result(compare_report):
+    config = load_config(None, {**TINY, "model.depth": 20, "seed": 1},
+                         default_schemes=LESSON_SCHEMES)
+    drifted = profile(config)
+    compared, drifts, labels = check_compare(
+        compare_report, drifted, metrics=("post_std", "pre_mean"), rtol=0.01, atol=0.01,
+        tolerances={})
+    from actstat.check import CheckResult
+
+    assert drifts, "a different seed must drift somewhere, or this test checks nothing"
+    return CheckResult(compared=compared, drifts=tuple(drifts),
+                       breaches=tuple(drift_bound(drifted, 1.5)), flagged=(), config_changes=(),
+                       schemes=tuple(labels), metrics=("post_std", "pre_mean"),
+                       bound_checked=True)
+
+
+def printed(renderables, width: int) -> str:
+    """What a terminal of `width` columns shows (no colour)."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False,
+                      highlight=False, legacy_windows=False)
+    for renderable in renderables:
+        console.print(renderable)
+    return buffer.getvalue()
+
+
+def numbers_of(table: Table) -> list[str]:
+    """Every number cell of a fitted table (text columns, which may wrap, left out)."""
+    cells = []
+    for column in table.columns:
+        if column.no_wrap:
+            cells += [cell.plain for cell in column.cells if NUMBER.fullmatch(cell.plain.strip())]
+    return cells
+
+
+def assert_reads_right(renderables, width: int, tables: list[Table], all_columns: list[list[str]]):
+    shown = printed(renderables, width)
+    assert "…" not in shown, shown
+    for line in shown.splitlines():
+        if not line.startswith("left out"):
+            assert cell_len(line) <= width, f"{cell_len(line)} > {width}: {line!r}"
+    for table, names in zip(tables, all_columns):
+        # each number cell appears whole in the table as printed (a number cut or folded onto
+        # two lines leaves fragments, and fewer whole tokens than cells)
+        tokens = Counter(NUMBER.findall(printed([table], width)))
+        missing = Counter(cell.strip() for cell in numbers_of(table)) - tokens
+        assert not missing, f"not printed whole at {width} columns: {sorted(missing)}"
+        kept = [str(column.header) for column in table.columns]
+        left = [name for name in names if name not in kept]
+        notes = [line for line in shown.split("\n\n") if f"left out to fit {width} columns" in line]
+        if left:
+            assert any(all(name in " ".join(note.split()) for name in left) for note in notes), (
+                f"left out {left} without saying so:\n{shown}")
+
+
+def full_names(renderables) -> list[list[str]]:
+    return [[str(c.header) for c in r.columns] for r in renderables if isinstance(r, Table)]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_run_tables_read_right(run_report, width):
+    full = full_names(render.tables(run_report, None))
+    renderables = render.tables(run_report, width)
+    tables = [r for r in renderables if isinstance(r, Table)]
+    assert len(tables) == len(run_report.runs)
+    assert_reads_right(renderables, width, tables, full)
+    for table in tables:  # the layer, its post std and its flags always stay
+        assert {"layer", "post std", "flags"} <= {str(c.header) for c in table.columns}
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_compare_reads_right(compare_report, width):
+    full = full_names(render.compare_renderables(compare_report, "verdict", None))
+    renderables = render.compare_renderables(compare_report, "verdict", width)
+    tables = [r for r in renderables if isinstance(r, Table)]
+    assert_reads_right(renderables, width, tables, full)
+    kept = {str(c.header) for c in tables[0].columns}
+    assert {"scheme", "verdict", "first flag", "post std 1 → L", "grad 1/L"} <= kept
+    shown = printed(renderables, width)
+    for run in compare_report.runs:  # every scheme's row shows its verdict (none is blank)
+        assert re.search(rf"\b{run.verdict}\b", shown)
+
+
+def test_compare_at_full_width_keeps_every_column(compare_report):
+    renderables = render.compare_renderables(compare_report, "verdict", None)
+    assert [str(c.header) for c in renderables[0].columns] == list(render.COMPARE_COLUMNS)
+    assert len(renderables) == 1  # no note: nothing left out
+
+
+def test_sparklines_shrink_before_a_number_leaves(compare_report):
+    natural = min(len(compare_report.runs[0].layers), 40)
+    shrunk_with_every_number = []
+    for width in range(80, 200):
+        table = render.compare_table(compare_report, "verdict", width).table
+        columns = {str(c.header): c for c in table.columns}
+        if "log std" in columns and {"gain", "dead", "sat", "χ₁"} <= set(columns):
+            assert SPARK_MIN <= columns["log std"].width <= natural
+            if columns["log std"].width < natural:
+                shrunk_with_every_number.append(width)
+    assert shrunk_with_every_number, "the sparklines never shrank to keep the numbers"
+    table = render.compare_table(compare_report, "verdict", None).table
+    assert {str(c.header): c.width for c in table.columns}["log std"] == natural
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_check_reads_right(check_result, width):
+    full = full_names(render.check_renderables(check_result, None))
+    renderables = render.check_renderables(check_result, width)
+    tables = [r for r in renderables if isinstance(r, Table)]
+    assert tables
+    assert_reads_right(renderables, width, tables, full)
+
+
+@pytest.mark.parametrize("width", (60, 80))
+def test_histograms_merge_bins_to_fit(run_report, width):
+    block = render.histogram_block(run_report.runs[0], width)
+    for line in block[1:]:
+        assert cell_len(line.plain) <= width, line.plain
+        assert re.search(r"\[\S+, \S+\]$", line.plain), "the row's range is printed whole"
+
+
+def test_merged_bins_keep_every_count():
+    counts = tuple(range(40))
+    assert render.merge_bins(counts, 40) == counts
+    merged = render.merge_bins(counts, 25)
+    assert len(merged) == 20 and sum(merged) == sum(counts)
+    assert merged[0] == 0 + 1 and merged[-1] == 38 + 39
+    assert sum(render.merge_bins(counts, 7)) == sum(counts)
+
+
+def test_wrap_text_breaks_at_spaces_and_brackets():
+    assert wrap_text("kaiming + general_relu(subtract=0.5)", 16) == \
+        "kaiming +\ngeneral_relu(\nsubtract=0.5)"
+    assert wrap_text("short", 16) == "short"
+    assert wrap_text("abcdefghij", 4) == "abcd\nefgh\nij"
+
+
+def test_columns_leave_in_rank_order_and_rank_zero_stays():
+    cells = [Text("1.234e+05")] * 3
+    spec = [Column("a", cells), Column("b", cells, rank=1), Column("c", cells, rank=3),
+            Column("d", cells, rank=2)]
+    fitted = fit(spec, 9 * 3 + 2 * 2)
+    assert [str(c.header) for c in fitted.table.columns] == ["a", "b", "d"]
+    assert fitted.left_out == ("c",)
+    assert fit(spec, 9 * 2 + 2).left_out == ("c", "d")
+    assert fit(spec, 5).left_out == ("b", "c", "d")  # too narrow even for "a": it stays
+    assert fit(spec, None).left_out == ()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+@pytest.mark.parametrize("width", (80, 120))
+def test_compare_in_a_real_terminal(width):
+    """Through a pseudo-terminal of `width` columns, as a user's shell runs it."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, width, 0, 0))
+    env = {**os.environ, "NO_COLOR": "1", "TERM": "xterm-256color"}
+    env.pop("COLUMNS", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "actstat", "compare", "--depth", "20", "--width", "16",
+         "--batch-size", "64", "--device", "cpu", "-q"],
+        stdin=follower, stdout=follower, stderr=subprocess.PIPE, env=env, close_fds=True)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the other side closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.wait(timeout=120)
+    os.close(leader)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r", "")
+    assert process.returncode == 0, process.stderr.read().decode()
+    assert "…" not in shown
+    assert all(cell_len(line) <= width for line in shown.splitlines()
+               if not line.startswith("left out")), shown
+    assert "grad 1/L" in shown and "first flag" in shown
+    assert ("left out to fit 80 columns" in shown) == (width == 80)
