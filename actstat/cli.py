@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from actstat import __version__
 from actstat.allocator import tune_malloc
@@ -21,7 +21,23 @@ from actstat.report import FLAGS as FLAG_NAMES  # torch-free, like everything im
 EXIT_OK, EXIT_FLAGGED, EXIT_USAGE = 0, 1, 2
 
 
-class _OneLineErrors(TyperGroup):
+class _PlainHelpFlag:
+    """Flags (--help, --quiet, --install-completion...) without the `<bool>` value placeholder
+    that Typer shows in --help for every flag, as if it took a value."""
+
+    def get_params(self, ctx: Any) -> Any:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_PlainHelpFlag, TyperCommand):
+    pass
+
+
+class _OneLineErrors(_PlainHelpFlag, TyperGroup):
     """Typer's group, with usage errors (unknown option, missing value) as one line on stderr."""
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
@@ -54,7 +70,6 @@ app = typer.Typer(
     help="Per-layer activation statistics of an MLP: does your init keep the signal alive?",
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
-    add_completion=False,
     no_args_is_help=True,
 )
 
@@ -138,9 +153,11 @@ ConfigArg = Annotated[Path | None, typer.Argument(
     help="YAML config file (default: the built-in defaults, spelled out in configs/default.yaml).",
     show_default=False, dir_okay=False)]
 InitOpt = Annotated[str | None, typer.Option(
-    "--init", "-i", help="Init name(s), comma-separated: kaiming,lecun,randn.", show_default=False)]
+    "--init", "-i", metavar="NAME[,NAME...]", show_default=False,
+    help="Init name(s), comma-separated: kaiming,lecun,randn.")]
 ActOpt = Annotated[str | None, typer.Option(
-    "--act", "-a", help="Activation name(s), comma-separated: relu,tanh.", show_default=False)]
+    "--act", "-a", metavar="NAME[,NAME...]", show_default=False,
+    help="Activation name(s), comma-separated: relu,tanh.")]
 DepthOpt = Annotated[str | None, typer.Option(
     "--depth", "-d", metavar="INT", help="Hidden Linear+activation blocks.", show_default=False)]
 WidthOpt = Annotated[str | None, typer.Option(
@@ -169,7 +186,7 @@ HistOpt = Annotated[bool | None, typer.Option(
     "--hist", show_default=False,
     help="Also draw every layer's post-activation histogram, as a heat map over depth.")]
 PlotOpt = Annotated[Path | None, typer.Option(
-    "--plot", help="Also draw a figure (.png, .svg or .pdf; needs actstat[plot]); implies --hist.",
+    "--plot", help="Also draw a figure (.png, .svg or .pdf; needs actstat\\[plot]); implies --hist.",
     show_default=False, dir_okay=False)]
 StepsOpt = Annotated[str | None, typer.Option(
     "--steps", metavar="INT", show_default=False,
@@ -208,7 +225,7 @@ DetailOpt = Annotated[bool, typer.Option(
     "--detail", help="Also print every scheme's per-layer table.")]
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
     config: ConfigArg = None,
     init: InitOpt = None,
@@ -249,7 +266,7 @@ def run(
     _exit_on_flags(report, failing, quiet)
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
     config: ConfigArg = None,
     init: InitOpt = None,
@@ -304,7 +321,7 @@ BaselineOutOpt = Annotated[Path, typer.Option(
     "--output", "-o", help="Where to write the baseline (atomically).", dir_okay=False)]
 
 
-@app.command()
+@app.command(cls=_Command)
 def baseline(
     config: ConfigArg = None,
     init: InitOpt = None,
@@ -365,7 +382,7 @@ MetricsOpt = Annotated[str | None, typer.Option(
     help="pre_std, post_std, grad_std, pre_mean, post_mean, grad_mean (default: all).")]
 MaxDriftOpt = Annotated[str | None, typer.Option(
     "--max-drift", metavar="F", show_default=False,
-    help="Fail when a layer's post std leaves [s/F, s*F], s = the first hidden layer's.")]
+    help="Fail when a layer's post std leaves \\[s/F, s*F], s = the first hidden layer's.")]
 UpdateOpt = Annotated[bool, typer.Option(
     "--update", help="Rewrite the baseline with the new values (after showing what changed).")]
 CheckFormatOpt = Annotated[str, typer.Option(
@@ -376,7 +393,7 @@ JunitOpt = Annotated[Path | None, typer.Option(
 CHECK_FORMATS = ("table", "json", "markdown")
 
 
-@app.command()
+@app.command(cls=_Command)
 def check(
     target: TargetArg = None,
     config: CheckConfigOpt = None,
@@ -519,7 +536,7 @@ FigureOpt = Annotated[Path, typer.Option(
     "--output", "-o", help="The figure: .png, .svg or .pdf.", dir_okay=False)]
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(report: ReportArg, output: FigureOpt, quiet: QuietOpt = False) -> None:
     """Draw a saved report's figure without running anything (and without importing torch)."""
     from actstat.report import read_report

@@ -191,10 +191,13 @@ def test_columns_leave_in_rank_order_and_rank_zero_stays():
     assert fit(spec, None).left_out == ()
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
-@pytest.mark.parametrize("width", (80, 120))
-def test_compare_in_a_real_terminal(width):
-    """Through a pseudo-terminal of `width` columns, as a user's shell runs it."""
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+COLOUR = re.compile(r"\x1b\[(?:\d+;)*(?:3[0-8]|9[0-7])(?:;\d+)*m")  # a foreground colour
+
+
+def in_terminal(args: list[str], width: int, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run `python -m actstat ARGS` with stdout on a pseudo-terminal of `width` columns, as a
+    user's shell runs it; the exit code and what the terminal received (escape codes kept)."""
     import fcntl
     import pty
     import struct
@@ -203,28 +206,61 @@ def test_compare_in_a_real_terminal(width):
 
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, width, 0, 0))
-    env = {**os.environ, "NO_COLOR": "1", "TERM": "xterm-256color"}
-    env.pop("COLUMNS", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "actstat", "compare", "--depth", "20", "--width", "16",
-         "--batch-size", "64", "--device", "cpu", "-q"],
-        stdin=follower, stdout=follower, stderr=subprocess.PIPE, env=env, close_fds=True)
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("COLUMNS", "NO_COLOR")}
+    environment |= {"TERM": "xterm-256color", **(env or {})}
+    process = subprocess.Popen([sys.executable, "-m", "actstat", *args], stdin=follower,
+                               stdout=follower, stderr=subprocess.DEVNULL, env=environment,
+                               close_fds=True)
     os.close(follower)
     chunks = []
     while True:
         try:
             chunk = os.read(leader, 65536)
-        except OSError:  # the other side closed
+        except OSError:  # the process closed its side
             break
         if not chunk:
             break
         chunks.append(chunk)
-    process.wait(timeout=120)
+    code = process.wait(timeout=300)
     os.close(leader)
-    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r", "")
-    assert process.returncode == 0, process.stderr.read().decode()
+    return code, b"".join(chunks).decode().replace("\r", "")
+
+
+RUN = ["--depth", "20", "--width", "16", "--batch-size", "64", "--device", "cpu", "-q"]
+needs_pty = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+
+
+@needs_pty
+@pytest.mark.parametrize("width", (80, 120))
+def test_compare_in_a_real_terminal(width):
+    code, raw = in_terminal(["compare", *RUN], width, {"NO_COLOR": "1"})
+    shown = ANSI.sub("", raw)
+    assert code == 0, shown
     assert "…" not in shown
     assert all(cell_len(line) <= width for line in shown.splitlines()
                if not line.startswith("left out")), shown
     assert "grad 1/L" in shown and "first flag" in shown
     assert ("left out to fit 80 columns" in shown) == (width == 80)
+
+
+@needs_pty
+def test_wide_keeps_every_column_in_a_narrow_terminal():
+    code, raw = in_terminal(["compare", *RUN, "--wide"], 80, {"NO_COLOR": "1"})
+    shown = ANSI.sub("", raw)
+    assert code == 0, shown
+    assert "left out" not in shown
+    for name in render.COMPARE_COLUMNS:
+        assert name in shown
+
+
+@needs_pty
+@pytest.mark.parametrize("how, coloured", [([], True), (["--no-color"], False),
+                                           ("NO_COLOR", False)])
+def test_colour_in_a_terminal_unless_asked_not_to(how, coloured):
+    args = ["run", *RUN, "-i", "randn", "-a", "tanh"]
+    env = {"NO_COLOR": "1"} if how == "NO_COLOR" else {}
+    code, raw = in_terminal(args + (how if isinstance(how, list) else []), 120, env)
+    assert code == 0, raw
+    assert "saturated" in ANSI.sub("", raw)
+    assert bool(COLOUR.search(raw)) == coloured
