@@ -86,6 +86,13 @@ def _root(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """actstat: per-layer activation statistics of neural networks, before training."""
+    from actstat.symbols import StandIns, needs_stand_ins
+
+    # a stdout that cannot encode → or ▁ (a cp1252 redirect on Windows) gets ASCII stand-ins
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if needs_stand_ins(stream) and not isinstance(stream, StandIns):
+            setattr(sys, name, StandIns(stream))
 
 
 def _fail(message: str) -> typer.Exit:
