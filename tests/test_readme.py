@@ -4,6 +4,7 @@ what is stable across machines (see DEVELOPERS.md, "Examples in the docs")."""
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from pathlib import Path
@@ -111,6 +112,11 @@ TOKEN = re.compile(rf"(?P<bar>{BARS})|(?P<number>{NUMBER})|(?P<rule>─+)|(?P<sp
 
 RTOL = 0.05    # stable numbers: BLAS and thread counts move them by 1e-6 relative, a wrong one by more
 ATOL = 1e-9    # below this, a value is float noise (constant+relu's grad std 3.8e-13 should be 0)
+# From here up a number is a product of per-layer factors (an exploding std, a gradient ratio), and
+# a chaotic scheme multiplies rounding by chi1 per layer: randn + tanh's layer-1/layer-20 gradient
+# ratio read 9.40e+06 with AVX2 kernels and 4.74e+06 with ATEN_CPU_CAPABILITY=default on the same
+# machine. Such a number is checked to its order of magnitude, the figure a reader takes from it.
+LARGE = 1e4
 
 
 def tokens(output: str) -> list[tuple[str, str]]:
@@ -145,12 +151,14 @@ def _is_count(number: str) -> bool:
 
 def numbers_agree(shown: str, printed: str) -> bool:
     """Whole numbers that both print as such (layers, units, counts) must be equal; any other pair
-    within RTOL of the larger, or both within ATOL of zero."""
+    within RTOL of the larger, or both within ATOL of zero; two beyond LARGE within a factor of 10."""
     if _is_count(shown) and _is_count(printed):
         return shown == printed
     if shown.endswith("%") != printed.endswith("%"):
         return False
     a, b = _value(shown), _value(printed)
+    if min(abs(a), abs(b)) >= LARGE and (a > 0) == (b > 0):
+        return abs(math.log10(abs(a) / abs(b))) <= 1
     return abs(a - b) <= max(RTOL * max(abs(a), abs(b)), ATOL)
 
 
@@ -187,6 +195,7 @@ def differences(shown: str, printed: str) -> list[str]:
     ("post std 0.8738 → 0.3289", "post std 0.8739 → 0.329"),           # rounding of the last digit
     ("gain 1.01e+16", "gain 1.0100001e+16"),
     ("grad 3.80e-13", "grad 0"),                                       # float noise around zero
+    ("grad 1/L 9.40e+06", "grad 1/L 4.74e+06"),                        # a chaotic product
     ("a   0.88   b\n ────\n", "a   0.8801   b\n ──────\n"),            # a wider column
     ("█▇▆▅▄▃▂▁", "█▇▆▅▅▃▂▁"), ("│█▓▒░ │", "│█▓▓░ │"),
 ])
@@ -199,6 +208,7 @@ def test_examples_agree_despite_rounding(shown, printed):
     ("healthy — no flags", "vanishing — no flags"),                    # a verdict
     ("20 of 20 layers", "19 of 20 layers"),                            # a count
     ("dead 3.0%", "dead 3.0"), ("grad 1.11e-08", "grad 2.11e-08"),
+    ("grad 1/L 1.01e+16", "grad 1/L 9.9e+14"), ("std 1.2e+04", "std -1.2e+04"),
     ("a 1\nb 2", "a 1"),                                               # a missing line
     ("█▇▆▅▄▃▂▁", "█▇▆▅▂▃▂▁"), ("█▇▆▅▄▃▂▁", "█▇▆▅▄▃▂"), ("│█▓▒░ │", "│█▓▒░█│"),
     ("lesson8.json", "lesson9.json"),                                  # digits inside a word
