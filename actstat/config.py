@@ -516,8 +516,8 @@ def _problem(error: Mapping[str, Any], model: type[BaseModel], loc: tuple, kind:
     if kind_of in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         sign = {"greater_than_equal": "≥", "greater_than": ">",
                 "less_than_equal": "≤", "less_than": "<"}[kind_of]
-        bound = next(iter(ctx.values()))
-        return f"must be {sign} {bound}"
+        bound = next(iter(ctx.values()))  # pydantic gives a float field's bound as 0.0: show 0
+        return f"must be {sign} {bound:g}" if isinstance(bound, float) else f"must be {sign} {bound}"
     if kind_of.startswith("int_"):
         return "must be a whole number"
     if kind_of.startswith("float_"):
