@@ -218,7 +218,8 @@ def config_file_of(report: Report, report_path: Path | str) -> Path | None:
     """Where the report's recorded config file is, read from the report file at `report_path`."""
     if report.config_file is None:
         return None
-    return Path(report_path).parent / report.config_file
+    # "baselines/../configs/net.yaml" reads better as "configs/net.yaml"
+    return Path(os.path.normpath(Path(report_path).parent / report.config_file))
 
 
 def finite_or_none(value: float | None) -> float | None:
