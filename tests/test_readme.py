@@ -35,7 +35,7 @@ def test_every_name_is_documented(name):
 
 def test_exit_codes_are_documented():
     section = README.split("## Exit codes", 1)[1].split("##", 1)[0]
-    for code in ("0", "1", "2"):
+    for code in ("0", "1", "2", "3"):
         assert f"| {code} |" in section
 
 
