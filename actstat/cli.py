@@ -259,7 +259,7 @@ def run(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
         hist=True if plot else hist), quiet=quiet, force=force, outputs=(output,), figure=plot)
-    _guarded(_emit, _located(report, config, output), format, output, quiet)
+    _guarded(_emit, report, format, output, quiet)
     _figure(report, plot, quiet)
     _exit_on_flags(report, failing, quiet)
 
@@ -308,8 +308,7 @@ def compare(
         seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
         hist=True if plot else hist), quiet=quiet, force=force, default_schemes=LESSON_SCHEMES,
         outputs=(output,), figure=plot)
-    _guarded(_emit_compare, _located(report, config, output), format, output, quiet, sort,
-             detail)
+    _guarded(_emit_compare, report, format, output, quiet, sort, detail)
     _figure(report, plot, quiet)
     _exit_on_flags(report, failing, quiet)
 
@@ -348,19 +347,12 @@ def baseline(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=None, lr=None),
         quiet=quiet, force=force, outputs=(output,))
-    _guarded(_write_report, output, to_json(_located(report, config, output)))
+    _guarded(_write_report, output, to_json(report))
     if not quiet:
         for scheme in report.runs:
             typer.echo(verdict_line(scheme, report), err=True)
         layers = sum(len(run.layers) for run in report.runs)
         typer.echo(f"wrote {output} ({len(report.runs)} scheme(s), {layers} layers)", err=True)
-
-
-def _located(report: Any, config: Path | None, output: Path | None) -> Any:
-    """The report with its config file recorded, for `check` to re-read (actstat/report.py)."""
-    from actstat.report import located
-
-    return located(report, config, output)
 
 
 def _write_report(path: Path, text: str) -> None:
@@ -564,7 +556,8 @@ def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, for
              default_schemes: list[dict[str, Any]] | None = None,
              outputs: tuple[Path | None, ...] = (), figure: Path | None = None) -> Any:
     """Load the config, check what the command will write (`_preflight`), and measure every
-    scheme, with a progress bar on a terminal's stderr."""
+    scheme, with a progress bar on a terminal's stderr. The report records the config file,
+    relative to the first output (`report.located`), for `check` to re-read."""
     try:
         from actstat.config import load_config
 
@@ -572,7 +565,10 @@ def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, for
     except ActstatError as err:
         raise _fail(str(err)) from None
     _preflight(resolved, outputs, figure)
-    return _profile_resolved(resolved, quiet=quiet, force=force)
+    from actstat.report import located
+
+    report = _profile_resolved(resolved, quiet=quiet, force=force)
+    return located(report, config, outputs[0] if outputs else None)
 
 
 def _profile_resolved(resolved: Any, *, quiet: bool, force: bool) -> Any:
