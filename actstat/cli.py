@@ -464,7 +464,8 @@ def _check_verdict(plan: Any, result: Any, report: Any, quiet: bool) -> None:
     if result.updated:
         _guarded(_write_report, target, to_json(updated_baseline(plan, report)))
         if not quiet:
-            changed = f"{len(result.drifts)} value(s) changed" if result.drifts else "no changes"
+            changed = (f"{len(result.drifts)} value(s) were out of tolerance" if result.drifts
+                       else "all values were within tolerance")
             typer.echo(f"actstat: updated {target} with the new values ({changed})", err=True)
         return
     if not result.passed:
