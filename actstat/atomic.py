@@ -9,6 +9,21 @@ from pathlib import Path
 from actstat.errors import OutputError
 
 
+def check_writable(path: Path | str) -> None:
+    """An OutputError now if `write_atomic(path, ...)` could not work later: its directory is
+    missing or not writable, or the path is a directory. Commands call it before measuring, so a
+    typo in an output path costs no run."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise OutputError(f"{path}: directory '{directory}' {what}")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; give a file name")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write in '{directory}' (permission denied)")
+
+
 def write_atomic(path: Path | str, text: str | bytes) -> None:
     """Write `text` to a temporary file beside `path`, flush it to disk, then rename it into place.
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from actstat.errors import ActstatError
@@ -69,6 +70,7 @@ class CheckResult:
     metrics: tuple[str, ...]
     bound_checked: bool = False  # --max-drift ran
     flags_checked: bool = False  # --fail-on ran
+    updated: bool = False  # --update rewrote the baseline with these values
 
     @property
     def passed(self) -> bool:
@@ -210,3 +212,129 @@ def consistent(report: Report, depth: int, scheme_count: int, origin: str) -> No
             raise ActstatError(f"{origin}: scheme '{run.scheme}' has {len(run.layers)} layers "
                                f"but its config says depth {depth}: the file was edited or "
                                "truncated")
+
+
+# ----------------------------------------------------------------------------------------------
+# the `check` command's orchestration: what to run, then how the new report fares
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """What `actstat check` was asked, its options parsed."""
+
+    target: Path | None  # a .json baseline, or a YAML config (no baseline), or None (defaults)
+    config: Path | None = None  # --config: run this file instead of the baseline's
+    stored_config: bool = False  # --stored-config: run the copy stored in the baseline
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # run options, as dotted keys
+    max_drift: float | None = None
+    fail_on: frozenset[str] = frozenset()
+    update: bool = False
+
+
+@dataclass(frozen=True)
+class CheckPlan:
+    """The config to measure and what to hold it to, decided before anything is measured."""
+
+    request: CheckRequest
+    config: Any  # the resolved Config to measure
+    config_path: Path | None  # the YAML file measured; None: the baseline's stored copy/defaults
+    baseline: Report | None
+    changes: tuple[str, ...]  # the measured config against the baseline's, `key: old → new`
+    notes: tuple[str, ...]  # one line each, for stderr: which config ran and why
+
+
+def is_baseline(path: Path | None) -> bool:
+    return path is not None and path.suffix.lower() == ".json"
+
+
+def plan(request: CheckRequest) -> CheckPlan:
+    """Which config to measure. With a baseline: the config file it was made from, re-read when
+    it still exists (so an edited YAML is measured, and its differences listed), else the copy
+    stored inside it; `--config` names another file, `--stored-config` forces the stored copy.
+    Usage mistakes raise an ActstatError."""
+    from actstat.config import config_from_dict, load_config
+    from actstat.pipeline import schemes
+    from actstat.report import config_file_of, read_report
+
+    target, baseline = request.target, is_baseline(request.target)
+    if target is not None and not baseline and request.config is not None:
+        raise ActstatError(f"give the config once: '{target}' is not a .json baseline, and "
+                           "--config names another config")
+    if request.config is not None and request.stored_config:
+        raise ActstatError("--config and --stored-config: choose one config to run")
+    if not baseline and request.max_drift is None and not request.fail_on:
+        raise ActstatError("nothing to check against: give a baseline (a .json report), "
+                           "--max-drift F or --fail-on FLAGS")
+    if request.update and not baseline:
+        raise ActstatError("--update rewrites a baseline: give one (a .json report)")
+    if request.stored_config and not baseline:
+        raise ActstatError("--stored-config runs a baseline's stored config: give a baseline "
+                           "(a .json report)")
+    overrides = dict(request.overrides)
+    if not baseline:
+        config_path = request.config if request.config is not None else target
+        return CheckPlan(request, load_config(config_path, overrides), config_path, None, (), ())
+    assert target is not None
+    base = read_report(target)
+    own = config_from_dict(base.config, str(target))
+    consistent(base, own.model.depth, len(schemes(own)), str(target))
+    notes: list[str] = []
+    config_path = request.config
+    recorded = config_file_of(base, target)
+    if config_path is None and recorded is not None and not request.stored_config:
+        if recorded.is_file():
+            config_path = recorded
+        else:
+            notes.append(f"actstat: {target}: its config file {recorded} is gone; checking the "
+                         "config stored in the baseline")
+    if config_path is not None:
+        resolved = load_config(config_path, overrides)
+    else:
+        resolved = config_from_dict(base.config, str(target), overrides)
+    changes = tuple(config_changes(base.config, resolved.model_dump(mode="json")))
+    source = (f"{config_path}" if config_path is not None
+              else f"the config stored in {target}")
+    if changes:
+        notes.append(f"actstat: checking {source}: {len(changes)} change(s) against the "
+                     f"baseline; first: {changes[0]}")
+    return CheckPlan(request, resolved, config_path, base, changes, tuple(notes))
+
+
+def evaluate(plan: CheckPlan, report: Report) -> CheckResult:
+    """The measured report against the plan's baseline, drift bound and flags."""
+    settings = plan.config.check
+    request = plan.request
+    compared, drifts, labels = 0, [], [run.scheme for run in report.runs]
+    if plan.baseline is not None:
+        compared, drifts, labels = compare(
+            plan.baseline, report, metrics=tuple(settings.metrics), rtol=settings.rtol,
+            atol=settings.atol,
+            tolerances={m: t.model_dump(exclude_none=True) for m, t in settings.tolerances.items()})
+    breaches = (tuple(drift_bound(report, request.max_drift)) if request.max_drift is not None
+                else ())
+    flagged = tuple((run.scheme, layer.index, flag) for run in report.runs
+                    for layer in run.layers for flag in layer.flags if flag in request.fail_on)
+    return CheckResult(
+        compared=compared,
+        drifts=tuple(drifts),
+        breaches=breaches,
+        flagged=flagged,
+        config_changes=plan.changes,
+        schemes=tuple(labels),
+        metrics=tuple(settings.metrics) if plan.baseline is not None else (),
+        bound_checked=request.max_drift is not None,
+        flags_checked=bool(request.fail_on),
+        # --update rewrites the baseline when only drift failed (a bound or a flag never)
+        updated=request.update and plan.baseline is not None and not breaches and not flagged,
+    )
+
+
+def updated_baseline(plan: CheckPlan, report: Report) -> Report:
+    """The report that `--update` writes over the baseline: it records the config file it was
+    measured from (the baseline's own record when the stored copy ran)."""
+    from actstat.report import located
+
+    assert plan.baseline is not None and plan.request.target is not None
+    if plan.config_path is None:
+        return replace(report, config_file=plan.baseline.config_file)
+    return located(report, plan.config_path, plan.request.target)

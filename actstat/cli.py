@@ -6,6 +6,7 @@ every import of the pipeline happens inside a command.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
@@ -18,7 +19,9 @@ from actstat.allocator import tune_malloc
 from actstat.errors import ActstatError
 from actstat.report import FLAGS as FLAG_NAMES  # torch-free, like everything imported here
 
-EXIT_OK, EXIT_FLAGGED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FLAGGED, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
+DEBUG_ENV = "ACTSTAT_DEBUG"  # =1: a crash shows its traceback, as --debug does
+_debug = False  # set by --debug for the command now running
 
 
 class _PlainHelpFlag:
@@ -42,8 +45,13 @@ class _OneLineErrors(_PlainHelpFlag, TyperGroup):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        global _debug
+        _debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ActstatError as err:  # a user's mistake that no command caught: still one line
+            typer.echo(f"actstat: error: {err}", err=True)
+            code = EXIT_USAGE
         except typer.TyperException as err:  # Typer's usage errors: bad option, missing value
             ctx = getattr(err, "ctx", None)
             if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
@@ -56,6 +64,8 @@ class _OneLineErrors(_PlainHelpFlag, TyperGroup):
                 code = getattr(err, "exit_code", EXIT_USAGE)
         except typer.Abort:
             code = 130
+        except Exception as err:  # a bug: exit 3, so CI can tell a crash from a regression (1)
+            code = _crashed(err)
         if code == 130:  # Ctrl-C: Typer turns KeyboardInterrupt into exit code 130
             typer.echo("actstat: interrupted; no output was written (an existing file is as it "
                        "was)", err=True)
@@ -74,6 +84,19 @@ app = typer.Typer(
 )
 
 
+def _crashed(err: Exception) -> int:
+    """One line naming the error (the traceback with --debug); the crash exit code."""
+    if _debug:
+        import traceback
+
+        traceback.print_exception(err)
+    message = str(err).strip().splitlines()
+    typer.echo(f"actstat: internal error: {type(err).__name__}"
+               f"{': ' + message[0] if message else ''}"
+               + ("" if _debug else " (run again with --debug for the traceback)"), err=True)
+    return EXIT_CRASH
+
+
 def _show_version(value: bool) -> None:
     if value:
         typer.echo(f"actstat {__version__}")
@@ -84,8 +107,14 @@ def _show_version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", envvar=DEBUG_ENV, show_envvar=False,
+        help=f"Show the full traceback of an internal error (exit 3); or set {DEBUG_ENV}=1.")
+    ] = False,
 ) -> None:
     """actstat: per-layer activation statistics of neural networks, before training."""
+    global _debug
+    _debug = _debug or debug
     from actstat.symbols import StandIns, needs_stand_ins
 
     # a stdout that cannot encode → or ▁ (a cp1252 redirect on Windows) gets ASCII stand-ins
@@ -267,7 +296,7 @@ def run(
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
-        hist=True if plot else hist), quiet=quiet, force=force)
+        hist=True if plot else hist), quiet=quiet, force=force, outputs=(output,), figure=plot)
     _guarded(_emit, report, format, output, quiet, Display(wide, no_color))
     _figure(report, plot, quiet)
     _exit_on_flags(report, failing, quiet)
@@ -317,7 +346,8 @@ def compare(
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
-        hist=True if plot else hist), quiet=quiet, force=force, default_schemes=LESSON_SCHEMES)
+        hist=True if plot else hist), quiet=quiet, force=force, default_schemes=LESSON_SCHEMES,
+        outputs=(output,), figure=plot)
     _guarded(_emit_compare, report, format, output, quiet, sort, detail,
              Display(wide, no_color))
     _figure(report, plot, quiet)
@@ -357,7 +387,7 @@ def baseline(
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=None, lr=None),
-        quiet=quiet, force=force)
+        quiet=quiet, force=force, outputs=(output,))
     _guarded(_write_report, output, to_json(report))
     if not quiet:
         for scheme in report.runs:
@@ -376,7 +406,7 @@ TargetArg = Annotated[Path | None, typer.Argument(
     help="A baseline (.json report), or a YAML config for --max-drift / --fail-on alone.",
     show_default=False, dir_okay=False)]
 CheckConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", help="Run this config instead of the baseline's own (differences shown).",
+    "--config", "-c", help="Run this config, not the baseline's config file (differences shown).",
     show_default=False, dir_okay=False)]
 RtolOpt = Annotated[str | None, typer.Option(
     "--rtol", metavar="FLOAT", show_default=False,
@@ -390,6 +420,9 @@ MetricsOpt = Annotated[str | None, typer.Option(
 MaxDriftOpt = Annotated[str | None, typer.Option(
     "--max-drift", metavar="F", show_default=False,
     help="Fail when a layer's post std leaves \\[s/F, s*F], s = the first hidden layer's.")]
+StoredConfigOpt = Annotated[bool, typer.Option(
+    "--stored-config", help="Re-run the config stored in the baseline, not its config file "
+    "(catches library and torch drift alone).")]
 UpdateOpt = Annotated[bool, typer.Option(
     "--update", help="Rewrite the baseline with the new values (after showing what changed).")]
 CheckFormatOpt = Annotated[str, typer.Option(
@@ -421,6 +454,7 @@ def check(
     metrics: MetricsOpt = None,
     max_drift: MaxDriftOpt = None,
     fail_on: FailOnOpt = None,
+    stored_config: StoredConfigOpt = False,
     update: UpdateOpt = False,
     format: CheckFormatOpt = "table",
     output: OutputOpt = None,
@@ -430,25 +464,17 @@ def check(
     wide: WideOpt = False,
     no_color: NoColorOpt = False,
 ) -> None:
-    """Re-run a baseline's config and fail on per-layer std drift; or bound the drift alone.
+    """Re-run a baseline's config file and fail on per-layer std drift; or bound the drift alone.
 
-    Exit codes: 0 passed (or --update rewrote the baseline); 1 drift, a --max-drift breach or a
-    --fail-on flag; 2 unusable input (nothing is written then).
+    The config is the file the baseline was made from, re-read (so an edited config is checked,
+    its differences listed), or the copy stored in the baseline when that file is gone or with
+    --stored-config. Exit codes: 0 passed (or --update rewrote the baseline); 1 drift, a
+    --max-drift breach or a --fail-on flag; 2 unusable input (nothing is written then).
     """
+    from actstat import check as checking
+
     if format not in CHECK_FORMATS:
         raise _fail(f"--format: check writes {', '.join(CHECK_FORMATS)}, not '{format}'")
-    failing = _fail_on(fail_on)
-    is_baseline = target is not None and target.suffix.lower() == ".json"
-    if target is not None and not is_baseline and config is not None:
-        raise _fail(f"give the config once: '{target}' is not a .json baseline, and --config "
-                    "names another config")
-    config_path = config if config is not None else (None if is_baseline else target)
-    factor = _positive(max_drift, "--max-drift", minimum=1.0) if max_drift is not None else None
-    if not is_baseline and factor is None and not failing:
-        raise _fail("nothing to check against: give a baseline (a .json report), --max-drift F "
-                    "or --fail-on FLAGS")
-    if update and not is_baseline:
-        raise _fail("--update rewrites a baseline: give one (a .json report)")
     overrides = _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=None, lr=None)
@@ -457,53 +483,37 @@ def check(
             overrides[key] = _scalar(value)
     if metrics is not None:
         overrides["check.metrics"] = _names("--metrics", metrics)
-    try:
-        from actstat import check as checking
-        from actstat.config import config_from_dict, load_config
-        from actstat.pipeline import schemes
-        from actstat.report import read_report
-
-        base = read_report(target) if is_baseline else None
-        changes: list[str] = []
-        if base is not None:
-            own = config_from_dict(base.config, str(target))
-            checking.consistent(base, own.model.depth, len(schemes(own)), str(target))
-            resolved = (load_config(config_path, overrides) if config_path is not None
-                        else config_from_dict(base.config, str(target), overrides))
-            changes = checking.config_changes(base.config, resolved.model_dump(mode="json"))
-        else:
-            resolved = load_config(config_path, overrides)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
-    report = _profile_resolved(resolved, quiet=quiet, force=force)
-    settings = resolved.check
-    compared, drifts, labels = (0, [], [run.scheme for run in report.runs])
-    if base is not None:
-        compared, drifts, labels = checking.compare(
-            base, report, metrics=tuple(settings.metrics), rtol=settings.rtol, atol=settings.atol,
-            tolerances={m: t.model_dump(exclude_none=True) for m, t in settings.tolerances.items()})
-    result = checking.CheckResult(
-        compared=compared,
-        drifts=tuple(drifts),
-        breaches=tuple(checking.drift_bound(report, factor)) if factor is not None else (),
-        flagged=tuple((run.scheme, layer.index, flag) for run in report.runs
-                      for layer in run.layers for flag in layer.flags if flag in failing),
-        config_changes=tuple(changes),
-        schemes=tuple(labels),
-        metrics=tuple(settings.metrics) if base is not None else (),
-        bound_checked=factor is not None,
-        flags_checked=bool(failing),
-    )
+    plan = _guarded(checking.plan, checking.CheckRequest(
+        target=target, config=config, stored_config=stored_config, overrides=overrides,
+        max_drift=(_positive(max_drift, "--max-drift", minimum=1.0) if max_drift is not None
+                   else None),
+        fail_on=frozenset(_fail_on(fail_on)), update=update))
+    _preflight(plan.config, (output, junit_xml, target if update else None))
+    for note in () if quiet else plan.notes:
+        typer.echo(note, err=True)
+    report = _profile_resolved(plan.config, quiet=quiet, force=force)
+    result = checking.evaluate(plan, report)
     _guarded(_emit_check, result, format, output, junit_xml, Display(wide, no_color))
-    only_drift = base is not None and not result.breaches and not result.flagged
-    if update and only_drift:
-        from actstat.render import to_json
+    _check_verdict(plan, result, report, quiet)
 
-        _guarded(_write_report, target, to_json(report))
+
+def _check_verdict(plan: Any, result: Any, report: Any, quiet: bool) -> None:
+    """Rewrite the baseline (--update), or say on stderr why the check failed and exit 1: a CI
+    log shows the reason whatever --format and --output chose."""
+    from actstat.check import updated_baseline
+    from actstat.render import check_failure_lines, to_json
+
+    target = plan.request.target
+    if result.updated:
+        _guarded(_write_report, target, to_json(updated_baseline(plan, report)))
         if not quiet:
-            typer.echo(f"updated {target} with the new values", err=True)
+            changed = (f"{len(result.drifts)} value(s) were out of tolerance" if result.drifts
+                       else "all values were within tolerance")
+            typer.echo(f"actstat: updated {target} with the new values ({changed})", err=True)
         return
     if not result.passed:
+        for line in check_failure_lines(result):
+            typer.echo(f"actstat: {line}" if not line.startswith(" ") else line, err=True)
         raise typer.Exit(EXIT_FLAGGED)
 
 
@@ -548,11 +558,8 @@ def plot(report: ReportArg, output: FigureOpt, quiet: QuietOpt = False) -> None:
     """Draw a saved report's figure without running anything (and without importing torch)."""
     from actstat.report import read_report
 
-    try:
-        saved = read_report(report)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
-    _figure(saved, output, quiet)
+    _preflight(None, (), figure=output)
+    _figure(_guarded(read_report, report), output, quiet)
 
 
 def _check_output_options(format: str, fail_on: str | None) -> set[str]:
@@ -563,23 +570,50 @@ def _check_output_options(format: str, fail_on: str | None) -> set[str]:
     return _fail_on(fail_on)
 
 
-def _guarded(emit: Any, *args: Any) -> None:
+def _guarded(call: Any, *args: Any) -> Any:
     try:
-        emit(*args)
+        return call(*args)
+    except ActstatError as err:
+        raise _fail(str(err)) from None
+
+
+def _preflight(resolved: Any, outputs: tuple[Path | None, ...], figure: Path | None = None
+               ) -> None:
+    """What would fail after the measurement, checked before it: output paths, the figure's
+    type and matplotlib, the data file (so a typo costs no run and prints nothing else)."""
+    from actstat.atomic import check_writable
+    from actstat.config import check_data_source
+    from actstat.plot import check_figure
+
+    try:
+        for path in (*outputs, figure):
+            if path is not None:
+                check_writable(path)
+        if figure is not None:
+            check_figure(figure)
+        if resolved is not None:
+            check_data_source(resolved)
     except ActstatError as err:
         raise _fail(str(err)) from None
 
 
 def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, force: bool,
-             default_schemes: list[dict[str, Any]] | None = None) -> Any:
-    """Load the config and measure every scheme, with a progress bar on a terminal's stderr."""
+             default_schemes: list[dict[str, Any]] | None = None,
+             outputs: tuple[Path | None, ...] = (), figure: Path | None = None) -> Any:
+    """Load the config, check what the command will write (`_preflight`), and measure every
+    scheme, with a progress bar on a terminal's stderr. The report records the config file,
+    relative to the first output (`report.located`), for `check` to re-read."""
     try:
         from actstat.config import load_config
 
         resolved = load_config(config, overrides, default_schemes=default_schemes)
     except ActstatError as err:
         raise _fail(str(err)) from None
-    return _profile_resolved(resolved, quiet=quiet, force=force)
+    _preflight(resolved, outputs, figure)
+    from actstat.report import located
+
+    report = _profile_resolved(resolved, quiet=quiet, force=force)
+    return located(report, config, outputs[0] if outputs else None)
 
 
 def _profile_resolved(resolved: Any, *, quiet: bool, force: bool) -> Any:

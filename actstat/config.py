@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from actstat.errors import ActstatError, ConfigError
+from actstat.errors import ActstatError, ConfigError, DataError
 from actstat.registry import closest
 
 # Documented limits that keep a typo from asking for terabytes (a memory pre-flight may replace them).
@@ -341,6 +341,26 @@ def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Conf
     return config.model_copy(update=specs)
 
 
+def check_data_source(config: Config) -> None:
+    """A DataError now if the data source is a path that cannot be read, before torch starts and
+    any model is built (actstat/data.py reads it; this only opens it)."""
+    source = config.data.source
+    if source in DATA_SOURCES:
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"data '{source}': no such file or directory (sources: mnist, gaussian, "
+                        "or a path to a .npy, .npz or .pt file or a directory of MNIST IDX files)")
+    try:
+        if path.is_dir():
+            next(iter(path.iterdir()), None)
+        else:
+            with path.open("rb") as stream:
+                stream.read(1)
+    except OSError as err:
+        raise DataError(f"data '{source}': cannot read ({err.strerror})") from None
+
+
 def _anchor_data_path(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("source"), str):
@@ -472,6 +492,12 @@ def _one_line(err: ValidationError, model: type[BaseModel], origin: str,
     return f"{where}: {key + ': ' if key else ''}{problem}{got}{more}"
 
 
+def validation_message(err: ValidationError, model: type[BaseModel], origin: str) -> str:
+    """The first error of validating a document other than a config (a report) against `model`,
+    in the same one line as a config's: `origin: key.path: problem (got value)`."""
+    return _one_line(err, model, origin, {})
+
+
 def _problem(error: Mapping[str, Any], model: type[BaseModel], loc: tuple, kind: str) -> str:
     kind_of = error["type"]
     ctx = error.get("ctx") or {}
@@ -490,8 +516,8 @@ def _problem(error: Mapping[str, Any], model: type[BaseModel], loc: tuple, kind:
     if kind_of in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         sign = {"greater_than_equal": "≥", "greater_than": ">",
                 "less_than_equal": "≤", "less_than": "<"}[kind_of]
-        bound = next(iter(ctx.values()))
-        return f"must be {sign} {bound}"
+        bound = next(iter(ctx.values()))  # pydantic gives a float field's bound as 0.0: show 0
+        return f"must be {sign} {bound:g}" if isinstance(bound, float) else f"must be {sign} {bound}"
     if kind_of.startswith("int_"):
         return "must be a whole number"
     if kind_of.startswith("float_"):

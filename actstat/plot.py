@@ -44,20 +44,34 @@ def series(report: Report) -> dict[str, Any]:
     return out
 
 
-def draw(report: Report, path: Path | str) -> None:
-    """Draw the report's figure to `path` (its suffix picks the format), atomically."""
+def check_figure(path: Path | str) -> None:
+    """A PlotError now if `draw(report, path)` could not work later: an unknown suffix or no
+    matplotlib (looked up, not imported: that takes a second). Output path problems are
+    atomic.check_writable's."""
+    import importlib.util
+
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise PlotError(f"{path}: figures are written as {', '.join(FORMATS)}, not "
                         f"'{path.suffix or '(no suffix)'}'")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise PlotError(MISSING_MATPLOTLIB)
+
+
+MISSING_MATPLOTLIB = "figures need matplotlib, an optional extra: pip install 'actstat[plot]'"
+
+
+def draw(report: Report, path: Path | str) -> None:
+    """Draw the report's figure to `path` (its suffix picks the format), atomically."""
+    path = Path(path)
+    check_figure(path)
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
     except ImportError:
-        raise PlotError("figures need matplotlib, an optional extra: "
-                        "pip install 'actstat[plot]'") from None
+        raise PlotError(MISSING_MATPLOTLIB) from None
     data = series(report)
     heatmaps = list(data["histograms"].items())[:MAX_HEATMAPS]
     figure = plt.figure(figsize=FIGURE_INCHES, dpi=DPI, layout="constrained")

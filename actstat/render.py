@@ -557,7 +557,24 @@ def check_summary(result: CheckResult) -> list[str]:
         scheme, layer, flag = result.flagged[0]
         lines.append(f"--fail-on: {len(result.flagged)} flagged layer(s); first at layer {layer} "
                      f"({scheme}, {flag})")
-    lines.append("passed" if result.passed else "FAILED")
+    lines.append(UPDATED if result.updated else "passed" if result.passed else "FAILED")
+    return lines
+
+
+UPDATED = "baseline updated with the new values"
+
+
+def check_failure_lines(result: CheckResult, limit: int = 3) -> list[str]:
+    """For stderr, whatever the chosen format and output: the summary in one line, then the
+    first `limit` values out of tolerance (so a CI log says why it failed)."""
+    lines = ["check FAILED: " + "; ".join(check_summary(result)[:-1])]
+    for drift in result.drifts[:limit]:
+        scheme, layer, metric, expected, obtained, difference, tolerance = _drift_cells(drift)
+        lines.append(f"  {scheme}, layer {layer}, {metric}: expected {expected}, obtained "
+                     f"{obtained} ({difference}; tolerance {tolerance})")
+    for breach in result.breaches[:max(0, limit - len(result.drifts))]:
+        lines.append(f"  {breach.scheme}, layer {breach.layer}: post std {number(breach.std)} "
+                     f"outside ×{breach.factor:g} of layer 1's {number(breach.first_std)}")
     return lines
 
 
@@ -608,7 +625,8 @@ def check_renderables(result: CheckResult, width: int | None = None) -> list[Ren
     for scheme, layer, flag in result.flagged:
         out.append(Text(f"{scheme}: layer {layer} carries {flag}", style=FLAG_STYLES[flag]))
     for line in check_summary(result):
-        style = "bold green" if line == "passed" else "bold red" if line == "FAILED" else ""
+        style = ("bold green" if line in ("passed", UPDATED) else "bold red" if line == "FAILED"
+                 else "")
         out.append(Text(line, style=style))
     return out
 
@@ -619,7 +637,8 @@ def check_text(result: CheckResult) -> str:
 
 def check_markdown(result: CheckResult, limit: int = 200) -> str:
     """For a CI job summary page ($GITHUB_STEP_SUMMARY): verdict, summary, failing rows."""
-    mark = "✅ passed" if result.passed else "❌ failed"
+    mark = ("🔄 baseline updated" if result.updated else "✅ passed" if result.passed
+            else "❌ failed")
     lines = [f"## actstat check: {mark}", ""]
     lines += [f"- {line}" for line in check_summary(result)[:-1]]
     if result.config_changes:
@@ -642,6 +661,7 @@ def check_json(result: CheckResult) -> str:
     """The machine-readable result (README, "Use in CI")."""
     body = {
         "passed": result.passed,
+        "updated": result.updated,
         "summary": check_summary(result)[:-1],
         "compared": result.compared,
         "drifted": len(result.drifts),

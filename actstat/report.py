@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,9 @@ class Report:
     config: Mapping[str, Any]  # fully resolved: load it again to re-run exactly this
     input: InputStats
     runs: tuple[Run, ...]
+    # the YAML file the config came from, for `check` to re-read: relative to the report file's
+    # directory when written to a file (see `located`), absolute on stdout; None: no file
+    config_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,30 +145,34 @@ class Report:
             "config": dict(self.config),
             "input": asdict(self.input),
             "runs": [_run_dict(run) for run in self.runs],
+            "config_file": self.config_file,
         }
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Report:
-        """A Report from `to_dict`'s output; an ActstatError if it is not one of this schema."""
+    def from_dict(cls, raw: Any, origin: str = "report") -> Report:
+        """A Report from `to_dict`'s output, validated against the schema (actstat/schema.py);
+        an ActstatError naming `origin` and the first bad key path if it is not one."""
         if not isinstance(raw, Mapping):
-            raise ActstatError("not an actstat report: the top level is not a JSON object")
+            kind = "a list" if isinstance(raw, list) else type(raw).__name__
+            raise ActstatError(f"{origin}: not an actstat report: the top level is {kind}, not a "
+                               "JSON object")
         version = raw.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ActstatError(f"report schema_version is {version!r}; this actstat reads "
-                               f"version {SCHEMA_VERSION}")
-        try:
-            return cls(
-                schema_version=version,
-                actstat_version=raw["actstat_version"],
-                torch_version=raw["torch_version"],
-                device=raw["device"],
-                config=raw["config"],
-                input=InputStats(**raw["input"]),
-                runs=tuple(_run_from(run) for run in raw["runs"]),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ActstatError(f"not a complete actstat report ({type(err).__name__}: {err})") \
-                from None
+            raise ActstatError(f"{origin}: report schema_version is {version!r}; this actstat "
+                               f"reads version {SCHEMA_VERSION}")
+        from actstat.schema import validate  # pydantic: loaded only when a report is read
+
+        validate(raw, origin)
+        return cls(
+            schema_version=version,
+            actstat_version=raw["actstat_version"],
+            torch_version=raw["torch_version"],
+            device=raw["device"],
+            config=raw["config"],
+            input=InputStats(**raw["input"]),
+            runs=tuple(_run_from(run) for run in raw["runs"]),
+            config_file=raw.get("config_file"),
+        )
 
 
 def read_report(path: Path | str) -> Report:
@@ -186,10 +194,32 @@ def read_report(path: Path | str) -> Report:
         hint = " (truncated?)" if err.pos >= len(text.rstrip()) else ""
         raise ActstatError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: "
                            f"{err.msg}{hint}") from None
+    return Report.from_dict(raw, str(path))
+
+
+def located(report: Report, config: Path | str | None, destination: Path | str | None) -> Report:
+    """The report with the config file it was made from recorded (None: no file): relative to
+    `destination`'s directory, so a baseline committed beside its config finds it again in any
+    clone; absolute when there is no destination (stdout), so it resolves wherever it is saved."""
+    if config is None:
+        return replace(report, config_file=None)
+    absolute = Path(config).resolve()
+    if destination is None:
+        return replace(report, config_file=str(absolute))
+    here = Path(destination).resolve().parent
     try:
-        return Report.from_dict(raw)
-    except ActstatError as err:
-        raise ActstatError(f"{path}: {err}") from None
+        recorded = os.path.relpath(absolute, here)
+    except ValueError:  # Windows: another drive has no relative path
+        recorded = str(absolute)
+    return replace(report, config_file=Path(recorded).as_posix())
+
+
+def config_file_of(report: Report, report_path: Path | str) -> Path | None:
+    """Where the report's recorded config file is, read from the report file at `report_path`."""
+    if report.config_file is None:
+        return None
+    # "baselines/../configs/net.yaml" reads better as "configs/net.yaml"
+    return Path(os.path.normpath(Path(report_path).parent / report.config_file))
 
 
 def finite_or_none(value: float | None) -> float | None:

@@ -166,15 +166,15 @@ def test_overflowing_gradients_are_nonfinite_too():
 
 @pytest.mark.parametrize("change, message", [
     (lambda raw: raw.update(schema_version=99), "schema_version is 99"),
-    (lambda raw: raw.pop("runs"), "not a complete actstat report"),
-    (lambda raw: raw["runs"][0]["layers"][0].pop("pre"), "not a complete actstat report"),
+    (lambda raw: raw.pop("runs"), "report: runs: is required"),
+    (lambda raw: raw["runs"][0]["layers"][0].pop("pre"), r"report: runs\[0\]\.layers\[0\]\.pre: is required"),
 ])
 def test_from_dict_refuses_other_documents(change, message):
     raw = strict_json(to_json(synthetic_report()))
     change(raw)
     with pytest.raises(ActstatError, match=message):
         Report.from_dict(raw)
-    with pytest.raises(ActstatError, match="not a JSON object"):
+    with pytest.raises(ActstatError, match="top level is a list, not a JSON object"):
         Report.from_dict([])
 
 

@@ -1,0 +1,129 @@
+"""The JSON report's schema as a pydantic model: what `Report.from_dict` validates before it builds
+a Report, so a hand-edited or corrupted file is refused with the key path of its first bad value.
+
+Torch-free (`actstat plot` reads reports without torch). Keys a later actstat adds are ignored,
+and the keys that schema version 1 gained after it first shipped (theory, expected values,
+histograms, the config file) may be absent, as `report._only` reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from actstat.errors import ActstatError
+from actstat.report import FLAGS, HEALTHY
+
+# strict: "0.5" is not a number and 1 is not true; a JSON integer is still a valid float
+_STRICT = ConfigDict(strict=True, extra="ignore")
+
+Number = float | None  # None: not finite, or not applicable
+NonNegative = Annotated[float, Field(ge=0)] | None  # a std, a norm, a ratio of norms
+Fraction = Annotated[float, Field(ge=0, le=1)] | None  # a share of the batch's values or units
+Count = Annotated[int, Field(ge=1)]
+Flag = Literal[FLAGS]  # type: ignore[valid-type]
+
+
+class _Model(BaseModel):
+    model_config = _STRICT
+
+
+class TensorModel(_Model):
+    mean: Number
+    std: NonNegative
+    min: Number
+    max: Number
+    near_zero: Fraction
+    expected_std: NonNegative = None
+
+
+class PostModel(TensorModel):
+    dead: Fraction
+    saturated: Fraction
+    expected_mean: Number = None
+    histogram: list[Annotated[int, Field(ge=0)]] | None = None
+
+
+class GradModel(_Model):
+    mean: Number
+    std: NonNegative
+    weight_std: NonNegative
+    grad_to_data: NonNegative
+
+
+class LayerModel(_Model):
+    index: Count
+    fan_in: Count
+    fan_out: Count
+    pre: TensorModel
+    post: PostModel
+    grad: GradModel | None
+    flags: list[Flag]
+
+
+class TrainLayerModel(_Model):
+    index: Count
+    weight_change: NonNegative
+    weight_delta: NonNegative
+    bias_delta: NonNegative
+    still_symmetric: bool
+
+
+class TrainModel(_Model):
+    steps: Annotated[int, Field(ge=0)]
+    lr: Annotated[float, Field(gt=0)]
+    loss: list[Number]
+    layers: list[TrainLayerModel]
+    head_weight_delta: NonNegative
+    head_bias_delta: NonNegative
+
+
+class TheoryModel(_Model):
+    chi1: NonNegative
+    q_star: NonNegative
+    phase: Literal["ordered", "critical", "chaotic"]
+
+
+class RunModel(_Model):
+    scheme: str
+    init: str
+    init_params: dict[str, Any]
+    act: str
+    act_params: dict[str, Any]
+    verdict: Literal[(HEALTHY, *FLAGS)]  # type: ignore[valid-type]
+    loss: Number
+    layers: Annotated[list[LayerModel], Field(min_length=1)]
+    train: TrainModel | None
+    theory: TheoryModel | None = None
+
+
+class InputModel(_Model):
+    source: str
+    batch_size: Count
+    features: Count
+    labelled: bool
+    mean: Number
+    std: NonNegative
+
+
+class ReportModel(_Model):
+    schema_version: int
+    actstat_version: str
+    torch_version: str
+    device: str
+    config: dict[str, Any]  # validated as a Config by whoever re-runs it (check)
+    input: InputModel
+    runs: Annotated[list[RunModel], Field(min_length=1)]
+    config_file: str | None = None
+
+
+def validate(raw: Any, origin: str) -> None:
+    """Raise an ActstatError naming `origin` and the first invalid value's key path, e.g.
+    `base.json: runs[0].layers[3].post.std: must be a number (got 'abc')`."""
+    from actstat.config import validation_message  # the project's one pydantic error formatter
+
+    try:
+        ReportModel.model_validate(raw)
+    except ValidationError as err:
+        raise ActstatError(validation_message(err, ReportModel, origin)) from None
