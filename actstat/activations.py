@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from actstat.registry import lookup, parameters_model
+from actstat.registry import parameters_model, resolve, with_alias_params
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -212,6 +212,8 @@ ACTIVATIONS: dict[str, Callable[..., Activation]] = {
 
 def make_activation(name: str, params: dict | None = None) -> Activation:
     """The registered activation `name` built with `params` (validated against its signature)."""
-    factory = lookup(ACTIVATIONS, name, "activation")
-    checked = parameters_model(factory).model_validate(params or {})
+    canonical, implied = resolve(ACTIVATIONS, name, "activation")
+    factory = ACTIVATIONS[canonical]
+    params = with_alias_params(implied, params, name, canonical)
+    checked = parameters_model(factory).model_validate(params)
     return factory(**dict(checked))

@@ -114,10 +114,10 @@ def _overrides(**options: Any) -> dict[str, Any]:
     if options["width"] is not None:
         widths = [_scalar(w) for w in _names("--width", options["width"])]
         overrides["model.width"] = widths[0] if len(widths) == 1 else widths
-    if options["init"] is not None:
-        overrides["init"] = _names("--init", options["init"])
-    if options["act"] is not None:
-        overrides["activation"] = _names("--act", options["act"])
+    if options["init"]:
+        overrides["init"] = [n for given in options["init"] for n in _names("--init", given)]
+    if options["act"]:
+        overrides["activation"] = [n for given in options["act"] for n in _names("--act", given)]
     return overrides
 
 
@@ -137,10 +137,13 @@ def _fail_on(value: str | None) -> set[str]:
 ConfigArg = Annotated[Path | None, typer.Argument(
     help="YAML config file (default: the built-in defaults, spelled out in configs/default.yaml).",
     show_default=False, dir_okay=False)]
-InitOpt = Annotated[str | None, typer.Option(
-    "--init", "-i", help="Init name(s), comma-separated: kaiming,lecun,randn.", show_default=False)]
-ActOpt = Annotated[str | None, typer.Option(
-    "--act", "-a", help="Activation name(s), comma-separated: relu,tanh.", show_default=False)]
+# a repeated --init/--act adds to the list: `-i kaiming -i xavier` is `-i kaiming,xavier`
+InitOpt = Annotated[list[str] | None, typer.Option(
+    "--init", "-i", help="Init name(s), comma-separated or repeated: kaiming,lecun,randn.",
+    show_default=False)]
+ActOpt = Annotated[list[str] | None, typer.Option(
+    "--act", "-a", help="Activation name(s), comma-separated or repeated: relu,tanh.",
+    show_default=False)]
 DepthOpt = Annotated[str | None, typer.Option(
     "--depth", "-d", metavar="INT", help="Hidden Linear+activation blocks.", show_default=False)]
 WidthOpt = Annotated[str | None, typer.Option(

@@ -307,7 +307,7 @@ def config_from_dict(raw: Mapping[str, Any], origin: str,
     overrides = dict(overrides or {})
     for section in ("init", "activation"):
         if section in overrides:
-            overrides[section] = _named_from(raw.get(section), overrides[section])
+            overrides[section] = _named_from(raw.get(section), overrides[section], section)
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
     if "init" not in raw and "activation" not in raw:
@@ -350,17 +350,31 @@ def _anchor_data_path(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
-def _named_from(entries: Any, names: list[Any]) -> list[Any]:
+def _named_from(entries: Any, names: list[Any], section: str) -> list[Any]:
     """For each name given on the command line, the file's entry of that name (with its
-    parameters) if the file has one, else the bare name."""
+    parameters) if the file has one, else the bare name. Names match as the registry reads
+    them: `--init KAIMING` or `--init he` picks the file's `kaiming` entry."""
+    from actstat import activations, inits  # torch-importing: only when a config is loaded
+    from actstat.registry import normal_form, resolve
+
+    registry = inits.INITS if section == "init" else activations.ACTIVATIONS
+
+    def key(name: str) -> str:
+        try:
+            canonical, implied = resolve(registry, name, section)
+        except ConfigError:  # reported by _resolve_spec, with where it came from
+            return normal_form(name)
+        # an alias with parameters of its own (he_uniform) names no file entry but itself
+        return normal_form(name) if implied else canonical
+
     entries = [entries] if isinstance(entries, (str, Mapping)) else list(entries or [])
     by_name = {}
     for entry in entries:
         name = entry if isinstance(entry, str) else entry.get("name") if isinstance(entry, Mapping) \
             else None
         if isinstance(name, str):
-            by_name.setdefault(name, entry)
-    return [by_name.get(name, name) if isinstance(name, str) else name for name in names]
+            by_name.setdefault(key(name), entry)
+    return [by_name.get(key(name), name) if isinstance(name, str) else name for name in names]
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -378,24 +392,27 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 def _resolve_spec(spec: _Spec, section: str, prefix: str, where: str) -> _Spec:
     """Check a spec's name and parameters against its registry; fill in every default."""
     from actstat import activations, inits  # torch-importing: only when a config is loaded
-    from actstat.registry import lookup, parameters_model
+    from actstat.registry import parameters_model, resolve, with_alias_params
 
     registry = inits.INITS if section == "init" else activations.ACTIVATIONS
     try:
-        factory = lookup(registry, spec.name, "init" if section == "init" else "activation")
+        # any case or an alias; the report records the registry's own name
+        name, implied = resolve(registry, spec.name, "init" if section == "init" else "activation")
+        given = with_alias_params(implied, spec.params, spec.name, name)
     except ConfigError as err:
         raise ConfigError(f"{where}: {prefix}.name: {err}") from None
+    factory = registry[name]
     model = parameters_model(factory)
     try:
-        params = dict(model.model_validate(spec.params))
+        params = dict(model.model_validate(given))
     except ValidationError as err:
-        detail = _one_line(err, model, where, {}, kind=f"{section} '{spec.name}'", prefix=prefix)
+        detail = _one_line(err, model, where, {}, kind=f"{section} '{name}'", prefix=prefix)
         raise ConfigError(detail) from None
     try:
         factory(**params)  # value checks that need more than a type (e.g. low < high, gain names)
     except ActstatError as err:
         raise ConfigError(f"{where}: {prefix}: {err}") from None
-    update: dict[str, Any] = {"params": params}
+    update: dict[str, Any] = {"name": name, "params": params}
     if isinstance(spec, InitSpec):
         update["bias"] = _resolve_bias(spec.bias, f"{prefix}.bias", where)
     return spec.model_copy(update=update)
@@ -403,19 +420,21 @@ def _resolve_spec(spec: _Spec, section: str, prefix: str, where: str) -> _Spec:
 
 def _resolve_bias(spec: BiasSpec, key: str, where: str) -> BiasSpec:
     from actstat import inits
-    from actstat.registry import lookup, parameters_model
+    from actstat.registry import parameters_model, resolve, with_alias_params
 
     try:
-        factory = lookup(inits.BIAS_INITS, spec.name, "bias init")
+        name, implied = resolve(inits.BIAS_INITS, spec.name, "bias init")
+        factory = inits.BIAS_INITS[name]
         model = parameters_model(factory)
-        params = dict(model.model_validate(spec.params))
+        params = dict(model.model_validate(with_alias_params(implied, spec.params, spec.name,
+                                                             name)))
         factory(**params)
     except ConfigError as err:
         raise ConfigError(f"{where}: {key}: {err}") from None
     except ValidationError as err:
         raise ConfigError(_one_line(err, model, where, {}, kind=f"bias init '{spec.name}'",
                                     prefix=key)) from None
-    return spec.model_copy(update={"params": params})
+    return spec.model_copy(update={"name": name, "params": params})
 
 
 def _origin_of(key: str, overrides: Mapping[str, Any], origin: str) -> str:
