@@ -26,6 +26,7 @@ class _OneLineErrors(TyperGroup):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        tune_malloc()  # first thing: loading a config imports torch, which starts threads
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as err:  # Typer's usage errors: bad option, missing value
@@ -543,7 +544,6 @@ def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, for
 
 def _profile_resolved(resolved: Any, *, quiet: bool, force: bool) -> Any:
     """Measure every scheme of a resolved config, with a progress bar on a terminal's stderr."""
-    tune_malloc()
     try:
         from actstat.pipeline import profile, schemes
 
