@@ -412,6 +412,12 @@ def _resolve_spec(spec: _Spec, section: str, prefix: str, where: str) -> _Spec:
         factory(**params)  # value checks that need more than a type (e.g. low < high, gain names)
     except ActstatError as err:
         raise ConfigError(f"{where}: {prefix}: {err}") from None
+    gain = params.get("gain")
+    if section == "init" and isinstance(gain, str) and gain != "auto":
+        # `gain: Tanh` is recorded as tanh, as names are; an alias with parameters of its own
+        # (gelu_tanh) stays as written, since its gain is not its target's
+        canonical, implied = resolve(activations.ACTIVATIONS, gain, "activation")
+        params["gain"] = gain if implied else canonical
     update: dict[str, Any] = {"name": name, "params": params}
     if isinstance(spec, InitSpec):
         update["bias"] = _resolve_bias(spec.bias, f"{prefix}.bias", where)

@@ -159,9 +159,10 @@ def test_yaml_names_in_any_case_and_aliases(cli, tmp_path):
     raw = json.loads(cli("run", str(config), *TINY, "-f", "json").stdout)
     assert [run["scheme"] for run in raw["runs"]] == [
         "kaiming(mode='fan_out') + relu", "xavier(distribution='uniform') + silu",
-        "kaiming(gain='Tanh') + tanh"]
+        "kaiming(gain='tanh') + tanh"]
     assert raw["config"]["init"][0]["bias"] == {"name": "zeros"}
     assert raw["config"]["compare"][0]["activation"] == {"name": "silu"}
+    assert raw["config"]["compare"][1]["init"]["gain"] == "tanh"
 
 
 def test_a_cli_name_in_another_case_keeps_the_files_parameters(cli, tmp_path):
