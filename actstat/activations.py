@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from actstat.registry import parameters_model, resolve, with_alias_params
+from actstat.registry import entry, parameters_model
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -212,8 +212,6 @@ ACTIVATIONS: dict[str, Callable[..., Activation]] = {
 
 def make_activation(name: str, params: dict | None = None) -> Activation:
     """The registered activation `name` built with `params` (validated against its signature)."""
-    canonical, implied = resolve(ACTIVATIONS, name, "activation")
-    factory = ACTIVATIONS[canonical]
-    params = with_alias_params(implied, params, name, canonical)
+    _, factory, params = entry(ACTIVATIONS, name, "activation", params)
     checked = parameters_model(factory).model_validate(params)
     return factory(**dict(checked))

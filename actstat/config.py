@@ -392,16 +392,15 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 def _resolve_spec(spec: _Spec, section: str, prefix: str, where: str) -> _Spec:
     """Check a spec's name and parameters against its registry; fill in every default."""
     from actstat import activations, inits  # torch-importing: only when a config is loaded
-    from actstat.registry import parameters_model, resolve, with_alias_params
+    from actstat.registry import entry, parameters_model, resolve
 
     registry = inits.INITS if section == "init" else activations.ACTIVATIONS
     try:
         # any case or an alias; the report records the registry's own name
-        name, implied = resolve(registry, spec.name, "init" if section == "init" else "activation")
-        given = with_alias_params(implied, spec.params, spec.name, name)
+        name, factory, given = entry(registry, spec.name,
+                                     "init" if section == "init" else "activation", spec.params)
     except ConfigError as err:
         raise ConfigError(f"{where}: {prefix}.name: {err}") from None
-    factory = registry[name]
     model = parameters_model(factory)
     try:
         params = dict(model.model_validate(given))
@@ -426,14 +425,12 @@ def _resolve_spec(spec: _Spec, section: str, prefix: str, where: str) -> _Spec:
 
 def _resolve_bias(spec: BiasSpec, key: str, where: str) -> BiasSpec:
     from actstat import inits
-    from actstat.registry import parameters_model, resolve, with_alias_params
+    from actstat.registry import entry, parameters_model
 
     try:
-        name, implied = resolve(inits.BIAS_INITS, spec.name, "bias init")
-        factory = inits.BIAS_INITS[name]
+        name, factory, given = entry(inits.BIAS_INITS, spec.name, "bias init", spec.params)
         model = parameters_model(factory)
-        params = dict(model.model_validate(with_alias_params(implied, spec.params, spec.name,
-                                                             name)))
+        params = dict(model.model_validate(given))
         factory(**params)
     except ConfigError as err:
         raise ConfigError(f"{where}: {key}: {err}") from None

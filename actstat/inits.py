@@ -34,7 +34,7 @@ from torch import nn
 
 from actstat.activations import make_activation
 from actstat.errors import ConfigError
-from actstat.registry import parameters_model, resolve, with_alias_params
+from actstat.registry import entry, parameters_model
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 Distribution = Literal["normal", "uniform"]
@@ -207,14 +207,10 @@ BIAS_INITS: dict[str, Callable[..., BiasInit]] = {
 
 def make_init(name: str, params: dict | None = None) -> WeightInit:
     """The registered weight init `name` built with `params` (validated against its signature)."""
-    canonical, implied = resolve(INITS, name, "init")
-    factory = INITS[canonical]
-    params = with_alias_params(implied, params, name, canonical)
+    _, factory, params = entry(INITS, name, "init", params)
     return factory(**dict(parameters_model(factory).model_validate(params)))
 
 
 def make_bias_init(name: str, params: dict | None = None) -> BiasInit:
-    canonical, implied = resolve(BIAS_INITS, name, "bias init")
-    factory = BIAS_INITS[canonical]
-    params = with_alias_params(implied, params, name, canonical)
+    _, factory, params = entry(BIAS_INITS, name, "bias init", params)
     return factory(**dict(parameters_model(factory).model_validate(params)))

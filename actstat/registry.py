@@ -95,16 +95,18 @@ def lookup(registry: Mapping[str, T], name: str, kind: str) -> T:
     return registry[resolve(registry, name, kind)[0]]
 
 
-def with_alias_params(implied: Mapping[str, Any], params: Mapping[str, Any] | None, name: str,
-                      canonical: str) -> dict[str, Any]:
-    """`params` on top of what an alias implies; giving an implied parameter another value is an
-    error (`he_uniform` with distribution: normal would mean two things)."""
+def entry(registry: Mapping[str, T], name: str, kind: str,
+          params: Mapping[str, Any] | None = None) -> tuple[str, T, dict[str, Any]]:
+    """(registry name, factory, `params` on top of what an alias implies) for what `name` means.
+    Giving an implied parameter another value is an error: `he_uniform` with distribution:
+    normal would mean two things."""
+    canonical, implied = resolve(registry, name, kind)
     params = dict(params or {})
     for key, value in implied.items():
         if key in params and params[key] != value:
             raise ConfigError(f"'{name}' means {canonical} with {key}={value!r}; drop {key} or "
                               f"write {canonical}")
-    return {**implied, **params}
+    return canonical, registry[canonical], {**implied, **params}
 
 
 @functools.cache
