@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from actstat.registry import lookup, parameters_model
+from actstat.registry import entry, parameters_model
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -212,6 +212,6 @@ ACTIVATIONS: dict[str, Callable[..., Activation]] = {
 
 def make_activation(name: str, params: dict | None = None) -> Activation:
     """The registered activation `name` built with `params` (validated against its signature)."""
-    factory = lookup(ACTIVATIONS, name, "activation")
-    checked = parameters_model(factory).model_validate(params or {})
+    _, factory, params = entry(ACTIVATIONS, name, "activation", params)
+    checked = parameters_model(factory).model_validate(params)
     return factory(**dict(checked))

@@ -16,13 +16,20 @@ glibc's defaults hurt twice:
 
 Only the CLI (and benchmarks/run.py, on both sides of every ratio) calls `tune_malloc`: a
 library caller's process keeps its own allocator settings unless it calls it too. Elsewhere
-than glibc it is a no-op. Imports nothing heavy: the CLI calls it before torch starts threads.
+than glibc it is a no-op, and NO_TUNING_VARIABLE=1 in the environment turns it off (to compare
+with glibc's defaults, or where another allocator is preloaded). Imports nothing heavy: the CLI
+calls it first thing, before anything imports torch and torch starts its threads (M_ARENA_MAX
+only binds threads that have not yet been given an arena).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
+
+# set to anything but "" or "0" to keep glibc's default malloc settings
+NO_TUNING_VARIABLE = "ACTSTAT_NO_MALLOC_TUNING"
 
 # glibc's malloc.h
 M_TRIM_THRESHOLD = -1
@@ -37,7 +44,9 @@ SETTINGS = {
 
 
 def tune_malloc() -> bool:
-    """Apply SETTINGS; True if glibc accepted all of them."""
+    """Apply SETTINGS; True if glibc accepted all of them (False: not glibc, or turned off)."""
+    if os.environ.get(NO_TUNING_VARIABLE, "") not in ("", "0"):
+        return False
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -45,6 +45,7 @@ class _OneLineErrors(_PlainHelpFlag, TyperGroup):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        tune_malloc()  # first thing: loading a config imports torch, which starts threads
         global _debug
         _debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
         try:
@@ -165,10 +166,10 @@ def _overrides(**options: Any) -> dict[str, Any]:
     if options["width"] is not None:
         widths = [_scalar(w) for w in _names("--width", options["width"])]
         overrides["model.width"] = widths[0] if len(widths) == 1 else widths
-    if options["init"] is not None:
-        overrides["init"] = _names("--init", options["init"])
-    if options["act"] is not None:
-        overrides["activation"] = _names("--act", options["act"])
+    if options["init"]:
+        overrides["init"] = [n for given in options["init"] for n in _names("--init", given)]
+    if options["act"]:
+        overrides["activation"] = [n for given in options["act"] for n in _names("--act", given)]
     return overrides
 
 
@@ -188,12 +189,13 @@ def _fail_on(value: str | None) -> set[str]:
 ConfigArg = Annotated[Path | None, typer.Argument(
     help="YAML config file (default: the built-in defaults, spelled out in configs/default.yaml).",
     show_default=False, dir_okay=False)]
-InitOpt = Annotated[str | None, typer.Option(
+# a repeated --init/--act adds to the list: `-i kaiming -i xavier` is `-i kaiming,xavier`
+InitOpt = Annotated[list[str] | None, typer.Option(
     "--init", "-i", metavar="NAME[,NAME...]", show_default=False,
-    help="Init name(s), comma-separated: kaiming,lecun,randn.")]
-ActOpt = Annotated[str | None, typer.Option(
+    help="Init name(s), comma-separated or repeated: kaiming,lecun,randn.")]
+ActOpt = Annotated[list[str] | None, typer.Option(
     "--act", "-a", metavar="NAME[,NAME...]", show_default=False,
-    help="Activation name(s), comma-separated: relu,tanh.")]
+    help="Activation name(s), comma-separated or repeated: relu,tanh.")]
 DepthOpt = Annotated[str | None, typer.Option(
     "--depth", "-d", metavar="INT", help="Hidden Linear+activation blocks.", show_default=False)]
 WidthOpt = Annotated[str | None, typer.Option(
@@ -618,7 +620,6 @@ def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, for
 
 def _profile_resolved(resolved: Any, *, quiet: bool, force: bool) -> Any:
     """Measure every scheme of a resolved config, with a progress bar on a terminal's stderr."""
-    tune_malloc()
     try:
         from actstat.pipeline import profile, schemes
 

@@ -307,7 +307,7 @@ def config_from_dict(raw: Mapping[str, Any], origin: str,
     overrides = dict(overrides or {})
     for section in ("init", "activation"):
         if section in overrides:
-            overrides[section] = _named_from(raw.get(section), overrides[section])
+            overrides[section] = _named_from(raw.get(section), overrides[section], section)
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
     if "init" not in raw and "activation" not in raw:
@@ -370,17 +370,31 @@ def _anchor_data_path(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     return raw
 
 
-def _named_from(entries: Any, names: list[Any]) -> list[Any]:
+def _named_from(entries: Any, names: list[Any], section: str) -> list[Any]:
     """For each name given on the command line, the file's entry of that name (with its
-    parameters) if the file has one, else the bare name."""
+    parameters) if the file has one, else the bare name. Names match as the registry reads
+    them: `--init KAIMING` or `--init he` picks the file's `kaiming` entry."""
+    from actstat import activations, inits  # torch-importing: only when a config is loaded
+    from actstat.registry import normal_form, resolve
+
+    registry = inits.INITS if section == "init" else activations.ACTIVATIONS
+
+    def key(name: str) -> str:
+        try:
+            canonical, implied = resolve(registry, name, section)
+        except ConfigError:  # reported by _resolve_spec, with where it came from
+            return normal_form(name)
+        # an alias with parameters of its own (he_uniform) names no file entry but itself
+        return normal_form(name) if implied else canonical
+
     entries = [entries] if isinstance(entries, (str, Mapping)) else list(entries or [])
     by_name = {}
     for entry in entries:
         name = entry if isinstance(entry, str) else entry.get("name") if isinstance(entry, Mapping) \
             else None
         if isinstance(name, str):
-            by_name.setdefault(name, entry)
-    return [by_name.get(name, name) if isinstance(name, str) else name for name in names]
+            by_name.setdefault(key(name), entry)
+    return [by_name.get(key(name), name) if isinstance(name, str) else name for name in names]
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -398,24 +412,32 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 def _resolve_spec(spec: _Spec, section: str, prefix: str, where: str) -> _Spec:
     """Check a spec's name and parameters against its registry; fill in every default."""
     from actstat import activations, inits  # torch-importing: only when a config is loaded
-    from actstat.registry import lookup, parameters_model
+    from actstat.registry import entry, parameters_model, resolve
 
     registry = inits.INITS if section == "init" else activations.ACTIVATIONS
     try:
-        factory = lookup(registry, spec.name, "init" if section == "init" else "activation")
+        # any case or an alias; the report records the registry's own name
+        name, factory, given = entry(registry, spec.name,
+                                     "init" if section == "init" else "activation", spec.params)
     except ConfigError as err:
         raise ConfigError(f"{where}: {prefix}.name: {err}") from None
     model = parameters_model(factory)
     try:
-        params = dict(model.model_validate(spec.params))
+        params = dict(model.model_validate(given))
     except ValidationError as err:
-        detail = _one_line(err, model, where, {}, kind=f"{section} '{spec.name}'", prefix=prefix)
+        detail = _one_line(err, model, where, {}, kind=f"{section} '{name}'", prefix=prefix)
         raise ConfigError(detail) from None
     try:
         factory(**params)  # value checks that need more than a type (e.g. low < high, gain names)
     except ActstatError as err:
         raise ConfigError(f"{where}: {prefix}: {err}") from None
-    update: dict[str, Any] = {"params": params}
+    gain = params.get("gain")
+    if section == "init" and isinstance(gain, str) and gain != "auto":
+        # `gain: Tanh` is recorded as tanh, as names are; an alias with parameters of its own
+        # (gelu_tanh) stays as written, since its gain is not its target's
+        canonical, implied = resolve(activations.ACTIVATIONS, gain, "activation")
+        params["gain"] = gain if implied else canonical
+    update: dict[str, Any] = {"name": name, "params": params}
     if isinstance(spec, InitSpec):
         update["bias"] = _resolve_bias(spec.bias, f"{prefix}.bias", where)
     return spec.model_copy(update=update)
@@ -423,19 +445,19 @@ def _resolve_spec(spec: _Spec, section: str, prefix: str, where: str) -> _Spec:
 
 def _resolve_bias(spec: BiasSpec, key: str, where: str) -> BiasSpec:
     from actstat import inits
-    from actstat.registry import lookup, parameters_model
+    from actstat.registry import entry, parameters_model
 
     try:
-        factory = lookup(inits.BIAS_INITS, spec.name, "bias init")
+        name, factory, given = entry(inits.BIAS_INITS, spec.name, "bias init", spec.params)
         model = parameters_model(factory)
-        params = dict(model.model_validate(spec.params))
+        params = dict(model.model_validate(given))
         factory(**params)
     except ConfigError as err:
         raise ConfigError(f"{where}: {key}: {err}") from None
     except ValidationError as err:
         raise ConfigError(_one_line(err, model, where, {}, kind=f"bias init '{spec.name}'",
                                     prefix=key)) from None
-    return spec.model_copy(update={"params": params})
+    return spec.model_copy(update={"name": name, "params": params})
 
 
 def _origin_of(key: str, overrides: Mapping[str, Any], origin: str) -> str:

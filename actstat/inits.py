@@ -34,7 +34,7 @@ from torch import nn
 
 from actstat.activations import make_activation
 from actstat.errors import ConfigError
-from actstat.registry import lookup, parameters_model
+from actstat.registry import entry, parameters_model
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 Distribution = Literal["normal", "uniform"]
@@ -207,10 +207,10 @@ BIAS_INITS: dict[str, Callable[..., BiasInit]] = {
 
 def make_init(name: str, params: dict | None = None) -> WeightInit:
     """The registered weight init `name` built with `params` (validated against its signature)."""
-    factory = lookup(INITS, name, "init")
-    return factory(**dict(parameters_model(factory).model_validate(params or {})))
+    _, factory, params = entry(INITS, name, "init", params)
+    return factory(**dict(parameters_model(factory).model_validate(params)))
 
 
 def make_bias_init(name: str, params: dict | None = None) -> BiasInit:
-    factory = lookup(BIAS_INITS, name, "bias init")
-    return factory(**dict(parameters_model(factory).model_validate(params or {})))
+    _, factory, params = entry(BIAS_INITS, name, "bias init", params)
+    return factory(**dict(parameters_model(factory).model_validate(params)))

@@ -16,6 +16,7 @@ from actstat.config import ActivationSpec, Config, InitSpec
 from actstat.data import Batch, load_batch, resolve_device, resolve_dtype
 from actstat.errors import ActstatError
 from actstat.inits import BIAS_INITS, INITS, make_bias_init, make_init
+from actstat.memory import available_memory as host_available_memory
 from actstat.model import build_mlp, initialise, parameter_variances, stack_mlps
 from actstat.probe import (
     HIST_BINS,
@@ -73,17 +74,11 @@ def memory_needed(config: Config, in_features: int, element_bytes: int) -> dict[
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Free memory on the device: CUDA's free bytes, or Linux's MemAvailable; None if unknown."""
+    """Free memory on the device: CUDA's free bytes, or the host's available memory within its
+    container's limit (actstat/memory.py); None if unknown."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return host_available_memory()
 
 
 # refuse a run that needs more than this share of the free memory

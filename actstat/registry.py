@@ -22,15 +22,91 @@ def closest(name: str, choices: typing.Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
+# Other names the literature and other libraries use for a registered entry, by registry kind
+# (the `kind` that `lookup` is called with): alias -> (registry name, the parameters it implies).
+# Only names for the same computation: where a library draws differently, the note in README's
+# alias table says so. Keys are in normal form (`normal_form`).
+ALIASES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "init": {
+        "he": ("kaiming", {}),  # He et al. 2015
+        "msra": ("kaiming", {}),  # Caffe's MSRAFiller: N(0, 2/fan_in)
+        "kaiming_normal": ("kaiming", {"distribution": "normal"}),  # torch.nn.init
+        "kaiming_uniform": ("kaiming", {"distribution": "uniform"}),
+        "he_normal": ("kaiming", {"distribution": "normal"}),  # Keras
+        "he_uniform": ("kaiming", {"distribution": "uniform"}),
+        "glorot": ("xavier", {}),  # Glorot & Bengio 2010
+        "xavier_normal": ("xavier", {"distribution": "normal"}),  # torch.nn.init
+        "xavier_uniform": ("xavier", {"distribution": "uniform"}),
+        "glorot_normal": ("xavier", {"distribution": "normal"}),  # Keras
+        "glorot_uniform": ("xavier", {"distribution": "uniform"}),
+        "lecun_normal": ("lecun", {"distribution": "normal"}),  # Keras
+        "lecun_uniform": ("lecun", {"distribution": "uniform"}),
+        "random_normal": ("normal", {}),  # Keras RandomNormal: the same default std 0.05
+        "random_uniform": ("uniform", {}),  # Keras RandomUniform: the same default ±0.05
+        "truncated_normal": ("trunc_normal", {}),
+        "zero": ("zeros", {}),
+    },
+    "activation": {
+        "swish": ("silu", {}),  # Ramachandran et al. 2017, β = 1
+        "logistic": ("sigmoid", {}),  # scikit-learn's MLP
+        "linear": ("identity", {}),  # Keras; torch.nn.init.calculate_gain('linear')
+        "none": ("identity", {}),  # Keras' activation=None
+        "leakyrelu": ("leaky_relu", {}),  # torch.nn.LeakyReLU typed as one word
+        "lrelu": ("leaky_relu", {}),
+        "generalrelu": ("general_relu", {}),  # fastai's GeneralRelu
+        "gelu_tanh": ("gelu", {"approximate": "tanh"}),  # Hendrycks & Gimpel's tanh approximation
+    },
+    "bias init": {
+        "zero": ("zeros", {}),
+    },
+}
+
+
+def normal_form(name: str) -> str:
+    """How names are compared: case-insensitive, '-' and ' ' as '_' (`Leaky-ReLU` = leaky_relu)."""
+    return name.strip().casefold().replace("-", "_").replace(" ", "_")
+
+
+def resolve(registry: Mapping[str, Any], name: str, kind: str) -> tuple[str, dict[str, Any]]:
+    """The registry name that `name` means (any case, or an alias) and the parameters an alias
+    implies; a ConfigError that names the closest match and every valid choice otherwise."""
+    if isinstance(name, str):
+        key = normal_form(name)
+        names = {normal_form(entry): entry for entry in registry}
+        if key in names:
+            return names[key], {}
+        aliases = ALIASES.get(kind, {})
+        if key in aliases and aliases[key][0] in registry:
+            canonical, params = aliases[key]
+            return canonical, dict(params)
+        known = {**names, **{alias: target for alias, (target, _) in aliases.items()}}
+        guess = closest(key, known)
+        hint = ("" if guess is None else f" (did you mean '{guess}'?)" if known[guess] == guess
+                else f" (did you mean '{guess}', i.e. {known[guess]}?)")
+    else:
+        hint = ""
+    choices = ", ".join(registry)
+    raise ConfigError(f"unknown {kind} '{name}'{hint}; choose from: {choices}")
+
+
 def lookup(registry: Mapping[str, T], name: str, kind: str) -> T:
-    """`registry[name]`, or a ConfigError that names the closest match and every valid choice."""
-    try:
-        return registry[name]
-    except (KeyError, TypeError):
-        guess = closest(str(name), registry)
-        hint = f" (did you mean '{guess}'?)" if guess else ""
-        choices = ", ".join(registry)
-        raise ConfigError(f"unknown {kind} '{name}'{hint}; choose from: {choices}") from None
+    """The factory `name` means (any case, or an alias: see `resolve`); a ConfigError that names
+    the closest match and every valid choice otherwise."""
+    return registry[resolve(registry, name, kind)[0]]
+
+
+def entry(registry: Mapping[str, T], name: str, kind: str,
+          params: Mapping[str, Any] | None = None) -> tuple[str, T, dict[str, Any]]:
+    """(registry name, factory, `params` on top of what an alias implies) for what `name` means.
+    Giving an implied parameter another value is an error: `he_uniform` with distribution:
+    normal would mean two things."""
+    canonical, implied = resolve(registry, name, kind)
+    params = dict(params or {})
+    for key, value in implied.items():
+        if key in params and params[key] != value:
+            raise ConfigError(f"'{name}' means {canonical} with {key}={value!r}; drop {key} or "
+                              f"write {canonical}")
+    return canonical, registry[canonical], {**implied, **params}
 
 
 @functools.cache

@@ -64,3 +64,78 @@ def test_the_cli_tunes_malloc_before_measuring(cli, monkeypatch):
     cli("run", "--depth", "2", "--width", "8", "--batch-size", "16", "--device", "cpu",
         "-f", "json")
     assert calls == [1]
+
+
+# the CLI as the console script runs it, in a fresh process: does tune_malloc run before torch
+# is imported? (A process of the test suite has imported torch long before.)
+ORDER = """
+import json, sys
+from actstat import allocator, cli
+
+seen = []
+
+
+def spy():
+    seen.append("torch" in sys.modules)
+    return allocator.tune_malloc()
+
+
+cli.tune_malloc = spy
+sys.argv = ["actstat", *json.loads(sys.argv[1])]
+try:
+    cli.main()
+except SystemExit as done:
+    code = done.code
+print(json.dumps({"code": code, "torch_when_tuned": seen, "torch_at_end": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--init", "kaiming", "--act", "tanh"],
+    ["compare", "--init", "kaiming,lecun", "--act", "relu"],
+    ["check", "--max-drift", "1000"],
+])
+def test_the_cli_tunes_malloc_before_torch_is_imported(command, tmp_path):
+    import json
+
+    args = [*command, "--depth", "2", "--width", "8", "--batch-size", "16", "--device", "cpu",
+            "--no-theory"]
+    if command[0] != "check":
+        args += ["-f", "json", "-o", str(tmp_path / "out.json")]
+    out = subprocess.run([sys.executable, "-c", ORDER, json.dumps(args)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"code": 0, "torch_when_tuned": [False], "torch_at_end": True}, out.stderr
+
+
+@pytest.mark.parametrize("value, tuned", [("1", False), ("yes", False), ("0", True), ("", True)])
+def test_the_environment_variable_turns_the_tuning_off(monkeypatch, value, tuned):
+    calls = []
+
+    class Libc:
+        def mallopt(self, option, value):
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(allocator.sys, "platform", "linux")
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setenv(allocator.NO_TUNING_VARIABLE, value)
+    assert allocator.tune_malloc() is tuned
+    assert calls == (list(allocator.SETTINGS.items()) if tuned else [])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_cli_keeps_glibcs_defaults_when_told(tmp_path):
+    import json
+    import os
+
+    env = {**os.environ, "ACTSTAT_NO_MALLOC_TUNING": "1"}
+    args = ["run", "--depth", "2", "--width", "8", "--batch-size", "16", "--device", "cpu",
+            "-f", "json", "-o", str(tmp_path / "out.json")]
+    code = ORDER.replace("return allocator.tune_malloc()", "return print('tuned', allocator.tune_malloc())")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "tuned False" in out.stdout
+    assert json.loads((tmp_path / "out.json").read_text())["runs"]

@@ -13,7 +13,7 @@ from actstat.activations import ACTIVATIONS, make_activation
 from actstat.config import load_config
 from actstat.pipeline import profile
 from actstat.theory import Moments, phase
-from reference import NUMPY
+from reference import NUMPY, trapezoid
 
 CASES = [(name, {}) for name in ACTIVATIONS] + [
     ("general_relu", {"subtract": 0.5, "clamp_max": 1.0}),
@@ -55,8 +55,8 @@ def fine_moments(phi, q: float, kinks: tuple[float, ...] = ()) -> tuple[float, f
     values = phi(y)
     mid = (y[:-1] + y[1:]) / 2
     slopes = np.diff(values) / np.diff(y)
-    return (float(np.trapezoid(values * density(y), y)),
-            float(np.trapezoid(values**2 * density(y), y)),
+    return (float(trapezoid(values * density(y), y)),
+            float(trapezoid(values**2 * density(y), y)),
             float(np.sum(slopes**2 * density(mid) * np.diff(y))))
 
 
