@@ -137,6 +137,7 @@ def test_moments_of_a_constant_tensor_have_zero_std():
     assert std == 0.0 and mean == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_moments_of_half_precision_accumulate_in_float32():
     x = torch.randn(256, 256, generator=torch.Generator().manual_seed(0)).half()
     stats = moments(x, 0.0)
@@ -145,12 +146,17 @@ def test_moments_of_half_precision_accumulate_in_float32():
 
 
 def test_nonfinite_values_show_in_min_and_max():
-    x = torch.randn(10, 10)
+    x = torch.randn(10, 10, generator=torch.Generator().manual_seed(0))
+    finite_min = float(x.min())
     x[3, 4] = float("inf")
     _, _, lo, hi, _ = (float(v) for v in moments(x, 0.0))
-    assert hi == float("inf")
+    assert (lo, hi) == (finite_min, float("inf"))  # one inf leaves the minimum as it was
+    x[7, 1] = float("-inf")
+    _, _, lo, hi, _ = (float(v) for v in moments(x, 0.0))
+    assert (lo, hi) == (float("-inf"), float("inf"))
 
 
+@pytest.mark.slow
 def test_hooks_are_removed_and_mode_restored_even_on_error():
     model, x, activation = model_and_batch("relu")
     model.train()
@@ -200,6 +206,7 @@ def autograd_reference(model: nn.Module, x: torch.Tensor, labels: torch.Tensor):
     return float(loss.detach()), rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_gradient_statistics_match_autograd(act):
     model, x, activation = model_and_batch(act)
@@ -213,6 +220,7 @@ def test_gradient_statistics_match_autograd(act):
             assert layer.grad[key] == pytest.approx(value, rel=1e-9, abs=1e-15), key
 
 
+@pytest.mark.slow
 def test_gradient_pass_keeps_forward_statistics_identical():
     model, x, activation = model_and_batch("tanh")
     labels = torch.zeros(37, dtype=torch.long)
@@ -223,6 +231,7 @@ def test_gradient_pass_keeps_forward_statistics_identical():
     assert [layer.post for layer in forward.layers] == [layer.post for layer in both.layers]
 
 
+@pytest.mark.slow
 def test_zero_init_weight_gradients_are_exactly_zero():
     model, x, activation = model_and_batch("relu", init="zeros", bias="zeros")
     measured = measure(model, x, torch.zeros(37, dtype=torch.long), activation=activation,
@@ -246,6 +255,7 @@ def test_the_head_is_not_a_hidden_layer():
     assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [13, 9, 11, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_grad", [False, True])
 def test_the_probe_keeps_no_activation(with_grad):
     """Hooks reduce and let go: no pre- or post-activation outlives the pass."""
@@ -262,6 +272,7 @@ def test_the_probe_keeps_no_activation(with_grad):
     assert len(refs) == 7 and all(ref() is None for ref in refs)
 
 
+@pytest.mark.slow
 def test_counts_are_exact_beyond_float32_integers():
     from actstat.probe import count_fraction
 
