@@ -55,6 +55,7 @@ def readme_dir(tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, shown", EXAMPLES, ids=[c for c, _ in EXAMPLES])
 def test_readme_examples_print_what_the_readme_shows(command, shown, readme_dir, monkeypatch,
                                                      request):
