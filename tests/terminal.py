@@ -42,8 +42,20 @@ class Terminal:
             [sys.executable, "-m", "actstat", *args], cwd=ROOT, stdin=subprocess.DEVNULL,
             stdout=slave, stderr=slave, env={k: v for k, v in merged.items() if v is not None})
         os.close(slave)
-        self.master = master
+        self.master: int | None = master
         self.output = b""
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # a failed assertion must not leave the process running
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.master is not None:
+            os.close(self.master)
+            self.master = None
 
     def read_until(self, text: bytes, timeout: float) -> bool:
         """Read until `text` has appeared; False when the process closed the terminal first or
@@ -63,10 +75,7 @@ class Terminal:
                 pass
             return self.process.wait(timeout=max(deadline - time.monotonic(), 1))
         finally:
-            os.close(self.master)
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
+            self.__exit__()
 
     def _read(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.master], [], [], timeout)
@@ -81,6 +90,6 @@ class Terminal:
 
 
 def run_on_a_terminal(*args: str, env: dict[str, str | None] | None = None) -> tuple[int, bytes]:
-    terminal = Terminal(*args, env=env)
-    code = terminal.finish()
-    return code, terminal.output
+    """(exit code, everything printed) of `python -m actstat *args` on a terminal."""
+    with Terminal(*args, env=env) as terminal:
+        return terminal.finish(), terminal.output

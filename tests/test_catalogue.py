@@ -109,13 +109,13 @@ def test_an_interrupted_compare_leaves_the_previous_output_untouched(tmp_path):
     before = output.read_bytes()
     # one scheme per activation, so no two are stacked: the progress bar says "measured" after
     # the first, and Ctrl-C lands while the other five are measured, however fast the machine
-    terminal = Terminal("compare", "--depth", "50", "--width", "256", "--batch-size", "500",
-                        "--init", "kaiming", "--act", "relu,tanh,sigmoid,gelu,selu,silu",
-                        "--device", "cpu", "-f", "json", "-o", str(output))
-    measured = terminal.read_until(b"measured ", timeout=300)
-    assert measured and terminal.process.poll() is None, terminal.output.decode(errors="replace")
-    terminal.process.send_signal(signal.SIGINT)
-    code = terminal.finish(timeout=60)
+    with Terminal("compare", "--depth", "50", "--width", "256", "--batch-size", "500",
+                  "--init", "kaiming", "--act", "relu,tanh,sigmoid,gelu,selu,silu",
+                  "--device", "cpu", "-f", "json", "-o", str(output)) as terminal:
+        measured = terminal.read_until(b"measured ", timeout=300)
+        assert measured and terminal.process.poll() is None, terminal.output.decode(errors="replace")
+        terminal.process.send_signal(signal.SIGINT)
+        code = terminal.finish(timeout=60)
     printed = terminal.output.decode(errors="replace")
     assert code == 130, printed
     assert "interrupted; no output was written" in printed and "Traceback" not in printed
