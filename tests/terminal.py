@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -28,6 +29,12 @@ def colour_codes(output: bytes) -> list[str]:
             if COLOUR.match(param)]
 
 
+def _default_ctrl_c() -> None:
+    # as a shell starts a program in the foreground; a pytest started in the background
+    # (`pytest &` without job control) would otherwise hand its ignored SIGINT down
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Terminal:
     """`python -m actstat *args` with stdout and stderr on one pseudo-terminal, 120 columns wide,
     read as the process writes (stdin is closed, so nothing waits for a key)."""
@@ -40,7 +47,8 @@ class Terminal:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "actstat", *args], cwd=ROOT, stdin=subprocess.DEVNULL,
-            stdout=slave, stderr=slave, env={k: v for k, v in merged.items() if v is not None})
+            stdout=slave, stderr=slave, env={k: v for k, v in merged.items() if v is not None},
+            preexec_fn=_default_ctrl_c)
         os.close(slave)
         self.master: int | None = master
         self.output = b""
