@@ -60,7 +60,6 @@ def test_tune_malloc_is_a_no_op_elsewhere(monkeypatch):
     assert allocator.tune_malloc() is False
 
 
-@pytest.mark.slow
 def test_the_cli_tunes_malloc_before_measuring(cli, monkeypatch):
     from actstat import pipeline
 

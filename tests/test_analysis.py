@@ -189,7 +189,6 @@ def test_verdict_takes_the_most_fundamental_flag():
     assert verdict(()) == "healthy"
 
 
-@pytest.mark.slow
 def test_input_statistics_are_the_batchs_own():
     import numpy as np
     import torch

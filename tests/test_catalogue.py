@@ -91,7 +91,6 @@ def test_float16_at_depth_20_says_how_it_reduced(cli):
     assert "statistics were reduced in float32" in result.stderr
 
 
-@pytest.mark.slow
 def test_the_report_says_which_seed_ran_and_seeds_change_the_weights(cli):
     small = ["--depth", "2", "--width", "8", "--batch-size", "32", "--device", "cpu",
              "-f", "json", "--data", "gaussian"]

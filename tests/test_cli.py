@@ -68,7 +68,6 @@ def test_output_file(cli, tmp_path, fmt, check):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
 
-@pytest.mark.slow
 def test_no_grad_leaves_gradients_null(cli):
     raw = json.loads(cli("run", *SMALL, "--no-grad", "-f", "json").stdout)
     run = raw["runs"][0]
@@ -98,12 +97,10 @@ def test_steps_add_a_training_section(cli):
     assert rows[0]["train_still_symmetric"] == "False" and float(rows[0]["grad_std"]) > 0
 
 
-@pytest.mark.slow
 def test_quiet(cli):
     assert cli("run", *SMALL, "-f", "json", "-q").stderr == ""
 
 
-@pytest.mark.slow
 def test_yaml_config_and_cli_precedence(cli, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("model: {depth: 5, width: 8}\ninit: [lecun, randn]\n"
@@ -117,7 +114,6 @@ def test_yaml_config_and_cli_precedence(cli, tmp_path):
     assert len(raw["runs"][0]["layers"]) == 2 and raw["config"]["model"]["width"] == 8
 
 
-@pytest.mark.slow
 def test_every_option_reaches_the_config(cli):
     raw = json.loads(cli("run", "--init", "xavier", "--act", "tanh", "--depth", "2",
                          "--width", "7,5", "--batch-size", "20", "--data", "gaussian",
@@ -162,7 +158,6 @@ def test_lesson8_config_shows_the_lessons_three_activations(cli):
     assert means["general_relu"] == pytest.approx(means["relu"] - 0.5, abs=1e-5)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("args, code", [
     (["--init", "randn", "--fail-on", "exploding"], 1),
     (["--init", "randn", "--fail-on", "any"], 1),
@@ -176,7 +171,6 @@ def test_fail_on(cli, args, code):
         assert "--fail-on:" in result.stderr and "first:" in result.stderr
 
 
-@pytest.mark.slow
 def test_fail_on_still_writes_the_report(cli, tmp_path):
     path = tmp_path / "r.json"
     cli("run", *SMALL, "--init", "randn", "--fail-on", "exploding", "-f", "json",

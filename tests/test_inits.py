@@ -123,7 +123,6 @@ def test_default_is_nn_linears_own_reset():
     assert float(ours.abs().max()) <= 1 / math.sqrt(IN)
 
 
-@pytest.mark.slow
 def test_fan_mode_trap_on_a_hand_made_in_out_matrix():
     """A hand-made weight used as x @ W is stored (in, out): torch's fan_out *is* its fan-in.
 

@@ -44,7 +44,6 @@ def test_histogram_row_shades_by_log_count():
     assert levels == sorted(levels)  # more values, darker
 
 
-@pytest.mark.slow
 def test_hist_rows_in_the_table_equal_the_reports_counts(cli):
     raw = json.loads(cli("run", *SMALL, "--hist", "--act", "tanh", "-f", "json").stdout)
     text = cli("run", *SMALL, "--hist", "--act", "tanh").stdout

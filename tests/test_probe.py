@@ -137,7 +137,6 @@ def test_moments_of_a_constant_tensor_have_zero_std():
     assert std == 0.0 and mean == pytest.approx(0.1)
 
 
-@pytest.mark.slow
 def test_moments_of_half_precision_accumulate_in_float32():
     x = torch.randn(256, 256, generator=torch.Generator().manual_seed(0)).half()
     stats = moments(x, 0.0)
@@ -156,7 +155,6 @@ def test_nonfinite_values_show_in_min_and_max():
     assert (lo, hi) == (float("-inf"), float("inf"))
 
 
-@pytest.mark.slow
 def test_hooks_are_removed_and_mode_restored_even_on_error():
     model, x, activation = model_and_batch("relu")
     model.train()
@@ -206,7 +204,6 @@ def autograd_reference(model: nn.Module, x: torch.Tensor, labels: torch.Tensor):
     return float(loss.detach()), rows
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("act", ACTIVATIONS)
 def test_gradient_statistics_match_autograd(act):
     model, x, activation = model_and_batch(act)
@@ -220,7 +217,6 @@ def test_gradient_statistics_match_autograd(act):
             assert layer.grad[key] == pytest.approx(value, rel=1e-9, abs=1e-15), key
 
 
-@pytest.mark.slow
 def test_gradient_pass_keeps_forward_statistics_identical():
     model, x, activation = model_and_batch("tanh")
     labels = torch.zeros(37, dtype=torch.long)
@@ -231,7 +227,6 @@ def test_gradient_pass_keeps_forward_statistics_identical():
     assert [layer.post for layer in forward.layers] == [layer.post for layer in both.layers]
 
 
-@pytest.mark.slow
 def test_zero_init_weight_gradients_are_exactly_zero():
     model, x, activation = model_and_batch("relu", init="zeros", bias="zeros")
     measured = measure(model, x, torch.zeros(37, dtype=torch.long), activation=activation,
@@ -272,7 +267,6 @@ def test_the_probe_keeps_no_activation(with_grad):
     assert len(refs) == 7 and all(ref() is None for ref in refs)
 
 
-@pytest.mark.slow
 def test_counts_are_exact_beyond_float32_integers():
     from actstat.probe import count_fraction
 

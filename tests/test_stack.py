@@ -119,7 +119,6 @@ def test_stacked_leaves_each_scheme_its_own_gradients():
                                    atol=1e-12)
 
 
-@pytest.mark.slow
 def test_stacked_linear_matches_each_linear():
     built, x, _, _ = models("relu", ["kaiming", "lecun", "uniform"])
     first, second = (StackedLinear(torch.stack([m[i].weight.detach() for m in built]),
@@ -248,7 +247,6 @@ def test_compare_report_is_the_same_stacked_or_not(grad):
     _close(stacked, alone, rel=1e-4, count_atol=2 / (200 * 48))
 
 
-@pytest.mark.slow
 def test_progress_reports_every_scheme_once_in_stacked_runs():
     config = load_config(None, {"init": ["kaiming", "lecun"], "activation": ["relu", "tanh"],
                                 "model.depth": 2, "model.width": 8, "data.batch_size": 32,
@@ -268,7 +266,6 @@ def test_stacked_report_keeps_the_config_order():
         "kaiming + relu", "kaiming + tanh", "lecun + relu", "lecun + tanh"]
 
 
-@pytest.mark.slow
 def test_histogram_rows_survive_the_report_round_trip():
     config = load_config(None, {"init": ["kaiming", "lecun"], "model.depth": 2,
                                 "model.width": 8, "device": "cpu", "hist": True})
