@@ -56,6 +56,7 @@ def fine_grid_second_moment(fn) -> float:
     return float(trapezoid(fn(z) ** 2 * density, z))
 
 
+@pytest.mark.slow  # fine-grid integrals: seconds in all on 2 cores
 @pytest.mark.parametrize("name", ["gelu", "silu", "elu", "softplus", "mish"])
 def test_second_moment_gain_where_torch_has_none(name):
     expected = 1 / math.sqrt(fine_grid_second_moment(NUMPY[name]))

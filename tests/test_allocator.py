@@ -26,6 +26,7 @@ def large_allocations(fn) -> int:
     return sum(1 for event in prof.events() if event.self_cpu_memory_usage >= size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
 def test_a_pass_allocates_one_scratch_buffer_beyond_the_forward_itself(act):
     activation = make_activation(act)
@@ -46,6 +47,7 @@ def test_a_pass_allocates_one_scratch_buffer_beyond_the_forward_itself(act):
     assert large_allocations(ours) == large_allocations(bare) + 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_tune_malloc_is_accepted_by_glibc():
     code = "from actstat.allocator import tune_malloc; print(tune_malloc())"
@@ -59,11 +61,16 @@ def test_tune_malloc_is_a_no_op_elsewhere(monkeypatch):
 
 
 def test_the_cli_tunes_malloc_before_measuring(cli, monkeypatch):
+    from actstat import pipeline
+
     calls = []
-    monkeypatch.setattr("actstat.cli.tune_malloc", lambda: calls.append(1) or True)
+    measure = pipeline.profile
+    monkeypatch.setattr("actstat.cli.tune_malloc", lambda: calls.append("tune") or True)
+    monkeypatch.setattr(pipeline, "profile",
+                        lambda *args, **kwargs: calls.append("profile") or measure(*args, **kwargs))
     cli("run", "--depth", "2", "--width", "8", "--batch-size", "16", "--device", "cpu",
         "-f", "json")
-    assert calls == [1]
+    assert calls == ["tune", "profile"]
 
 
 # the CLI as the console script runs it, in a fresh process: does tune_malloc run before torch

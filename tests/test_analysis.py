@@ -28,6 +28,7 @@ def flags_of(run) -> set[str]:
     return {flag for layer in run.layers for flag in layer.flags}
 
 
+@pytest.mark.slow
 def test_kaiming_relu_is_healthy_and_drifts_as_documented(mnist_depth20):
     run = mnist_depth20["kaiming", "relu"]
     assert flags_of(run) == set() and run.verdict == "healthy"
@@ -37,6 +38,7 @@ def test_kaiming_relu_is_healthy_and_drifts_as_documented(mnist_depth20):
     assert 0.1 < worst_dead <= 0.25  # real, shown, not (yet) a flag
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init", ["default", "xavier"])
 def test_default_and_xavier_with_relu_vanish(mnist_depth20, init):
     run = mnist_depth20[init, "relu"]
@@ -44,6 +46,7 @@ def test_default_and_xavier_with_relu_vanish(mnist_depth20, init):
     assert "vanishing" in run.layers[-1].flags and "vanishing" not in run.layers[0].flags
 
 
+@pytest.mark.slow
 def test_randn_relu_explodes_from_the_first_layer(mnist_depth20):
     run = mnist_depth20["randn", "relu"]
     assert run.verdict == "exploding" and "exploding" in run.layers[0].flags
@@ -51,6 +54,7 @@ def test_randn_relu_explodes_from_the_first_layer(mnist_depth20):
     assert run.layers[0].pre.std == pytest.approx(28, rel=0.1)
 
 
+@pytest.mark.slow
 def test_randn_tanh_saturates_while_its_std_looks_stable(mnist_depth20):
     run = mnist_depth20["randn", "tanh"]
     assert run.verdict == "saturated"
@@ -59,6 +63,7 @@ def test_randn_tanh_saturates_while_its_std_looks_stable(mnist_depth20):
     assert run.layers[-1].post.saturated > 0.8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_zeros_is_symmetric_and_vanishing(mnist_depth20, act):
     run = mnist_depth20["zeros", act]
@@ -66,6 +71,7 @@ def test_zeros_is_symmetric_and_vanishing(mnist_depth20, act):
     assert all({"symmetric", "vanishing"} <= set(layer.flags) for layer in run.layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_constant_is_symmetric(mnist_depth20, act):
     run = mnist_depth20["constant", act]
@@ -73,6 +79,7 @@ def test_constant_is_symmetric(mnist_depth20, act):
     assert all("symmetric" in layer.flags for layer in run.layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init, pre_std, post_mean, post_std", [
     ("randn", 28, 11, 16.5),
     ("lecun", 1.0, 0.39, 0.60),
@@ -95,6 +102,7 @@ def test_reference_figures_of_one_linear_layer(init, pre_std, post_mean, post_st
     assert means == pytest.approx([pre_std, post_mean, post_std], rel=0.05)
 
 
+@pytest.mark.slow
 def test_every_init_and_activation_gives_one_complete_record_per_layer():
     config = load_config(None, {"init": list(INITS), "activation": list(ACTIVATIONS),
                                 "model.depth": 3, "model.width": 16, "data.batch_size": 64,
@@ -202,12 +210,14 @@ def grad_ratio(run) -> float:
     return run.layers[0].grad.std / run.layers[-1].grad.std
 
 
+@pytest.mark.slow
 def test_kaiming_relu_gradients_keep_their_scale(mnist_depth20):
     run = mnist_depth20["kaiming", "relu"]
     assert 0.5 < grad_ratio(run) < 2  # the issue: ≈ 1
     assert all(layer.grad.grad_to_data > 0 for layer in run.layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init, low, high", [("default", 1e-10, 1e-6), ("xavier", 1e-4, 1e-2)])
 def test_default_and_xavier_relu_gradients_vanish_in_the_early_layers(mnist_depth20, init, low,
                                                                       high):
@@ -217,6 +227,7 @@ def test_default_and_xavier_relu_gradients_vanish_in_the_early_layers(mnist_dept
     assert "grad_vanishing" not in run.layers[-1].flags
 
 
+@pytest.mark.slow
 def test_randn_tanh_gradients_explode_behind_a_stable_looking_forward(mnist_depth20):
     run = mnist_depth20["randn", "tanh"]
     assert grad_ratio(run) > 1e6  # the issue: ≈ 1e7
@@ -224,6 +235,7 @@ def test_randn_tanh_gradients_explode_behind_a_stable_looking_forward(mnist_dept
     assert run.verdict == "saturated"  # the forward cause comes first in the verdict
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_zeros_weight_gradients_are_exactly_zero(mnist_depth20, act):
     run = mnist_depth20["zeros", act]

@@ -11,6 +11,9 @@ import torch
 
 SMALL10 = ["--depth", "10", "--width", "32", "--batch-size", "256", "--device", "cpu"]
 
+# every test measures a baseline or a check run (seconds each)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def baseline(cli, tmp_path):
@@ -98,6 +101,7 @@ def test_per_metric_tolerances_and_metric_selection(cli, baseline, tmp_path):
     raw["runs"][0]["layers"][3]["post"]["std"] *= 1.5
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(raw))
+    cli("check", str(edited), code=1)  # each option below is what lets it pass
     cli("check", str(edited), "--metrics", "pre_std,grad_std")
     cli("check", str(edited), "--rtol", "0.6")
     config = tmp_path / "loose.yaml"

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,8 +15,10 @@ import pytest
 from actstat.atomic import write_atomic
 from actstat.errors import OutputError
 from conftest import ROOT, SMALL
+from terminal import colour_codes, run_on_a_terminal
 
 
+@pytest.mark.slow
 def test_default_run_prints_a_table_and_a_verdict(cli):
     result = cli("run", *SMALL)
     assert "kaiming + relu" in result.stdout
@@ -24,6 +27,7 @@ def test_default_run_prints_a_table_and_a_verdict(cli):
     assert "\x1b[" not in result.stdout  # no colour codes when stdout is not a terminal
 
 
+@pytest.mark.slow
 def test_every_combination_runs(cli):
     result = cli("run", *SMALL, "--init", "kaiming,lecun,randn", "--act", "relu,tanh",
                  "-f", "json")
@@ -32,6 +36,7 @@ def test_every_combination_runs(cli):
         (i, a) for i in ("kaiming", "lecun", "randn") for a in ("relu", "tanh")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["json", "csv", "markdown", "table"])
 def test_formats_go_to_stdout_and_nothing_else_does(cli, fmt):
     result = cli("run", *SMALL, "--init", "kaiming,randn", "-f", fmt)
@@ -43,8 +48,11 @@ def test_formats_go_to_stdout_and_nothing_else_does(cli, fmt):
         assert result.stdout.startswith("## actstat report")
     if fmt != "table":  # verdicts go to stderr, so a pipe gets the format alone
         assert "randn + relu: exploding from layer 1" in result.stderr
+    else:  # the table holds its verdicts: stderr stays empty
+        assert "randn + relu: exploding from layer 1" in result.stdout and result.stderr == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, check", [
     ("json", lambda text: json.loads(text)["schema_version"] == 1),
     ("csv", lambda text: text.startswith("scheme,init,act")),
@@ -70,6 +78,7 @@ def test_no_grad_leaves_gradients_null(cli):
     assert "grad std" not in table
 
 
+@pytest.mark.slow
 def test_gradients_are_on_by_default(cli):
     raw = json.loads(cli("run", *SMALL, "-f", "json").stdout)
     run = raw["runs"][0]
@@ -77,6 +86,7 @@ def test_gradients_are_on_by_default(cli):
     assert "grad std" in cli("run", *SMALL).stdout
 
 
+@pytest.mark.slow
 def test_steps_add_a_training_section(cli):
     result = cli("run", *SMALL, "--init", "zeros", "--steps", "3", "--lr", "0.2")
     assert "training: 3 SGD steps at lr 0.2" in result.stdout
@@ -118,6 +128,7 @@ def test_every_option_reaches_the_config(cli):
     assert raw["input"]["batch_size"] == 20 and raw["input"]["labelled"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_configs_run(cli, config):
@@ -133,6 +144,7 @@ def test_an_option_that_breaks_a_files_rule_is_named(cli):
         in result.stderr
 
 
+@pytest.mark.slow
 def test_lesson8_config_shows_the_lessons_three_activations(cli):
     raw = json.loads(cli("run", str(ROOT / "configs" / "lesson8.yaml"), "--device", "cpu",
                          "-f", "json").stdout)
@@ -196,19 +208,17 @@ ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("args, message", ERRORS, ids=[" ".join(e[0]) or "''" for e in ERRORS])
+@pytest.mark.parametrize("args, message", [
+    # -o's directory is checked when the report is written, after a full default run: slow
+    pytest.param(args, message, id=" ".join(args) or "''",
+                 marks=[pytest.mark.slow] if args[0] == "-o" else [])
+    for args, message in ERRORS])
 def test_user_errors_exit_2_with_one_line(cli, args, message):
     result = cli("run", *args, code=2)
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert message in lines[0] and "Traceback" not in result.stderr
-
-
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_requested_without_cuda(cli):
-    result = cli("run", "--device", "cuda:3", code=2)
-    assert "CUDA is not available" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 def test_bad_config_file_errors(cli, tmp_path):
@@ -254,6 +264,7 @@ def test_atomic_write_errors(tmp_path):
         locked.chmod(0o700)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_json(cli):
     args = ("run", *SMALL, "--init", "kaiming,randn,orthogonal", "--act", "relu,tanh",
             "-f", "json")
@@ -267,6 +278,7 @@ def run_process(*args: str, env: dict | None = None) -> subprocess.CompletedProc
                           text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120)
 
 
+@pytest.mark.slow
 def test_byte_identical_json_across_processes():
     first = run_process("run", *SMALL, "--init", "kaiming,xavier", "-f", "json")
     second = run_process("run", *SMALL, "--init", "kaiming,xavier", "-f", "json")
@@ -281,6 +293,7 @@ PROBE = ("import sys, atexit\n"
          "main()\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["-h"], ["--version"]])
 def test_help_and_version_do_not_import_torch(args):
     result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
@@ -289,16 +302,29 @@ def test_help_and_version_do_not_import_torch(args):
     assert result.stdout.rstrip().endswith("NO-TORCH"), result.stdout[-300:]
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_version():
     result = run_process("--version")
     assert result.returncode == 0 and result.stdout.strip().startswith("actstat ")
 
 
+@pytest.mark.slow
 def test_no_arguments_shows_help():
     result = run_process()
     assert result.returncode == 0 and "run" in result.stdout
 
 
-def test_no_color_in_a_terminal_like_environment(cli):
-    result = cli("run", *SMALL, "--init", "randn", env={"NO_COLOR": "1", "FORCE_COLOR": None})
-    assert "\x1b[" not in result.stdout
+@pytest.mark.slow
+@pytest.mark.parametrize("no_color", [None, "1"], ids=["colour", "NO_COLOR"])
+def test_a_terminal_gets_colour_unless_no_color_is_set(no_color):
+    # a pseudo-terminal, because colour appears only where stdout is a terminal (CliRunner's
+    # stdout never is); any value of NO_COLOR turns colour off (no-color.org)
+    code, output = run_on_a_terminal("run", *SMALL, "--init", "randn", env={"NO_COLOR": no_color})
+    text = output.decode(errors="replace")
+    assert code == 0, text
+    assert "randn + relu" in text and "exploding" in text  # the table and its verdict
+    verdict = re.search(rb"(\x1b\[[0-9;]*m)+exploding", output)  # the verdict word, styled
+    if no_color is None:
+        assert verdict and colour_codes(verdict.group(0)), text  # in its flag's colour
+    else:
+        assert colour_codes(output) == [], text  # bold may stay: NO_COLOR is about colour

@@ -8,7 +8,8 @@ import torch
 from actstat.config import load_config
 from actstat.pipeline import profile
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float32", 1e-3), ("float64", 1e-9),

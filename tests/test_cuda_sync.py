@@ -10,7 +10,8 @@ from actstat.inits import make_bias_init, make_init
 from actstat.model import build_mlp, initialise, stack_mlps
 from actstat.probe import measure, measure_stacked
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "general_relu"])

@@ -51,6 +51,18 @@ def test_brackets_survive(cli):
 
 
 def test_shell_completion_is_offered(cli):
-    assert "--install-completion" in cli("--help").stdout
-    script = cli("--show-completion").stdout  # for the shell this test runs under
-    assert "_ACTSTAT_COMPLETE" in script
+    shown = cli("--help").stdout
+    assert "--install-completion" in shown and "--show-completion" in shown
+
+
+@pytest.mark.parametrize("words, cword, expected", [("actstat ru", 1, "run"),
+                                                    ("actstat compare --so", 2, "--sort"),
+                                                    ("actstat check --stor", 2, "--stored-config")])
+def test_completion_answers_the_shell(words, cword, expected):
+    """What bash's completion function asks (the script --show-completion prints sets these)."""
+    from typer.testing import CliRunner
+
+    done = CliRunner().invoke(app, [], prog_name="actstat", env={
+        "_ACTSTAT_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)})
+    assert done.exit_code == 0, done.output
+    assert done.stdout.split() == [expected]

@@ -76,6 +76,8 @@ def test_every_init_fills_every_entry_with_finite_values(name):
 @pytest.mark.parametrize("name", INITS)
 def test_every_init_is_seeded(name):
     assert torch.equal(draw(name, seed=5), draw(name, seed=5))
+    if name not in ("zeros", "constant"):  # the seed is the one given, not a fixed one
+        assert not torch.equal(draw(name, seed=5), draw(name, seed=6))
 
 
 def test_constant_and_zeros_are_exact():

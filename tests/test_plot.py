@@ -60,6 +60,7 @@ def png_size(path) -> tuple[int, int]:
     return width, height
 
 
+@pytest.mark.slow
 def test_run_and_compare_draw_figures(cli, tmp_path):
     run_png, compare_png = tmp_path / "run.png", tmp_path / "compare.png"
     result = cli("run", *SMALL, "--plot", str(run_png))
@@ -69,6 +70,7 @@ def test_run_and_compare_draw_figures(cli, tmp_path):
     assert png_size(run_png) == png_size(compare_png) == (1200, 800)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix, magic", [(".svg", b"<?xml"), (".pdf", b"%PDF")])
 def test_a_saved_report_redraws_in_every_format(cli, tmp_path, suffix, magic):
     report = tmp_path / "r.json"
@@ -78,6 +80,7 @@ def test_a_saved_report_redraws_in_every_format(cli, tmp_path, suffix, magic):
     assert figure.read_bytes().startswith(magic)
 
 
+@pytest.mark.slow
 def test_the_plot_receives_every_schemes_series(cli, tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
@@ -105,6 +108,7 @@ def test_the_plot_receives_every_schemes_series(cli, tmp_path, monkeypatch):
     assert grads[report.runs[0].scheme] == [layer.grad.std for layer in report.runs[0].layers]
 
 
+@pytest.mark.slow
 def test_missing_matplotlib_says_how_to_install(cli, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = cli("run", *SMALL, "--plot", str(tmp_path / "f.png"), code=2)
@@ -112,11 +116,13 @@ def test_missing_matplotlib_says_how_to_install(cli, tmp_path, monkeypatch):
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_unknown_figure_type(cli, tmp_path):
     result = cli("run", *SMALL, "--plot", str(tmp_path / "f.gif"), code=2)
     assert "figures are written as .png, .svg, .pdf" in result.stderr
 
 
+@pytest.mark.slow
 def test_plot_does_not_import_torch(cli, tmp_path):
     report = tmp_path / "r.json"
     cli("run", *SMALL, "-f", "json", "-o", str(report))

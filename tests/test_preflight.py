@@ -27,6 +27,7 @@ def test_an_absurd_run_is_refused_with_the_estimate(cli):
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_force_runs_what_the_estimate_refuses(cli, monkeypatch):
     monkeypatch.setattr(pipeline, "available_memory", lambda device: 1024)  # 1 KiB free
     small = ["--depth", "2", "--width", "8", "--batch-size", "16", "--device", "cpu"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,8 @@ from actstat.config import load_config
 from actstat.inits import INITS
 from actstat.pipeline import profile
 from actstat.render import to_json
+
+pytestmark = pytest.mark.slow  # hundreds of generated configs per test
 
 
 def strict(text: str):

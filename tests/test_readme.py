@@ -234,6 +234,7 @@ def test_the_pages_have_examples():
     assert len(EXAMPLES) >= 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page, command, shown", EXAMPLES,
                          ids=[f"{p.relative_to(ROOT)}: {c}" for p, c, _ in EXAMPLES])
 def test_examples_print_what_the_page_shows(page, command, shown, example_dirs, monkeypatch,

@@ -81,6 +81,7 @@ def real_report() -> Report:
     return profile(config)
 
 
+@pytest.mark.slow
 def test_json_is_strict_and_round_trips(real_report):
     text = to_json(real_report)
     raw = strict_json(text)
@@ -116,6 +117,7 @@ def test_grad_and_train_in_json():
                                              "still_symmetric": True}
 
 
+@pytest.mark.slow
 def test_json_contract(real_report):
     raw = strict_json(to_json(real_report))
     assert raw["schema_version"] == 1
@@ -139,6 +141,7 @@ def test_nonfinite_numbers_become_null():
     assert second["post"]["mean"] is None and second["flags"] == ["nonfinite"]
 
 
+@pytest.mark.slow
 def test_an_overflowing_run_completes_with_nulls_and_says_where():
     config = load_config(None, {"init": ["randn"], "model.depth": 8, "dtype": "float16",
                                 "device": "cpu", "grad": False})
@@ -153,6 +156,7 @@ def test_an_overflowing_run_completes_with_nulls_and_says_where():
     assert report.runs[0].verdict == "nonfinite"
 
 
+@pytest.mark.slow
 def test_overflowing_gradients_are_nonfinite_too():
     config = load_config(None, {"init": ["randn"], "model.depth": 8, "dtype": "float16",
                                 "device": "cpu"})
@@ -178,6 +182,7 @@ def test_from_dict_refuses_other_documents(change, message):
         Report.from_dict([])
 
 
+@pytest.mark.slow
 def test_csv_has_one_row_per_scheme_and_layer(real_report):
     rows = list(csv.DictReader(io.StringIO(to_csv(real_report))))
     assert len(rows) == 4 * 4 and tuple(rows[0]) == CSV_COLUMNS
@@ -188,6 +193,7 @@ def test_csv_has_one_row_per_scheme_and_layer(real_report):
     assert synthetic[5]["flags"] == "symmetric;vanishing"
 
 
+@pytest.mark.slow
 def test_markdown_has_a_table_per_scheme(real_report):
     text = to_markdown(real_report)
     assert text.count("### ") == 4 and text.count("**Verdict:**") == 4

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import math
 
 import numpy as np
@@ -24,6 +24,7 @@ from actstat.probe import (
     measure,
     measure_stacked,
 )
+from actstat.report import Report
 
 NEAR_ZERO, CUT = 0.05, 0.97
 BATCH, FEATURES = 64, 20
@@ -69,6 +70,7 @@ def assert_same_layers(stacked, alone, *, rel: float, count_atol: float):
             assert np.abs(np.subtract(a.histogram, b.histogram)).max() <= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize("with_grad", [False, True])
 def test_stacked_equals_separate_for_every_activation(act, with_grad):
@@ -84,6 +86,7 @@ def test_stacked_equals_separate_for_every_activation(act, with_grad):
         assert_same_layers(stacked, alone, rel=1e-9, count_atol=2 / (BATCH * 24))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init", INITS)
 def test_stacked_equals_separate_for_every_init_in_float32(init):
     """float32: a batched matmul sums in its own order, so numbers agree to float rounding.
@@ -101,6 +104,7 @@ def test_stacked_equals_separate_for_every_init_in_float32(init):
                 assert a.grad["weight_std"] == 0
 
 
+@pytest.mark.slow
 def test_stacked_leaves_each_scheme_its_own_gradients():
     """The backward of the summed loss gives each stacked weight the gradient of its own
     model's loss, as a separate backward does."""
@@ -222,6 +226,7 @@ def _close(a, b, rel: float, count_atol: float, key: str = "") -> None:
         assert a == b, key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad", [True, False])
 def test_compare_report_is_the_same_stacked_or_not(grad):
     """The whole report of a 3 x 3 grid (MNIST, float32, with theory and histograms) is the
@@ -253,6 +258,7 @@ def test_progress_reports_every_scheme_once_in_stacked_runs():
     assert sorted(label for _, _, label in seen) == sorted(run.scheme for run in report.runs)
 
 
+@pytest.mark.slow
 def test_stacked_report_keeps_the_config_order():
     config = load_config(None, {"init": ["kaiming", "lecun"], "activation": ["relu", "tanh"],
                                 "model.depth": 2, "model.width": 8, "device": "cpu"})
@@ -267,4 +273,7 @@ def test_histogram_rows_survive_the_report_round_trip():
     for run in report.runs:
         for layer in run.layers:
             assert sum(layer.post.histogram) == config.data.batch_size * 8
-    assert dataclasses.replace(report).runs == report.runs
+    raw = json.loads(json.dumps(report.to_dict()))
+    assert [layer["post"]["histogram"] for layer in raw["runs"][0]["layers"]] == [
+        list(layer.post.histogram) for layer in report.runs[0].layers]
+    assert Report.from_dict(raw) == report  # histograms come back as the tuples they were

@@ -60,6 +60,7 @@ def fine_moments(phi, q: float, kinks: tuple[float, ...] = ()) -> tuple[float, f
             float(np.sum(slopes**2 * density(mid) * np.diff(y))))
 
 
+@pytest.mark.slow  # fine-grid integrals: seconds in all on 2 cores
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # the reference's exp at |y| ~ 1e3
 @pytest.mark.parametrize("q", [1e-4, 0.05, 1.0, 7.0, 100.0, 1e4])
 @pytest.mark.parametrize("name, params", CASES, ids=[f"{n}{p or ''}" for n, p in CASES])
@@ -117,6 +118,7 @@ def plain_iteration(length_map, q: float, steps: int) -> float:
     return q
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, params, sigma_w2, sigma_b2", [
     ("tanh", {}, 1.01, 0.0),  # slightly chaotic: a small positive q*, approached at rate 0.98
     ("tanh", {}, 1.5, 0.05),
@@ -139,6 +141,7 @@ def test_fixed_point_is_where_plain_iteration_ends(name, params, sigma_w2, sigma
     assert length_map(found.q_star) == pytest.approx(found.q_star, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_slow_approach_to_zero_still_reaches_zero():
     """tanh at σ_w² = 1 creeps onto q* = 0 as q_l ≈ 1/(2l): no iteration budget gets there
     plainly, and the answer is still exactly 0 (χ₁ = 1: critical)."""
@@ -165,6 +168,7 @@ def gaussian_wide():
     return {run.scheme: run for run in profile(config).runs}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["kaiming + relu", "xavier + tanh", "lecun + selu",
                                     "lecun + gelu"])
 def test_measured_post_std_within_five_percent_of_expected(gaussian_wide, scheme):
@@ -172,6 +176,7 @@ def test_measured_post_std_within_five_percent_of_expected(gaussian_wide, scheme
         assert layer.post.std == pytest.approx(layer.post.expected_std, rel=0.05), layer.index
 
 
+@pytest.mark.slow
 def test_selu_network_sits_at_mean_0_std_1(gaussian_wide):
     last = gaussian_wide["lecun + selu"].layers[-1]
     assert last.post.expected_mean == pytest.approx(0.0, abs=0.02)
@@ -179,6 +184,7 @@ def test_selu_network_sits_at_mean_0_std_1(gaussian_wide):
     assert (last.post.mean, last.post.std) == pytest.approx((0.0, 1.0), abs=0.05)
 
 
+@pytest.mark.slow
 def test_phases_of_the_classic_schemes():
     config = load_config(None, {"init": ["kaiming", "default", "randn"],
                                 "activation": ["relu", "tanh"], "model.depth": 3,
@@ -190,6 +196,7 @@ def test_phases_of_the_classic_schemes():
     assert phases["kaiming", "tanh"] == "chaotic"  # gain 5/3: χ₁ ≈ 1.2
 
 
+@pytest.mark.slow
 def test_theory_in_json_and_no_theory(cli):
     small = ["--depth", "3", "--width", "16", "--batch-size", "64", "--device", "cpu"]
     run = json.loads(cli("run", *small, "-f", "json").stdout)["runs"][0]

@@ -17,6 +17,7 @@ def trained():
     return {(run.init, run.act): run for run in profile(config).runs}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_zeros_never_move_and_stay_identical(trained, act):
     train = trained["zeros", act].train
@@ -30,12 +31,14 @@ def test_zeros_never_move_and_stay_identical(trained, act):
     assert all("grad_zero" in layer.flags for layer in trained["zeros", act].layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_constant_moves_but_stays_identical(trained, act):
     train = trained["constant", act].train
     assert all(layer.weight_delta > 0 and layer.still_symmetric for layer in train.layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_kaiming_units_move_apart_and_the_loss_falls(trained, act):
     train = trained["kaiming", act].train
@@ -43,6 +46,7 @@ def test_kaiming_units_move_apart_and_the_loss_falls(trained, act):
     assert train.loss[-1] < train.loss[0]
 
 
+@pytest.mark.slow
 def test_weight_change_is_the_relative_frobenius_distance():
     config = load_config(None, {"init": ["kaiming"], "model.depth": 2, "model.width": 8,
                                 "data.batch_size": 64, "train.steps": 1, "train.lr": 0.1,
