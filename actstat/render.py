@@ -622,6 +622,7 @@ def check_renderables(result: CheckResult, width: int | None = None) -> list[Ren
         note = left_out_note(fitted.left_out, width)
         if note:
             out.append(note)
+        out.append(Text(""))
     for scheme, layer, flag in result.flagged:
         out.append(Text(f"{scheme}: layer {layer} carries {flag}", style=FLAG_STYLES[flag]))
     for line in check_summary(result):

@@ -102,6 +102,7 @@ print(json.dumps({"code": code, "torch_when_tuned": seen, "torch_at_end": "torch
     ["compare", "--init", "kaiming,lecun", "--act", "relu"],
     ["check", "--max-drift", "1000"],
 ])
+@pytest.mark.slow
 def test_the_cli_tunes_malloc_before_torch_is_imported(command, tmp_path):
     import json
 
@@ -132,6 +133,7 @@ def test_the_environment_variable_turns_the_tuning_off(monkeypatch, value, tuned
     assert calls == (list(allocator.SETTINGS.items()) if tuned else [])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_the_cli_keeps_glibcs_defaults_when_told(tmp_path):
     import json

@@ -108,6 +108,7 @@ def test_check_refuses_a_corrupted_baseline(cli, good_report, tmp_path, how):
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_the_good_report_is_accepted(cli, good_report, tmp_path):
     # the corruptions above are the only thing wrong with the files they make
     path = tmp_path / "r.json"

@@ -8,9 +8,12 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # runs actstat in fresh shells
 
 SECTION = (ROOT / "docs" / "ci.md").read_text(encoding="utf-8")
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", SECTION, flags=re.S)

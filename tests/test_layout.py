@@ -101,6 +101,7 @@ def full_names(renderables) -> list[list[str]]:
     return [[str(c.header) for c in r.columns] for r in renderables if isinstance(r, Table)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
 def test_run_tables_read_right(run_report, width):
     full = full_names(render.tables(run_report, None))
@@ -112,6 +113,7 @@ def test_run_tables_read_right(run_report, width):
         assert {"layer", "post std", "flags"} <= {str(c.header) for c in table.columns}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
 def test_compare_reads_right(compare_report, width):
     full = full_names(render.compare_renderables(compare_report, "verdict", None))
@@ -125,12 +127,14 @@ def test_compare_reads_right(compare_report, width):
         assert re.search(rf"\b{run.verdict}\b", shown)
 
 
+@pytest.mark.slow
 def test_compare_at_full_width_keeps_every_column(compare_report):
     renderables = render.compare_renderables(compare_report, "verdict", None)
     assert [str(c.header) for c in renderables[0].columns] == list(render.COMPARE_COLUMNS)
     assert len(renderables) == 1  # no note: nothing left out
 
 
+@pytest.mark.slow
 def test_sparklines_shrink_before_a_number_leaves(compare_report):
     natural = min(len(compare_report.runs[0].layers), 40)
     shrunk_with_every_number = []
@@ -146,6 +150,7 @@ def test_sparklines_shrink_before_a_number_leaves(compare_report):
     assert {str(c.header): c.width for c in table.columns}["log std"] == natural
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
 def test_check_reads_right(check_result, width):
     full = full_names(render.check_renderables(check_result, None))
@@ -155,6 +160,7 @@ def test_check_reads_right(check_result, width):
     assert_reads_right(renderables, width, tables, full)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", (60, 80))
 def test_histograms_merge_bins_to_fit(run_report, width):
     block = render.histogram_block(run_report.runs[0], width)
@@ -232,6 +238,7 @@ needs_pty = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX ps
 
 
 @needs_pty
+@pytest.mark.slow
 @pytest.mark.parametrize("width", (80, 120))
 def test_compare_in_a_real_terminal(width):
     code, raw = in_terminal(["compare", *RUN], width, {"NO_COLOR": "1"})
@@ -245,6 +252,7 @@ def test_compare_in_a_real_terminal(width):
 
 
 @needs_pty
+@pytest.mark.slow
 def test_wide_keeps_every_column_in_a_narrow_terminal():
     code, raw = in_terminal(["compare", *RUN, "--wide"], 80, {"NO_COLOR": "1"})
     shown = ANSI.sub("", raw)
@@ -255,6 +263,7 @@ def test_wide_keeps_every_column_in_a_narrow_terminal():
 
 
 @needs_pty
+@pytest.mark.slow
 @pytest.mark.parametrize("how, coloured", [([], True), (["--no-color"], False),
                                            ("NO_COLOR", False)])
 def test_colour_in_a_terminal_unless_asked_not_to(how, coloured):

@@ -45,6 +45,7 @@ def built(tmp_path_factory):
     return sdist, wheel
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_the_licence_and_the_attribution(built):
     _, wheel = built
     with zipfile.ZipFile(wheel) as archive:

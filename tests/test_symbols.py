@@ -42,6 +42,7 @@ def test_which_streams_need_stand_ins(encoding, needs):
     assert needs_stand_ins(_Stream(encoding)) is needs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding", ["cp1252", "ascii"])
 @pytest.mark.parametrize("args", [["compare", *SMALL], ["run", *SMALL, "-f", "markdown"],
                                   ["run", *SMALL, "--hist"]], ids=["compare", "markdown", "hist"])
