@@ -336,7 +336,7 @@ def compare(
     """Run many schemes on the same batch and seed, one row each: which keeps the signal alive?
 
     Schemes: the --init × --act grid, the config's init × activation grid and its compare: list;
-    with none of them, the lesson's schemes (README). JSON is the same Report as `run` writes.
+    with none of them, the lesson's schemes (docs/commands.md). JSON is the same Report as `run` writes.
     Exit codes as `run`.
     """
     from actstat.config import LESSON_SCHEMES

@@ -24,8 +24,8 @@ def closest(name: str, choices: typing.Iterable[str]) -> str | None:
 
 # Other names the literature and other libraries use for a registered entry, by registry kind
 # (the `kind` that `lookup` is called with): alias -> (registry name, the parameters it implies).
-# Only names for the same computation: where a library draws differently, the note in README's
-# alias table says so. Keys are in normal form (`normal_form`).
+# Only names for the same computation: where a library draws differently, the note in
+# docs/configuration.md's alias table says so. Keys are in normal form (`normal_form`).
 ALIASES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "init": {
         "he": ("kaiming", {}),  # He et al. 2015

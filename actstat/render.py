@@ -274,7 +274,7 @@ def _plain(renderables: list[RenderableType], width: int) -> str:
 
 
 def to_json(report: Report) -> str:
-    """The documented JSON contract (README, "JSON report"); strict: no NaN, no Infinity."""
+    """The documented JSON contract (docs/json-schema.md); strict: no NaN, no Infinity."""
     return json.dumps(report.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
 
@@ -659,7 +659,7 @@ def check_markdown(result: CheckResult, limit: int = 200) -> str:
 
 
 def check_json(result: CheckResult) -> str:
-    """The machine-readable result (README, "Use in CI")."""
+    """The machine-readable result (docs/ci.md)."""
     body = {
         "passed": result.passed,
         "updated": result.updated,
