@@ -247,7 +247,8 @@ WideOpt = Annotated[bool, typer.Option(
     "--wide", help="Tables at full width in a terminal, however narrow (lines wrap); by default "
     "columns leave, least important first, so that every number shows whole.")]
 NoColorOpt = Annotated[bool, typer.Option(
-    "--no-color", help="No colour in tables (as the NO_COLOR environment variable).")]
+    "--no-color", help="No colour in tables or the progress bar (as the NO_COLOR environment "
+    "variable).")]
 
 
 class Display(NamedTuple):
@@ -298,7 +299,8 @@ def run(
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
-        hist=True if plot else hist), quiet=quiet, force=force, outputs=(output,), figure=plot)
+        hist=True if plot else hist), quiet=quiet, force=force, outputs=(output,), figure=plot,
+        no_color=no_color)
     _guarded(_emit, report, format, output, quiet, Display(wide, no_color))
     _figure(report, plot, quiet)
     _exit_on_flags(report, failing, quiet)
@@ -349,7 +351,7 @@ def compare(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
         hist=True if plot else hist), quiet=quiet, force=force, default_schemes=LESSON_SCHEMES,
-        outputs=(output,), figure=plot)
+        outputs=(output,), figure=plot, no_color=no_color)
     _guarded(_emit_compare, report, format, output, quiet, sort, detail,
              Display(wide, no_color))
     _figure(report, plot, quiet)
@@ -493,7 +495,7 @@ def check(
     _preflight(plan.config, (output, junit_xml, target if update else None))
     for note in () if quiet else plan.notes:
         typer.echo(note, err=True)
-    report = _profile_resolved(plan.config, quiet=quiet, force=force)
+    report = _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
     result = checking.evaluate(plan, report)
     _guarded(_emit_check, result, format, output, junit_xml, Display(wide, no_color))
     _check_verdict(plan, result, report, quiet)
@@ -601,7 +603,8 @@ def _preflight(resolved: Any, outputs: tuple[Path | None, ...], figure: Path | N
 
 def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, force: bool,
              default_schemes: list[dict[str, Any]] | None = None,
-             outputs: tuple[Path | None, ...] = (), figure: Path | None = None) -> Any:
+             outputs: tuple[Path | None, ...] = (), figure: Path | None = None,
+             no_color: bool = False) -> Any:
     """Load the config, check what the command will write (`_preflight`), and measure every
     scheme, with a progress bar on a terminal's stderr. The report records the config file,
     relative to the first output (`report.located`), for `check` to re-read."""
@@ -614,11 +617,11 @@ def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, for
     _preflight(resolved, outputs, figure)
     from actstat.report import located
 
-    report = _profile_resolved(resolved, quiet=quiet, force=force)
+    report = _profile_resolved(resolved, quiet=quiet, force=force, no_color=no_color)
     return located(report, config, outputs[0] if outputs else None)
 
 
-def _profile_resolved(resolved: Any, *, quiet: bool, force: bool) -> Any:
+def _profile_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool = False) -> Any:
     """Measure every scheme of a resolved config, with a progress bar on a terminal's stderr."""
     try:
         from actstat.pipeline import profile, schemes
@@ -629,7 +632,8 @@ def _profile_resolved(resolved: Any, *, quiet: bool, force: bool) -> Any:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        console = Console(stderr=True, no_color=no_color or None)
+        with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("measuring", total=len(schemes(resolved)))
             return profile(resolved, lambda done, total, label: bar.update(
                 task, completed=done, description=f"measured {label}"), force=force)

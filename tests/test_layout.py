@@ -201,9 +201,11 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 COLOUR = re.compile(r"\x1b\[(?:\d+;)*(?:3[0-8]|9[0-7])(?:;\d+)*m")  # a foreground colour
 
 
-def in_terminal(args: list[str], width: int, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """Run `python -m actstat ARGS` with stdout on a pseudo-terminal of `width` columns, as a
-    user's shell runs it; the exit code and what the terminal received (escape codes kept)."""
+def in_terminal(args: list[str], width: int, env: dict[str, str] | None = None,
+                stderr_too: bool = False) -> tuple[int, str]:
+    """Run `python -m actstat ARGS` with stdout (and with `stderr_too` stderr) on a
+    pseudo-terminal of `width` columns, as a user's shell runs it; the exit code and what the
+    terminal received (escape codes kept)."""
     import fcntl
     import pty
     import struct
@@ -216,7 +218,8 @@ def in_terminal(args: list[str], width: int, env: dict[str, str] | None = None) 
                    if key not in ("COLUMNS", "NO_COLOR")}
     environment |= {"TERM": "xterm-256color", **(env or {})}
     process = subprocess.Popen([sys.executable, "-m", "actstat", *args], stdin=follower,
-                               stdout=follower, stderr=subprocess.DEVNULL, env=environment,
+                               stdout=follower,
+                               stderr=follower if stderr_too else subprocess.DEVNULL, env=environment,
                                close_fds=True)
     os.close(follower)
     chunks = []
@@ -273,3 +276,17 @@ def test_colour_in_a_terminal_unless_asked_not_to(how, coloured):
     assert code == 0, raw
     assert "saturated" in ANSI.sub("", raw)
     assert bool(COLOUR.search(raw)) == coloured
+
+
+@needs_pty
+@pytest.mark.slow
+def test_no_color_reaches_the_progress_bar_too():
+    args = ["compare", *[a for a in RUN if a != "-q"], "-i", "randn,kaiming", "-a", "relu,tanh"]
+    code, raw = in_terminal(args, 120, stderr_too=True)
+    assert code == 0, raw
+    assert "measured" in ANSI.sub("", raw), "the progress bar ran on the terminal"
+    assert COLOUR.search(raw)
+    code, raw = in_terminal([*args, "--no-color"], 120, stderr_too=True)
+    assert code == 0, raw
+    assert "measured" in ANSI.sub("", raw)
+    assert not COLOUR.search(raw)
