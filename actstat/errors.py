@@ -19,3 +19,7 @@ class DeviceError(ActstatError):
 
 class OutputError(ActstatError):
     """An output file cannot be written."""
+
+
+class ModelSourceError(ActstatError):
+    """A user's model factory cannot be found, imported, called, or does not return an nn.Module."""
