@@ -19,3 +19,8 @@ class DeviceError(ActstatError):
 
 class OutputError(ActstatError):
     """An output file cannot be written."""
+
+
+class ModelError(ActstatError):
+    """A model cannot be profiled: nothing in it is measurable, its forward fails on the inputs,
+    or its output holds no tensor to take a loss of."""
