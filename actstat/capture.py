@@ -21,7 +21,8 @@ that runs more than once is `name#k`. By default the capture measures:
   activations are covered.
 
 `layers=` selects instead: module classes (`nn.Conv2d`) and/or fnmatch patterns on the names
-(`"blocks.*"`); a selected module that falls under none of the kinds above is `selected`.
+(`"blocks.*"`; `#k` is not part of the name matched); the outputs of the modules selected are
+measured (no `input` records), and one that falls under none of the kinds above is `selected`.
 
 A layer's statistics are reduced inside its forward hook, on the device, before any following
 in-place op can overwrite the tensor (definitions: actstat/analysis.py and the docstrings of
@@ -200,11 +201,12 @@ def bounded_activation(module: nn.Module) -> Activation | None:
 
 @dataclass
 class _Pending:
-    """A measured tensor (weakly held), whether its unit is the channel, and whether the next
+    """A tensor the capture has seen come out of a module (weakly held): its version when it
+    was measured (None: not measured), whether its unit is the channel, and whether the next
     module called with it is measured as its consumer."""
 
     ref: weakref.ref
-    version: int
+    version: int | None
     channels: bool
     consumer: bool
 
@@ -306,8 +308,8 @@ class _Recorder:
         self.stack.append(_Call(name, consumer, seen is not None and seen.channels, hand_on))
         if (isinstance(module, WEIGHT_TYPES) and not isinstance(module, nn.Embedding)
                 and x is not None and x.is_floating_point()
-                and (seen is None or seen.version != x._version)
-                and (self.selection is None or self._selected(module, name))):
+                and (seen is None or seen.version != x._version) and self.selection is None):
+            # `version`: an in-place op since it was measured changed it
             self._measure(module, f"{name}:input", "input", x, channels=(
                 x.dim() >= 3 and isinstance(module, CHANNEL_TYPES)), saturation=None)
 
@@ -336,7 +338,11 @@ class _Recorder:
             # nothing inside consumed it and a new tensor comes out (dropout in train mode)
             call.hand_on.consumer, consumer = False, True
         if consumer or channels:
-            self.tensors[id(x)] = _Pending(weakref.ref(x), x._version, channels, consumer)
+            seen = self._seen(x)
+            if seen is not None:
+                seen.channels, seen.consumer = channels, consumer
+            else:
+                self.tensors[id(x)] = _Pending(weakref.ref(x), None, channels, consumer)
         return replaced
 
     def _kind(self, module: nn.Module, call: _Call) -> str | None:
@@ -353,7 +359,7 @@ class _Recorder:
     def _selected(self, module: nn.Module, name: str) -> bool:
         assert self.selection is not None
         types, patterns = self.selection
-        base = name.split("#")[0].removesuffix(":input")
+        base = name.split("#")[0]
         return isinstance(module, types) or any(fnmatchcase(base, p) for p in patterns)
 
     def _seen(self, x: torch.Tensor | None) -> _Pending | None:
@@ -459,10 +465,7 @@ class _Recorder:
             device = record.stats.device
             rows.append(record.grad if record.grad is not None
                         else torch.zeros(2, dtype=torch.float64, device=device))
-            key = id(record.module)
-            if key not in weights:
-                weights[key] = self._weight(record.module)
-            entry = weights[key]
+            entry = self._weights(record, weights)
             if entry is not None:
                 rows.append(entry[0])
         if loss is not None and self.grad:
@@ -470,6 +473,18 @@ class _Recorder:
         device = rows[0].device
         host = torch.cat([row.to(device) for row in rows]).tolist()
         return self._unpack(host, weights)
+
+    def _weights(self, record: _Record, weights: dict[int, tuple[torch.Tensor, bool] | None]
+                 ) -> tuple[torch.Tensor, bool] | None:
+        """The weight numbers of a record's module (computed once per module; a module called
+        twice shows its one weight gradient on each call), None for an input record: the
+        weight belongs with the layer's output."""
+        if record.kind == "input":
+            return None
+        key = id(record.module)
+        if key not in weights:
+            weights[key] = self._weight(record.module)
+        return weights[key]
 
     def _weight(self, module: nn.Module) -> tuple[torch.Tensor, bool] | None:
         """((std, min, max) of dL/dW and std(W), trainable) for a module with a weight
@@ -500,7 +515,7 @@ class _Recorder:
             if self.grad:
                 grad = dict(zip(GRAD, host[at:at + 2]))
                 at += 2
-                entry = weights[id(record.module)]
+                entry = self._weights(record, weights)
                 if entry is not None:
                     values = host[at:at + len(WEIGHT_GRAD)]
                     at += len(WEIGHT_GRAD)
