@@ -413,11 +413,14 @@ class _Recorder:
         """MOMENTS, dead, [saturated], [histogram] of `x` as one float64 vector."""
         if x.dim() == 0:
             x = x.reshape(1)
-        others = tuple(d for d in range(x.dim()) if d != unit)
         # each unit's extremes: dead units are those whose min and max are both 0, and the
         # tensor's extremes come from them (the moments need no min/max pass of their own)
-        unit_lo = x.amin(dim=others) if others else x
-        unit_hi = x.amax(dim=others) if others else x
+        if unit == x.dim() - 1:
+            rows = x.reshape(-1, x.shape[-1])
+            unit_lo, unit_hi = rows.amin(dim=0), rows.amax(dim=0)
+        else:  # (batch, channels, positions): reduce the contiguous positions first
+            maps = x.reshape(x.shape[0], x.shape[1], -1)
+            unit_lo, unit_hi = maps.amin(dim=2).amin(dim=0), maps.amax(dim=2).amax(dim=0)
         lo, hi = unit_lo.amin().reshape(1), unit_hi.amax().reshape(1)
         scratch = self.scratch(x)
         stats = group_moments(x.unsqueeze(0), self.near_zero, scratch, extremes=(lo, hi))

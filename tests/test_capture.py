@@ -156,6 +156,7 @@ def test_an_activation_module_called_twice_gets_two_records_with_saturation():
     assert second.stats["saturated"] > 0.3 and "saturated" not in got.layers[1].stats
 
 
+@pytest.mark.slow  # ~2 s: the process's first convolution backward warms oneDNN up
 def test_inplace_relu_after_convolutions_measures_the_conv_output_and_backward_works():
     torch.manual_seed(0)
     model = InplaceResNet().train()
@@ -225,7 +226,9 @@ def test_histogram_counts_match_numpy():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("make", [ResidualMLP, SmallCNN], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("make", [ResidualMLP,
+                                  pytest.param(SmallCNN, marks=pytest.mark.slow)],  # 1.5 s each
+                         ids=["mlp", "cnn"])
 def test_half_precision(dtype, make):
     torch.manual_seed(0)
     model = make().to(dtype)
