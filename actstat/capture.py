@@ -471,11 +471,11 @@ class _Recorder:
             entry = self._weights(record, weights)
             if entry is not None:
                 rows.append(entry[0])
-        if loss is not None and self.grad:
+        if loss is not None:
             rows.append(loss.detach().reshape(1).to(torch.float64))
         device = rows[0].device
         host = torch.cat([row.to(device) for row in rows]).tolist()
-        return self._unpack(host, weights)
+        return self._unpack(host, weights, loss is not None)
 
     def _weights(self, record: _Record, weights: dict[int, tuple[torch.Tensor, bool] | None]
                  ) -> tuple[torch.Tensor, bool] | None:
@@ -506,7 +506,7 @@ class _Recorder:
         return torch.cat([g_std, g_min, g_max, data_std]).to(torch.float64), weight.requires_grad
 
     def _unpack(self, host: list[float],
-                weights: dict[int, tuple[torch.Tensor, bool] | None]) -> Capture:
+                weights: dict[int, tuple[torch.Tensor, bool] | None], has_loss: bool) -> Capture:
         layers, at = [], 0
         for record in self.records:
             keys = MOMENTS + ("dead",) + (("saturated",) if record.saturation else ())
@@ -533,7 +533,7 @@ class _Recorder:
                     grad = None
             layers.append(CapturedLayer(record.name, record.kind, type(record.module).__name__,
                                         record.shape, record.unit_dim, stats, grad, histogram))
-        loss = host[at] if self.grad and at < len(host) else None
+        loss = host[at] if has_loss else None
         return Capture(tuple(layers), loss)
 
 
