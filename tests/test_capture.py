@@ -349,3 +349,51 @@ def test_one_host_copy_per_pass(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "item", forbidden)
     got = capture(model, x, y, bins=5)
     assert calls["tolist"] == 1 and len(got.layers) > 10
+
+
+class _Kwargs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x, *, shift):
+        return self.fc(x + shift)
+
+
+def test_inputs_as_positional_tuple_and_keyword_dict():
+    torch.manual_seed(0)
+    model, x, shift = _Kwargs(), gaussian(5, 6), gaussian(5, 6, seed=3)
+    by_dict = capture(model, {"x": x, "shift": shift})
+    want = (x + shift).double().numpy()
+    assert by_dict.layers[0].name == "fc:input"
+    assert close(by_dict.layers[0].stats["std"], want.std(), 0.0, 1e-6)
+    pair = (gaussian(7, 2), gaussian(7, 3, seed=4))
+    got = capture(_TwoInputs(), pair, grad=False)
+    assert [layer.name for layer in got.layers] == ["fc:input", "fc"]
+    assert got.layers[0].shape == (7, 5)
+    with pytest.raises(ModelError, match=r"failed in Sequential \(Sequential\) on inputs of "
+                                         r"shape \(7, 2\), \(7, 3\): TypeError"):
+        capture(nn.Sequential(nn.Linear(2, 2)), pair)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, a, b):
+        return self.fc(torch.cat([a, b], dim=1))
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_containers_and_dropout_hand_the_tensor_on_to_its_consumer(train):
+    """Linear -> Dropout -> ReLU, and Linear -> Sequential(ReLU, Linear): the ReLU is the
+    consumer both times (in train mode dropout makes a new tensor, handed on all the same)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 8),
+                          nn.Sequential(nn.ReLU(), nn.Linear(8, 2))).train(train)
+    got = capture(model, gaussian(16, 4))
+    assert [(layer.name, layer.kind) for layer in got.layers] == [
+        ("0:input", "input"), ("0", "weight"), ("2", "activation"), ("3", "weight"),
+        ("4.0", "activation"), ("4.1", "weight")]
+    assert model.training == train and model[1].training == train
