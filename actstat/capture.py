@@ -107,13 +107,15 @@ class CapturedLayer:
     (of W) and `grad_to_data` (their ratio; None when std(W) is 0 or a number is not finite);
     the weight entries are None for a frozen weight. `histogram`: counts in equal bins over
     [min, max] (None unless asked for). `unit_dim`: the dimension of `shape` whose entries are
-    the units that `dead` counts."""
+    the units that `dead` counts. `weight_shape`: the shape of the module's weight parameter
+    (None for an input record or a module without one), for fan-in and fan-out."""
 
     name: str
     kind: str
     module_type: str
     shape: tuple[int, ...]
     unit_dim: int
+    weight_shape: tuple[int, ...] | None
     stats: dict[str, float]
     grad: dict[str, float | None] | None
     histogram: tuple[float, ...] | None
@@ -213,6 +215,7 @@ class _Pending:
 
 @dataclass
 class _Call:
+    module: int  # id of the module called
     name: str
     consumer: bool  # consumes a weight or norm layer's output
     channels: bool  # its input is a feature map whose unit is the channel
@@ -305,7 +308,7 @@ class _Recorder:
                 hand_on = seen
             else:
                 consumer, seen.consumer = True, False
-        self.stack.append(_Call(name, consumer, seen is not None and seen.channels, hand_on))
+        self.stack.append(_Call(id(module), name, consumer, seen is not None and seen.channels, hand_on))
         if (isinstance(module, WEIGHT_TYPES) and not isinstance(module, nn.Embedding)
                 and x is not None and x.is_floating_point()
                 and (seen is None or seen.version != x._version) and self.selection is None):
@@ -314,6 +317,9 @@ class _Recorder:
                 x.dim() >= 3 and isinstance(module, CHANNEL_TYPES)), saturation=None)
 
     def _after(self, module: nn.Module, args: tuple, out: Any) -> Any:
+        # calls whose forward raised and whose caller caught it never reach their forward hook
+        while len(self.stack) > 1 and self.stack[-1].module != id(module):
+            self.stack.pop()
         call = self.stack.pop()
         x = _first_tensor(out)
         if x is None or not x.is_floating_point():
@@ -531,8 +537,12 @@ class _Recorder:
                     grad["grad_to_data"] = ratio
                 if not record.differentiable:
                     grad = None
+            weight = getattr(record.module, "weight", None)
+            weight_shape = (tuple(weight.shape) if isinstance(weight, nn.Parameter)
+                            and record.kind != "input" else None)
             layers.append(CapturedLayer(record.name, record.kind, type(record.module).__name__,
-                                        record.shape, record.unit_dim, stats, grad, histogram))
+                                        record.shape, record.unit_dim, weight_shape, stats, grad,
+                                        histogram))
         loss = host[at] if has_loss else None
         return Capture(tuple(layers), loss)
 

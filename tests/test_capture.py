@@ -67,6 +67,10 @@ def expect(model: nn.Module, inputs, targets=None, *, rtol: float = 1e-5, loss=N
         a = ref.tensor.detach().double().numpy()
         assert layer.shape == a.shape, layer.name
         assert layer.unit_dim == ref.unit % a.ndim, layer.name
+        module = model.get_submodule(layer.name.split("#")[0].split(":")[0])
+        weight = getattr(module, "weight", None)
+        assert layer.weight_shape == (tuple(weight.shape) if layer.kind != "input" and isinstance(
+            weight, nn.Parameter) else None), layer.name
         want = numpy_stats(a, ref.unit, ref.saturated)
         assert set(layer.stats) == set(want), layer.name
         for key, value in want.items():
@@ -79,8 +83,6 @@ def expect(model: nn.Module, inputs, targets=None, *, rtol: float = 1e-5, loss=N
         g = ref.tensor.grad.double().numpy()
         assert close(layer.grad["mean"], g.mean(), g.std(), rtol), (layer.name, layer.grad)
         assert close(layer.grad["std"], g.std(), 0.0, rtol), (layer.name, layer.grad)
-        module = model.get_submodule(layer.name.split("#")[0].split(":")[0])
-        weight = getattr(module, "weight", None)
         if layer.kind == "input" or not isinstance(weight, nn.Parameter):
             assert "weight_std" not in layer.grad, layer.name
             continue
@@ -397,3 +399,29 @@ def test_containers_and_dropout_hand_the_tensor_on_to_its_consumer(train):
         ("0:input", "input"), ("0", "weight"), ("2", "activation"), ("3", "weight"),
         ("4.0", "activation"), ("4.1", "weight")]
     assert model.training == train and model[1].training == train
+
+
+class _Guarded(nn.Module):
+    """Catches its first layer's failure and goes on, as some models' fallbacks do."""
+
+    def __init__(self):
+        super().__init__()
+        self.strict = nn.Linear(3, 4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        try:
+            x = self.strict(x)
+        except RuntimeError:
+            x = torch.zeros(x.shape[0], 4)
+        return self.fc(x)
+
+
+def test_a_caught_failure_inside_the_forward_does_not_confuse_the_names():
+    got = capture(_Guarded(), gaussian(3, 5), grad=False)
+    assert [(layer.name, layer.kind) for layer in got.layers] == [("strict:input", "input"),
+                                                                  ("fc:input", "input"),
+                                                                  ("fc", "weight")]
+    whole = capture(_Guarded(), gaussian(3, 5), layers=_Guarded, grad=False).layers
+    assert [(layer.name, layer.kind, layer.shape) for layer in whole] == [("_Guarded", "selected",
+                                                                          (3, 2))]
