@@ -23,3 +23,8 @@ class OutputError(ActstatError):
 
 class ModelSourceError(ActstatError):
     """A user's model factory cannot be found, imported, called, or does not return an nn.Module."""
+
+
+class ModelError(ActstatError):
+    """A model cannot be profiled: nothing in it is measurable, its forward fails on the inputs,
+    or its output holds no tensor to take a loss of."""

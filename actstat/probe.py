@@ -143,6 +143,22 @@ def group_histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
     return counts.view(flat.shape[0], bins)
 
 
+def saturated_fraction(x: torch.Tensor, edges: tuple[float | None, float | None],
+                       work: torch.Tensor) -> torch.Tensor:
+    """The fraction of each group x[k] of a (K, ...) float32/float64 tensor at or beyond the
+    saturation edges (lo, hi) of `Activation.saturation_edges` (None: unbounded on that side),
+    computed in `work`, a buffer shaped like `x`. A (K,) vector; zeros when both edges are None."""
+    lo, hi = edges
+    if lo is not None and hi is not None:  # one pass: |x - mid| >= half-width
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        return count_fraction(torch.sub(x, mid, out=work).abs_().ge_(half))
+    if lo is not None:
+        return count_fraction(torch.sub(lo, x, out=work).ge_(0))
+    if hi is not None:
+        return count_fraction(torch.sub(x, hi, out=work).ge_(0))
+    return torch.zeros(x.shape[0], dtype=work.dtype, device=x.device)
+
+
 def exact(x: torch.Tensor) -> torch.Tensor:
     """`x` in a dtype where thresholds like 0.01 and 0.97 are what they say: half-precision
     tensors are compared in float32 (bfloat16 would round 0.97 to 0.96875)."""
@@ -196,15 +212,7 @@ class _Reducer:
         saturated = torch.zeros_like(stats[0])
         x = exact(x)
         if self.edges is not None:
-            lo, hi = self.edges
-            work = scratch.view_as(x)
-            if lo is not None and hi is not None:  # one pass: |x - mid| >= half-width
-                mid, half = (lo + hi) / 2, (hi - lo) / 2
-                saturated = count_fraction(torch.sub(x, mid, out=work).abs_().ge_(half))
-            elif lo is not None:
-                saturated = count_fraction(torch.sub(lo, x, out=work).ge_(0))
-            elif hi is not None:
-                saturated = count_fraction(torch.sub(x, hi, out=work).ge_(0))
+            saturated = saturated_fraction(x, self.edges, scratch.view_as(x))
         row = torch.stack([*stats, saturated.to(acc)], dim=1).to(torch.float64)
         if self.bins:
             row = torch.cat([row, group_histogram(x, stats[2], stats[3], self.bins)], dim=1)

@@ -1,0 +1,669 @@
+"""Capture: per-module statistics of any nn.Module's forward (and backward) pass, found by running it.
+
+Not yet wired into the Report: `capture` returns plain records (`Capture`, `CapturedLayer`) that
+the pipeline and the Python API will turn into LayerStats.
+
+Layers are the module calls the forward actually makes, in the order their forward returns
+(a block after its children), named by their `named_modules` path; the k-th call of a module
+that runs more than once is `name#k`. By default the capture measures:
+
+- `weight`: the output of every weight layer (nn.Linear, nn.Conv1d/2d/3d and their transposes,
+  nn.Embedding);
+- `activation`: the output of the module that consumes a weight or norm layer's output: the next
+  module called with that very tensor, or with one derived from it by in-place ops only
+  (`out += x`, `nn.ReLU(inplace=True)`), as its first tensor argument. Containers
+  (nn.Sequential) and pass-through modules (nn.Dropout, nn.Identity) hand it on;
+- `norm`: the output of every normalisation layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm);
+- `block`: the output of each repeated block (a child of an nn.ModuleList or nn.Sequential that
+  holds two or more modules of the same class with submodules of their own): the residual stream;
+- `input`: the input of a weight layer when it is not a tensor measured above (the model's data,
+  or what a functional activation such as `F.relu` or a reshape made), so that functional
+  activations are covered.
+
+`layers=` selects instead: module classes (`nn.Conv2d`) and/or fnmatch patterns on the names
+(`"blocks.*"`; `#k` is not part of the name matched); the outputs of the modules selected are
+measured (no `input` records), and one that falls under none of the kinds above is `selected`.
+
+A layer's statistics are reduced inside its forward hook, on the device, before any following
+in-place op can overwrite the tensor (definitions: actstat/analysis.py and the docstrings of
+actstat/probe.py's reductions, which do the work): mean, population std, min, max, near-zero
+fraction; `dead`: the fraction of units that are exactly 0 for every sample and position, the
+unit being the channel (dim 1) of a convolutional feature map and the last dim otherwise;
+`saturated` only for a known bounded activation module (its rule from actstat/activations.py).
+Half-precision tensors are reduced in float32.
+
+With `grad`, one backward pass of the loss: dL/d(output) of every measured tensor (mean, std;
+a tensor hook registered when it was measured, so an in-place op later still gives the gradient
+of the value that was measured) and, for a module with a weight, the std of dL/dW, its min and
+max, the std of W and their ratio (grad:data). The user's `.grad` tensors are set aside during
+the pass and put back after it, untouched.
+
+Everything a pass measured reaches the host in one copy (`torch.cat(...).tolist()`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import nn
+
+from actstat.activations import Activation, GeneralRelu, elu, selu, sigmoid, softplus, tanh
+from actstat.config import Thresholds
+from actstat.errors import ModelError
+from actstat.probe import (
+    count_fraction,
+    cross_entropy,
+    exact,
+    group_histogram,
+    group_moments,
+    saturated_fraction,
+)
+
+WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+    nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Embedding,
+)
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.GroupNorm,
+) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+# modules whose output is a (batch, channels, ...) feature map: its unit is the channel
+CHANNEL_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+)
+# modules that hand their input on (in eval mode, the same tensor): not a consumer of their own
+PASS_THROUGH: tuple[type[nn.Module], ...] = (
+    nn.Sequential, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout,
+)
+KINDS = ("input", "weight", "activation", "norm", "block", "selected")
+MOMENTS = ("mean", "std", "min", "max", "near_zero")
+# dL/d(output): mean, std; with a trainable weight, dL/dW: std, min, max, and W: std (probe.GRAD)
+GRAD = ("mean", "std")
+WEIGHT_GRAD = ("weight_std", "weight_min", "weight_max", "weight_data_std")
+
+
+@dataclass(frozen=True)
+class CapturedLayer:
+    """One measured tensor of one module call, as plain numbers.
+
+    `stats`: mean, std, min, max, near_zero, dead, and `saturated` for a bounded activation.
+    `grad`: None without a backward pass, or when the tensor was not part of the autograd graph
+    (a weight layer's input that is the data); else mean and std of dL/d(tensor) and, for a
+    module with a weight, `weight_std`, `weight_min`, `weight_max` (of dL/dW), `weight_data_std`
+    (of W) and `grad_to_data` (their ratio; None when std(W) is 0 or a number is not finite);
+    the weight entries are None for a frozen weight. `histogram`: counts in equal bins over
+    [min, max] (None unless asked for). `unit_dim`: the dimension of `shape` whose entries are
+    the units that `dead` counts. `weight_shape`: the shape of the module's weight parameter
+    (None for an input record or a module without one), for fan-in and fan-out."""
+
+    name: str
+    kind: str
+    module_type: str
+    shape: tuple[int, ...]
+    unit_dim: int
+    weight_shape: tuple[int, ...] | None
+    stats: dict[str, float]
+    grad: dict[str, float | None] | None
+    histogram: tuple[float, ...] | None
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One pass: every measured layer in execution order, and the loss of the backward pass."""
+
+    layers: tuple[CapturedLayer, ...]
+    loss: float | None
+
+
+def capture(model: nn.Module, inputs: Any, targets: torch.Tensor | None = None, *,
+            loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+            output: int | str | None = None,
+            layers: type[nn.Module] | str | Sequence[type[nn.Module] | str] | None = None,
+            grad: bool = True, bins: int = 0,
+            thresholds: Thresholds | None = None) -> Capture:
+    """Run `model` once on `inputs` (a tensor, a tuple of positional arguments or a dict of
+    keyword arguments) and measure the layers it ran; with `grad`, also one backward pass of
+    the loss: `loss(output, targets)` when given, cross-entropy against `targets` when given
+    (logits (..., classes) against targets (...)), else the sum of the output. `output` picks
+    the tensor of a tuple or dict output (default: the first tensor). The model runs in the mode
+    it is in (train or eval) and is left exactly as it was: parameters, buffers (BatchNorm
+    running statistics), `training`, `requires_grad`, existing `.grad` and hooks."""
+    t = thresholds if thresholds is not None else Thresholds()
+    selection = _selection(layers)
+    recorder = _Recorder(model, selection, grad=grad, bins=bins, near_zero=t.near_zero,
+                         saturation_cut=t.saturation_cut)
+    with _preserved(model, inputs), recorder.hooks():
+        with torch.enable_grad() if grad else torch.no_grad():
+            out = recorder.forward(inputs)
+            recorder.check_measured()
+            value = None
+            if grad:
+                value = _loss(_select(out, output), targets, loss)
+                if value.requires_grad:
+                    value.backward()
+                else:
+                    recorder.grad = False  # nothing upstream of the loss is differentiable
+        with torch.no_grad():
+            return recorder.collect(value)
+
+
+def repeated_blocks(model: nn.Module) -> set[int]:
+    """ids of the children of an nn.ModuleList or nn.Sequential that holds two or more modules
+    of one class that have submodules of their own (transformer layers, residual blocks)."""
+    ids: set[int] = set()
+    for container in model.modules():
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)):
+            continue
+        children = [c for c in container.children() if next(c.children(), None) is not None]
+        counts = Counter(type(c) for c in children)
+        ids.update(id(c) for c in children if counts[type(c)] >= 2)
+    return ids
+
+
+def bounded_activation(module: nn.Module) -> Activation | None:
+    """The registry's description of a bounded activation module (for its saturation rule), or
+    None. Hard clamps are described as general_relu's clamp is (scale 0: saturated = clamped);
+    ReLU6's lower end is relu's flat region (dead), not saturation."""
+    if isinstance(module, nn.Tanh):
+        return tanh()
+    if isinstance(module, nn.Sigmoid):
+        return sigmoid()
+    if isinstance(module, nn.SELU):
+        return selu()
+    if isinstance(module, nn.ELU):
+        return elu(alpha=module.alpha)
+    if isinstance(module, nn.Softplus):
+        return softplus(beta=module.beta)
+    # gains are not used by the capture: 1.0 stands in
+    if isinstance(module, nn.ReLU6):
+        return Activation("relu6", lambda: module, 1.0, upper=6.0, scale=0.0)
+    if isinstance(module, nn.Hardtanh):
+        return Activation("hardtanh", lambda: module, 1.0, lower=module.min_val,
+                          upper=module.max_val, scale=0.0)
+    if isinstance(module, nn.Hardsigmoid):
+        return Activation("hardsigmoid", lambda: module, 1.0, lower=0.0, upper=1.0, scale=0.0)
+    if isinstance(module, GeneralRelu) and module.clamp_max is not None:
+        return Activation("general_relu", lambda: module, 1.0, upper=module.clamp_max, scale=0.0)
+    return None
+
+
+@dataclass
+class _Pending:
+    """A tensor the capture has seen come out of a module (weakly held): its version when it
+    was measured (None: not measured), whether its unit is the channel, and whether the next
+    module called with it is measured as its consumer."""
+
+    ref: weakref.ref
+    version: int | None
+    channels: bool
+    consumer: bool
+
+
+@dataclass
+class _Call:
+    module: int  # id of the module called
+    name: str
+    consumer: bool  # consumes a weight or norm layer's output
+    channels: bool  # its input is a feature map whose unit is the channel
+    hand_on: _Pending | None  # a pass-through module's input that awaits its consumer
+
+
+@dataclass
+class _Record:
+    name: str
+    kind: str
+    module: nn.Module
+    shape: tuple[int, ...]
+    unit_dim: int
+    stats: torch.Tensor  # float64 vector: MOMENTS, dead, [saturated], [histogram]
+    saturation: bool
+    grad: torch.Tensor | None = None  # float64 (mean, std) once backward reached the tensor
+    differentiable: bool = False
+
+
+class _Recorder:
+    """The hooks of one pass and what they measured."""
+
+    def __init__(self, model: nn.Module, selection: tuple[tuple[type, ...], tuple[str, ...]] | None,
+                 *, grad: bool, bins: int, near_zero: float, saturation_cut: float):
+        self.model = model
+        self.selection = selection
+        self.grad = grad
+        self.bins = bins
+        self.near_zero = near_zero
+        self.cut = saturation_cut
+        self.names = {id(m): name or type(model).__name__ for name, m in model.named_modules()}
+        self.blocks = repeated_blocks(model)
+        self.convolutional = {id(m) for m in model.modules()
+                              if any(isinstance(s, CHANNEL_TYPES) for s in m.modules())}
+        self.calls: Counter[int] = Counter()
+        self.stack: list[_Call] = []
+        self.tensors: dict[int, _Pending] = {}
+        self.records: list[_Record] = []
+        self.ran: list[str] = []
+        self.zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self.bounded: dict[int, Activation | None] = {}
+        self._scratch: torch.Tensor | None = None
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    @contextmanager
+    def hooks(self) -> Iterator[None]:
+        """A forward pre-hook and a forward hook on every module, removed whatever happens."""
+        handles = []
+        try:
+            for module in self.model.modules():
+                handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
+                handles.append(module.register_forward_hook(self._after))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def forward(self, inputs: Any) -> Any:
+        """The model's output on `inputs`; a failure names the module it happened in."""
+        try:
+            if isinstance(inputs, Mapping):
+                return self.model(**inputs)
+            if isinstance(inputs, (tuple, list)):
+                return self.model(*inputs)
+            return self.model(inputs)
+        except Exception as error:
+            where = (f"in {self.stack[-1].name} ({type(self._module(self.stack[-1])).__name__})"
+                     if self.stack else "")
+            raise ModelError(f"the forward pass failed {where} on inputs of shape "
+                             f"{_shapes(inputs)}: {type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}") from error
+
+    def _module(self, call: _Call) -> nn.Module:
+        base = call.name.split("#")[0]
+        return next(m for m in self.model.modules() if self.names[id(m)] == base)
+
+    def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.calls[id(module)] += 1
+        count = self.calls[id(module)]
+        name = self.names.get(id(module), type(module).__name__)
+        name = name if count == 1 else f"{name}#{count}"
+        self.ran.append(name)
+        x = _first_tensor(args) if args else _first_tensor(kwargs)
+        seen = self._seen(x)
+        consumer, hand_on = False, None
+        if seen is not None and seen.consumer:
+            if isinstance(module, PASS_THROUGH):
+                # its children, or the module after it, consume the tensor
+                hand_on = seen
+            else:
+                consumer, seen.consumer = True, False
+        self.stack.append(_Call(id(module), name, consumer, seen is not None and seen.channels, hand_on))
+        if (isinstance(module, WEIGHT_TYPES) and not isinstance(module, nn.Embedding)
+                and x is not None and x.is_floating_point()
+                and (seen is None or seen.version != x._version) and self.selection is None):
+            # `version`: an in-place op since it was measured changed it
+            self._measure(module, f"{name}:input", "input", x, channels=(
+                x.dim() >= 3 and isinstance(module, CHANNEL_TYPES)), saturation=None)
+
+    def _after(self, module: nn.Module, args: tuple, out: Any) -> Any:
+        # calls whose forward raised and whose caller caught it never reach their forward hook
+        while len(self.stack) > 1 and self.stack[-1].module != id(module):
+            self.stack.pop()
+        call = self.stack.pop()
+        x = _first_tensor(out)
+        if x is None or not x.is_floating_point():
+            return None
+        kind = self._kind(module, call)
+        if self.selection is not None:
+            kind = (kind or "selected") if self._selected(module, call.name) else None
+        channels = x.dim() >= 3 and (call.channels or id(module) in self.convolutional)
+        replaced = None
+        if kind is not None:
+            if self.grad and not x.requires_grad:
+                # a tensor no parameter upstream of it trains (frozen layers, data): x + 0
+                # gives the graph a node whose gradient is dL/dx, and the same values
+                zero = self._zero(x)
+                new = x + zero
+                replaced = _replace(out, x, new)
+                if replaced is not None:
+                    x = new
+            self._measure(module, call.name, kind, x, channels, self._bounded(module))
+        consumer = isinstance(module, WEIGHT_TYPES + NORM_TYPES)
+        if call.hand_on is not None and call.hand_on.consumer and call.hand_on.ref() is not x:
+            # nothing inside consumed it and a new tensor comes out (dropout in train mode)
+            call.hand_on.consumer, consumer = False, True
+        if consumer or channels:
+            seen = self._seen(x)
+            if seen is not None:
+                seen.channels, seen.consumer = channels, consumer
+            else:
+                self.tensors[id(x)] = _Pending(weakref.ref(x), None, channels, consumer)
+        return replaced
+
+    def _kind(self, module: nn.Module, call: _Call) -> str | None:
+        if isinstance(module, WEIGHT_TYPES):
+            return "weight"
+        if isinstance(module, NORM_TYPES):
+            return "norm"
+        if id(module) in self.blocks:
+            return "block"
+        if call.consumer:
+            return "activation"
+        return None
+
+    def _selected(self, module: nn.Module, name: str) -> bool:
+        assert self.selection is not None
+        types, patterns = self.selection
+        base = name.split("#")[0]
+        return isinstance(module, types) or any(fnmatchcase(base, p) for p in patterns)
+
+    def _seen(self, x: torch.Tensor | None) -> _Pending | None:
+        """What the capture knows of `x`: a tensor it measured, unchanged since or changed by
+        in-place ops only (the same tensor object)."""
+        if x is None:
+            return None
+        entry = self.tensors.get(id(x))
+        return entry if entry is not None and entry.ref() is x else None
+
+    def _bounded(self, module: nn.Module) -> Activation | None:
+        key = id(module)
+        if key not in self.bounded:
+            self.bounded[key] = bounded_activation(module)
+        return self.bounded[key]
+
+    def _zero(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.dtype, x.device)
+        if key not in self.zeros:
+            self.zeros[key] = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+        return self.zeros[key]
+
+    # -- reductions -------------------------------------------------------------------------
+
+    def scratch(self, x: torch.Tensor) -> torch.Tensor:
+        """One buffer, grown to the largest tensor, for every reduction of the pass."""
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        buffer = self._scratch
+        if (buffer is None or buffer.numel() < x.numel() or buffer.dtype != acc
+                or buffer.device != x.device):
+            buffer = self._scratch = torch.empty(x.numel(), dtype=acc, device=x.device)
+        return buffer[:x.numel()]
+
+    def _measure(self, module: nn.Module, name: str, kind: str, x: torch.Tensor, channels: bool,
+                 saturation: Activation | None) -> None:
+        unit = 1 if channels else max(x.dim() - 1, 0)
+        with torch.no_grad():
+            stats = self._reduce(x.detach(), unit, saturation)
+        record = _Record(name, kind, module, tuple(x.shape), unit, stats, saturation is not None)
+        self.records.append(record)
+        seen = self._seen(x)
+        if seen is not None:
+            seen.version = x._version
+        else:
+            self.tensors[id(x)] = _Pending(weakref.ref(x), x._version, channels, False)
+        if self.grad and x.requires_grad:
+            record.differentiable = True
+            x.register_hook(lambda g, record=record: self._on_grad(record, g))
+
+    def _reduce(self, x: torch.Tensor, unit: int, saturation: Activation | None) -> torch.Tensor:
+        """MOMENTS, dead, [saturated], [histogram] of `x` as one float64 vector."""
+        if x.dim() == 0:
+            x = x.reshape(1)
+        # each unit's extremes: dead units are those whose min and max are both 0, and the
+        # tensor's extremes come from them (the moments need no min/max pass of their own)
+        if unit == x.dim() - 1:
+            rows = x.reshape(-1, x.shape[-1])
+            unit_lo, unit_hi = rows.amin(dim=0), rows.amax(dim=0)
+        else:  # (batch, channels, positions): reduce the contiguous positions first
+            maps = x.reshape(x.shape[0], x.shape[1], -1)
+            unit_lo, unit_hi = maps.amin(dim=2).amin(dim=0), maps.amax(dim=2).amax(dim=0)
+        lo, hi = unit_lo.amin().reshape(1), unit_hi.amax().reshape(1)
+        scratch = self.scratch(x)
+        stats = group_moments(x.unsqueeze(0), self.near_zero, scratch, extremes=(lo, hi))
+        acc = stats[0].dtype
+        dead = count_fraction(torch.logical_and(unit_lo == 0, unit_hi == 0).to(acc).unsqueeze(0))
+        parts = [*stats, dead.to(acc)]
+        if saturation is not None:
+            edges = saturation.saturation_edges(self.cut)
+            assert edges is not None
+            xs = exact(x).unsqueeze(0)
+            parts.append(saturated_fraction(xs, edges, scratch.view_as(xs)).to(acc))
+        row = torch.cat([p.reshape(1) for p in parts]).to(torch.float64)
+        if self.bins:
+            row = torch.cat([row, group_histogram(x.unsqueeze(0), stats[2], stats[3],
+                                                  self.bins)[0]])
+        return row
+
+    def _on_grad(self, record: _Record, g: torch.Tensor) -> None:
+        with torch.no_grad():
+            mean, std, *_ = group_moments(g.detach().unsqueeze(0), 0.0, self.scratch(g))
+            record.grad = torch.cat([mean, std]).to(torch.float64)
+
+    # -- results ----------------------------------------------------------------------------
+
+    def check_measured(self) -> None:
+        if self.records:
+            return
+        ran = ", ".join(self.ran[:8]) + (", ..." if len(self.ran) > 8 else "")
+        if self.selection is not None:
+            raise ModelError(f"no module of {type(self.model).__name__} matched layers=: the "
+                             f"modules that ran are {ran}")
+        raise ModelError(f"nothing to measure in {type(self.model).__name__}: no weight layer "
+                         "(Linear, Conv, Embedding), normalisation layer or repeated block "
+                         f"returned a floating-point tensor (modules that ran: {ran}); "
+                         "choose modules with layers=")
+
+    def collect(self, loss: torch.Tensor | None) -> Capture:
+        """Every record's numbers in one host copy."""
+        weights: dict[int, tuple[torch.Tensor, bool] | None] = {}
+        rows = []
+        for record in self.records:
+            rows.append(record.stats)
+            if not self.grad:
+                continue
+            device = record.stats.device
+            rows.append(record.grad if record.grad is not None
+                        else torch.zeros(2, dtype=torch.float64, device=device))
+            entry = self._weights(record, weights)
+            if entry is not None:
+                rows.append(entry[0])
+        if loss is not None:
+            rows.append(loss.detach().reshape(1).to(torch.float64))
+        device = rows[0].device
+        host = torch.cat([row.to(device) for row in rows]).tolist()
+        return self._unpack(host, weights, loss is not None)
+
+    def _weights(self, record: _Record, weights: dict[int, tuple[torch.Tensor, bool] | None]
+                 ) -> tuple[torch.Tensor, bool] | None:
+        """The weight numbers of a record's module (computed once per module; a module called
+        twice shows its one weight gradient on each call), None for an input record: the
+        weight belongs with the layer's output."""
+        if record.kind == "input":
+            return None
+        key = id(record.module)
+        if key not in weights:
+            weights[key] = self._weight(record.module)
+        return weights[key]
+
+    def _weight(self, module: nn.Module) -> tuple[torch.Tensor, bool] | None:
+        """((std, min, max) of dL/dW and std(W), trainable) for a module with a weight
+        parameter; None when it has none."""
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter):
+            return None
+        w = weight.detach().unsqueeze(0)
+        data_std = group_moments(w, 0.0, self.scratch(w))[1]
+        if weight.grad is None:
+            # frozen (reported as None), or trainable but not reached by backward: zero
+            g_std = g_min = g_max = torch.zeros_like(data_std)
+        else:
+            g = weight.grad.detach().unsqueeze(0)
+            _, g_std, g_min, g_max, _ = group_moments(g, 0.0, self.scratch(g))
+        return torch.cat([g_std, g_min, g_max, data_std]).to(torch.float64), weight.requires_grad
+
+    def _unpack(self, host: list[float],
+                weights: dict[int, tuple[torch.Tensor, bool] | None], has_loss: bool) -> Capture:
+        layers, at = [], 0
+        for record in self.records:
+            keys = MOMENTS + ("dead",) + (("saturated",) if record.saturation else ())
+            stats = dict(zip(keys, host[at:at + len(keys)]))
+            at += len(keys)
+            histogram = tuple(host[at:at + self.bins]) if self.bins else None
+            at += self.bins
+            grad: dict[str, float | None] | None = None
+            if self.grad:
+                grad = dict(zip(GRAD, host[at:at + 2]))
+                at += 2
+                entry = self._weights(record, weights)
+                if entry is not None:
+                    values = host[at:at + len(WEIGHT_GRAD)]
+                    at += len(WEIGHT_GRAD)
+                    trainable = entry[1]
+                    grad.update({k: (v if trainable or k == "weight_data_std" else None)
+                                 for k, v in zip(WEIGHT_GRAD, values)})
+                    ratio = None
+                    if trainable and values[3] > 0 and all(map(math.isfinite, values)):
+                        ratio = values[0] / values[3]
+                    grad["grad_to_data"] = ratio
+                if not record.differentiable:
+                    grad = None
+            weight = getattr(record.module, "weight", None)
+            weight_shape = (tuple(weight.shape) if isinstance(weight, nn.Parameter)
+                            and record.kind != "input" else None)
+            layers.append(CapturedLayer(record.name, record.kind, type(record.module).__name__,
+                                        record.shape, record.unit_dim, weight_shape, stats, grad,
+                                        histogram))
+        loss = host[at] if has_loss else None
+        return Capture(tuple(layers), loss)
+
+
+@contextmanager
+def _preserved(model: nn.Module, inputs: Any) -> Iterator[None]:
+    """Leaves the model as it was: `training` (every module's), buffers (a forward in train mode
+    moves BatchNorm's running statistics), and the `.grad` of every parameter and input tensor,
+    which are set aside so that the pass's backward accumulates into fresh tensors."""
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    leaves = list(model.parameters()) + [t for t in _tensors(inputs) if t.requires_grad]
+    grads = [(t, t.grad) for t in leaves]
+    for t in leaves:
+        t.grad = None
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        for t, saved_grad in grads:
+            t.grad = saved_grad
+        for module, mode in modes:
+            module.training = mode
+
+
+def _selection(layers: Any) -> tuple[tuple[type, ...], tuple[str, ...]] | None:
+    if layers is None:
+        return None
+    items = [layers] if isinstance(layers, (str, type)) else list(layers)
+    types = tuple(i for i in items if isinstance(i, type) and issubclass(i, nn.Module))
+    patterns = tuple(i for i in items if isinstance(i, str))
+    if len(types) + len(patterns) != len(items) or not items:
+        raise ModelError("layers= takes nn.Module classes and name patterns (e.g. nn.Conv2d, "
+                         f"'blocks.*'), got {layers!r}")
+    return types, patterns
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    """The value itself if it is a tensor, else the first tensor of a tuple, list or dict."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, Mapping):
+        items: Any = value.values()
+    elif isinstance(value, (tuple, list)):
+        items = value
+    else:
+        return None
+    return next((v for v in items if isinstance(v, torch.Tensor)), None)
+
+
+def _replace(value: Any, old: torch.Tensor, new: torch.Tensor) -> Any:
+    """`value` with `old` replaced by `new` (a tensor, or in a tuple, list or dict); None when
+    the container is of a kind that cannot be rebuilt here."""
+    if value is old:
+        return new
+    if type(value) in (tuple, list):
+        return type(value)(new if v is old else v for v in value)
+    if type(value) is dict:
+        return {k: new if v is old else v for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(new if v is old else v for v in value))
+    if isinstance(value, Mapping):
+        try:
+            rebuilt = copy.copy(value)
+            for k, v in value.items():
+                if v is old:
+                    rebuilt[k] = new
+            return rebuilt
+        except Exception:  # a read-only mapping: no replacement, no gradient for this output
+            return None
+    return None
+
+
+def _select(out: Any, output: int | str | None) -> torch.Tensor:
+    """The model output's tensor that the loss is taken of."""
+    if output is None:
+        tensor = _first_tensor(out)
+        what = "the model's output"
+    else:
+        try:
+            tensor = out[output]
+        except (KeyError, IndexError, TypeError) as error:
+            raise ModelError(f"output={output!r} does not select a tensor from the model's "
+                             f"output ({type(out).__name__}): {error}") from error
+        what = f"output[{output!r}]"
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+        raise ModelError(f"{what} holds no floating-point tensor to take a loss of "
+                         f"(got {type(out).__name__}); select one with output=")
+    return tensor
+
+
+def _loss(out: torch.Tensor, targets: Any, loss: Callable | None) -> torch.Tensor:
+    if loss is not None:
+        value = loss(out, targets)
+    elif targets is not None:
+        # logits (..., classes) against targets (...): a sequence model's tokens included
+        logits = out.reshape(-1, out.shape[-1]) if out.dim() > 2 else out
+        value = cross_entropy(logits, targets.reshape(-1) if out.dim() > 2 else targets)
+    else:
+        # no targets: the output's sum, so that every layer gets a gradient
+        value = out.float().sum()
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        raise ModelError("the loss must be a tensor with one element, got "
+                         f"{type(value).__name__}"
+                         + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                            else ""))
+    return value.reshape(())
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [v for v in value.values() if isinstance(v, torch.Tensor)]
+    if isinstance(value, (tuple, list)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
+
+
+def _shapes(value: Any) -> str:
+    shapes = [tuple(t.shape) for t in _tensors(value)]
+    return ", ".join(str(s) for s in shapes) if shapes else type(value).__name__

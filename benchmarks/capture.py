@@ -1,0 +1,91 @@
+"""The general probe's (actstat/capture.py) overhead: a captured pass against a bare PyTorch pass
+of the same model and batch, on the test zoo's CNN and pre-norm transformer.
+
+    python benchmarks/capture.py [--quick] [--device cpu|cuda]
+
+Sizes are chosen so that a bare forward takes about 0.1 s or more on a CPU (the issue's target:
+a captured forward within 1.15x of it). Ratios are medians of ABBA-paired repeats
+(benchmarks/run.py's `paired`); nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import torch  # noqa: E402
+from run import MALLOC_TUNED, cpu_name, paired  # noqa: E402  (tunes malloc before torch starts)
+from torch.nn import functional as F  # noqa: E402
+
+from actstat.capture import capture  # noqa: E402
+from models import SmallCNN, TinyTransformer, mnist_images  # noqa: E402
+
+
+def bare_forward(model, x):
+    with torch.no_grad():
+        model(x)
+
+
+def bare_backward(model, x, y):
+    # what capture's backward does: the user's .grad set aside, a fresh backward, put back
+    saved = [(p, p.grad) for p in model.parameters()]
+    for p, _ in saved:
+        p.grad = None
+    out = model(x).float()
+    F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
+    for p, grad in saved:
+        p.grad = grad
+
+
+def overheads(name, model, x, y, repeats, device) -> dict[str, float]:
+    short = name.split()[0]
+    bare, ours, forward = paired(lambda: bare_forward(model, x),
+                                 lambda: capture(model, x, grad=False), repeats, device)
+    print(f"{name:34} {'forward':18} {bare:8.3f} {ours:10.3f} {forward:6.2f}")
+    bare, ours, backward = paired(lambda: bare_backward(model, x, y),
+                                  lambda: capture(model, x, y), repeats, device)
+    print(f"{name:34} {'forward+backward':18} {bare:8.3f} {ours:10.3f} {backward:6.2f}")
+    return {f"capture_forward_overhead_{short}": forward,
+            f"capture_backward_overhead_{short}": backward,
+            f"capture_layers_{short}": len(capture(model, x, grad=False).layers)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    repeats = 3 if args.quick else 7
+    torch.manual_seed(0)
+    scale = 2 if args.quick else 1
+    cases = {
+        "cnn (conv+bn+relu+pool)": (
+            SmallCNN(channels=32).to(device).eval(),
+            mnist_images(512 // scale).to(device),
+            torch.randint(10, (512 // scale,)).to(device)),
+        "transformer (2 pre-norm blocks)": (
+            TinyTransformer(vocab=1000, dim=256, heads=8, depth=2).to(device).eval(),
+            torch.randint(1000, (32 // scale, 128)).to(device),
+            torch.randint(1000, (32 // scale, 128)).to(device)),
+    }
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), device {device}; malloc tuned: "
+          f"{'yes' if MALLOC_TUNED else 'no'}; median of {repeats}\n")
+    print(f"{'model':34} {'pass':18} {'bare s':>8} {'captured s':>10} {'ratio':>6}")
+    figures: dict[str, float] = {}
+    for name, (model, x, y) in cases.items():
+        figures.update(overheads(name, model, x, y, repeats, device))
+    print()
+    for key, value in figures.items():
+        print(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}")
+
+
+if __name__ == "__main__":
+    main()

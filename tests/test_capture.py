@@ -1,0 +1,427 @@
+"""actstat.capture against independent captures of the same tensors: each zoo model's `trace`
+(tests/models.py) is a plain forward that keeps every intermediate, with no hook and no actstat
+code; its tensors' statistics are recomputed here with NumPy in float64, and its gradients come
+from autograd's `retain_grad`."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from actstat.capture import capture
+from actstat.errors import ActstatError, ModelError
+from models import (
+    FunctionalMLP,
+    InplaceResNet,
+    ResidualMLP,
+    SharedTanh,
+    SmallCNN,
+    TinyTransformer,
+    TupleModel,
+    mnist_images,
+)
+
+NEAR_ZERO = 0.01  # Thresholds' default
+
+
+def numpy_stats(a: np.ndarray, unit: int, saturated=None) -> dict[str, float]:
+    """The statistics of analysis.py's definitions, from a float64 array: population std; dead =
+    the fraction of units (entries along `unit`) that are 0 for every sample and position."""
+    per_unit = np.moveaxis(a, unit % a.ndim, 0).reshape(a.shape[unit], -1)
+    stats = {"mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max(),
+             "near_zero": np.mean(np.abs(a) < NEAR_ZERO),
+             "dead": np.mean(np.all(per_unit == 0, axis=1))}
+    if saturated is not None:
+        stats["saturated"] = np.mean(saturated(a))
+    return stats
+
+
+def close(got: float | None, want: float, scale: float, rtol: float) -> bool:
+    return got is not None and abs(got - want) <= rtol * (abs(want) + abs(scale)) + 1e-30
+
+
+def expect(model: nn.Module, inputs, targets=None, *, rtol: float = 1e-5, loss=None,
+           reference_loss=None, **options):
+    """Capture `model` and compare every record with its trace: names, kinds, order, shapes,
+    statistics, dL/d(tensor), and the weights' gradients. Returns the capture."""
+    twin = copy.deepcopy(model).requires_grad_(True)  # frozen layers get reference gradients
+    refs, out = twin.trace(inputs)
+    if reference_loss is not None:
+        want_loss = reference_loss(out)
+    elif targets is not None:
+        logits = out.float()
+        want_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    else:
+        want_loss = out.float().sum()
+    want_loss.backward()
+
+    got = capture(model, inputs, targets, loss=loss, **options)
+    assert [(layer.name, layer.kind) for layer in got.layers] == [(r.name, r.kind) for r in refs]
+    assert close(got.loss, want_loss.item(), 0.0, rtol)
+    for layer, ref in zip(got.layers, refs):
+        a = ref.tensor.detach().double().numpy()
+        assert layer.shape == a.shape, layer.name
+        assert layer.unit_dim == ref.unit % a.ndim, layer.name
+        module = model.get_submodule(layer.name.split("#")[0].split(":")[0])
+        weight = getattr(module, "weight", None)
+        assert layer.weight_shape == (tuple(weight.shape) if layer.kind != "input" and isinstance(
+            weight, nn.Parameter) else None), layer.name
+        want = numpy_stats(a, ref.unit, ref.saturated)
+        assert set(layer.stats) == set(want), layer.name
+        for key, value in want.items():
+            scale = want["std"] if key in ("mean", "std", "min", "max") else 0.0
+            assert close(layer.stats[key], value, scale, rtol), (layer.name, key, layer.stats,
+                                                                 want)
+        if ref.tensor.grad is None:
+            assert layer.grad is None, layer.name
+            continue
+        g = ref.tensor.grad.double().numpy()
+        assert close(layer.grad["mean"], g.mean(), g.std(), rtol), (layer.name, layer.grad)
+        assert close(layer.grad["std"], g.std(), 0.0, rtol), (layer.name, layer.grad)
+        if layer.kind == "input" or not isinstance(weight, nn.Parameter):
+            assert "weight_std" not in layer.grad, layer.name
+            continue
+        w = weight.detach().double().numpy()
+        assert close(layer.grad["weight_data_std"], w.std(), 0.0, rtol), layer.name
+        if not weight.requires_grad:
+            assert layer.grad["weight_std"] is None and layer.grad["grad_to_data"] is None
+            continue
+        gw = twin.get_submodule(module_name(model, module)).weight.grad.double().numpy()
+        assert close(layer.grad["weight_std"], gw.std(), 0.0, rtol), layer.name
+        if w.std() == 0:  # norm layers start with weight 1: no ratio (analysis.py)
+            assert layer.grad["grad_to_data"] is None, layer.name
+        else:
+            assert close(layer.grad["grad_to_data"], gw.std() / w.std(), 0.0, rtol), layer.name
+        assert close(layer.grad["weight_min"], gw.min(), gw.std(), rtol), layer.name
+        assert close(layer.grad["weight_max"], gw.max(), gw.std(), rtol), layer.name
+    return got
+
+
+def module_name(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
+def gaussian(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def labels(n: int, classes: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(classes, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def test_residual_mlp_block_outputs_are_the_stream_and_dead_units_counted():
+    torch.manual_seed(0)
+    model = ResidualMLP()
+    with torch.no_grad():
+        model.blocks[1].fc1.bias[:8] = -100.0  # 8 of 32 units never fire: dead 0.25
+    got = expect(model, gaussian(64, 20), labels(64, 10))
+    assert got.layers[[layer.name for layer in got.layers].index("blocks.1.act")].stats["dead"] \
+        == 0.25
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_cnn_on_mnist_images_reduces_dead_units_per_channel(train):
+    torch.manual_seed(0)
+    model = SmallCNN().train(train)
+    with torch.no_grad():
+        model.bn2.bias[:4] = -50.0  # 4 of 16 channels are 0 after the ReLU: dead >= 0.25
+    got = expect(model, mnist_images(32), labels(32, 10))
+    relu2 = next(layer for layer in got.layers if layer.name == "relu2")
+    assert relu2.unit_dim == 1 and relu2.stats["dead"] >= 0.25  # numpy agreed above
+
+
+def test_pre_norm_transformer_on_tokens():
+    torch.manual_seed(0)
+    model = TinyTransformer().eval()
+    tokens = torch.randint(50, (4, 16), generator=torch.Generator().manual_seed(2))
+    expect(model, tokens, torch.roll(tokens, -1, dims=1), rtol=1e-4)
+
+
+def test_functional_relu_is_measured_as_the_next_layers_input():
+    torch.manual_seed(0)
+    got = expect(FunctionalMLP(), gaussian(40, 12), labels(40, 5))
+    assert [layer.name for layer in got.layers][-2:] == ["fc3:input", "fc3"]
+
+
+def test_an_activation_module_called_twice_gets_two_records_with_saturation():
+    torch.manual_seed(0)
+    model = SharedTanh()
+    with torch.no_grad():
+        model.fc2.weight.mul_(8.0)  # the second call saturates
+    got = expect(model, gaussian(50, 12), labels(50, 5))
+    second = next(layer for layer in got.layers if layer.name == "act#2")
+    assert second.stats["saturated"] > 0.3 and "saturated" not in got.layers[1].stats
+
+
+@pytest.mark.slow  # ~2 s: the process's first convolution backward warms oneDNN up
+def test_inplace_relu_after_convolutions_measures_the_conv_output_and_backward_works():
+    torch.manual_seed(0)
+    model = InplaceResNet().train()
+    with torch.no_grad():
+        model.stem.bias[:2] = -100.0  # 2 of 8 stem channels die in the in-place ReLU
+    got = expect(model, mnist_images(16), labels(16, 10))
+    stem, relu = got.layers[1], got.layers[2]
+    assert stem.stats["min"] < -50 and relu.stats["min"] == 0.0 and relu.stats["dead"] == 0.25
+
+
+def test_blocks_that_return_a_tuple_and_a_dict_output():
+    torch.manual_seed(0)
+    model = TupleModel()
+    x, y = gaussian(32, 16), labels(32, 4)
+    expect(model, x, y)
+    expect(model, x, y, output="logits")
+    with pytest.raises(ModelError, match="output='nope'"):
+        capture(model, x, y, output="nope")
+    with pytest.raises(ModelError, match="no floating-point tensor"):
+        capture(nn.Sequential(nn.Linear(3, 3), _Argmax()), gaussian(4, 3))
+
+
+class _Argmax(nn.Module):
+    def forward(self, x):
+        return x.argmax(dim=-1)
+
+
+@pytest.mark.parametrize("frozen", ["some", "all"])
+def test_frozen_parameters(frozen):
+    torch.manual_seed(0)
+    model = ResidualMLP()
+    parts = [model.inp, model.blocks[0]] if frozen == "some" else [model]
+    for part in parts:
+        part.requires_grad_(False)
+    got = expect(model, gaussian(32, 20), labels(32, 10))
+    assert got.layers[1].grad["weight_std"] is None  # inp's weight is frozen
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_frozen_blocks_that_return_tuples_get_gradients():
+    torch.manual_seed(0)
+    model = TupleModel().requires_grad_(False)
+    expect(model, gaussian(16, 16), labels(16, 4))
+
+
+def test_loss_callable_and_sum_without_targets():
+    torch.manual_seed(0)
+    model, x = ResidualMLP(), gaussian(16, 20)
+    expect(model, x)  # the output's sum
+    mse = lambda out, t: ((out - t) ** 2).mean()  # noqa: E731
+    target = gaussian(16, 10, seed=5)
+    expect(model, x, target, loss=mse, reference_loss=lambda out: mse(out, target))
+
+
+def test_histogram_counts_match_numpy():
+    torch.manual_seed(0)
+    model = FunctionalMLP()
+    x = gaussian(30, 12)
+    got = capture(model, x, bins=7, grad=False)
+    refs, _ = FunctionalMLP.trace(model, x)
+    for layer, ref in zip(got.layers, refs):
+        a = ref.tensor.detach().double().numpy()
+        counts, _ = np.histogram(a, bins=7, range=(a.min(), a.max()))
+        assert layer.histogram == tuple(float(c) for c in counts), layer.name
+        assert layer.grad is None
+    assert got.loss is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("make", [ResidualMLP,
+                                  pytest.param(SmallCNN, marks=pytest.mark.slow)],  # 1.5 s each
+                         ids=["mlp", "cnn"])
+def test_half_precision(dtype, make):
+    torch.manual_seed(0)
+    model = make().to(dtype)
+    x = mnist_images(8, dtype) if make is SmallCNN else gaussian(32, 20, dtype=dtype)
+    try:
+        model(x)
+    except RuntimeError as error:  # e.g. a CPU build without float16 convolutions
+        pytest.skip(f"{dtype} forward not supported here: {error}")
+    # the statistics are reduced in float32 from the same half-precision values: 1e-5 holds
+    expect(model, x, labels(x.shape[0], 10))
+
+
+def _state(model: nn.Module) -> dict:
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "grads": {n: (p.grad, None if p.grad is None else p.grad.clone())
+                  for n, p in model.named_parameters()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "hooks": {n: [dict(getattr(m, a)) for a in HOOK_DICTS]
+                  for n, m in model.named_modules()},
+    }
+
+
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+              "_backward_pre_hooks", "_forward_hooks_with_kwargs",
+              "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def _assert_same(before: dict, after: dict) -> None:
+    assert before["state"].keys() == after["state"].keys()
+    for key, value in before["state"].items():
+        assert torch.equal(value, after["state"][key]), key
+    for name, (tensor, values) in before["grads"].items():
+        tensor_after, values_after = after["grads"][name]
+        assert tensor_after is tensor, name  # the very tensor the user had
+        assert (values is None) == (values_after is None) and (
+            values is None or torch.equal(values, values_after)), name
+    for key in ("requires_grad", "training", "hooks"):
+        assert before[key] == after[key], key
+
+
+def test_the_model_is_left_as_it_was():
+    torch.manual_seed(0)
+    model = SmallCNN().train()
+    model.eval().bn2.train()  # mixed modes: each module's mode comes back
+    model.conv1.requires_grad_(False)
+    x, y = mnist_images(16), labels(16, 10)
+    F.cross_entropy(model(x), y).backward()  # the user's own .grad, which must survive
+    model.fc.register_forward_hook(lambda *args: None)
+    model.bn1.register_forward_pre_hook(lambda *args: None)
+    before = _state(model)
+    got = capture(model, x, y, bins=4)
+    assert got.layers and model.bn2.num_batches_tracked.item() == 1
+    _assert_same(before, _state(model))
+
+
+class _Fails(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.bad = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.bad(self.fc(x))
+
+
+def test_hooks_removed_and_state_restored_when_the_forward_raises():
+    model = _Fails().train()
+    bn_model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), _Fails())
+    for m in (model, bn_model):
+        before = _state(m)
+        with pytest.raises(ModelError, match=r"failed in (bad|2\.bad) \(Linear\) on inputs of "
+                                             r"shape \(6, 4\): RuntimeError"):
+            capture(m, gaussian(6, 4))
+        _assert_same(before, _state(m))
+
+
+def test_nothing_measurable_is_a_clear_error():
+    with pytest.raises(ActstatError, match="nothing to measure in Sequential.*layers="):
+        capture(nn.Sequential(nn.ReLU(), nn.Tanh()), gaussian(3, 4))
+    with pytest.raises(ModelError, match="no module of SmallCNN matched layers="):
+        capture(SmallCNN(), mnist_images(2), layers="nothing.*")
+    with pytest.raises(ModelError, match="layers= takes"):
+        capture(SmallCNN(), mnist_images(2), layers=[3])
+
+
+def test_selection_by_type_and_by_name_pattern():
+    torch.manual_seed(0)
+    cnn, images = SmallCNN(), mnist_images(4)
+    got = capture(cnn, images, layers=nn.Conv2d, grad=False)
+    assert [(layer.name, layer.kind) for layer in got.layers] == [("conv1", "weight"),
+                                                                  ("conv2", "weight")]
+    pools = capture(cnn, images, layers=[nn.MaxPool2d], grad=False).layers
+    assert [(p.name, p.kind, p.unit_dim, p.shape) for p in pools] == [
+        ("pool", "selected", 1, (4, 8, 14, 14)), ("pool#2", "selected", 1, (4, 16, 7, 7))]
+    transformer = TinyTransformer()
+    tokens = torch.randint(50, (2, 8))
+    names = [layer.name for layer in capture(transformer, tokens, layers="blocks.1.*").layers]
+    assert names == ["blocks.1.ln1", "blocks.1.attn", "blocks.1.ln2", "blocks.1.fc1",
+                     "blocks.1.act", "blocks.1.fc2"]
+
+
+def test_one_host_copy_per_pass(monkeypatch):
+    """No .item() per statistic: every number reaches the host in one tolist()."""
+    calls = {"tolist": 0}
+    tolist = torch.Tensor.tolist
+
+    def counted(self):
+        calls["tolist"] += 1
+        return tolist(self)
+
+    def forbidden(self):
+        raise AssertionError(".item() during a capture")
+
+    model, x, y = InplaceResNet(), mnist_images(4), labels(4, 10)
+    monkeypatch.setattr(torch.Tensor, "tolist", counted)
+    monkeypatch.setattr(torch.Tensor, "item", forbidden)
+    got = capture(model, x, y, bins=5)
+    assert calls["tolist"] == 1 and len(got.layers) > 10
+
+
+class _Kwargs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x, *, shift):
+        return self.fc(x + shift)
+
+
+def test_inputs_as_positional_tuple_and_keyword_dict():
+    torch.manual_seed(0)
+    model, x, shift = _Kwargs(), gaussian(5, 6), gaussian(5, 6, seed=3)
+    by_dict = capture(model, {"x": x, "shift": shift})
+    want = (x + shift).double().numpy()
+    assert by_dict.layers[0].name == "fc:input"
+    assert close(by_dict.layers[0].stats["std"], want.std(), 0.0, 1e-6)
+    pair = (gaussian(7, 2), gaussian(7, 3, seed=4))
+    got = capture(_TwoInputs(), pair, grad=False)
+    assert [layer.name for layer in got.layers] == ["fc:input", "fc"]
+    assert got.layers[0].shape == (7, 5)
+    with pytest.raises(ModelError, match=r"failed in Sequential \(Sequential\) on inputs of "
+                                         r"shape \(7, 2\), \(7, 3\): TypeError"):
+        capture(nn.Sequential(nn.Linear(2, 2)), pair)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, a, b):
+        return self.fc(torch.cat([a, b], dim=1))
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_containers_and_dropout_hand_the_tensor_on_to_its_consumer(train):
+    """Linear -> Dropout -> ReLU, and Linear -> Sequential(ReLU, Linear): the ReLU is the
+    consumer both times (in train mode dropout makes a new tensor, handed on all the same)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 8),
+                          nn.Sequential(nn.ReLU(), nn.Linear(8, 2))).train(train)
+    got = capture(model, gaussian(16, 4))
+    assert [(layer.name, layer.kind) for layer in got.layers] == [
+        ("0:input", "input"), ("0", "weight"), ("2", "activation"), ("3", "weight"),
+        ("4.0", "activation"), ("4.1", "weight")]
+    assert model.training == train and model[1].training == train
+
+
+class _Guarded(nn.Module):
+    """Catches its first layer's failure and goes on, as some models' fallbacks do."""
+
+    def __init__(self):
+        super().__init__()
+        self.strict = nn.Linear(3, 4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        try:
+            x = self.strict(x)
+        except RuntimeError:
+            x = torch.zeros(x.shape[0], 4)
+        return self.fc(x)
+
+
+def test_a_caught_failure_inside_the_forward_does_not_confuse_the_names():
+    got = capture(_Guarded(), gaussian(3, 5), grad=False)
+    assert [(layer.name, layer.kind) for layer in got.layers] == [("strict:input", "input"),
+                                                                  ("fc:input", "input"),
+                                                                  ("fc", "weight")]
+    whole = capture(_Guarded(), gaussian(3, 5), layers=_Guarded, grad=False).layers
+    assert [(layer.name, layer.kind, layer.shape) for layer in whole] == [("_Guarded", "selected",
+                                                                          (3, 2))]
