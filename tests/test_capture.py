@@ -13,8 +13,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from actstat.activations import ACTIVATIONS, make_activation
 from actstat.capture import capture
+from actstat.config import Thresholds
 from actstat.errors import ActstatError, ModelError
+from actstat.inits import make_bias_init, make_init
+from actstat.model import build_mlp, initialise
+from actstat.probe import measure
 from models import (
     FunctionalMLP,
     InplaceResNet,
@@ -425,3 +430,45 @@ def test_a_caught_failure_inside_the_forward_does_not_confuse_the_names():
     whole = capture(_Guarded(), gaussian(3, 5), layers=_Guarded, grad=False).layers
     assert [(layer.name, layer.kind, layer.shape) for layer in whole] == [("_Guarded", "selected",
                                                                           (3, 2))]
+
+
+# ---- the built-in MLP through the general probe ----------------------------------------------
+
+
+@pytest.mark.parametrize("init", ["kaiming", "randn", "zeros"])
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_the_builtin_mlp_measures_the_same_through_capture(name, init):
+    """The MLP probe's numbers (actstat/probe.py, what `run` reports) and the general probe's on
+    the same model and batch agree for every activation: weight record = pre, its consumer =
+    post (identity hands its input on, so there post is pre), dL/d(pre) and dL/dW from the
+    weight record. The groundwork for running the MLP through capture without a change."""
+    thresholds = Thresholds()
+    activation = make_activation(name)
+    model = initialise(
+        build_mlp(in_features=32, widths=[24, 24, 24], num_classes=10, bias=True,
+                  activation=activation),
+        make_init(init), make_bias_init("normal"), act_gain=activation.gain, seed=1,
+        device=torch.device("cpu"), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(128, 32, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 10, (128,), generator=generator)
+    probed = measure(model, inputs, labels, activation=activation,
+                     near_zero=thresholds.near_zero, saturation_cut=thresholds.saturation_cut)
+    captured = {record.name: record for record in capture(model, inputs, labels).layers}
+
+    def close(a, b):
+        return a == pytest.approx(b, rel=1e-12, abs=1e-300, nan_ok=True)
+
+    assert close(probed.loss, capture(model, inputs, labels).loss)
+    for i, raw in enumerate(probed.layers):
+        weight = captured[str(2 * i)]
+        consumer = captured.get(str(2 * i + 1), weight)
+        assert weight.kind == "weight" and weight.weight_shape == (raw.fan_out, raw.fan_in)
+        for key in ("mean", "std", "min", "max", "near_zero"):
+            assert close(raw.pre[key], weight.stats[key]), (i, "pre", key)
+            assert close(raw.post[key], consumer.stats[key]), (i, "post", key)
+        assert close(raw.pre["dead"], consumer.stats["dead"]), (i, "dead")
+        if consumer.stats.get("saturated") is not None:
+            assert close(raw.post["saturated"], consumer.stats["saturated"]), (i, "saturated")
+        for key in ("mean", "std", "weight_std", "weight_min", "weight_max", "weight_data_std"):
+            assert close(raw.grad[key], weight.grad[key]), (i, "grad", key)
