@@ -60,6 +60,7 @@ from actstat.activations import Activation, GeneralRelu, elu, selu, sigmoid, sof
 from actstat.config import Thresholds
 from actstat.errors import ModelError
 from actstat.probe import (
+    Scratch,
     count_fraction,
     cross_entropy,
     exact,
@@ -257,7 +258,7 @@ class _Recorder:
         self.ran: list[str] = []
         self.zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self.bounded: dict[int, Activation | None] = {}
-        self._scratch: torch.Tensor | None = None
+        self.scratch = Scratch()  # one buffer for every reduction of the pass
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -389,15 +390,6 @@ class _Recorder:
         return self.zeros[key]
 
     # -- reductions -------------------------------------------------------------------------
-
-    def scratch(self, x: torch.Tensor) -> torch.Tensor:
-        """One buffer, grown to the largest tensor, for every reduction of the pass."""
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        buffer = self._scratch
-        if (buffer is None or buffer.numel() < x.numel() or buffer.dtype != acc
-                or buffer.device != x.device):
-            buffer = self._scratch = torch.empty(x.numel(), dtype=acc, device=x.device)
-        return buffer[:x.numel()]
 
     def _measure(self, module: nn.Module, name: str, kind: str, x: torch.Tensor, channels: bool,
                  saturation: Activation | None) -> None:

@@ -165,6 +165,23 @@ def exact(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+class Scratch:
+    """One buffer per pass, grown to the largest tensor seen, in the accumulation dtype of the
+    tensor asked for: `scratch(x)` is x.numel() elements of it for `group_moments` and the masks
+    (no large allocation per layer; see group_moments)."""
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        buffer = self._buffer
+        if (buffer is None or buffer.numel() < x.numel() or buffer.dtype != acc
+                or buffer.device != x.device):
+            buffer = self._buffer = torch.empty(x.numel(), dtype=acc, device=x.device)
+        return buffer[:x.numel()]
+
+
 class _Reducer:
     """The hook bodies for one pass. Each takes a (K, batch, units) tensor (K models side by
     side; K = 1 for one model) and returns a (K, n) float64 tensor of reduced numbers; one
@@ -176,15 +193,7 @@ class _Reducer:
         self.near_zero = near_zero
         self.edges = activation.saturation_edges(saturation_cut)
         self.bins = bins
-        self._scratch: torch.Tensor | None = None
-
-    def scratch(self, x: torch.Tensor) -> torch.Tensor:
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        buffer = self._scratch
-        if (buffer is None or buffer.numel() < x.numel() or buffer.dtype != acc
-                or buffer.device != x.device):
-            buffer = self._scratch = torch.empty(x.numel(), dtype=acc, device=x.device)
-        return buffer[:x.numel()]
+        self.scratch = Scratch()
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
