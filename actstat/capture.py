@@ -120,6 +120,7 @@ class CapturedLayer:
     stats: dict[str, float]
     grad: dict[str, float | None] | None
     histogram: tuple[float, ...] | None
+    consumes: str | None = None  # an `activation`: the weight or norm layer call it consumes
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ class _Pending:
     version: int | None
     channels: bool
     consumer: bool
+    source: str | None = None  # the weight or norm layer call whose output it is
 
 
 @dataclass
@@ -219,6 +221,7 @@ class _Call:
     module: int  # id of the module called
     name: str
     consumer: bool  # consumes a weight or norm layer's output
+    consumes: str | None  # that layer's call name
     channels: bool  # its input is a feature map whose unit is the channel
     hand_on: _Pending | None  # a pass-through module's input that awaits its consumer
 
@@ -232,6 +235,7 @@ class _Record:
     unit_dim: int
     stats: torch.Tensor  # float64 vector: MOMENTS, dead, [saturated], [histogram]
     saturation: bool
+    consumes: str | None = None  # an activation record: the weight or norm call it consumes
     grad: torch.Tensor | None = None  # float64 (mean, std) once backward reached the tensor
     differentiable: bool = False
 
@@ -302,14 +306,15 @@ class _Recorder:
         self.ran.append(name)
         x = _first_tensor(args) if args else _first_tensor(kwargs)
         seen = self._seen(x)
-        consumer, hand_on = False, None
+        consumer, hand_on, consumes = False, None, None
         if seen is not None and seen.consumer:
             if isinstance(module, PASS_THROUGH):
                 # its children, or the module after it, consume the tensor
                 hand_on = seen
             else:
-                consumer, seen.consumer = True, False
-        self.stack.append(_Call(id(module), name, consumer, seen is not None and seen.channels, hand_on))
+                consumer, seen.consumer, consumes = True, False, seen.source
+        self.stack.append(_Call(id(module), name, consumer, consumes,
+                                seen is not None and seen.channels, hand_on))
         if (isinstance(module, WEIGHT_TYPES) and not isinstance(module, nn.Embedding)
                 and x is not None and x.is_floating_point()
                 and (seen is None or seen.version != x._version) and self.selection is None):
@@ -339,17 +344,19 @@ class _Recorder:
                 replaced = _replace(out, x, new)
                 if replaced is not None:
                     x = new
-            self._measure(module, call.name, kind, x, channels, self._bounded(module))
+            self._measure(module, call.name, kind, x, channels, self._bounded(module),
+                          consumes=call.consumes if kind == "activation" else None)
         consumer = isinstance(module, WEIGHT_TYPES + NORM_TYPES)
+        source = call.name if consumer else None
         if call.hand_on is not None and call.hand_on.consumer and call.hand_on.ref() is not x:
             # nothing inside consumed it and a new tensor comes out (dropout in train mode)
-            call.hand_on.consumer, consumer = False, True
+            call.hand_on.consumer, consumer, source = False, True, call.hand_on.source
         if consumer or channels:
             seen = self._seen(x)
             if seen is not None:
-                seen.channels, seen.consumer = channels, consumer
+                seen.channels, seen.consumer, seen.source = channels, consumer, source
             else:
-                self.tensors[id(x)] = _Pending(weakref.ref(x), None, channels, consumer)
+                self.tensors[id(x)] = _Pending(weakref.ref(x), None, channels, consumer, source)
         return replaced
 
     def _kind(self, module: nn.Module, call: _Call) -> str | None:
@@ -392,11 +399,12 @@ class _Recorder:
     # -- reductions -------------------------------------------------------------------------
 
     def _measure(self, module: nn.Module, name: str, kind: str, x: torch.Tensor, channels: bool,
-                 saturation: Activation | None) -> None:
+                 saturation: Activation | None, consumes: str | None = None) -> None:
         unit = 1 if channels else max(x.dim() - 1, 0)
         with torch.no_grad():
             stats = self._reduce(x.detach(), unit, saturation)
-        record = _Record(name, kind, module, tuple(x.shape), unit, stats, saturation is not None)
+        record = _Record(name, kind, module, tuple(x.shape), unit, stats, saturation is not None,
+                         consumes)
         self.records.append(record)
         seen = self._seen(x)
         if seen is not None:
@@ -534,7 +542,7 @@ class _Recorder:
                             and record.kind != "input" else None)
             layers.append(CapturedLayer(record.name, record.kind, type(record.module).__name__,
                                         record.shape, record.unit_dim, weight_shape, stats, grad,
-                                        histogram))
+                                        histogram, record.consumes))
         loss = host[at] if has_loss else None
         return Capture(tuple(layers), loss)
 

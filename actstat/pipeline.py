@@ -248,6 +248,10 @@ def _finish(config: Config, prepared: _Prepared, measurement: Measurement, batch
                      can_die=activation.dead_below is not None,
                      bounded=activation.saturation_edges(t.saturation_cut) is not None)
     layers = tuple(_with_expected(layer, e) for layer, e in zip(layers, prepared.expectations))
+    # the MLP is nn.Sequential(Linear, activation, ..., head): hidden layer k is module 2(k - 1)
+    module = f"Linear → {type(prepared.model[1]).__name__}"
+    layers = tuple(replace(layer, name=str(2 * (layer.index - 1)), module=module)
+                   for layer in layers)
     init, act = prepared.init, prepared.act
     init_params = {**init.params, "bias": init.bias.model_dump()}
     train = None

@@ -16,7 +16,13 @@ from typing import Any
 
 from actstat.errors import ActstatError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# versions `from_dict` reads: 1 (before layer names, kinds and user models) is read as the
+# built-in MLP it always was
+READABLE_VERSIONS = (1, 2)
+# what a layer row is (actstat/analysis.py, "Layers of any model"); the built-in MLP's rows
+# are all `weight` rows: a Linear and the activation that consumes it
+LAYER_KINDS = ("weight", "norm", "activation", "block", "input", "selected")
 # every flag a layer can carry, in verdict order (definitions: actstat/analysis.py)
 FLAGS = ("nonfinite", "symmetric", "exploding", "vanishing", "saturated", "grad_exploding",
          "grad_vanishing", "grad_zero", "dead")
@@ -79,13 +85,22 @@ class TrainStats:
 
 @dataclass(frozen=True)
 class LayerStats:
-    index: int  # 1 = the first hidden layer
-    fan_in: int
-    fan_out: int
-    pre: TensorStats  # the Linear's output
-    post: PostStats  # the activation's output
+    """One row: a weight or normalisation layer's output (`pre`) and that of the module that
+    consumes it (`post`), or one tensor on its own (`pre` None, `post` the tensor)."""
+
+    index: int  # 1 = the first row (the first hidden layer of the MLP)
+    fan_in: int | None  # None: the row has no weight (norm, block, activation, input)
+    fan_out: int  # the units of `post` (a conv feature map's channels)
+    pre: TensorStats | None  # the weight or norm layer's output; None: a row of one tensor
+    post: PostStats  # the consumer's output, or the row's one tensor
     grad: GradStats | None  # None: measured without a backward pass (--no-grad)
     flags: tuple[str, ...]
+    # the module's `named_modules` path (`blocks.3.mlp.fc1`; the k-th call of one module
+    # `name#k`); the MLP's Linear is `0`, `2`, `4`, ... of its nn.Sequential
+    name: str = field(default="", kw_only=True)
+    kind: str = field(default="weight", kw_only=True)  # one of LAYER_KINDS
+    # the module classes measured: "Linear → ReLU", "Conv2d", "BatchNorm2d → ReLU"
+    module: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -110,7 +125,9 @@ class Run:
     loss: float | None  # the initial cross-entropy; None without a backward pass
     layers: tuple[LayerStats, ...]
     train: TrainStats | None = None  # None: no training probe (steps: 0)
-    theory: Theory | None = None  # None: --no-theory
+    theory: Theory | None = None  # None: --no-theory, or a user's model
+    # a user's model: its factory (`nets.py:make_cnn`) or class name; None: the built-in MLP
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,8 +136,10 @@ class InputStats:
     batch_size: int
     features: int
     labelled: bool
-    mean: float | None
+    mean: float | None  # None: token ids, whose moments mean nothing
     std: float | None
+    # one sample's shape ((784,), (1, 28, 28), (32,) token ids); None: read from a version 1 file
+    shape: tuple[int, ...] | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -143,7 +162,8 @@ class Report:
             "torch_version": self.torch_version,
             "device": self.device,
             "config": dict(self.config),
-            "input": asdict(self.input),
+            "input": {**asdict(self.input), "shape": None if self.input.shape is None
+                      else list(self.input.shape)},
             "runs": [_run_dict(run) for run in self.runs],
             "config_file": self.config_file,
         }
@@ -157,9 +177,10 @@ class Report:
             raise ActstatError(f"{origin}: not an actstat report: the top level is {kind}, not a "
                                "JSON object")
         version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            readable = " and ".join(map(str, READABLE_VERSIONS))
             raise ActstatError(f"{origin}: report schema_version is {version!r}; this actstat "
-                               f"reads version {SCHEMA_VERSION}")
+                               f"reads versions {readable}")
         from actstat.schema import validate  # pydantic: loaded only when a report is read
 
         validate(raw, origin)
@@ -169,7 +190,7 @@ class Report:
             torch_version=raw["torch_version"],
             device=raw["device"],
             config=raw["config"],
-            input=InputStats(**raw["input"]),
+            input=_input_from(raw["input"]),
             runs=tuple(_run_from(run) for run in raw["runs"]),
             config_file=raw.get("config_file"),
         )
@@ -236,12 +257,16 @@ def _run_dict(run: Run) -> dict[str, Any]:
         "act_params": dict(run.act_params),
         "verdict": run.verdict,
         "loss": run.loss,
+        "model": run.model,
         "layers": [
             {
                 "index": layer.index,
+                "name": layer.name,
+                "kind": layer.kind,
+                "module": layer.module,
                 "fan_in": layer.fan_in,
                 "fan_out": layer.fan_out,
-                "pre": asdict(layer.pre),
+                "pre": None if layer.pre is None else asdict(layer.pre),
                 "post": {**asdict(layer.post), "histogram": None if layer.post.histogram is None
                          else list(layer.post.histogram)},
                 "grad": None if layer.grad is None else asdict(layer.grad),
@@ -271,16 +296,29 @@ def _run_from(raw: Mapping[str, Any]) -> Run:
                 index=layer["index"],
                 fan_in=layer["fan_in"],
                 fan_out=layer["fan_out"],
-                pre=TensorStats(**_only(TensorStats, layer["pre"])),
+                pre=None if layer["pre"] is None else TensorStats(**_only(TensorStats,
+                                                                          layer["pre"])),
                 post=_post_from(layer["post"]),
                 grad=None if layer["grad"] is None else GradStats(**_only(GradStats, layer["grad"])),
                 flags=tuple(layer["flags"]),
+                # version 1: the built-in MLP, whose k-th Linear is module 2(k - 1)
+                name=layer.get("name", str(2 * (layer["index"] - 1))),
+                kind=layer.get("kind", "weight"),
+                module=layer.get("module", ""),
             )
             for layer in raw["layers"]
         ),
+        model=raw.get("model"),
         train=None if raw["train"] is None else _train_from(raw["train"]),
         theory=None if raw.get("theory") is None else Theory(**_only(Theory, raw["theory"])),
     )
+
+
+def _input_from(raw: Mapping[str, Any]) -> InputStats:
+    fields_ = _only(InputStats, raw)
+    if fields_.get("shape") is not None:
+        fields_["shape"] = tuple(fields_["shape"])
+    return InputStats(**fields_)
 
 
 def _post_from(raw: Mapping[str, Any]) -> PostStats:

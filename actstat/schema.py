@@ -3,7 +3,9 @@ a Report, so a hand-edited or corrupted file is refused with the key path of its
 
 Torch-free (`actstat plot` reads reports without torch). Keys a later actstat adds are ignored,
 and the keys that schema version 1 gained after it first shipped (theory, expected values,
-histograms, the config file) may be absent, as `report._only` reads them.
+histograms, the config file) may be absent, as `report._only` reads them. Version 2 added layer
+names, kinds and modules, rows without a pre-activation or a fan-in, the run's `model` and the
+input's `shape`; a version 1 file (without them) is read as the built-in MLP it was.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actstat.errors import ActstatError
-from actstat.report import FLAGS, HEALTHY
+from actstat.report import FLAGS, HEALTHY, LAYER_KINDS
 
 # strict: "0.5" is not a number and 1 is not true; a JSON integer is still a valid float
 _STRICT = ConfigDict(strict=True, extra="ignore")
@@ -54,12 +56,16 @@ class GradModel(_Model):
 
 class LayerModel(_Model):
     index: Count
-    fan_in: Count
+    fan_in: Count | None  # None: a row without a weight (schema version 2)
     fan_out: Count
-    pre: TensorModel
+    pre: TensorModel | None  # None: a row of one tensor (schema version 2)
     post: PostModel
     grad: GradModel | None
     flags: list[Flag]
+    # schema version 2; a version 1 file is the built-in MLP's weight rows
+    name: str = ""
+    kind: Literal[LAYER_KINDS] = "weight"  # type: ignore[valid-type]
+    module: str = ""
 
 
 class TrainLayerModel(_Model):
@@ -96,6 +102,7 @@ class RunModel(_Model):
     layers: Annotated[list[LayerModel], Field(min_length=1)]
     train: TrainModel | None
     theory: TheoryModel | None = None
+    model: str | None = None  # schema version 2: a user's model
 
 
 class InputModel(_Model):
@@ -105,6 +112,7 @@ class InputModel(_Model):
     labelled: bool
     mean: Number
     std: NonNegative
+    shape: list[Count] | None = None  # schema version 2
 
 
 class ReportModel(_Model):
