@@ -34,6 +34,29 @@ Flags (thresholds are config keys; see actstat/config.py for their defaults and 
 - `grad_zero`: dL/dW is exactly zero in every entry: this layer's weights cannot learn (zero init).
 - `saturated`: saturated fraction > thresholds.saturated.
 
+Layers of any model (`actstat.profile`, `--model`; the records of actstat/capture.py):
+
+- Rows: a weight or normalisation layer's output is a row's `pre` and the output of the module
+  that consumes it (its activation: the next module called with that tensor) the row's `post`;
+  any other measured tensor (a weight layer with no module consuming it, such as a head or a
+  layer followed by `F.relu`; a repeated block's output, the residual stream; a weight layer's
+  input made by a functional op) is a row of its own, `post` only. Rows keep execution order.
+- `fan_in`: of a weight layer, as torch.nn.init computes it (weight.size(1) × the kernel's
+  size); None for rows without a weight. `fan_out`: the units of `post`, a feature map's
+  channels.
+- `dead`: the fraction of `post`'s units (a feature map's channels) that are exactly 0 for
+  every sample and position, whatever the module.
+- `saturated`: only where `post` comes from a known bounded activation module.
+- `symmetric`: as above, on the output of the row's weight layer (2+ units).
+- `vanishing`, `exploding`: against the input's std; for token ids (no meaningful std), against
+  the first row's post std.
+- `grad.mean`, `grad.std`: of dL/d(the row's first tensor); `grad_vanishing`, `grad_exploding`:
+  against the last row's, or the one before it when the last row is a weight layer whose
+  output nothing consumes (the head, as the MLP's reference is its last hidden layer; the head
+  itself is not held to it).
+- The loss: cross-entropy of the output against the targets, the caller's `loss`, or the sum
+  of the output when there are no targets (actstat/capture.py).
+
 The verdict of a scheme is the first of `FLAGS` (actstat/report.py) that any of its layers carries (the most
 fundamental cause first: symmetric weights explain vanishing, not the other way round), else
 `healthy`.
@@ -42,6 +65,7 @@ fundamental cause first: symmetric weights explain vanishing, not the other way 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,6 +81,7 @@ from actstat.report import (
 )
 
 if TYPE_CHECKING:
+    from actstat.capture import CapturedLayer
     from actstat.probe import RawLayer
 
 # the statistics every tensor has (actstat/probe.py reduces them in this order)
@@ -173,4 +198,112 @@ def _grad(raw: RawLayer, last_std: float | None, t: Thresholds) -> tuple[GradSta
         "grad_vanishing": relative is not None and relative < t.grad_vanishing,
         "grad_exploding": relative is not None and relative > t.grad_exploding,
         "grad_zero": finite and g["weight_min"] == 0 == g["weight_max"],
+    }
+
+
+def analyse_captured(records: Sequence[CapturedLayer], *, input_std: float | None,
+                     thresholds: Thresholds) -> tuple[LayerStats, ...]:
+    """One LayerStats per row of a capture (see "Layers of any model" above), in order."""
+    rows = pair_rows(records)
+    if not rows:
+        return ()
+    reference = input_std if input_std else rows[0][1].stats["std"]
+    head = rows[-1][0] is None and rows[-1][1].kind == "weight" and len(rows) > 1
+    last = rows[-2] if head else rows[-1]
+    last_grad = (last[0] or last[1]).grad
+    last_std = last_grad["std"] if last_grad is not None else None
+    return tuple(_captured_row(i, pre, post, reference,
+                               None if head and i == len(rows) else last_std, thresholds)
+                 for i, (pre, post) in enumerate(rows, start=1))
+
+
+def grad_reference(layers: Sequence[LayerStats]) -> LayerStats:
+    """The row whose gradient std the others' are held to: the last, or the one before it when
+    the last is a head (a weight layer whose output nothing consumes; never so in the MLP)."""
+    head = len(layers) > 1 and layers[-1].kind == "weight" and layers[-1].pre is None
+    return layers[-2] if head else layers[-1]
+
+
+def pair_rows(records: Sequence[CapturedLayer]) -> list[tuple[CapturedLayer | None,
+                                                              CapturedLayer]]:
+    """(pre, post) per row: an activation record joins the weight or norm record it consumes."""
+    rows: list[list[CapturedLayer | None]] = []
+    open_rows: dict[str, list[CapturedLayer | None]] = {}
+    for record in records:
+        if record.kind == "activation" and record.consumes in open_rows:
+            row = open_rows.pop(record.consumes)
+            row[0], row[1] = row[1], record
+            continue
+        row = [None, record]
+        rows.append(row)
+        if record.kind in ("weight", "norm"):
+            open_rows[record.name] = row
+    return [(pre, post) for pre, post in rows if post is not None]
+
+
+def torch_fans(weight_shape: Sequence[int]) -> tuple[int, int]:
+    """(fan_in, fan_out) as torch.nn.init computes them: size(1) and size(0), each times the
+    kernel's size (the product of the dimensions after the second)."""
+    receptive = math.prod(weight_shape[2:])
+    return weight_shape[1] * receptive, weight_shape[0] * receptive
+
+
+def _captured_row(index: int, pre_record: CapturedLayer | None, post_record: CapturedLayer,
+                  reference_std: float | None, last_grad_std: float | None,
+                  t: Thresholds) -> LayerStats:
+    first = pre_record or post_record
+    raw_post = post_record.stats
+    pre = None
+    if pre_record is not None:
+        pre = TensorStats(**{k: finite_or_none(pre_record.stats[k]) for k in MOMENTS})
+    bounds_finite = all(math.isfinite(r.stats[k]) for r in (pre_record, post_record)
+                        if r is not None for k in ("min", "max"))
+    histogram = None
+    if post_record.histogram is not None and bounds_finite:
+        histogram = tuple(round(c) for c in post_record.histogram)
+    post = PostStats(**{k: finite_or_none(raw_post[k]) for k in MOMENTS},
+                     dead=finite_or_none(raw_post["dead"]),
+                     saturated=finite_or_none(raw_post.get("saturated")),
+                     histogram=histogram)
+    units = post_record.shape[post_record.unit_dim] if post_record.shape else 1
+    weight = first if first.kind == "weight" and first.weight_shape is not None else None
+    fan_in = (torch_fans(weight.weight_shape)[0]
+              if weight is not None and len(weight.weight_shape) >= 2 else None)
+    grad, grad_flags = _captured_grad(first.grad or post_record.grad, last_grad_std, t)
+    std = raw_post["std"]
+    spread = weight.stats.get("spread") if weight is not None else None
+    flags = {
+        **grad_flags,
+        "nonfinite": not bounds_finite or grad_flags.get("nonfinite", False),
+        "symmetric": bounds_finite and units > 1 and spread is not None and spread <= t.symmetric,
+        "exploding": bounds_finite and reference_std is not None and std > t.exploding * reference_std,
+        "vanishing": bounds_finite and reference_std is not None and std < t.vanishing * reference_std,
+        "saturated": post.saturated is not None and post.saturated > t.saturated,
+        "dead": post.dead is not None and post.dead > t.dead,
+    }
+    module = first.module_type if pre_record is None else (
+        f"{pre_record.module_type} → {post_record.module_type}")
+    return LayerStats(index, fan_in, max(units, 1), pre, post, grad,
+                      tuple(flag for flag in FLAGS if flags.get(flag)),
+                      name=first.name, kind=first.kind, module=module)
+
+
+def _captured_grad(g: dict[str, float | None] | None, last_std: float | None,
+                   t: Thresholds) -> tuple[GradStats | None, dict[str, bool]]:
+    if g is None:
+        return None, {}
+    values = [g[k] for k in ("mean", "std", "weight_std", "weight_min", "weight_max")
+              if g.get(k) is not None]
+    finite = all(math.isfinite(v) for v in values)
+    stats = GradStats(finite_or_none(g["mean"]), finite_or_none(g["std"]),
+                      finite_or_none(g.get("weight_std")), finite_or_none(g.get("grad_to_data")))
+    std = g["std"]
+    relative = (std / last_std if finite and std is not None and last_std
+                and math.isfinite(last_std) else None)
+    trainable = g.get("weight_min") is not None
+    return stats, {
+        "nonfinite": not finite,
+        "grad_vanishing": relative is not None and relative < t.grad_vanishing,
+        "grad_exploding": relative is not None and relative > t.grad_exploding,
+        "grad_zero": finite and trainable and g["weight_min"] == 0 == g["weight_max"],
     }

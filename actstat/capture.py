@@ -304,7 +304,7 @@ class _Recorder:
         name = self.names.get(id(module), type(module).__name__)
         name = name if count == 1 else f"{name}#{count}"
         self.ran.append(name)
-        x = _first_tensor(args) if args else _first_tensor(kwargs)
+        x = first_tensor(args) if args else first_tensor(kwargs)
         seen = self._seen(x)
         consumer, hand_on, consumes = False, None, None
         if seen is not None and seen.consumer:
@@ -327,7 +327,7 @@ class _Recorder:
         while len(self.stack) > 1 and self.stack[-1].module != id(module):
             self.stack.pop()
         call = self.stack.pop()
-        x = _first_tensor(out)
+        x = first_tensor(out)
         if x is None or not x.is_floating_point():
             return None
         kind = self._kind(module, call)
@@ -582,7 +582,7 @@ def _selection(layers: Any) -> tuple[tuple[type, ...], tuple[str, ...]] | None:
     return types, patterns
 
 
-def _first_tensor(value: Any) -> torch.Tensor | None:
+def first_tensor(value: Any) -> torch.Tensor | None:
     """The value itself if it is a tensor, else the first tensor of a tuple, list or dict."""
     if isinstance(value, torch.Tensor):
         return value
@@ -621,7 +621,7 @@ def _replace(value: Any, old: torch.Tensor, new: torch.Tensor) -> Any:
 def _select(out: Any, output: int | str | None) -> torch.Tensor:
     """The model output's tensor that the loss is taken of."""
     if output is None:
-        tensor = _first_tensor(out)
+        tensor = first_tensor(out)
         what = "the model's output"
     else:
         try:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from actstat.errors import ActstatError
-from actstat.report import LayerStats, Report
+from actstat.report import API_SOURCE, LayerStats, Report
 
 # metric -> (which tensor, which statistic)
 METRICS: dict[str, tuple[str, str]] = {
@@ -200,13 +200,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def consistent(report: Report, depth: int, scheme_count: int, origin: str) -> None:
-    """A baseline's layers must match its own config: every run has `depth` layers, one run per
-    scheme. Raise an ActstatError that says what does not match."""
+def consistent(report: Report, depth: int | None, scheme_count: int, origin: str) -> None:
+    """A baseline's layers must match its own config: every run has `depth` layers (None: a
+    user's model, whose layers are found by running it), one run per scheme. Raise an
+    ActstatError that says what does not match."""
     if len(report.runs) != scheme_count:
         raise ActstatError(f"{origin}: holds {len(report.runs)} scheme(s) but its config describes "
                            f"{scheme_count}: the file was edited or truncated")
-    for run in report.runs:
+    for run in report.runs if depth is not None else ():
         if len(run.layers) != depth or [layer.index for layer in run.layers] != list(
                 range(1, depth + 1)):
             raise ActstatError(f"{origin}: scheme '{run.scheme}' has {len(run.layers)} layers "
@@ -276,8 +277,13 @@ def plan(request: CheckRequest) -> CheckPlan:
         return CheckPlan(request, load_config(config_path, overrides), config_path, None, (), ())
     assert target is not None
     base = read_report(target)
+    if base.config.get("source") == API_SOURCE:
+        raise ActstatError(f"{target}: was made by actstat.profile in Python: there is no config "
+                           "to measure again; save a baseline with `actstat baseline --model "
+                           "FILE.py:FACTORY` to check it here")
     own = config_from_dict(base.config, str(target))
-    consistent(base, own.model.depth, len(schemes(own)), str(target))
+    consistent(base, None if own.model.factory else own.model.depth, len(schemes(own)),
+               str(target))
     notes: list[str] = []
     config_path = request.config
     recorded = config_file_of(base, target)

@@ -170,6 +170,10 @@ def _overrides(**options: Any) -> dict[str, Any]:
         overrides["init"] = [n for given in options["init"] for n in _names("--init", given)]
     if options["act"]:
         overrides["activation"] = [n for given in options["act"] for n in _names("--act", given)]
+    if options.get("model") is not None:
+        overrides["model.factory"] = options["model"]
+    if options.get("layers") is not None:
+        overrides["model.layers"] = _names("--layers", options["layers"])
     return overrides
 
 
@@ -196,6 +200,14 @@ InitOpt = Annotated[list[str] | None, typer.Option(
 ActOpt = Annotated[list[str] | None, typer.Option(
     "--act", "-a", metavar="NAME[,NAME...]", show_default=False,
     help="Activation name(s), comma-separated or repeated: relu,tanh.")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", metavar="FILE.py:FACTORY", show_default=False,
+    help="Profile your own model: a factory in a file (nets.py:make_cnn) or a module "
+    "(package.module:factory), instead of the built-in MLP.")]
+LayersOpt = Annotated[str | None, typer.Option(
+    "--layers", metavar="WHICH[,WHICH...]", show_default=False,
+    help="With --model: measure only these modules: classes (Conv2d) or name patterns "
+    "(blocks.*).")]
 DepthOpt = Annotated[str | None, typer.Option(
     "--depth", "-d", metavar="INT", help="Hidden Linear+activation blocks.", show_default=False)]
 WidthOpt = Annotated[str | None, typer.Option(
@@ -269,6 +281,8 @@ def run(
     config: ConfigArg = None,
     init: InitOpt = None,
     act: ActOpt = None,
+    model: ModelOpt = None,
+    layers: LayersOpt = None,
     depth: DepthOpt = None,
     width: WidthOpt = None,
     batch_size: BatchOpt = None,
@@ -298,7 +312,8 @@ def run(
     failing = _check_output_options(format, fail_on)
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
+        seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
+        theory=theory, steps=steps, lr=lr,
         hist=True if plot else hist), quiet=quiet, force=force, outputs=(output,), figure=plot,
         no_color=no_color)
     _guarded(_emit, report, format, output, quiet, Display(wide, no_color))
@@ -311,6 +326,8 @@ def compare(
     config: ConfigArg = None,
     init: InitOpt = None,
     act: ActOpt = None,
+    model: ModelOpt = None,
+    layers: LayersOpt = None,
     depth: DepthOpt = None,
     width: WidthOpt = None,
     batch_size: BatchOpt = None,
@@ -349,7 +366,8 @@ def compare(
         raise _fail(f"--sort: unknown order '{sort}'; choose from: {', '.join(SORTS)}")
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=steps, lr=lr,
+        seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
+        theory=theory, steps=steps, lr=lr,
         hist=True if plot else hist), quiet=quiet, force=force, default_schemes=LESSON_SCHEMES,
         outputs=(output,), figure=plot, no_color=no_color)
     _guarded(_emit_compare, report, format, output, quiet, sort, detail,
@@ -367,6 +385,8 @@ def baseline(
     config: ConfigArg = None,
     init: InitOpt = None,
     act: ActOpt = None,
+    model: ModelOpt = None,
+    layers: LayersOpt = None,
     depth: DepthOpt = None,
     width: WidthOpt = None,
     batch_size: BatchOpt = None,
@@ -390,7 +410,8 @@ def baseline(
 
     report = _profile(config, _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=None, lr=None),
+        seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
+        theory=theory, steps=None, lr=None),
         quiet=quiet, force=force, outputs=(output,))
     _guarded(_write_report, output, to_json(report))
     if not quiet:
@@ -443,6 +464,8 @@ def check(
     config: CheckConfigOpt = None,
     init: InitOpt = None,
     act: ActOpt = None,
+    model: ModelOpt = None,
+    layers: LayersOpt = None,
     depth: DepthOpt = None,
     width: WidthOpt = None,
     batch_size: BatchOpt = None,
@@ -481,7 +504,8 @@ def check(
         raise _fail(f"--format: check writes {', '.join(CHECK_FORMATS)}, not '{format}'")
     overrides = _overrides(
         depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, grad=grad, theory=theory, steps=None, lr=None)
+        seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
+        theory=theory, steps=None, lr=None)
     for key, value in (("check.rtol", rtol), ("check.atol", atol)):
         if value is not None:
             overrides[key] = _scalar(value)

@@ -33,6 +33,10 @@ MAX_DEPTH = 10_000
 MAX_WIDTH = 65_536
 MAX_BATCH = 1_000_000
 DTYPES = ("float32", "float64", "float16", "bfloat16")
+# the init that leaves a user's model as its factory made it (not in the registry: it draws nothing)
+KEEP = "keep"
+# `compare --model` with no inits: the model's own against the usual re-initialisations
+MODEL_INITS = [KEEP, "default", "lecun", "xavier", "kaiming"]
 DATA_SOURCES = ("mnist", "gaussian")  # named sources; anything else is a path
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -47,6 +51,24 @@ class ModelConfig(_Section):
     width: int | list[int] = 100  # hidden units: one for every layer, or one per layer
     bias: bool = True  # Linear layers carry a bias (initialised by init.bias)
     num_classes: int = Field(10, ge=1)  # outputs of the final linear head (MNIST's 10 digits)
+    # a user's model instead of the MLP (depth, width, bias and num_classes then do not apply):
+    # `path/to/file.py:make_model` (relative to the config file) or `package.module:factory`,
+    # called with `kwargs` (actstat/sources.py)
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    # the tensor of a tuple or dict output that the loss is taken of (default: the first)
+    output: int | str | None = None
+    # measure only these modules: class names (Conv2d, nn.LayerNorm) or name patterns
+    # (blocks.*); default: every weight layer, its consumer, norms and repeated blocks
+    layers: list[str] | None = None
+
+    @field_validator("layers")
+    @classmethod
+    def _some_layers(cls, layers: list[str] | None) -> list[str] | None:
+        if layers is not None and not layers:
+            raise ValueError("an empty list selects nothing: leave layers out to measure the "
+                             "default layers")
+        return layers
 
     @field_validator("width")
     @classmethod
@@ -221,6 +243,16 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _some_scheme(self) -> Config:
+        if self.model.factory is not None:
+            if self.activation or self.compare:
+                raise ValueError("a model factory runs its own activations: list inits only "
+                                 "(init: [keep, kaiming]), no activation or compare entries")
+            if not self.init:
+                raise ValueError("no schemes to run: list inits (keep: the model's own)")
+            return self
+        if any(spec.name == KEEP for spec in self.init):
+            raise ValueError(f"init '{KEEP}' keeps a model factory's own init; the built-in MLP "
+                             "has none to keep (nn.Linear's own is `default`)")
         if bool(self.init) != bool(self.activation):
             empty = "init" if not self.init else "activation"
             raise ValueError(f"{empty} is empty: the init × activation grid needs entries in both "
@@ -294,7 +326,7 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
     raw = read_yaml(path) if path is not None else {}
     origin = str(path) if path is not None else "defaults"
     if path is not None:
-        raw = _anchor_data_path(raw, path.parent)
+        raw = _anchor_factory_path(_anchor_data_path(raw, path.parent), path.parent)
     return config_from_dict(raw, origin, overrides, default_schemes=default_schemes)
 
 
@@ -310,7 +342,13 @@ def config_from_dict(raw: Mapping[str, Any], origin: str,
             overrides[section] = _named_from(raw.get(section), overrides[section], section)
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
-    if "init" not in raw and "activation" not in raw:
+    model = raw.get("model")
+    if isinstance(model, Mapping) and model.get("factory") is not None:
+        # a user's model: its schemes are inits alone, keep (its own) unless any are given
+        if "init" not in raw:
+            raw["init"] = MODEL_INITS if default_schemes is not None else [KEEP]
+        raw.setdefault("activation", [])
+    elif "init" not in raw and "activation" not in raw:
         if not raw.get("compare") and default_schemes is not None:
             raw["compare"] = default_schemes
         if raw.get("compare"):
@@ -327,6 +365,7 @@ def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Conf
     for section in ("init", "activation"):
         entries = getattr(config, section)
         specs[section] = [
+            spec if section == "init" and _keeps(spec, f"{section}[{i}]", origin) else
             _resolve_spec(spec, section, f"{section}[{i}]" if len(entries) > 1 else section,
                           _origin_of(section, overrides, origin))
             for i, spec in enumerate(entries)
@@ -339,6 +378,17 @@ def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Conf
         for i, scheme in enumerate(config.compare)
     ]
     return config.model_copy(update=specs)
+
+
+def _keeps(spec: InitSpec, where: str, origin: str) -> bool:
+    """Whether `spec` is `keep` (a model factory's own init; the config already refused it for the
+    MLP), which takes no parameters."""
+    if spec.name.lower() != KEEP:
+        return False
+    if spec.params or spec.bias != BiasSpec():
+        raise ConfigError(f"{origin}: {where}: init '{KEEP}' takes no parameters: it leaves "
+                          "every weight and bias as the model's factory made them")
+    return True
 
 
 def check_data_source(config: Config) -> None:
@@ -368,6 +418,23 @@ def _anchor_data_path(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if source not in DATA_SOURCES and not Path(source).expanduser().is_absolute():
             raw = {**raw, "data": {**data, "source": str(base / Path(source).expanduser())}}
     return raw
+
+
+def _anchor_factory_path(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A factory file named relative to the config file, as the data path is."""
+    from actstat.errors import ModelSourceError
+    from actstat.sources import parse
+
+    model = raw.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("factory"), str):
+        return raw
+    try:
+        spec = parse(model["factory"])
+    except ModelSourceError:  # reported when the model is built, with the full spec
+        return raw
+    if spec.path is None or spec.path.is_absolute():
+        return raw
+    return {**raw, "model": {**model, "factory": f"{base / spec.path}:{spec.attribute}"}}
 
 
 def _named_from(entries: Any, names: list[Any], section: str) -> list[Any]:

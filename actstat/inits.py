@@ -48,9 +48,11 @@ BiasInit = Callable[[torch.Tensor, int, torch.Generator], object]
 
 
 def fans(weight: torch.Tensor) -> tuple[int, int]:
-    """(fan_in, fan_out) of an nn.Linear weight stored as (out_features, in_features)."""
-    fan_out, fan_in = weight.shape
-    return fan_in, fan_out
+    """(fan_in, fan_out) of an nn.Linear weight stored as (out_features, in_features); of a
+    convolution's (out, in / groups, *kernel), each times the kernel's size, as torch.nn.init
+    computes them (a user's model re-initialised with --init)."""
+    receptive = math.prod(weight.shape[2:])
+    return weight.shape[1] * receptive, weight.shape[0] * receptive
 
 
 def _gain(gain: Gain) -> Callable[[float], float]:

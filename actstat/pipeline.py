@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from itertools import product
+from typing import Any
 
 import torch
 
 from actstat import __version__
 from actstat.activations import ACTIVATIONS, Activation, make_activation
-from actstat.analysis import analyse, verdict
-from actstat.config import ActivationSpec, Config, InitSpec
-from actstat.data import Batch, load_batch, resolve_device, resolve_dtype
-from actstat.errors import ActstatError
-from actstat.inits import BIAS_INITS, INITS, make_bias_init, make_init
+from actstat.analysis import analyse, analyse_captured, verdict
+from actstat.capture import WEIGHT_TYPES, capture, first_tensor
+from actstat.config import KEEP, ActivationSpec, Config, InitSpec, Thresholds
+from actstat.data import (
+    Batch,
+    load_batch,
+    resolve_device,
+    resolve_dtype,
+)
+from actstat.errors import ActstatError, ModelError
+from actstat.inits import BIAS_INITS, INITS, fans, make_bias_init, make_init
 from actstat.memory import available_memory as host_available_memory
 from actstat.model import build_mlp, initialise, parameter_variances, stack_mlps
 from actstat.probe import (
@@ -41,7 +48,11 @@ from actstat.train import train_probe
 
 
 def schemes(config: Config) -> list[tuple[InitSpec, ActivationSpec]]:
-    """Every (init, activation) of the grid, inits outer, in config order; then the compare list."""
+    """Every (init, activation) of the grid, inits outer, in config order; then the compare list.
+    A user's model (model.factory) runs its own activations: one scheme per init, each paired
+    with the default ActivationSpec, which is not used."""
+    if config.model.factory is not None:
+        return [(init, ActivationSpec()) for init in config.init]
     grid = list(product(config.init, config.activation))
     return grid + [(scheme.init, scheme.activation) for scheme in config.compare]
 
@@ -132,7 +143,10 @@ def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = 
             stack: int | None = None) -> Report:
     """Load the batch once, then build, initialise and measure one model per scheme; schemes
     that share an activation are measured side by side as one stacked model (`stack`: at most
-    this many at once; default from `stack_size`, 1 to measure every scheme on its own)."""
+    this many at once; default from `stack_size`, 1 to measure every scheme on its own). With
+    `model.factory`, the user's model once per init instead (`profile_factory`)."""
+    if config.model.factory is not None:
+        return profile_factory(config, on_scheme)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
@@ -293,3 +307,160 @@ def scheme_label(init: InitSpec, act: ActivationSpec) -> str:
         bias = label(init.bias.name, init.bias.params, BIAS_INITS[init.bias.name])
         init_label += f" [bias {bias}]"
     return f"{init_label} + {label(act.name, act.params, ACTIVATIONS[act.name])}"
+
+
+# ----------------------------------------------------------------------------------------------
+# any model: actstat.profile and --model
+
+
+def input_stats(inputs: Any, *, source: str, labelled: bool) -> InputStats:
+    """The batch's size, one sample's shape, and the mean and std of its first tensor (None for
+    integer token ids, whose moments mean nothing), fetched in one copy."""
+    x = first_tensor(inputs)
+    if x is None:
+        raise ModelError(f"the inputs hold no tensor (got {type(inputs).__name__}): pass a "
+                         "tensor, a tuple of the forward's arguments, or a dict of keyword "
+                         "arguments")
+    mean = std = None
+    if x.is_floating_point() and x.numel():
+        with torch.no_grad():
+            mean, std = torch.stack(moments(x.detach(), 0.0)[:2]).tolist()
+    shape = tuple(x.shape[1:])
+    return InputStats(source=source, batch_size=x.shape[0] if x.dim() else 1,
+                      features=max(math.prod(shape), 1), labelled=labelled,
+                      mean=finite_or_none(mean), std=finite_or_none(std), shape=shape)
+
+
+def model_run(model: torch.nn.Module, inputs: Any, targets: Any, *, scheme: str, init: str,
+              init_params: Mapping[str, Any], label: str, input_std: float | None,
+              thresholds: Thresholds, loss: Callable | None = None,
+              output: int | str | None = None, layers: Any = None, grad: bool = True,
+              hist: bool = False) -> Run:
+    """One pass of the general probe (actstat/capture.py) over `model`, analysed into a Run."""
+    captured = capture(model, inputs, targets, loss=loss, output=output, layers=layers, grad=grad,
+                       bins=HIST_BINS if hist else 0, thresholds=thresholds)
+    rows = analyse_captured(captured.layers, input_std=input_std, thresholds=thresholds)
+    return Run(scheme, init, dict(init_params), "model", {}, verdict(rows),
+               finite_or_none(captured.loss), rows, model=label)
+
+
+# the gain an init's `gain: auto` takes in a user's model, whose activations are its own: ReLU's
+MODEL_ACT_GAIN = math.sqrt(2.0)
+
+
+def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report:
+    """The user's model (`model.factory` called with `model.kwargs`), built afresh for each init
+    of the config, on the batch shaped for it: `keep` measures it as the factory made it (the
+    factory runs with torch's generator seeded with `seed`), any other init re-draws every
+    weight layer's weight and bias first (norm layers keep theirs)."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype)
+    spec = config.model.factory
+    assert spec is not None
+    selection = layer_selection(config.model.layers)
+    batch: Batch | None = None
+    given: InputStats | None = None
+    runs: list[Run] = []
+    for init in config.init:
+        model = _built(config, init)
+        if batch is None:
+            batch = _shaped(config, model, load_batch(
+                config.data, seed=config.seed, device=device, dtype=dtype,
+                num_classes=config.model.num_classes))
+            given = input_stats(batch.inputs, source=batch.description, labelled=batch.labelled)
+        model = model.to(device=device, dtype=dtype)
+        assert given is not None
+        run = model_run(
+            model, batch.inputs, batch.labels if batch.labelled else None,
+            scheme=model_label(spec, init), init=init.name,
+            init_params={} if init.name == KEEP else {**init.params,
+                                                      "bias": init.bias.model_dump()},
+            label=spec, input_std=given.std, thresholds=config.thresholds,
+            output=config.model.output, layers=selection, grad=config.grad, hist=config.hist)
+        runs.append(run)
+        del model
+        if on_scheme is not None:
+            on_scheme(len(runs), len(config.init), run.scheme)
+    assert batch is not None and given is not None
+    return Report(
+        schema_version=SCHEMA_VERSION,
+        actstat_version=__version__,
+        torch_version=torch.__version__,
+        device=str(device),
+        config=config.model_dump(mode="json"),
+        input=given,
+        runs=tuple(runs),
+    )
+
+
+def model_label(spec: str, init: InitSpec) -> str:
+    """`nets.py:make_cnn + kaiming(mode='fan_out')`; `+ keep` for the model's own init."""
+    name = spec.replace("\\", "/").rsplit("/", 1)[-1]
+    if init.name == KEEP:
+        return f"{name} + {KEEP}"
+    return f"{name} + {scheme_label(init, ActivationSpec()).rsplit(' + ', 1)[0]}"
+
+
+def _built(config: Config, init: InitSpec) -> torch.nn.Module:
+    """The factory's model, made with torch's CPU generator seeded with `seed` (the caller's
+    generator state is restored after), re-initialised by `init` unless it is `keep`."""
+    from actstat.sources import build_model
+
+    assert config.model.factory is not None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model.factory, config.model.kwargs)
+    if init.name != KEEP:
+        reinitialise(model, make_init(init.name, init.params),
+                     make_bias_init(init.bias.name, init.bias.params), seed=config.seed)
+    return model
+
+
+def reinitialise(model: torch.nn.Module, weight_init: Callable, bias_init: Callable, *,
+                 seed: int) -> int:
+    """Re-draw the weight and bias of every weight layer (WEIGHT_TYPES: Linear, Conv, Embedding)
+    in module order from one CPU generator seeded with `seed`, fans as torch.nn.init computes
+    them; normalisation layers and other parameters keep theirs. The number of layers drawn."""
+    g = torch.Generator().manual_seed(seed)
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if not isinstance(module, WEIGHT_TYPES) or not isinstance(weight, torch.nn.Parameter):
+                continue
+            target = weight if weight.device.type == "cpu" else torch.empty_like(weight, device="cpu")
+            weight_init(target, MODEL_ACT_GAIN, g)
+            weight.copy_(target)
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.nn.Parameter):
+                drawn = bias if bias.device.type == "cpu" else torch.empty_like(bias, device="cpu")
+                bias_init(drawn, fans(weight)[0], g)
+                bias.copy_(drawn)
+            count += 1
+    return count
+
+
+def layer_selection(names: list[str] | None) -> list[type[torch.nn.Module] | str] | None:
+    """`model.layers` / `--layers` entries: a torch.nn class name (`Conv2d`, `nn.LayerNorm`,
+    `torch.nn.Linear`) selects that class; anything else is a pattern on module names."""
+    if names is None:
+        return None
+    chosen: list[type[torch.nn.Module] | str] = []
+    for name in names:
+        bare = name.removeprefix("torch.").removeprefix("nn.")
+        found = getattr(torch.nn, bare, None) if bare.isidentifier() else None
+        chosen.append(found if isinstance(found, type) and issubclass(found, torch.nn.Module)
+                      else name)
+    return chosen
+
+
+def _shaped(config: Config, model: torch.nn.Module, batch: Batch) -> Batch:
+    """The batch as the model takes it: `data.shape` when given (data.py shaped it), else each
+    sample shaped for the model's first weight layer (MNIST's 784 pixels as (1, 28, 28) for a
+    Conv2d; token ids as they are, for a model with an Embedding)."""
+    from actstat.data import sample_shape_for
+
+    if config.data.shape is not None:
+        return batch
+    shape = sample_shape_for(model, batch.inputs.shape[1], source=config.data.source)
+    return replace(batch, inputs=batch.inputs.reshape(batch.inputs.shape[0], *shape))

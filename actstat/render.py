@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
@@ -13,7 +14,7 @@ from typing import Any
 from rich.console import Console, RenderableType
 from rich.text import Text
 
-from actstat.analysis import Summary, first_flagged, summarise
+from actstat.analysis import Summary, first_flagged, grad_reference, summarise
 from actstat.check import BoundBreach, CheckResult, Drift
 from actstat.layout import Column, Fitted, fit, left_out_note
 from actstat.report import (
@@ -66,8 +67,8 @@ Cell = Callable[[LayerStats, TrainLayer | None], str]
 FORWARD_COLUMNS: list[tuple[str, Cell]] = [
     ("layer", lambda layer, _: str(layer.index)),
     ("units", lambda layer, _: str(layer.fan_out)),
-    ("pre mean", lambda layer, _: number(layer.pre.mean)),
-    ("pre std", lambda layer, _: number(layer.pre.std)),
+    ("pre mean", lambda layer, _: number(layer.pre.mean if layer.pre else None)),
+    ("pre std", lambda layer, _: number(layer.pre.std if layer.pre else None)),
     ("post mean", lambda layer, _: number(layer.post.mean)),
     ("post std", lambda layer, _: number(layer.post.std)),
     ("near 0", lambda layer, _: percent(layer.post.near_zero)),
@@ -90,9 +91,24 @@ TRAIN_COLUMNS: list[tuple[str, Cell]] = [
 ]
 
 
+# a user's model: its rows are named by module path and say which modules they measured
+MODEL_COLUMNS: list[tuple[str, Cell]] = [
+    ("layer", lambda layer, _: layer.name),
+    ("module", lambda layer, _: layer.module),
+]
+TEXT_CELLS = ("layer", "module")
+
+
+def layer_label(layer: LayerStats, run: Run) -> str:
+    """How text names a row: the MLP's layer number, or a user model's module path."""
+    return str(layer.index) if run.model is None else layer.name
+
+
 def columns(run: Run) -> list[tuple[str, Cell]]:
     """The number columns of a scheme's table: gradient and training ones only when measured."""
     chosen = list(FORWARD_COLUMNS)
+    if run.model is not None:
+        chosen = MODEL_COLUMNS + chosen[1:]
     if run.theory is not None:
         chosen += THEORY_COLUMNS
     if any(layer.grad is not None for layer in run.layers):
@@ -119,7 +135,8 @@ def verdict_line(run: Run, report: Report) -> str:
     drift = (f"post std {number(layers[0].post.std)} → {number(layers[-1].post.std)} "
              f"over {len(layers)} layers")
     ratio = gradient_ratio(run)
-    grad = "" if ratio is None else f"; grad std layer 1 / layer {len(layers)} = {number(ratio)}"
+    first, last = layer_label(layers[0], run), layer_label(layers[-1], run)
+    grad = "" if ratio is None else f"; grad std layer {first} / layer {last} = {number(ratio)}"
     if run.theory is not None:
         grad += f"; mean field: {run.theory.phase} (χ₁ = {number(run.theory.chi1)})"
     if run.verdict == HEALTHY:
@@ -129,7 +146,7 @@ def verdict_line(run: Run, report: Report) -> str:
     layer = first_flagged(layers, run.verdict)
     assert layer is not None  # a verdict other than healthy comes from a flagged layer
     count = sum(run.verdict in each.flags for each in layers)
-    where = f"from layer {layer.index} ({count} of {len(layers)} layers)"
+    where = f"from layer {layer_label(layer, run)} ({count} of {len(layers)} layers)"
     reason = _reason(run.verdict, layer, t, run)
     return f"{run.scheme}: {run.verdict} {where} — {reason}; {drift}{grad}"
 
@@ -173,11 +190,14 @@ def _reason(flag: str, layer: LayerStats, t: dict[str, Any], run: Run) -> str:
                 + ("; weight gradients are exactly zero, so they cannot learn" if frozen else ""))
     if flag in ("grad_exploding", "grad_vanishing"):
         side = ">" if flag == "grad_exploding" else "<"
-        last = run.layers[-1].grad
+        reference_row = grad_reference(run.layers)
+        last = reference_row.grad
         relative = (layer.grad.std / last.std if layer.grad and layer.grad.std is not None
                     and last and last.std else None)
+        reference = ("the last hidden layer's" if run.model is None
+                     else f"layer {reference_row.name}'s")
         return (f"grad std {number(layer.grad.std if layer.grad else None)} is "
-                f"{number(relative)} × the last hidden layer's ({side} {t.get(flag)})")
+                f"{number(relative)} × {reference} ({side} {t.get(flag)})")
     if flag == "grad_zero":
         return "weight gradients are exactly zero: these weights cannot learn"
     if flag == "exploding":
@@ -219,8 +239,9 @@ def tables(report: Report, width: int | None = None) -> list[RenderableType]:
 
 # The order in which a scheme's per-layer columns leave a narrow terminal: the first named here
 # leave first. The layer, its post std and its flags always stay.
-LAYER_COLUMNS_LEAVING = ("units", "still sym", "grad:data", "near 0", "exp std", "pre mean",
-                         "meas/exp", "sat", "dead", "pre std", "ΔW", "grad std", "post mean")
+LAYER_COLUMNS_LEAVING = ("module", "units", "still sym", "grad:data", "near 0", "exp std",
+                         "pre mean", "meas/exp", "sat", "dead", "pre std", "ΔW", "grad std",
+                         "post mean")
 
 
 def _rank(name: str, leaving: tuple[str, ...]) -> int:
@@ -238,7 +259,8 @@ def _table(run: Run, width: int | None = None) -> Fitted:
         row["flags"] = Text(", ").join(Text(f, style=FLAG_STYLES[f]) for f in layer.flags)
         rows.append(row)
     names = [name for name, _ in chosen] + ["flags"]
-    spec = [Column(name, [row[name] for row in rows], rank=_rank(name, LAYER_COLUMNS_LEAVING))
+    spec = [Column(name, [row[name] for row in rows], rank=_rank(name, LAYER_COLUMNS_LEAVING),
+                   justify="left" if name in TEXT_CELLS and run.model is not None else "right")
             for name in names[:-1]]
     spec.append(Column("flags", [row["flags"] for row in rows], justify="left", wrap=True,
                        min_width=max(len(f) for f in FLAGS)))
@@ -284,7 +306,7 @@ CSV_COLUMNS = ("scheme", "init", "act", "verdict", "layer", "fan_in", "fan_out",
                "post_dead", "post_saturated", "pre_expected_std", "post_expected_mean",
                "post_expected_std", "grad_mean", "grad_std", "grad_weight_std",
                "grad_to_data", "train_weight_change", "train_weight_delta", "train_bias_delta",
-               "train_still_symmetric", "flags")
+               "train_still_symmetric", "flags", "name", "kind", "module")
 
 
 def to_csv(report: Report) -> str:
@@ -294,7 +316,7 @@ def to_csv(report: Report) -> str:
     writer.writerow(CSV_COLUMNS)
     for run in report.runs:
         for layer, moved in zip(run.layers, _trained(run)):
-            stats = {f"{side}_{k}": v for side in ("pre", "post")
+            stats = {f"{side}_{k}": v for side in ("pre", "post") if getattr(layer, side)
                      for k, v in vars(getattr(layer, side)).items()}
             if layer.grad is not None:
                 stats |= {"grad_mean": layer.grad.mean, "grad_std": layer.grad.std,
@@ -304,7 +326,8 @@ def to_csv(report: Report) -> str:
                 stats |= {f"train_{k}": v for k, v in vars(moved).items() if k != "index"}
             row = {"scheme": run.scheme, "init": run.init, "act": run.act,
                    "verdict": run.verdict, "layer": layer.index, "fan_in": layer.fan_in,
-                   "fan_out": layer.fan_out, **stats, "flags": ";".join(layer.flags)}
+                   "fan_out": layer.fan_out, **stats, "flags": ";".join(layer.flags),
+                   "name": layer.name, "kind": layer.kind, "module": layer.module}
             writer.writerow("" if row.get(c) is None else row[c] for c in CSV_COLUMNS)
     return buffer.getvalue()
 
@@ -333,6 +356,35 @@ def to_markdown(report: Report) -> str:
         if run.train is not None:
             lines += [f"**Training:** {train_line(run)}", ""]
     return "\n".join(lines)
+
+
+# the flag colours on a white notebook page (terminal yellow is unreadable there)
+CSS_COLOURS = {"red": "#c62828", "yellow": "#b26a00", "magenta": "#8e24aa",
+               "bright_magenta": "#d81b60", "green": "#2e7d32"}
+
+
+def to_html(report: Report) -> str:
+    """One HTML table and verdict line per scheme (Jupyter's rich display); flagged cells in the
+    terminal's colours."""
+    parts = [f"<p>{html.escape(_input_line(report))}</p>"]
+    if precision_note(report):
+        parts.append(f"<p><em>{html.escape(precision_note(report) or '')}</em></p>")
+    for run in report.runs:
+        chosen = columns(run)
+        head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in chosen) + "<th>flags</th>"
+        rows = []
+        for layer, moved in zip(run.layers, _trained(run)):
+            colours = {FLAG_CELLS[f]: CSS_COLOURS[FLAG_STYLES[f].split()[-1]]
+                       for f in reversed(layer.flags) if f in FLAG_CELLS}
+            cells = "".join(
+                f"<td style=\"text-align:{'left' if name in TEXT_CELLS else 'right'}"
+                + (f";color:{colours[name]}" if name in colours else "") + "\">"
+                + html.escape(cell(layer, moved)) + "</td>" for name, cell in chosen)
+            rows.append(f"<tr>{cells}<td>{html.escape(', '.join(layer.flags))}</td></tr>")
+        parts += [f"<h4>{html.escape(run.scheme)}: {html.escape(run.verdict)}</h4>",
+                  f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>",
+                  f"<p><b>Verdict:</b> {html.escape(verdict_line(run, report))}</p>"]
+    return "\n".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,7 +442,9 @@ def histogram_block(run: Run, width: int | None = None) -> list[Text]:
         return []
     spans = {layer.index: f"[{number(layer.post.min)}, {number(layer.post.max)}]"
              for layer in run.layers}
-    cells = None if width is None else width - 9 - max(len(span) for span in spans.values())
+    labels = {layer.index: layer_label(layer, run) for layer in run.layers}
+    label_width = max(5, *(len(text) for text in labels.values()))
+    cells = None if width is None else width - 4 - label_width - max(map(len, spans.values()))
     lines = [Text(f"post-activation histograms ({run.scheme}; each row over its layer's "
                   "[min, max]; darker: more values, log scale)", style="bold")]
     for layer in run.layers:
@@ -398,7 +452,7 @@ def histogram_block(run: Run, width: int | None = None) -> list[Text]:
         if counts is not None and cells is not None:
             counts = merge_bins(counts, cells)
         row = "—" if counts is None else histogram_row(counts)
-        lines.append(Text(f"{layer.index:>5} │{row}│ {spans[layer.index]}"))
+        lines.append(Text(f"{labels[layer.index]:>{label_width}} │{row}│ {spans[layer.index]}"))
     return lines
 
 

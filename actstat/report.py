@@ -27,6 +27,9 @@ LAYER_KINDS = ("weight", "norm", "activation", "block", "input", "selected")
 FLAGS = ("nonfinite", "symmetric", "exploding", "vanishing", "saturated", "grad_exploding",
          "grad_vanishing", "grad_zero", "dead")
 HEALTHY = "healthy"
+# `config["source"]` of a report made by actstat.profile in Python: there is no YAML behind it,
+# so `actstat check` cannot measure it again (it says so)
+API_SOURCE = "actstat.profile"
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,12 @@ class InputStats:
     shape: tuple[int, ...] | None = field(default=None, kw_only=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Report:
+    """Everything one run measured. Shows itself as the CLI's tables (`print(report)`, a Rich
+    console) and as HTML tables in Jupyter; `save(path)` writes the JSON file that `actstat
+    check`, `plot` and `compare --from` read."""
+
     schema_version: int
     actstat_version: str
     torch_version: str
@@ -154,6 +161,38 @@ class Report:
     # the YAML file the config came from, for `check` to re-read: relative to the report file's
     # directory when written to a file (see `located`), absolute on stdout; None: no file
     config_file: str | None = None
+
+    def __repr__(self) -> str:
+        runs = "; ".join(f"{run.scheme}: {run.verdict}" for run in self.runs)
+        return f"<actstat Report, {len(self.runs)} run(s) on {self.device}: {runs}>"
+
+    def __str__(self) -> str:
+        from actstat.render import table_text  # rendering is a later stage: imported on use
+
+        return table_text(self)
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from actstat.render import tables
+
+        yield from tables(self, options.max_width)
+
+    def _repr_html_(self) -> str:
+        from actstat.render import to_html
+
+        return to_html(self)
+
+    def to_json(self) -> str:
+        """The documented JSON contract (docs/json-schema.md): strict JSON, no NaN."""
+        from actstat.render import to_json
+
+        return to_json(self)
+
+    def save(self, path: Path | str) -> Path:
+        """Write `to_json()` to `path` (atomically: never half-written); the path written."""
+        from actstat.atomic import write_atomic
+
+        write_atomic(Path(path), self.to_json())
+        return Path(path)
 
     def to_dict(self) -> dict[str, Any]:
         return {
