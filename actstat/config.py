@@ -269,6 +269,13 @@ class Config(_Section):
         return device
 
     @model_validator(mode="after")
+    def _factory_measured_not_trained(self) -> Config:
+        if self.model.factory is not None and self.train.steps:
+            raise ValueError("train.steps (--steps) trains the built-in MLP; a model factory's "
+                             "model is measured, not trained: set steps to 0")
+        return self
+
+    @model_validator(mode="after")
     def _training_needs_gradients(self) -> Config:
         if self.train.steps and not self.grad:
             raise ValueError("train.steps needs gradients: drop --no-grad (grad: false) or set "
@@ -538,6 +545,8 @@ OPTION_NAMES = {
     "model.depth": "--depth",
     "model.width": "--width",
     "model.bias": "--bias/--no-bias",
+    "model.factory": "--model",
+    "model.layers": "--layers",
     "data.batch_size": "--batch-size",
     "data.source": "--data",
     "device": "--device",
