@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import math
+import numbers
 import struct
 import zipfile
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from actstat.config import DTYPES, DataConfig
 from actstat.errors import DataError, DeviceError
@@ -119,11 +121,13 @@ def _sample_shape(data: DataConfig, shape: Sequence[int] | Callable[[int], Seque
     elif shape is None:
         return (values,)
     else:
-        wanted = tuple(shape(values) if callable(shape) else shape)
-        named = f"shape {list(wanted)}"
-        if not wanted or any(not isinstance(n, int) or isinstance(n, bool) or n < 1
-                             for n in wanted):
+        given = tuple(shape(values) if callable(shape) else shape)
+        named = f"shape {list(given)}"
+        # whole numbers of any kind (torch.Size's, NumPy's), but not True or 28.0
+        if not given or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
+                                and n >= 1 for n in given):
             raise DataError(f"{named}: a sample shape needs one or more whole dimensions ≥ 1")
+        wanted = tuple(int(n) for n in given)
     if math.prod(wanted) != values:
         raise DataError(f"{named} has {math.prod(wanted)} values per sample but {source_name} "
                         f"has {values}{key}")
@@ -135,7 +139,7 @@ def _shaped(shape: tuple[int, ...]) -> str:
     return f", shaped {shape}" if len(shape) > 1 else ""
 
 
-def sample_shape_for(model: torch.nn.Module, features: int, *, source: str) -> tuple[int, ...]:
+def sample_shape_for(model: nn.Module, features: int, *, source: str) -> tuple[int, ...]:
     """The per-sample shape that `model`'s first weight layer takes, for a source (data.source)
     of `features` values per sample. The first weight layer is the first convolution, Linear or
     Embedding in `model.modules()` order: the order the model's __init__ assigned them, which is
@@ -150,8 +154,6 @@ def sample_shape_for(model: torch.nn.Module, features: int, *, source: str) -> t
       such a model. `tokens` gives (features,), its length, to a model with an Embedding anywhere
       (a language model may assign its head before its embedding) and refuses any other model.
     """
-    from torch import nn
-
     embeddings = (nn.Embedding, nn.EmbeddingBag)
     if source == "tokens":
         if any(isinstance(module, embeddings) for module in model.modules()):

@@ -258,6 +258,9 @@ def test_the_configs_shape_wins_over_the_callers():
     b = load_batch(data, seed=0, device=CPU, dtype=torch.float32, num_classes=10,
                    shape=model_shape)
     assert b.inputs.shape == (1000, 784)
+    numpy_dims = load_batch(DataConfig(), seed=0, device=CPU, dtype=torch.float32,
+                            num_classes=10, shape=np.array([1, 28, 28]))
+    assert numpy_dims.inputs.shape == (1000, 1, 28, 28)
     b = load_batch(DataConfig(shape=[1, 28, 28]), seed=0, device=CPU, dtype=torch.float32,
                    num_classes=10, shape=(784,))
     assert b.inputs.shape == (1000, 1, 28, 28)
@@ -273,6 +276,9 @@ SHAPE_ERRORS = [
                                    "(data.length)"),
     ({}, (), "shape []: a sample shape needs one or more whole dimensions ≥ 1"),
     ({}, (0, 784), "shape [0, 784]: a sample shape needs one or more whole dimensions ≥ 1"),
+    ({}, (1, 28.0, 28), "shape [1, 28.0, 28]: a sample shape needs one or more whole dimensions "
+                        "≥ 1"),
+    ({}, (True, 784), "shape [True, 784]: a sample shape needs one or more whole dimensions ≥ 1"),
     ({}, lambda features: (features, 2),
      "shape [784, 2] has 1568 values per sample but mnist has 784"),
 ]
