@@ -32,12 +32,16 @@ from actstat.registry import closest
 MAX_DEPTH = 10_000
 MAX_WIDTH = 65_536
 MAX_BATCH = 1_000_000
+# values in one sample (data.shape's product, gaussian's input_size, tokens' length): a 1024×1024
+# image, or 3×512×512, fits; a typo such as input_size 10000000 (80 GB at batch 1000) does not
+MAX_SAMPLE_VALUES = 1_048_576
+MAX_VOCAB = 16_777_216  # data.vocab of `tokens`: far above any tokenizer's (GPT-4's ~100k)
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 # the init that leaves a user's model as its factory made it (not in the registry: it draws nothing)
 KEEP = "keep"
 # `compare --model` with no inits: the model's own against the usual re-initialisations
 MODEL_INITS = [KEEP, "default", "lecun", "xavier", "kaiming"]
-DATA_SOURCES = ("mnist", "gaussian")  # named sources; anything else is a path
+DATA_SOURCES = ("mnist", "gaussian", "tokens")  # named sources; anything else is a path
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -162,12 +166,64 @@ LESSON_SCHEMES: list[dict[str, Any]] = [
 
 
 class DataConfig(_Section):
-    source: str = "mnist"  # mnist (bundled sample), gaussian, or a path (.npy/.npz/.pt/IDX dir)
+    source: str = "mnist"  # mnist (bundled sample), gaussian, tokens, or a path (.npy/.npz/.pt/IDX)
     batch_size: int = Field(1000, ge=1, le=MAX_BATCH)  # one batch; enough for stable statistics
     # standardize: pixels to [0, 1] (uint8 only), then mean 0, std 1 over the whole source;
     # scale: only the [0, 1] pixel scaling; none: the raw numbers
     normalize: Literal["standardize", "scale", "none"] = "standardize"
-    input_size: int = Field(784, ge=1, le=MAX_WIDTH)  # features of `gaussian` data (MNIST's 28²)
+    # features of `gaussian` data (MNIST's 28²); with data.shape, its product (filled in)
+    input_size: int = Field(784, ge=1, le=MAX_SAMPLE_VALUES)
+    # one sample's shape, without the batch dimension ([784], [1, 28, 28], [3, 32, 32]); None:
+    # flat (gaussian: [input_size]; a file or mnist: its features per sample) unless the model's
+    # first layer asks for another (actstat/data.py, `sample_shape_for`)
+    shape: list[int] | None = None
+    # `tokens`: integer ids drawn uniformly from [0, vocab), `length` per sample (for models that
+    # start with an Embedding); 1000 ids and 32 per sample are small enough for any test model
+    vocab: int = Field(1000, ge=2, le=MAX_VOCAB)
+    length: int = Field(32, ge=1, le=MAX_SAMPLE_VALUES)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_from_shape(cls, raw: Any) -> Any:
+        # gaussian (or tokens) data of a given shape has its product as input_size (or length):
+        # record it, so the resolved config says so and loads again as it is
+        if not isinstance(raw, Mapping):
+            return raw
+        shape, source = raw.get("shape"), raw.get("source", cls.model_fields["source"].default)
+        key = {"gaussian": "input_size", "tokens": "length"}.get(source) \
+            if isinstance(source, str) else None
+        if key and key not in raw and isinstance(shape, list) and shape \
+                and all(type(n) is int and n >= 1 for n in shape) \
+                and math.prod(shape) <= MAX_SAMPLE_VALUES:
+            return {**raw, key: math.prod(shape)}
+        return raw
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_in_range(cls, shape: list[int] | None) -> list[int] | None:
+        if shape is None:
+            return shape
+        if not shape:
+            raise ValueError("needs at least one dimension, such as [784] or [1, 28, 28]")
+        if any(n < 1 for n in shape):
+            raise ValueError("every dimension must be ≥ 1")
+        if math.prod(shape) > MAX_SAMPLE_VALUES:
+            raise ValueError(f"one sample may hold at most {MAX_SAMPLE_VALUES:,} values; this "
+                             f"shape holds {math.prod(shape):,}")
+        return shape
+
+    @model_validator(mode="after")
+    def _shape_agrees(self) -> DataConfig:
+        if self.shape is None:
+            return self
+        values = math.prod(self.shape)
+        if self.source == "gaussian" and self.input_size != values:
+            raise ValueError(f"shape {self.shape} has {values} values per sample but input_size "
+                             f"is {self.input_size}: give one of them, or make them agree")
+        if self.source == "tokens" and self.length != values:
+            raise ValueError(f"shape {self.shape} has {values} values per sample but length is "
+                             f"{self.length}: give one of them, or make them agree")
+        return self
 
 
 class Thresholds(_Section):
@@ -267,6 +323,19 @@ class Config(_Section):
         if not DEVICE_PATTERN.match(device):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return device
+
+    @model_validator(mode="after")
+    def _mlp_takes_flat_features(self) -> Config:
+        if self.model.factory is None and self.data.source == "tokens":
+            raise ValueError("data.source tokens gives integer ids, for a model factory whose "
+                             "model starts with an Embedding (--model); the built-in MLP takes "
+                             "real-valued features: use mnist, gaussian or a file")
+        if self.model.factory is None and self.data.shape is not None \
+                and len(self.data.shape) > 1:
+            raise ValueError("data.shape shapes the samples for a model factory's model "
+                             "(--model); the built-in MLP takes flat features: give one "
+                             "dimension, or none")
+        return self
 
     @model_validator(mode="after")
     def _factory_measured_not_trained(self) -> Config:
@@ -407,7 +476,8 @@ def check_data_source(config: Config) -> None:
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"data '{source}': no such file or directory (sources: mnist, gaussian, "
-                        "or a path to a .npy, .npz or .pt file or a directory of MNIST IDX files)")
+                        "tokens, or a path to a .npy, .npz or .pt file or a directory of MNIST "
+                        "IDX files)")
     try:
         if path.is_dir():
             next(iter(path.iterdir()), None)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
+import numbers
 import struct
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from actstat.config import DTYPES, DataConfig
 from actstat.errors import DataError, DeviceError
@@ -23,7 +27,10 @@ IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch on the run's device: inputs (batch, features), int64 labels (batch,)."""
+    """One batch on the run's device. inputs: (batch, *shape) in the run's dtype, where shape is
+    one sample's (flat features unless data.shape or the model asked for another), or int64 token
+    ids (batch, length) for `tokens`; labels: int64 class indices (batch,), or for `tokens` int64
+    ids (batch, length), drawn with the seed as targets for a language-model loss."""
 
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -57,12 +64,29 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def load_batch(data: DataConfig, *, seed: int, device: torch.device, dtype: torch.dtype,
-               num_classes: int) -> Batch:
-    """The batch that every scheme of a run sees: the same rows, in the same order, for a seed."""
+               num_classes: int,
+               shape: Sequence[int] | Callable[[int], Sequence[int]] | None = None) -> Batch:
+    """The batch that every scheme of a run sees: the same rows, in the same order, for a seed.
+
+    Each sample is shaped as data.shape if the config sets one, else as `shape`: a shape, or a
+    function of the source's values per sample that returns one (`sample_shape_for` with the
+    model bound to it), called only when data.shape is not set. Neither: flat features. A shape
+    only reshapes each sample's values, in order: (N, 1, 28, 28) is (N, 784) viewed as images."""
     g = torch.Generator().manual_seed(seed)
+    if data.source == "tokens":
+        # ids, not measurements: no normalisation and no float dtype (an Embedding indexes with
+        # them); the targets are drawn after the inputs, so the inputs do not depend on them
+        inputs = torch.randint(data.vocab, (data.batch_size, data.length), generator=g)
+        labels = torch.randint(data.vocab, (data.batch_size, data.length), generator=g)
+        description = f"tokens: uniform ids in [0, {data.vocab}), length {data.length}"
+        wanted = _sample_shape(data, shape, data.length, "tokens", " (data.length)")
+        inputs = inputs.reshape(data.batch_size, *wanted)
+        labels = labels.reshape(data.batch_size, *wanted)
+        return Batch(inputs.to(device), labels.to(device), description + _shaped(wanted), False)
     if data.source == "gaussian":
         inputs = torch.randn(data.batch_size, data.input_size, generator=g, dtype=torch.float64)
         description = f"gaussian: N(0, 1), {data.input_size} features"
+        source_name, key = "gaussian", " (data.input_size)"
         labels = None
     else:
         features, all_labels, description = _read_source(data.source)
@@ -77,11 +101,97 @@ def load_batch(data: DataConfig, *, seed: int, device: torch.device, dtype: torc
         rows = torch.randperm(count, generator=g)[: data.batch_size].numpy()
         inputs = torch.from_numpy((features[rows].astype(np.float64) - shift) / divisor)
         labels = None if all_labels is None else torch.from_numpy(all_labels[rows].astype(np.int64))
+        source_name, key = data.source if data.source == "mnist" else f"'{data.source}'", ""
     labelled = labels is not None
     if labels is None:
         # unlabelled data: labels drawn with the seed, so a backward pass has a loss to follow
         labels = torch.randint(num_classes, (data.batch_size,), generator=g)
-    return Batch(inputs.to(device=device, dtype=dtype), labels.to(device), description, labelled)
+    wanted = _sample_shape(data, shape, inputs.shape[1], source_name, key)
+    inputs = inputs.reshape(data.batch_size, *wanted)  # a view: flat samples are not copied
+    return Batch(inputs.to(device=device, dtype=dtype), labels.to(device),
+                 description + _shaped(wanted), labelled)
+
+
+def _sample_shape(data: DataConfig, shape: Sequence[int] | Callable[[int], Sequence[int]] | None,
+                  values: int, source_name: str, key: str) -> tuple[int, ...]:
+    """One sample's shape: data.shape, else the caller's, else flat; it must hold the source's
+    `values` per sample, and is only checked here for a shape the config did not validate."""
+    if data.shape is not None:
+        wanted, named = tuple(data.shape), f"data.shape {list(data.shape)}"
+    elif shape is None:
+        return (values,)
+    else:
+        given = tuple(shape(values) if callable(shape) else shape)
+        named = f"shape {list(given)}"
+        # whole numbers of any kind (torch.Size's, NumPy's), but not True or 28.0
+        if not given or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
+                                and n >= 1 for n in given):
+            raise DataError(f"{named}: a sample shape needs one or more whole dimensions ≥ 1")
+        wanted = tuple(int(n) for n in given)
+    if math.prod(wanted) != values:
+        raise DataError(f"{named} has {math.prod(wanted)} values per sample but {source_name} "
+                        f"has {values}{key}")
+    return wanted
+
+
+def _shaped(shape: tuple[int, ...]) -> str:
+    """The description's note of a sample shape; none for flat samples (the MLP's)."""
+    return f", shaped {shape}" if len(shape) > 1 else ""
+
+
+def sample_shape_for(model: nn.Module, features: int, *, source: str) -> tuple[int, ...]:
+    """The per-sample shape that `model`'s first weight layer takes, for a source (data.source)
+    of `features` values per sample. The first weight layer is the first convolution, Linear or
+    Embedding in `model.modules()` order: the order the model's __init__ assigned them, which is
+    usually, not always, the order its forward runs them (data.shape overrides this choice).
+
+    - a convolution with C input channels and d spatial dimensions: (C, side, ...), d equal sides
+      with C·side^d = features (MNIST's 784 for Conv2d(1, ...): (1, 28, 28)); where no whole
+      side fits, a DataError asking for data.shape;
+    - a Linear, or no weight layer at all: flat, (features,); a Linear whose in_features differ
+      fails in the forward pass with torch's own message;
+    - an Embedding (or EmbeddingBag): a DataError asking for `tokens`, which is the source for
+      such a model. `tokens` gives (features,), its length, to a model with an Embedding anywhere
+      (a language model may assign its head before its embedding) and refuses any other model.
+    """
+    embeddings = (nn.Embedding, nn.EmbeddingBag)
+    if source == "tokens":
+        if any(isinstance(module, embeddings) for module in model.modules()):
+            return (features,)
+        raise DataError("data.source tokens gives integer ids, for a model that starts with an "
+                        "Embedding; this model has none: use mnist, gaussian or a file")
+    convolutions = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3,
+                    nn.ConvTranspose1d: 1, nn.ConvTranspose2d: 2, nn.ConvTranspose3d: 3}
+    for name, module in model.named_modules():
+        label = f"{type(module).__name__} '{name}'" if name else type(module).__name__
+        if isinstance(module, embeddings):
+            raise DataError(f"this model starts with an Embedding ({label}), which takes "
+                            "integer ids: use data.source tokens (--data tokens)")
+        if isinstance(module, nn.Linear):
+            return (features,)
+        dims = next((d for kind, d in convolutions.items() if isinstance(module, kind)), None)
+        if dims is not None:
+            return _convolution_shape(module.in_channels, dims, features, label)
+    return (features,)
+
+
+def _convolution_shape(channels: int, dims: int, features: int, label: str) -> tuple[int, ...]:
+    """(channels, side, ...) with `dims` equal sides holding `features` values in all."""
+    if channels == 0:  # a Lazy convolution before its first call
+        raise DataError(f"this model starts with {label}, which learns its input channels from "
+                        "its first batch: set data.shape, e.g. [3, 32, 32]")
+    per_channel, rest = divmod(features, channels)
+    side = round(per_channel ** (1 / dims))
+    # the float root of a whole power can land just off it (64 ** (1/3) is 3.9999999999999996)
+    side = next((s for s in (side, side + 1, side - 1) if s >= 1 and s ** dims == per_channel), 0)
+    if rest or not side:
+        sides = " × ".join(["side"] * dims)
+        spatial = {1: "length", 2: "height, width", 3: "depth, height, width"}[dims]
+        inputs = f"{channels} input channel" + ("s" if channels != 1 else "")
+        raise DataError(f"this model starts with {label} ({inputs}), but {features} values per "
+                        f"sample are not {channels} × {sides} for a whole side: set data.shape "
+                        f"to [{channels}, {spatial}]")
+    return (channels, *[side] * dims)
 
 
 def _read_source(source: str) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -92,7 +202,8 @@ def _read_source(source: str) -> tuple[np.ndarray, np.ndarray | None, str]:
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"data '{source}': no such file or directory (sources: mnist, gaussian, "
-                        "or a path to a .npy, .npz or .pt file or a directory of MNIST IDX files)")
+                        "tokens, or a path to a .npy, .npz or .pt file or a directory of MNIST "
+                        "IDX files)")
     if path.is_dir():
         features, labels = _read_idx_dir(path)
     elif path.suffix == ".npy":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import product
 from typing import Any
 
@@ -20,6 +21,7 @@ from actstat.data import (
     load_batch,
     resolve_device,
     resolve_dtype,
+    sample_shape_for,
 )
 from actstat.errors import ActstatError, ModelError
 from actstat.inits import BIAS_INITS, INITS, fans, make_bias_init, make_init
@@ -364,9 +366,9 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
     for init in config.init:
         model = _built(config, init)
         if batch is None:
-            batch = _shaped(config, model, load_batch(
-                config.data, seed=config.seed, device=device, dtype=dtype,
-                num_classes=config.model.num_classes))
+            batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
+                               num_classes=config.model.num_classes,
+                               shape=partial(sample_shape_for, model, source=config.data.source))
             given = input_stats(batch.inputs, source=batch.description, labelled=batch.labelled)
         model = model.to(device=device, dtype=dtype)
         assert given is not None
@@ -452,15 +454,3 @@ def layer_selection(names: list[str] | None) -> list[type[torch.nn.Module] | str
         chosen.append(found if isinstance(found, type) and issubclass(found, torch.nn.Module)
                       else name)
     return chosen
-
-
-def _shaped(config: Config, model: torch.nn.Module, batch: Batch) -> Batch:
-    """The batch as the model takes it: `data.shape` when given (data.py shaped it), else each
-    sample shaped for the model's first weight layer (MNIST's 784 pixels as (1, 28, 28) for a
-    Conv2d; token ids as they are, for a model with an Embedding)."""
-    from actstat.data import sample_shape_for
-
-    if config.data.shape is not None:
-        return batch
-    shape = sample_shape_for(model, batch.inputs.shape[1], source=config.data.source)
-    return replace(batch, inputs=batch.inputs.reshape(batch.inputs.shape[0], *shape))

@@ -85,6 +85,42 @@ def test_relative_data_path_is_relative_to_the_file(tmp_path):
     assert load_config(path, {"data.source": "y.npy"}).data.source == "y.npy"
 
 
+def test_named_sources_are_not_paths(tmp_path):
+    from actstat.config import check_data_source
+
+    path = write(tmp_path, "data: {source: tokens}")
+    config = load_config(path)
+    assert config.data.source == "tokens"
+    check_data_source(config)  # no file named tokens is looked for
+    check_data_source(load_config(None, {"data.source": "gaussian"}))
+
+
+def test_a_gaussian_shape_records_its_input_size_and_reloads(tmp_path):
+    import yaml
+
+    config = load_config(write(tmp_path, "data: {source: gaussian, shape: [3, 224, 224]}"))
+    # 150,528 values per sample: more than a hidden layer's width limit, within a sample's
+    assert (config.data.input_size, config.data.shape) == (3 * 224 * 224, [3, 224, 224])
+    dumped = config.model_dump(mode="json")
+    assert dumped["data"]["shape"] == [3, 224, 224]
+    assert load_config(write(tmp_path, yaml.safe_dump(dumped))) == config
+    agreeing = load_config(write(tmp_path, "data: {source: gaussian, input_size: 192, "
+                                           "shape: [3, 8, 8]}"))
+    assert agreeing.data.input_size == 192
+
+
+def test_a_tokens_shape_records_its_length():
+    config = load_config(None, {"data.source": "tokens", "data.shape": [4, 16]})
+    assert (config.data.length, config.data.shape) == (64, [4, 16])
+    assert (config.data.vocab, load_config(None).data.length) == (1000, 32)
+
+
+def test_a_shape_for_a_file_source_is_checked_when_the_data_is_read():
+    # mnist's (or a file's) values per sample are only known once it is read: data.py says so
+    config = load_config(None, {"data.shape": [3, 32, 32]})
+    assert config.data.shape == [3, 32, 32] and config.data.input_size == 784
+
+
 def test_empty_file_means_defaults(tmp_path):
     assert load_config(write(tmp_path, "")) == load_config(None)
 
@@ -128,6 +164,21 @@ BAD = [
     ("activation: {name: gelu, approximate: fast}", ["activation.approximate", "'tanh'"]),
     ("data: {batch_size: 0}", ["data.batch_size", "≥ 1"]),
     ("data: {normalize: zscore}", ["data.normalize", "'standardize'"]),
+    ("data: {shape: []}", ["data.shape", "at least one dimension", "[1, 28, 28]"]),
+    ("data: {shape: [1, 0, 28]}", ["data.shape", "every dimension must be ≥ 1", "got [1, 0, 28]"]),
+    ("data: {shape: [2048, 1024]}", ["data.shape", "at most 1,048,576 values",
+                                     "this shape holds 2,097,152"]),
+    ("data: {shape: 784}", ["data.shape", "must be a list", "got 784"]),
+    ("data: {shape: [1, 28.0, 28]}", ["data.shape[1]", "whole number", "28.0"]),
+    ("data: {source: gaussian, input_size: 100, shape: [3, 8, 8]}",
+     ["data: shape [3, 8, 8] has 192 values per sample but input_size is 100",
+      "give one of them, or make them agree"]),
+    ("data: {source: tokens, length: 10, shape: [4, 4]}",
+     ["data: shape [4, 4] has 16 values per sample but length is 10"]),
+    ("data: {input_size: 2000000}", ["data.input_size", "≤ 1048576"]),
+    ("data: {vocab: 1}", ["data.vocab", "≥ 2", "got 1"]),
+    ("data: {vocab: 100000000}", ["data.vocab", "≤ 16777216"]),
+    ("data: {length: 0}", ["data.length", "≥ 1", "got 0"]),
     ("thresholds: {dead: 2}", ["thresholds.dead", "≤ 1"]),
     ("thresholds: {vanishing: 0}", ["thresholds.vanishing", "> 0"]),
     ("colour: red", ["colour", "unknown key", "thresholds"]),
