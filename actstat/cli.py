@@ -201,11 +201,11 @@ ActOpt = Annotated[list[str] | None, typer.Option(
     "--act", "-a", metavar="NAME[,NAME...]", show_default=False,
     help="Activation name(s), comma-separated or repeated: relu,tanh.")]
 ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", metavar="FILE.py:FACTORY", show_default=False,
-    help="Profile your own model: a factory in a file (nets.py:make_cnn) or a module "
-    "(package.module:factory), instead of the built-in MLP.")]
+    "--model", "-m", metavar="FILE.py:FN", show_default=False,
+    help="Profile your own model instead of the built-in MLP: a factory function in a file "
+    "or a module, e.g. nets.py:make_cnn or mypkg.nets:make.")]
 LayersOpt = Annotated[str | None, typer.Option(
-    "--layers", metavar="WHICH[,WHICH...]", show_default=False,
+    "--layers", metavar="NAME[,NAME...]", show_default=False,
     help="With --model: measure only these modules: classes (Conv2d) or name patterns "
     "(blocks.*).")]
 DepthOpt = Annotated[str | None, typer.Option(

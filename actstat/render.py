@@ -485,7 +485,10 @@ TEXT_COLUMNS = ("scheme", "verdict", "first flag", "phase", *SPARK_COLUMNS)
 
 
 def _compare_cells(run: Run, summary: Summary, spark_width: int = 40) -> dict[str, str]:
-    first = "—" if summary.first_flag is None else f"{summary.first_flag[1]} @ {summary.first_flag[0]}"
+    first = "—"
+    if summary.first_flag is not None:
+        index, flag = summary.first_flag
+        first = f"{flag} @ {layer_label(run.layers[index - 1], run)}"
     grads = [layer.grad.std if layer.grad else None for layer in run.layers]
     return {
         "scheme": run.scheme,
@@ -511,12 +514,15 @@ def compare_table(report: Report, sort: str = "verdict", width: int | None = Non
     runs = sorted_runs(report, sort)
     summaries = [summarise(run.layers, run.verdict) for run in runs]
     rows = [_compare_cells(run, summary) for run, summary in zip(runs, summaries)]
-    styled: dict[str, list[Text]] = {name: [] for name in COMPARE_COLUMNS}
+    # a user's model has no mean-field theory: no phase or χ₁ columns when no run has one
+    names = [name for name in COMPARE_COLUMNS if name not in ("phase", "χ₁")
+             or any(run.theory is not None for run in runs)]
+    styled: dict[str, list[Text]] = {name: [] for name in names}
     for run, summary, cells in zip(runs, summaries, rows):
         styles = {"verdict": f"bold {FLAG_STYLES[run.verdict]}"}
         if summary.first_flag:
             styles["first flag"] = FLAG_STYLES[summary.first_flag[1]]
-        for name in COMPARE_COLUMNS:
+        for name in names:
             styled[name].append(Text(cells[name], style=styles.get(name, "")))
 
     def spark(name: str) -> Any:
@@ -529,9 +535,10 @@ def compare_table(report: Report, sort: str = "verdict", width: int | None = Non
                min_width=16 if name == "scheme" else max(len(f) for f in FLAGS),
                spark=spark(name) if name in SPARK_COLUMNS else None,
                spark_width=min(depth, 40) if name in SPARK_COLUMNS else 0)
-        for name in COMPARE_COLUMNS
+        for name in names
     ]
-    return fit(spec, width, title=f"{len(report.runs)} schemes, {depth} hidden layers, "
+    what = "hidden layers" if all(run.model is None for run in runs) else "layers"
+    return fit(spec, width, title=f"{len(report.runs)} schemes, {depth} {what}, "
                f"{report.input.source}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from actstat.config import Config, load_config
 from actstat.errors import ConfigError
@@ -88,7 +89,7 @@ def test_relative_data_path_is_relative_to_the_file(tmp_path):
 def test_named_sources_are_not_paths(tmp_path):
     from actstat.config import check_data_source
 
-    path = write(tmp_path, "data: {source: tokens}")
+    path = write(tmp_path, "model: {factory: nets.py:make}\ndata: {source: tokens}")
     config = load_config(path)
     assert config.data.source == "tokens"
     check_data_source(config)  # no file named tokens is looked for
@@ -98,27 +99,71 @@ def test_named_sources_are_not_paths(tmp_path):
 def test_a_gaussian_shape_records_its_input_size_and_reloads(tmp_path):
     import yaml
 
-    config = load_config(write(tmp_path, "data: {source: gaussian, shape: [3, 224, 224]}"))
+    config = load_config(write(tmp_path, "model: {factory: nets.py:make}\n"
+                                         "data: {source: gaussian, shape: [3, 224, 224]}"))
     # 150,528 values per sample: more than a hidden layer's width limit, within a sample's
     assert (config.data.input_size, config.data.shape) == (3 * 224 * 224, [3, 224, 224])
     dumped = config.model_dump(mode="json")
     assert dumped["data"]["shape"] == [3, 224, 224]
     assert load_config(write(tmp_path, yaml.safe_dump(dumped))) == config
-    agreeing = load_config(write(tmp_path, "data: {source: gaussian, input_size: 192, "
-                                           "shape: [3, 8, 8]}"))
+    agreeing = load_config(write(tmp_path, "model: {factory: nets.py:make}\ndata: {source: "
+                                           "gaussian, input_size: 192, shape: [3, 8, 8]}"))
     assert agreeing.data.input_size == 192
 
 
 def test_a_tokens_shape_records_its_length():
-    config = load_config(None, {"data.source": "tokens", "data.shape": [4, 16]})
+    config = load_config(None, {"data.source": "tokens", "data.shape": [4, 16],
+                                "model.factory": "nets.py:make"})
     assert (config.data.length, config.data.shape) == (64, [4, 16])
     assert (config.data.vocab, load_config(None).data.length) == (1000, 32)
 
 
 def test_a_shape_for_a_file_source_is_checked_when_the_data_is_read():
     # mnist's (or a file's) values per sample are only known once it is read: data.py says so
-    config = load_config(None, {"data.shape": [3, 32, 32]})
+    config = load_config(None, {"data.shape": [3, 32, 32], "model.factory": "nets.py:make"})
     assert config.data.shape == [3, 32, 32] and config.data.input_size == 784
+
+
+def test_the_builtin_mlp_refuses_tokens_and_shaped_samples():
+    with pytest.raises(ConfigError, match="--data: data.source tokens gives integer ids, for a "
+                       "model factory"):
+        load_config(None, {"data.source": "tokens"})
+    with pytest.raises(ConfigError, match="the built-in MLP takes flat features"):
+        load_config(None, {"data.shape": [1, 28, 28]})
+    assert load_config(None, {"data.shape": [784]}).data.shape == [784]
+
+
+def test_a_model_factory_runs_inits_alone(tmp_path):
+    (tmp_path / "sub").mkdir()
+    config = load_config(write(tmp_path / "sub", "model: {factory: nets.py:make, kwargs: {c: 4}}"))
+    # relative to the config file, as a data path is
+    assert config.model.factory == f"{tmp_path / 'sub' / 'nets.py'}:make"
+    assert config.model.kwargs == {"c": 4}
+    assert [spec.name for spec in config.init] == ["keep"] and config.activation == []
+    assert [spec.name for spec in load_config(None, {"model.factory": "m:f"},
+                                              default_schemes=[]).init] == [
+        "keep", "default", "lecun", "xavier", "kaiming"]
+    both = load_config(None, {"model.factory": "m:f", "init": ["keep", "he"]})
+    assert [spec.name for spec in both.init] == ["keep", "kaiming"]
+    dumped = both.model_dump(mode="json")
+    assert load_config(write(tmp_path, yaml.safe_dump(dumped))) == both
+    assert load_config(None, {"model.factory": "pkg.nets:make"}).model.factory == "pkg.nets:make"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.factory": "m:f", "activation": ["relu"]},
+     "--model, --act: a model factory runs its own activations: list inits only"),
+    ({"init": ["keep"]}, "--init: init 'keep' keeps a model factory's own init; the built-in "
+                         "MLP has none"),
+    ({"model.factory": "m:f", "init": [{"name": "keep", "gain": 2}]},
+     "init 'keep' takes no parameters"),
+    ({"model.factory": "m:f", "train.steps": 3}, "--model, --steps: train.steps .--steps. trains "
+                                                 "the built-in MLP"),
+    ({"model.factory": "m:f", "model.layers": []}, "--layers: model.layers: an empty list selects nothing"),
+])
+def test_model_factory_mistakes(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
 
 
 def test_empty_file_means_defaults(tmp_path):
