@@ -29,7 +29,10 @@ in-place op can overwrite the tensor (definitions: actstat/analysis.py and the d
 actstat/probe.py's reductions, which do the work): mean, population std, min, max, near-zero
 fraction; `dead`: the fraction of units that are exactly 0 for every sample and position, the
 unit being the channel (dim 1) of a convolutional feature map and the last dim otherwise;
-`saturated` only for a known bounded activation module (its rule from actstat/activations.py).
+`spread` only for a weight layer's output: the largest range across units on one sample (and
+position), relative to the tensor's max|x| (0 when every unit computes the same value, an
+all-zero output included: the `symmetric` flag of actstat/analysis.py); `saturated` only for a
+known bounded activation module (its rule from actstat/activations.py).
 Half-precision tensors are reduced in float32.
 
 With `grad`, one backward pass of the loss: dL/d(output) of every measured tensor (mean, std;
@@ -67,6 +70,7 @@ from actstat.probe import (
     group_histogram,
     group_moments,
     saturated_fraction,
+    unit_spread,
 )
 
 WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
@@ -101,7 +105,8 @@ WEIGHT_GRAD = ("weight_std", "weight_min", "weight_max", "weight_data_std")
 class CapturedLayer:
     """One measured tensor of one module call, as plain numbers.
 
-    `stats`: mean, std, min, max, near_zero, dead, and `saturated` for a bounded activation.
+    `stats`: mean, std, min, max, near_zero, dead; `spread` for a weight layer (the `symmetric`
+    flag's statistic); `saturated` for a bounded activation.
     `grad`: None without a backward pass, or when the tensor was not part of the autograd graph
     (a weight layer's input that is the data); else mean and std of dL/d(tensor) and, for a
     module with a weight, `weight_std`, `weight_min`, `weight_max` (of dL/dW), `weight_data_std`
@@ -230,8 +235,9 @@ class _Record:
     module: nn.Module
     shape: tuple[int, ...]
     unit_dim: int
-    stats: torch.Tensor  # float64 vector: MOMENTS, dead, [saturated], [histogram]
+    stats: torch.Tensor  # float64 vector: MOMENTS, dead, [spread], [saturated], [histogram]
     saturation: bool
+    spread: bool
     grad: torch.Tensor | None = None  # float64 (mean, std) once backward reached the tensor
     differentiable: bool = False
 
@@ -394,9 +400,11 @@ class _Recorder:
     def _measure(self, module: nn.Module, name: str, kind: str, x: torch.Tensor, channels: bool,
                  saturation: Activation | None) -> None:
         unit = 1 if channels else max(x.dim() - 1, 0)
+        spread = kind == "weight"
         with torch.no_grad():
-            stats = self._reduce(x.detach(), unit, saturation)
-        record = _Record(name, kind, module, tuple(x.shape), unit, stats, saturation is not None)
+            stats = self._reduce(x.detach(), unit, spread, saturation)
+        record = _Record(name, kind, module, tuple(x.shape), unit, stats, saturation is not None,
+                         spread)
         self.records.append(record)
         seen = self._seen(x)
         if seen is not None:
@@ -407,8 +415,9 @@ class _Recorder:
             record.differentiable = True
             x.register_hook(lambda g, record=record: self._on_grad(record, g))
 
-    def _reduce(self, x: torch.Tensor, unit: int, saturation: Activation | None) -> torch.Tensor:
-        """MOMENTS, dead, [saturated], [histogram] of `x` as one float64 vector."""
+    def _reduce(self, x: torch.Tensor, unit: int, spread: bool,
+                saturation: Activation | None) -> torch.Tensor:
+        """MOMENTS, dead, [spread], [saturated], [histogram] of `x` as one float64 vector."""
         if x.dim() == 0:
             x = x.reshape(1)
         # each unit's extremes: dead units are those whose min and max are both 0, and the
@@ -425,6 +434,16 @@ class _Recorder:
         acc = stats[0].dtype
         dead = count_fraction(torch.logical_and(unit_lo == 0, unit_hi == 0).to(acc).unsqueeze(0))
         parts = [*stats, dead.to(acc)]
+        if spread:
+            # each sample's (and position's) extremes across units
+            if unit == x.dim() - 1:
+                across = x.reshape(-1, x.shape[-1])
+            else:
+                across = x.reshape(x.shape[0], x.shape[1], -1)
+            # in the accumulation dtype before the difference: a half-precision gap would round
+            sample_lo = across.amin(dim=1).reshape(1, -1).to(acc)
+            sample_hi = across.amax(dim=1).reshape(1, -1).to(acc)
+            parts.append(unit_spread(sample_lo, sample_hi, stats[2], stats[3]))
         if saturation is not None:
             edges = saturation.saturation_edges(self.cut)
             assert edges is not None
@@ -507,7 +526,8 @@ class _Recorder:
                 weights: dict[int, tuple[torch.Tensor, bool] | None], has_loss: bool) -> Capture:
         layers, at = [], 0
         for record in self.records:
-            keys = MOMENTS + ("dead",) + (("saturated",) if record.saturation else ())
+            keys = (MOMENTS + ("dead",) + (("spread",) if record.spread else ())
+                    + (("saturated",) if record.saturation else ()))
             stats = dict(zip(keys, host[at:at + len(keys)]))
             at += len(keys)
             histogram = tuple(host[at:at + self.bins]) if self.bins else None

@@ -34,13 +34,19 @@ from models import (
 NEAR_ZERO = 0.01  # Thresholds' default
 
 
-def numpy_stats(a: np.ndarray, unit: int, saturated=None) -> dict[str, float]:
+def numpy_stats(a: np.ndarray, unit: int, saturated=None, spread=False) -> dict[str, float]:
     """The statistics of analysis.py's definitions, from a float64 array: population std; dead =
-    the fraction of units (entries along `unit`) that are 0 for every sample and position."""
+    the fraction of units (entries along `unit`) that are 0 for every sample and position;
+    spread = the largest range across units on one sample and position over max|a| (0/0: 0)."""
     per_unit = np.moveaxis(a, unit % a.ndim, 0).reshape(a.shape[unit], -1)
     stats = {"mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max(),
              "near_zero": np.mean(np.abs(a) < NEAR_ZERO),
              "dead": np.mean(np.all(per_unit == 0, axis=1))}
+    if spread:
+        per_sample = np.moveaxis(a, unit % a.ndim, -1).reshape(-1, a.shape[unit])
+        gap = np.max(per_sample.max(axis=1) - per_sample.min(axis=1))
+        top = np.max(np.abs(a))
+        stats["spread"] = gap / top if top > 0 else 0.0
     if saturated is not None:
         stats["saturated"] = np.mean(saturated(a))
     return stats
@@ -76,7 +82,7 @@ def expect(model: nn.Module, inputs, targets=None, *, rtol: float = 1e-5, loss=N
         weight = getattr(module, "weight", None)
         assert layer.weight_shape == (tuple(weight.shape) if layer.kind != "input" and isinstance(
             weight, nn.Parameter) else None), layer.name
-        want = numpy_stats(a, ref.unit, ref.saturated)
+        want = numpy_stats(a, ref.unit, ref.saturated, spread=ref.kind == "weight")
         assert set(layer.stats) == set(want), layer.name
         for key, value in want.items():
             scale = want["std"] if key in ("mean", "std", "min", "max") else 0.0
@@ -472,3 +478,33 @@ def test_the_builtin_mlp_measures_the_same_through_capture(name, init):
             assert close(raw.post["saturated"], consumer.stats["saturated"]), (i, "saturated")
         for key in ("mean", "std", "weight_std", "weight_min", "weight_max", "weight_data_std"):
             assert close(raw.grad[key], weight.grad[key]), (i, "grad", key)
+
+
+# ---- spread: the symmetric flag's statistic, on weight records --------------------------------
+
+
+@pytest.mark.parametrize("init", ["zeros", "constant", "random"])
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_weight_records_carry_the_unit_spread(layer, init):
+    """Zero and constant weights make every unit compute the same value (spread 0: symmetric,
+    an all-zero output included); random weights do not. Checked against NumPy on the layer's
+    own output, units on the last dim (Linear) and on the channels (Conv2d)."""
+    torch.manual_seed(0)
+    if layer == "linear":
+        model, x, unit = nn.Linear(12, 16), gaussian(20, 12), -1
+    else:
+        model, x, unit = nn.Conv2d(3, 8, 3, padding=1), gaussian(6, 3, 9, 9), 1
+    with torch.no_grad():
+        if init != "random":
+            model.weight.fill_(0.0 if init == "zeros" else 0.3)
+            model.bias.fill_(0.0 if init == "zeros" else -0.1)
+    got = [r for r in capture(model, x, grad=False).layers if r.kind != "input"]
+    assert [(r.name, r.kind) for r in got] == [(type(model).__name__, "weight")]
+    with torch.no_grad():
+        want = numpy_stats(model(x).double().numpy(), unit, spread=True)["spread"]
+    assert close(got[0].stats["spread"], want, 0.0, 1e-6), (got[0].stats, want)
+    if init == "random":
+        assert got[0].stats["spread"] > 0.1
+    else:  # every unit computes exactly the same number; zeros: 0/0 taken as 0
+        assert got[0].stats["spread"] == 0.0
+        assert (got[0].stats["max"] == got[0].stats["min"] == 0.0) == (init == "zeros")
