@@ -16,9 +16,9 @@ that runs more than once is `name#k`. By default the capture measures:
 - `norm`: the output of every normalisation layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm);
 - `block`: the output of each repeated block (a child of an nn.ModuleList or nn.Sequential that
   holds two or more modules of the same class with submodules of their own): the residual stream;
-- `input`: the input of a weight layer when it is not a tensor measured above (the model's data,
-  or what a functional activation such as `F.relu` or a reshape made), so that functional
-  activations are covered.
+- `input`: the input of a weight layer when it is not a tensor measured above (what a functional
+  activation such as `F.relu`, a reshape or a flatten made), so that functional activations are
+  covered; never the model's own inputs (the data), whose statistics the Report carries apart.
 
 `layers=` selects instead: module classes (`nn.Conv2d`) and/or fnmatch patterns on the names
 (`"blocks.*"`; `#k` is not part of the name matched); the outputs of the modules selected are
@@ -108,9 +108,10 @@ class CapturedLayer:
     `stats`: mean, std, min, max, near_zero, dead; `spread` for a weight layer (the `symmetric`
     flag's statistic); `saturated` for a bounded activation.
     `grad`: None without a backward pass, or when the tensor was not part of the autograd graph
-    (a weight layer's input that is the data); else mean and std of dL/d(tensor) and, for a
-    module with a weight, `weight_std`, `weight_min`, `weight_max` (of dL/dW), `weight_data_std`
-    (of W) and `grad_to_data` (their ratio; None when std(W) is 0 or a number is not finite);
+    (a weight layer's input made from the data by ops with no parameter); else mean and std of
+    dL/d(tensor) and, for a module with a weight, `weight_std`, `weight_min`, `weight_max` (of
+    dL/dW), `weight_data_std` (of W) and `grad_to_data` (their ratio; None when std(W) is 0 or a
+    number is not finite);
     the weight entries are None for a frozen weight. `histogram`: counts in equal bins over
     [min, max] (None unless asked for). `unit_dim`: the dimension of `shape` whose entries are
     the units that `dead` counts. `weight_shape`: the shape of the module's weight parameter
@@ -262,6 +263,7 @@ class _Recorder:
         self.tensors: dict[int, _Pending] = {}
         self.records: list[_Record] = []
         self.ran: list[str] = []
+        self.data: tuple[torch.Tensor, ...] = ()  # the model's inputs: never an input record
         self.zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self.bounded: dict[int, Activation | None] = {}
         self.scratch = Scratch()  # one buffer for every reduction of the pass
@@ -283,6 +285,7 @@ class _Recorder:
 
     def forward(self, inputs: Any) -> Any:
         """The model's output on `inputs`; a failure names the module it happened in."""
+        self.data = tuple(_tensors(inputs))
         try:
             if isinstance(inputs, Mapping):
                 return self.model(**inputs)
@@ -318,7 +321,8 @@ class _Recorder:
         self.stack.append(_Call(id(module), name, consumer, seen is not None and seen.channels, hand_on))
         if (isinstance(module, WEIGHT_TYPES) and not isinstance(module, nn.Embedding)
                 and x is not None and x.is_floating_point()
-                and (seen is None or seen.version != x._version) and self.selection is None):
+                and (seen is None or seen.version != x._version) and self.selection is None
+                and not any(x is t for t in self.data)):
             # `version`: an in-place op since it was measured changed it
             self._measure(module, f"{name}:input", "input", x, channels=(
                 x.dim() >= 3 and isinstance(module, CHANNEL_TYPES)), saturation=None)
