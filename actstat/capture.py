@@ -16,9 +16,9 @@ that runs more than once is `name#k`. By default the capture measures:
 - `norm`: the output of every normalisation layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm);
 - `block`: the output of each repeated block (a child of an nn.ModuleList or nn.Sequential that
   holds two or more modules of the same class with submodules of their own): the residual stream;
-- `input`: the input of a weight layer when it is not a tensor measured above (the model's data,
-  or what a functional activation such as `F.relu` or a reshape made), so that functional
-  activations are covered.
+- `input`: the input of a weight layer when it is not a tensor measured above (what a functional
+  activation such as `F.relu`, a reshape or a flatten made), so that functional activations are
+  covered; never the model's own inputs (the data), whose statistics the Report carries apart.
 
 `layers=` selects instead: module classes (`nn.Conv2d`) and/or fnmatch patterns on the names
 (`"blocks.*"`; `#k` is not part of the name matched); the outputs of the modules selected are
@@ -29,7 +29,10 @@ in-place op can overwrite the tensor (definitions: actstat/analysis.py and the d
 actstat/probe.py's reductions, which do the work): mean, population std, min, max, near-zero
 fraction; `dead`: the fraction of units that are exactly 0 for every sample and position, the
 unit being the channel (dim 1) of a convolutional feature map and the last dim otherwise;
-`saturated` only for a known bounded activation module (its rule from actstat/activations.py).
+`spread` only for a weight layer's output: the largest range across units on one sample (and
+position), relative to the tensor's max|x| (0 when every unit computes the same value, an
+all-zero output included: the `symmetric` flag of actstat/analysis.py); `saturated` only for a
+known bounded activation module (its rule from actstat/activations.py).
 Half-precision tensors are reduced in float32.
 
 With `grad`, one backward pass of the loss: dL/d(output) of every measured tensor (mean, std;
@@ -67,6 +70,7 @@ from actstat.probe import (
     group_histogram,
     group_moments,
     saturated_fraction,
+    unit_spread,
 )
 
 WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
@@ -101,11 +105,13 @@ WEIGHT_GRAD = ("weight_std", "weight_min", "weight_max", "weight_data_std")
 class CapturedLayer:
     """One measured tensor of one module call, as plain numbers.
 
-    `stats`: mean, std, min, max, near_zero, dead, and `saturated` for a bounded activation.
+    `stats`: mean, std, min, max, near_zero, dead; `spread` for a weight layer (the `symmetric`
+    flag's statistic); `saturated` for a bounded activation.
     `grad`: None without a backward pass, or when the tensor was not part of the autograd graph
-    (a weight layer's input that is the data); else mean and std of dL/d(tensor) and, for a
-    module with a weight, `weight_std`, `weight_min`, `weight_max` (of dL/dW), `weight_data_std`
-    (of W) and `grad_to_data` (their ratio; None when std(W) is 0 or a number is not finite);
+    (a weight layer's input made from the data by ops with no parameter); else mean and std of
+    dL/d(tensor) and, for a module with a weight, `weight_std`, `weight_min`, `weight_max` (of
+    dL/dW), `weight_data_std` (of W) and `grad_to_data` (their ratio; None when std(W) is 0 or a
+    number is not finite);
     the weight entries are None for a frozen weight. `histogram`: counts in equal bins over
     [min, max] (None unless asked for). `unit_dim`: the dimension of `shape` whose entries are
     the units that `dead` counts. `weight_shape`: the shape of the module's weight parameter
@@ -233,8 +239,9 @@ class _Record:
     module: nn.Module
     shape: tuple[int, ...]
     unit_dim: int
-    stats: torch.Tensor  # float64 vector: MOMENTS, dead, [saturated], [histogram]
+    stats: torch.Tensor  # float64 vector: MOMENTS, dead, [spread], [saturated], [histogram]
     saturation: bool
+    spread: bool
     consumes: str | None = None  # an activation record: the weight or norm call it consumes
     grad: torch.Tensor | None = None  # float64 (mean, std) once backward reached the tensor
     differentiable: bool = False
@@ -260,6 +267,7 @@ class _Recorder:
         self.tensors: dict[int, _Pending] = {}
         self.records: list[_Record] = []
         self.ran: list[str] = []
+        self.data: tuple[torch.Tensor, ...] = ()  # the model's inputs: never an input record
         self.zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self.bounded: dict[int, Activation | None] = {}
         self.scratch = Scratch()  # one buffer for every reduction of the pass
@@ -281,6 +289,7 @@ class _Recorder:
 
     def forward(self, inputs: Any) -> Any:
         """The model's output on `inputs`; a failure names the module it happened in."""
+        self.data = tuple(_tensors(inputs))
         try:
             if isinstance(inputs, Mapping):
                 return self.model(**inputs)
@@ -317,7 +326,8 @@ class _Recorder:
                                 seen is not None and seen.channels, hand_on))
         if (isinstance(module, WEIGHT_TYPES) and not isinstance(module, nn.Embedding)
                 and x is not None and x.is_floating_point()
-                and (seen is None or seen.version != x._version) and self.selection is None):
+                and (seen is None or seen.version != x._version) and self.selection is None
+                and not any(x is t for t in self.data)):
             # `version`: an in-place op since it was measured changed it
             self._measure(module, f"{name}:input", "input", x, channels=(
                 x.dim() >= 3 and isinstance(module, CHANNEL_TYPES)), saturation=None)
@@ -401,10 +411,11 @@ class _Recorder:
     def _measure(self, module: nn.Module, name: str, kind: str, x: torch.Tensor, channels: bool,
                  saturation: Activation | None, consumes: str | None = None) -> None:
         unit = 1 if channels else max(x.dim() - 1, 0)
+        spread = kind == "weight"
         with torch.no_grad():
-            stats = self._reduce(x.detach(), unit, saturation)
+            stats = self._reduce(x.detach(), unit, spread, saturation)
         record = _Record(name, kind, module, tuple(x.shape), unit, stats, saturation is not None,
-                         consumes)
+                         spread, consumes)
         self.records.append(record)
         seen = self._seen(x)
         if seen is not None:
@@ -415,8 +426,9 @@ class _Recorder:
             record.differentiable = True
             x.register_hook(lambda g, record=record: self._on_grad(record, g))
 
-    def _reduce(self, x: torch.Tensor, unit: int, saturation: Activation | None) -> torch.Tensor:
-        """MOMENTS, dead, [saturated], [histogram] of `x` as one float64 vector."""
+    def _reduce(self, x: torch.Tensor, unit: int, spread: bool,
+                saturation: Activation | None) -> torch.Tensor:
+        """MOMENTS, dead, [spread], [saturated], [histogram] of `x` as one float64 vector."""
         if x.dim() == 0:
             x = x.reshape(1)
         # each unit's extremes: dead units are those whose min and max are both 0, and the
@@ -433,6 +445,16 @@ class _Recorder:
         acc = stats[0].dtype
         dead = count_fraction(torch.logical_and(unit_lo == 0, unit_hi == 0).to(acc).unsqueeze(0))
         parts = [*stats, dead.to(acc)]
+        if spread:
+            # each sample's (and position's) extremes across units
+            if unit == x.dim() - 1:
+                across = x.reshape(-1, x.shape[-1])
+            else:
+                across = x.reshape(x.shape[0], x.shape[1], -1)
+            # in the accumulation dtype before the difference: a half-precision gap would round
+            sample_lo = across.amin(dim=1).reshape(1, -1).to(acc)
+            sample_hi = across.amax(dim=1).reshape(1, -1).to(acc)
+            parts.append(unit_spread(sample_lo, sample_hi, stats[2], stats[3]))
         if saturation is not None:
             edges = saturation.saturation_edges(self.cut)
             assert edges is not None
@@ -515,7 +537,8 @@ class _Recorder:
                 weights: dict[int, tuple[torch.Tensor, bool] | None], has_loss: bool) -> Capture:
         layers, at = [], 0
         for record in self.records:
-            keys = MOMENTS + ("dead",) + (("saturated",) if record.saturation else ())
+            keys = (MOMENTS + ("dead",) + (("spread",) if record.spread else ())
+                    + (("saturated",) if record.saturation else ()))
             stats = dict(zip(keys, host[at:at + len(keys)]))
             at += len(keys)
             histogram = tuple(host[at:at + self.bins]) if self.bins else None

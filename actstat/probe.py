@@ -121,6 +121,18 @@ def group_moments(x: torch.Tensor, near_zero: float, scratch: torch.Tensor | Non
     return [mean * scale, std * scale, lo.to(acc), hi.to(acc), near]
 
 
+def unit_spread(sample_lo: torch.Tensor, sample_hi: torch.Tensor, lo: torch.Tensor,
+                hi: torch.Tensor) -> torch.Tensor:
+    """The `symmetric` flag's statistic (actstat/analysis.py) of each group: the largest range
+    across units on one sample, relative to the group's max|x| (0: every unit computes the same
+    value; an all-zero group counts as 0). `sample_lo`, `sample_hi`: (K, samples) extremes across
+    units of each sample (or sample and position); `lo`, `hi`: the (K,) group extremes, in the
+    accumulation dtype the result takes."""
+    scale = torch.maximum(lo.abs(), hi.abs())
+    gap = (sample_hi - sample_lo).amax(dim=1).to(scale.dtype)
+    return torch.where(scale > 0, gap / scale, torch.zeros_like(gap))
+
+
 def histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
     """Counts of `x` in `bins` equal bins over [lo, hi] (the last bin closed, as np.histogram),
     in float64. Built with scatter_add on the device: torch.histc would need the range on the
@@ -203,15 +215,12 @@ class _Reducer:
         stats = group_moments(x, self.near_zero, self.scratch(x),
                               extremes=(sample_lo.amin(dim=1), sample_hi.amax(dim=1)))
         acc = stats[0].dtype
+        spread = unit_spread(sample_lo, sample_hi, stats[2], stats[3])
         if self.activation.dead_below is None:
             dead = torch.zeros_like(stats[0])
         else:
             # per-unit maxima over the batch: a unit is dead when even its largest input is flat
             dead = count_fraction(x3.amax(dim=1).le_(self.activation.dead_below)).to(acc)
-        # the largest range across units on one sample, relative to max|x| (0: all identical)
-        scale = torch.maximum(stats[2].abs(), stats[3].abs())
-        gap = (sample_hi - sample_lo).amax(dim=1).to(acc)
-        spread = torch.where(scale > 0, gap / scale, torch.zeros_like(gap))
         return torch.stack([*stats, dead, spread], dim=1).to(torch.float64)
 
     def post(self, x: torch.Tensor) -> torch.Tensor:

@@ -126,7 +126,7 @@ def test_exploding_vanishing_and_gradient_flags_on_a_deep_plain_network():
     assert "vanishing" in small.layers[-2].flags
     # the head is the gradient reference's successor, never held to it
     assert not {"grad_vanishing", "grad_exploding"} & set(small.layers[-1].flags)
-    assert "grad_exploding" in small.layers[0].flags  # dL/dh grows back towards the input
+    assert "grad_vanishing" in small.layers[0].flags  # dL/dh shrinks on its way back too
     good = actstat.profile(deep(lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu")),
                            x, y).runs[0]
     assert good.verdict == "healthy"
@@ -243,7 +243,8 @@ def test_thresholds_change_the_flags():
     assert actstat.profile(model, x, y).runs[0].verdict == "healthy"
     strict = actstat.profile(model, x, y, thresholds={"vanishing": 0.25})
     assert strict.runs[0].verdict == "vanishing"
-    assert [layer.name for layer in strict.runs[0].layers if layer.flags] == ["blocks.0.fc1"]
+    flagged = [layer.name for layer in strict.runs[0].layers if layer.flags]
+    assert flagged[0] == "blocks.0.fc1" and "inp" not in flagged
     assert strict.config["thresholds"]["vanishing"] == 0.25
 
 
@@ -254,8 +255,10 @@ def test_assert_healthy_lists_the_flagged_layers():
     with pytest.raises(AssertionError) as caught:
         assert_healthy(model, gaussian(16, 10), labels(16, 3))
     message = str(caught.value)
-    assert message.startswith("3 flagged layer(s) in Sequential (verdict: symmetric):")
-    assert "0 (Linear → ReLU): symmetric" in message and "post std 0" in message
+    assert message.splitlines()[0] == "2 flagged layer(s) in Sequential (verdict: symmetric):"
+    assert message.splitlines()[1] == ("  0 (Linear → ReLU): symmetric, vanishing, grad_zero, "
+                                       "dead — post std 0, dead 100.0%, grad std 0")
+    assert message.splitlines()[2].startswith("  2 (Linear): symmetric, vanishing, grad_zero")
     torch.manual_seed(0)
     healthy = ResidualMLP()
     assert isinstance(assert_healthy(healthy, gaussian(64, 20), labels(64, 10)), Report)
@@ -267,11 +270,11 @@ def test_assert_healthy_allows_named_flags():
     torch.manual_seed(0)
     model = ResidualMLP()
     with torch.no_grad():
-        model.blocks[1].fc1.bias[:] = -100.0
+        model.blocks[1].fc1.bias[:8] = -100.0  # 8 of 32 units dead: 25 %
     x, y = gaussian(64, 20), labels(64, 10)
-    with pytest.raises(AssertionError, match="blocks.1.fc1"):
-        assert_healthy(model, x, y)
-    assert_healthy(model, x, y, allow={"dead"})
+    with pytest.raises(AssertionError, match=r"blocks.1.fc1 \(Linear → ReLU\): dead — post std "):
+        assert_healthy(model, x, y, thresholds={"dead": 0.2})
+    assert_healthy(model, x, y, allow={"dead"}, thresholds={"dead": 0.2})
 
 
 def test_the_public_names():

@@ -34,13 +34,19 @@ from models import (
 NEAR_ZERO = 0.01  # Thresholds' default
 
 
-def numpy_stats(a: np.ndarray, unit: int, saturated=None) -> dict[str, float]:
+def numpy_stats(a: np.ndarray, unit: int, saturated=None, spread=False) -> dict[str, float]:
     """The statistics of analysis.py's definitions, from a float64 array: population std; dead =
-    the fraction of units (entries along `unit`) that are 0 for every sample and position."""
+    the fraction of units (entries along `unit`) that are 0 for every sample and position;
+    spread = the largest range across units on one sample and position over max|a| (0/0: 0)."""
     per_unit = np.moveaxis(a, unit % a.ndim, 0).reshape(a.shape[unit], -1)
     stats = {"mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max(),
              "near_zero": np.mean(np.abs(a) < NEAR_ZERO),
              "dead": np.mean(np.all(per_unit == 0, axis=1))}
+    if spread:
+        per_sample = np.moveaxis(a, unit % a.ndim, -1).reshape(-1, a.shape[unit])
+        gap = np.max(per_sample.max(axis=1) - per_sample.min(axis=1))
+        top = np.max(np.abs(a))
+        stats["spread"] = gap / top if top > 0 else 0.0
     if saturated is not None:
         stats["saturated"] = np.mean(saturated(a))
     return stats
@@ -76,7 +82,7 @@ def expect(model: nn.Module, inputs, targets=None, *, rtol: float = 1e-5, loss=N
         weight = getattr(module, "weight", None)
         assert layer.weight_shape == (tuple(weight.shape) if layer.kind != "input" and isinstance(
             weight, nn.Parameter) else None), layer.name
-        want = numpy_stats(a, ref.unit, ref.saturated)
+        want = numpy_stats(a, ref.unit, ref.saturated, spread=ref.kind == "weight")
         assert set(layer.stats) == set(want), layer.name
         for key, value in want.items():
             scale = want["std"] if key in ("mean", "std", "min", "max") else 0.0
@@ -160,7 +166,7 @@ def test_an_activation_module_called_twice_gets_two_records_with_saturation():
         model.fc2.weight.mul_(8.0)  # the second call saturates
     got = expect(model, gaussian(50, 12), labels(50, 5))
     second = next(layer for layer in got.layers if layer.name == "act#2")
-    assert second.stats["saturated"] > 0.3 and "saturated" not in got.layers[1].stats
+    assert second.stats["saturated"] > 0.3 and "saturated" not in got.layers[0].stats
 
 
 @pytest.mark.slow  # ~2 s: the process's first convolution backward warms oneDNN up
@@ -170,7 +176,7 @@ def test_inplace_relu_after_convolutions_measures_the_conv_output_and_backward_w
     with torch.no_grad():
         model.stem.bias[:2] = -100.0  # 2 of 8 stem channels die in the in-place ReLU
     got = expect(model, mnist_images(16), labels(16, 10))
-    stem, relu = got.layers[1], got.layers[2]
+    stem, relu = got.layers[0], got.layers[1]
     assert stem.stats["min"] < -50 and relu.stats["min"] == 0.0 and relu.stats["dead"] == 0.25
 
 
@@ -199,7 +205,7 @@ def test_frozen_parameters(frozen):
     for part in parts:
         part.requires_grad_(False)
     got = expect(model, gaussian(32, 20), labels(32, 10))
-    assert got.layers[1].grad["weight_std"] is None  # inp's weight is frozen
+    assert got.layers[0].grad["weight_std"] is None  # inp's weight is frozen
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -401,9 +407,34 @@ def test_containers_and_dropout_hand_the_tensor_on_to_its_consumer(train):
                           nn.Sequential(nn.ReLU(), nn.Linear(8, 2))).train(train)
     got = capture(model, gaussian(16, 4))
     assert [(layer.name, layer.kind) for layer in got.layers] == [
-        ("0:input", "input"), ("0", "weight"), ("2", "activation"), ("3", "weight"),
+        ("0", "weight"), ("2", "activation"), ("3", "weight"),
         ("4.0", "activation"), ("4.1", "weight")]
     assert model.training == train and model[1].training == train
+
+
+class _DataAndReshape(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+        self.fc2 = nn.Linear(6, 4)
+
+    def forward(self, x, y):
+        return self.fc(x) + self.fc2(y.reshape(y.shape[0], -1))
+
+
+def test_the_data_itself_is_no_input_record_but_a_reshape_of_it_is():
+    """The Report carries the data's statistics: a weight layer fed the model's own input
+    tensor (passed alone, in a tuple or in a dict) gets no input record; one fed a reshape of
+    it (a new tensor) does."""
+    torch.manual_seed(0)
+    model, x, y = _DataAndReshape(), gaussian(5, 6), gaussian(5, 2, 3, seed=3)
+    for inputs in ((x, y), [x, y], {"x": x, "y": y}):
+        got = capture(model, inputs, grad=False).layers
+        assert [(r.name, r.kind) for r in got] == [("fc", "weight"), ("fc2:input", "input"),
+                                                   ("fc2", "weight")]
+        assert close(got[1].stats["std"], y.double().numpy().std(), 0.0, 1e-6)
+    alone = capture(nn.Sequential(nn.Linear(6, 3)), x).layers
+    assert [(r.name, r.kind) for r in alone] == [("0", "weight")]
 
 
 class _Guarded(nn.Module):
@@ -424,8 +455,7 @@ class _Guarded(nn.Module):
 
 def test_a_caught_failure_inside_the_forward_does_not_confuse_the_names():
     got = capture(_Guarded(), gaussian(3, 5), grad=False)
-    assert [(layer.name, layer.kind) for layer in got.layers] == [("strict:input", "input"),
-                                                                  ("fc:input", "input"),
+    assert [(layer.name, layer.kind) for layer in got.layers] == [("fc:input", "input"),
                                                                   ("fc", "weight")]
     whole = capture(_Guarded(), gaussian(3, 5), layers=_Guarded, grad=False).layers
     assert [(layer.name, layer.kind, layer.shape) for layer in whole] == [("_Guarded", "selected",
@@ -472,3 +502,33 @@ def test_the_builtin_mlp_measures_the_same_through_capture(name, init):
             assert close(raw.post["saturated"], consumer.stats["saturated"]), (i, "saturated")
         for key in ("mean", "std", "weight_std", "weight_min", "weight_max", "weight_data_std"):
             assert close(raw.grad[key], weight.grad[key]), (i, "grad", key)
+
+
+# ---- spread: the symmetric flag's statistic, on weight records --------------------------------
+
+
+@pytest.mark.parametrize("init", ["zeros", "constant", "random"])
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_weight_records_carry_the_unit_spread(layer, init):
+    """Zero and constant weights make every unit compute the same value (spread 0: symmetric,
+    an all-zero output included); random weights do not. Checked against NumPy on the layer's
+    own output, units on the last dim (Linear) and on the channels (Conv2d)."""
+    torch.manual_seed(0)
+    if layer == "linear":
+        model, x, unit = nn.Linear(12, 16), gaussian(20, 12), -1
+    else:
+        model, x, unit = nn.Conv2d(3, 8, 3, padding=1), gaussian(6, 3, 9, 9), 1
+    with torch.no_grad():
+        if init != "random":
+            model.weight.fill_(0.0 if init == "zeros" else 0.3)
+            model.bias.fill_(0.0 if init == "zeros" else -0.1)
+    got = capture(model, x, grad=False).layers
+    assert [(r.name, r.kind) for r in got] == [(type(model).__name__, "weight")]
+    with torch.no_grad():
+        want = numpy_stats(model(x).double().numpy(), unit, spread=True)["spread"]
+    assert close(got[0].stats["spread"], want, 0.0, 1e-6), (got[0].stats, want)
+    if init == "random":
+        assert got[0].stats["spread"] > 0.1
+    else:  # every unit computes exactly the same number; zeros: 0/0 taken as 0
+        assert got[0].stats["spread"] == 0.0
+        assert (got[0].stats["max"] == got[0].stats["min"] == 0.0) == (init == "zeros")
