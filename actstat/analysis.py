@@ -117,7 +117,8 @@ class Summary:
       layer, > 1 it grows. None with one layer, or when a std is 0 or not finite.
     - `first_flag`: (layer index, flag) of the first flagged layer, its first flag in FLAGS order.
     - `worst_dead`, `worst_saturated`: the largest fraction over the layers (None: not applicable).
-    - `grad_ratio`: std of dL/d(pre) at layer 1 over the last hidden layer's (None: no gradients).
+    - `grad_ratio`: std of dL/d(pre) at layer 1 over the last hidden layer's (None: no gradients);
+      of any model, over its gradient reference's (`grad_reference`).
     """
 
     verdict: str
@@ -138,7 +139,7 @@ def summarise(layers: tuple[LayerStats, ...], verdict_name: str) -> Summary:
     flagged = next((layer for layer in layers if layer.flags), None)
     deads = [layer.post.dead for layer in layers if layer.post.dead is not None]
     saturations = [layer.post.saturated for layer in layers if layer.post.saturated is not None]
-    g_first, g_last = layers[0].grad, layers[-1].grad
+    g_first, g_last = layers[0].grad, grad_reference(layers).grad
     ratio = None
     if g_first is not None and g_last is not None and g_first.std is not None and g_last.std:
         ratio = g_first.std / g_last.std

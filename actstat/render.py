@@ -135,7 +135,7 @@ def verdict_line(run: Run, report: Report) -> str:
     drift = (f"post std {number(layers[0].post.std)} → {number(layers[-1].post.std)} "
              f"over {len(layers)} layers")
     ratio = gradient_ratio(run)
-    first, last = layer_label(layers[0], run), layer_label(layers[-1], run)
+    first, last = layer_label(layers[0], run), layer_label(grad_reference(layers), run)
     grad = "" if ratio is None else f"; grad std layer {first} / layer {last} = {number(ratio)}"
     if run.theory is not None:
         grad += f"; mean field: {run.theory.phase} (χ₁ = {number(run.theory.chi1)})"

@@ -225,6 +225,7 @@ def example_dirs(tmp_path_factory):
     for page in PAGES:
         directory = tmp_path_factory.mktemp(page.stem)
         (directory / "configs").symlink_to(ROOT / "configs")
+        (directory / "examples").symlink_to(ROOT / "examples")
         directories[page] = directory
     return directories
 
