@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from actstat.errors import ActstatError
-from actstat.report import API_SOURCE, LayerStats, Report
+from actstat.report import API_SOURCE, LayerStats, Report, Run
 
 # metric -> (which tensor, which statistic)
 METRICS: dict[str, tuple[str, str]] = {
@@ -40,7 +40,7 @@ class Drift:
     """One compared value that left its tolerance."""
 
     scheme: str
-    layer: int
+    layer: int | str  # the MLP's layer number, or a user model's row name (`blocks.3.fc1`)
     metric: str
     expected: float | None
     obtained: float | None
@@ -53,7 +53,7 @@ class BoundBreach:
     """A layer whose post std left [s / F, s x F] of its scheme's first layer."""
 
     scheme: str
-    layer: int
+    layer: int | str  # as Drift's
     first_std: float | None
     std: float | None
     factor: float
@@ -64,7 +64,7 @@ class CheckResult:
     compared: int  # values compared against the baseline (0 without one)
     drifts: tuple[Drift, ...]
     breaches: tuple[BoundBreach, ...]
-    flagged: tuple[tuple[str, int, str], ...]  # (scheme, layer, flag) for --fail-on
+    flagged: tuple[tuple[str, int | str, str], ...]  # (scheme, layer, flag) for --fail-on
     config_changes: tuple[str, ...]  # "model.depth: 20 -> 10", when a config replaced the baseline's
     schemes: tuple[str, ...]  # every scheme checked, in order
     metrics: tuple[str, ...]
@@ -108,13 +108,19 @@ def compare(expected: Report, obtained: Report, *, metrics: tuple[str, ...], rto
         for position in range(max(len(old_layers), len(new_layers))):
             a = old_layers[position] if position < len(old_layers) else None
             b = new_layers[position] if position < len(new_layers) else None
+            where = _where(new or old, b or a, position)  # type: ignore[arg-type]
             for metric in metrics:
                 compared += 1
-                drift = _compare_value(label, position + 1, metric, a, b,
+                drift = _compare_value(label, where, metric, a, b,
                                        tolerance_for(metric, tolerances, rtol, atol))
                 if drift is not None:
                     drifts.append(drift)
     return compared, drifts, labels
+
+
+def _where(run: Run, layer: LayerStats, position: int) -> int | str:
+    """How a check names a layer: the MLP's number, a user model's row name."""
+    return position + 1 if run.model is None or not layer.name else layer.name
 
 
 def _value(layer: LayerStats | None, metric: str) -> tuple[bool, float | None]:
@@ -128,7 +134,7 @@ def _value(layer: LayerStats | None, metric: str) -> tuple[bool, float | None]:
     return True, getattr(stats, statistic)
 
 
-def _compare_value(scheme: str, layer: int, metric: str, a: LayerStats | None,
+def _compare_value(scheme: str, layer: int | str, metric: str, a: LayerStats | None,
                    b: LayerStats | None, tolerance: float) -> Drift | None:
     has_a, expected = _value(a, metric)
     has_b, obtained = _value(b, metric)
@@ -164,7 +170,8 @@ def drift_bound(report: Report, factor: float) -> list[BoundBreach]:
             inside = (first is not None and std is not None and first > 0
                       and first / factor <= std <= first * factor)
             if not inside:
-                breaches.append(BoundBreach(run.scheme, layer.index, first, std, factor))
+                breaches.append(BoundBreach(run.scheme, _where(run, layer, layer.index - 1),
+                                            first, std, factor))
     return breaches
 
 
@@ -318,7 +325,7 @@ def evaluate(plan: CheckPlan, report: Report) -> CheckResult:
             tolerances={m: t.model_dump(exclude_none=True) for m, t in settings.tolerances.items()})
     breaches = (tuple(drift_bound(report, request.max_drift)) if request.max_drift is not None
                 else ())
-    flagged = tuple((run.scheme, layer.index, flag) for run in report.runs
+    flagged = tuple((run.scheme, _where(run, layer, layer.index - 1), flag) for run in report.runs
                     for layer in run.layers for flag in layer.flags if flag in request.fail_on)
     return CheckResult(
         compared=compared,
