@@ -56,6 +56,7 @@ def test_the_wheel_carries_the_licence_and_the_attribution(built):
     assert f"actstat-0.1.0.dist-info/licenses/{ATTRIBUTION}" in names
     assert ATTRIBUTION in names and "actstat/assets/mnist_5k.npz" in names  # beside the data
     assert "License-Expression: MIT" in metadata.splitlines()
+    assert "actstat/py.typed" in names  # type checkers read the API's annotations (PEP 561)
 
 
 def test_the_sdist_carries_the_licence_and_the_attribution(built):

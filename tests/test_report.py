@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +223,31 @@ def test_golden_markdown(golden):
 
 def test_golden_csv(golden):
     golden("run_report.csv", to_csv(synthetic_report()))
+
+
+@pytest.mark.slow
+def test_a_version_1_report_reads_as_the_builtin_mlp_it_describes():
+    """tests/data/report_v1.json was written by actstat before schema version 2 (`compare -i
+    kaiming,zeros -a relu,tanh -d 3 -w 16 -b 64 --hist --device cpu`): it reads, its layers are
+    the MLP's Linear modules 0, 2, 4, and today's run of its config gives its numbers."""
+    from actstat.config import config_from_dict
+    from actstat.pipeline import profile
+    from actstat.report import read_report
+
+    path = Path(__file__).parent / "data" / "report_v1.json"
+    old = read_report(path)
+    assert old.schema_version == 1 and len(old.runs) == 4
+    assert [(layer.name, layer.kind) for layer in old.runs[0].layers] == [
+        ("0", "weight"), ("2", "weight"), ("4", "weight")]
+    assert old.input.shape is None and old.runs[0].model is None
+    new = profile(config_from_dict(old.config, str(path)))
+    assert new.schema_version == 2
+    for before, after in zip(old.runs, new.runs, strict=True):
+        assert (before.scheme, before.verdict) == (after.scheme, after.verdict)
+        for a, b in zip(before.layers, after.layers, strict=True):
+            assert (a.name, a.flags, a.fan_in, a.fan_out) == (b.name, b.flags, b.fan_in, b.fan_out)
+            for side in ("pre", "post"):
+                for key in ("mean", "std", "min", "max", "near_zero"):
+                    x, y = getattr(getattr(a, side), key), getattr(getattr(b, side), key)
+                    assert x == pytest.approx(y, rel=1e-6, abs=1e-9), (a.name, side, key)
+            assert a.post.histogram == b.post.histogram
