@@ -80,6 +80,10 @@ def draw(report: Report, path: Path | str) -> None:
     std_axes, grad_axes, fraction_axes = top.subplots(1, 3)
     depth = len(report.runs[0].layers) if report.runs else 0
     layers = list(range(1, depth + 1))
+    # a user's model: its rows by name (the first run's; runs of one model share them)
+    names = ([layer.name for layer in report.runs[0].layers]
+             if report.runs and report.runs[0].model is not None else None)
+    what = "hidden layer" if names is None else "layer"
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colour = {scheme: palette[i % len(palette)] for i, scheme in enumerate(data["post_std"])}
 
@@ -88,12 +92,12 @@ def draw(report: Report, path: Path | str) -> None:
         if scheme in data["expected_std"]:
             std_axes.plot(layers, _positive(data["expected_std"][scheme]), linestyle="--",
                           color=colour[scheme], alpha=0.7)
-    _style(std_axes, "post std (dashed: mean-field theory)", "std", log=True)
+    _style(std_axes, "post std (dashed: mean-field theory)", "std", log=True, names=names)
     std_axes.legend(fontsize="x-small")
 
     for scheme, values in data["grad_std"].items():
         grad_axes.plot(layers, _positive(values), marker=".", color=colour[scheme], label=scheme)
-    _style(grad_axes, "gradient std, dL/d(pre)", "std", log=bool(data["grad_std"]))
+    _style(grad_axes, "gradient std, dL/d(pre)", "std", log=bool(data["grad_std"]), names=names)
     if not data["grad_std"]:
         grad_axes.text(0.5, 0.5, "measured with --no-grad", ha="center", va="center",
                        transform=grad_axes.transAxes)
@@ -102,7 +106,8 @@ def draw(report: Report, path: Path | str) -> None:
         for scheme, values in data[kind].items():
             fraction_axes.plot(layers, [math.nan if v is None else v for v in values],
                                linestyle=style, color=colour[scheme])
-    _style(fraction_axes, "dead (solid), saturated (dotted)", "fraction of layer", log=False)
+    _style(fraction_axes, "dead (solid), saturated (dotted)", "fraction of layer", log=False,
+           names=names)
     fraction_axes.set_ylim(-0.02, 1.02)
 
     if heatmaps and bottom is not None:
@@ -115,11 +120,13 @@ def draw(report: Report, path: Path | str) -> None:
                         extent=(0, 1, depth + 0.5, 0.5))
             axes.set_title(scheme, fontsize="small")
             axes.set_xticks([0, 1], ["min", "max"])
-            axes.set_ylabel("hidden layer")
+            axes.set_ylabel(what)
+            if names is not None:
+                axes.set_yticks(layers, names, fontsize="x-small")
         bottom.suptitle("post-activation histograms, each row over its layer's [min, max] "
                         "(brighter: more values, log scale)", fontsize="medium")
     figure.suptitle(f"actstat: {report.input.source}; batch {report.input.batch_size}, "
-                    f"{depth} hidden layers")
+                    f"{depth} {what}s")
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lower().lstrip("."))
     plt.close(figure)
@@ -130,9 +137,14 @@ def _positive(values: list[float | None]) -> list[float]:
     return [v if v is not None and v > 0 else math.nan for v in values]
 
 
-def _style(axes: Any, title: str, ylabel: str, *, log: bool) -> None:
+def _style(axes: Any, title: str, ylabel: str, *, log: bool,
+           names: list[str] | None = None) -> None:
+    """A panel's title and labels; a user model's layers are named on the axis."""
     axes.set_title(title, fontsize="small")
-    axes.set_xlabel("hidden layer")
+    axes.set_xlabel("hidden layer" if names is None else "layer")
+    if names is not None:
+        axes.set_xticks(range(1, len(names) + 1), names, rotation=60, ha="right",
+                        fontsize="x-small")
     axes.set_ylabel(ylabel)
     if log:
         axes.set_yscale("log")

@@ -135,3 +135,30 @@ def test_plot_does_not_import_torch(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("NO-TORCH")
     assert (tmp_path / "f.png").exists()
+
+
+@pytest.mark.slow
+def test_a_user_models_layers_are_named_on_the_axes(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+    from torch import nn
+
+    import actstat
+    from actstat.plot import draw
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    report = actstat.profile(model, torch.randn(8, 1, 28, 28), torch.randint(10, (8,)), hist=True)
+    ticks: list[list[str]] = []
+    real = Axes.set_xticks
+
+    def spy(self, positions, labels=None, **kwargs):
+        if labels is not None:
+            ticks.append(list(labels))
+        return real(self, positions, labels, **kwargs)
+
+    monkeypatch.setattr(Axes, "set_xticks", spy)
+    draw(report, tmp_path / "model.png")
+    names = [layer.name for layer in report.runs[0].layers]
+    assert names == ["0", "3:input", "3"]
+    assert ticks.count(names) == 3  # the std, gradient and fraction panels
+    assert mpimg.imread(tmp_path / "model.png").shape[2] in (3, 4)
