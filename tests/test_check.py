@@ -187,7 +187,7 @@ def break_baseline(path, how: str) -> None:
     elif how == "empty":
         path.write_text("")
     elif how == "schema":
-        raw["schema_version"] = 2
+        raw["schema_version"] = 3
         path.write_text(json.dumps(raw))
     elif how == "layers":
         raw["runs"][0]["layers"].pop()
@@ -204,7 +204,7 @@ def break_baseline(path, how: str) -> None:
     ("truncated", "not valid JSON at line"),
     ("not json", "not valid JSON at line 1, column 1"),
     ("empty", "is empty"),
-    ("schema", "schema_version is 2"),
+    ("schema", "schema_version is 3"),
     ("layers", "has 9 layers but its config says depth 10"),
     ("schemes", "holds 2 scheme(s) but its config describes 1"),
     ("config", "model.depth: must be a whole number"),

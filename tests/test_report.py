@@ -121,7 +121,7 @@ def test_grad_and_train_in_json():
 @pytest.mark.slow
 def test_json_contract(real_report):
     raw = strict_json(to_json(real_report))
-    assert raw["schema_version"] == 1
+    assert raw["schema_version"] == 2
     assert {"actstat_version", "torch_version", "device", "config", "input", "runs"} <= set(raw)
     assert raw["config"]["model"]["depth"] == 4  # fully resolved
     assert [(r["init"], r["act"]) for r in raw["runs"]] == [
@@ -129,7 +129,9 @@ def test_json_contract(real_report):
     for run in raw["runs"]:
         assert [entry["index"] for entry in run["layers"]] == [1, 2, 3, 4]
         for entry in run["layers"]:
-            assert {"index", "fan_in", "fan_out", "pre", "post", "flags"} <= set(entry)
+            assert {"index", "name", "kind", "module", "fan_in", "fan_out", "pre", "post",
+                    "flags"} <= set(entry)
+            assert (entry["name"], entry["kind"]) == (str(2 * (entry["index"] - 1)), "weight")
             assert {"mean", "std", "min", "max", "near_zero"} <= set(entry["pre"])
             assert {"mean", "std", "dead", "saturated"} <= set(entry["post"])
             assert {"mean", "std", "weight_std", "grad_to_data"} <= set(entry["grad"])
