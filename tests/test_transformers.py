@@ -193,6 +193,9 @@ def make():
 """
 
 
+C_ATTN = "transformer.h.0.attn.c_attn"
+
+
 def test_gpt2_through_the_cli_under_its_own_init_and_kaiming(cli, tmp_path):
     factory = tmp_path / "gpt.py"
     factory.write_text(FACTORY.format(layers=LAYERS, dim=DIM, vocab=VOCAB, length=LENGTH))
@@ -231,10 +234,10 @@ def test_gpt2_through_the_cli_under_its_own_init_and_kaiming(cli, tmp_path):
                                                                rel=0.1), name
         # c_attn reads ln_1's output, whose DIM features have mean 0 and variance 1 on every
         # token: its output's std is about std(W) · √DIM (biases 0 in both runs)
-        c_attn = rows["transformer.h.0.attn.c_attn"]
-        assert c_attn.post.std == pytest.approx(weight_std(c_attn) * math.sqrt(DIM), rel=0.1)
-    c_attn = "transformer.h.0.attn.c_attn"
-    ratio = row(kaiming, c_attn).post.std / row(keep, c_attn).post.std
+        projection = rows[C_ATTN]
+        assert projection.post.std == pytest.approx(weight_std(projection) * math.sqrt(DIM),
+                                                    rel=0.1)
+    ratio = row(kaiming, C_ATTN).post.std / row(keep, C_ATTN).post.std
     assert ratio == pytest.approx(math.sqrt(2 / DIM) / INIT_STD, rel=0.15)
 
 
