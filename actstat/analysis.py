@@ -42,7 +42,8 @@ Layers of any model (`actstat.profile`, `--model`; the records of actstat/captur
   layer followed by `F.relu`; a repeated block's output, the residual stream; a weight layer's
   input made by a functional op) is a row of its own, `post` only. Rows keep execution order.
 - `fan_in`: of a weight layer, as torch.nn.init computes it (weight.size(1) × the kernel's
-  size); None for rows without a weight. `fan_out`: the units of `post`, a feature map's
+  size; for Hugging Face's Conv1D, whose weight is stored (in, out), size(0)); None for rows
+  without a weight. `fan_out`: the units of `post`, a feature map's
   channels.
 - `dead`: the fraction of `post`'s units (a feature map's channels) that are exactly 0 for
   every sample and position, whatever the module.

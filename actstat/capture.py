@@ -8,7 +8,7 @@ Layers are the module calls the forward actually makes, in the order their forwa
 that runs more than once is `name#k`. By default the capture measures:
 
 - `weight`: the output of every weight layer (nn.Linear, nn.Conv1d/2d/3d and their transposes,
-  nn.Embedding);
+  nn.Embedding, and Hugging Face's `Conv1D`: `is_weight_layer`);
 - `activation`: the output of the module that consumes a weight or norm layer's output: the next
   module called with that very tensor, or with one derived from it by in-place ops only
   (`out += x`, `nn.ReLU(inplace=True)`), as its first tensor argument. Containers
@@ -115,7 +115,8 @@ class CapturedLayer:
     the weight entries are None for a frozen weight. `histogram`: counts in equal bins over
     [min, max] (None unless asked for). `unit_dim`: the dimension of `shape` whose entries are
     the units that `dead` counts. `weight_shape`: the shape of the module's weight parameter
-    (None for an input record or a module without one), for fan-in and fan-out."""
+    (None for an input record or a module without one), for fan-in and fan-out, in
+    torch.nn.init's layout (out, in, *kernel): a `Conv1D`'s (in, out) weight is given swapped."""
 
     name: str
     kind: str
@@ -180,6 +181,20 @@ def repeated_blocks(model: nn.Module) -> set[int]:
         counts = Counter(type(c) for c in children)
         ids.update(id(c) for c in children if counts[type(c)] >= 2)
     return ids
+
+
+def is_weight_layer(module: nn.Module) -> bool:
+    """A module whose output is a weight layer's: WEIGHT_TYPES, or a `transposed_linear`."""
+    return isinstance(module, WEIGHT_TYPES) or transposed_linear(module)
+
+
+def transposed_linear(module: nn.Module) -> bool:
+    """Hugging Face's `Conv1D` (GPT-2, GPT): a linear layer whose weight is stored (in, out),
+    x @ W + b. Known by its class name, its 2-D weight and `nf` (its outputs), so that actstat
+    never imports transformers."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor)
+            and weight.dim() == 2 and getattr(module, "nf", None) == weight.shape[1])
 
 
 def bounded_activation(module: nn.Module) -> Activation | None:
@@ -324,7 +339,7 @@ class _Recorder:
                 consumer, seen.consumer, consumes = True, False, seen.source
         self.stack.append(_Call(id(module), name, consumer, consumes,
                                 seen is not None and seen.channels, hand_on))
-        if (isinstance(module, WEIGHT_TYPES) and not isinstance(module, nn.Embedding)
+        if (is_weight_layer(module) and not isinstance(module, nn.Embedding)
                 and x is not None and x.is_floating_point()
                 and (seen is None or seen.version != x._version) and self.selection is None
                 and not any(x is t for t in self.data)):
@@ -356,7 +371,7 @@ class _Recorder:
                     x = new
             self._measure(module, call.name, kind, x, channels, self._bounded(module),
                           consumes=call.consumes if kind == "activation" else None)
-        consumer = isinstance(module, WEIGHT_TYPES + NORM_TYPES)
+        consumer = is_weight_layer(module) or isinstance(module, NORM_TYPES)
         source = call.name if consumer else None
         if call.hand_on is not None and call.hand_on.consumer and call.hand_on.ref() is not x:
             # nothing inside consumed it and a new tensor comes out (dropout in train mode)
@@ -370,7 +385,7 @@ class _Recorder:
         return replaced
 
     def _kind(self, module: nn.Module, call: _Call) -> str | None:
-        if isinstance(module, WEIGHT_TYPES):
+        if is_weight_layer(module):
             return "weight"
         if isinstance(module, NORM_TYPES):
             return "norm"
@@ -561,8 +576,8 @@ class _Recorder:
                 if not record.differentiable:
                     grad = None
             weight = getattr(record.module, "weight", None)
-            weight_shape = (tuple(weight.shape) if isinstance(weight, nn.Parameter)
-                            and record.kind != "input" else None)
+            weight_shape = (tuple(weight.T.shape if transposed_linear(record.module) else weight.shape)
+                            if isinstance(weight, nn.Parameter) and record.kind != "input" else None)
             layers.append(CapturedLayer(record.name, record.kind, type(record.module).__name__,
                                         record.shape, record.unit_dim, weight_shape, stats, grad,
                                         histogram, record.consumes))

@@ -14,7 +14,7 @@ import torch
 from actstat import __version__
 from actstat.activations import ACTIVATIONS, Activation, make_activation
 from actstat.analysis import analyse, analyse_captured, verdict
-from actstat.capture import WEIGHT_TYPES, capture, first_tensor
+from actstat.capture import capture, first_tensor, is_weight_layer, transposed_linear
 from actstat.config import KEEP, ActivationSpec, Config, InitSpec, Thresholds
 from actstat.data import (
     Batch,
@@ -420,23 +420,28 @@ def _built(config: Config, init: InitSpec) -> torch.nn.Module:
 
 def reinitialise(model: torch.nn.Module, weight_init: Callable, bias_init: Callable, *,
                  seed: int) -> int:
-    """Re-draw the weight and bias of every weight layer (WEIGHT_TYPES: Linear, Conv, Embedding)
-    in module order from one CPU generator seeded with `seed`, fans as torch.nn.init computes
-    them; normalisation layers and other parameters keep theirs. The number of layers drawn."""
+    """Re-draw the weight and bias of every weight layer (capture's `is_weight_layer`: Linear,
+    Conv, Embedding, Hugging Face's Conv1D) in module order from one CPU generator seeded with
+    `seed`, fans as torch.nn.init computes them; normalisation layers and other parameters keep
+    theirs. The number of layers drawn (a weight shared by two layers is drawn twice)."""
     g = torch.Generator().manual_seed(seed)
     count = 0
     with torch.no_grad():
         for module in model.modules():
             weight = getattr(module, "weight", None)
-            if not isinstance(module, WEIGHT_TYPES) or not isinstance(weight, torch.nn.Parameter):
+            if not is_weight_layer(module) or not isinstance(weight, torch.nn.Parameter):
                 continue
-            target = weight if weight.device.type == "cpu" else torch.empty_like(weight, device="cpu")
+            # a Conv1D's (in, out) weight seen as (out, in), nn.Linear's layout, so that every
+            # init's fan_in and fan_out are the layer's
+            layout = weight.T if transposed_linear(module) else weight
+            target = (layout if layout.device.type == "cpu" and layout.is_contiguous()
+                      else torch.empty(layout.shape, dtype=layout.dtype))
             weight_init(target, MODEL_ACT_GAIN, g)
-            weight.copy_(target)
+            layout.copy_(target)
             bias = getattr(module, "bias", None)
             if isinstance(bias, torch.nn.Parameter):
                 drawn = bias if bias.device.type == "cpu" else torch.empty_like(bias, device="cpu")
-                bias_init(drawn, fans(weight)[0], g)
+                bias_init(drawn, fans(layout)[0], g)
                 bias.copy_(drawn)
             count += 1
     return count

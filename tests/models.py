@@ -333,6 +333,68 @@ class TupleModel(nn.Module):
         return refs, out
 
 
+# -- GPT-2 style: Hugging Face's Conv1D, a linear layer stored (in, out) ---------------------
+
+class Conv1D(nn.Module):
+    """transformers.pytorch_utils.Conv1D written out (so no test needs transformers): `nf`
+    outputs, weight (in, out), x @ W + b. The capture knows it by its class name and `nf`."""
+
+    def __init__(self, nf: int, nx: int):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) / nx**0.5)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        flat = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
+        return flat.reshape(*x.shape[:-1], self.nf)
+
+
+class GPTMLPBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(dim)
+        self.c_fc = Conv1D(4 * dim, dim)
+        self.act = nn.GELU()
+        self.c_proj = Conv1D(dim, 4 * dim)
+
+    def forward(self, x):
+        return x + self.c_proj(self.act(self.c_fc(self.ln(x))))
+
+
+class TransposedLinearNet(nn.Module):
+    """Conv1D in, two pre-norm residual MLP blocks of Conv1D, a Conv1D head."""
+
+    def __init__(self, inputs: int = 20, dim: int = 16, depth: int = 2, classes: int = 10):
+        super().__init__()
+        self.c_in = Conv1D(dim, inputs)
+        self.blocks = nn.ModuleList(GPTMLPBlock(dim) for _ in range(depth))
+        self.head = Conv1D(classes, dim)
+
+    def forward(self, x):
+        x = self.c_in(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def trace(self, x):
+        h = keep(x @ self.c_in.weight + self.c_in.bias)
+        refs = [Ref("c_in", "weight", h)]
+        for i, block in enumerate(self.blocks):
+            n = keep(_layer_norm(h, block.ln))
+            f = keep(n @ block.c_fc.weight + block.c_fc.bias)
+            g = keep(F.gelu(f))
+            o = keep(g @ block.c_proj.weight + block.c_proj.bias)
+            h = keep(h + o)
+            p = f"blocks.{i}"
+            refs += [Ref(f"{p}.ln", "norm", n), Ref(f"{p}.c_fc", "weight", f),
+                     Ref(f"{p}.act", "activation", g), Ref(f"{p}.c_proj", "weight", o),
+                     Ref(p, "block", h)]
+        out = keep(h @ self.head.weight + self.head.bias)
+        refs.append(Ref("head", "weight", out))
+        return refs, out
+
+
 def mnist_images(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The first n images of the packaged MNIST sample as (n, 1, 28, 28), scaled to [0, 1]."""
     from pathlib import Path

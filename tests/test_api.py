@@ -19,7 +19,15 @@ import actstat
 from actstat.errors import ConfigError, ModelError
 from actstat.report import Report, read_report
 from actstat.testing import assert_healthy
-from models import InplaceResNet, ResidualMLP, SharedTanh, SmallCNN, TinyTransformer, mnist_images
+from models import (
+    InplaceResNet,
+    ResidualMLP,
+    SharedTanh,
+    SmallCNN,
+    TinyTransformer,
+    TransposedLinearNet,
+    mnist_images,
+)
 
 
 def gaussian(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -105,6 +113,23 @@ def test_transformer_on_tokens_has_no_input_std_and_flags_against_the_embedding(
     assert rows["blocks.0.ln1"].module == "LayerNorm → MultiheadAttention"
     assert rows["blocks.0.fc1"].module == "Linear → GELU"
     assert report.runs[0].verdict == "healthy"
+
+
+def test_conv1d_rows_take_fan_in_from_the_weights_first_dimension():
+    """Hugging Face's Conv1D stores its weight (in, out): its fan-in is size(0), not size(1)."""
+    torch.manual_seed(0)
+    model = TransposedLinearNet(inputs=20, dim=16, classes=10)
+    x = gaussian(32, 20)
+    report = actstat.profile(model, x, labels(32, 10))
+    fans = {layer.name: (layer.fan_in, layer.fan_out) for layer in report.runs[0].layers
+            if layer.kind == "weight"}
+    assert fans == {"c_in": (20, 16), "blocks.0.c_fc": (16, 64), "blocks.0.c_proj": (64, 16),
+                    "blocks.1.c_fc": (16, 64), "blocks.1.c_proj": (64, 16), "head": (16, 10)}
+    fc = next(layer for layer in report.runs[0].layers if layer.name == "blocks.0.c_fc")
+    want = traced(model, x)
+    assert fc.module == "Conv1D → GELU"
+    assert same(fc.pre.std, want["blocks.0.c_fc"].std()) and same(fc.post.std,
+                                                                     want["blocks.0.act"].std())
 
 
 def test_exploding_vanishing_and_gradient_flags_on_a_deep_plain_network():

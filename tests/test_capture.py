@@ -21,12 +21,14 @@ from actstat.inits import make_bias_init, make_init
 from actstat.model import build_mlp, initialise
 from actstat.probe import measure
 from models import (
+    Conv1D,
     FunctionalMLP,
     InplaceResNet,
     ResidualMLP,
     SharedTanh,
     SmallCNN,
     TinyTransformer,
+    TransposedLinearNet,
     TupleModel,
     mnist_images,
 )
@@ -80,7 +82,9 @@ def expect(model: nn.Module, inputs, targets=None, *, rtol: float = 1e-5, loss=N
         assert layer.unit_dim == ref.unit % a.ndim, layer.name
         module = model.get_submodule(layer.name.split("#")[0].split(":")[0])
         weight = getattr(module, "weight", None)
-        assert layer.weight_shape == (tuple(weight.shape) if layer.kind != "input" and isinstance(
+        # in torch.nn.init's layout (out, in, *kernel): a Conv1D's (in, out) weight swapped
+        layout = weight.T if isinstance(module, Conv1D) else weight
+        assert layer.weight_shape == (tuple(layout.shape) if layer.kind != "input" and isinstance(
             weight, nn.Parameter) else None), layer.name
         want = numpy_stats(a, ref.unit, ref.saturated, spread=ref.kind == "weight")
         assert set(layer.stats) == set(want), layer.name
@@ -151,6 +155,15 @@ def test_pre_norm_transformer_on_tokens():
     model = TinyTransformer().eval()
     tokens = torch.randint(50, (4, 16), generator=torch.Generator().manual_seed(2))
     expect(model, tokens, torch.roll(tokens, -1, dims=1), rtol=1e-4)
+
+
+def test_hugging_face_conv1d_is_a_weight_layer_with_its_fans_swapped():
+    torch.manual_seed(0)
+    model = TransposedLinearNet()
+    got = expect(model, gaussian(24, 20), labels(24, 10), rtol=1e-4)
+    assert {layer.name: layer.weight_shape for layer in got.layers if layer.kind == "weight"} == {
+        "c_in": (16, 20), "blocks.0.c_fc": (64, 16), "blocks.0.c_proj": (16, 64),
+        "blocks.1.c_fc": (64, 16), "blocks.1.c_proj": (16, 64), "head": (10, 16)}
 
 
 def test_functional_relu_is_measured_as_the_next_layers_input():

@@ -11,6 +11,8 @@ from torch import nn
 
 from actstat.errors import ConfigError
 from actstat.inits import BIAS_INITS, INITS, fans, make_bias_init, make_init
+from actstat.pipeline import reinitialise
+from models import Conv1D
 
 OUT, IN = 300, 700  # nn.Linear(IN, OUT).weight has shape (OUT, IN): fan_in = IN
 
@@ -173,3 +175,22 @@ def test_bias_inits(name, params, check):
     bias = torch.full((20000,), float("nan"))
     make_bias_init(name, params)(bias, IN, torch.Generator().manual_seed(0))
     assert torch.isfinite(bias).all() and check(bias)
+
+
+@pytest.mark.parametrize("name", sorted(INITS))
+def test_reinitialise_draws_a_conv1d_as_the_linear_it_computes(name):
+    """Hugging Face's Conv1D (GPT-2) computes x @ W + b with W stored (in, out): --init draws its
+    transpose exactly as it draws the nn.Linear(in, out) that computes the same map, fans and
+    all (the bias's bound too: `default` is U(±1/√fan_in))."""
+    conv, linear = nn.Sequential(Conv1D(96, 64)), nn.Sequential(nn.Linear(64, 96))
+    for model in (conv, linear):
+        assert reinitialise(model, make_init(name), make_bias_init("default"), seed=3) == 1
+    assert torch.equal(conv[0].weight.T, linear[0].weight)
+    assert torch.equal(conv[0].bias, linear[0].bias)
+
+
+def test_reinitialise_gives_a_conv1d_kaimings_std_from_its_fan_in():
+    model = nn.Sequential(Conv1D(96, 64))  # 64 inputs, 96 outputs
+    reinitialise(model, make_init("kaiming"), make_bias_init("zeros"), seed=0)
+    std = float(np.std(model[0].weight.detach().double().numpy()))
+    assert std == pytest.approx(math.sqrt(2 / 64), rel=0.05)  # 6144 draws: 1% standard error
