@@ -297,7 +297,9 @@ def plan(request: CheckRequest) -> CheckPlan:
         resolved = load_config(config_path, overrides)
     else:
         resolved = config_from_dict(base.config, str(target), overrides)
-    changes = tuple(config_changes(base.config, resolved.model_dump(mode="json")))
+    # against the baseline's config as read today (`own`): a key added since it was written
+    # (data.vocab in a schema 1 report) is at its default on both sides, not a change
+    changes = tuple(config_changes(own.model_dump(mode="json"), resolved.model_dump(mode="json")))
     source = (f"{config_path}" if config_path is not None
               else f"the config stored in {target}")
     if changes:
