@@ -238,9 +238,11 @@ def tables(report: Report, width: int | None = None) -> list[RenderableType]:
 
 
 # The order in which a scheme's per-layer columns leave a narrow terminal: the first named here
-# leave first. The layer, its post std and its flags always stay.
-LAYER_COLUMNS_LEAVING = ("module", "units", "still sym", "grad:data", "near 0", "exp std",
-                         "pre mean", "meas/exp", "sat", "dead", "pre std", "ΔW", "grad std",
+# leave first. The layer, its post std and its flags always stay. A user's model names its rows
+# by module path (`0`, `1`, `4:input`): without the module column they say nothing, so it stays
+# until only the std columns are left.
+LAYER_COLUMNS_LEAVING = ("units", "still sym", "grad:data", "near 0", "exp std", "pre mean",
+                         "meas/exp", "sat", "dead", "pre std", "module", "ΔW", "grad std",
                          "post mean")
 
 
@@ -348,7 +350,8 @@ def to_markdown(report: Report) -> str:
         names = [name for name, _ in chosen] + ["flags"]
         lines += [f"### {run.scheme}: {run.verdict}", "",
                   "| " + " | ".join(names) + " |",
-                  "|" + "|".join("---:" for _ in chosen) + "|---|"]
+                  "|" + "|".join("---" if name in TEXT_CELLS and run.model is not None
+                                 else "---:" for name, _ in chosen) + "|---|"]
         for layer, moved in zip(run.layers, _trained(run)):
             cells = [cell(layer, moved) for _, cell in chosen] + [", ".join(layer.flags)]
             lines.append("| " + " | ".join(cells) + " |")
