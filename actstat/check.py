@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from actstat.errors import ActstatError
-from actstat.report import API_SOURCE, LayerStats, Report
+from actstat.report import API_SOURCE, LayerStats, Report, Run
 
 # metric -> (which tensor, which statistic)
 METRICS: dict[str, tuple[str, str]] = {
@@ -46,6 +46,9 @@ class Drift:
     obtained: float | None
     difference: float | None  # ln ratio for stds, obtained - expected for means
     tolerance: float  # ln(1 + rtol) for stds, atol x expected std for means
+    # a user's model: the row's name as its table shows it (`0`, `blocks.1`; `old → new` when it
+    # changed), since `layer` counts rows; "" for the MLP, whose rows are numbered
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class BoundBreach:
     first_std: float | None
     std: float | None
     factor: float
+    name: str = ""  # a user's model: the row's name (see Drift)
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,16 @@ def compare(expected: Report, obtained: Report, *, metrics: tuple[str, ...], rto
                 drift = _compare_value(label, position + 1, metric, a, b,
                                        tolerance_for(metric, tolerances, rtol, atol))
                 if drift is not None:
-                    drifts.append(drift)
+                    drifts.append(replace(drift, name=_row_name(old, a, new, b)))
     return compared, drifts, labels
+
+
+def _row_name(old: Run | None, a: LayerStats | None, new: Run | None,
+              b: LayerStats | None) -> str:
+    """A user's model's row name on either side (`old → new` when it differs); "" for the MLP."""
+    names = [layer.name for run, layer in ((old, a), (new, b))
+             if run is not None and run.model is not None and layer is not None]
+    return " → ".join(dict.fromkeys(names))
 
 
 def _value(layer: LayerStats | None, metric: str) -> tuple[bool, float | None]:
@@ -164,7 +176,8 @@ def drift_bound(report: Report, factor: float) -> list[BoundBreach]:
             inside = (first is not None and std is not None and first > 0
                       and first / factor <= std <= first * factor)
             if not inside:
-                breaches.append(BoundBreach(run.scheme, layer.index, first, std, factor))
+                breaches.append(BoundBreach(run.scheme, layer.index, first, std, factor,
+                                            layer.name if run.model is not None else ""))
     return breaches
 
 

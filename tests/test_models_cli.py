@@ -390,6 +390,28 @@ def test_baseline_then_check(cli, nets):
     assert "check FAILED" in failed.stderr
 
 
+@pytest.mark.slow
+def test_check_names_a_models_rows_as_its_table_does(cli, nets):
+    """A drifted row of a user's model is named by its module path, as the run's table names it
+    (`4`, `8:input`), not by its position (5, 6), in the table, on stderr and in the JSON."""
+    cli("baseline", "--model", "nets.py:cnn", *SMALL, "-o", "base.json", "-q")
+    names = layer_names(json.loads(Path("base.json").read_text())["runs"][0])
+    assert names != [str(i) for i in range(1, len(names) + 1)]
+    drifted = cli("check", "base.json", "--seed", "1", "-f", "json", code=1)
+    result = json.loads(drifted.stdout)
+    assert result["drifts"], "another seed must drift somewhere, or this test checks nothing"
+    for drift in result["drifts"]:
+        assert drift["name"] == names[drift["layer"] - 1]
+    first = result["drifts"][0]
+    assert f"first at layer {first['name']} (" in drifted.stderr
+    assert f"nets.py:cnn + keep, layer {first['name']}, {first['metric']}:" in drifted.stderr
+    bound = json.loads(cli("check", "base.json", "--max-drift", "1.01", "-f", "json",
+                           code=1).stdout)
+    assert bound["breaches"]
+    assert [b["name"] for b in bound["breaches"]] == [names[b["layer"] - 1]
+                                                      for b in bound["breaches"]]
+
+
 def test_check_another_factory(cli, nets):
     cli("baseline", "--model", "nets.py:cnn", *SMALL, "-o", "base.json", "-q")
     Path("copy.py").write_text(Path("nets.py").read_text())
