@@ -412,6 +412,17 @@ def test_check_names_a_models_rows_as_its_table_does(cli, nets):
                                                       for b in bound["breaches"]]
 
 
+def test_fail_on_names_the_row_as_the_table_does(cli, nets):
+    # all-zero weights: the first conv's units all compute the same (symmetric)
+    args = ["run", "--model", "nets.py:cnn", "-i", "zeros", *SMALL, "-f", "json"]
+    report = report_of(cli(*args, "-q"))
+    flagged = [(layer["name"], flag) for layer in report["runs"][0]["layers"]
+               for flag in layer["flags"]]
+    assert flagged[0] == ("0", "symmetric")  # position 1, name 0
+    failed = cli(*args, "--fail-on", "symmetric", code=1)
+    assert "first: nets.py:cnn + zeros, layer 0, symmetric" in failed.stderr
+
+
 def test_check_another_factory(cli, nets):
     cli("baseline", "--model", "nets.py:cnn", *SMALL, "-o", "base.json", "-q")
     Path("copy.py").write_text(Path("nets.py").read_text())
