@@ -493,12 +493,13 @@ class _Recorder:
             return
         ran = ", ".join(self.ran[:8]) + (", ..." if len(self.ran) > 8 else "")
         if self.selection is not None:
-            raise ModelError(f"no module of {type(self.model).__name__} matched layers=: the "
-                             f"modules that ran are {ran}")
+            # named as the API, the CLI and a config spell it: this runs under all three
+            raise ModelError(f"no module of {type(self.model).__name__} matched layers= "
+                             f"(--layers, model.layers): the modules that ran are {ran}")
         raise ModelError(f"nothing to measure in {type(self.model).__name__}: no weight layer "
                          "(Linear, Conv, Embedding), normalisation layer or repeated block "
                          f"returned a floating-point tensor (modules that ran: {ran}); "
-                         "choose modules with layers=")
+                         "choose modules with layers= (--layers, model.layers)")
 
     def collect(self, loss: torch.Tensor | None) -> Capture:
         """Every record's numbers in one host copy."""

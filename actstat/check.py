@@ -40,12 +40,15 @@ class Drift:
     """One compared value that left its tolerance."""
 
     scheme: str
-    layer: int | str  # the MLP's layer number, or a user model's row name (`blocks.3.fc1`)
+    layer: int
     metric: str
     expected: float | None
     obtained: float | None
     difference: float | None  # ln ratio for stds, obtained - expected for means
     tolerance: float  # ln(1 + rtol) for stds, atol x expected std for means
+    # a user's model: the row's name as its table shows it (`0`, `blocks.1`; `old → new` when it
+    # changed), since `layer` counts rows; "" for the MLP, whose rows are numbered
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,11 @@ class BoundBreach:
     """A layer whose post std left [s / F, s x F] of its scheme's first layer."""
 
     scheme: str
-    layer: int | str  # as Drift's
+    layer: int
     first_std: float | None
     std: float | None
     factor: float
+    name: str = ""  # a user's model: the row's name (see Drift)
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class CheckResult:
     compared: int  # values compared against the baseline (0 without one)
     drifts: tuple[Drift, ...]
     breaches: tuple[BoundBreach, ...]
-    flagged: tuple[tuple[str, int | str, str], ...]  # (scheme, layer, flag) for --fail-on
+    flagged: tuple[tuple[str, int, str], ...]  # (scheme, layer, flag) for --fail-on
     config_changes: tuple[str, ...]  # "model.depth: 20 -> 10", when a config replaced the baseline's
     schemes: tuple[str, ...]  # every scheme checked, in order
     metrics: tuple[str, ...]
@@ -108,19 +112,21 @@ def compare(expected: Report, obtained: Report, *, metrics: tuple[str, ...], rto
         for position in range(max(len(old_layers), len(new_layers))):
             a = old_layers[position] if position < len(old_layers) else None
             b = new_layers[position] if position < len(new_layers) else None
-            where = _where(new or old, b or a, position)  # type: ignore[arg-type]
             for metric in metrics:
                 compared += 1
-                drift = _compare_value(label, where, metric, a, b,
+                drift = _compare_value(label, position + 1, metric, a, b,
                                        tolerance_for(metric, tolerances, rtol, atol))
                 if drift is not None:
-                    drifts.append(drift)
+                    drifts.append(replace(drift, name=_row_name(old, a, new, b)))
     return compared, drifts, labels
 
 
-def _where(run: Run, layer: LayerStats, position: int) -> int | str:
-    """How a check names a layer: the MLP's number, a user model's row name."""
-    return position + 1 if run.model is None or not layer.name else layer.name
+def _row_name(old: Run | None, a: LayerStats | None, new: Run | None,
+              b: LayerStats | None) -> str:
+    """A user's model's row name on either side (`old → new` when it differs); "" for the MLP."""
+    names = [layer.name for run, layer in ((old, a), (new, b))
+             if run is not None and run.model is not None and layer is not None]
+    return " → ".join(dict.fromkeys(names))
 
 
 def _value(layer: LayerStats | None, metric: str) -> tuple[bool, float | None]:
@@ -134,7 +140,7 @@ def _value(layer: LayerStats | None, metric: str) -> tuple[bool, float | None]:
     return True, getattr(stats, statistic)
 
 
-def _compare_value(scheme: str, layer: int | str, metric: str, a: LayerStats | None,
+def _compare_value(scheme: str, layer: int, metric: str, a: LayerStats | None,
                    b: LayerStats | None, tolerance: float) -> Drift | None:
     has_a, expected = _value(a, metric)
     has_b, obtained = _value(b, metric)
@@ -170,8 +176,8 @@ def drift_bound(report: Report, factor: float) -> list[BoundBreach]:
             inside = (first is not None and std is not None and first > 0
                       and first / factor <= std <= first * factor)
             if not inside:
-                breaches.append(BoundBreach(run.scheme, _where(run, layer, layer.index - 1),
-                                            first, std, factor))
+                breaches.append(BoundBreach(run.scheme, layer.index, first, std, factor,
+                                            layer.name if run.model is not None else ""))
     return breaches
 
 
@@ -304,7 +310,9 @@ def plan(request: CheckRequest) -> CheckPlan:
         resolved = load_config(config_path, overrides)
     else:
         resolved = config_from_dict(base.config, str(target), overrides)
-    changes = tuple(config_changes(base.config, resolved.model_dump(mode="json")))
+    # against the baseline's config as read today (`own`): a key added since it was written
+    # (data.vocab in a schema 1 report) is at its default on both sides, not a change
+    changes = tuple(config_changes(own.model_dump(mode="json"), resolved.model_dump(mode="json")))
     source = (f"{config_path}" if config_path is not None
               else f"the config stored in {target}")
     if changes:
@@ -325,7 +333,7 @@ def evaluate(plan: CheckPlan, report: Report) -> CheckResult:
             tolerances={m: t.model_dump(exclude_none=True) for m, t in settings.tolerances.items()})
     breaches = (tuple(drift_bound(report, request.max_drift)) if request.max_drift is not None
                 else ())
-    flagged = tuple((run.scheme, _where(run, layer, layer.index - 1), flag) for run in report.runs
+    flagged = tuple((run.scheme, layer.index, flag) for run in report.runs
                     for layer in run.layers for flag in layer.flags if flag in request.fail_on)
     return CheckResult(
         compared=compared,

@@ -732,8 +732,11 @@ def _deliver(format: str, output: Path | None, renderables: Any, text: Any,
 
 
 def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:
-    hits = [(run.scheme, layer.index, flag) for run in report.runs for layer in run.layers
-            for flag in layer.flags if flag in failing]
+    from actstat.render import layer_label
+
+    # the layer as its table names it (a user's model: `0`, `blocks.1`, not its position)
+    hits = [(run.scheme, layer_label(layer, run), flag) for run in report.runs
+            for layer in run.layers for flag in layer.flags if flag in failing]
     if not hits:
         return
     if not quiet:

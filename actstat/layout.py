@@ -144,6 +144,14 @@ def fit(columns: Sequence[Column], width: int | None, *, title: str | None = Non
             break
         kept.remove(leaving)
         widths = _widths(kept, width)
+    # a wide column leaving (a user's long module names) can make room for narrower ones that
+    # left before it: they come back, the most important (lowest rank) first
+    for column in sorted((c for c in columns if all(c is not k for k in kept)),
+                         key=lambda c: c.rank):
+        trial = [c for c in columns if c is column or any(c is k for k in kept)]
+        trial_widths = _widths(trial, width) if widths is not None else None
+        if trial_widths is not None:
+            kept, widths = trial, trial_widths
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, padding=(0, 1, 0, 0), collapse_padding=False)
     cells: list[Sequence[Text]] = []

@@ -23,7 +23,7 @@ from actstat.data import (
     resolve_dtype,
     sample_shape_for,
 )
-from actstat.errors import ActstatError, ModelError
+from actstat.errors import ActstatError, DataError, ModelError
 from actstat.inits import BIAS_INITS, INITS, fans, make_bias_init, make_init
 from actstat.memory import available_memory as host_available_memory
 from actstat.model import build_mlp, initialise, parameter_variances, stack_mlps
@@ -366,6 +366,7 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
     for init in config.init:
         model = _built(config, init)
         if batch is None:
+            _check_vocabulary(model, config)
             batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
                                num_classes=config.model.num_classes,
                                shape=partial(sample_shape_for, model, source=config.data.source))
@@ -393,6 +394,22 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
         input=given,
         runs=tuple(runs),
     )
+
+
+def _check_vocabulary(model: torch.nn.Module, config: Config) -> None:
+    """Token ids from [0, data.vocab) that no Embedding of the model can index: said before the
+    forward pass, whose IndexError would not name data.vocab (its default, 1000, exceeds a small
+    model's vocabulary)."""
+    if config.data.source != "tokens":
+        return
+    kinds = (torch.nn.Embedding, torch.nn.EmbeddingBag)
+    rows = [m.num_embeddings for m in model.modules() if isinstance(m, kinds)]
+    # the largest: a position embedding may be smaller than the token embedding
+    if rows and max(rows) < config.data.vocab:
+        raise DataError(f"data.vocab is {config.data.vocab} but the model's largest Embedding "
+                        f"has {max(rows)} rows: its ids would index past it; set data.vocab to "
+                        f"{max(rows)} or less (data: {{source: tokens, vocab: {max(rows)}}} in "
+                        "the config)")
 
 
 def model_label(spec: str, init: InitSpec) -> str:

@@ -238,9 +238,11 @@ def tables(report: Report, width: int | None = None) -> list[RenderableType]:
 
 
 # The order in which a scheme's per-layer columns leave a narrow terminal: the first named here
-# leave first. The layer, its post std and its flags always stay.
+# leave first. The layer, its post std and its flags always stay. A user's model names its rows
+# by module path (`0`, `1`, `4:input`): without the module column they say nothing, so it stays
+# until only the std columns are left.
 LAYER_COLUMNS_LEAVING = ("units", "still sym", "grad:data", "near 0", "exp std", "pre mean",
-                         "meas/exp", "sat", "module", "dead", "pre std", "ΔW", "grad std",
+                         "meas/exp", "sat", "dead", "pre std", "module", "ΔW", "grad std",
                          "post mean")
 
 
@@ -605,7 +607,7 @@ def check_summary(result: CheckResult) -> list[str]:
         if result.drifts:
             first = result.drifts[0]
             lines.append(f"{len(result.drifts)} of {result.compared} values drifted; first at "
-                         f"layer {first.layer} ({first.scheme}, {first.metric})")
+                         f"layer {_row(first)} ({first.scheme}, {first.metric})")
         else:
             lines.append(f"all {result.compared} values within tolerance "
                          f"({', '.join(result.metrics)})")
@@ -613,7 +615,7 @@ def check_summary(result: CheckResult) -> list[str]:
         first_breach = result.breaches[0]
         lines.append(f"max drift {first_breach.factor:g}: {len(result.breaches)} layer(s) outside "
                      f"[s/{first_breach.factor:g}, s×{first_breach.factor:g}] of their first "
-                     f"layer's post std; first at layer {first_breach.layer} "
+                     f"layer's post std; first at layer {_row(first_breach)} "
                      f"({first_breach.scheme})")
     if result.flagged:
         scheme, layer, flag = result.flagged[0]
@@ -635,9 +637,19 @@ def check_failure_lines(result: CheckResult, limit: int = 3) -> list[str]:
         lines.append(f"  {scheme}, layer {layer}, {metric}: expected {expected}, obtained "
                      f"{obtained} ({difference}; tolerance {tolerance})")
     for breach in result.breaches[:max(0, limit - len(result.drifts))]:
-        lines.append(f"  {breach.scheme}, layer {breach.layer}: post std {number(breach.std)} "
-                     f"outside ×{breach.factor:g} of layer 1's {number(breach.first_std)}")
+        lines.append(f"  {breach.scheme}, layer {_row(breach)}: post std {number(breach.std)} "
+                     f"outside ×{breach.factor:g} of {_first_row(breach)}'s "
+                     f"{number(breach.first_std)}")
     return lines
+
+
+def _row(found: Drift | BoundBreach) -> str:
+    """The row as the run's table names it: a user's model's module path, the MLP's number."""
+    return found.name or str(found.layer)
+
+
+def _first_row(breach: BoundBreach) -> str:
+    return "the first layer" if breach.name else "layer 1"
 
 
 DRIFT_COLUMNS = ("scheme", "layer", "metric", "expected", "obtained", "difference", "tolerance")
@@ -651,13 +663,13 @@ def _drift_cells(drift: Drift) -> list[str]:
     else:
         difference = "—" if drift.difference is None else f"{drift.difference:+.3g}"
         tolerance = f"±{number(drift.tolerance)}"
-    return [drift.scheme, str(drift.layer), drift.metric, number(drift.expected),
+    return [drift.scheme, _row(drift), drift.metric, number(drift.expected),
             number(drift.obtained), difference, tolerance]
 
 
 def _breach_cells(breach: BoundBreach) -> list[str]:
-    return [breach.scheme, str(breach.layer), "post_std (bound)", number(breach.first_std),
-            number(breach.std), "outside", f"×{breach.factor:g} of layer 1"]
+    return [breach.scheme, _row(breach), "post_std (bound)", number(breach.first_std),
+            number(breach.std), "outside", f"×{breach.factor:g} of {_first_row(breach)}"]
 
 
 # The order in which check's columns leave a narrow terminal (first named, first to leave).
@@ -764,7 +776,8 @@ def junit_xml(result: CheckResult) -> str:
                         if d.scheme == scheme and d.metric == metric]
                 case(scheme, metric, [f"layer {row}" for row in rows])
     for scheme in result.schemes if result.breaches or result.bound_checked else []:
-        rows = [f"layer {b.layer}: post std {number(b.std)} vs layer 1 {number(b.first_std)}"
+        rows = [f"layer {_row(b)}: post std {number(b.std)} vs {_first_row(b)} "
+                f"{number(b.first_std)}"
                 for b in result.breaches if b.scheme == scheme]
         case(scheme, "max_drift", rows)
     for scheme in result.schemes if result.flags_checked else []:
