@@ -50,13 +50,15 @@ Layers of any model (`actstat.profile`, `--model`; the records of actstat/captur
 - `saturated`: only where `post` comes from a known bounded activation module.
 - `symmetric`: as above, on the output of the row's weight layer (2+ units).
 - `vanishing`, `exploding`: against the input's std; for token ids (no meaningful std), against
-  the first row's post std.
+  the first row's post std. Not on a normalisation layer's row: the norm sets its scale.
 - `grad.mean`, `grad.std`: of dL/d(the row's first tensor); `grad_vanishing`, `grad_exploding`:
   against the last row's, or the one before it when the last row is a weight layer whose
   output nothing consumes (the head, as the MLP's reference is its last hidden layer; the head
   itself is not held to it).
 - The loss: cross-entropy of the output against the targets, the caller's `loss`, or the sum
-  of the output when there are no targets (actstat/capture.py).
+  of the output when there are no targets (actstat/capture.py). From the CLI, data without
+  labels (gaussian, tokens) has targets drawn with the seed: cross-entropy where the output is
+  logits that fit them, else the sum (pipeline.drawn_target_loss).
 
 The verdict of a scheme is the first of `FLAGS` (actstat/report.py) that any of its layers carries (the most
 fundamental cause first: symmetric weights explain vanishing, not the other way round), else
@@ -274,12 +276,14 @@ def _captured_row(index: int, pre_record: CapturedLayer | None, post_record: Cap
     grad, grad_flags = _captured_grad(first.grad or post_record.grad, last_grad_std, t)
     std = raw_post["std"]
     spread = weight.stats.get("spread") if weight is not None else None
+    # a normalisation layer sets its output's scale itself: its row says nothing of the init's
+    scaled = bounds_finite and reference_std is not None and first.kind != "norm"
     flags = {
         **grad_flags,
         "nonfinite": not bounds_finite or grad_flags.get("nonfinite", False),
         "symmetric": bounds_finite and units > 1 and spread is not None and spread <= t.symmetric,
-        "exploding": bounds_finite and reference_std is not None and std > t.exploding * reference_std,
-        "vanishing": bounds_finite and reference_std is not None and std < t.vanishing * reference_std,
+        "exploding": scaled and std > t.exploding * reference_std,
+        "vanishing": scaled and std < t.vanishing * reference_std,
         "saturated": post.saturated is not None and post.saturated > t.saturated,
         "dead": post.dead is not None and post.dead > t.dead,
     }

@@ -30,6 +30,7 @@ from actstat.model import build_mlp, initialise, parameter_variances, stack_mlps
 from actstat.probe import (
     HIST_BINS,
     Measurement,
+    cross_entropy,
     hidden_blocks,
     measure,
     measure_stacked,
@@ -374,7 +375,7 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
         model = model.to(device=device, dtype=dtype)
         assert given is not None
         run = model_run(
-            model, batch.inputs, batch.labels if batch.labelled else None,
+            model, batch.inputs, batch.labels, loss=None if batch.labelled else drawn_target_loss,
             scheme=model_label(spec, init), init=init.name,
             init_params={} if init.name == KEEP else {**init.params,
                                                       "bias": init.bias.model_dump()},
@@ -410,6 +411,18 @@ def _check_vocabulary(model: torch.nn.Module, config: Config) -> None:
                         f"has {max(rows)} rows: its ids would index past it; set data.vocab to "
                         f"{max(rows)} or less (data: {{source: tokens, vocab: {max(rows)}}} in "
                         "the config)")
+
+
+def drawn_target_loss(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss of a user's model on data without labels (gaussian, tokens), whose targets were
+    drawn with the seed: cross-entropy when the output is logits that fit them, (batch, classes)
+    for gaussian's class ids or (batch, length, vocab) for tokens' next ids (a language model's
+    loss); otherwise the output's sum, so that every layer still gets a gradient."""
+    fits = (output.dim() == targets.dim() + 1 and output.shape[:-1] == targets.shape
+            and output.shape[-1] > int(targets.max()))
+    if fits:
+        return cross_entropy(output.reshape(-1, output.shape[-1]), targets.reshape(-1))
+    return output.float().sum()
 
 
 def model_label(spec: str, init: InitSpec) -> str:

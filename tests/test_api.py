@@ -308,3 +308,17 @@ def test_the_public_names():
     assert {"profile", "Report", "read_report", "Thresholds"} <= set(dir(actstat))
     with pytest.raises(AttributeError):
         actstat.measure  # noqa: B018
+
+
+def test_a_normalisation_row_is_not_held_to_the_input_scale():
+    """GPT-2 style: a 0.02-scale embedding (the reference for token ids), then LayerNorm at
+    std 1, 50x the embedding: the norm set that scale, so its row is not `exploding`; a Linear
+    whose output leaves the scale is."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 32), nn.LayerNorm(32), nn.Linear(32, 32))
+    nn.init.normal_(model[0].weight, std=0.02)
+    tokens = torch.randint(50, (8, 12))
+    rows = {layer.name: layer for layer in actstat.profile(model, tokens).runs[0].layers}
+    assert rows["1"].kind == "norm" and rows["1"].post.std > 10 * rows["0"].post.std
+    assert "exploding" not in rows["1"].flags
+    assert "exploding" in rows["2"].flags  # std(W) 1/sqrt(3·32) on a std-1 input: ~0.58 > 0.2

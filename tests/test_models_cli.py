@@ -560,3 +560,33 @@ def test_model_tables_read_right_at_80_columns(nets, command):
         assert "post std 1 → L" in shown and "grad 1/L" in shown
     assert "left out to fit 80 columns" in shown
 
+
+
+def test_data_without_labels_takes_cross_entropy_on_the_drawn_targets_when_they_fit():
+    import torch
+    from torch.nn import functional as F
+
+    from actstat.pipeline import drawn_target_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, classes = torch.randn(6, 10, generator=g), torch.randint(10, (6,), generator=g)
+    assert torch.equal(drawn_target_loss(logits, classes), F.cross_entropy(logits, classes))
+    tokens = torch.randint(50, (4, 7), generator=g)
+    lm = torch.randn(4, 7, 50, generator=g)  # a language model's logits over the vocabulary
+    assert torch.allclose(drawn_target_loss(lm, tokens),
+                          F.cross_entropy(lm.reshape(-1, 50), tokens.reshape(-1)))
+    # logits that do not fit the targets (too few classes, another shape): the output's sum
+    assert torch.equal(drawn_target_loss(lm[..., :20], tokens), lm[..., :20].sum())
+    assert torch.equal(drawn_target_loss(logits, tokens), logits.sum())
+
+
+def test_a_gaussian_run_gives_the_head_a_gradient(cli, nets):
+    (nets / "g.yaml").write_text(textwrap.dedent("""
+        model: {factory: nets.py:mlp}
+        data: {source: gaussian, batch_size: 64}
+        device: cpu
+    """))
+    (run,) = report_of(cli("run", "g.yaml", "-f", "json", "-q"))["runs"]
+    head = run["layers"][-1]
+    # the sum of the logits has dL/d(logits) = 1 everywhere: a gradient std of exactly 0
+    assert head["grad"]["std"] > 0 and math.log(10) * 0.8 < run["loss"] < math.log(10) * 1.5
