@@ -7,7 +7,7 @@ import html
 import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -510,6 +510,13 @@ def _compare_cells(run: Run, summary: Summary, spark_width: int = 40) -> dict[st
     }
 
 
+def compare_columns(runs: Sequence[Run]) -> list[str]:
+    """The compare table's columns: a user's model has no mean-field theory, so there are no
+    phase or χ₁ columns when no run has one."""
+    return [name for name in COMPARE_COLUMNS if name not in ("phase", "χ₁")
+            or any(run.theory is not None for run in runs)]
+
+
 def compare_table(report: Report, sort: str = "verdict", width: int | None = None) -> Fitted:
     """One row per scheme: where each one fails, at a glance; fitted to `width` terminal cells
     (None: full width)."""
@@ -517,9 +524,7 @@ def compare_table(report: Report, sort: str = "verdict", width: int | None = Non
     runs = sorted_runs(report, sort)
     summaries = [summarise(run.layers, run.verdict) for run in runs]
     rows = [_compare_cells(run, summary) for run, summary in zip(runs, summaries)]
-    # a user's model has no mean-field theory: no phase or χ₁ columns when no run has one
-    names = [name for name in COMPARE_COLUMNS if name not in ("phase", "χ₁")
-             or any(run.theory is not None for run in runs)]
+    names = compare_columns(runs)
     styled: dict[str, list[Text]] = {name: [] for name in names}
     for run, summary, cells in zip(runs, summaries, rows):
         styles = {"verdict": f"bold {FLAG_STYLES[run.verdict]}"}
@@ -583,13 +588,14 @@ def compare_csv(report: Report, sort: str = "verdict") -> str:
 
 def compare_markdown(report: Report, sort: str = "verdict", detail: bool = False) -> str:
     """The compare table in Markdown, then (with `detail`) every scheme's per-layer table."""
+    names = compare_columns(report.runs)
     lines = ["## actstat compare", "", _input_line(report), "",
-             "| " + " | ".join(COMPARE_COLUMNS) + " |",
+             "| " + " | ".join(names) + " |",
              "|" + "|".join("---" if c in ("scheme", "verdict", "first flag", "phase", "log std",
-                                           "log grad") else "---:" for c in COMPARE_COLUMNS) + "|"]
+                                           "log grad") else "---:" for c in names) + "|"]
     for run in sorted_runs(report, sort):
         cells = _compare_cells(run, summarise(run.layers, run.verdict))
-        lines.append("| " + " | ".join(cells[c] for c in COMPARE_COLUMNS) + " |")
+        lines.append("| " + " | ".join(cells[c] for c in names) + " |")
     lines.append("")
     if detail:
         lines += to_markdown(report).split("\n")[4:]

@@ -322,3 +322,15 @@ def test_a_normalisation_row_is_not_held_to_the_input_scale():
     assert rows["1"].kind == "norm" and rows["1"].post.std > 10 * rows["0"].post.std
     assert "exploding" not in rows["1"].flags
     assert "exploding" in rows["2"].flags  # std(W) 1/sqrt(3·32) on a std-1 input: ~0.58 > 0.2
+
+
+def test_compare_views_of_a_model_have_no_theory_columns():
+    from actstat.render import compare_markdown, compare_text
+
+    torch.manual_seed(0)
+    report = actstat.profile(ResidualMLP(), gaussian(32, 20), labels(32, 10))
+    header = compare_markdown(report).splitlines()[4]
+    assert header.startswith("| scheme | verdict |") and "phase" not in header
+    assert "χ₁" not in header and "grad 1/L" in header
+    text = compare_text(report)
+    assert "phase" not in text and text.startswith("1 schemes, 11 layers, tensors passed")
