@@ -1,0 +1,142 @@
+"""Mean-field theory of residual networks with and without normalisation: closed forms, and
+Monte-Carlo residual networks built here in plain torch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from actstat.activations import make_activation
+from actstat.theory import expected, expected_residual
+
+RELU, TANH, IDENTITY = (make_activation(name) for name in ("relu", "tanh", "identity"))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 0.0])
+@pytest.mark.parametrize("last_activation", [True, False])
+def test_identity_activation_grows_geometrically(alpha, last_activation):
+    """φ = identity: x_{l+1} = (I + α W) x + α b, so E[x²] multiplies by (1 + α² σ_w²) and
+    gains α² σ_b² per block, whatever the last layer ends in."""
+    found = expected_residual(IDENTITY, 1.5, (2.0, 0.1), [[(0.7, 0.05)]] * 6, alpha=alpha,
+                              last_activation=last_activation)
+    second = 2.0 * 1.5 + 0.1
+    assert found.input_layer.post_std == pytest.approx(math.sqrt(second))
+    for block in found.blocks:
+        assert block.branch[0].pre_std == pytest.approx(math.sqrt(0.7 * second + 0.05))
+        second = second * (1 + alpha**2 * 0.7) + alpha**2 * 0.05
+        assert (block.stream.mean, block.stream.std) == pytest.approx((0.0, math.sqrt(second)))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_relu_branch_ending_in_a_linear_grows_by_a_fixed_ratio(alpha):
+    """relu, no bias, branch Linear-relu-Linear: the branch's second moment is
+    σ_2² · σ_1² E[x²] / 2 and its mean 0, so E[x²] grows by (1 + α² σ_1² σ_2² / 2) per block
+    and the stream keeps the input layer's mean √(q_in / 2π)."""
+    found = expected_residual(RELU, 1.0, (2.0, 0.0), [[(2.0, 0.0), (1.5, 0.0)]] * 10,
+                              alpha=alpha, last_activation=False)
+    mean = 1 / math.sqrt(math.pi)  # q_in = 2
+    second = 1.0
+    for block in found.blocks:
+        second *= 1 + alpha**2 * 2.0 * 1.5 / 2
+        assert block.stream.mean == pytest.approx(mean)
+        assert block.stream.std == pytest.approx(math.sqrt(second - mean**2), rel=1e-12)
+
+
+def test_relu_after_the_last_linear_adds_the_cross_term():
+    """With relu after the branch's last Linear both the stream and the branch have a mean, and
+    E[x_1²] = E[x_0²] + E[β²] + 2 E[x_0] E[β]: here q_in = 2, so x_0 has mean 1/√π and
+    E[x_0²] = 1; the branch (σ_w² = 2) sees q = 2 too: mean 1/√π, E[β²] = 1. So E[x_1²] =
+    2 + 2/π and E[x_1] = 2/√π: std √(2 − 2/π) (the variances add: 2 · (1 − 1/π))."""
+    block = expected_residual(RELU, 1.0, (2.0, 0.0), [[(2.0, 0.0)]]).blocks[0]
+    assert block.branch[0].post_mean == pytest.approx(1 / math.sqrt(math.pi))
+    assert block.stream.mean == pytest.approx(2 / math.sqrt(math.pi))
+    assert block.stream.std == pytest.approx(math.sqrt(2 - 2 / math.pi))
+
+
+def test_branch_layers_follow_the_plain_length_map():
+    """Without a norm, a branch is a plain MLP fed by the stream: its layers get `expected`'s
+    numbers for an input of the stream's second moment."""
+    branch = [(1.3, 0.02), (0.9, 0.01), (2.2, 0.0)]
+    found = expected_residual(TANH, 1.0, (1.0, 0.0), [branch] * 3, alpha=0.5)
+    stream = found.blocks[1].stream
+    second = stream.std**2 + stream.mean**2
+    plain = expected(TANH, [w2 for w2, _ in branch], [b2 for _, b2 in branch], second)
+    for got, want in zip(found.blocks[2].branch, plain):
+        assert (got.pre_std, got.post_mean, got.post_std) == pytest.approx(
+            (want.pre_std, want.post_mean, want.post_std), rel=1e-9, abs=1e-12)
+
+
+def test_rezero_keeps_the_stream_at_the_input_layer():
+    found = expected_residual(TANH, 1.0, (25 / 9, 0.0), [[(1.0, 0.0), (1.0, 0.0)]] * 5, alpha=0.0)
+    first = found.input_layer
+    for block in found.blocks:
+        assert (block.stream.mean, block.stream.std) == pytest.approx(
+            (first.post_mean, first.post_std), abs=1e-15)
+        assert block.branch == found.blocks[0].branch
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "batchnorm"])
+def test_pre_norm_stream_variance_grows_linearly(norm):
+    """A pre-norm branch reads a vector of second moment 1 (up to ε) at every depth, so it adds
+    the same variance every block: linear growth, not geometric (relu, Kaiming, no bias,
+    Linear-relu-Linear: each branch adds σ_2² · σ_1² / 2 = 2)."""
+    found = expected_residual(RELU, 1.0, (2.0, 0.0), [[(2.0, 0.0), (2.0, 0.0)]] * 30,
+                              norm=norm, norm_position="pre", last_activation=False)
+    # x_0 = relu(N(0, 2)): variance 1 − 1/π
+    variances = [1 - 1 / math.pi] + [b.stream.std**2 for b in found.blocks]
+    steps = [b - a for a, b in zip(variances, variances[1:])]
+    assert steps == pytest.approx([2.0] * 30, rel=1e-4)  # 1 − ε/(v + ε) at most
+    for block in found.blocks:
+        assert block.branch_inputs[0].std**2 + block.branch_inputs[0].mean**2 == pytest.approx(
+            1.0, rel=1e-4)
+        assert block.branch[0].pre_std == pytest.approx(math.sqrt(2.0), rel=1e-4)
+
+
+def test_post_layernorm_fixes_the_stream_length():
+    found = expected_residual(RELU, 3.0, (2.0, 0.0), [[(2.0, 0.0), (2.0, 0.0)]] * 8,
+                              norm="layernorm", norm_position="post", eps=1e-5)
+    for block in found.blocks:
+        assert block.stream.mean == 0.0
+        assert block.stream.std == pytest.approx(1.0, abs=1e-5)
+        assert block.stream.std < 1.0  # v / (v + ε)
+    # block 1 reads x_0 = relu(N(0, 2 · 3)) (E[x²] = 3), every later one a normalised stream
+    assert found.blocks[0].branch[0].pre_std == pytest.approx(math.sqrt(6.0))
+    for block in found.blocks[1:]:
+        assert block.branch[0].pre_std == pytest.approx(math.sqrt(2.0), rel=1e-5)
+
+
+def test_post_rmsnorm_divides_the_mean_by_the_length():
+    """RMSNorm divides by the root mean square: the stream's second moment is 1 after every
+    block, and its mean is E[x] / √E[x²] of the sum. x_0 = relu(N(0, 2)): mean 1/√π,
+    E[x²] = 1; a branch that is one Linear (σ_w² = 1) adds variance 1 and no mean, so each block
+    divides the mean by √2: E[x_l] = 2^(−l/2) / √π."""
+    found = expected_residual(RELU, 1.0, (2.0, 0.0), [[(1.0, 0.0)]] * 4, norm="rmsnorm",
+                              norm_position="post", last_activation=False, eps=0.0)
+    assert found.input_layer.post_mean == pytest.approx(1 / math.sqrt(math.pi))
+    for depth, block in enumerate(found.blocks, 1):
+        mean = 2 ** (-depth / 2) / math.sqrt(math.pi)
+        assert (block.stream.mean, block.stream.std) == pytest.approx((mean,
+                                                                       math.sqrt(1 - mean**2)))
+
+
+def test_batchnorm_in_evaluation_mode_at_init_is_a_scale():
+    found = expected_residual(RELU, 1.0, (2.0, 0.0), [[(2.0, 0.0)]] * 3, norm="batchnorm",
+                              norm_position="pre", batch_statistics=False, eps=0.25)
+    plain = expected_residual(RELU, 1.0, (2.0, 0.0), [[(2.0 / 1.25, 0.0)]] * 3)
+    for got, want in zip(found.blocks, plain.blocks):
+        assert (got.stream.mean, got.stream.std) == pytest.approx((want.stream.mean,
+                                                                   want.stream.std))
+
+
+def test_overflow_is_none_not_a_number():
+    found = expected_residual(IDENTITY, 1.0, (1e200, 0.0), [[(1e200, 0.0)]] * 3)
+    assert found.blocks[-1].stream.std is None
+    assert found.blocks[-1].branch[0].pre_std is None
+
+
+def test_unknown_norm_is_refused():
+    with pytest.raises(ValueError, match="layernorm"):
+        expected_residual(RELU, 1.0, (2.0, 0.0), [[(2.0, 0.0)]], norm="groupnorm")
+    with pytest.raises(ValueError, match="post"):
+        expected_residual(RELU, 1.0, (2.0, 0.0), [[(2.0, 0.0)]], norm_position="middle")
