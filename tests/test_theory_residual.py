@@ -68,6 +68,22 @@ def test_branch_layers_follow_the_plain_length_map():
             (want.pre_std, want.post_mean, want.post_std), rel=1e-9, abs=1e-12)
 
 
+def test_tanh_stream_variance_grows_at_most_linearly():
+    """tanh is bounded by 1, so a branch ending in a Linear (σ_w² = 1, σ_b² = 0.05) adds at most
+    α² (1 + 0.05) of variance per block; once the stream (zero-mean) is large, tanh's input
+    N(0, q) with q = E[x²] saturates, E[tanh²] = 1 − E[sech²], and for large q
+    E[sech²] ≈ (∫ sech² − ∫ y² sech² / 2q) / √(2π q) = (2 − π²/12q) / √(2π q)."""
+    found = expected_residual(TANH, 1.0, (1.0, 0.0), [[(1.0, 0.0), (1.0, 0.05)]] * 200,
+                              alpha=0.5, last_activation=False)
+    variances = [found.input_layer.post_std**2] + [b.stream.std**2 for b in found.blocks]
+    steps = [b - a for a, b in zip(variances, variances[1:])]
+    assert all(0 < step <= 0.25 * 1.05 for step in steps)
+    assert steps == sorted(steps)  # the stream grows, so tanh saturates more every block
+    q = variances[-2]
+    sech2 = (2 - math.pi**2 / (12 * q)) / math.sqrt(2 * math.pi * q)
+    assert steps[-1] == pytest.approx(0.25 * (1.05 - sech2), rel=1e-4)
+
+
 def test_rezero_keeps_the_stream_at_the_input_layer():
     found = expected_residual(TANH, 1.0, (25 / 9, 0.0), [[(1.0, 0.0), (1.0, 0.0)]] * 5, alpha=0.0)
     first = found.input_layer
