@@ -225,11 +225,17 @@ class ExpectedBlock:
     """One residual block: what each branch Linear reads (`branch_inputs`: the normalised vector
     where a norm precedes it, else the stream or the previous branch layer's output), each branch
     layer's pre/post (`branch`; a last layer without activation has post = its Linear's output),
-    and the block's output `stream` (after the post norm, if any)."""
+    and the block's output `stream` (after the post norm, if any).
+
+    `gradient_growth`: E‖∂L/∂x_l‖² / E‖∂L/∂x_{l+1}‖², the factor by which the block scales a
+    squared gradient on its way back (see `expected_residual`); None where it needs more than
+    the mean-field second moments (BatchNorm with batch statistics divides each feature by its
+    own batch std)."""
 
     branch_inputs: tuple[ExpectedMeanStd, ...]
     branch: tuple[Expected, ...]
     stream: ExpectedMeanStd
+    gradient_growth: float | None
 
 
 @dataclass(frozen=True)
@@ -283,12 +289,31 @@ def expected_residual(
     relative at unit scale). So a pre-norm branch reads a vector of fixed length whatever the
     depth, its v_β is the same every block, and the stream's variance grows linearly; a post-norm
     stream has fixed length. None marks a value that is not finite (an overflowing map).
+
+    Backward, under the usual independence of a gradient from the forward weights it meets
+    (Schoenholz et al. 2017; Yang & Schoenholz 2017): ∂L/∂x_l = (I + α J_β)ᵀ g, and the cross
+    term gᵀ J_β g has mean 0 (zero-mean weights), so a block scales E‖g‖² by 1 + α² χ_β, where
+    χ_β is the product over branch layers of σ_w² · E[φ'(h)²] (σ_w² alone without φ) and of each
+    norm's own factor: LayerNorm's Jacobian is (I − 11ᵀ/n − ŷŷᵀ/n) / √(v + ε), which scales a
+    squared gradient by 1/(v + ε) (less 2/n), RMSNorm's by 1/(s + ε), BatchNorm at eval init by
+    1/(1 + ε). A post norm multiplies the whole by its factor at the sum. Without a norm or with
+    a pre norm the factor is ≥ 1: no block shrinks a gradient.
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
     if norm_position not in NORM_POSITIONS:
         raise ValueError(f"norm_position must be one of {NORM_POSITIONS}, not {norm_position!r}")
     moments = Moments(activation)
+
+    def norm_gain(mean: float, second: float) -> float:
+        """How the norm's Jacobian scales a squared gradient at a vector of these moments."""
+        if norm == "layernorm":
+            return 1 / (second - mean**2 + eps)
+        if norm == "rmsnorm":
+            return 1 / (second + eps)
+        if norm == "batchnorm":
+            return math.nan if batch_statistics else 1 / (1 + eps)
+        return 1.0
 
     def normalise(mean: float, second: float) -> tuple[float, float]:
         variance = second - mean**2
@@ -302,35 +327,45 @@ def expected_residual(
             return mean / math.sqrt(1 + eps), second / (1 + eps)
         return mean, second
 
-    def layer(second_in: float, w2: float, b2: float, act: bool) -> tuple[Expected, float, float]:
-        """One Linear (and φ): its Expected, and the mean and second moment of its output."""
+    def layer(second_in: float, w2: float, b2: float,
+              act: bool) -> tuple[Expected, float, float, float]:
+        """One Linear (and φ): its Expected, the mean and second moment of its output, and
+        how it scales a squared gradient (σ_w² E[φ'²])."""
         q = w2 * second_in + b2
         if not act:
-            return Expected(_sqrt(q), 0.0, _sqrt(q)), 0.0, q
-        mean, square, _ = moments(q, slope=False)
-        return Expected(_sqrt(q), _finite(mean), _sqrt(square - mean**2)), mean, square
+            return Expected(_sqrt(q), 0.0, _sqrt(q)), 0.0, q, w2
+        mean, square, slope = moments(q)
+        return (Expected(_sqrt(q), _finite(mean), _sqrt(square - mean**2)), mean, square,
+                w2 * slope)
 
     w2, b2 = input_layer
-    first, mean, second = layer(input_second_moment, w2, b2, True)
+    first, mean, second, _ = layer(input_second_moment, w2, b2, True)
     out = []
     for variances in blocks:
         pre = norm != "none" and norm_position == "pre"
+        chi = norm_gain(mean, second) if pre else 1.0
         u_mean, u_second = normalise(mean, second) if pre else (mean, second)
         inputs, branch = [], []
         for k, (w2, b2) in enumerate(variances):
             if k and pre and norm_every_layer:
+                chi *= norm_gain(u_mean, u_second)
                 u_mean, u_second = normalise(u_mean, u_second)
             inputs.append(_mean_std(u_mean, u_second))
             last = k == len(variances) - 1
-            expected_here, u_mean, u_second = layer(u_second, w2, b2, act=not last or last_activation)
+            expected_here, u_mean, u_second, gain = layer(u_second, w2, b2,
+                                                          act=not last or last_activation)
+            chi *= gain
             branch.append(expected_here)
+        growth = 1 + alpha**2 * chi if alpha else 1.0  # ReZero: the skip alone
         # means add, and variances add (the cross term is m · m_β, see above)
         variance = second - mean**2 + alpha**2 * (u_second - u_mean**2)
         mean = mean + alpha * u_mean
         second = variance + mean**2
         if norm != "none" and norm_position == "post":
+            growth *= norm_gain(mean, second)
             mean, second = normalise(mean, second)
-        out.append(ExpectedBlock(tuple(inputs), tuple(branch), _mean_std(mean, second)))
+        out.append(ExpectedBlock(tuple(inputs), tuple(branch), _mean_std(mean, second),
+                                 _finite(growth)))
     return ExpectedResidual(first, tuple(out))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from actstat.activations import make_activation
-from actstat.theory import expected, expected_residual
+from actstat.theory import Moments, expected, expected_residual
 
 RELU, TANH, IDENTITY = (make_activation(name) for name in ("relu", "tanh", "identity"))
 
@@ -84,6 +84,34 @@ def test_tanh_stream_variance_grows_at_most_linearly():
     assert steps[-1] == pytest.approx(0.25 * (1.05 - sech2), rel=1e-4)
 
 
+@pytest.mark.parametrize("norm", ["none", "layernorm"])
+def test_relu_gradient_grows_as_the_stream_does(norm):
+    """relu is positively homogeneous and E[relu'²] = 1/2, so without bias a branch
+    Linear–relu–Linear scales both E[x²] (forward) and a squared gradient (backward) by
+    1 + α² σ₁² σ₂² / 2 per block without a norm; a pre LayerNorm divides the backward part by the
+    stream's variance v + ε (its Jacobian is (I − 11ᵀ/n − ŷŷᵀ/n) / √(v + ε))."""
+    found = expected_residual(RELU, 1.0, (2.0, 0.0), [[(2.0, 0.0), (1.5, 0.0)]] * 6,
+                              alpha=0.5, norm=norm, norm_position="pre", last_activation=False)
+    variance = 1 - 1 / math.pi  # x_0 = relu(N(0, 2))
+    for block in found.blocks:
+        if norm == "none":
+            assert block.gradient_growth == pytest.approx(1 + 0.25 * 1.5)
+        else:
+            assert block.gradient_growth == pytest.approx(1 + 0.25 * 1.5 / (variance + 1e-5))
+        variance = block.stream.std**2
+
+
+def test_post_norm_can_shrink_a_gradient():
+    """A post LayerNorm divides the block's 1 + α² χ_β by the sum's variance: a last-layer bias
+    adds variance (σ_b² = 1) but no gradient, and the block shrinks a squared gradient. From
+    block 2 on the stream has variance 1 − ε/(1 + ε) ≈ 1, the branch tanh sees q = 1."""
+    found = expected_residual(TANH, 1.0, (1.0, 0.0), [[(1.0, 0.0), (1.0, 1.0)]] * 3,
+                              norm="layernorm", norm_position="post", last_activation=False)
+    _, square, slope = Moments(TANH)(1.0)
+    assert found.blocks[2].gradient_growth == pytest.approx((1 + slope) / (2 + square), rel=1e-4)
+    assert found.blocks[2].gradient_growth < 0.7
+
+
 def test_rezero_keeps_the_stream_at_the_input_layer():
     found = expected_residual(TANH, 1.0, (25 / 9, 0.0), [[(1.0, 0.0), (1.0, 0.0)]] * 5, alpha=0.0)
     first = found.input_layer
@@ -91,6 +119,7 @@ def test_rezero_keeps_the_stream_at_the_input_layer():
         assert (block.stream.mean, block.stream.std) == pytest.approx(
             (first.post_mean, first.post_std), abs=1e-15)
         assert block.branch == found.blocks[0].branch
+        assert block.gradient_growth == 1.0  # the skip alone
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "batchnorm"])
@@ -188,7 +217,8 @@ def residual_network(act: str, *, depth: int, branch_layers: int, alpha: float, 
 
     x = torch.from_numpy(rng.standard_normal((batch, input_size)))
     first, input_variances = linear(input_size)
-    stream = phi(first(x))
+    stream = phi(first(x)).requires_grad_(True)
+    streams = [stream]
     measured = {"input": stats(stream), "stream": [], "pre": [], "post": []}
     variances = []
     for _ in range(depth):
@@ -204,10 +234,16 @@ def residual_network(act: str, *, depth: int, branch_layers: int, alpha: float, 
         stream = stream + alpha * u
         if norm_position == "post":
             stream = normalise(stream)
+        stream.retain_grad()
+        streams.append(stream)
         variances.append(block_variances)
         measured["stream"].append(stats(stream))
         measured["pre"].append(pres)
         measured["post"].append(posts)
+    # a random readout of the last stream: the gradient each stream gets back from it
+    (stream * torch.from_numpy(rng.standard_normal(stream.shape))).sum().backward()
+    squares = [s.grad.pow(2).sum().item() for s in streams]
+    measured["gradient_growth"] = [a / b for a, b in zip(squares, squares[1:])]
     theory = expected_residual(activation, x.pow(2).mean().item(), input_variances, variances,
                                alpha=alpha, norm=norm, norm_position=norm_position,
                                last_activation=last_activation, eps=1e-5)
@@ -243,6 +279,7 @@ def test_theory_matches_wide_residual_networks(case):
     reproducible."""
     act, depth, branch_layers, alpha, norm, position, last_activation, bias_std = case
     tolerance = 0.08 if case == MONTE_CARLO[1] else 0.05
+    batch_statistics = norm == "batchnorm"
     measured, theory = residual_network(
         act, depth=depth, branch_layers=branch_layers, alpha=alpha, norm=norm,
         norm_position=position, last_activation=last_activation, bias_std=bias_std,
@@ -262,3 +299,11 @@ def test_theory_matches_wide_residual_networks(case):
         for k, (pre, post, layer) in enumerate(zip(pres, posts, expected_block.branch)):
             close(pre, 0.0, layer.pre_std, f"block {block} branch layer {k} pre")
             close(post, layer.post_mean, layer.post_std, f"block {block} branch layer {k} post")
+    # backward: each block's factor on a squared gradient (a ratio of two sums over the batch
+    # and width: the same 5 %); BatchNorm's needs each feature's own batch std: None
+    for block, growth in enumerate(measured["gradient_growth"]):
+        want = theory.blocks[block].gradient_growth
+        if batch_statistics:
+            assert want is None
+        else:
+            assert growth == pytest.approx(want, rel=0.05), f"block {block} gradient"
