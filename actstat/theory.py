@@ -303,6 +303,8 @@ def expected_residual(
         raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
     if norm_position not in NORM_POSITIONS:
         raise ValueError(f"norm_position must be one of {NORM_POSITIONS}, not {norm_position!r}")
+    if norm_every_layer and (norm == "none" or norm_position != "pre"):
+        raise ValueError("norm_every_layer needs a norm at norm_position 'pre'")
     moments = Moments(activation)
 
     def norm_gain(mean: float, second: float) -> float:

@@ -181,6 +181,20 @@ def test_overflow_is_none_not_a_number():
     assert found.blocks[-1].branch[0].pre_std is None
 
 
+def test_a_norm_before_every_branch_layer():
+    """With a pre LayerNorm before every branch Linear each of them reads second moment 1:
+    relu, σ_w² = 2 everywhere: every branch pre std is √2, whatever the depth."""
+    found = expected_residual(RELU, 1.0, (2.0, 0.0), [[(2.0, 0.0)] * 3] * 4, norm="layernorm",
+                              norm_every_layer=True)
+    for block in found.blocks:
+        for reads, layer in zip(block.branch_inputs, block.branch):
+            assert (reads.mean, reads.std) == pytest.approx((0.0, 1.0), abs=1e-5)
+            assert layer.pre_std == pytest.approx(math.sqrt(2.0), rel=1e-5)
+    with pytest.raises(ValueError, match="pre"):
+        expected_residual(RELU, 1.0, (2.0, 0.0), [[(2.0, 0.0)]], norm="layernorm",
+                          norm_position="post", norm_every_layer=True)
+
+
 def test_unknown_norm_is_refused():
     with pytest.raises(ValueError, match="layernorm"):
         expected_residual(RELU, 1.0, (2.0, 0.0), [[(2.0, 0.0)]], norm="groupnorm")
@@ -190,7 +204,8 @@ def test_unknown_norm_is_refused():
 
 def residual_network(act: str, *, depth: int, branch_layers: int, alpha: float, norm: str,
                      norm_position: str, last_activation: bool, bias_std: float, seed: int,
-                     width: int = 2048, batch: int = 32, input_size: int = 784):
+                     norm_every_layer: bool = False, width: int = 2048, batch: int = 32,
+                     input_size: int = 784):
     """A residual MLP in plain torch, float64, on a N(0, 1) batch: the measured (mean, std) of
     the input layer's output, of each block's output and of each branch layer's pre and post,
     and theory's inputs read off the drawn parameters (σ_w² = fan_in · Var(W), σ_b² = Var(b))."""
@@ -225,6 +240,8 @@ def residual_network(act: str, *, depth: int, branch_layers: int, alpha: float, 
         u = normalise(stream) if norm_position == "pre" else stream
         block_variances, pres, posts = [], [], []
         for k in range(branch_layers):
+            if k and norm_every_layer:
+                u = normalise(u)
             layer, layer_variances = linear(width)
             block_variances.append(layer_variances)
             z = layer(u)
@@ -246,7 +263,8 @@ def residual_network(act: str, *, depth: int, branch_layers: int, alpha: float, 
     measured["gradient_growth"] = [a / b for a, b in zip(squares, squares[1:])]
     theory = expected_residual(activation, x.pow(2).mean().item(), input_variances, variances,
                                alpha=alpha, norm=norm, norm_position=norm_position,
-                               last_activation=last_activation, eps=1e-5)
+                               last_activation=last_activation, norm_every_layer=norm_every_layer,
+                               eps=1e-5)
     return measured, theory
 
 
@@ -263,6 +281,7 @@ MONTE_CARLO = [  # act, depth, branch layers, alpha, norm, position, last activa
     ("tanh", 10, 2, 0.5, "layernorm", "pre", True, 0.05),
     ("relu", 10, 2, 1.0, "rmsnorm", "post", False, 0.0),
     ("relu", 10, 2, 0.5, "batchnorm", "pre", True, 0.0),
+    ("tanh", 10, 3, 1.0, "layernorm", "every", True, 0.05),  # a norm before every branch Linear
 ]
 
 
@@ -282,8 +301,9 @@ def test_theory_matches_wide_residual_networks(case):
     batch_statistics = norm == "batchnorm"
     measured, theory = residual_network(
         act, depth=depth, branch_layers=branch_layers, alpha=alpha, norm=norm,
-        norm_position=position, last_activation=last_activation, bias_std=bias_std,
-        seed=len(MONTE_CARLO) + MONTE_CARLO.index(case))
+        norm_position="pre" if position == "every" else position,
+        norm_every_layer=position == "every", last_activation=last_activation,
+        bias_std=bias_std, seed=len(MONTE_CARLO) + MONTE_CARLO.index(case))
 
     def close(got: tuple[float, float], mean: float | None, std: float | None, where: str):
         assert std is not None and mean is not None, where
