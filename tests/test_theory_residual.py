@@ -319,11 +319,15 @@ def test_theory_matches_wide_residual_networks(case):
         for k, (pre, post, layer) in enumerate(zip(pres, posts, expected_block.branch)):
             close(pre, 0.0, layer.pre_std, f"block {block} branch layer {k} pre")
             close(post, layer.post_mean, layer.post_std, f"block {block} branch layer {k} post")
-    # backward: each block's factor on a squared gradient (a ratio of two sums over the batch
-    # and width: the same 5 %); BatchNorm's needs each feature's own batch std: None
-    for block, growth in enumerate(measured["gradient_growth"]):
-        want = theory.blocks[block].gradient_growth
-        if batch_statistics:
-            assert want is None
-        else:
-            assert growth == pytest.approx(want, rel=0.05), f"block {block} gradient"
+    # backward: each block's factor on a squared gradient. A block's measured factor passes two
+    # or three width-n matrices, each off by f · √(2/n) as above: within 1 % for zero-mean
+    # streams, 2 % (one sigma) for the RMSNorm'd relu stream, which keeps its mean. So each
+    # block within 8 %, and their mean, where those errors average out, within 2 %.
+    # BatchNorm's factor needs each feature's own batch std: None.
+    if batch_statistics:
+        assert all(block.gradient_growth is None for block in theory.blocks)
+        return
+    ratios = [growth / block.gradient_growth
+              for growth, block in zip(measured["gradient_growth"], theory.blocks)]
+    assert ratios == pytest.approx([1.0] * depth, rel=0.08)
+    assert sum(ratios) / depth == pytest.approx(1.0, rel=0.02)
