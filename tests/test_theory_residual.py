@@ -270,10 +270,7 @@ def residual_network(act: str, *, depth: int, branch_layers: int, alpha: float, 
 
 MONTE_CARLO = [  # act, depth, branch layers, alpha, norm, position, last activation, bias std
     ("relu", 10, 1, 1.0, "none", "pre", False, 0.0),  # geometric: E[x²] triples every block
-    # the cross term 2α m m_β: the stream becomes nearly all mean (f ≈ 1, see below), and each
-    # branch's mean over units carries its own 1/√n error: 7 % at width 1024, 4 % at 2048 over
-    # 6 blocks (3 seeds each); 8 % here over 10
-    ("relu", 10, 1, 0.5, "none", "pre", True, 0.0),
+    ("relu", 10, 1, 0.5, "none", "pre", True, 0.0),  # the cross term 2α m m_β
     ("tanh", 20, 2, 1.0, "none", "pre", False, 0.05),  # bounded φ: linear growth
     ("tanh", 10, 2, 0.0, "none", "pre", True, 0.05),  # ReZero at init
     ("relu", 20, 2, 1.0, "layernorm", "pre", False, 0.0),
@@ -288,16 +285,20 @@ MONTE_CARLO = [  # act, depth, branch layers, alpha, norm, position, last activa
 @pytest.mark.slow  # width 2048, float64: seconds per network on 2 cores
 @pytest.mark.parametrize("case", MONTE_CARLO, ids=lambda c: "-".join(map(str, c)))
 def test_theory_matches_wide_residual_networks(case):
-    """Every measured std within 5 % of theory's, every mean within 4 std/√n of it. Why, at
-    width n = 2048: a layer's measured q is off by about f · √(2/n) (f: the share of its input's
-    energy in the one direction all samples share, their mean; 1 at most): 3.1 % in q, 1.6 % in
-    std; zero-mean streams (tanh, LayerNorm) stay within 1 %, relu's mean-heavy ones reach 4 %
-    where a few such errors add along the stream. A mean over n units of offsets frozen across
-    the batch (W_i · E[u], at most the layer's std each) is off by up to std/√n at one sigma
-    (2.2 %), and along the stream those add as the variances do. Seeds are fixed, so a pass is
-    reproducible."""
+    """Every measured std within 2 % of theory's for tanh, 8 % for relu; every mean within
+    4 std/√n of it; every block's gradient factor within 5 % (tanh) or 10 % (relu), their mean
+    over the blocks within 2 %. Why, at width n = 2048: a layer's measured q is off by about
+    f · √(2/n), f being the share of its input's energy in what all samples share (the mean over
+    the batch of each unit, a frozen offset W_i · E[u]; 1 at most): 3.1 % in q at f = 1. tanh's
+    zero-mean streams have f ≈ 0; relu's outputs carry E[relu]² / E[relu²] = 1/π and more as
+    offsets accumulate, and a few such errors add along the stream. Three sets of seeds gave at
+    most 0.8 % (tanh) and 6.6 % (relu, worst a branch ending in relu, whose stream becomes
+    nearly all mean) on stds, 2.7 std/√n on means, 2.9 % (tanh) and 7.8 % (relu, RMSNorm after
+    the add, which keeps the mean) on one block's gradient factor, 1.3 % on their mean. A mean
+    over n units of frozen offsets (each at most the layer's std) is off by up to std/√n at one
+    sigma. Seeds are fixed, so a pass is reproducible."""
     act, depth, branch_layers, alpha, norm, position, last_activation, bias_std = case
-    tolerance = 0.08 if case == MONTE_CARLO[1] else 0.05
+    tolerance, gradient_tolerance = (0.08, 0.10) if act == "relu" else (0.02, 0.05)
     batch_statistics = norm == "batchnorm"
     measured, theory = residual_network(
         act, depth=depth, branch_layers=branch_layers, alpha=alpha, norm=norm,
@@ -319,15 +320,11 @@ def test_theory_matches_wide_residual_networks(case):
         for k, (pre, post, layer) in enumerate(zip(pres, posts, expected_block.branch)):
             close(pre, 0.0, layer.pre_std, f"block {block} branch layer {k} pre")
             close(post, layer.post_mean, layer.post_std, f"block {block} branch layer {k} post")
-    # backward: each block's factor on a squared gradient. A block's measured factor passes two
-    # or three width-n matrices, each off by f · √(2/n) as above: within 1 % for zero-mean
-    # streams, 2 % (one sigma) for the RMSNorm'd relu stream, which keeps its mean. So each
-    # block within 8 %, and their mean, where those errors average out, within 2 %.
-    # BatchNorm's factor needs each feature's own batch std: None.
+    # backward; BatchNorm's factor needs each feature's own batch std: None
     if batch_statistics:
         assert all(block.gradient_growth is None for block in theory.blocks)
         return
     ratios = [growth / block.gradient_growth
               for growth, block in zip(measured["gradient_growth"], theory.blocks)]
-    assert ratios == pytest.approx([1.0] * depth, rel=0.08)
+    assert ratios == pytest.approx([1.0] * depth, rel=gradient_tolerance)
     assert sum(ratios) / depth == pytest.approx(1.0, rel=0.02)
