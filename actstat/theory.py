@@ -201,3 +201,180 @@ def _legendre_rule(nodes: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+# Residual networks (Yang & Schoenholz 2017, "Mean Field Residual Networks: On the Edge of
+# Chaos") and normalisation. The stream is tracked by its mean and variance over units and
+# samples; see `expected_residual` for the recursion and where it holds.
+
+NORMS = ("none", "layernorm", "rmsnorm", "batchnorm")
+NORM_POSITIONS = ("pre", "post")
+
+
+@dataclass(frozen=True)
+class ExpectedMeanStd:
+    """The expected mean and std of a vector that is not a Linear's output (a residual stream,
+    a normalised vector); None where the theory gives no finite value."""
+
+    mean: float | None
+    std: float | None
+
+
+@dataclass(frozen=True)
+class ExpectedBlock:
+    """One residual block: what each branch Linear reads (`branch_inputs`: the normalised vector
+    where a norm precedes it, else the stream or the previous branch layer's output), each branch
+    layer's pre/post (`branch`; a last layer without activation has post = its Linear's output),
+    and the block's output `stream` (after the post norm, if any).
+
+    `gradient_growth`: E‖∂L/∂x_l‖² / E‖∂L/∂x_{l+1}‖², the factor by which the block scales a
+    squared gradient on its way back (see `expected_residual`); None where it needs more than
+    the mean-field second moments (BatchNorm with batch statistics divides each feature by its
+    own batch std)."""
+
+    branch_inputs: tuple[ExpectedMeanStd, ...]
+    branch: tuple[Expected, ...]
+    stream: ExpectedMeanStd
+    gradient_growth: float | None
+
+
+@dataclass(frozen=True)
+class ExpectedResidual:
+    input_layer: Expected  # the input Linear and its activation: the stream before block 1
+    blocks: tuple[ExpectedBlock, ...]
+
+
+def expected_residual(
+    activation: Activation,
+    input_second_moment: float,
+    input_layer: tuple[float, float],
+    blocks: list[list[tuple[float, float]]],
+    *,
+    alpha: float = 1.0,
+    norm: str = "none",
+    norm_position: str = "pre",
+    norm_every_layer: bool = False,
+    last_activation: bool = True,
+    eps: float = 1e-5,
+    batch_statistics: bool = True,
+) -> ExpectedResidual:
+    """Mean-field expectations of a residual MLP: x_0 = φ(W_in x + b_in), then per block
+    x_{l+1} = x_l + α · branch(x_l) (norm 'none'), x_l + α · branch(norm(x_l)) (pre) or
+    norm(x_l + α · branch(x_l)) (post); branch = Linear, φ, ..., Linear[, φ] (`last_activation`).
+
+    `input_layer` and each block's list hold (σ_w², σ_b²) of its Linears, as
+    `model.parameter_variances` reads them. `norm_every_layer` puts the (pre) norm before every
+    branch Linear instead of the first only. `eps` is the norm's own ε (RMSNorm's default is the
+    dtype's machine epsilon); `batch_statistics`: BatchNorm normalises by the batch's statistics
+    (training mode); False is evaluation mode at init (running mean 0, variance 1): x / √(1 + ε).
+
+    Recursion, for width -> ∞, i.i.d. zero-mean weights and zero-mean biases, each block's
+    weights independent of the stream: every branch pre-activation is N(0, q) with
+    q = σ_w² · E[u²] + σ_b² of what it reads (`expected`'s length map). Let m, v be the stream's
+    mean and variance over units and samples and β the branch output (mean m_β, variance v_β).
+    Its last Linear has fresh zero-mean weights, so given the stream its pre-activation is
+    N(0, q) whatever the stream unit is: E[x·β] = m · m_β, and
+
+        m_{l+1} = m_l + α · m_β,        v_{l+1} = v_l + α² · v_β.
+
+    The stream's second moment adds, E[x_{l+1}²] = E[x_l²] + α² E[β²] + 2α m_l m_β: the cross
+    term vanishes when the branch ends in a Linear (m_β = 0: zero-mean weights and biases) or in
+    an odd φ; with relu after the last Linear it does not. A bias with a non-zero mean (a
+    constant bias init) breaks N(0, q) itself: σ_b² = Var(b) then misses its mean.
+
+    Norms, at init (weight 1, bias 0): LayerNorm gives each sample mean 0 and variance
+    v/(v + ε) over features, RMSNorm mean m/√(s + ε) and second moment s/(s + ε) (s = m² + v),
+    BatchNorm with batch statistics each feature mean 0 and variance V_i/(V_i + ε) over the
+    batch, taken as 1: ε against each feature's own batch variance V_i is neglected (1e-5
+    relative at unit scale). So a pre-norm branch reads a vector of fixed length whatever the
+    depth, its v_β is the same every block, and the stream's variance grows linearly; a post-norm
+    stream has fixed length. None marks a value that is not finite (an overflowing map).
+
+    Backward, under the usual independence of a gradient from the forward weights it meets
+    (Schoenholz et al. 2017; Yang & Schoenholz 2017): ∂L/∂x_l = (I + α J_β)ᵀ g, and the cross
+    term gᵀ J_β g has mean 0 (zero-mean weights), so a block scales E‖g‖² by 1 + α² χ_β, where
+    χ_β is the product over branch layers of σ_w² · E[φ'(h)²] (σ_w² alone without φ) and of each
+    norm's own factor: LayerNorm's Jacobian is (I − 11ᵀ/n − ŷŷᵀ/n) / √(v + ε), which scales a
+    squared gradient by 1/(v + ε) (less 2/n), RMSNorm's by 1/(s + ε), BatchNorm at eval init by
+    1/(1 + ε). A post norm multiplies the whole by its factor at the sum. Without a norm or with
+    a pre norm the factor is ≥ 1: no block shrinks a gradient.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
+    if norm_position not in NORM_POSITIONS:
+        raise ValueError(f"norm_position must be one of {NORM_POSITIONS}, not {norm_position!r}")
+    if norm_every_layer and (norm == "none" or norm_position != "pre"):
+        raise ValueError("norm_every_layer needs a norm at norm_position 'pre'")
+    moments = Moments(activation)
+
+    def norm_gain(mean: float, second: float) -> float:
+        """How the norm's Jacobian scales a squared gradient at a vector of these moments."""
+        if norm == "layernorm":
+            return 1 / (second - mean**2 + eps)
+        if norm == "rmsnorm":
+            return 1 / (second + eps)
+        if norm == "batchnorm":
+            return math.nan if batch_statistics else 1 / (1 + eps)
+        return 1.0
+
+    def normalise(mean: float, second: float) -> tuple[float, float]:
+        variance = second - mean**2
+        if norm == "layernorm":
+            return 0.0, variance / (variance + eps)
+        if norm == "rmsnorm":
+            return mean / math.sqrt(second + eps), second / (second + eps)
+        if norm == "batchnorm":
+            if batch_statistics:
+                return 0.0, 1.0
+            return mean / math.sqrt(1 + eps), second / (1 + eps)
+        return mean, second
+
+    def layer(second_in: float, w2: float, b2: float,
+              act: bool) -> tuple[Expected, float, float, float]:
+        """One Linear (and φ): its Expected, the mean and second moment of its output, and
+        how it scales a squared gradient (σ_w² E[φ'²])."""
+        q = w2 * second_in + b2
+        if not act:
+            return Expected(_sqrt(q), 0.0, _sqrt(q)), 0.0, q, w2
+        mean, square, slope = moments(q)
+        return (Expected(_sqrt(q), _finite(mean), _sqrt(square - mean**2)), mean, square,
+                w2 * slope)
+
+    w2, b2 = input_layer
+    first, mean, second, _ = layer(input_second_moment, w2, b2, True)
+    out = []
+    for variances in blocks:
+        pre = norm != "none" and norm_position == "pre"
+        chi = norm_gain(mean, second) if pre else 1.0
+        u_mean, u_second = normalise(mean, second) if pre else (mean, second)
+        inputs, branch = [], []
+        for k, (w2, b2) in enumerate(variances):
+            if k and pre and norm_every_layer:
+                chi *= norm_gain(u_mean, u_second)
+                u_mean, u_second = normalise(u_mean, u_second)
+            inputs.append(_mean_std(u_mean, u_second))
+            last = k == len(variances) - 1
+            expected_here, u_mean, u_second, gain = layer(u_second, w2, b2,
+                                                          act=not last or last_activation)
+            chi *= gain
+            branch.append(expected_here)
+        growth = 1 + alpha**2 * chi if alpha else 1.0  # ReZero: the skip alone
+        # means add, and variances add (the cross term is m · m_β, see above)
+        variance = second - mean**2 + alpha**2 * (u_second - u_mean**2)
+        mean = mean + alpha * u_mean
+        second = variance + mean**2
+        if norm != "none" and norm_position == "post":
+            growth *= norm_gain(mean, second)
+            mean, second = normalise(mean, second)
+        out.append(ExpectedBlock(tuple(inputs), tuple(branch), _mean_std(mean, second),
+                                 _finite(growth)))
+    return ExpectedResidual(first, tuple(out))
+
+
+def _sqrt(square: float) -> float | None:
+    """√ of a second moment or variance; rounding can leave one a hair below 0 (a constant)."""
+    return _finite(math.sqrt(max(square, 0.0))) if math.isfinite(square) else None
+
+
+def _mean_std(mean: float, second: float) -> ExpectedMeanStd:
+    return ExpectedMeanStd(_finite(mean), _sqrt(second - mean**2))
