@@ -438,19 +438,11 @@ class _Recorder:
         step = max(1, CHUNK // max(view[0].numel(), 1))
         scratch = self.scratch(view[:step])
         moments = _Moments()
-        los, his, near, saturated = [], [], [], []
-        unit_lo, unit_hi, sample_lo, sample_hi = [], [], [], []
+        los, his, near, saturated, unit_top, sample_lo, sample_hi = [], [], [], [], [], [], []
         for chunk in view.split(step):
-            if channels:  # each map's extremes: per channel (dead), and the chunk's
-                lo, hi = chunk.amin(dim=2), chunk.amax(dim=2)
-                unit_lo.append(lo)
-                unit_hi.append(hi)
-            if spread:  # each sample's (and position's) extremes across units
+            if spread:  # each sample's (and position's) extremes across units, and the chunk's
                 sample_lo.append(chunk.amin(dim=1).reshape(-1))
                 sample_hi.append(chunk.amax(dim=1).reshape(-1))
-            if channels:
-                lo, hi = lo.amin(), hi.amax()
-            elif spread:
                 lo, hi = sample_lo[-1].amin(), sample_hi[-1].amax()
             else:
                 lo, hi = torch.aminmax(chunk)
@@ -460,9 +452,10 @@ class _Recorder:
             flat = exact(chunk).reshape(-1)
             work = scratch[:flat.numel()]
             moments.add(flat, lo, hi, work)
+            # each unit's max|x| (0: the unit is 0 throughout), from the near-zero count's |x|
+            top = work.view(chunk.shape)
             torch.abs(flat, out=work)
-            if not channels:  # each unit's max|x|: 0 for a unit that is 0 throughout
-                unit_hi.append(work.view(chunk.shape).amax(dim=0))
+            unit_top.append(top.amax(dim=2).amax(dim=0) if channels else top.amax(dim=0))
             near.append(_count(work.lt_(self.near_zero)))
             if edges is not None:
                 fraction = saturated_fraction(flat.unsqueeze(0), edges, work.unsqueeze(0))[0]
@@ -471,11 +464,7 @@ class _Recorder:
         count = x.numel()
         lo, hi = torch.stack(los).amin(), torch.stack(his).amax()
         mean, std = moments.result()
-        if channels:
-            dead_units = torch.logical_and(torch.cat(unit_lo).amin(dim=0) == 0,
-                                           torch.cat(unit_hi).amax(dim=0) == 0)
-        else:
-            dead_units = torch.stack(unit_hi).amax(dim=0) == 0
+        dead_units = torch.stack(unit_top).amax(dim=0) == 0
         parts = [mean, std, lo.to(f64), hi.to(f64), torch.stack(near).to(f64).sum() / count,
                  dead_units.to(f64).mean()]
         if spread:
