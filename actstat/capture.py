@@ -439,7 +439,7 @@ class _Recorder:
         scratch = self.scratch(view[:step])
         moments = _Moments()
         los, his, near, saturated, unit_top, sample_lo, sample_hi = [], [], [], [], [], [], []
-        for chunk in view.split(step):
+        for chunk in _chunks(view, step):
             if spread:  # each sample's (and position's) extremes across units, and the chunk's
                 sample_lo.append(chunk.amin(dim=1).reshape(-1))
                 sample_hi.append(chunk.amax(dim=1).reshape(-1))
@@ -485,7 +485,7 @@ class _Recorder:
         flat = t.reshape(-1)
         scratch = self.scratch(flat[:CHUNK])
         moments, los, his = _Moments(), [], []
-        for chunk in flat.split(CHUNK):
+        for chunk in _chunks(flat, CHUNK):
             chunk = exact(chunk)
             lo, hi = torch.aminmax(chunk)
             moments.add(chunk, lo, hi, scratch[:chunk.numel()])
@@ -642,7 +642,7 @@ class _Moments:
         self.sums: list[torch.Tensor] = []
         self.squares: list[torch.Tensor] = []
         self.scales: list[torch.Tensor] = []
-        self.sizes: tuple[int, int] = (0, 0)  # every chunk's but the last, and the last's
+        self.sizes: tuple[int, int] = (0, 0)  # the first chunk's, and every other's
 
     def add(self, flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
             work: torch.Tensor) -> None:
@@ -656,18 +656,18 @@ class _Moments:
         self.sums.append(total)
         self.squares.append(work.square_().sum())
         self.scales.append(scale)
-        self.sizes = (self.sizes[0] or n, n)
+        self.sizes = (self.sizes[0] or n, n)  # (chunks() hands the short one first)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         f64 = torch.float64
         if len(self.sums) == 1:  # most tensors: no combine (a dozen small ops saved per record)
-            n = self.sizes[1]
+            n = self.sizes[0]
             scale = self.scales[0].to(f64)
             return (self.sums[0].to(f64) / n,
                     torch.sqrt(self.squares[0].to(f64) / n) * scale)
         total, scale = torch.stack(self.sums).to(f64), torch.stack(self.scales).to(f64)
-        sizes = torch.full_like(total, float(self.sizes[0]))
-        sizes[-1] = float(self.sizes[1])
+        sizes = torch.full_like(total, float(self.sizes[1]))
+        sizes[0] = float(self.sizes[0])
         count = sizes.sum()
         mean = total.sum() / count
         top = scale.amax()
@@ -675,6 +675,14 @@ class _Moments:
         within = (torch.stack(self.squares).to(f64) * (scale / top).square()).sum()
         between = (sizes * ((total / sizes - mean) / top).square()).sum()
         return mean, torch.sqrt((within + between) / count) * top
+
+
+def _chunks(t: torch.Tensor, step: int) -> list[torch.Tensor]:
+    """`t` split along dim 0 into pieces of `step`, last piece first: a tensor just written
+    by its module has its end, not its start, still in the caches, and reading backwards
+    finds it there before fetching the rest from memory (forwards, the first reads from memory
+    would evict it)."""
+    return list(reversed(t.split(step)))
 
 
 def _count(mask: torch.Tensor) -> torch.Tensor:
