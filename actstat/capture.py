@@ -92,9 +92,10 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
     nn.Sequential, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
     nn.AlphaDropout,
 )
-# elements reduced at a time: a chunk and the scratch it is worked in (1 MiB each in float32)
-# stay in the cores' caches across the ten or so passes of its statistics, where a whole
-# feature map of 50 MB came from memory once per pass (half the general probe's time on the CNN)
+# elements of a tensor reduced at a time on the CPU: a chunk and the scratch it is worked in
+# (4 MiB each in float32) stay in the caches across the ten or so passes of its statistics,
+# where a whole 50 MB feature map came from memory once per pass. 2**18 to 2**20 were within
+# noise of each other on the 2-core benchmark machine; fewer, larger chunks mean fewer ops
 CHUNK = 1 << 20
 KINDS = ("input", "weight", "activation", "norm", "block", "selected")
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
@@ -435,7 +436,7 @@ class _Recorder:
         view = x.reshape(x.shape[0], x.shape[1], -1) if channels else x.reshape(-1, x.shape[-1])
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         edges = saturation.saturation_edges(self.cut) if saturation is not None else None
-        step = max(1, CHUNK // max(view[0].numel(), 1))
+        step = max(1, _chunk_size(x) // max(view[0].numel(), 1))
         scratch = self.scratch(view[:step])
         moments = _Moments()
         los, his, near, saturated, unit_top, sample_lo, sample_hi = [], [], [], [], [], [], []
@@ -483,9 +484,10 @@ class _Recorder:
         """(mean, std, min, max) of every value of `t` as float64 device scalars, a chunk at a
         time (a gradient or a weight: no near-zero count, no units)."""
         flat = t.reshape(-1)
-        scratch = self.scratch(flat[:CHUNK])
+        step = _chunk_size(flat)
+        scratch = self.scratch(flat[:step])
         moments, los, his = _Moments(), [], []
-        for chunk in _chunks(flat, CHUNK):
+        for chunk in _chunks(flat, step):
             chunk = exact(chunk)
             lo, hi = torch.aminmax(chunk)
             moments.add(chunk, lo, hi, scratch[:chunk.numel()])
@@ -675,6 +677,12 @@ class _Moments:
         within = (torch.stack(self.squares).to(f64) * (scale / top).square()).sum()
         between = (sizes * ((total / sizes - mean) / top).square()).sum()
         return mean, torch.sqrt((within + between) / count) * top
+
+
+def _chunk_size(t: torch.Tensor) -> int:
+    """CHUNK on the CPU; on a GPU the whole tensor (its passes are not cache-bound, and many
+    small kernels would cost their launches)."""
+    return CHUNK if t.device.type == "cpu" else max(t.numel(), 1)
 
 
 def _chunks(t: torch.Tensor, step: int) -> list[torch.Tensor]:
