@@ -64,11 +64,9 @@ from actstat.config import Thresholds
 from actstat.errors import ModelError
 from actstat.probe import (
     Scratch,
-    count_fraction,
     cross_entropy,
     exact,
     group_histogram,
-    group_moments,
     saturated_fraction,
     unit_spread,
 )
@@ -94,6 +92,11 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
     nn.Sequential, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
     nn.AlphaDropout,
 )
+# elements of a tensor reduced at a time on the CPU: a chunk and the scratch it is worked in
+# (4 MiB each in float32) stay in the caches across the ten or so passes of its statistics,
+# where a whole 50 MB feature map came from memory once per pass. 2**18 to 2**20 were within
+# noise of each other on the 2-core benchmark machine; fewer, larger chunks mean fewer ops
+CHUNK = 1 << 20
 KINDS = ("input", "weight", "activation", "norm", "block", "selected")
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
 # dL/d(output): mean, std; with a trainable weight, dL/dW: std, min, max, and W: std (probe.GRAD)
@@ -443,48 +446,82 @@ class _Recorder:
 
     def _reduce(self, x: torch.Tensor, unit: int, spread: bool,
                 saturation: Activation | None) -> torch.Tensor:
-        """MOMENTS, dead, [spread], [saturated], [histogram] of `x` as one float64 vector."""
+        """MOMENTS, dead, [spread], [saturated], [histogram] of `x` as one float64 vector.
+
+        The tensor is reduced a chunk of samples at a time (see CHUNK): every statistic of a
+        chunk while it is in the caches, the chunks' numbers combined at the end (extremes,
+        counts and dead units exactly; mean and std as `_Moments` says)."""
         if x.dim() == 0:
             x = x.reshape(1)
-        # each unit's extremes: dead units are those whose min and max are both 0, and the
-        # tensor's extremes come from them (the moments need no min/max pass of their own)
-        if unit == x.dim() - 1:
-            rows = x.reshape(-1, x.shape[-1])
-            unit_lo, unit_hi = rows.amin(dim=0), rows.amax(dim=0)
-        else:  # (batch, channels, positions): reduce the contiguous positions first
-            maps = x.reshape(x.shape[0], x.shape[1], -1)
-            unit_lo, unit_hi = maps.amin(dim=2).amin(dim=0), maps.amax(dim=2).amax(dim=0)
-        lo, hi = unit_lo.amin().reshape(1), unit_hi.amax().reshape(1)
-        scratch = self.scratch(x)
-        stats = group_moments(x.unsqueeze(0), self.near_zero, scratch, extremes=(lo, hi))
-        acc = stats[0].dtype
-        dead = count_fraction(torch.logical_and(unit_lo == 0, unit_hi == 0).to(acc).unsqueeze(0))
-        parts = [*stats, dead.to(acc)]
-        if spread:
-            # each sample's (and position's) extremes across units
-            if unit == x.dim() - 1:
-                across = x.reshape(-1, x.shape[-1])
+        channels = unit != x.dim() - 1
+        # (samples, units), or (batch, channels, positions) with the positions contiguous
+        view = x.reshape(x.shape[0], x.shape[1], -1) if channels else x.reshape(-1, x.shape[-1])
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        edges = saturation.saturation_edges(self.cut) if saturation is not None else None
+        step = max(1, _chunk_size(x) // max(view[0].numel(), 1))
+        scratch = self.scratch(view[:step])
+        moments = _Moments()
+        los, his, near, saturated, unit_top, sample_lo, sample_hi = [], [], [], [], [], [], []
+        for chunk in _chunks(view, step):
+            if spread:  # each sample's (and position's) extremes across units, and the chunk's
+                sample_lo.append(chunk.amin(dim=1).reshape(-1))
+                sample_hi.append(chunk.amax(dim=1).reshape(-1))
+                lo, hi = sample_lo[-1].amin(), sample_hi[-1].amax()
             else:
-                across = x.reshape(x.shape[0], x.shape[1], -1)
-            # in the accumulation dtype before the difference: a half-precision gap would round
-            sample_lo = across.amin(dim=1).reshape(1, -1).to(acc)
-            sample_hi = across.amax(dim=1).reshape(1, -1).to(acc)
-            parts.append(unit_spread(sample_lo, sample_hi, stats[2], stats[3]))
-        if saturation is not None:
-            edges = saturation.saturation_edges(self.cut)
-            assert edges is not None
-            xs = exact(x).unsqueeze(0)
-            parts.append(saturated_fraction(xs, edges, scratch.view_as(xs)).to(acc))
-        row = torch.cat([p.reshape(1) for p in parts]).to(torch.float64)
+                lo, hi = torch.aminmax(chunk)
+            lo, hi = lo.to(acc), hi.to(acc)
+            los.append(lo)
+            his.append(hi)
+            flat = exact(chunk).reshape(-1)
+            work = scratch[:flat.numel()]
+            moments.add(flat, lo, hi, work)
+            # each unit's max|x| (0: the unit is 0 throughout), from the near-zero count's |x|
+            top = work.view(chunk.shape)
+            torch.abs(flat, out=work)
+            unit_top.append(top.amax(dim=2).amax(dim=0) if channels else top.amax(dim=0))
+            near.append(_count(work.lt_(self.near_zero)))
+            if edges is not None:
+                fraction = saturated_fraction(flat.unsqueeze(0), edges, work.unsqueeze(0))[0]
+                saturated.append(fraction.to(torch.float64) * flat.numel())
+        f64 = torch.float64
+        count = x.numel()
+        lo, hi = torch.stack(los).amin(), torch.stack(his).amax()
+        mean, std = moments.result()
+        dead_units = torch.stack(unit_top).amax(dim=0) == 0
+        parts = [mean, std, lo.to(f64), hi.to(f64), torch.stack(near).to(f64).sum() / count,
+                 dead_units.to(f64).mean()]
+        if spread:
+            parts.append(unit_spread(torch.cat(sample_lo).to(acc).unsqueeze(0),
+                                     torch.cat(sample_hi).to(acc).unsqueeze(0),
+                                     lo.reshape(1), hi.reshape(1))[0].to(f64))
+        if edges is not None:
+            parts.append(torch.stack(saturated).sum() / count)
+        row = torch.stack([p.reshape(()) for p in parts])
         if self.bins:
-            row = torch.cat([row, group_histogram(x.unsqueeze(0), stats[2], stats[3],
+            row = torch.cat([row, group_histogram(x.unsqueeze(0), lo.reshape(1), hi.reshape(1),
                                                   self.bins)[0]])
         return row
 
+    def _moments(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(mean, std, min, max) of every value of `t` as float64 device scalars, a chunk at a
+        time (a gradient or a weight: no near-zero count, no units)."""
+        flat = t.reshape(-1)
+        step = _chunk_size(flat)
+        scratch = self.scratch(flat[:step])
+        moments, los, his = _Moments(), [], []
+        for chunk in _chunks(flat, step):
+            chunk = exact(chunk)
+            lo, hi = torch.aminmax(chunk)
+            moments.add(chunk, lo, hi, scratch[:chunk.numel()])
+            los.append(lo)
+            his.append(hi)
+        mean, std = moments.result()
+        return (mean, std, torch.stack(los).amin().to(torch.float64),
+                torch.stack(his).amax().to(torch.float64))
+
     def _on_grad(self, record: _Record, g: torch.Tensor) -> None:
         with torch.no_grad():
-            mean, std, *_ = group_moments(g.detach().unsqueeze(0), 0.0, self.scratch(g))
-            record.grad = torch.cat([mean, std]).to(torch.float64)
+            record.grad = torch.stack(self._moments(g.detach())[:2])
 
     # -- results ----------------------------------------------------------------------------
 
@@ -539,15 +576,13 @@ class _Recorder:
         weight = getattr(module, "weight", None)
         if not isinstance(weight, nn.Parameter):
             return None
-        w = weight.detach().unsqueeze(0)
-        data_std = group_moments(w, 0.0, self.scratch(w))[1]
+        data_std = self._moments(weight.detach())[1]
         if weight.grad is None:
             # frozen (reported as None), or trainable but not reached by backward: zero
             g_std = g_min = g_max = torch.zeros_like(data_std)
         else:
-            g = weight.grad.detach().unsqueeze(0)
-            _, g_std, g_min, g_max, _ = group_moments(g, 0.0, self.scratch(g))
-        return torch.cat([g_std, g_min, g_max, data_std]).to(torch.float64), weight.requires_grad
+            _, g_std, g_min, g_max = self._moments(weight.grad.detach())
+        return torch.stack([g_std, g_min, g_max, data_std]), weight.requires_grad
 
     def _unpack(self, host: list[float],
                 weights: dict[int, tuple[torch.Tensor, bool] | None], has_loss: bool) -> Capture:
@@ -619,6 +654,71 @@ def _selection(layers: Any) -> tuple[tuple[type, ...], tuple[str, ...]] | None:
         raise ModelError("layers= takes nn.Module classes and name patterns (e.g. nn.Conv2d, "
                          f"'blocks.*'), got {layers!r}")
     return types, patterns
+
+
+class _Moments:
+    """Mean and population std of a tensor reduced a chunk at a time: each chunk's centred
+    squares taken of values scaled by the chunk's max|x| (finite for any finite input, as in
+    probe.group_moments) and summed by torch's cascade sum, not a BLAS dot (see group_moments);
+    the chunks combined by Chan, Golub and LeVeque's pairwise update, in float64 and in units of
+    the largest max|x|."""
+
+    def __init__(self) -> None:
+        self.sums: list[torch.Tensor] = []
+        self.squares: list[torch.Tensor] = []
+        self.scales: list[torch.Tensor] = []
+        self.sizes: tuple[int, int] = (0, 0)  # the first chunk's, and every other's
+
+    def add(self, flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+            work: torch.Tensor) -> None:
+        """One chunk: its values (float32 or float64), its extremes, a buffer as large."""
+        dtype = flat.dtype
+        n = flat.numel()
+        total = flat.sum()
+        scale = torch.maximum(lo.abs(), hi.abs()).to(dtype).clamp_(torch.finfo(dtype).tiny,
+                                                                   torch.finfo(dtype).max)
+        torch.sub(flat, total / n, out=work).mul_(scale.reciprocal())
+        self.sums.append(total)
+        self.squares.append(work.square_().sum())
+        self.scales.append(scale)
+        self.sizes = (self.sizes[0] or n, n)  # (chunks() hands the short one first)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        f64 = torch.float64
+        if len(self.sums) == 1:  # most tensors: no combine (a dozen small ops saved per record)
+            n = self.sizes[0]
+            scale = self.scales[0].to(f64)
+            return (self.sums[0].to(f64) / n,
+                    torch.sqrt(self.squares[0].to(f64) / n) * scale)
+        total, scale = torch.stack(self.sums).to(f64), torch.stack(self.scales).to(f64)
+        sizes = torch.full_like(total, float(self.sizes[1]))
+        sizes[0] = float(self.sizes[0])
+        count = sizes.sum()
+        mean = total.sum() / count
+        top = scale.amax()
+        # each chunk's squares about its own mean, plus its mean's distance to the mean
+        within = (torch.stack(self.squares).to(f64) * (scale / top).square()).sum()
+        between = (sizes * ((total / sizes - mean) / top).square()).sum()
+        return mean, torch.sqrt((within + between) / count) * top
+
+
+def _chunk_size(t: torch.Tensor) -> int:
+    """CHUNK on the CPU; on a GPU the whole tensor (its passes are not cache-bound, and many
+    small kernels would cost their launches)."""
+    return CHUNK if t.device.type == "cpu" else max(t.numel(), 1)
+
+
+def _chunks(t: torch.Tensor, step: int) -> list[torch.Tensor]:
+    """`t` split along dim 0 into pieces of `step`, last piece first: a tensor just written
+    by its module has its end, not its start, still in the caches, and reading backwards
+    finds it there before fetching the rest from memory (forwards, the first reads from memory
+    would evict it)."""
+    return list(reversed(t.split(step)))
+
+
+def _count(mask: torch.Tensor) -> torch.Tensor:
+    """The number of ones in a 0/1 float mask: a float32 sum counts exactly below 2**24."""
+    return mask.sum(dtype=torch.float64 if mask.numel() > 2**24 else None)
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:

@@ -545,3 +545,41 @@ def test_weight_records_carry_the_unit_spread(layer, init):
     else:  # every unit computes exactly the same number; zeros: 0/0 taken as 0
         assert got[0].stats["spread"] == 0.0
         assert (got[0].stats["max"] == got[0].stats["min"] == 0.0) == (init == "zeros")
+
+
+# ---- chunked reductions ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [ResidualMLP, SharedTanh, SmallCNN], ids=["mlp", "tanh", "cnn"])
+def test_tensors_reduced_in_many_chunks_give_the_same_numbers(monkeypatch, make):
+    """capture reduces a tensor a chunk of samples at a time and combines the chunks (Chan's
+    update for mean and std): with chunks of 100 elements every tensor of the zoo spans many of
+    them, the last one shorter, and NumPy's whole-tensor numbers still hold."""
+    import actstat.capture
+
+    monkeypatch.setattr(actstat.capture, "CHUNK", 100)
+    torch.manual_seed(0)
+    model = make()
+    x, classes = {ResidualMLP: (gaussian(37, 20), 10), SharedTanh: (gaussian(37, 12), 5),
+                  SmallCNN: (mnist_images(10), 10)}[make]
+    expect(model, x, labels(x.shape[0], classes))
+
+
+@pytest.mark.parametrize("magnitude", [1e20, 1e-25])
+def test_extreme_magnitudes_keep_a_finite_exact_std(monkeypatch, magnitude):
+    """Squares of 1e20 overflow float32 and squares of 1e-25 underflow to 0: each chunk is
+    scaled by its own max|x| before squaring, so the std is still NumPy's."""
+    import actstat.capture
+
+    monkeypatch.setattr(actstat.capture, "CHUNK", 64)
+    torch.manual_seed(0)
+    model = nn.Linear(8, 16, bias=False)
+    x = gaussian(50, 8) * magnitude
+    got = capture(model, x, grad=False).layers[0]
+    with torch.no_grad():
+        a = model(x).double().numpy()
+    want = numpy_stats(a, -1, spread=True)
+    assert np.isfinite(want["std"]) and want["std"] > 0
+    for key, value in want.items():
+        scale = want["std"] if key in ("mean", "std", "min", "max") else 0.0
+        assert close(got.stats[key], value, scale, 1e-5), (key, got.stats, want)
