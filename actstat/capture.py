@@ -25,10 +25,11 @@ that runs more than once is `name#k`. By default the capture measures:
 measured (no `input` records), and one that falls under none of the kinds above is `selected`.
 
 A layer's statistics are reduced inside its forward hook, on the device, before any following
-in-place op can overwrite the tensor (definitions: actstat/analysis.py and the docstrings of
-actstat/probe.py's reductions, which do the work): mean, population std, min, max, near-zero
-fraction; `dead`: the fraction of units that are exactly 0 for every sample and position, the
-unit being the channel (dim 1) of a convolutional feature map and the last dim otherwise;
+in-place op can overwrite the tensor, a chunk of samples at a time on the CPU (see CHUNK and
+`_Moments`; definitions: actstat/analysis.py and probe.py's reductions, whose helpers this module
+shares): mean, population std, min, max, near-zero fraction; `dead`: the fraction of units that
+are exactly 0 for every sample and position, the unit being the channel (dim 1) of a
+convolutional feature map and the last dim otherwise;
 `spread` only for a weight layer's output: the largest range across units on one sample (and
 position), relative to the tensor's max|x| (0 when every unit computes the same value, an
 all-zero output included: the `symmetric` flag of actstat/analysis.py); `saturated` only for a
