@@ -14,8 +14,10 @@ from typer.testing import CliRunner
 from actstat.activations import ACTIVATIONS
 from actstat.cli import app
 from actstat.config import load_config
+from actstat.errors import ConfigError
 from actstat.inits import INITS
 from actstat.pipeline import profile
+from actstat.registry import resolve
 from actstat.render import to_json
 
 pytestmark = pytest.mark.slow  # hundreds of generated configs per test
@@ -69,6 +71,15 @@ BASE = {"model": {"depth": 2, "width": 8}, "init": "kaiming", "activation": "rel
 not_a_name = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
 
 
+def known(registry, name: str, kind: str) -> bool:
+    """Whether the registry takes `name` in some spelling (any case, an alias such as `none`)."""
+    try:
+        resolve(registry, name, kind)
+    except ConfigError:
+        return False
+    return True
+
+
 def corruptions():
     """Each strategy returns a function that makes a (deep-copied) config invalid."""
     def put(path, value):
@@ -87,7 +98,8 @@ def corruptions():
                                                "dtype", "seed", "grad", "theory", "train",
                                                "thresholds", "check", "compare"})
         .map(lambda k: put([k], 1)),
-        not_a_name.filter(lambda k: k not in {"depth", "width", "bias", "num_classes"})
+        not_a_name.filter(lambda k: k not in {"depth", "width", "bias", "num_classes", "factory",
+                                               "kwargs", "output", "layers"})
         .map(lambda k: put(["model", k], 1)),
         st.integers(max_value=0).map(lambda v: put(["model", "depth"], v)),
         st.integers(max_value=0).map(lambda v: put(["data", "batch_size"], v)),
@@ -95,8 +107,9 @@ def corruptions():
         wrong_type.map(lambda v: put(["model", "depth"], v)),
         wrong_type.filter(lambda v: not isinstance(v, bool)).map(lambda v: put(["seed"], v)),
         st.floats(min_value=1.01, max_value=1e6).map(lambda v: put(["thresholds", "dead"], v)),
-        not_a_name.filter(lambda n: n not in INITS).map(lambda n: put(["init"], n)),
-        not_a_name.filter(lambda n: n not in ACTIVATIONS).map(lambda n: put(["activation"], n)),
+        not_a_name.filter(lambda n: not known(INITS, n, "init")).map(lambda n: put(["init"], n)),
+        not_a_name.filter(lambda n: not known(ACTIVATIONS, n, "activation"))
+        .map(lambda n: put(["activation"], n)),
         not_a_name.filter(lambda n: n not in ("float32", "float64", "float16", "bfloat16"))
         .map(lambda n: put(["dtype"], n)),
         not_a_name.filter(lambda k: k not in {"name", "distribution", "mode", "gain", "bias"})
