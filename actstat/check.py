@@ -295,7 +295,7 @@ def plan(request: CheckRequest) -> CheckPlan:
                            "to measure again; save a baseline with `actstat baseline --model "
                            "FILE.py:FACTORY` to check it here")
     own = config_from_dict(base.config, str(target))
-    consistent(base, None if own.model.factory else own.model.depth, len(schemes(own)),
+    consistent(base, own.model.depth if own.model.plain_mlp else None, len(schemes(own)),
                str(target))
     notes: list[str] = []
     config_path = request.config

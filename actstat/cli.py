@@ -172,6 +172,11 @@ def _overrides(**options: Any) -> dict[str, Any]:
         overrides["activation"] = [n for given in options["act"] for n in _names("--act", given)]
     if options.get("model") is not None:
         overrides["model.factory"] = options["model"]
+    for option, key in (("block", "model.block"), ("norm", "model.norm")):
+        if options.get(option) is not None:
+            overrides[key] = options[option]
+    if options.get("branch_depth") is not None:
+        overrides["model.branch_depth"] = _scalar(options["branch_depth"])
     if options.get("layers") is not None:
         overrides["model.layers"] = _names("--layers", options["layers"])
     return overrides
@@ -212,6 +217,14 @@ DepthOpt = Annotated[str | None, typer.Option(
     "--depth", "-d", metavar="INT", help="Hidden Linear+activation blocks.", show_default=False)]
 WidthOpt = Annotated[str | None, typer.Option(
     "--width", "-w", metavar="INT[,INT...]", help="Hidden width, or one per layer.",
+    show_default=False)]
+BlockOpt = Annotated[str | None, typer.Option(
+    "--block", metavar="KIND", help="plain or residual (x + branch(x)).", show_default=False)]
+BranchDepthOpt = Annotated[str | None, typer.Option(
+    "--branch-depth", metavar="INT", help="Linear+activation layers per residual branch.",
+    show_default=False)]
+NormOpt = Annotated[str | None, typer.Option(
+    "--norm", metavar="NAME", help="none, batchnorm, layernorm or rmsnorm.",
     show_default=False)]
 BatchOpt = Annotated[str | None, typer.Option(
     "--batch-size", "-b", metavar="INT", help="Samples in the batch.", show_default=False)]
@@ -285,6 +298,9 @@ def run(
     layers: LayersOpt = None,
     depth: DepthOpt = None,
     width: WidthOpt = None,
+    block: BlockOpt = None,
+    branch_depth: BranchDepthOpt = None,
+    norm: NormOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -311,7 +327,8 @@ def run(
     """
     failing = _check_output_options(format, fail_on)
     report = _profile(config, _overrides(
-        depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
+        depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
         theory=theory, steps=steps, lr=lr,
         hist=True if plot else hist), quiet=quiet, force=force, outputs=(output,), figure=plot,
@@ -330,6 +347,9 @@ def compare(
     layers: LayersOpt = None,
     depth: DepthOpt = None,
     width: WidthOpt = None,
+    block: BlockOpt = None,
+    branch_depth: BranchDepthOpt = None,
+    norm: NormOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -365,7 +385,8 @@ def compare(
     if sort not in SORTS:
         raise _fail(f"--sort: unknown order '{sort}'; choose from: {', '.join(SORTS)}")
     report = _profile(config, _overrides(
-        depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
+        depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
         theory=theory, steps=steps, lr=lr,
         hist=True if plot else hist), quiet=quiet, force=force, default_schemes=LESSON_SCHEMES,
@@ -389,6 +410,9 @@ def baseline(
     layers: LayersOpt = None,
     depth: DepthOpt = None,
     width: WidthOpt = None,
+    block: BlockOpt = None,
+    branch_depth: BranchDepthOpt = None,
+    norm: NormOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -409,7 +433,8 @@ def baseline(
     from actstat.render import to_json, verdict_line
 
     report = _profile(config, _overrides(
-        depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
+        depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
         theory=theory, steps=None, lr=None),
         quiet=quiet, force=force, outputs=(output,))
@@ -468,6 +493,9 @@ def check(
     layers: LayersOpt = None,
     depth: DepthOpt = None,
     width: WidthOpt = None,
+    block: BlockOpt = None,
+    branch_depth: BranchDepthOpt = None,
+    norm: NormOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -503,7 +531,8 @@ def check(
     if format not in CHECK_FORMATS:
         raise _fail(f"--format: check writes {', '.join(CHECK_FORMATS)}, not '{format}'")
     overrides = _overrides(
-        depth=depth, width=width, batch_size=batch_size, data=data, device=device, dtype=dtype,
+        depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
         theory=theory, steps=None, lr=None)
     for key, value in (("check.rtol", rtol), ("check.atol", atol)):

@@ -31,6 +31,7 @@ from actstat.registry import closest
 # Documented limits that keep a typo from asking for terabytes (a memory pre-flight may replace them).
 MAX_DEPTH = 10_000
 MAX_WIDTH = 65_536
+MAX_BRANCH_DEPTH = 64  # Linear+activation layers in one residual branch
 MAX_BATCH = 1_000_000
 # values in one sample (data.shape's product, gaussian's input_size, tokens' length): a 1024×1024
 # image, or 3×512×512, fits; a typo such as input_size 10000000 (80 GB at batch 1000) does not
@@ -65,6 +66,16 @@ class ModelConfig(_Section):
     # measure only these modules: class names (Conv2d, nn.LayerNorm) or name patterns
     # (blocks.*); default: every weight layer, its consumer, norms and repeated blocks
     layers: list[str] | None = None
+    # residual: `depth` blocks x + α·branch(x), each branch `branch_depth` Linear+activation
+    # layers of the one width, between an input layer and the head (actstat/model.py)
+    block: Literal["plain", "residual"] = "plain"
+    branch_depth: int = Field(2, ge=1, le=MAX_BRANCH_DEPTH)
+    # a norm layer per block: residual, before its branch (pre) or after the add (post);
+    # plain, between each hidden Linear and its activation (pre) or after the activation (post)
+    norm: Literal["none", "batchnorm", "layernorm", "rmsnorm"] = "none"
+    norm_position: Literal["pre", "post"] = "pre"
+    # None: no multiplier; a number: a learnable scalar α per branch that starts at it (0: ReZero)
+    multiplier: float | None = None
 
     @field_validator("layers")
     @classmethod
@@ -93,10 +104,39 @@ class ModelConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _residual_keys(self) -> ModelConfig:
+        if self.factory is not None:
+            given = [key for key in ARCHITECTURE_KEYS
+                     if getattr(self, key) != ModelConfig.model_fields[key].default]
+            if given:
+                one = len(given) == 1
+                raise ValueError(f"{', '.join(given)} {'is' if one else 'are'} for the built-in "
+                                 "model; a model factory's model is its own: leave "
+                                 f"{'it' if one else 'them'} out")
+        if self.block == "residual" and len(set(self.widths)) > 1:
+            raise ValueError("residual blocks add each branch to its input: give one width "
+                             f"for every layer (got {self.width})")
+        if self.multiplier is not None and self.block != "residual":
+            raise ValueError("multiplier scales a residual branch: set block: residual, or "
+                             "leave multiplier out")
+        if self.multiplier is not None and not math.isfinite(self.multiplier):
+            raise ValueError(f"multiplier must be a finite number (got {self.multiplier})")
+        return self
+
+    @property
+    def plain_mlp(self) -> bool:
+        """The built-in MLP as the stacked probe measures it: no factory, plain blocks, no norm."""
+        return self.factory is None and self.block == "plain" and self.norm == "none"
+
     @property
     def widths(self) -> list[int]:
         """The width of each hidden layer, in order."""
         return [self.width] * self.depth if isinstance(self.width, int) else list(self.width)
+
+
+# the model keys that describe the built-in model's blocks (refused with a factory)
+ARCHITECTURE_KEYS = ("block", "branch_depth", "norm", "norm_position", "multiplier")
 
 
 class _Spec(BaseModel):
@@ -342,6 +382,13 @@ class Config(_Section):
         if self.model.factory is not None and self.train.steps:
             raise ValueError("train.steps (--steps) trains the built-in MLP; a model factory's "
                              "model is measured, not trained: set steps to 0")
+        return self
+
+    @model_validator(mode="after")
+    def _blocks_measured_not_trained(self) -> Config:
+        if self.train.steps and (self.model.block != "plain" or self.model.norm != "none"):
+            raise ValueError("train.steps (--steps) trains the plain MLP; residual blocks and "
+                             "norm layers are measured, not trained (yet): set steps to 0")
         return self
 
     @model_validator(mode="after")
@@ -615,6 +662,9 @@ OPTION_NAMES = {
     "model.depth": "--depth",
     "model.width": "--width",
     "model.bias": "--bias/--no-bias",
+    "model.block": "--block",
+    "model.branch_depth": "--branch-depth",
+    "model.norm": "--norm",
     "model.factory": "--model",
     "model.layers": "--layers",
     "data.batch_size": "--batch-size",

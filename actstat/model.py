@@ -1,12 +1,16 @@
-"""Model: the MLP that a Config describes, initialised by a scheme, on a device."""
+"""Model: the MLP (plain or residual blocks, with or without norm layers) that a Config
+describes, initialised by a scheme, on a device."""
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from actstat.activations import Activation
+from actstat.errors import ConfigError
 from actstat.inits import BiasInit, WeightInit
 
 
@@ -21,6 +25,103 @@ def build_mlp(*, in_features: int, widths: list[int], num_classes: int, bias: bo
     fan_in = in_features
     for width in widths:
         layers += [nn.Linear(fan_in, width, bias=bias, device="meta"), activation.module()]
+        fan_in = width
+    layers.append(nn.Linear(fan_in, num_classes, bias=bias, device="meta"))
+    return nn.Sequential(*layers)
+
+
+def make_norm(kind: str, width: int) -> nn.Module:
+    """A norm layer over `width` features: weight 1, bias 0 (`initialise` resets it)."""
+    if kind == "batchnorm":
+        return nn.BatchNorm1d(width)
+    if kind == "layernorm":
+        return nn.LayerNorm(width)
+    if kind == "rmsnorm":
+        rms = getattr(nn, "RMSNorm", None)  # torch 2.4+; our floor is 2.2
+        if rms is None:
+            raise ConfigError(f"model.norm rmsnorm needs torch 2.4 or later (this is "
+                              f"{torch.__version__}): upgrade torch, or use layernorm")
+        return rms(width)
+    raise ConfigError(f"model.norm: unknown norm '{kind}' (none, batchnorm, layernorm, rmsnorm)")
+
+
+NORMS = (nn.BatchNorm1d, nn.LayerNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+
+class ResidualBlock(nn.Module):
+    """x + α·branch(x), the branch `Linear -> activation` `depth` times at one width (fc1, act1,
+    ..., so that a row reads blocks.3.branch.fc1). norm "pre" normalises the branch's input
+    (the skip carries x untouched); "post" normalises the sum. α (`multiplier`) is a learnable
+    scalar, absent unless configured."""
+
+    def __init__(self, width: int, *, depth: int, bias: bool, activation: Activation,
+                 norm: str, norm_position: str, multiplier: float | None):
+        super().__init__()
+        self.pre = norm_position == "pre"
+        if norm != "none" and self.pre:
+            self.norm = make_norm(norm, width)
+        layers: dict[str, nn.Module] = {}
+        for k in range(1, depth + 1):
+            layers[f"fc{k}"] = nn.Linear(width, width, bias=bias, device="meta")
+            layers[f"act{k}"] = activation.module()
+        self.branch = nn.Sequential(OrderedDict(layers))
+        self.initial_multiplier = multiplier
+        if multiplier is not None:
+            self.multiplier = nn.Parameter(torch.empty((), device="meta"))
+        if norm != "none" and not self.pre:
+            self.norm = make_norm(norm, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = getattr(self, "norm", None)
+        out = self.branch(norm(x) if norm is not None and self.pre else x)
+        if self.initial_multiplier is not None:
+            out = self.multiplier * out
+        y = x + out
+        return norm(y) if norm is not None and not self.pre else y
+
+
+class ResidualMLP(nn.Module):
+    """inp (Linear in -> width) and inp_act, then `blocks`, then `head` (Linear width ->
+    classes)."""
+
+    def __init__(self, *, in_features: int, width: int, depth: int, branch_depth: int,
+                 num_classes: int, bias: bool, activation: Activation, norm: str,
+                 norm_position: str, multiplier: float | None):
+        super().__init__()
+        self.inp = nn.Linear(in_features, width, bias=bias, device="meta")
+        self.inp_act = activation.module()
+        self.blocks = nn.Sequential(*(
+            ResidualBlock(width, depth=branch_depth, bias=bias, activation=activation, norm=norm,
+                          norm_position=norm_position, multiplier=multiplier)
+            for _ in range(depth)))
+        self.head = nn.Linear(width, num_classes, bias=bias, device="meta")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.inp_act(self.inp(x))))
+
+
+def build_residual(*, in_features: int, width: int, depth: int, branch_depth: int,
+                   num_classes: int, bias: bool, activation: Activation, norm: str = "none",
+                   norm_position: str = "pre", multiplier: float | None = None) -> ResidualMLP:
+    """`depth` residual blocks of `branch_depth` Linear+activation layers at one width, between
+    an input layer and a linear head; Linear layers on the meta device, as `build_mlp`'s."""
+    return ResidualMLP(in_features=in_features, width=width, depth=depth,
+                       branch_depth=branch_depth, num_classes=num_classes, bias=bias,
+                       activation=activation, norm=norm, norm_position=norm_position,
+                       multiplier=multiplier)
+
+
+def build_normed_mlp(*, in_features: int, widths: list[int], num_classes: int, bias: bool,
+                     activation: Activation, norm: str, norm_position: str) -> nn.Sequential:
+    """`build_mlp`'s layers with a norm layer in each hidden layer: between the Linear and its
+    activation (pre) or after the activation (post)."""
+    layers: list[nn.Module] = []
+    fan_in = in_features
+    for width in widths:
+        linear = nn.Linear(fan_in, width, bias=bias, device="meta")
+        norm_layer = make_norm(norm, width)
+        layers += ([linear, norm_layer, activation.module()] if norm_position == "pre"
+                   else [linear, activation.module(), norm_layer])
         fan_in = width
     layers.append(nn.Linear(fan_in, num_classes, bias=bias, device="meta"))
     return nn.Sequential(*layers)
@@ -103,6 +204,10 @@ def initialise(model: nn.Module, weight_init: WeightInit, bias_init: BiasInit, *
                 weight_init(module.weight, act_gain, g)
                 if module.bias is not None:
                     bias_init(module.bias, module.in_features, g)
+            elif isinstance(module, NORMS):
+                module.reset_parameters()  # weight 1, bias 0 (and fresh running statistics)
+            elif isinstance(module, ResidualBlock) and module.initial_multiplier is not None:
+                module.multiplier.fill_(module.initial_multiplier)
     return model.to(device=device, dtype=dtype).eval()
 
 

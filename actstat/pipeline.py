@@ -26,7 +26,14 @@ from actstat.data import (
 from actstat.errors import ActstatError, DataError, ModelError
 from actstat.inits import BIAS_INITS, INITS, fans, make_bias_init, make_init
 from actstat.memory import available_memory as host_available_memory
-from actstat.model import build_mlp, initialise, parameter_variances, stack_mlps
+from actstat.model import (
+    build_mlp,
+    build_normed_mlp,
+    build_residual,
+    initialise,
+    parameter_variances,
+    stack_mlps,
+)
 from actstat.probe import (
     HIST_BINS,
     Measurement,
@@ -150,6 +157,8 @@ def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = 
     `model.factory`, the user's model once per init instead (`profile_factory`)."""
     if config.model.factory is not None:
         return profile_factory(config, on_scheme)
+    if not config.model.plain_mlp:
+        return profile_blocks(config, on_scheme)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
@@ -345,6 +354,70 @@ def model_run(model: torch.nn.Module, inputs: Any, targets: Any, *, scheme: str,
     rows = analyse_captured(captured.layers, input_std=input_std, thresholds=thresholds)
     return Run(scheme, init, dict(init_params), "model", {}, verdict(rows),
                finite_or_none(captured.loss), rows, model=label)
+
+
+def build_blocks(config: Config, activation: Activation, in_features: int) -> torch.nn.Module:
+    """The built-in model with residual blocks or norm layers (config.model.block, .norm), not
+    yet initialised."""
+    m = config.model
+    if m.block == "residual":
+        return build_residual(in_features=in_features, width=m.widths[0], depth=m.depth,
+                              branch_depth=m.branch_depth, num_classes=m.num_classes,
+                              bias=m.bias, activation=activation, norm=m.norm,
+                              norm_position=m.norm_position, multiplier=m.multiplier)
+    return build_normed_mlp(in_features=in_features, widths=m.widths,
+                            num_classes=m.num_classes, bias=m.bias, activation=activation,
+                            norm=m.norm, norm_position=m.norm_position)
+
+
+def blocks_label(config: Config) -> str:
+    """What a run of `build_blocks`'s model names as its model: `residual ×8 (branch 2) +
+    layernorm (pre)`."""
+    m = config.model
+    text = (f"residual ×{m.depth} (branch {m.branch_depth})" if m.block == "residual"
+            else f"MLP ×{m.depth}")
+    if m.multiplier is not None:
+        text += f" α={m.multiplier:g}"
+    return text + (f" + {m.norm} ({m.norm_position})" if m.norm != "none" else "")
+
+
+def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
+    """The built-in model with residual blocks or norm layers, once per scheme of the config
+    (its init × activation grid, then its compare list), each measured on its own by the
+    general probe (`model_run`): rows are modules by name (blocks.3, blocks.3.branch.fc1), not
+    numbered hidden layers, and there is no mean-field theory for them (yet)."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype)
+    batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
+                       num_classes=config.model.num_classes)
+    given = input_stats(batch.inputs, source=batch.description, labelled=batch.labelled)
+    todo = schemes(config)
+    runs: list[Run] = []
+    for init, act in todo:
+        activation = make_activation(act.name, act.params)
+        model = initialise(
+            build_blocks(config, activation, batch.inputs.shape[1]),
+            make_init(init.name, init.params), make_bias_init(init.bias.name, init.bias.params),
+            act_gain=activation.gain, seed=config.seed, device=device, dtype=dtype)
+        run = model_run(
+            model, batch.inputs, batch.labels, loss=None if batch.labelled else drawn_target_loss,
+            scheme=scheme_label(init, act), init=init.name,
+            init_params={**init.params, "bias": init.bias.model_dump()},
+            label=blocks_label(config), input_std=given.std, thresholds=config.thresholds,
+            layers=layer_selection(config.model.layers), grad=config.grad, hist=config.hist)
+        runs.append(replace(run, act=act.name, act_params=dict(act.params)))
+        del model
+        if on_scheme is not None:
+            on_scheme(len(runs), len(todo), run.scheme)
+    return Report(
+        schema_version=SCHEMA_VERSION,
+        actstat_version=__version__,
+        torch_version=torch.__version__,
+        device=str(device),
+        config=config.model_dump(mode="json"),
+        input=given,
+        runs=tuple(runs),
+    )
 
 
 # the gain an init's `gain: auto` takes in a user's model, whose activations are its own: ReLU's
