@@ -113,18 +113,20 @@ def build_residual(*, in_features: int, width: int, depth: int, branch_depth: in
 
 def build_normed_mlp(*, in_features: int, widths: list[int], num_classes: int, bias: bool,
                      activation: Activation, norm: str, norm_position: str) -> nn.Sequential:
-    """`build_mlp`'s layers with a norm layer in each hidden layer: between the Linear and its
-    activation (pre) or after the activation (post)."""
-    layers: list[nn.Module] = []
+    """`build_mlp`'s layers with a norm layer in each hidden layer k: fc{k}, norm{k}, act{k}
+    (pre: between the Linear and its activation) or fc{k}, act{k}, norm{k} (post), then `head`."""
+    layers: dict[str, nn.Module] = {}
     fan_in = in_features
-    for width in widths:
-        linear = nn.Linear(fan_in, width, bias=bias, device="meta")
-        norm_layer = make_norm(norm, width)
-        layers += ([linear, norm_layer, activation.module()] if norm_position == "pre"
-                   else [linear, activation.module(), norm_layer])
+    for k, width in enumerate(widths, start=1):
+        layers[f"fc{k}"] = nn.Linear(fan_in, width, bias=bias, device="meta")
+        if norm_position == "pre":
+            layers[f"norm{k}"] = make_norm(norm, width)
+        layers[f"act{k}"] = activation.module()
+        if norm_position != "pre":
+            layers[f"norm{k}"] = make_norm(norm, width)
         fan_in = width
-    layers.append(nn.Linear(fan_in, num_classes, bias=bias, device="meta"))
-    return nn.Sequential(*layers)
+    layers["head"] = nn.Linear(fan_in, num_classes, bias=bias, device="meta")
+    return nn.Sequential(OrderedDict(layers))
 
 
 class StackedLinear(nn.Module):

@@ -136,14 +136,15 @@ def test_batchnorm_and_rmsnorm_run(cli, tmp_path):
 
 
 def test_plain_mlp_with_a_norm_layer(cli, tmp_path):
-    # pre: nn.Sequential(Linear, LayerNorm, Tanh, ...), the norm between Linear and activation
+    # pre: fc1, norm1, act1, ...: the norm between the Linear and its activation
     rows = _layers(cli, _config(tmp_path, block="plain", norm="layernorm"))
-    assert rows["1"]["module"] == "LayerNorm → Tanh"
-    assert rows["1"]["pre"]["std"] == pytest.approx(1.0, rel=1e-3)
-    # post: nn.Sequential(Linear, Tanh, LayerNorm, ...), the norm after the activation
+    assert list(rows)[:2] == ["fc1", "norm1"] and rows["norm1"]["module"] == "LayerNorm → Tanh"
+    assert rows["norm1"]["pre"]["std"] == pytest.approx(1.0, rel=1e-3)
+    # post: fc1, act1, norm1, ...: the norm after the activation
     rows = _layers(cli, _config(tmp_path, block="plain", norm="layernorm", norm_position="post"))
-    assert rows["0"]["module"] == "Linear → Tanh" and rows["2"]["module"] == "LayerNorm"
-    assert rows["2"]["post"]["std"] == pytest.approx(1.0, rel=1e-3)
+    assert rows["fc1"]["module"] == "Linear → Tanh" and rows["norm1"]["module"] == "LayerNorm"
+    assert rows["norm3"]["post"]["std"] == pytest.approx(1.0, rel=1e-3)
+    assert list(rows)[-1] == "head"
 
 
 def test_the_cli_options(cli):
