@@ -197,7 +197,8 @@ def parameter_variances(model: nn.Module, linears: list[nn.Linear]) -> list[tupl
 def initialise(model: nn.Module, weight_init: WeightInit, bias_init: BiasInit, *, act_gain: float,
                seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Fill every Linear (the head too) in module order from one CPU generator seeded with `seed`,
-    then move the model: the same seed gives the same weights on every device and dtype."""
+    then move the model: the same seed gives the same weights on every device and dtype. Norm
+    layers start at weight 1, bias 0; a residual block's multiplier at its configured value."""
     _materialise(model)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
