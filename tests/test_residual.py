@@ -175,3 +175,13 @@ def test_multiplier_needs_residual_blocks(cli, tmp_path):
 
 def test_the_plain_mlps_baseline_still_checks(cli):
     cli("check", "tests/data/report_v1.json", "-q")
+
+
+def test_a_residual_baseline_checks_against_a_new_run(cli, tmp_path):
+    # its rows are modules by name, not `depth` numbered layers: check matches them by name
+    config = _config(tmp_path, norm="rmsnorm", multiplier=0.5)
+    baseline = str(tmp_path / "base.json")
+    cli("baseline", config, "-o", baseline, "-q")
+    cli("check", baseline, "-q")
+    drifted = cli("check", baseline, "--stored-config", "--seed", "4", code=1)
+    assert "blocks." in drifted.stdout
