@@ -185,3 +185,10 @@ def test_a_residual_baseline_checks_against_a_new_run(cli, tmp_path):
     cli("check", baseline, "-q")
     drifted = cli("check", baseline, "--stored-config", "--seed", "4", code=1)
     assert "blocks." in drifted.stdout
+
+
+def test_rmsnorm_on_a_torch_without_it_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.delattr(nn, "RMSNorm")  # torch before 2.4
+    result = cli("run", _config(tmp_path, norm="rmsnorm"), "-q", code=2)
+    assert "rmsnorm needs torch 2.4 or later" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
