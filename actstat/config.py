@@ -500,7 +500,33 @@ def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Conf
             for part in ("init", "activation")})
         for i, scheme in enumerate(config.compare)
     ]
+    for i, spec in enumerate(specs["init"]):
+        _check_structural(spec, config.model, f"{_origin_of('init', overrides, origin)}: init"
+                          + (f"[{i}]" if len(specs["init"]) > 1 else ""))
+    for i, scheme in enumerate(specs["compare"]):
+        _check_structural(scheme.init, config.model,
+                          f"{_origin_of('compare', overrides, origin)}: compare[{i}].init")
     return config.model_copy(update=specs)
+
+
+def _check_structural(spec: InitSpec, model: ModelConfig, where: str) -> None:
+    """A structural init (fixup, rezero, gpt2, bert) sets every bias to 0 and draws by the
+    built-in model's structure: refuse a bias init, a factory's model, and (for those that need
+    them) a model without residual blocks, in one line."""
+    from actstat import inits
+
+    factory = inits.RESIDUAL_INITS.get(spec.name)
+    if factory is None:
+        return
+    made = factory(**spec.params)
+    if model.factory is not None:
+        raise ConfigError(f"{where}: {spec.name} draws by the built-in model's structure; a "
+                          "model factory's model (--model) takes a per-weight init")
+    if made.needs_residual and model.block != "residual":
+        raise ConfigError(f"{where}: {spec.name} needs residual blocks: set model.block residual "
+                          "(--block residual)")
+    if spec.bias != BiasSpec():
+        raise ConfigError(f"{where}: {spec.name} sets every bias to 0: drop init.bias")
 
 
 def _keeps(spec: InitSpec, where: str, origin: str) -> bool:
@@ -568,7 +594,7 @@ def _named_from(entries: Any, names: list[Any], section: str) -> list[Any]:
     from actstat import activations, inits  # torch-importing: only when a config is loaded
     from actstat.registry import normal_form, resolve
 
-    registry = inits.INITS if section == "init" else activations.ACTIVATIONS
+    registry = inits.ALL_INITS if section == "init" else activations.ACTIVATIONS
 
     def key(name: str) -> str:
         try:
@@ -605,7 +631,7 @@ def _resolve_spec(spec: _Spec, section: str, prefix: str, where: str) -> _Spec:
     from actstat import activations, inits  # torch-importing: only when a config is loaded
     from actstat.registry import entry, parameters_model, resolve
 
-    registry = inits.INITS if section == "init" else activations.ACTIVATIONS
+    registry = inits.ALL_INITS if section == "init" else activations.ACTIVATIONS
     try:
         # any case or an alias; the report records the registry's own name
         name, factory, given = entry(registry, spec.name,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
@@ -207,12 +208,118 @@ BIAS_INITS: dict[str, Callable[..., BiasInit]] = {
 }
 
 
-def make_init(name: str, params: dict | None = None) -> WeightInit:
-    """The registered weight init `name` built with `params` (validated against its signature)."""
-    _, factory, params = entry(INITS, name, "init", params)
+def make_init(name: str, params: dict | None = None) -> WeightInit | StructuralInit:
+    """The registered init `name` (per-weight or structural) built with `params` (validated
+    against its signature)."""
+    _, factory, params = entry(ALL_INITS, name, "init", params)
     return factory(**dict(parameters_model(factory).model_validate(params)))
 
 
 def make_bias_init(name: str, params: dict | None = None) -> BiasInit:
     _, factory, params = entry(BIAS_INITS, name, "bias init", params)
     return factory(**dict(parameters_model(factory).model_validate(params)))
+
+
+# ----------------------------------------------------------------------------------------------
+# structural inits: the draw depends on where a Linear sits in a residual model
+
+
+@dataclass(frozen=True)
+class Role:
+    """Where a Linear sits: `input` (the residual model's first layer), `branch` (layer `index`
+    of the `branch_depth` = m Linear layers of a residual branch, one of `blocks` = L branches),
+    `head` (the last layer), or `plain` (a Linear of a model without residual blocks)."""
+
+    kind: Literal["input", "branch", "head", "plain"]
+    index: int = 0
+    branch_depth: int = 0
+    blocks: int = 0
+
+    @property
+    def last_of_branch(self) -> bool:
+        return self.kind == "branch" and self.index == self.branch_depth
+
+
+# (weight, its role, gain of the run's activation, generator): fills the weight in place
+RoleInit = Callable[[torch.Tensor, Role, float, torch.Generator], object]
+
+
+@dataclass(frozen=True)
+class StructuralInit:
+    """An init that needs the model's structure: `initialise` gives each Linear's weight its
+    `Role`, sets every bias to 0 (the bias init is not used) and, where `multiplier` is not
+    None, every residual block's α to it. `needs_residual`: refused at config time for a model
+    without residual blocks; `needs_multiplier`: the blocks get an α even where
+    model.multiplier is unset."""
+
+    weight: RoleInit
+    multiplier: float | None = None
+    needs_residual: bool = True
+    needs_multiplier: bool = False
+
+
+def _he(w: torch.Tensor, act_gain: float, g: torch.Generator, scale: float = 1.0) -> None:
+    fan_in, _ = fans(w)
+    nn.init.normal_(w, 0.0, scale * act_gain / math.sqrt(fan_in), generator=g)
+
+
+def fixup() -> StructuralInit:
+    """Fixup (Zhang, Dauphin & Ma 2019, Sec. 3, "Fixup initialization"): with L residual
+    branches of m layers each, the branch's last layer and the head start at 0, every other
+    branch layer is He-initialised (N(0, gain²/fan_in), gain the activation's) and scaled by
+    L^(-1/(2m-2)); the input layer is He-initialised unscaled. With m = 1 there is no layer to
+    scale: the branch is its zeroed last layer. Fixup's scalar biases start at 0, as every Linear
+    bias here does (no extra scalar biases are added); its scalar multiplier starts at 1 (the
+    block's α, when model.multiplier is set)."""
+
+    def init(w: torch.Tensor, role: Role, act_gain: float, g: torch.Generator) -> None:
+        if role.kind == "head" or role.last_of_branch:
+            nn.init.zeros_(w)
+        elif role.kind == "branch":
+            _he(w, act_gain, g, role.blocks ** (-1.0 / (2 * role.branch_depth - 2)))
+        else:
+            _he(w, act_gain, g)
+
+    return StructuralInit(init, multiplier=1.0)
+
+
+def rezero() -> StructuralInit:
+    """ReZero (Bachlechner et al. 2020) / SkipInit (De & Smith 2020): every residual block's
+    multiplier α starts at 0, so each block starts as the identity; the weights are
+    He-initialised (N(0, gain²/fan_in)). It gives every block an α where model.multiplier is
+    unset, and starts a configured one at 0 too."""
+    return StructuralInit(lambda w, role, act_gain, g: _he(w, act_gain, g), multiplier=0.0,
+                          needs_multiplier=True)
+
+
+def gpt2(*, std: PositiveFloat = 0.02) -> StructuralInit:
+    """GPT-2 (Radford et al. 2019, Sec. 2.3; nanoGPT's `c_proj` init): every weight N(0, std²),
+    std 0.02, except each residual branch's output projection (its last Linear), which is
+    N(0, (std/√(2L))²) for L residual blocks; biases 0. (nanoGPT's 2·n_layer counts the two
+    residual layers of each transformer block; here L is the number of branches, as asked of
+    this init, so by the paper's 1/√N count of residual layers it is 1/√2 smaller.)"""
+
+    def init(w: torch.Tensor, role: Role, act_gain: float, g: torch.Generator) -> None:
+        scale = 1.0 / math.sqrt(2 * role.blocks) if role.last_of_branch else 1.0
+        nn.init.normal_(w, 0.0, std * scale, generator=g)
+
+    return StructuralInit(init)
+
+
+def bert(*, std: PositiveFloat = 0.02) -> StructuralInit:
+    """BERT / Hugging Face `_init_weights` (Devlin et al. 2019; transformers'
+    BertPreTrainedModel): every Linear weight N(0, initializer_range²), initializer_range
+    (`std`) 0.02, biases 0, norm layers weight 1 and bias 0. Any model: it uses no structure."""
+    return StructuralInit(lambda w, role, act_gain, g: nn.init.normal_(w, 0.0, std, generator=g),
+                          needs_residual=False)
+
+
+RESIDUAL_INITS: dict[str, Callable[..., StructuralInit]] = {
+    "fixup": fixup,
+    "rezero": rezero,
+    "gpt2": gpt2,
+    "bert": bert,
+}
+
+# every name --init takes: the per-weight inits and the structural ones
+ALL_INITS: dict[str, Callable[..., WeightInit | StructuralInit]] = {**INITS, **RESIDUAL_INITS}

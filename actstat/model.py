@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from actstat.activations import Activation
 from actstat.errors import ConfigError
-from actstat.inits import BiasInit, WeightInit
+from actstat.inits import BiasInit, Role, StructuralInit, WeightInit
 
 
 def build_mlp(*, in_features: int, widths: list[int], num_classes: int, bias: bool,
@@ -194,23 +194,51 @@ def parameter_variances(model: nn.Module, linears: list[nn.Linear]) -> list[tupl
     return list(zip(host[0::2], host[1::2]))
 
 
-def initialise(model: nn.Module, weight_init: WeightInit, bias_init: BiasInit, *, act_gain: float,
-               seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
+def linear_roles(model: nn.Module) -> dict[nn.Linear, Role]:
+    """Each Linear's `Role`: in a `ResidualMLP`, its input layer, branch layers (k of m, L
+    branches) and head; in any other model, `plain`."""
+    if not isinstance(model, ResidualMLP):
+        return {m: Role("plain") for m in model.modules() if isinstance(m, nn.Linear)}
+    blocks = list(model.blocks)
+    roles = {model.inp: Role("input"), model.head: Role("head")}
+    for block in blocks:
+        branch = [m for m in block.branch if isinstance(m, nn.Linear)]
+        for k, linear in enumerate(branch, start=1):
+            roles[linear] = Role("branch", k, len(branch), len(blocks))
+    return roles
+
+
+def initialise(model: nn.Module, weight_init: WeightInit | StructuralInit, bias_init: BiasInit,
+               *, act_gain: float, seed: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Fill every Linear (the head too) in module order from one CPU generator seeded with `seed`,
     then move the model: the same seed gives the same weights on every device and dtype. Norm
-    layers start at weight 1, bias 0; a residual block's multiplier at its configured value."""
+    layers start at weight 1, bias 0; a residual block's multiplier at its configured value.
+
+    A `StructuralInit` (fixup, rezero, gpt2, bert) draws each Linear's weight by its `Role`
+    (input, layer k of m of one of L branches, head), zeroes every bias, and sets each block's
+    multiplier to its own value where it has one."""
     _materialise(model)
     g = torch.Generator().manual_seed(seed)
+    structural = weight_init if isinstance(weight_init, StructuralInit) else None
+    roles = linear_roles(model)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear):
+                if structural is not None:
+                    structural.weight(module.weight, roles[module], act_gain, g)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                    continue
                 weight_init(module.weight, act_gain, g)
                 if module.bias is not None:
                     bias_init(module.bias, module.in_features, g)
             elif isinstance(module, NORMS):
                 module.reset_parameters()  # weight 1, bias 0 (and fresh running statistics)
             elif isinstance(module, ResidualBlock) and module.initial_multiplier is not None:
-                module.multiplier.fill_(module.initial_multiplier)
+                start = module.initial_multiplier
+                if structural is not None and structural.multiplier is not None:
+                    start = structural.multiplier
+                module.multiplier.fill_(start)
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -24,7 +24,14 @@ from actstat.data import (
     sample_shape_for,
 )
 from actstat.errors import ActstatError, DataError, ModelError
-from actstat.inits import BIAS_INITS, INITS, fans, make_bias_init, make_init
+from actstat.inits import (
+    ALL_INITS,
+    BIAS_INITS,
+    StructuralInit,
+    fans,
+    make_bias_init,
+    make_init,
+)
 from actstat.memory import available_memory as host_available_memory
 from actstat.model import (
     build_mlp,
@@ -314,7 +321,7 @@ def _with_expected(layer: LayerStats, expected_here: Expected | None) -> LayerSt
 
 def scheme_label(init: InitSpec, act: ActivationSpec) -> str:
     """`kaiming(mode='fan_out') + relu`: names with every non-default parameter."""
-    init_label = label(init.name, init.params, INITS[init.name])
+    init_label = label(init.name, init.params, ALL_INITS[init.name])
     if init.bias.name != "zeros":
         bias = label(init.bias.name, init.bias.params, BIAS_INITS[init.bias.name])
         init_label += f" [bias {bias}]"
@@ -356,15 +363,20 @@ def model_run(model: torch.nn.Module, inputs: Any, targets: Any, *, scheme: str,
                finite_or_none(captured.loss), rows, model=label)
 
 
-def build_blocks(config: Config, activation: Activation, in_features: int) -> torch.nn.Module:
+def build_blocks(config: Config, activation: Activation, in_features: int,
+                 init: StructuralInit | Callable | None = None) -> torch.nn.Module:
     """The built-in model with residual blocks or norm layers (config.model.block, .norm), not
-    yet initialised."""
+    yet initialised. An `init` that starts the blocks' multiplier (rezero) gives every block one
+    where model.multiplier is unset."""
     m = config.model
     if m.block == "residual":
+        multiplier = m.multiplier
+        if multiplier is None and isinstance(init, StructuralInit) and init.needs_multiplier:
+            multiplier = init.multiplier
         return build_residual(in_features=in_features, width=m.widths[0], depth=m.depth,
                               branch_depth=m.branch_depth, num_classes=m.num_classes,
                               bias=m.bias, activation=activation, norm=m.norm,
-                              norm_position=m.norm_position, multiplier=m.multiplier)
+                              norm_position=m.norm_position, multiplier=multiplier)
     return build_normed_mlp(in_features=in_features, widths=m.widths,
                             num_classes=m.num_classes, bias=m.bias, activation=activation,
                             norm=m.norm, norm_position=m.norm_position)
@@ -395,9 +407,10 @@ def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
     runs: list[Run] = []
     for init, act in todo:
         activation = make_activation(act.name, act.params)
+        weight_init = make_init(init.name, init.params)
         model = initialise(
-            build_blocks(config, activation, batch.inputs.shape[1]),
-            make_init(init.name, init.params), make_bias_init(init.bias.name, init.bias.params),
+            build_blocks(config, activation, batch.inputs.shape[1], weight_init),
+            weight_init, make_bias_init(init.bias.name, init.bias.params),
             act_gain=activation.gain, seed=config.seed, device=device, dtype=dtype)
         run = model_run(
             model, batch.inputs, batch.labels, loss=None if batch.labelled else drawn_target_loss,

@@ -15,7 +15,7 @@ from actstat.activations import ACTIVATIONS
 from actstat.cli import app
 from actstat.config import load_config
 from actstat.errors import ConfigError
-from actstat.inits import INITS
+from actstat.inits import ALL_INITS, INITS
 from actstat.pipeline import profile
 from actstat.registry import resolve
 from actstat.render import to_json
@@ -107,7 +107,7 @@ def corruptions():
         wrong_type.map(lambda v: put(["model", "depth"], v)),
         wrong_type.filter(lambda v: not isinstance(v, bool)).map(lambda v: put(["seed"], v)),
         st.floats(min_value=1.01, max_value=1e6).map(lambda v: put(["thresholds", "dead"], v)),
-        not_a_name.filter(lambda n: not known(INITS, n, "init")).map(lambda n: put(["init"], n)),
+        not_a_name.filter(lambda n: not known(ALL_INITS, n, "init")).map(lambda n: put(["init"], n)),
         not_a_name.filter(lambda n: not known(ACTIVATIONS, n, "activation"))
         .map(lambda n: put(["activation"], n)),
         not_a_name.filter(lambda n: n not in ("float32", "float64", "float16", "bfloat16"))
