@@ -45,6 +45,7 @@ ALIASES: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "random_uniform": ("uniform", {}),  # Keras RandomUniform: the same default ±0.05
         "truncated_normal": ("trunc_normal", {}),
         "zero": ("zeros", {}),
+        "skipinit": ("rezero", {}),  # De & Smith 2020: the branch's scalar multiplier starts at 0
     },
     "activation": {
         "swish": ("silu", {}),  # Ramachandran et al. 2017, β = 1

@@ -12,12 +12,13 @@ from torch import nn
 
 from actstat.activations import ACTIVATIONS, make_activation
 from actstat.errors import ConfigError
-from actstat.inits import BIAS_INITS, INITS, make_bias_init, make_init
+from actstat.inits import ALL_INITS, BIAS_INITS, StructuralInit, make_bias_init, make_init
+from actstat.model import build_residual, initialise
 from actstat.registry import ALIASES, resolve
 from conftest import ROOT
 
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-REGISTRIES = {"init": INITS, "activation": ACTIVATIONS, "bias init": BIAS_INITS}
+REGISTRIES = {"init": ALL_INITS, "activation": ACTIVATIONS, "bias init": BIAS_INITS}
 ALL_ALIASES = [(kind, alias) for kind, table in ALIASES.items() for alias in table]
 TINY = ["--depth", "2", "--width", "8", "--batch-size", "16", "--device", "cpu", "--no-theory"]
 
@@ -80,6 +81,14 @@ def test_variance_scaling_aliases_draw_the_papers_variance(alias, std):
     assert weight.std().item() == pytest.approx(std, rel=0.01)
 
 
+def _residual(init) -> nn.Module:
+    activation = make_activation("relu")
+    model = build_residual(in_features=6, width=8, depth=2, branch_depth=2, num_classes=3,
+                           bias=True, activation=activation)
+    return initialise(model, init, make_bias_init("zeros"), act_gain=activation.gain, seed=3,
+                      device=torch.device("cpu"), dtype=torch.float32)
+
+
 @pytest.mark.parametrize("kind, alias", ALL_ALIASES)
 def test_an_alias_builds_what_its_target_builds(kind, alias):
     target, implied = ALIASES[kind][alias]
@@ -90,7 +99,11 @@ def test_an_alias_builds_what_its_target_builds(kind, alias):
         return
     make = make_init if kind == "init" else make_bias_init
     made, reference = make(alias), make(target, implied)
-    if kind == "init":
+    if isinstance(made, StructuralInit):  # drawn by a model's structure: compare whole models
+        for a, b in zip(_residual(made).parameters(), _residual(reference).parameters(),
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    elif kind == "init":
         torch.testing.assert_close(_drawn(made), _drawn(reference), rtol=0, atol=0)
     else:
         a, b = torch.empty(30), torch.empty(30)

@@ -155,8 +155,17 @@ def test_a_bias_init_with_a_structural_init_is_one_line(cli, tmp_path):
 
 
 def test_compare_residual_inits(cli):
-    text = cli("compare", "-q", "--block", "residual", "--depth", "20", "--width", "32",
-               "--data", "gaussian", "--batch-size", "64",
-               "-i", "kaiming,fixup,rezero,gpt2").stdout
-    for name in ("kaiming", "fixup", "rezero", "gpt2"):
-        assert name in text
+    report = json.loads(cli("compare", "-q", "-f", "json", "--block", "residual", "--depth", "20",
+                            "--width", "32", "--data", "gaussian", "--batch-size", "64",
+                            "-i", "kaiming,fixup,rezero,skipinit,gpt2").stdout)
+    runs = {run["init"]: {layer["name"]: layer for layer in run["layers"]}
+            for run in report["runs"]}
+    assert set(runs) == {"kaiming", "fixup", "rezero", "gpt2"}  # skipinit is rezero's alias
+    # fixup's zero branch ends and head: every block is the identity, the logits are 0
+    assert runs["fixup"]["blocks.19"]["post"]["std"] == pytest.approx(
+        runs["fixup"]["inp"]["post"]["std"])
+    assert runs["fixup"]["head"]["post"]["std"] == 0.0
+    assert runs["rezero"]["blocks.19"]["post"]["std"] == pytest.approx(
+        runs["rezero"]["inp"]["post"]["std"])
+    # kaiming's 20 unscaled branches grow the stream; gpt2's are small against it
+    assert runs["kaiming"]["blocks.19"]["post"]["std"] > 2 * runs["kaiming"]["inp"]["post"]["std"]
