@@ -50,7 +50,7 @@ def test_fixup_scales_branch_layers_by_l_to_the_minus_one_over_2m_minus_2(blocks
         for fc in fcs[:-1]:
             assert _std(fc.weight) == pytest.approx(he * scale, rel=0.03)
         assert not fcs[-1].weight.any()  # each branch's last layer: exactly zero
-        assert float(block.multiplier) == 1.0  # Fixup's scalar multiplier starts at 1
+        assert block.multiplier.item() == 1.0  # Fixup's scalar multiplier starts at 1
     assert not model.head.weight.any()
     assert _std(model.inp.weight) == pytest.approx(math.sqrt(2.0 / FEATURES), rel=0.03)
     _biases_zero(model)
@@ -69,7 +69,7 @@ def test_fixup_with_one_layer_per_branch_zeroes_the_branch():
 def test_rezero_starts_every_multiplier_at_zero_and_he_initialises():
     model = _model("rezero", multiplier=0.7)
     for block in model.blocks:
-        assert float(block.multiplier) == 0.0
+        assert block.multiplier.item() == 0.0
         for fc in (m for m in block.branch if isinstance(m, nn.Linear)):
             assert _std(fc.weight) == pytest.approx(math.sqrt(2.0 / WIDTH), rel=0.03)
     _biases_zero(model)
