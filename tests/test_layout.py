@@ -185,6 +185,14 @@ def test_wrap_text_breaks_at_spaces_and_brackets():
     assert wrap_text("abcdefghij", 4) == "abcd\nefgh\nij"
 
 
+def test_wrap_text_breaks_a_module_path_after_a_dot_but_never_a_number():
+    assert wrap_text("grad_vanishing @ blocks.0.branch.fc1", 16) == \
+        "grad_vanishing @\nblocks.0.branch.\nfc1"
+    assert wrap_text("general_relu(subtract=0.25)", 15) == "general_relu(\nsubtract=0.25)"
+    assert wrap_text("post std 0.8532 → 1.329", 12) == "post std\n0.8532 → \n1.329".replace(
+        " \n", "\n")
+
+
 def test_columns_leave_in_rank_order_and_rank_zero_stays():
     cells = [Text("1.234e+05")] * 3
     spec = [Column("a", cells), Column("b", cells, rank=1), Column("c", cells, rank=3),
