@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import product
@@ -189,22 +189,16 @@ def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = 
             done += 1
             if on_scheme is not None:
                 on_scheme(done, len(todo), run.scheme)
-    return Report(
-        schema_version=SCHEMA_VERSION,
-        actstat_version=__version__,
-        torch_version=torch.__version__,
-        device=str(device),
-        config=config.model_dump(mode="json"),
-        input=InputStats(
-            source=batch.description,
-            batch_size=batch.inputs.shape[0],
-            features=batch.inputs.shape[1],
-            labelled=batch.labelled,
-            mean=finite_or_none(inputs[0]),
-            std=finite_or_none(inputs[1]),
-        ),
-        runs=tuple(runs),
+    given = InputStats(
+        source=batch.description,
+        batch_size=batch.inputs.shape[0],
+        features=batch.inputs.shape[1],
+        labelled=batch.labelled,
+        mean=finite_or_none(inputs[0]),
+        std=finite_or_none(inputs[1]),
+        shape=tuple(batch.inputs.shape[1:]),
     )
+    return _report(config, device, given, runs)
 
 
 def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch, *,
@@ -422,15 +416,7 @@ def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
         del model
         if on_scheme is not None:
             on_scheme(len(runs), len(todo), run.scheme)
-    return Report(
-        schema_version=SCHEMA_VERSION,
-        actstat_version=__version__,
-        torch_version=torch.__version__,
-        device=str(device),
-        config=config.model_dump(mode="json"),
-        input=given,
-        runs=tuple(runs),
-    )
+    return _report(config, device, given, runs)
 
 
 # the gain an init's `gain: auto` takes in a user's model, whose activations are its own: ReLU's
@@ -472,6 +458,12 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
         if on_scheme is not None:
             on_scheme(len(runs), len(config.init), run.scheme)
     assert batch is not None and given is not None
+    return _report(config, device, given, runs)
+
+
+def _report(config: Config, device: torch.device, given: InputStats,
+            runs: Sequence[Run | None]) -> Report:
+    """The Report of a config's runs on its batch, whichever model measured them."""
     return Report(
         schema_version=SCHEMA_VERSION,
         actstat_version=__version__,
@@ -479,7 +471,7 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
         device=str(device),
         config=config.model_dump(mode="json"),
         input=given,
-        runs=tuple(runs),
+        runs=tuple(run for run in runs if run is not None),
     )
 
 

@@ -403,3 +403,13 @@ def mnist_images(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     with np.load(path) as data:
         images = data["images"][:n].astype(np.float32) / 255.0
     return torch.from_numpy(images).reshape(n, 1, 28, 28).to(dtype)
+
+
+def gaussian(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Seeded N(0, 1) inputs of `shape`."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def labels(n: int, classes: int, seed: int = 1) -> torch.Tensor:
+    """Seeded class ids for n samples."""
+    return torch.randint(classes, (n,), generator=torch.Generator().manual_seed(seed))

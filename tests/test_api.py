@@ -26,16 +26,10 @@ from models import (
     SmallCNN,
     TinyTransformer,
     TransposedLinearNet,
+    gaussian,
+    labels,
     mnist_images,
 )
-
-
-def gaussian(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def labels(n: int, classes: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(classes, (n,), generator=torch.Generator().manual_seed(seed))
 
 
 def traced(model: nn.Module, inputs) -> dict[str, np.ndarray]:

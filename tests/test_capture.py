@@ -30,6 +30,8 @@ from models import (
     TinyTransformer,
     TransposedLinearNet,
     TupleModel,
+    gaussian,
+    labels,
     mnist_images,
 )
 
@@ -119,14 +121,6 @@ def expect(model: nn.Module, inputs, targets=None, *, rtol: float = 1e-5, loss=N
 
 def module_name(model: nn.Module, module: nn.Module) -> str:
     return next(name for name, m in model.named_modules() if m is module)
-
-
-def gaussian(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
-
-
-def labels(n: int, classes: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(classes, (n,), generator=torch.Generator().manual_seed(seed))
 
 
 def test_residual_mlp_block_outputs_are_the_stream_and_dead_units_counted():
