@@ -34,6 +34,8 @@ from actstat.inits import (
 )
 from actstat.memory import available_memory as host_available_memory
 from actstat.model import (
+    NORMS,
+    ResidualMLP,
     build_mlp,
     build_normed_mlp,
     build_residual,
@@ -60,7 +62,13 @@ from actstat.report import (
     Theory,
     finite_or_none,
 )
-from actstat.theory import Expected, expected, phase
+from actstat.theory import (
+    Expected,
+    expected,
+    expected_normed_mlp,
+    expected_residual,
+    phase,
+)
 from actstat.train import train_probe
 
 
@@ -376,6 +384,103 @@ def build_blocks(config: Config, activation: Activation, in_features: int,
                             norm=m.norm, norm_position=m.norm_position)
 
 
+# what a row expects: (pre std, post mean, post std), None where the theory gives no number
+RowExpected = tuple[float | None, float | None, float | None]
+
+
+def block_expectations(model: torch.nn.Module, activation: Activation,
+                       input_second_moment: float) -> dict[str, RowExpected]:
+    """Mean-field expectations of `build_blocks`'s model, by row name, from its actual
+    parameters: `expected_residual` for residual blocks (input layer, each branch layer, the
+    norm's output, the stream), `expected_normed_mlp` for a plain MLP with norms. The head has
+    none, as in the MLP: its num_classes units are too few for a wide-limit expectation (one
+    draw of 10 rows of W reads the stream's mean direction differently every seed). Empty where
+    the model's blocks have different multipliers (the residual map takes one α)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    variances = parameter_variances(model, linears)
+    norms = [m for m in model.modules() if isinstance(m, NORMS)]
+    norm = _norm_name(norms[0]) if norms else "none"
+    eps = _norm_eps(norms[0]) if norms else 1e-5
+    batch_statistics = model.training
+    rows: dict[str, RowExpected] = {}
+    if isinstance(model, ResidualMLP):
+        blocks = list(model.blocks)
+        alphas = {b.multiplier.item() for b in blocks if b.initial_multiplier is not None}
+        if len(alphas) > 1:
+            return {}
+        alpha = alphas.pop() if alphas else 1.0
+        pre = norm != "none" and blocks[0].pre
+        branch_depth = sum(isinstance(x, torch.nn.Linear) for x in blocks[0].branch)
+        per_block = [variances[1 + i * branch_depth:1 + (i + 1) * branch_depth]
+                     for i in range(len(blocks))]
+        found = expected_residual(activation, input_second_moment, variances[0], per_block,
+                                  alpha=alpha, norm=norm,
+                                  norm_position="pre" if pre or norm == "none" else "post",
+                                  eps=eps, batch_statistics=batch_statistics)
+        first = found.input_layer
+        rows["inp"] = (first.pre_std, first.post_mean, first.post_std)
+        for i, block in enumerate(found.blocks):
+            if norm != "none":
+                normed = block.branch_inputs[0] if pre else block.stream
+                rows[f"blocks.{i}.norm"] = (None, normed.mean, normed.std)
+            for k, layer in enumerate(block.branch, start=1):
+                rows[f"blocks.{i}.branch.fc{k}"] = (layer.pre_std, layer.post_mean,
+                                                     layer.post_std)
+            rows[f"blocks.{i}"] = (None, block.stream.mean, block.stream.std)
+    else:
+        position = _normed_position(model)
+        found_layers = expected_normed_mlp(activation, input_second_moment, variances[:-1],
+                                           norm=norm, norm_position=position, eps=eps,
+                                           batch_statistics=batch_statistics)
+        for k, layer in enumerate(found_layers, start=1):
+            if position == "pre":  # fc{k}: the Linear alone; norm{k}: the norm, then φ
+                rows[f"fc{k}"] = (None, layer.linear.mean, layer.linear.std)
+                rows[f"norm{k}"] = (layer.norm.std, layer.activation.mean, layer.activation.std)
+            else:  # fc{k}: the Linear, then φ; norm{k}: the norm
+                rows[f"fc{k}"] = (layer.linear.std, layer.activation.mean, layer.activation.std)
+                rows[f"norm{k}"] = (None, layer.norm.mean, layer.norm.std)
+    return rows
+
+
+def _norm_name(module: torch.nn.Module) -> str:
+    if isinstance(module, torch.nn.LayerNorm):
+        return "layernorm"
+    if isinstance(module, torch.nn.BatchNorm1d):
+        return "batchnorm"
+    return "rmsnorm"
+
+
+def _norm_eps(module: torch.nn.Module) -> float:
+    """The norm's ε: RMSNorm's None is its dtype's machine epsilon."""
+    eps = getattr(module, "eps", None)
+    if eps is None:
+        return torch.finfo(next(module.parameters()).dtype).eps
+    return float(eps)
+
+
+def _normed_position(model: torch.nn.Module) -> str:
+    """A normed MLP's norm position: 'pre' when norm1 comes before act1 (fc1, norm1, act1)."""
+    names = [name for name, _ in model.named_children()]
+    return "pre" if names.index("norm1") < names.index("act1") else "post"
+
+
+def _zip_named(layers: Sequence[LayerStats],
+               found: dict[str, RowExpected]) -> list[tuple[LayerStats, RowExpected | None]]:
+    return [(layer, found.get(layer.name)) for layer in layers]
+
+
+def _with_block_expected(layer: LayerStats, found: RowExpected | None) -> LayerStats:
+    """A row with its expectation: pre std where the row has a pre, post mean and std."""
+    if found is None:
+        return layer
+    pre_std, post_mean, post_std = found
+    pre = layer.pre
+    if pre is not None and pre_std is not None:
+        pre = replace(pre, expected_std=pre_std)
+    return replace(layer, pre=pre,
+                   post=replace(layer.post, expected_mean=post_mean, expected_std=post_std))
+
+
 def blocks_label(config: Config) -> str:
     """What a run of `build_blocks`'s model names as its model: `residual ×8 (branch 2) +
     layernorm (pre)`."""
@@ -391,7 +496,7 @@ def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
     """The built-in model with residual blocks or norm layers, once per scheme of the config
     (its init × activation grid, then its compare list), each measured on its own by the
     general probe (`model_run`): rows are modules by name (blocks.3, blocks.3.branch.fc1), not
-    numbered hidden layers, and there is no mean-field theory for them (yet)."""
+    numbered hidden layers, each with its mean-field expectation (`block_expectations`)."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
@@ -412,6 +517,12 @@ def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
             init_params={**init.params, "bias": init.bias.model_dump()},
             label=blocks_label(config), input_std=given.std, thresholds=config.thresholds,
             layers=layer_selection(config.model.layers), grad=config.grad, hist=config.hist)
+        if config.theory:
+            second = float(batch.inputs.double().pow(2).mean())
+            run = replace(run, layers=tuple(
+                _with_block_expected(layer, found)
+                for layer, found in _zip_named(run.layers,
+                                               block_expectations(model, activation, second))))
         runs.append(replace(run, act=act.name, act_params=dict(act.params)))
         del model
         if on_scheme is not None:

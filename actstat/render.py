@@ -109,13 +109,20 @@ def columns(run: Run) -> list[tuple[str, Cell]]:
     chosen = list(FORWARD_COLUMNS)
     if run.model is not None:
         chosen = MODEL_COLUMNS + chosen[1:]
-    if run.theory is not None:
+    if has_expected(run):
         chosen += THEORY_COLUMNS
     if any(layer.grad is not None for layer in run.layers):
         chosen += GRAD_COLUMNS
     if run.train is not None:
         chosen += TRAIN_COLUMNS
     return chosen
+
+
+def has_expected(run: Run) -> bool:
+    """Whether the scheme's rows carry mean-field expectations: the MLP's (with its phase) and
+    the built-in residual and normed models' (no phase); a user's model has none."""
+    return run.theory is not None or any(layer.post.expected_std is not None
+                                         for layer in run.layers)
 
 
 def _weight_change(moved: TrainLayer) -> str:

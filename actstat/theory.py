@@ -307,28 +307,6 @@ def expected_residual(
         raise ValueError("norm_every_layer needs a norm at norm_position 'pre'")
     moments = Moments(activation)
 
-    def norm_gain(mean: float, second: float) -> float:
-        """How the norm's Jacobian scales a squared gradient at a vector of these moments."""
-        if norm == "layernorm":
-            return 1 / (second - mean**2 + eps)
-        if norm == "rmsnorm":
-            return 1 / (second + eps)
-        if norm == "batchnorm":
-            return math.nan if batch_statistics else 1 / (1 + eps)
-        return 1.0
-
-    def normalise(mean: float, second: float) -> tuple[float, float]:
-        variance = second - mean**2
-        if norm == "layernorm":
-            return 0.0, variance / (variance + eps)
-        if norm == "rmsnorm":
-            return mean / math.sqrt(second + eps), second / (second + eps)
-        if norm == "batchnorm":
-            if batch_statistics:
-                return 0.0, 1.0
-            return mean / math.sqrt(1 + eps), second / (1 + eps)
-        return mean, second
-
     def layer(second_in: float, w2: float, b2: float,
               act: bool) -> tuple[Expected, float, float, float]:
         """One Linear (and φ): its Expected, the mean and second moment of its output, and
@@ -345,13 +323,14 @@ def expected_residual(
     out = []
     for variances in blocks:
         pre = norm != "none" and norm_position == "pre"
-        chi = norm_gain(mean, second) if pre else 1.0
-        u_mean, u_second = normalise(mean, second) if pre else (mean, second)
+        chi = norm_gain(norm, mean, second, eps, batch_statistics) if pre else 1.0
+        u_mean, u_second = (normalise(norm, mean, second, eps, batch_statistics) if pre
+                            else (mean, second))
         inputs, branch = [], []
         for k, (w2, b2) in enumerate(variances):
             if k and pre and norm_every_layer:
-                chi *= norm_gain(u_mean, u_second)
-                u_mean, u_second = normalise(u_mean, u_second)
+                chi *= norm_gain(norm, u_mean, u_second, eps, batch_statistics)
+                u_mean, u_second = normalise(norm, u_mean, u_second, eps, batch_statistics)
             inputs.append(_mean_std(u_mean, u_second))
             last = k == len(variances) - 1
             expected_here, u_mean, u_second, gain = layer(u_second, w2, b2,
@@ -364,11 +343,93 @@ def expected_residual(
         mean = mean + alpha * u_mean
         second = variance + mean**2
         if norm != "none" and norm_position == "post":
-            growth *= norm_gain(mean, second)
-            mean, second = normalise(mean, second)
+            growth *= norm_gain(norm, mean, second, eps, batch_statistics)
+            mean, second = normalise(norm, mean, second, eps, batch_statistics)
         out.append(ExpectedBlock(tuple(inputs), tuple(branch), _mean_std(mean, second),
                                  _finite(growth)))
     return ExpectedResidual(first, tuple(out))
+
+
+@dataclass(frozen=True)
+class ExpectedNormedLayer:
+    """One hidden layer of an MLP with a norm in it: the Linear's output, the norm's output
+    and the activation's output (pre: Linear, norm, φ; post: Linear, φ, norm)."""
+
+    linear: ExpectedMeanStd
+    norm: ExpectedMeanStd
+    activation: ExpectedMeanStd
+
+
+def expected_normed_mlp(
+    activation: Activation,
+    input_second_moment: float,
+    layers: list[tuple[float, float]],
+    *,
+    norm: str,
+    norm_position: str = "pre",
+    eps: float = 1e-5,
+    batch_statistics: bool = True,
+) -> list[ExpectedNormedLayer]:
+    """The length map of `expected` through an MLP whose hidden layer k is Linear, norm, φ
+    ('pre') or Linear, φ, norm ('post'), each Linear's (σ_w², σ_b²) in `layers`.
+
+    A Linear's output is N(0, q) with q = σ_w² E[u²] + σ_b² of what it reads; the norm maps
+    moments as `normalise` says (LayerNorm of N(0, q): mean 0, variance q/(q + ε)), and φ of a
+    normalised N(0, q') has `Moments`' mean and second moment at q'. So after a norm every layer
+    reads a vector of fixed length, whatever the init's scale: only the first Linear's (and the
+    head's) std follow σ_w²."""
+    if norm not in NORMS or norm == "none":
+        raise ValueError(f"norm must be one of {NORMS[1:]}, not {norm!r}")
+    if norm_position not in NORM_POSITIONS:
+        raise ValueError(f"norm_position must be one of {NORM_POSITIONS}, not {norm_position!r}")
+    moments = Moments(activation)
+    second = input_second_moment
+    out = []
+    for w2, b2 in layers:
+        q = w2 * second + b2
+        linear = _mean_std(0.0, q)
+        if norm_position == "pre":
+            n_mean, n_second = normalise(norm, 0.0, q, eps, batch_statistics)
+            # φ of a norm's output: Gaussian with that variance, shifted by its mean (0 for
+            # layernorm and batchnorm; rmsnorm of a zero-mean vector keeps mean 0 too)
+            mean, second, _ = moments(n_second - n_mean**2, slope=False)
+            out.append(ExpectedNormedLayer(linear, _mean_std(n_mean, n_second),
+                                           _mean_std(mean, second)))
+        else:
+            a_mean, a_second, _ = moments(q, slope=False)
+            mean, second = normalise(norm, a_mean, a_second, eps, batch_statistics)
+            out.append(ExpectedNormedLayer(linear, _mean_std(mean, second),
+                                           _mean_std(a_mean, a_second)))
+    return out
+
+
+def normalise(norm: str, mean: float, second: float, eps: float,
+              batch_statistics: bool) -> tuple[float, float]:
+    """The mean and second moment of `norm`'s output (weight 1, bias 0) at an input of these
+    moments over units and samples (see `expected_residual` for each norm)."""
+    variance = second - mean**2
+    if norm == "layernorm":
+        return 0.0, variance / (variance + eps)
+    if norm == "rmsnorm":
+        return mean / math.sqrt(second + eps), second / (second + eps)
+    if norm == "batchnorm":
+        if batch_statistics:
+            return 0.0, 1.0
+        return mean / math.sqrt(1 + eps), second / (1 + eps)
+    return mean, second
+
+
+def norm_gain(norm: str, mean: float, second: float, eps: float,
+              batch_statistics: bool) -> float:
+    """How `norm`'s Jacobian scales a squared gradient at an input of these moments (NaN:
+    BatchNorm with batch statistics, which needs more than the mean-field moments)."""
+    if norm == "layernorm":
+        return 1 / (second - mean**2 + eps)
+    if norm == "rmsnorm":
+        return 1 / (second + eps)
+    if norm == "batchnorm":
+        return math.nan if batch_statistics else 1 / (1 + eps)
+    return 1.0
 
 
 def _sqrt(square: float) -> float | None:
