@@ -34,11 +34,13 @@ def scale_on_batch(model: nn.Module, inputs: Any, init: DataInit, *,
     One forward pass does it all: a hook scales each layer when it first runs, on the input the
     layers before it (already scaled) gave it, and hands the scaled output on, which is what a
     fresh pass per iteration, as the paper's algorithm reads, would compute (the same batch each
-    time; the layers after it cannot change its input). The pass runs without gradients in the
-    mode the model is in, the mode it is then measured in (a user's model in train mode:
-    BatchNorm on the batch's statistics), with torch's generator seeded with `seed` for any
-    dropout (the caller's generator state restored); buffers (BatchNorm's running statistics)
-    are put back as they were.
+    time; the layers after it cannot change its input; a dropout before it, in train mode, keeps
+    the one mask it drew). A weight shared by two layers (tied embeddings) is scaled at each,
+    so the first one's record is of the weight before the second scaled it. The pass runs
+    without gradients in the mode the model is in, the mode it is then measured in (a user's
+    model in train mode: BatchNorm on the batch's statistics), with torch's generator seeded
+    with `seed` for any dropout (the caller's generator state restored); buffers (BatchNorm's
+    running statistics) are put back as they were.
 
     One record per layer (name, updates made, final std and mean, whether they met the
     tolerance). An InitError names the first layer whose output has std 0 (an all-zero input, a

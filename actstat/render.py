@@ -231,8 +231,13 @@ def lsuv_warnings(report: Report) -> list[str]:
             if run.lsuv and not all(layer.converged for layer in run.lsuv)]
 
 
+def _lsuv_summary(run: Run) -> str:
+    """`lsuv_line` without its `lsuv: ` (where a heading or the scheme's name says it)."""
+    return (lsuv_line(run) or "").removeprefix("lsuv: ")
+
+
 def _scheme_lsuv_line(run: Run) -> str:
-    return f"{run.scheme}: {(lsuv_line(run) or '').removeprefix('lsuv: ')}"
+    return f"{run.scheme}: {_lsuv_summary(run)}"
 
 
 def _reason(flag: str, layer: LayerStats, t: dict[str, Any], run: Run) -> str:
@@ -413,7 +418,7 @@ def to_markdown(report: Report) -> str:
         if run.train is not None:
             lines += [f"**Training:** {train_line(run)}", ""]
         if run.lsuv:
-            lines += [f"**LSUV:** {lsuv_line(run)}", ""]
+            lines += [f"**LSUV:** {_lsuv_summary(run)}", ""]
     return "\n".join(lines)
 
 
@@ -444,7 +449,7 @@ def to_html(report: Report) -> str:
                   f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>",
                   f"<p><b>Verdict:</b> {html.escape(verdict_line(run, report))}</p>"]
         if run.lsuv:
-            parts.append(f"<p><b>LSUV:</b> {html.escape(lsuv_line(run) or '')}</p>")
+            parts.append(f"<p><b>LSUV:</b> {html.escape(_lsuv_summary(run))}</p>")
     return "\n".join(parts)
 
 

@@ -319,3 +319,12 @@ def test_lsuv_with_every_activation_scales_every_layer_and_gives_complete_rows()
         assert all(layer.converged for layer in run.lsuv), run.scheme
         for layer, scaled in zip(run.layers, run.lsuv):
             assert layer.pre.std == pytest.approx(scaled.std, rel=1e-4), run.scheme
+
+
+def test_markdown_and_the_table_say_what_lsuv_reached(cli):
+    markdown = cli("run", "--init", "lsuv", *TINY, "--format", "markdown").stdout
+    assert "**LSUV:** 4 weight layers scaled to std " in markdown
+    table = cli("run", "--init", "lsuv", *TINY).stdout
+    line = [row for row in table.splitlines() if row.startswith("lsuv: ")]
+    assert len(line) == 1 and "4 weight layers scaled to std " in line[0], table
+    assert "(tolerance 0.1)" in line[0]
