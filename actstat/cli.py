@@ -675,7 +675,19 @@ def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, for
 
 
 def _profile_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool = False) -> Any:
-    """Measure every scheme of a resolved config, with a progress bar on a terminal's stderr."""
+    """Measure every scheme of a resolved config, with a progress bar on a terminal's stderr,
+    then warn on stderr of any lsuv scheme that left layers outside its tolerance (the run
+    goes on: those layers are measured as they are)."""
+    report = _measured(resolved, quiet=quiet, force=force, no_color=no_color)
+    if not quiet:
+        from actstat.render import lsuv_warnings
+
+        for line in lsuv_warnings(report):
+            typer.echo(f"actstat: warning: {line}", err=True)
+    return report
+
+
+def _measured(resolved: Any, *, quiet: bool, force: bool, no_color: bool) -> Any:
     try:
         from actstat.pipeline import profile, schemes
 

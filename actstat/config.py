@@ -512,9 +512,13 @@ def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Conf
 def _check_structural(spec: InitSpec, model: ModelConfig, where: str) -> None:
     """A structural init (fixup, rezero, gpt2, bert) sets every bias to 0 and draws by the
     built-in model's structure: refuse a bias init, a factory's model, and (for those that need
-    them) a model without residual blocks, in one line."""
+    them) a model without residual blocks, in one line. A data-dependent init (lsuv) takes any
+    model, but sets its biases itself: refuse a bias init."""
     from actstat import inits
 
+    if spec.name in inits.DATA_INITS and spec.bias != BiasSpec():
+        raise ConfigError(f"{where}: {spec.name} re-centres every bias on the batch (each starts "
+                          "at 0): drop init.bias")
     factory = inits.RESIDUAL_INITS.get(spec.name)
     if factory is None:
         return

@@ -28,3 +28,8 @@ class ModelSourceError(ActstatError):
 class ModelError(ActstatError):
     """A model cannot be profiled: nothing in it is measurable, its forward fails on the inputs,
     or its output holds no tensor to take a loss of."""
+
+
+class InitError(ActstatError):
+    """A data-dependent init (lsuv) cannot initialise the model on the batch: a layer's output
+    has no spread to scale (an all-zero input, a dead layer) or is not finite."""

@@ -38,6 +38,7 @@ from actstat.errors import ConfigError
 from actstat.registry import entry, parameters_model
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
 Distribution = Literal["normal", "uniform"]
 # a number, "auto" (the gain of the run's activation) or an activation's name ("tanh" -> 5/3)
 Gain = float | str
@@ -208,9 +209,10 @@ BIAS_INITS: dict[str, Callable[..., BiasInit]] = {
 }
 
 
-def make_init(name: str, params: dict | None = None) -> WeightInit | StructuralInit:
-    """The registered init `name` (per-weight or structural) built with `params` (validated
-    against its signature)."""
+def make_init(name: str,
+              params: dict | None = None) -> WeightInit | StructuralInit | DataInit:
+    """The registered init `name` (per-weight, structural or data-dependent) built with `params`
+    (validated against its signature)."""
     _, factory, params = entry(ALL_INITS, name, "init", params)
     return factory(**dict(parameters_model(factory).model_validate(params)))
 
@@ -321,5 +323,45 @@ RESIDUAL_INITS: dict[str, Callable[..., StructuralInit]] = {
     "bert": bert,
 }
 
-# every name --init takes: the per-weight inits and the structural ones
-ALL_INITS: dict[str, Callable[..., WeightInit | StructuralInit]] = {**INITS, **RESIDUAL_INITS}
+
+# ----------------------------------------------------------------------------------------------
+# data-dependent inits: the batch sets the scale
+
+
+@dataclass(frozen=True)
+class DataInit:
+    """An init that needs the batch (lsuv). As a `WeightInit` it draws the start, an orthogonal
+    matrix of gain 1 (so `initialise` and `reinitialise` take it as any per-weight init); the
+    pipeline then runs actstat/lsuv.py's `scale_on_batch` on the initialised model. Every bias
+    starts at 0 (giving `init.bias` is an error): the batch re-centres it."""
+
+    tolerance: float
+    max_iterations: int
+
+    def __call__(self, weight: torch.Tensor, act_gain: float, g: torch.Generator) -> None:
+        nn.init.orthogonal_(weight, 1.0, generator=g)
+
+
+def lsuv(*, tolerance: PositiveFloat = 0.1, max_iterations: PositiveInt = 10) -> DataInit:
+    """Layer-sequential unit-variance init (Mishkin & Matas, "All you need is a good init",
+    ICLR 2016, Algorithm 1): every weight layer starts orthogonal (Saxe et al. 2014), then, in
+    the order the forward pass runs them, each layer's output on the batch is brought to std 1:
+    while |std - 1| >= `tolerance` (and, for a layer with a bias, |mean| >= `tolerance`), and
+    at most `max_iterations` times, W <- W / std and b <- (b - each unit's mean) / std.
+
+    Defaults are the paper's: Tol_var 0.1 and T_max 10 (Sec. 2; it states the tolerance on
+    the variance, where |var - 1| < 0.1 is |std - 1| < about 0.05; the std is what the report's
+    tables show, so the tolerance applies to it). The bias re-centring is actstat's: the
+    paper's networks start their biases at 0 and leave them; re-centring makes every unit's
+    mean 0 on the batch as well. Mean and std are over all the layer's output values
+    (population std, as the tables' pre mean and pre std)."""
+    return DataInit(tolerance, max_iterations)
+
+
+DATA_INITS: dict[str, Callable[..., DataInit]] = {
+    "lsuv": lsuv,
+}
+
+# every name --init takes: the per-weight inits, the structural ones and the data-dependent one
+ALL_INITS: dict[str, Callable[..., WeightInit | StructuralInit | DataInit]] = {
+    **INITS, **RESIDUAL_INITS, **DATA_INITS}

@@ -27,6 +27,7 @@ from actstat.errors import ActstatError, DataError, ModelError
 from actstat.inits import (
     ALL_INITS,
     BIAS_INITS,
+    DataInit,
     StructuralInit,
     fans,
     make_bias_init,
@@ -57,6 +58,7 @@ from actstat.report import (
     SCHEMA_VERSION,
     InputStats,
     LayerStats,
+    LsuvLayer,
     Report,
     Run,
     Theory,
@@ -226,6 +228,7 @@ class _Prepared:
     model: torch.nn.Module
     expectations: list[Expected | None]
     theory: Theory | None
+    lsuv: tuple[LsuvLayer, ...] | None
 
 
 def profile_schemes(config: Config, specs: list[tuple[InitSpec, ActivationSpec]], batch: Batch,
@@ -257,22 +260,38 @@ def _prepare(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch,
         bias=config.model.bias,
         activation=activation,
     )
+    weight_init = make_init(init.name, init.params)
     model = initialise(
         model,
-        make_init(init.name, init.params),
+        weight_init,
         make_bias_init(init.bias.name, init.bias.params),
         act_gain=activation.gain,
         seed=config.seed,
         device=batch.inputs.device,
         dtype=batch.inputs.dtype,
     )
+    # lsuv's weights come from the batch, on this model alone: stacked, they are plain weights
+    lsuv = data_init(model, batch.inputs, weight_init, config.seed)
     theory = None
     expectations: list[Expected | None] = [None] * len(config.model.widths)
-    if config.theory:
+    # mean-field theory draws every bias independently of the data; lsuv's are set by it
+    if config.theory and lsuv is None:
         if input_second_moment is None:
             input_second_moment = float(batch.inputs.double().pow(2).mean())
         expectations, theory = _theory(model, activation, input_second_moment)
-    return _Prepared(init, act, activation, model, expectations, theory)
+    return _Prepared(init, act, activation, model, expectations, theory, lsuv)
+
+
+def data_init(model: torch.nn.Module, inputs: Any,
+              weight_init: Callable | StructuralInit | DataInit,
+              seed: int) -> tuple[LsuvLayer, ...] | None:
+    """A data-dependent init's step on the batch (lsuv: actstat/lsuv.py), once the model holds
+    its start; its per-layer records, or None for any other init (nothing to do)."""
+    if not isinstance(weight_init, DataInit):
+        return None
+    from actstat.lsuv import scale_on_batch
+
+    return scale_on_batch(model, inputs, weight_init, seed=seed)
 
 
 def _finish(config: Config, prepared: _Prepared, measurement: Measurement, batch: Batch,
@@ -294,7 +313,8 @@ def _finish(config: Config, prepared: _Prepared, measurement: Measurement, batch
         train = train_probe(prepared.model, batch.inputs, batch.labels, steps=config.train.steps,
                             lr=config.train.lr, symmetric=t.symmetric)
     return Run(scheme_label(init, act), init.name, init_params, act.name, dict(act.params),
-               verdict(layers), finite_or_none(measurement.loss), layers, train, prepared.theory)
+               verdict(layers), finite_or_none(measurement.loss), layers, train, prepared.theory,
+               lsuv=prepared.lsuv)
 
 
 def _theory(model: torch.nn.Module, activation: Activation,
@@ -511,19 +531,20 @@ def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
             build_blocks(config, activation, batch.inputs.shape[1], weight_init),
             weight_init, make_bias_init(init.bias.name, init.bias.params),
             act_gain=activation.gain, seed=config.seed, device=device, dtype=dtype)
+        lsuv = data_init(model, batch.inputs, weight_init, config.seed)
         run = model_run(
             model, batch.inputs, batch.labels, loss=None if batch.labelled else drawn_target_loss,
             scheme=scheme_label(init, act), init=init.name,
             init_params={**init.params, "bias": init.bias.model_dump()},
             label=blocks_label(config), input_std=given.std, thresholds=config.thresholds,
             layers=layer_selection(config.model.layers), grad=config.grad, hist=config.hist)
-        if config.theory:
+        if config.theory and lsuv is None:  # lsuv's biases come from the data: no theory
             second = float(batch.inputs.double().pow(2).mean())
             run = replace(run, layers=tuple(
                 _with_block_expected(layer, found)
                 for layer, found in _zip_named(run.layers,
                                                block_expectations(model, activation, second))))
-        runs.append(replace(run, act=act.name, act_params=dict(act.params)))
+        runs.append(replace(run, act=act.name, act_params=dict(act.params), lsuv=lsuv))
         del model
         if on_scheme is not None:
             on_scheme(len(runs), len(todo), run.scheme)
@@ -557,6 +578,8 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
             given = input_stats(batch.inputs, source=batch.description, labelled=batch.labelled)
         model = model.to(device=device, dtype=dtype)
         assert given is not None
+        lsuv = (data_init(model, batch.inputs, make_init(init.name, init.params), config.seed)
+                if init.name != KEEP else None)
         run = model_run(
             model, batch.inputs, batch.labels, loss=None if batch.labelled else drawn_target_loss,
             scheme=model_label(spec, init), init=init.name,
@@ -564,7 +587,7 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
                                                       "bias": init.bias.model_dump()},
             label=spec, input_std=given.std, thresholds=config.thresholds,
             output=config.model.output, layers=selection, grad=config.grad, hist=config.hist)
-        runs.append(run)
+        runs.append(replace(run, lsuv=lsuv))
         del model
         if on_scheme is not None:
             on_scheme(len(runs), len(config.init), run.scheme)

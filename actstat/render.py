@@ -21,6 +21,7 @@ from actstat.report import (
     FLAGS,
     HEALTHY,
     LayerStats,
+    LsuvLayer,
     Report,
     Run,
     TrainLayer,
@@ -188,6 +189,64 @@ def train_line(run: Run) -> str | None:
             f"in {same} of {depth} layers")
 
 
+# a warning names at most this many layers that lsuv left outside its tolerance (the JSON
+# report's runs[].lsuv has every one)
+LSUV_NAMED = 6
+
+
+def lsuv_label(layer: LsuvLayer, run: Run) -> str:
+    """How text names a layer lsuv scaled: as the table does (the MLP's layer number, its
+    `head`; a user's or the residual model's module path)."""
+    if run.model is None and layer.name.isdigit():
+        k = int(layer.name) // 2 + 1
+        return f"layer {k}" if k <= len(run.layers) else "head"
+    return layer.name
+
+
+def lsuv_line(run: Run) -> str | None:
+    """What lsuv did, in one line: the std it reached and the updates it took, or which layers
+    it left outside its tolerance (with their std, and their mean where that is what missed);
+    None for any other init."""
+    if not run.lsuv:
+        return None
+    tolerance = run.init_params.get("tolerance")
+    within = f" (tolerance {tolerance:g})" if isinstance(tolerance, (int, float)) else ""
+    updates = sorted({layer.iterations for layer in run.lsuv})
+    spread = (f"{updates[0]}" if len(updates) == 1 else f"{updates[0]}–{updates[-1]}")
+    missed = [layer for layer in run.lsuv if not layer.converged]
+    count = len(run.lsuv)
+    if not missed:
+        stds = [layer.std for layer in run.lsuv]
+        reached = (f"std {number(stds[0])}" if number(min(stds)) == number(max(stds))
+                   else f"std {number(min(stds))}–{number(max(stds))}")
+        return (f"lsuv: {count} weight layers scaled to {reached}{within} in {spread} "
+                f"update{'s' if updates[-1] != 1 else ''} each")
+    named = ", ".join(
+        f"{lsuv_label(layer, run)} (std {number(layer.std)}"
+        + (f", mean {number(layer.mean)})" if abs(layer.std - 1) < (tolerance or 0) else ")")
+        for layer in missed[:LSUV_NAMED])
+    more = f" and {len(missed) - LSUV_NAMED} more" if len(missed) > LSUV_NAMED else ""
+    limit = run.init_params.get("max_iterations")
+    return (f"lsuv: {len(missed)} of {count} weight layers not within {tolerance:g} of std 1 "
+            f"and mean 0 after {limit} update{'s' if limit != 1 else ''}: {named}{more}; "
+            "measured as they are")
+
+
+def lsuv_warnings(report: Report) -> list[str]:
+    """One line per scheme whose lsuv left layers outside its tolerance."""
+    return [_scheme_lsuv_line(run) for run in report.runs
+            if run.lsuv and not all(layer.converged for layer in run.lsuv)]
+
+
+def _lsuv_summary(run: Run) -> str:
+    """`lsuv_line` without its `lsuv: ` (where a heading or the scheme's name says it)."""
+    return (lsuv_line(run) or "").removeprefix("lsuv: ")
+
+
+def _scheme_lsuv_line(run: Run) -> str:
+    return f"{run.scheme}: {_lsuv_summary(run)}"
+
+
 def _reason(flag: str, layer: LayerStats, t: dict[str, Any], run: Run) -> str:
     if flag == "nonfinite":
         return "NaN or Inf values appear here (overflow or a bad input)"
@@ -234,9 +293,9 @@ def tables(report: Report, width: int | None = None) -> list[RenderableType]:
         if left:
             renderables.append(left)
         renderables.append(_verdict_text(run, report))
-        line = train_line(run)
-        if line:
-            renderables.append(Text(line))
+        for line in (train_line(run), lsuv_line(run)):
+            if line:
+                renderables.append(Text(line))
         hist = histogram_block(run, width)
         if hist:
             renderables += [Text(""), *hist]
@@ -365,6 +424,8 @@ def to_markdown(report: Report) -> str:
         lines += ["", f"**Verdict:** {verdict_line(run, report)}", ""]
         if run.train is not None:
             lines += [f"**Training:** {train_line(run)}", ""]
+        if run.lsuv:
+            lines += [f"**LSUV:** {_lsuv_summary(run)}", ""]
     return "\n".join(lines)
 
 
@@ -394,6 +455,8 @@ def to_html(report: Report) -> str:
         parts += [f"<h4>{html.escape(run.scheme)}: {html.escape(run.verdict)}</h4>",
                   f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>",
                   f"<p><b>Verdict:</b> {html.escape(verdict_line(run, report))}</p>"]
+        if run.lsuv:
+            parts.append(f"<p><b>LSUV:</b> {html.escape(_lsuv_summary(run))}</p>")
     return "\n".join(parts)
 
 
@@ -562,7 +625,8 @@ def compare_renderables(report: Report, sort: str = "verdict",
     """The compare table, then the note that says which columns left to fit `width`."""
     fitted = compare_table(report, sort, width)
     note = left_out_note(fitted.left_out, width)
-    return [fitted.table] + ([note] if note else [])
+    lsuv = [Text(_scheme_lsuv_line(run)) for run in sorted_runs(report, sort) if run.lsuv]
+    return [fitted.table] + ([note] if note else []) + lsuv
 
 
 def compare_text(report: Report, sort: str = "verdict") -> str:

@@ -116,6 +116,19 @@ class Theory:
 
 
 @dataclass(frozen=True)
+class LsuvLayer:
+    """How `lsuv` scaled one weight layer on the batch (actstat/lsuv.py): its output's std and
+    mean over all values after `iterations` updates (W / std, bias re-centred), and whether they
+    came within the init's tolerance of 1 and 0 in at most its max_iterations updates."""
+
+    name: str  # the module's `named_modules` path (the MLP's `0`, `2`, ..., its head too)
+    iterations: int  # updates made: 0 when the orthogonal start was already within tolerance
+    std: float
+    mean: float
+    converged: bool
+
+
+@dataclass(frozen=True)
 class Run:
     """One scheme (init × activation) on the shared batch."""
 
@@ -131,6 +144,8 @@ class Run:
     theory: Theory | None = None  # None: --no-theory, or a user's model
     # a user's model: its factory (`nets.py:make_cnn`) or class name; None: the built-in MLP
     model: str | None = None
+    # init lsuv: every weight layer in forward order, as it scaled it; None: any other init
+    lsuv: tuple[LsuvLayer, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -318,6 +333,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
             "layers": [asdict(layer) for layer in run.train.layers],
         },
         "theory": None if run.theory is None else asdict(run.theory),
+        "lsuv": None if run.lsuv is None else [asdict(layer) for layer in run.lsuv],
     }
 
 
@@ -350,6 +366,8 @@ def _run_from(raw: Mapping[str, Any]) -> Run:
         model=raw.get("model"),
         train=None if raw["train"] is None else _train_from(raw["train"]),
         theory=None if raw.get("theory") is None else Theory(**_only(Theory, raw["theory"])),
+        lsuv=None if raw.get("lsuv") is None else tuple(LsuvLayer(**_only(LsuvLayer, layer))
+                                                        for layer in raw["lsuv"]),
     )
 
 

@@ -5,7 +5,9 @@ Torch-free (`actstat plot` reads reports without torch). Keys a later actstat ad
 and the keys that schema version 1 gained after it first shipped (theory, expected values,
 histograms, the config file) may be absent, as `report._only` reads them. Version 2 added layer
 names, kinds and modules, rows without a pre-activation or a fan-in, the run's `model` and the
-input's `shape`; a version 1 file (without them) is read as the built-in MLP it was.
+input's `shape`; a version 1 file (without them) is read as the built-in MLP it was. A run's
+`lsuv` records came later within version 2: optional, so files without them still load, and
+older readers ignore them.
 """
 
 from __future__ import annotations
@@ -91,6 +93,14 @@ class TheoryModel(_Model):
     phase: Literal["ordered", "critical", "chaotic"]
 
 
+class LsuvLayerModel(_Model):
+    name: str
+    iterations: Annotated[int, Field(ge=0)]
+    std: Annotated[float, Field(gt=0)]
+    mean: float
+    converged: bool
+
+
 class RunModel(_Model):
     scheme: str
     init: str
@@ -103,6 +113,7 @@ class RunModel(_Model):
     train: TrainModel | None
     theory: TheoryModel | None = None
     model: str | None = None  # schema version 2: a user's model
+    lsuv: list[LsuvLayerModel] | None = None  # init lsuv (added within version 2)
 
 
 class InputModel(_Model):

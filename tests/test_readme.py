@@ -13,7 +13,7 @@ import pytest
 
 from actstat.activations import ACTIVATIONS
 from actstat.cli import app
-from actstat.inits import BIAS_INITS, INITS, RESIDUAL_INITS
+from actstat.inits import BIAS_INITS, DATA_INITS, INITS, RESIDUAL_INITS
 from actstat.render import FORMATS
 from actstat.report import FLAGS
 from conftest import ROOT
@@ -41,8 +41,8 @@ def test_the_readme_reads_in_two_minutes():
     assert len(_text(README).encode("utf-8")) <= 15_000, "move reference material into docs/"
 
 
-@pytest.mark.parametrize("name", [*INITS, *RESIDUAL_INITS, *ACTIVATIONS, *BIAS_INITS, *FLAGS,
-                                  *FORMATS])
+@pytest.mark.parametrize("name", [*INITS, *RESIDUAL_INITS, *DATA_INITS, *ACTIVATIONS,
+                                  *BIAS_INITS, *FLAGS, *FORMATS])
 def test_every_name_is_documented(name):
     assert any(f"`{name}`" in _text(page) for page in PAGES)
 
