@@ -341,9 +341,10 @@ def analyse_trajectory(trajectory: Trajectory, thresholds: Thresholds) -> Trajec
     the module docstring, "Training")."""
     t = trajectory
     events: list[Event] = []
-    if t.stopped is not None and t.steps:
+    if t.stopped is not None and t.stopped_at is not None:
         kind = "nonfinite_loss" if t.stopped == "nonfinite" else "interrupted"
-        events.append(Event(kind, t.steps[-1], value=t.loss[-1]))
+        events.append(Event(kind, t.stopped_at, value=t.loss[-1] if kind == "nonfinite_loss"
+                            and t.loss else None))
     for layer in t.layers:
         if layer.dead is not None:
             dead = next(((step, d) for step, d in zip(t.steps, layer.dead)

@@ -115,10 +115,11 @@ def trajectory_table(run: Run, width: int | None = None) -> list[RenderableType]
     line.append(rest[len(verdict):])
     out.append(_wrapped(line, width))
     for event in t.events[:EVENTS_SHOWN]:
-        out.append(Text(f"  step {event.step}: {event_text(event, t)}"))
+        out.append(_wrapped(Text(f"  step {event.step}: {event_text(event, t)}", style="none"),
+                            width))
     if len(t.events) > EVENTS_SHOWN:
-        out.append(Text(f"  … and {len(t.events) - EVENTS_SHOWN} more events (-f json has "
-                        "them all)", style="dim"))
+        out.append(_wrapped(Text(f"  … and {len(t.events) - EVENTS_SHOWN} more events (-f json "
+                                 "has them all)", style="dim"), width))
     return out
 
 
@@ -131,9 +132,10 @@ def _short(event: Event | None) -> str:
 
 
 def _wrapped(text: Text, width: int | None) -> Text:
+    """A line of prose broken to `width` (its styles kept when it fits as it is)."""
     if width is None or len(text.plain) <= width:
         return text
-    return Text(wrap_text(text.plain, width), style="bold")
+    return Text(wrap_text(text.plain, width), style=text.style or "bold")
 
 
 def heat_map(run: Run, layer: TrajectoryLayer, width: int | None = None) -> list[Text]:
@@ -152,9 +154,10 @@ def heat_map(run: Run, layer: TrajectoryLayer, width: int | None = None) -> list
     top = max((v for column in logs for v in column if v is not None), default=0.0)
     shades = [quantise(column, len(SHADES) - 1, 0.0, top) for column in logs]
     rows = len(columns[0]) if columns else 0
-    lines = [Text(f"colorful dimension: {run.scheme}, layer {layer.name} (values {number(lo)} "
-                  f"to {number(hi)} from bottom to top; steps {t.steps[0]}–{t.steps[-1]} left "
-                  "to right; darker: more values, log scale)", style="bold")]
+    lines = [_wrapped(Text(
+        f"colorful dimension: {run.scheme}, layer {layer.name} (values {number(lo)} to "
+        f"{number(hi)} from bottom to top; steps {t.steps[0]}–{t.steps[-1]} left to right; "
+        "darker: more values, log scale)", style="bold"), width)]
     for r in reversed(range(rows)):
         edge = number(hi) if r == rows - 1 else number(lo) if r == 0 else ""
         cells_text = "".join(" " if shade[r] is None else SHADES[max(shade[r], 0) + 1]
@@ -194,7 +197,7 @@ def compare_table(report: Report, width: int | None = None) -> list[RenderableTy
         Column("first event", [Text(event_text(t.events[0], t) if t.events else "—")
                                for _, t in rows], justify="left", wrap=True, min_width=16),
     ]
-    fitted = fit(columns, width, title=f"{len(rows)} schemes trained")
+    fitted = fit(columns, width, title=f"{len(rows)} schemes through training")
     out: list[RenderableType] = [fitted.table]
     left = left_out_note(fitted.left_out, width)
     if left is not None:

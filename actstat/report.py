@@ -164,6 +164,7 @@ class Trajectory:
     momentum: float
     warmup: int
     stopped: str | None = None  # None: ran every step; "nonfinite" or "interrupted"
+    stopped_at: int | None = None  # the step it stopped at (not recorded when interrupted)
     events: tuple[Event, ...] = ()
     trained: bool | None = None  # None: not judged (too few steps recorded)
     loss_drop: float | None = None
@@ -382,7 +383,8 @@ def _trajectory_dict(t: Trajectory) -> dict[str, Any]:
     return {
         **{name: getattr(t, name) for name in ("planned_steps", "every", "batch_size",
                                                "optimizer", "lr", "momentum", "warmup",
-                                               "stopped", "trained", "loss_drop")},
+                                               "stopped", "stopped_at", "trained",
+                                               "loss_drop")},
         "steps": list(t.steps),
         "loss": list(t.loss),
         "accuracy": None if t.accuracy is None else list(t.accuracy),
@@ -404,8 +406,8 @@ def _trajectory_from(raw: Mapping[str, Any]) -> Trajectory:
 
     return Trajectory(
         **{name: raw[name] for name in ("planned_steps", "every", "batch_size", "optimizer",
-                                        "lr", "momentum", "warmup", "stopped", "trained",
-                                        "loss_drop")},
+                                        "lr", "momentum", "warmup", "stopped", "stopped_at",
+                                        "trained", "loss_drop")},
         steps=tuple(raw["steps"]),
         loss=tuple(raw["loss"]),
         accuracy=column(raw["accuracy"]),

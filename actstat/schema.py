@@ -121,6 +121,7 @@ class TrajectoryModel(_Model):
     momentum: Annotated[float, Field(ge=0, lt=1)]
     warmup: Annotated[int, Field(ge=0)]
     stopped: Literal["nonfinite", "interrupted"] | None
+    stopped_at: Annotated[int, Field(ge=0)] | None
     trained: bool | None
     loss_drop: Number
     steps: list[Annotated[int, Field(ge=0)]]

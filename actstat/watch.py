@@ -107,7 +107,7 @@ def watch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers:
     device_is_cpu = inputs.device.type == "cpu"
     was_training = model.training
     model.train()
-    kept, stopped, slot = 0, None, 0
+    kept, stopped, slot, step = 0, None, 0, 0
     try:
         with recorder.hooks():
             for step in range(schedule.steps):
@@ -147,7 +147,8 @@ def watch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers:
     finally:
         model.train(was_training)
         optimiser.zero_grad(set_to_none=True)
-    return recorder.trajectory(recorded[:kept], host[:kept].tolist(), schedule, stopped)
+    return recorder.trajectory(recorded[:kept], host[:kept].tolist(), schedule, stopped,
+                               step if stopped is not None else None)
 
 
 class _Recorder:
@@ -233,7 +234,7 @@ class _Recorder:
         return vector
 
     def trajectory(self, steps: list[int], host: list[list[float]], schedule: Schedule,
-                   stopped: str | None) -> Trajectory:
+                   stopped: str | None, stopped_at: int | None) -> Trajectory:
         n = len(LAYER_STATS)
         per_layer = []
         for j, layer in enumerate(self.layers):
@@ -255,7 +256,7 @@ class _Recorder:
             accuracy=accuracy if self.labelled else None, layers=tuple(per_layer),
             planned_steps=schedule.steps, every=schedule.every, batch_size=schedule.batch_size,
             optimizer=schedule.optimizer, lr=schedule.lr, momentum=schedule.momentum,
-            warmup=schedule.warmup, stopped=stopped)
+            warmup=schedule.warmup, stopped=stopped, stopped_at=stopped_at)
 
 
 class _Hooks:
