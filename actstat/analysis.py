@@ -60,6 +60,18 @@ Layers of any model (`actstat.profile`, `--model`; the records of actstat/captur
   labels (gaussian, tokens) has targets drawn with the seed: cross-entropy where the output is
   logits that fit them, else the sum (pipeline.drawn_target_loss).
 
+Training (`actstat train`; the statistics through training are defined in actstat/watch.py):
+
+- `nonfinite_loss`: the loss was NaN or Inf at this step; the run stopped there.
+- `interrupted`: Ctrl-C at this step; what was recorded before is kept.
+- `dead`: the first recorded step at which the layer's dead fraction exceeds thresholds.dead.
+- `std_jump`: the first recorded step at which the layer's std is thresholds.std_jump times
+  (or 1/std_jump of) its smallest (largest) positive std at an earlier recorded step `since`:
+  a runaway or a collapse, sudden or gradual.
+- `trained`: the loss fell by at least thresholds.trained: `loss_drop` = 1 − (the median loss
+  of the last five recorded steps, or of all but step 0 where fewer) / (the loss at step 0).
+  A run stopped by a non-finite loss did not train. Fewer than two recorded steps: not judged.
+
 The verdict of a scheme is the first of `FLAGS` (actstat/report.py) that any of its layers carries (the most
 fundamental cause first: symmetric weights explain vanishing, not the other way round), else
 `healthy`.
@@ -68,18 +80,22 @@ fundamental cause first: symmetric weights explain vanishing, not the other way 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from actstat.config import Thresholds
 from actstat.report import (
+    EVENT_KINDS,
     FLAGS,
     HEALTHY,
+    Event,
     GradStats,
     LayerStats,
     PostStats,
     TensorStats,
+    Trajectory,
     finite_or_none,
 )
 
@@ -313,3 +329,60 @@ def _captured_grad(g: dict[str, float | None] | None, last_std: float | None,
         "grad_exploding": relative is not None and relative > t.grad_exploding,
         "grad_zero": finite and trainable and g["weight_min"] == 0 == g["weight_max"],
     }
+
+
+# -- training ----------------------------------------------------------------------------------
+
+TAIL = 5  # recorded steps whose median loss is the final loss
+
+
+def analyse_trajectory(trajectory: Trajectory, thresholds: Thresholds) -> Trajectory:
+    """The trajectory with its events (in step order) and whether it trained (definitions:
+    the module docstring, "Training")."""
+    t = trajectory
+    events: list[Event] = []
+    if t.stopped is not None and t.stopped_at is not None:
+        kind = "nonfinite_loss" if t.stopped == "nonfinite" else "interrupted"
+        events.append(Event(kind, t.stopped_at, value=t.loss[-1] if kind == "nonfinite_loss"
+                            and t.loss else None))
+    for layer in t.layers:
+        if layer.dead is not None:
+            dead = next(((step, d) for step, d in zip(t.steps, layer.dead)
+                         if d is not None and d > thresholds.dead), None)
+            if dead is not None:
+                events.append(Event("dead", dead[0], layer.name, value=dead[1]))
+        jump = _std_jump(t.steps, layer.std, thresholds.std_jump)
+        if jump is not None:
+            events.append(Event("std_jump", jump[0], layer.name, since=jump[1], value=jump[2]))
+    order = {kind: k for k, kind in enumerate(EVENT_KINDS)}
+    events.sort(key=lambda e: (e.step, order[e.kind]))
+    drop = _loss_drop(t.loss)
+    trained = None if len(t.steps) < 2 else (
+        t.stopped != "nonfinite" and drop is not None and drop >= thresholds.trained)
+    return replace(t, events=tuple(events), trained=trained, loss_drop=drop)
+
+
+def _std_jump(steps: Sequence[int], stds: Sequence[float | None],
+              ratio: float) -> tuple[int, int, float] | None:
+    """(step, since, std ratio) of the first std `ratio` times the smallest positive one before
+    it, or 1/`ratio` of the largest; None if there is none."""
+    low = high = None  # (std, step) of the smallest and largest positive std so far
+    for step, std in zip(steps, stds):
+        if std is None or std <= 0:
+            continue
+        if low is not None and std / low[0] >= ratio:
+            return step, low[1], std / low[0]
+        if high is not None and std / high[0] <= 1 / ratio:
+            return step, high[1], std / high[0]
+        low = (std, step) if low is None or std < low[0] else low
+        high = (std, step) if high is None or std > high[0] else high
+    return None
+
+
+def _loss_drop(losses: Sequence[float | None]) -> float | None:
+    if len(losses) < 2 or losses[0] is None or losses[0] <= 0:
+        return None
+    tail = [loss for loss in losses[1:][-TAIL:] if loss is not None]
+    if not tail:
+        return None
+    return 1 - statistics.median(tail) / losses[0]

@@ -159,13 +159,13 @@ def capture(model: nn.Module, inputs: Any, targets: torch.Tensor | None = None, 
     selection = _selection(layers)
     recorder = _Recorder(model, selection, grad=grad, bins=bins, near_zero=t.near_zero,
                          saturation_cut=t.saturation_cut)
-    with _preserved(model, inputs), recorder.hooks():
+    with preserved(model, inputs), recorder.hooks():
         with torch.enable_grad() if grad else torch.no_grad():
             out = recorder.forward(inputs)
             recorder.check_measured()
             value = None
             if grad:
-                value = _loss(_select(out, output), targets, loss)
+                value = _loss(select_output(out, output), targets, loss)
                 if value.requires_grad:
                     value.backward()
                 else:
@@ -623,7 +623,7 @@ class _Recorder:
 
 
 @contextmanager
-def _preserved(model: nn.Module, inputs: Any) -> Iterator[None]:
+def preserved(model: nn.Module, inputs: Any) -> Iterator[None]:
     """Leaves the model as it was: `training` (every module's), buffers (a forward in train mode
     moves BatchNorm's running statistics), and the `.grad` of every parameter and input tensor,
     which are set aside so that the pass's backward accumulates into fresh tensors."""
@@ -758,7 +758,7 @@ def _replace(value: Any, old: torch.Tensor, new: torch.Tensor) -> Any:
     return None
 
 
-def _select(out: Any, output: int | str | None) -> torch.Tensor:
+def select_output(out: Any, output: int | str | None) -> torch.Tensor:
     """The model output's tensor that the loss is taken of."""
     if output is None:
         tensor = first_tensor(out)

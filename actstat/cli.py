@@ -610,6 +610,156 @@ FigureOpt = Annotated[Path, typer.Option(
     "--output", "-o", help="The figure: .png, .svg or .pdf.", dir_okay=False)]
 
 
+TrainStepsOpt = Annotated[str | None, typer.Option(
+    "--steps", metavar="INT", show_default=False,
+    help="Training steps (default: train.steps of the config, or 200).")]
+EveryOpt = Annotated[str | None, typer.Option(
+    "--every", metavar="INT", show_default=False,
+    help="Record the statistics every this many steps, and the last (default 10).")]
+TrainLrOpt = Annotated[str | None, typer.Option(
+    "--lr", metavar="FLOAT", show_default=False,
+    help="Learning rate (default: sgd 0.1, adam 0.001).")]
+OptimizerOpt = Annotated[str | None, typer.Option(
+    "--optimizer", metavar="NAME", show_default=False, help="sgd (default) or adam.")]
+MomentumOpt = Annotated[str | None, typer.Option(
+    "--momentum", metavar="FLOAT", show_default=False,
+    help="SGD momentum (default 0) or Adam's beta1 (default 0.9).")]
+WarmupOpt = Annotated[str | None, typer.Option(
+    "--warmup", metavar="INT", show_default=False,
+    help="Steps of linear learning-rate warm-up (default 0).")]
+TrainBatchOpt = Annotated[str | None, typer.Option(
+    "--train-batch", metavar="INT", show_default=False,
+    help="Mini-batch size, drawn from all of the data source's samples (default 64).")]
+HeatOpt = Annotated[str | None, typer.Option(
+    "--heatmap", metavar="LAYER[,LAYER...]", show_default=False,
+    help="With --hist: the layers to draw the colorful dimension of (default: first and last).")]
+TRAIN_FORMATS = ("table", "json")
+
+
+@app.command(cls=_Command)
+def train(
+    config: ConfigArg = None,
+    init: InitOpt = None,
+    act: ActOpt = None,
+    model: ModelOpt = None,
+    depth: DepthOpt = None,
+    width: WidthOpt = None,
+    block: BlockOpt = None,
+    branch_depth: BranchDepthOpt = None,
+    norm: NormOpt = None,
+    data: DataOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    seed: SeedOpt = None,
+    bias: BiasOpt = None,
+    hist: HistOpt = None,
+    steps: TrainStepsOpt = None,
+    every: EveryOpt = None,
+    lr: TrainLrOpt = None,
+    optimizer: OptimizerOpt = None,
+    momentum: MomentumOpt = None,
+    warmup: WarmupOpt = None,
+    train_batch: TrainBatchOpt = None,
+    heatmap: HeatOpt = None,
+    format: FormatOpt = "table",
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    wide: WideOpt = False,
+    no_color: NoColorOpt = False,
+) -> None:
+    """Train each init × act for some steps and watch every layer's statistics on the way.
+
+    Mini-batches come from all of the data source's samples (the bundled MNIST sample's
+    5,000); every --every steps each layer's mean, std, near-zero and dead fraction and
+    gradient std are recorded (with --hist, a histogram: the colorful dimension), and the
+    scheme is judged: did the loss fall, and what happened first (a layer dying, a std running
+    away, a non-finite loss). Ctrl-C stops early and keeps what was recorded.
+
+    Exit codes: 0 trained or not (the verdict says); 2 a usage or input error; 130 Ctrl-C
+    (with -o, what was recorded is written first).
+    """
+    if format not in TRAIN_FORMATS:
+        raise _fail(f"--format: train writes {' or '.join(TRAIN_FORMATS)}, not {format!r}")
+    overrides = _overrides(depth=depth, width=width, block=block, branch_depth=branch_depth,
+                           norm=norm, data=data, device=device, dtype=dtype, seed=seed,
+                           bias=bias, init=init, act=act, model=model, hist=hist, steps=steps,
+                           lr=lr)
+    for _option, key, value in (("every", "train.every", every),
+                               ("momentum", "train.momentum", momentum),
+                               ("warmup", "train.warmup", warmup),
+                               ("train_batch", "train.batch_size", train_batch)):
+        if value is not None:
+            overrides[key] = _scalar(value)
+    if optimizer is not None:
+        overrides["train.optimizer"] = optimizer
+    try:
+        from actstat.config import load_config
+
+        resolved = load_config(config, overrides)
+    except ActstatError as err:
+        raise _fail(str(err)) from None
+    _preflight(resolved, (output,))
+    report = _train_resolved(resolved, quiet=quiet, force=force, no_color=no_color)
+    from actstat.report import located
+
+    report = located(report, config, output)
+    heat = _names("--heatmap", heatmap) if heatmap else None
+    _guarded(_emit_training, report, format, output, quiet, Display(wide, no_color), heat)
+    if any(run.trajectory is not None and run.trajectory.stopped == "interrupted"
+           for run in report.runs):
+        typer.echo("actstat: interrupted; the steps recorded before are shown"
+                   + (f" and written to {output}" if output is not None else ""), err=True)
+        raise typer.Exit(130)
+
+
+def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool) -> Any:
+    """Train every scheme of a resolved config, with a progress bar (the current loss) on a
+    terminal's stderr."""
+    try:
+        from actstat.pipeline import watch_report
+
+        if quiet or not sys.stderr.isatty():
+            return watch_report(resolved)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[loss]}"))
+        console = Console(stderr=True, no_color=no_color or None)
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("measuring at init", total=None, loss="")
+
+            def on_step(scheme: str) -> Any:
+                bar.update(task, description=f"training {scheme}", completed=0)
+
+                def step(done: int, total: int, loss: float) -> None:
+                    bar.update(task, completed=done, total=total, loss=f"loss {loss:.4g}")
+
+                return step
+
+            return watch_report(resolved, on_step=on_step)
+    except ActstatError as err:
+        raise _fail(str(err)) from None
+
+
+def _emit_training(report: Any, format: str, output: Path | None, quiet: bool,
+                   display: Display, heat: list[str] | None) -> None:
+    from actstat import render, render_watch
+
+    _deliver(format, output,
+             lambda width: render_watch.training_renderables(report, width, heat),
+             lambda: render.to_json(report) if format == "json"
+             else render._plain(render_watch.training_renderables(report, None, heat), 1000),
+             display)
+    if quiet or (format == "table" and output is None):
+        return
+    for run in report.runs:
+        if run.trajectory is not None:
+            typer.echo(render_watch.summary_line(run), err=True)
+    _wrote(report, format, output)
+
+
 @app.command(cls=_Command)
 def plot(report: ReportArg, output: FigureOpt, quiet: QuietOpt = False) -> None:
     """Draw a saved report's figure without running anything (and without importing torch)."""

@@ -288,6 +288,11 @@ class Thresholds(_Section):
     grad_vanishing: float = Field(0.1, gt=0)
     # std of dL/d(pre) > grad_exploding · the last hidden layer's (randn+tanh: 1e7)
     grad_exploding: float = Field(10.0, gt=0)
+    # actstat train: a layer's std this many times (or 1/this of) an earlier step's is an event
+    std_jump: float = Field(100.0, gt=1)
+    # actstat train: the loss fell by at least this fraction of step 0's: the scheme trained
+    # (MNIST's 10 classes start at ln 10 ≈ 2.3; a net that learns is below 1 within 300 steps)
+    trained: float = Field(0.25, gt=0, lt=1)
 
 
 METRIC_NAMES = ("pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean")
@@ -311,9 +316,38 @@ class CheckConfig(_Section):
     tolerances: dict[Metric, MetricTolerance] = Field(default_factory=dict)  # per metric
 
 
+MAX_TRAIN_STEPS = 1_000_000
+DEFAULT_TRAIN_STEPS = 200  # actstat train, when neither the config nor --steps sets train.steps
+DEFAULT_LR = {"sgd": 0.1, "adam": 0.001}  # Adam's is Kingma & Ba's (and torch's) own
+DEFAULT_MOMENTUM = {"sgd": 0.0, "adam": 0.9}
+
+
 class TrainConfig(_Section):
-    steps: int = Field(0, ge=0, le=100_000)  # SGD steps after the measurement; 0: no training
-    lr: float = Field(0.1, gt=0)  # plain SGD, no momentum: what moves is the gradient alone
+    """Training: `run --steps` (the probe: plain SGD on the one measured batch, steps and lr
+    only) and `actstat train` (every key; definitions: actstat/watch.py)."""
+
+    # run/compare: SGD steps on the batch after the measurement (0: none); actstat train: the
+    # steps to train (0: DEFAULT_TRAIN_STEPS)
+    steps: int = Field(0, ge=0, le=MAX_TRAIN_STEPS)
+    # the learning rate; None: the optimiser's usual one (SGD 0.1, the probe's too; Adam 0.001)
+    lr: float | None = Field(None, gt=0, le=10)
+    # actstat train only
+    every: int = Field(10, ge=1, le=MAX_TRAIN_STEPS)  # record the statistics every this many steps
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)  # mini-batch size, drawn from the data's pool
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    # sgd: heavy-ball momentum; adam: beta1; None: SGD 0 (plain, as the probe), Adam 0.9 (its
+    # own). SGD with momentum 0.9 steps about 10 times further: a tenth of the lr is comparable
+    momentum: float | None = Field(None, ge=0, lt=1)
+    warmup: int = Field(0, ge=0, le=MAX_TRAIN_STEPS)  # steps of linear learning-rate warm-up
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def beta(self) -> float:
+        """SGD's momentum or Adam's β₁, as set or the optimiser's own."""
+        return self.momentum if self.momentum is not None else DEFAULT_MOMENTUM[self.optimizer]
 
 
 class Config(_Section):
@@ -375,20 +409,6 @@ class Config(_Section):
             raise ValueError("data.shape shapes the samples for a model factory's model "
                              "(--model); the built-in MLP takes flat features: give one "
                              "dimension, or none")
-        return self
-
-    @model_validator(mode="after")
-    def _factory_measured_not_trained(self) -> Config:
-        if self.model.factory is not None and self.train.steps:
-            raise ValueError("train.steps (--steps) trains the built-in MLP; a model factory's "
-                             "model is measured, not trained: set steps to 0")
-        return self
-
-    @model_validator(mode="after")
-    def _blocks_measured_not_trained(self) -> Config:
-        if self.train.steps and (self.model.block != "plain" or self.model.norm != "none"):
-            raise ValueError("train.steps (--steps) trains the plain MLP; residual blocks and "
-                             "norm layers are measured, not trained (yet): set steps to 0")
         return self
 
     @model_validator(mode="after")

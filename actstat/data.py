@@ -112,6 +112,19 @@ def load_batch(data: DataConfig, *, seed: int, device: torch.device, dtype: torc
                  description + _shaped(wanted), labelled)
 
 
+def load_pool(data: DataConfig, *, seed: int, device: torch.device, dtype: torch.dtype,
+              num_classes: int,
+              shape: Sequence[int] | Callable[[int], Sequence[int]] | None = None) -> Batch:
+    """What training draws its mini-batches from: every sample of a file source (the bundled
+    MNIST sample's 5,000), in a seeded order; gaussian and tokens data: data.batch_size samples,
+    drawn as `load_batch` draws them."""
+    if data.source not in ("gaussian", "tokens"):
+        count = _read_source(data.source)[0].shape[0]
+        data = data.model_copy(update={"batch_size": count})
+    return load_batch(data, seed=seed, device=device, dtype=dtype, num_classes=num_classes,
+                      shape=shape)
+
+
 def _sample_shape(data: DataConfig, shape: Sequence[int] | Callable[[int], Sequence[int]] | None,
                   values: int, source_name: str, key: str) -> tuple[int, ...]:
     """One sample's shape: data.shape, else the caller's, else flat; it must hold the source's

@@ -13,17 +13,31 @@ import torch
 
 from actstat import __version__
 from actstat.activations import ACTIVATIONS, Activation, make_activation
-from actstat.analysis import analyse, analyse_captured, verdict
-from actstat.capture import capture, first_tensor, is_weight_layer, transposed_linear
-from actstat.config import KEEP, ActivationSpec, Config, InitSpec, Thresholds
+from actstat.analysis import analyse, analyse_captured, analyse_trajectory, verdict
+from actstat.capture import (
+    capture,
+    first_tensor,
+    is_weight_layer,
+    select_output,
+    transposed_linear,
+)
+from actstat.config import (
+    DEFAULT_TRAIN_STEPS,
+    KEEP,
+    ActivationSpec,
+    Config,
+    InitSpec,
+    Thresholds,
+)
 from actstat.data import (
     Batch,
     load_batch,
+    load_pool,
     resolve_device,
     resolve_dtype,
     sample_shape_for,
 )
-from actstat.errors import ActstatError, DataError, ModelError
+from actstat.errors import ActstatError, ConfigError, DataError, ModelError
 from actstat.inits import (
     ALL_INITS,
     BIAS_INITS,
@@ -72,6 +86,7 @@ from actstat.theory import (
     phase,
 )
 from actstat.train import train_probe
+from actstat.watch import Schedule, StepProgress, Watched, watch, watched_layers
 
 
 def schemes(config: Config) -> list[tuple[InitSpec, ActivationSpec]]:
@@ -311,7 +326,7 @@ def _finish(config: Config, prepared: _Prepared, measurement: Measurement, batch
     train = None
     if config.train.steps:
         train = train_probe(prepared.model, batch.inputs, batch.labels, steps=config.train.steps,
-                            lr=config.train.lr, symmetric=t.symmetric)
+                            lr=config.train.learning_rate, symmetric=t.symmetric)
     return Run(scheme_label(init, act), init.name, init_params, act.name, dict(act.params),
                verdict(layers), finite_or_none(measurement.loss), layers, train, prepared.theory,
                lsuv=prepared.lsuv)
@@ -517,6 +532,10 @@ def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
     (its init × activation grid, then its compare list), each measured on its own by the
     general probe (`model_run`): rows are modules by name (blocks.3, blocks.3.branch.fc1), not
     numbered hidden layers, each with its mean-field expectation (`block_expectations`)."""
+    if config.train.steps:
+        raise ConfigError("train.steps (--steps) of run and compare trains the plain MLP on its "
+                          "one batch; residual blocks and norm layers are trained by `actstat "
+                          "train`: set steps to 0 here")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
@@ -560,6 +579,10 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
     of the config, on the batch shaped for it: `keep` measures it as the factory made it (the
     factory runs with torch's generator seeded with `seed`), any other init re-draws every
     weight layer's weight and bias first (norm layers keep theirs)."""
+    if config.train.steps:
+        raise ConfigError("train.steps (--steps) of run and compare trains the built-in models "
+                          "on their one batch; a model factory's model is trained by `actstat "
+                          "train --model ...`: set steps to 0 here")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     spec = config.model.factory
@@ -701,3 +724,107 @@ def layer_selection(names: list[str] | None) -> list[type[torch.nn.Module] | str
         chosen.append(found if isinstance(found, type) and issubclass(found, torch.nn.Module)
                       else name)
     return chosen
+
+
+# ----------------------------------------------------------------------------------------------
+# actstat train: the statistics through training
+
+
+def watch_report(config: Config, on_scheme: Progress | None = None,
+                 on_step: Callable[[str], StepProgress] | None = None) -> Report:
+    """`actstat train`: each scheme measured at init as `profile` measures it, then built again
+    from the same seed and trained as config.train says (actstat/watch.py), on mini-batches of
+    the data source's whole pool; its trajectory, with events and verdict, goes on its Run.
+    `on_step(scheme)` gives the progress callback of that scheme's training."""
+    t = config.train
+    steps = t.steps or DEFAULT_TRAIN_STEPS
+    # the measurement at init as `run` makes it, without run's one-batch training probe
+    report = profile(config.model_copy(update={"train": t.model_copy(update={"steps": 0})}),
+                     on_scheme)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype)
+    schedule = Schedule(steps=steps, every=t.every, batch_size=t.batch_size,
+                        optimizer=t.optimizer, lr=t.learning_rate, momentum=t.beta, warmup=t.warmup,
+                        seed=config.seed)
+    batch: Batch | None = None  # the batch `run` measures: lsuv scales on it here too
+    pool: Batch | None = None
+    if config.model.factory is None:
+        batch, pool = _data(config, device, dtype, None)
+    runs = []
+    for (init, act), run in zip(schemes(config), report.runs):
+        model = initialised(config, init, act, device, dtype,
+                            None if pool is None else pool.inputs.shape[1])
+        if batch is None or pool is None:  # a factory's model: the data shaped for it
+            batch, pool = _data(config, device, dtype, model)
+        if init.name != KEEP:
+            data_init(model, batch.inputs, make_init(init.name, init.params), config.seed)
+        layers = _labelled(watched_layers(model, pool.inputs[:4]), numbered=run.model is None
+                           and config.model.plain_mlp)
+        trajectory = watch(
+            model, pool.inputs, pool.labels, layers, schedule,
+            loss=_training_loss(pool.labelled, config.model.output), labelled=pool.labelled,
+            near_zero=config.thresholds.near_zero, bins=HIST_BINS if config.hist else 0,
+            on_step=None if on_step is None else on_step(run.scheme))
+        runs.append(replace(run, trajectory=analyse_trajectory(trajectory, config.thresholds)))
+        del model
+        if trajectory.stopped == "interrupted":
+            break  # Ctrl-C: what was recorded is kept, the schemes after it are not run
+    return replace(report, runs=tuple(runs))
+
+
+def _data(config: Config, device: torch.device, dtype: torch.dtype,
+          model: torch.nn.Module | None) -> tuple[Batch, Batch]:
+    """The batch `run` measures and the samples training draws from (`load_pool`), shaped for
+    a factory's `model`."""
+    shape = None if model is None else partial(sample_shape_for, model,
+                                               source=config.data.source)
+    batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
+                       num_classes=config.model.num_classes, shape=shape)
+    pool = load_pool(config.data, seed=config.seed, device=device, dtype=dtype,
+                     num_classes=config.model.num_classes, shape=shape)
+    if config.train.batch_size > pool.inputs.shape[0]:
+        raise DataError(f"train.batch_size {config.train.batch_size} is more than the "
+                        f"{pool.inputs.shape[0]} samples of {pool.description}; use "
+                        f"--train-batch {pool.inputs.shape[0]} or fewer")
+    return batch, pool
+
+
+def initialised(config: Config, init: InitSpec, act: ActivationSpec, device: torch.device,
+                dtype: torch.dtype, in_features: int | None) -> torch.nn.Module:
+    """One scheme's model as `profile` builds and initialises it (the same seed, the same
+    weights), on the device: the plain MLP, the residual or normed model (`in_features` wide
+    input), or the factory's; a data-dependent init (lsuv) is then `data_init`'s to finish."""
+    if config.model.factory is not None:
+        return _built(config, init).to(device=device, dtype=dtype)
+    assert in_features is not None
+    activation = make_activation(act.name, act.params)
+    weight_init = make_init(init.name, init.params)
+    if config.model.plain_mlp:
+        model = build_mlp(in_features=in_features, widths=config.model.widths,
+                          num_classes=config.model.num_classes, bias=config.model.bias,
+                          activation=activation)
+    else:
+        model = build_blocks(config, activation, in_features, weight_init)
+    return initialise(model, weight_init, make_bias_init(init.bias.name, init.bias.params),
+                      act_gain=activation.gain, seed=config.seed, device=device, dtype=dtype)
+
+
+def _labelled(layers: list[Watched], *, numbered: bool) -> list[Watched]:
+    """The plain MLP's rows as its tables number them: hidden layers 1 to L, then `head`."""
+    if not numbered:
+        return layers
+    return [replace(layer, name="head" if k == len(layers) else str(k))
+            for k, layer in enumerate(layers, start=1)]
+
+
+def _training_loss(labelled: bool, output: int | str | None) -> Callable:
+    """Cross-entropy against the labels (drawn targets where there are none: `drawn_target_loss`)
+    of the output's tensor that `model.output` selects."""
+
+    def loss(out: Any, targets: torch.Tensor) -> torch.Tensor:
+        logits = select_output(out, output)
+        if labelled:
+            return cross_entropy(logits, targets)
+        return drawn_target_loss(logits, targets)
+
+    return loss

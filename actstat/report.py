@@ -27,6 +27,8 @@ LAYER_KINDS = ("weight", "norm", "activation", "block", "input", "selected")
 FLAGS = ("nonfinite", "symmetric", "exploding", "vanishing", "saturated", "grad_exploding",
          "grad_vanishing", "grad_zero", "dead")
 HEALTHY = "healthy"
+# what can happen during training (actstat/analysis.py, "Training"), in the order they are told
+EVENT_KINDS = ("nonfinite_loss", "interrupted", "dead", "std_jump")
 # `config["source"]` of a report made by actstat.profile in Python: there is no YAML behind it,
 # so `actstat check` cannot measure it again (it says so)
 API_SOURCE = "actstat.profile"
@@ -129,6 +131,59 @@ class LsuvLayer:
 
 
 @dataclass(frozen=True)
+class TrajectoryLayer:
+    """One watched layer through training: a value per recorded step (definitions:
+    actstat/watch.py). `dead` None: the layer's activation cannot die; `histogram`: counts per
+    recorded step in equal bins over `hist_range` (None: not recorded)."""
+
+    name: str
+    mean: tuple[float | None, ...]
+    std: tuple[float | None, ...]
+    near_zero: tuple[float | None, ...]
+    dead: tuple[float | None, ...] | None
+    grad_std: tuple[float | None, ...]
+    hist_range: tuple[float, float] | None = field(default=None, kw_only=True)
+    histogram: tuple[tuple[int, ...], ...] | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened during training, at the step it first showed (definitions:
+    actstat/analysis.py, "Training")."""
+
+    kind: str  # one of EVENT_KINDS
+    step: int
+    layer: str | None = None  # None: the run as a whole (the loss)
+    since: int | None = None  # std_jump: the earlier step the ratio is taken against
+    value: float | None = None  # dead: the fraction; std_jump: the ratio; loss: the loss
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A training run, recorded every `every` steps (definitions: actstat/watch.py): its
+    schedule, the loss (and accuracy, with labels) and each watched layer per recorded step,
+    what happened (`events`) and whether it trained (`trained`: the loss fell by at least
+    thresholds.trained; `loss_drop` the fraction it fell by)."""
+
+    steps: tuple[int, ...]
+    loss: tuple[float | None, ...]
+    accuracy: tuple[float | None, ...] | None  # None: no labels
+    layers: tuple[TrajectoryLayer, ...]
+    planned_steps: int
+    every: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    warmup: int
+    stopped: str | None = None  # None: ran every step; "nonfinite" or "interrupted"
+    stopped_at: int | None = None  # the step it stopped at (not recorded when interrupted)
+    events: tuple[Event, ...] = ()
+    trained: bool | None = None  # None: not judged (too few steps recorded)
+    loss_drop: float | None = None
+
+
+@dataclass(frozen=True)
 class Run:
     """One scheme (init × activation) on the shared batch."""
 
@@ -146,6 +201,7 @@ class Run:
     model: str | None = None
     # init lsuv: every weight layer in forward order, as it scaled it; None: any other init
     lsuv: tuple[LsuvLayer, ...] | None = None
+    trajectory: Trajectory | None = None  # `actstat train`: the statistics through training
 
 
 @dataclass(frozen=True)
@@ -334,7 +390,53 @@ def _run_dict(run: Run) -> dict[str, Any]:
         },
         "theory": None if run.theory is None else asdict(run.theory),
         "lsuv": None if run.lsuv is None else [asdict(layer) for layer in run.lsuv],
+        "trajectory": None if run.trajectory is None else _trajectory_dict(run.trajectory),
     }
+
+
+def _trajectory_dict(t: Trajectory) -> dict[str, Any]:
+    """Columns, not rows: each statistic a list over the recorded steps."""
+    return {
+        **{name: getattr(t, name) for name in ("planned_steps", "every", "batch_size",
+                                               "optimizer", "lr", "momentum", "warmup",
+                                               "stopped", "stopped_at", "trained",
+                                               "loss_drop")},
+        "steps": list(t.steps),
+        "loss": list(t.loss),
+        "accuracy": None if t.accuracy is None else list(t.accuracy),
+        "layers": [{
+            "name": layer.name,
+            **{stat: list(getattr(layer, stat)) for stat in ("mean", "std", "near_zero",
+                                                              "grad_std")},
+            "dead": None if layer.dead is None else list(layer.dead),
+            "hist_range": None if layer.hist_range is None else list(layer.hist_range),
+            "histogram": None if layer.histogram is None else [list(h) for h in layer.histogram],
+        } for layer in t.layers],
+        "events": [asdict(event) for event in t.events],
+    }
+
+
+def _trajectory_from(raw: Mapping[str, Any]) -> Trajectory:
+    def column(values: Any) -> Any:
+        return None if values is None else tuple(values)
+
+    return Trajectory(
+        **{name: raw[name] for name in ("planned_steps", "every", "batch_size", "optimizer",
+                                        "lr", "momentum", "warmup", "stopped", "stopped_at",
+                                        "trained", "loss_drop")},
+        steps=tuple(raw["steps"]),
+        loss=tuple(raw["loss"]),
+        accuracy=column(raw["accuracy"]),
+        layers=tuple(TrajectoryLayer(
+            name=layer["name"],
+            **{stat: tuple(layer[stat]) for stat in ("mean", "std", "near_zero", "grad_std")},
+            dead=column(layer["dead"]),
+            hist_range=column(layer["hist_range"]),
+            histogram=None if layer["histogram"] is None else tuple(
+                tuple(h) for h in layer["histogram"]),
+        ) for layer in raw["layers"]),
+        events=tuple(Event(**_only(Event, event)) for event in raw["events"]),
+    )
 
 
 def _run_from(raw: Mapping[str, Any]) -> Run:
@@ -368,6 +470,7 @@ def _run_from(raw: Mapping[str, Any]) -> Run:
         theory=None if raw.get("theory") is None else Theory(**_only(Theory, raw["theory"])),
         lsuv=None if raw.get("lsuv") is None else tuple(LsuvLayer(**_only(LsuvLayer, layer))
                                                         for layer in raw["lsuv"]),
+        trajectory=None if raw.get("trajectory") is None else _trajectory_from(raw["trajectory"]),
     )
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actstat.errors import ActstatError
-from actstat.report import FLAGS, HEALTHY, LAYER_KINDS
+from actstat.report import EVENT_KINDS, FLAGS, HEALTHY, LAYER_KINDS
 
 # strict: "0.5" is not a number and 1 is not true; a JSON integer is still a valid float
 _STRICT = ConfigDict(strict=True, extra="ignore")
@@ -101,6 +101,46 @@ class LsuvLayerModel(_Model):
     converged: bool
 
 
+class TrajectoryLayerModel(_Model):
+    name: str
+    mean: list[Number]
+    std: list[NonNegative]
+    near_zero: list[Fraction]
+    dead: list[Fraction] | None
+    grad_std: list[NonNegative]
+    hist_range: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    histogram: list[list[Annotated[int, Field(ge=0)]]] | None = None
+
+
+class EventModel(_Model):
+    kind: Literal[EVENT_KINDS]  # type: ignore[valid-type]
+    step: Annotated[int, Field(ge=0)]
+    layer: str | None = None
+    since: Annotated[int, Field(ge=0)] | None = None
+    value: Number = None
+
+
+class TrajectoryModel(_Model):
+    """`actstat train`'s record (additive in schema version 2: absent or null elsewhere)."""
+
+    planned_steps: Count
+    every: Count
+    batch_size: Count
+    optimizer: Literal["sgd", "adam"]
+    lr: Annotated[float, Field(gt=0)]
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    warmup: Annotated[int, Field(ge=0)]
+    stopped: Literal["nonfinite", "interrupted"] | None
+    stopped_at: Annotated[int, Field(ge=0)] | None
+    trained: bool | None
+    loss_drop: Number
+    steps: list[Annotated[int, Field(ge=0)]]
+    loss: list[Number]
+    accuracy: list[Fraction] | None
+    layers: list[TrajectoryLayerModel]
+    events: list[EventModel]
+
+
 class RunModel(_Model):
     scheme: str
     init: str
@@ -114,6 +154,7 @@ class RunModel(_Model):
     theory: TheoryModel | None = None
     model: str | None = None  # schema version 2: a user's model
     lsuv: list[LsuvLayerModel] | None = None  # init lsuv (added within version 2)
+    trajectory: TrajectoryModel | None = None  # schema version 2, additive: actstat train
 
 
 class InputModel(_Model):

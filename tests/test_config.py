@@ -157,8 +157,6 @@ def test_a_model_factory_runs_inits_alone(tmp_path):
                          "MLP has none"),
     ({"model.factory": "m:f", "init": [{"name": "keep", "gain": 2}]},
      "init 'keep' takes no parameters"),
-    ({"model.factory": "m:f", "train.steps": 3}, "--model, --steps: train.steps .--steps. trains "
-                                                 "the built-in MLP"),
     ({"model.factory": "m:f", "model.layers": []}, "--layers: model.layers: an empty list selects nothing"),
 ])
 def test_model_factory_mistakes(overrides, message):

@@ -474,7 +474,7 @@ MISTAKES = {
     "string output": (["--model", "bad.py:Says"], ["no floating-point tensor", "str"]),
     "integer output": (["--model", "bad.py:Classes"], ["no floating-point tensor"]),
     "act with a model": (["--model", "nets.py:mlp", "--act", "relu"], ["its own activations"]),
-    "steps with a model": (["--model", "nets.py:mlp", "--steps", "3"], ["steps"]),
+    "steps with a model": (["--model", "nets.py:mlp", "--steps", "3"], ["steps", "actstat train --model"]),
     "tokens without a model": (["--data", "tokens"], ["tokens", "built-in MLP"]),
     "embedding on mnist": (["--model", "bad.py:embedding"], ["Embedding", "--data tokens"]),
     "vocabulary past the embedding": (["--model", "nets.py:small_lm", "--data", "tokens"],

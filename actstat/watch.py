@@ -1,0 +1,380 @@
+"""Watch: train a model on mini-batches and record, every `every` steps, each watched layer's
+statistics (fastai's ActivationStats, in a terminal): the mean, std and near-zero fraction of its
+output, its dead fraction, the std of the gradient at it, and optionally a histogram.
+
+Recorded step s is the forward and backward pass of mini-batch s, before update s: step 0 is the
+network at init. Steps 0, every, 2·every, ... are recorded, and the last step too. Definitions
+of the statistics are those of the single-pass probe (actstat/analysis.py); what is new here:
+
+- **dead**: the fraction of a layer's units (a conv map's channels) that are 0 for every sample
+  of that step's mini-batch (so on 64 samples a unit reads dead more easily than on the probe's
+  1,000: compare trajectories at one batch size).
+- **histogram**: counts in `bins` equal bins over a range fixed per layer at step 0 (the
+  activation's range where it has one: tanh's [-1, 1]; otherwise step 0's [min, max] widened by
+  half its span on each unbounded side, and from 0 where step 0 has no negative value). Values
+  outside the range count in the end bins, so every value is counted at every step.
+- **loss** and **accuracy** (with labels): of the mini-batch at that step.
+
+Statistics are reduced on the device inside the hooks (an in-place op after a module cannot
+overwrite what was measured) and copied to the host once per recorded step, into a buffer
+allocated up front for every recorded step: memory is sized by recorded steps × layers × bins
+and does not grow while the run goes on. On a GPU nothing waits for the device inside a step;
+the host reads the loss once per recorded step, after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from actstat.capture import (
+    NORM_TYPES,
+    bounded_activation,
+    first_tensor,
+    is_weight_layer,
+    preserved,
+    repeated_blocks,
+)
+from actstat.probe import moments
+from actstat.report import Trajectory, TrajectoryLayer
+
+OPTIMIZERS = ("sgd", "adam")
+# the statistics recorded per layer and step, in buffer order
+LAYER_STATS = ("mean", "std", "near_zero", "dead", "grad_std")
+HIST_WIDEN = 0.5  # an unbounded side of the histogram's range: step 0's span times this, added
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One recorded layer: `post`'s output is its tensor; the gradient at `pre`'s output (the
+    Linear before an activation: dL/d(pre), as in the probe) is its gradient, or at `post`'s own
+    output when `pre` is None. `bounds`: the activation's range (None: unbounded that side)."""
+
+    name: str
+    post: nn.Module
+    pre: nn.Module | None = None
+    can_die: bool = True
+    bounds: tuple[float | None, float | None] = (None, None)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How to train: `steps` updates of `optimizer` on mini-batches of `batch_size`, the learning
+    rate ramped linearly over the first `warmup` steps, statistics recorded every `every` steps."""
+
+    steps: int
+    every: int = 1
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0  # sgd: heavy-ball momentum; adam: β₁
+    warmup: int = 0
+    seed: int = 0
+
+    def recorded(self) -> list[int]:
+        """The steps whose statistics are kept: every `every`-th, and the last."""
+        steps = list(range(0, self.steps, self.every))
+        if steps[-1] != self.steps - 1:
+            steps.append(self.steps - 1)
+        return steps
+
+    def lr_at(self, step: int) -> float:
+        return self.lr * min(1.0, (step + 1) / self.warmup) if self.warmup else self.lr
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# called after every step the host knows the loss of: (steps done, steps in all, the loss)
+StepProgress = Callable[[int, int, float], None]
+
+
+def watch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers: Sequence[Watched],
+          schedule: Schedule, loss: Loss, *, labelled: bool, near_zero: float, bins: int = 0,
+          on_step: StepProgress | None = None) -> Trajectory:
+    """Train `model` (in train mode; left in the mode it was in) on mini-batches drawn from
+    `inputs`/`targets` in a seeded order, epoch after epoch, recording `layers` as `schedule`
+    says. A non-finite loss stops the run at that step (`stopped` "nonfinite"), Ctrl-C at the
+    step it came in ("interrupted"); both keep every step recorded before. Events and the
+    verdict are left to actstat/analysis.py."""
+    recorder = _Recorder(layers, near_zero=near_zero, bins=bins, labelled=labelled)
+    recorded = schedule.recorded()
+    host = torch.full((len(recorded), recorder.width), float("nan"), dtype=torch.float64,
+                      pin_memory=_pinned(inputs.device))
+    optimiser = _optimiser(model, schedule)
+    order = _Order(inputs.shape[0], schedule.batch_size, schedule.seed)
+    device_is_cpu = inputs.device.type == "cpu"
+    was_training = model.training
+    model.train()
+    kept, stopped, slot, step = 0, None, 0, 0
+    try:
+        with recorder.hooks():
+            for step in range(schedule.steps):
+                rows = order.next().to(inputs.device)
+                x, y = inputs[rows], targets[rows]
+                recording = slot < len(recorded) and recorded[slot] == step
+                recorder.recording = recording
+                for group in optimiser.param_groups:
+                    group["lr"] = schedule.lr_at(step)
+                optimiser.zero_grad(set_to_none=True)
+                out = model(x)
+                value = loss(out, y)
+                value.backward()
+                known = None
+                if recording:
+                    row = recorder.row(value.detach(), out.detach(), y)
+                    host[slot].copy_(row, non_blocking=not device_is_cpu)
+                    if not device_is_cpu:
+                        torch.cuda.synchronize(inputs.device)  # after the step, not inside it
+                    known = float(host[slot, 0])
+                    slot += 1
+                    kept = slot
+                elif device_is_cpu:
+                    known = value.item()
+                if known is not None and not _finite(known):
+                    stopped = "nonfinite"
+                    if not recording:  # keep the step that went non-finite, its loss alone
+                        recorded.insert(slot, step)
+                        host[slot].copy_(recorder.row_of_loss(value.detach()))
+                        kept = slot = slot + 1
+                    break
+                optimiser.step()
+                if on_step is not None and known is not None:
+                    on_step(step + 1, schedule.steps, known)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    finally:
+        model.train(was_training)
+        optimiser.zero_grad(set_to_none=True)
+    return recorder.trajectory(recorded[:kept], host[:kept].tolist(), schedule, stopped,
+                               step if stopped is not None else None)
+
+
+class _Recorder:
+    """The hooks of a watched run and the device row they fill at a recorded step: [loss,
+    accuracy, then per layer LAYER_STATS, then per layer `bins` counts]."""
+
+    def __init__(self, layers: Sequence[Watched], *, near_zero: float, bins: int, labelled: bool):
+        self.layers = list(layers)
+        self.near_zero = near_zero
+        self.bins = bins
+        self.labelled = labelled
+        self.recording = False
+        self.width = 2 + len(self.layers) * (len(LAYER_STATS) + bins)
+        self.stats: list[list[torch.Tensor] | None] = [None] * len(self.layers)
+        self.grads: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.hists: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.ranges: list[tuple[float, float] | None] = [None] * len(self.layers)
+
+    def hooks(self) -> _Hooks:
+        return _Hooks(self)
+
+    def on_post(self, j: int, out: object) -> None:
+        if not self.recording:
+            return
+        x = first_tensor(out)
+        if x is None:
+            return
+        with torch.no_grad():
+            x = x.detach()
+            mean, std, lo, hi, near = moments(x, self.near_zero)
+            dead = _dead(x) if self.layers[j].can_die else torch.full_like(mean, float("nan"))
+            self.stats[j] = [mean, std, near, dead]
+            if self.bins:
+                self.hists[j] = self._histogram(j, x, lo, hi)
+        if self.layers[j].pre is None:
+            self._grad_hook(j, first_tensor(out))
+
+    def on_pre(self, j: int, out: object) -> None:
+        if self.recording:
+            self._grad_hook(j, first_tensor(out))
+
+    def _grad_hook(self, j: int, x: torch.Tensor | None) -> None:
+        if x is not None and x.requires_grad:
+            x.register_hook(lambda g, j=j: self._on_grad(j, g))
+
+    def _on_grad(self, j: int, g: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.grads[j] = moments(g.detach(), 0.0)[1]
+
+    def _histogram(self, j: int, x: torch.Tensor, lo: torch.Tensor,
+                   hi: torch.Tensor) -> torch.Tensor:
+        if self.ranges[j] is None:  # step 0 sets the range (one host read, once per layer)
+            self.ranges[j] = _hist_range(self.layers[j].bounds, float(lo), float(hi))
+        low, high = self.ranges[j]
+        values = x.float().clamp(low, high)  # outside the range: the end bins
+        return torch.histc(values, self.bins, low, high).to(torch.float64)
+
+    def row(self, loss: torch.Tensor, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """This recorded step's numbers as one float64 device vector; the parts reset."""
+        f64 = torch.float64
+        nan = torch.full((), float("nan"), dtype=f64, device=loss.device)
+        accuracy = nan
+        if self.labelled and out.dim() >= 2 and out.shape[:-1] == targets.shape:
+            accuracy = (out.argmax(dim=-1) == targets).to(f64).mean()
+        parts = [loss.to(f64), accuracy]
+        for j in range(len(self.layers)):
+            stats = self.stats[j] or [nan] * (len(LAYER_STATS) - 1)
+            grad = self.grads[j] if self.grads[j] is not None else nan
+            parts += [s.to(f64).reshape(()) for s in stats] + [grad.to(f64).reshape(())]
+        vector = torch.stack(parts)
+        if self.bins:
+            empty = torch.full((self.bins,), float("nan"), dtype=f64, device=loss.device)
+            vector = torch.cat([vector, *(h if h is not None else empty for h in self.hists)])
+        self.stats = [None] * len(self.layers)
+        self.grads = [None] * len(self.layers)
+        self.hists = [None] * len(self.layers)
+        return vector
+
+    def row_of_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """A step that was not recorded but stopped the run: its loss, the rest NaN."""
+        vector = torch.full((self.width,), float("nan"), dtype=torch.float64)
+        vector[0] = loss.to(torch.float64).cpu()
+        return vector
+
+    def trajectory(self, steps: list[int], host: list[list[float]], schedule: Schedule,
+                   stopped: str | None, stopped_at: int | None) -> Trajectory:
+        n = len(LAYER_STATS)
+        per_layer = []
+        for j, layer in enumerate(self.layers):
+            base = 2 + j * n
+            columns = [tuple(_number(row[base + k]) for row in host) for k in range(n)]
+            histogram = None
+            if self.bins and self.ranges[j] is not None:
+                start = 2 + len(self.layers) * n + j * self.bins
+                histogram = tuple(tuple(int(c) if _finite(c) else 0
+                                        for c in row[start:start + self.bins]) for row in host)
+            per_layer.append(TrajectoryLayer(
+                name=layer.name, mean=columns[0], std=columns[1], near_zero=columns[2],
+                dead=columns[3] if layer.can_die else None, grad_std=columns[4],
+                hist_range=self.ranges[j] if histogram is not None else None,
+                histogram=histogram))
+        accuracy = tuple(_number(row[1]) for row in host)
+        return Trajectory(
+            steps=tuple(steps), loss=tuple(_number(row[0]) for row in host),
+            accuracy=accuracy if self.labelled else None, layers=tuple(per_layer),
+            planned_steps=schedule.steps, every=schedule.every, batch_size=schedule.batch_size,
+            optimizer=schedule.optimizer, lr=schedule.lr, momentum=schedule.momentum,
+            warmup=schedule.warmup, stopped=stopped, stopped_at=stopped_at)
+
+
+class _Hooks:
+    """A forward hook on each watched module (and its `pre`), removed whatever happens."""
+
+    def __init__(self, recorder: _Recorder):
+        self.recorder = recorder
+        self.handles: list = []
+
+    def __enter__(self) -> _Recorder:
+        for j, layer in enumerate(self.recorder.layers):
+            self.handles.append(layer.post.register_forward_hook(
+                lambda _m, _a, out, j=j: self.recorder.on_post(j, out)))
+            if layer.pre is not None:
+                self.handles.append(layer.pre.register_forward_hook(
+                    lambda _m, _a, out, j=j: self.recorder.on_pre(j, out)))
+        return self.recorder
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+class _Order:
+    """Mini-batch rows: a seeded permutation of the pool per epoch, cut into full batches."""
+
+    def __init__(self, count: int, batch_size: int, seed: int):
+        self.count, self.batch_size = count, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rows = torch.empty(0, dtype=torch.long)
+
+    def next(self) -> torch.Tensor:
+        if self.rows.numel() < self.batch_size:
+            self.rows = torch.randperm(self.count, generator=self.generator)
+        rows, self.rows = self.rows[:self.batch_size], self.rows[self.batch_size:]
+        return rows
+
+
+def watched_layers(model: nn.Module, inputs: torch.Tensor) -> list[Watched]:
+    """The rows `actstat run` shows for `model`, found by running it once on `inputs` (a few
+    samples; the model is left as it was): each weight or norm layer with the module that
+    consumes its output (the next leaf module called with that tensor, unless it is a weight or
+    norm layer itself), or alone where none does, and each repeated block's output (the residual
+    stream); in the order their tensors are made. A layer called more than once is watched at
+    its first call."""
+    names = {id(m): name for name, m in model.named_modules()}
+    blocks = repeated_blocks(model)
+    # (module, its input, its output): held, so that no tensor's id is reused by another
+    calls: list[tuple[nn.Module, torch.Tensor | None, torch.Tensor | None]] = []
+
+    def seen(module: nn.Module, args: tuple, out: object) -> None:
+        calls.append((module, first_tensor(args), first_tensor(out)))
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None or id(m) in blocks]
+    handles = [m.register_forward_hook(seen) for m in leaves]
+    try:
+        with preserved(model, inputs), torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows: list[tuple[int, Watched]] = []  # (the call whose output is measured, the row)
+    done: set[int] = set()
+    for k, (module, _, out) in enumerate(calls):
+        if id(module) in done:
+            continue
+        done.add(id(module))
+        if id(module) in blocks:
+            rows.append((k, Watched(names[id(module)], module, can_die=False)))
+            continue
+        if not (is_weight_layer(module) or isinstance(module, NORM_TYPES)):
+            continue
+        consumer = next(((j, m) for j, (m, x, _) in enumerate(calls[k + 1:], start=k + 1)
+                         if x is not None and x is out), None)
+        if consumer is None or is_weight_layer(consumer[1]) or isinstance(consumer[1],
+                                                                           NORM_TYPES):
+            rows.append((k, Watched(names[id(module)], module, can_die=False)))
+            continue
+        j, post = consumer
+        bounded = bounded_activation(post)
+        bounds = (bounded.lower, bounded.upper) if bounded is not None else (None, None)
+        rows.append((j, Watched(names[id(module)], post, module, can_die=True, bounds=bounds)))
+    return [row for _, row in sorted(rows, key=lambda pair: pair[0])]
+
+
+def _optimiser(model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if schedule.optimizer == "adam":
+        return torch.optim.Adam(params, lr=schedule.lr, betas=(schedule.momentum, 0.999))
+    return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum)
+
+
+def _dead(x: torch.Tensor) -> torch.Tensor:
+    """The fraction of units (features; a conv map's channels) that are 0 for every sample."""
+    if x.dim() < 2:
+        return (x == 0).all().to(torch.float64).reshape(())
+    units = x.transpose(0, 1).reshape(x.shape[1], -1) if x.dim() > 2 else x.t()
+    return ((units.amax(dim=1) == 0) & (units.amin(dim=1) == 0)).to(torch.float64).mean()
+
+
+def _hist_range(bounds: tuple[float | None, float | None], lo: float,
+                hi: float) -> tuple[float, float]:
+    span = hi - lo if _finite(hi - lo) and hi > lo else max(abs(hi), 1.0)
+    low = bounds[0] if bounds[0] is not None else (lo - HIST_WIDEN * span if lo < 0 else 0.0)
+    high = bounds[1] if bounds[1] is not None else hi + HIST_WIDEN * span
+    if not (_finite(low) and _finite(high)) or high <= low:
+        return (-1.0, 1.0)
+    return (low, high)
+
+
+def _pinned(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))
+
+
+def _number(value: float) -> float | None:
+    return value if _finite(value) else None
