@@ -291,3 +291,13 @@ def test_trained_compares_the_median_of_the_last_losses_with_step_0():
                               Thresholds())
     assert [(e.kind, e.step, e.value) for e in dead.events] == [("dead", 20, 0.6)]
     assert math.isclose(dead.loss_drop, 0.0)
+
+
+def test_lsuv_trains_the_model_it_measured(cli, tmp_path):
+    """lsuv scales the model on run's batch before training, as before measuring: step 0 of the
+    training (a mini-batch of 16) sees about the stds the measurement (100 samples) saw."""
+    report = json.loads(cli("train", _config(tmp_path), "-q", "-f", "json", "-i", "lsuv").stdout)
+    (run,) = report["runs"]
+    assert [layer["iterations"] > 0 for layer in run["lsuv"]]
+    for row, watched in zip(run["layers"], run["trajectory"]["layers"]):
+        assert watched["std"][0] == pytest.approx(row["post"]["std"], rel=0.25)
