@@ -661,6 +661,7 @@ def train(
     warmup: WarmupOpt = None,
     train_batch: TrainBatchOpt = None,
     heatmap: HeatOpt = None,
+    plot: PlotOpt = None,
     format: FormatOpt = "table",
     output: OutputOpt = None,
     force: ForceOpt = False,
@@ -683,8 +684,8 @@ def train(
         raise _fail(f"--format: train writes {' or '.join(TRAIN_FORMATS)}, not {format!r}")
     overrides = _overrides(depth=depth, width=width, block=block, branch_depth=branch_depth,
                            norm=norm, data=data, device=device, dtype=dtype, seed=seed,
-                           bias=bias, init=init, act=act, model=model, hist=hist, steps=steps,
-                           lr=lr)
+                           bias=bias, init=init, act=act, model=model,
+                           hist=True if plot else hist, steps=steps, lr=lr)
     for _option, key, value in (("every", "train.every", every),
                                ("momentum", "train.momentum", momentum),
                                ("warmup", "train.warmup", warmup),
@@ -699,13 +700,14 @@ def train(
         resolved = load_config(config, overrides)
     except ActstatError as err:
         raise _fail(str(err)) from None
-    _preflight(resolved, (output,))
+    _preflight(resolved, (output,), figure=plot)
     report = _train_resolved(resolved, quiet=quiet, force=force, no_color=no_color)
     from actstat.report import located
 
     report = located(report, config, output)
     heat = _names("--heatmap", heatmap) if heatmap else None
     _guarded(_emit_training, report, format, output, quiet, Display(wide, no_color), heat)
+    _figure(report, plot, quiet)
     if any(run.trajectory is not None and run.trajectory.stopped == "interrupted"
            for run in report.runs):
         typer.echo("actstat: interrupted; the steps recorded before are shown"

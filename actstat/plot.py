@@ -61,10 +61,7 @@ def check_figure(path: Path | str) -> None:
 MISSING_MATPLOTLIB = "figures need matplotlib, an optional extra: pip install 'actstat[plot]'"
 
 
-def draw(report: Report, path: Path | str) -> None:
-    """Draw the report's figure to `path` (its suffix picks the format), atomically."""
-    path = Path(path)
-    check_figure(path)
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -72,6 +69,19 @@ def draw(report: Report, path: Path | str) -> None:
         from matplotlib import pyplot as plt
     except ImportError:
         raise PlotError(MISSING_MATPLOTLIB) from None
+    return plt
+
+
+def draw(report: Report, path: Path | str) -> None:
+    """Draw the report's figure to `path` (its suffix picks the format), atomically: the
+    layers through training for a report of `actstat train`, the layers over depth otherwise."""
+    path = Path(path)
+    check_figure(path)
+    plt = _pyplot()
+    if any(run.trajectory is not None for run in report.runs):
+        figure = _training_figure(plt, report)
+        _save(plt, figure, path)
+        return
     data = series(report)
     heatmaps = list(data["histograms"].items())[:MAX_HEATMAPS]
     figure = plt.figure(figsize=FIGURE_INCHES, dpi=DPI, layout="constrained")
@@ -127,10 +137,88 @@ def draw(report: Report, path: Path | str) -> None:
                         "(brighter: more values, log scale)", fontsize="medium")
     figure.suptitle(f"actstat: {report.input.source}; batch {report.input.batch_size}, "
                     f"{depth} {what}s")
+    _save(plt, figure, path)
+
+
+def _save(plt: Any, figure: Any, path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lower().lstrip("."))
     plt.close(figure)
     write_atomic(path, buffer.getvalue())
+
+
+MAX_TRAINED = 4  # schemes drawn in a training figure (the JSON has them all)
+
+
+def _training_figure(plt: Any, report: Report) -> Any:
+    """The course's three charts per scheme, over training steps: every layer's std (coloured
+    from the first layer to the last), its dead fraction, and the colorful dimension of the
+    last activation layer; above them, the loss of every scheme."""
+    runs = [run for run in report.runs if run.trajectory is not None][:MAX_TRAINED]
+    figure = plt.figure(figsize=(FIGURE_INCHES[0], 2.6 * (len(runs) + 1)), dpi=DPI,
+                        layout="constrained")
+    rows = figure.subplots(len(runs) + 1, 3, squeeze=False)
+    loss_axes = rows[0][0]
+    for run in runs:
+        t = run.trajectory
+        assert t is not None
+        loss_axes.plot(t.steps, _positive(list(t.loss)), label=run.scheme)
+    _over_steps(loss_axes, "loss of the mini-batch", "loss", log=True)
+    loss_axes.legend(fontsize="x-small")
+    for axes in rows[0][1:]:
+        axes.axis("off")
+    rows[0][1].text(0, 0.5, "\n".join(f"{run.scheme}: {_verdict(run.trajectory)}"
+                                       for run in runs), fontsize="small", va="center")
+    colours = plt.get_cmap("viridis")
+    for run, (std_axes, dead_axes, heat_axes) in zip(runs, rows[1:]):
+        t = run.trajectory
+        assert t is not None
+        count = max(len(t.layers) - 1, 1)
+        for k, layer in enumerate(t.layers):
+            colour = colours(k / count)
+            std_axes.plot(t.steps, _positive(list(layer.std)), color=colour, linewidth=1)
+            if layer.dead is not None:
+                dead_axes.plot(t.steps, [math.nan if v is None else v for v in layer.dead],
+                               color=colour, linewidth=1)
+        _over_steps(std_axes, f"{run.scheme}: std per layer (dark: first, light: last)", "std",
+                    log=True)
+        _over_steps(dead_axes, "dead fraction per layer", "fraction of units", log=False)
+        dead_axes.set_ylim(-0.02, 1.02)
+        hist = [layer for layer in t.layers if layer.histogram is not None]
+        if hist:  # the last activation's, as the course draws it; else the last layer's
+            layer = next((h for h in reversed(hist) if h.dead is not None), hist[-1])
+            assert layer.histogram is not None and layer.hist_range is not None
+            image = [[math.log1p(c) for c in column] for column in zip(*layer.histogram)]
+            heat_axes.imshow(image, aspect="auto", cmap="magma", origin="lower",
+                             interpolation="nearest",
+                             extent=(t.steps[0], t.steps[-1], *layer.hist_range))
+            heat_axes.set_title(f"colorful dimension, layer {layer.name} (log counts)",
+                                fontsize="small")
+            heat_axes.set_xlabel("step")
+            heat_axes.set_ylabel("value")
+        else:
+            heat_axes.axis("off")
+            heat_axes.text(0.5, 0.5, "histograms: train with --hist", ha="center",
+                           va="center", transform=heat_axes.transAxes)
+    figure.suptitle(f"actstat train: {report.input.source}")
+    return figure
+
+
+def _verdict(t: Any) -> str:
+    if t.stopped == "nonfinite":
+        return f"diverged at step {t.stopped_at}"
+    drop = "" if t.loss_drop is None else f", loss fell {100 * t.loss_drop:.0f} %"
+    return ("trained" if t.trained else "did not train" if t.trained is False
+            else "not judged") + drop
+
+
+def _over_steps(axes: Any, title: str, ylabel: str, *, log: bool) -> None:
+    axes.set_title(title, fontsize="small")
+    axes.set_xlabel("step")
+    axes.set_ylabel(ylabel)
+    if log:
+        axes.set_yscale("log")
+    axes.grid(True, alpha=0.3)
 
 
 def _positive(values: list[float | None]) -> list[float]:

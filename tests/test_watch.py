@@ -301,3 +301,39 @@ def test_lsuv_trains_the_model_it_measured(cli, tmp_path):
     assert [layer["iterations"] > 0 for layer in run["lsuv"]]
     for row, watched in zip(run["layers"], run["trajectory"]["layers"]):
         assert watched["std"][0] == pytest.approx(row["post"]["std"], rel=0.25)
+
+
+def test_the_training_figure_draws_every_layer_over_steps(cli, tmp_path, monkeypatch):
+    """--plot draws the loss of each scheme and each layer's std and dead fraction over the
+    recorded steps (the numbers of the report); `actstat plot` redraws it from the JSON."""
+    from matplotlib.axes import Axes
+
+    drawn: list[tuple[list, list]] = []
+    real_plot = Axes.plot
+
+    def spy(self, *args, **kwargs):
+        drawn.append((list(args[0]), list(args[1])))
+        return real_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    figure, report_path = tmp_path / "t.png", tmp_path / "t.json"
+    result = cli("train", _config(tmp_path), "-f", "json", "-o", str(report_path), "--plot",
+                 str(figure), "-i", "kaiming,zeros")
+    assert f"wrote {figure} (figure)" in result.stderr
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    report = Report.from_dict(json.loads(report_path.read_text()))
+    steps = list(report.runs[0].trajectory.steps)
+    for run in report.runs:
+        t = run.trajectory
+        nan_free = [[math.nan if v is None or v <= 0 else v for v in series] for series in
+                    [t.loss, *(layer.std for layer in t.layers)]]
+        for series in nan_free:
+            assert any(x == steps and _same(y, series) for x, y in drawn), run.scheme
+    redrawn = tmp_path / "again.png"
+    cli("plot", str(report_path), "-o", str(redrawn))
+    assert redrawn.read_bytes() == figure.read_bytes()
+
+
+def _same(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(x == y or (math.isnan(x) and math.isnan(y))
+                                    for x, y in zip(a, b))
