@@ -66,6 +66,7 @@ class LayerModel(_Model):
     name: str = ""
     kind: Literal[LAYER_KINDS] = "weight"  # type: ignore[valid-type]
     module: str = ""
+    by_design: list[Flag] = []  # flags a deliberate zero explains (added within version 2)
 
 
 class TrainLayerModel(_Model):
@@ -103,6 +104,7 @@ class RunModel(_Model):
     train: TrainModel | None
     theory: TheoryModel | None = None
     model: str | None = None  # schema version 2: a user's model
+    notes: list[str] = []  # what deliberate zeros did (added within version 2)
 
 
 class InputModel(_Model):
