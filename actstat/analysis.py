@@ -34,6 +34,10 @@ Flags (thresholds are config keys; see actstat/config.py for their defaults and 
 - `grad_zero`: dL/dW is exactly zero in every entry: this layer's weights cannot learn (zero init).
 - `saturated`: saturated fraction > thresholds.saturated.
 
+Of any model (below): the four signal flags (vanishing, exploding, grad_vanishing,
+grad_exploding) are not judged inside a repeated block, where the stream is the signal, and flags
+that an init's deliberate zeros explain are `by_design`, not flags.
+
 Layers of any model (`actstat.profile`, `--model`; the records of actstat/capture.py):
 
 - Rows: a weight or normalisation layer's output is a row's `pre` and the output of the module
