@@ -309,11 +309,12 @@ CSV_COLUMNS = ("scheme", "init", "act", "verdict", "layer", "fan_in", "fan_out",
                "post_dead", "post_saturated", "pre_expected_std", "post_expected_mean",
                "post_expected_std", "grad_mean", "grad_std", "grad_weight_std",
                "grad_to_data", "train_weight_change", "train_weight_delta", "train_bias_delta",
-               "train_still_symmetric", "flags", "name", "kind", "module")
+               "train_still_symmetric", "flags", "name", "kind", "module", "by_design")
 
 
 def to_csv(report: Report) -> str:
-    """One row per scheme and layer; empty cells for none; flags joined with ';'."""
+    """One row per scheme and layer; empty cells for none; flags (and by_design) joined with
+    ';'."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -330,7 +331,8 @@ def to_csv(report: Report) -> str:
             row = {"scheme": run.scheme, "init": run.init, "act": run.act,
                    "verdict": run.verdict, "layer": layer.index, "fan_in": layer.fan_in,
                    "fan_out": layer.fan_out, **stats, "flags": ";".join(layer.flags),
-                   "name": layer.name, "kind": layer.kind, "module": layer.module}
+                   "name": layer.name, "kind": layer.kind, "module": layer.module,
+                   "by_design": ";".join(layer.by_design)}
             writer.writerow("" if row.get(c) is None else row[c] for c in CSV_COLUMNS)
     return buffer.getvalue()
 

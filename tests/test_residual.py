@@ -269,6 +269,11 @@ def test_fixup_with_tanh_is_healthy_and_says_its_zeros_are_by_design(cli, tmp_pa
     text = cli("run", config, "-q").stdout
     assert "fixup + tanh: healthy" in text and "zero by design (fixup)" in text
     assert text.count("zero by design") == 1
+    import csv
+
+    table = {row["name"]: row for row in csv.DictReader(
+        cli("run", config, "-q", "-f", "csv").stdout.splitlines())}
+    assert table["head"]["flags"] == "" and table["head"]["by_design"] == "symmetric;dead"
 
 
 def test_fixup_with_relu_keeps_the_branches_that_can_never_leave_zero_flagged(cli, tmp_path):
