@@ -3,6 +3,7 @@ forward computed by hand in NumPy, and the config's errors."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -269,8 +270,6 @@ def test_fixup_with_tanh_is_healthy_and_says_its_zeros_are_by_design(cli, tmp_pa
     text = cli("run", config, "-q").stdout
     assert "fixup + tanh: healthy" in text and "zero by design (fixup)" in text
     assert text.count("zero by design") == 1
-    import csv
-
     table = {row["name"]: row for row in csv.DictReader(
         cli("run", config, "-q", "-f", "csv").stdout.splitlines())}
     assert table["head"]["flags"] == "" and table["head"]["by_design"] == "symmetric;dead"
