@@ -270,7 +270,7 @@ def by_design(model: nn.Module, init: WeightInit | StructuralInit, activation: A
     zero_weights, stuck, gates, quiet, never = set(), set(), set(), set(), set()
     gate_source = None
     if id(model.head) in zeroed:
-        zero_weights.add("head")
+        zero_weights.add(names[id(model.head)])
         quiet |= {path for path, m in model.named_modules() if m is not model.head and path}
     for block in model.blocks:
         # the rows behind the branch's output: a pre norm, then the branch's Linear layers
