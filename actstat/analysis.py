@@ -34,6 +34,10 @@ Flags (thresholds are config keys; see actstat/config.py for their defaults and 
 - `grad_zero`: dL/dW is exactly zero in every entry: this layer's weights cannot learn (zero init).
 - `saturated`: saturated fraction > thresholds.saturated.
 
+Of any model (below): the four signal flags (vanishing, exploding, grad_vanishing,
+grad_exploding) are not judged inside a repeated block, where the stream is the signal, and flags
+that an init's deliberate zeros explain are `by_design`, not flags.
+
 Layers of any model (`actstat.profile`, `--model`; the records of actstat/capture.py):
 
 - Rows: a weight or normalisation layer's output is a row's `pre` and the output of the module
@@ -50,11 +54,25 @@ Layers of any model (`actstat.profile`, `--model`; the records of actstat/captur
 - `saturated`: only where `post` comes from a known bounded activation module.
 - `symmetric`: as above, on the output of the row's weight layer (2+ units).
 - `vanishing`, `exploding`: against the input's std; for token ids (no meaningful std), against
-  the first row's post std. Not on a normalisation layer's row: the norm sets its scale.
+  the first row's post std. Not on a normalisation layer's row: the norm sets its scale; not
+  `vanishing` on the head's (a weight layer whose output nothing consumes: the logits, which
+  many inits start small or at 0, and whose loss gradient is not small when they are).
 - `grad.mean`, `grad.std`: of dL/d(the row's first tensor); `grad_vanishing`, `grad_exploding`:
   against the last row's, or the one before it when the last row is a weight layer whose
   output nothing consumes (the head, as the MLP's reference is its last hidden layer; the head
   itself is not held to it).
+- Inside a repeated block (a row whose name lies under a `block` row's: `blocks.3.branch.fc1`
+  under `blocks.3`), `vanishing`, `exploding`, `grad_vanishing` and `grad_exploding` are not
+  judged: in a residual network the signal, forward and backward, is the stream (the blocks'
+  outputs), and a branch's output is a term added to it, small on purpose in many inits
+  (gpt2's scaled projections; a branch's gradient is the stream's through those same small
+  weights). The stream rows, and the rows outside every block (the input layer, the head), are
+  judged; a branch that does blow up shows on the stream it adds to. Branch rows keep
+  `nonfinite`, `symmetric`, `saturated`, `dead` and `grad_zero`.
+- By design (`ByDesign`): a structural init's deliberate zeros (fixup's zero branch last layers
+  and head; rezero's α = 0) make some flags a property of the init, not a failure: those flags
+  move from the row's `flags` to its `by_design` and the run gets a note saying so once. Flags
+  that the zeros do not explain stay, and so do zeros that never leave 0 (`ByDesign.stuck`).
 - The loss: cross-entropy of the output against the targets, the caller's `loss`, or the sum
   of the output when there are no targets (actstat/capture.py). From the CLI, data without
   labels (gaussian, tokens) has targets drawn with the seed: cross-entropy where the output is
@@ -80,6 +98,7 @@ fundamental cause first: symmetric weights explain vanishing, not the other way 
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -105,6 +124,50 @@ if TYPE_CHECKING:
 
 # the statistics every tensor has (actstat/probe.py reduces them in this order)
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
+# the flags judged on the signal (a residual network's stream), not inside a repeated block
+SIGNAL_FLAGS = ("exploding", "vanishing", "grad_exploding", "grad_vanishing")
+
+
+@dataclass(frozen=True)
+class ByDesign:
+    """Zeros a model's init sets on purpose, by the module names of its rows, and what they do
+    to the first backward pass (actstat/model.py `by_design` finds them in the built-in model).
+
+    - `source`: what set them (`fixup`, `rezero`, `model.multiplier 0`), named in the note.
+    - `zero_weights`: weight layers that start at exactly 0 and leave it once trained (fixup's
+      head, and its branch last layers where the activation after them passes a gradient at 0):
+      their `symmetric`, `vanishing` and `dead` are by design. (Zero weights make every unit
+      compute the same 0, but their gradients differ per unit, so they do not stay identical.)
+    - `stuck`: weight layers set to 0 on purpose that can never leave it: the activation after
+      them is flat at 0 (relu: its gradient there is 0), so their units are dead for good and
+      every layer before them in their branch gets no gradient either. Only `symmetric` and
+      `vanishing` are by design there; `dead` and `grad_zero` stay flagged.
+    - `gates`: residual blocks whose branch multiplier α starts at 0 (rezero): each block
+      starts as the identity.
+    - `quiet`: layers whose gradients are exactly 0 at step 0 only because of those zeros
+      downstream (before a zero head or a zero branch layer, behind α = 0), and that flow once
+      the first steps move the zeros, whose own gradients are not 0: their `grad_zero` and
+      `grad_vanishing` are by design.
+    - `activation`: the activation's name, for the note on stuck layers.
+    """
+
+    source: str
+    zero_weights: frozenset[str] = frozenset()
+    stuck: frozenset[str] = frozenset()
+    gates: frozenset[str] = frozenset()
+    quiet: frozenset[str] = frozenset()
+    activation: str = ""
+
+    def flags(self, name: str) -> frozenset[str]:
+        """The flags that the row of module `name` carries by design."""
+        flags: set[str] = set()
+        if name in self.zero_weights:
+            flags |= {"symmetric", "vanishing", "dead"}
+        if name in self.stuck:
+            flags |= {"symmetric", "vanishing"}
+        if name in self.quiet:
+            flags |= {"grad_zero", "grad_vanishing"}
+        return frozenset(flags)
 
 
 
@@ -135,7 +198,8 @@ class Summary:
       (std_last / std_first) ** (1 / (depth - 1)): < 1 the signal shrinks by that factor per
       layer, > 1 it grows. None with one layer, or when a std is 0 or not finite.
     - `first_flag`: (layer index, flag) of the first flagged layer, its first flag in FLAGS order.
-    - `worst_dead`, `worst_saturated`: the largest fraction over the layers (None: not applicable).
+    - `worst_dead`, `worst_saturated`: the largest fraction over the layers (None: not
+      applicable); a layer dead by design (a zero layer of fixup's) is not counted.
     - `grad_ratio`: std of dL/d(pre) at layer 1 over the last hidden layer's (None: no gradients);
       of any model, over its gradient reference's (`grad_reference`).
     """
@@ -156,7 +220,8 @@ def summarise(layers: tuple[LayerStats, ...], verdict_name: str) -> Summary:
     if len(layers) > 1 and first and last:
         gain = (last / first) ** (1 / (len(layers) - 1))
     flagged = next((layer for layer in layers if layer.flags), None)
-    deads = [layer.post.dead for layer in layers if layer.post.dead is not None]
+    deads = [layer.post.dead for layer in layers
+             if layer.post.dead is not None and "dead" not in layer.by_design]
     saturations = [layer.post.saturated for layer in layers if layer.post.saturated is not None]
     g_first, g_last = layers[0].grad, grad_reference(layers).grad
     ratio = None
@@ -222,8 +287,10 @@ def _grad(raw: RawLayer, last_std: float | None, t: Thresholds) -> tuple[GradSta
 
 
 def analyse_captured(records: Sequence[CapturedLayer], *, input_std: float | None,
-                     thresholds: Thresholds) -> tuple[LayerStats, ...]:
-    """One LayerStats per row of a capture (see "Layers of any model" above), in order."""
+                     thresholds: Thresholds,
+                     by_design: ByDesign | None = None) -> tuple[LayerStats, ...]:
+    """One LayerStats per row of a capture (see "Layers of any model" above), in order; the
+    flags that `by_design` explains in each row's `by_design` instead of its `flags`."""
     rows = pair_rows(records)
     if not rows:
         return ()
@@ -232,9 +299,48 @@ def analyse_captured(records: Sequence[CapturedLayer], *, input_std: float | Non
     last = rows[-2] if head else rows[-1]
     last_grad = (last[0] or last[1]).grad
     last_std = last_grad["std"] if last_grad is not None else None
+    blocks = tuple(post.name.split("#")[0] + "." for pre, post in rows
+                   if pre is None and post.kind == "block")
     return tuple(_captured_row(i, pre, post, reference,
-                               None if head and i == len(rows) else last_std, thresholds)
+                               None if head and i == len(rows) else last_std, thresholds,
+                               blocks, by_design, head and i == len(rows))
                  for i, (pre, post) in enumerate(rows, start=1))
+
+
+def design_notes(layers: Sequence[LayerStats], design: ByDesign | None) -> tuple[str, ...]:
+    """What a run's deliberate zeros did, said once: what starts at 0 and who set it, how many
+    layers' gradients are 0 at step 0 because of it, and which zeros can never leave 0 (those
+    stay flagged). Nothing when no row showed a flag that they explain."""
+    if design is None or not any(layer.by_design for layer in layers):
+        return ()
+    names = [layer.name for layer in layers]
+    zeros = [n for n in names if n in design.zero_weights or n in design.stuck]
+    what = [f"{_listed(zeros)} start at 0"] if zeros else []
+    if design.gates:
+        what.append(f"α starts at 0 in {_listed(sorted(design.gates))} (each block starts as "
+                    "the identity)")
+    quiet = sum(bool({"grad_zero", "grad_vanishing"} & set(layer.by_design))
+                for layer in layers if layer.name in design.quiet)
+    note = f"zero by design ({design.source}): {'; '.join(what)}"
+    if quiet:
+        gradients = ("1 layer's gradient is", "it flows") if quiet == 1 else (
+            f"{quiet} layers' gradients are", "they flow")
+        note += (f", so {gradients[0]} exactly 0 at step 0 ({gradients[1]} once training moves "
+                 "those zeros)")
+    notes = [note]
+    stuck = [n for n in names if n in design.stuck]
+    if stuck:
+        notes.append(f"but {design.activation or 'the activation'} is flat at 0: "
+                     f"{_listed(stuck)} get no gradient, never leave 0 and stay dead, and the "
+                     "layers before them in their branch never learn (flagged)")
+    return tuple(notes)
+
+
+def _listed(names: Sequence[str]) -> str:
+    """Module names with block numbers folded (`blocks.*.branch.fc2`), in first-seen order,
+    joined as `a, b and c`."""
+    folded = list(dict.fromkeys(re.sub(r"(?<=\.)\d+(?=\.|$)", "*", name) for name in names))
+    return " and ".join(filter(None, [", ".join(folded[:-1]), folded[-1]]))
 
 
 def grad_reference(layers: Sequence[LayerStats]) -> LayerStats:
@@ -270,7 +376,8 @@ def torch_fans(weight_shape: Sequence[int]) -> tuple[int, int]:
 
 def _captured_row(index: int, pre_record: CapturedLayer | None, post_record: CapturedLayer,
                   reference_std: float | None, last_grad_std: float | None,
-                  t: Thresholds) -> LayerStats:
+                  t: Thresholds, blocks: tuple[str, ...] = (),
+                  design: ByDesign | None = None, head: bool = False) -> LayerStats:
     first = pre_record or post_record
     raw_post = post_record.stats
     pre = None
@@ -299,15 +406,21 @@ def _captured_row(index: int, pre_record: CapturedLayer | None, post_record: Cap
         "nonfinite": not bounds_finite or grad_flags.get("nonfinite", False),
         "symmetric": bounds_finite and units > 1 and spread is not None and spread <= t.symmetric,
         "exploding": scaled and std > t.exploding * reference_std,
-        "vanishing": scaled and std < t.vanishing * reference_std,
+        # the head's output is the logits: small ones are a calm start (fixup and μP start it
+        # at 0), and the loss's gradient at them, softmax - labels, is not small
+        "vanishing": scaled and not head and std < t.vanishing * reference_std,
         "saturated": post.saturated is not None and post.saturated > t.saturated,
         "dead": post.dead is not None and post.dead > t.dead,
     }
+    if first.name.startswith(blocks):  # inside a block: the stream is judged instead
+        flags.update(dict.fromkeys(SIGNAL_FLAGS, False))
+    deliberate = design.flags(first.name) if design is not None else frozenset()
     module = first.module_type if pre_record is None else (
         f"{pre_record.module_type} → {post_record.module_type}")
     return LayerStats(index, fan_in, max(units, 1), pre, post, grad,
-                      tuple(flag for flag in FLAGS if flags.get(flag)),
-                      name=first.name, kind=first.kind, module=module)
+                      tuple(f for f in FLAGS if flags.get(f) and f not in deliberate),
+                      name=first.name, kind=first.kind, module=module,
+                      by_design=tuple(f for f in FLAGS if flags.get(f) and f in deliberate))
 
 
 def _captured_grad(g: dict[str, float | None] | None, last_std: float | None,

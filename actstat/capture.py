@@ -147,18 +147,22 @@ def capture(model: nn.Module, inputs: Any, targets: torch.Tensor | None = None, 
             output: int | str | None = None,
             layers: type[nn.Module] | str | Sequence[type[nn.Module] | str] | None = None,
             grad: bool = True, bins: int = 0,
-            thresholds: Thresholds | None = None) -> Capture:
+            thresholds: Thresholds | None = None,
+            blocks: Sequence[nn.Module] = ()) -> Capture:
     """Run `model` once on `inputs` (a tensor, a tuple of positional arguments or a dict of
     keyword arguments) and measure the layers it ran; with `grad`, also one backward pass of
     the loss: `loss(output, targets)` when given, cross-entropy against `targets` when given
     (logits (..., classes) against targets (...)), else the sum of the output. `output` picks
     the tensor of a tuple or dict output (default: the first tensor). The model runs in the mode
     it is in (train or eval) and is left exactly as it was: parameters, buffers (BatchNorm
-    running statistics), `training`, `requires_grad`, existing `.grad` and hooks."""
+    running statistics), `training`, `requires_grad`, existing `.grad` and hooks. `blocks`:
+    modules measured as blocks besides the repeated ones, where the caller knows its model's
+    blocks (the built-in residual model with a single block, which has no repeat to be found
+    by)."""
     t = thresholds if thresholds is not None else Thresholds()
     selection = _selection(layers)
     recorder = _Recorder(model, selection, grad=grad, bins=bins, near_zero=t.near_zero,
-                         saturation_cut=t.saturation_cut)
+                         saturation_cut=t.saturation_cut, blocks=blocks)
     with preserved(model, inputs), recorder.hooks():
         with torch.enable_grad() if grad else torch.no_grad():
             out = recorder.forward(inputs)
@@ -270,7 +274,8 @@ class _Recorder:
     """The hooks of one pass and what they measured."""
 
     def __init__(self, model: nn.Module, selection: tuple[tuple[type, ...], tuple[str, ...]] | None,
-                 *, grad: bool, bins: int, near_zero: float, saturation_cut: float):
+                 *, grad: bool, bins: int, near_zero: float, saturation_cut: float,
+                 blocks: Sequence[nn.Module] = ()):
         self.model = model
         self.selection = selection
         self.grad = grad
@@ -278,7 +283,7 @@ class _Recorder:
         self.near_zero = near_zero
         self.cut = saturation_cut
         self.names = {id(m): name or type(model).__name__ for name, m in model.named_modules()}
-        self.blocks = repeated_blocks(model)
+        self.blocks = repeated_blocks(model) | {id(block) for block in blocks}
         self.convolutional = {id(m) for m in model.modules()
                               if any(isinstance(s, CHANNEL_TYPES) for s in m.modules())}
         self.calls: Counter[int] = Counter()

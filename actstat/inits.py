@@ -246,18 +246,25 @@ class Role:
 RoleInit = Callable[[torch.Tensor, Role, float, torch.Generator], object]
 
 
+def _zeroes_nothing(role: Role) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class StructuralInit:
     """An init that needs the model's structure: `initialise` gives each Linear's weight its
     `Role`, sets every bias to 0 (the bias init is not used) and, where `multiplier` is not
     None, every residual block's α to it. `needs_residual`: refused at config time for a model
     without residual blocks; `needs_multiplier`: the blocks get an α even where
-    model.multiplier is unset."""
+    model.multiplier is unset. `zeroes`: the roles whose weights `weight` sets to exactly 0 on
+    purpose (fixup's branch last layers and head), which the analysis reads as by design, not
+    as a failure (a multiplier of 0 is deliberate too: rezero)."""
 
     weight: RoleInit
     multiplier: float | None = None
     needs_residual: bool = True
     needs_multiplier: bool = False
+    zeroes: Callable[[Role], bool] = _zeroes_nothing
 
 
 def _he(w: torch.Tensor, act_gain: float, g: torch.Generator, scale: float = 1.0) -> None:
@@ -275,14 +282,19 @@ def fixup() -> StructuralInit:
     block's α, when model.multiplier is set)."""
 
     def init(w: torch.Tensor, role: Role, act_gain: float, g: torch.Generator) -> None:
-        if role.kind == "head" or role.last_of_branch:
+        if _fixup_zeroes(role):
             nn.init.zeros_(w)
         elif role.kind == "branch":
             _he(w, act_gain, g, role.blocks ** (-1.0 / (2 * role.branch_depth - 2)))
         else:
             _he(w, act_gain, g)
 
-    return StructuralInit(init, multiplier=1.0)
+    return StructuralInit(init, multiplier=1.0, zeroes=_fixup_zeroes)
+
+
+def _fixup_zeroes(role: Role) -> bool:
+    """Fixup's zeros: each branch's last layer and the head."""
+    return role.kind == "head" or role.last_of_branch
 
 
 def rezero() -> StructuralInit:

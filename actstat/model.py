@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from actstat.activations import Activation
+from actstat.analysis import ByDesign
 from actstat.errors import ConfigError
 from actstat.inits import BiasInit, Role, StructuralInit, WeightInit
 
@@ -235,11 +236,62 @@ def initialise(model: nn.Module, weight_init: WeightInit | StructuralInit, bias_
             elif isinstance(module, NORMS):
                 module.reset_parameters()  # weight 1, bias 0 (and fresh running statistics)
             elif isinstance(module, ResidualBlock) and module.initial_multiplier is not None:
-                start = module.initial_multiplier
-                if structural is not None and structural.multiplier is not None:
-                    start = structural.multiplier
-                module.multiplier.fill_(start)
+                module.multiplier.fill_(start_multiplier(module, weight_init))
     return model.to(device=device, dtype=dtype).eval()
+
+
+def start_multiplier(block: ResidualBlock, init: WeightInit | StructuralInit) -> float | None:
+    """The value `initialise` starts a block's α at: the structural init's where it sets one,
+    else the configured one (None: the block has no α)."""
+    if block.initial_multiplier is None:
+        return None
+    if isinstance(init, StructuralInit) and init.multiplier is not None:
+        return init.multiplier
+    return block.initial_multiplier
+
+
+def by_design(model: nn.Module, init: WeightInit | StructuralInit, activation: Activation,
+              name: str) -> ByDesign | None:
+    """The zeros that `init` (registered as `name`) sets on purpose in the built-in residual
+    model, and the gradients they silence at step 0 (see actstat/analysis.py `ByDesign`): the
+    layers of `init.zeroes`' roles, and the blocks whose α starts at 0 (rezero, or
+    model.multiplier 0). A zero head silences every layer before it; a zero α its block's
+    branch (and a pre norm, which feeds only the branch); a zero branch last layer the layers
+    before it in its branch. Where the activation is flat at 0 (relu), a zero branch last
+    layer's units are dead and pass no gradient, ever: it and its branch are `stuck`, not
+    quiet. None where nothing is zero on purpose (and for any other model)."""
+    if not isinstance(model, ResidualMLP):
+        return None
+    names = {id(m): path for path, m in model.named_modules()}
+    zeroes = init.zeroes if isinstance(init, StructuralInit) else None
+    zeroed = ({id(m) for m, role in linear_roles(model).items() if zeroes(role)}
+              if zeroes is not None else set())
+    flat = activation.dead_below is not None and activation.dead_below >= 0
+    zero_weights, stuck, gates, quiet, never = set(), set(), set(), set(), set()
+    gate_source = None
+    if id(model.head) in zeroed:
+        zero_weights.add(names[id(model.head)])
+        quiet |= {path for path, m in model.named_modules() if m is not model.head and path}
+    for block in model.blocks:
+        # the rows behind the branch's output: a pre norm, then the branch's Linear layers
+        behind = [m for m in (getattr(block, "norm", None) if block.pre else None,
+                              *block.branch) if isinstance(m, (nn.Linear, *NORMS))]
+        if start_multiplier(block, init) == 0:
+            gates.add(names[id(block)])
+            quiet |= {names[id(m)] for m in behind}
+            structural_gate = isinstance(init, StructuralInit) and init.multiplier == 0
+            gate_source = name if structural_gate else "model.multiplier 0"
+        last = behind[-1]
+        if id(last) in zeroed:
+            before = {names[id(m)] for m in behind[:-1]}
+            (stuck if flat else zero_weights).add(names[id(last)])
+            (never if flat else quiet).update(before)
+    if not (zero_weights or stuck or gates):
+        return None
+    return ByDesign(source=name if zeroed else gate_source or name,
+                    zero_weights=frozenset(zero_weights), stuck=frozenset(stuck),
+                    gates=frozenset(gates), quiet=frozenset(quiet - never - stuck),
+                    activation=activation.name)
 
 
 def _materialise(model: nn.Module) -> None:

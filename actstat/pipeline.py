@@ -13,7 +13,14 @@ import torch
 
 from actstat import __version__
 from actstat.activations import ACTIVATIONS, Activation, make_activation
-from actstat.analysis import analyse, analyse_captured, analyse_trajectory, verdict
+from actstat.analysis import (
+    ByDesign,
+    analyse,
+    analyse_captured,
+    analyse_trajectory,
+    design_notes,
+    verdict,
+)
 from actstat.capture import (
     capture,
     first_tensor,
@@ -54,6 +61,7 @@ from actstat.model import (
     build_mlp,
     build_normed_mlp,
     build_residual,
+    by_design,
     initialise,
     parameter_variances,
     stack_mlps,
@@ -391,13 +399,18 @@ def model_run(model: torch.nn.Module, inputs: Any, targets: Any, *, scheme: str,
               init_params: Mapping[str, Any], label: str, input_std: float | None,
               thresholds: Thresholds, loss: Callable | None = None,
               output: int | str | None = None, layers: Any = None, grad: bool = True,
-              hist: bool = False) -> Run:
-    """One pass of the general probe (actstat/capture.py) over `model`, analysed into a Run."""
+              hist: bool = False, blocks: Sequence[torch.nn.Module] = (),
+              by_design: ByDesign | None = None) -> Run:
+    """One pass of the general probe (actstat/capture.py) over `model`, analysed into a Run;
+    `blocks` are measured as blocks even without a repeat, and the flags that `by_design`'s
+    deliberate zeros explain are set aside as by design, with a note."""
     captured = capture(model, inputs, targets, loss=loss, output=output, layers=layers, grad=grad,
-                       bins=HIST_BINS if hist else 0, thresholds=thresholds)
-    rows = analyse_captured(captured.layers, input_std=input_std, thresholds=thresholds)
+                       bins=HIST_BINS if hist else 0, thresholds=thresholds, blocks=blocks)
+    rows = analyse_captured(captured.layers, input_std=input_std, thresholds=thresholds,
+                            by_design=by_design)
     return Run(scheme, init, dict(init_params), "model", {}, verdict(rows),
-               finite_or_none(captured.loss), rows, model=label)
+               finite_or_none(captured.loss), rows, model=label,
+               notes=design_notes(rows, by_design))
 
 
 def build_blocks(config: Config, activation: Activation, in_features: int,
@@ -556,7 +569,10 @@ def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
             scheme=scheme_label(init, act), init=init.name,
             init_params={**init.params, "bias": init.bias.model_dump()},
             label=blocks_label(config), input_std=given.std, thresholds=config.thresholds,
-            layers=layer_selection(config.model.layers), grad=config.grad, hist=config.hist)
+            layers=layer_selection(config.model.layers), grad=config.grad, hist=config.hist,
+            # its blocks by name: one block has no repeat for the probe to find it by
+            blocks=tuple(model.blocks) if isinstance(model, ResidualMLP) else (),
+            by_design=by_design(model, weight_init, activation, init.name))
         if config.theory and lsuv is None:  # lsuv's biases come from the data: no theory
             second = float(batch.inputs.double().pow(2).mean())
             run = replace(run, layers=tuple(

@@ -147,16 +147,17 @@ def verdict_line(run: Run, report: Report) -> str:
     grad = "" if ratio is None else f"; grad std layer {first} / layer {last} = {number(ratio)}"
     if run.theory is not None:
         grad += f"; mean field: {run.theory.phase} (χ₁ = {number(run.theory.chi1)})"
+    notes = "".join(f"; {note}" for note in run.notes)
     if run.verdict == HEALTHY:
-        worst_dead = max((layer.post.dead or 0.0) for layer in layers)
+        worst_dead = summarise(layers, run.verdict).worst_dead
         dead = f", up to {percent(worst_dead)} of units dead" if worst_dead else ""
-        return f"{run.scheme}: healthy — {drift}{dead}{grad}; no flags"
+        return f"{run.scheme}: healthy — {drift}{dead}{grad}; no flags{notes}"
     layer = first_flagged(layers, run.verdict)
     assert layer is not None  # a verdict other than healthy comes from a flagged layer
     count = sum(run.verdict in each.flags for each in layers)
     where = f"from layer {layer_label(layer, run)} ({count} of {len(layers)} layers)"
     reason = _reason(run.verdict, layer, t, run)
-    return f"{run.scheme}: {run.verdict} {where} — {reason}; {drift}{grad}"
+    return f"{run.scheme}: {run.verdict} {where} — {reason}; {drift}{grad}{notes}"
 
 
 def precision_note(report: Report) -> str | None:
@@ -374,11 +375,12 @@ CSV_COLUMNS = ("scheme", "init", "act", "verdict", "layer", "fan_in", "fan_out",
                "post_dead", "post_saturated", "pre_expected_std", "post_expected_mean",
                "post_expected_std", "grad_mean", "grad_std", "grad_weight_std",
                "grad_to_data", "train_weight_change", "train_weight_delta", "train_bias_delta",
-               "train_still_symmetric", "flags", "name", "kind", "module")
+               "train_still_symmetric", "flags", "name", "kind", "module", "by_design")
 
 
 def to_csv(report: Report) -> str:
-    """One row per scheme and layer; empty cells for none; flags joined with ';'."""
+    """One row per scheme and layer; empty cells for none; flags (and by_design) joined with
+    ';'."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -395,7 +397,8 @@ def to_csv(report: Report) -> str:
             row = {"scheme": run.scheme, "init": run.init, "act": run.act,
                    "verdict": run.verdict, "layer": layer.index, "fan_in": layer.fan_in,
                    "fan_out": layer.fan_out, **stats, "flags": ";".join(layer.flags),
-                   "name": layer.name, "kind": layer.kind, "module": layer.module}
+                   "name": layer.name, "kind": layer.kind, "module": layer.module,
+                   "by_design": ";".join(layer.by_design)}
             writer.writerow("" if row.get(c) is None else row[c] for c in CSV_COLUMNS)
     return buffer.getvalue()
 
@@ -626,7 +629,15 @@ def compare_renderables(report: Report, sort: str = "verdict",
     fitted = compare_table(report, sort, width)
     note = left_out_note(fitted.left_out, width)
     lsuv = [Text(_scheme_lsuv_line(run)) for run in sorted_runs(report, sort) if run.lsuv]
-    return [fitted.table] + ([note] if note else []) + lsuv
+    return [fitted.table] + ([note] if note else []) + lsuv + [
+        Text(line, style="dim") for line in compare_notes(report, sort)]
+
+
+def compare_notes(report: Report, sort: str = "verdict") -> list[str]:
+    """Under the compare table, what each scheme's deliberate zeros did (a verdict says nothing
+    of them): `fixup + tanh: zero by design (fixup): ...`."""
+    return [f"{run.scheme}: {'; '.join(run.notes)}" for run in sorted_runs(report, sort)
+            if run.notes]
 
 
 def compare_text(report: Report, sort: str = "verdict") -> str:
@@ -668,6 +679,9 @@ def compare_markdown(report: Report, sort: str = "verdict", detail: bool = False
         cells = _compare_cells(run, summarise(run.layers, run.verdict))
         lines.append("| " + " | ".join(cells[c] for c in names) + " |")
     lines.append("")
+    notes = compare_notes(report, sort)
+    if notes:
+        lines += [f"- {line}" for line in notes] + [""]
     if detail:
         lines += to_markdown(report).split("\n")[4:]
     return "\n".join(lines)

@@ -106,6 +106,9 @@ class LayerStats:
     kind: str = field(default="weight", kw_only=True)  # one of LAYER_KINDS
     # the module classes measured: "Linear → ReLU", "Conv2d", "BatchNorm2d → ReLU"
     module: str = field(default="", kw_only=True)
+    # flags the row shows because of its init's deliberate zeros (fixup's zero head, rezero's
+    # α = 0): not problems, not in `flags` nor the verdict; the run's `notes` say why
+    by_design: tuple[str, ...] = field(default=(), kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,8 @@ class Run:
     # init lsuv: every weight layer in forward order, as it scaled it; None: any other init
     lsuv: tuple[LsuvLayer, ...] | None = None
     trajectory: Trajectory | None = None  # `actstat train`: the statistics through training
+    # what the scheme's deliberate zeros did, said once (actstat/analysis.py `design_notes`)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -368,6 +373,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
         "verdict": run.verdict,
         "loss": run.loss,
         "model": run.model,
+        "notes": list(run.notes),
         "layers": [
             {
                 "index": layer.index,
@@ -381,6 +387,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
                          else list(layer.post.histogram)},
                 "grad": None if layer.grad is None else asdict(layer.grad),
                 "flags": list(layer.flags),
+                "by_design": list(layer.by_design),
             }
             for layer in run.layers
         ],
@@ -462,10 +469,12 @@ def _run_from(raw: Mapping[str, Any]) -> Run:
                 name=layer.get("name", str(2 * (layer["index"] - 1))),
                 kind=layer.get("kind", "weight"),
                 module=layer.get("module", ""),
+                by_design=tuple(layer.get("by_design", ())),
             )
             for layer in raw["layers"]
         ),
         model=raw.get("model"),
+        notes=tuple(raw.get("notes", ())),
         train=None if raw["train"] is None else _train_from(raw["train"]),
         theory=None if raw.get("theory") is None else Theory(**_only(Theory, raw["theory"])),
         lsuv=None if raw.get("lsuv") is None else tuple(LsuvLayer(**_only(LsuvLayer, layer))

@@ -68,6 +68,7 @@ class LayerModel(_Model):
     name: str = ""
     kind: Literal[LAYER_KINDS] = "weight"  # type: ignore[valid-type]
     module: str = ""
+    by_design: list[Flag] = []  # flags a deliberate zero explains (added within version 2)
 
 
 class TrainLayerModel(_Model):
@@ -155,6 +156,7 @@ class RunModel(_Model):
     model: str | None = None  # schema version 2: a user's model
     lsuv: list[LsuvLayerModel] | None = None  # init lsuv (added within version 2)
     trajectory: TrajectoryModel | None = None  # schema version 2, additive: actstat train
+    notes: list[str] = []  # what deliberate zeros did (added within version 2)
 
 
 class InputModel(_Model):

@@ -3,6 +3,7 @@ forward computed by hand in NumPy, and the config's errors."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -192,3 +193,203 @@ def test_rmsnorm_on_a_torch_without_it_is_one_line(cli, tmp_path, monkeypatch):
     result = cli("run", _config(tmp_path, norm="rmsnorm"), "-q", code=2)
     assert "rmsnorm needs torch 2.4 or later" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- verdicts: the stream is the signal; a structural init's zeros are by design --------------
+
+def _verdict_config(tmp_path, init: str, act: str, *, scale: float | None = None,
+                    grad: bool = True, **model) -> str:
+    """A residual model of width 32 in float64, with gradients, on 200 MNIST digits; with
+    `scale`, on `_config`'s N(0, 1) batch times `scale` instead (targets drawn with the seed)."""
+    data = "{source: mnist, batch_size: 200}"
+    if scale is not None:
+        np.save(tmp_path / "x.npy", scale * X)
+        data = f"{{source: x.npy, normalize: none, batch_size: {BATCH}}}"
+    keys = {"block": "residual", "depth": DEPTH, "width": 32, "branch_depth": BRANCH, **model}
+    lines = ["model:"] + [f"  {k}: {json.dumps(v)}" for k, v in keys.items()] + [
+        f"data: {data}", "dtype: float64", "device: cpu", "seed: 3",
+        f"grad: {json.dumps(grad)}",
+        f"init: {init}", f"activation: {act}"]  # init: a name, or {name: ..., param: ...}
+    path = tmp_path / "scheme.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def _run(cli, config: str, *args: str, code: int = 0) -> dict:
+    (run,) = json.loads(cli("run", config, "-q", "-f", "json", *args, code=code).stdout)["runs"]
+    run["rows"] = {layer["name"]: layer for layer in run["layers"]}
+    return run
+
+
+def _trained(config: str, steps: int = 3) -> nn.Module:
+    """The run's model on the run's batch and drawn targets, after `steps` steps of plain SGD:
+    what training does to the zeros that the analysis calls by design."""
+    from actstat.config import load_config
+    from actstat.data import load_batch
+    from actstat.pipeline import build_blocks
+
+    resolved = load_config(config)
+    (init,), (act,) = resolved.init, resolved.activation
+    activation, weights = make_activation(act.name), make_init(init.name, init.params)
+    cpu = torch.device("cpu")
+    batch = load_batch(resolved.data, seed=resolved.seed, device=cpu, dtype=torch.float64,
+                       num_classes=10)
+    model = build_blocks(resolved, activation, batch.inputs.shape[1], weights)
+    model = initialise(model, weights, make_bias_init("zeros"), act_gain=activation.gain, seed=resolved.seed,
+                       device=cpu, dtype=torch.float64).train()
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(batch.inputs), batch.labels).backward()
+        optimiser.step()
+    return model
+
+
+def test_fixup_with_tanh_is_healthy_and_says_its_zeros_are_by_design(cli, tmp_path):
+    config = _verdict_config(tmp_path, "fixup", "tanh")
+    run = _run(cli, config, "--fail-on", "any")  # nothing flagged: exit 0
+    rows = run["rows"]
+    assert run["verdict"] == "healthy"
+    assert all(not layer["flags"] for layer in run["layers"])
+    # what would have been flagged is recorded as by design, and only where the zeros are
+    for b in range(DEPTH):
+        last = rows[f"blocks.{b}.branch.fc2"]
+        assert last["post"]["std"] == 0 and last["grad"]["weight_std"] == 0
+        assert last["by_design"] == ["symmetric", "grad_zero", "dead"]
+        assert rows[f"blocks.{b}.branch.fc1"]["by_design"] == ["grad_zero"]
+    assert rows["head"]["by_design"] == ["symmetric", "dead"]
+    assert rows["head"]["grad"]["weight_std"] > 0  # the head learns at once
+    assert rows["inp"]["by_design"] == ["grad_zero"] and rows["inp"]["grad"]["std"] == 0
+    (note,) = run["notes"]
+    assert note.startswith("zero by design (fixup): blocks.*.branch.fc2 and head start at 0")
+    assert "7 layers' gradients are exactly 0 at step 0" in note
+    # and it is true: training moves the zeros, after which every layer's weights move
+    trained = _trained(config)
+    assert all(block.branch.fc2.weight.abs().max() > 0 for block in trained.blocks)
+    # the table says it once, under the table, not as a flag on ten rows
+    text = cli("run", config, "-q").stdout
+    assert "fixup + tanh: healthy" in text and "zero by design (fixup)" in text
+    assert text.count("zero by design") == 1
+    table = {row["name"]: row for row in csv.DictReader(
+        cli("run", config, "-q", "-f", "csv").stdout.splitlines())}
+    assert table["head"]["flags"] == "" and table["head"]["by_design"] == "symmetric;dead"
+
+
+def test_fixup_with_relu_keeps_the_branches_that_can_never_leave_zero_flagged(cli, tmp_path):
+    # each branch ends in relu: its zero last layer's pre-activation is 0 for every sample,
+    # where relu's gradient is 0, so nothing ever moves it: dead for good, not by design
+    config = _verdict_config(tmp_path, "fixup", "relu")
+    run = _run(cli, config)
+    rows = run["rows"]
+    assert run["verdict"] == "grad_zero"
+    for b in range(DEPTH):
+        assert rows[f"blocks.{b}.branch.fc2"]["flags"] == ["grad_zero", "dead"]
+        assert rows[f"blocks.{b}.branch.fc2"]["by_design"] == ["symmetric"]
+        assert rows[f"blocks.{b}.branch.fc1"]["flags"] == ["grad_zero"]
+    # the head and the layers before it are zero by design as with tanh
+    assert not rows["head"]["flags"] and not rows["inp"]["flags"]
+    assert rows["inp"]["by_design"] == ["grad_zero"]
+    assert run["notes"][1].startswith("but relu is flat at 0: blocks.*.branch.fc2 get no "
+                                      "gradient, never leave 0 and stay dead")
+    trained = _trained(config)
+    assert all(torch.equal(block.branch.fc2.weight, torch.zeros_like(block.branch.fc2.weight))
+               for block in trained.blocks)
+    assert trained.head.weight.abs().max() > 0
+    cli("run", config, "-q", "--fail-on", "dead", code=1)
+
+
+def test_rezero_is_healthy_its_branch_gradients_zero_by_design(cli, tmp_path):
+    config = _verdict_config(tmp_path, "rezero", "relu")
+    run = _run(cli, config, "--fail-on", "any")
+    rows = run["rows"]
+    assert run["verdict"] == "healthy"
+    for b in range(DEPTH):
+        for k in range(1, BRANCH + 1):
+            row = rows[f"blocks.{b}.branch.fc{k}"]
+            assert row["grad"]["weight_std"] == 0 and row["by_design"] == ["grad_zero"]
+        assert rows[f"blocks.{b}"]["grad"]["std"] > 0  # the stream's gradient is not silenced
+    assert run["notes"] == ["zero by design (rezero): α starts at 0 in blocks.* (each block "
+                            "starts as the identity), so 6 layers' gradients are exactly 0 at "
+                            "step 0 (they flow once training moves those zeros)"]
+    trained = _trained(config, steps=1)
+    assert all(block.multiplier.detach() != 0 for block in trained.blocks)
+    # model.multiplier 0 with a per-weight init is the same design, said to be the config's
+    run = _run(cli, _verdict_config(tmp_path, "kaiming", "relu", multiplier=0.0))
+    assert run["verdict"] == "healthy"
+    assert run["notes"][0].startswith("zero by design (model.multiplier 0): α starts at 0")
+
+
+def test_without_gradients_the_note_says_what_starts_at_zero(cli, tmp_path):
+    run = _run(cli, _verdict_config(tmp_path, "fixup", "tanh", grad=False))
+    assert run["verdict"] == "healthy"
+    assert run["rows"]["blocks.0.branch.fc2"]["by_design"] == ["symmetric", "dead"]
+    assert run["notes"] == ["zero by design (fixup): blocks.*.branch.fc2 and head start at 0"]
+
+
+def test_zeros_is_still_symmetric_on_a_residual_model(cli, tmp_path):
+    run = _run(cli, _verdict_config(tmp_path, "zeros", "relu"), "--fail-on", "symmetric",
+               code=1)
+    assert run["verdict"] == "symmetric" and not run["notes"]
+    assert "symmetric" in run["rows"]["inp"]["flags"]
+    assert all(not layer["by_design"] for layer in run["layers"])
+
+
+def test_small_branch_outputs_are_not_vanishing_a_vanishing_stream_is(cli, tmp_path):
+    report = json.loads(cli("run", _verdict_config(tmp_path, "gpt2", "relu"), "-q", "-f",
+                            "json").stdout)
+    (run,) = report["runs"]
+    rows = {layer["name"]: layer for layer in run["layers"]}
+    for b in range(DEPTH):  # what used to read vanishing: a small term added to the stream
+        assert rows[f"blocks.{b}.branch.fc2"]["post"]["std"] < 0.1 * report["input"]["std"]
+        assert not rows[f"blocks.{b}.branch.fc2"]["flags"]
+    assert run["verdict"] == "healthy"
+    # gpt2 with a 100× smaller std: the stream itself is lost, and that is flagged
+    tiny = _run(cli, _verdict_config(tmp_path, "{name: gpt2, std: 0.0002}", "relu"))
+    assert tiny["verdict"] == "vanishing"
+    flagged = [layer["name"] for layer in tiny["layers"] if "vanishing" in layer["flags"]]
+    assert flagged == ["inp", "blocks.0", "blocks.1", "blocks.2"]
+
+
+def test_a_genuine_problem_is_still_flagged_under_fixup(cli, tmp_path):
+    # inputs 3× larger saturate the input layer's tanh: fixup's zeros do not excuse that
+    run = _run(cli, _verdict_config(tmp_path, "fixup", "tanh", scale=3.0))
+    assert run["verdict"] == "saturated" and "saturated" in run["rows"]["inp"]["flags"]
+    assert run["notes"]  # and the zeros are still by design
+    # a stream that explodes is flagged on the stream, whatever the branches read
+    run = _run(cli, _verdict_config(tmp_path, "randn", "relu"))
+    assert run["verdict"] == "exploding"
+    assert "exploding" in run["rows"]["blocks.2"]["flags"]
+    assert all("exploding" not in layer["flags"] for name, layer in run["rows"].items()
+               if ".branch." in name)
+
+
+def test_one_block_is_named_like_the_others(cli, tmp_path):
+    run = _run(cli, _verdict_config(tmp_path, "kaiming", "relu", depth=1))
+    assert list(run["rows"]) == ["inp", "blocks.0.branch.fc1", "blocks.0.branch.fc2",
+                                 "blocks.0", "head"]
+    assert run["rows"]["blocks.0"]["kind"] == "block"
+
+
+def test_compare_gives_each_scheme_its_verdict_and_notes(cli, tmp_path):
+    config = _verdict_config(tmp_path, "kaiming", "tanh")
+    text = cli("compare", config, "-q", "--init", "fixup,rezero,gpt2,zeros").stdout
+    verdicts = {line.split("  ")[0]: line.split()[3] for line in text.splitlines()
+                if " + tanh " in line and "zero by design" not in line}
+    assert verdicts == {"fixup + tanh": "healthy", "rezero + tanh": "healthy",
+                        "gpt2 + tanh": "healthy", "zeros + tanh": "symmetric"}
+    notes = [line for line in text.splitlines() if "zero by design" in line]
+    assert [line.split(":")[0] for line in notes] == ["fixup + tanh", "rezero + tanh"]
+
+
+def test_a_fixup_baseline_checks_and_its_notes_round_trip(cli, tmp_path):
+    config = _verdict_config(tmp_path, "fixup", "tanh")
+    baseline = tmp_path / "base.json"
+    cli("baseline", config, "-o", str(baseline), "-q")
+    raw = json.loads(baseline.read_text(encoding="utf-8"))
+    assert raw["runs"][0]["notes"] and raw["runs"][0]["layers"][-1]["by_design"]
+    from actstat.report import read_report
+
+    report = read_report(baseline)
+    assert report.runs[0].notes == tuple(raw["runs"][0]["notes"])
+    assert report.to_dict()["runs"][0] == raw["runs"][0]
+    cli("check", str(baseline), "-q", "--fail-on", "any")
