@@ -15,7 +15,7 @@ from actstat import __version__
 from actstat.activations import ACTIVATIONS, Activation, make_activation
 from actstat.analysis import analyse, analyse_captured, verdict
 from actstat.capture import capture, first_tensor, is_weight_layer, transposed_linear
-from actstat.config import KEEP, ActivationSpec, Config, InitSpec, Thresholds
+from actstat.config import KEEP, ActivationSpec, Config, InitSpec, ModelConfig, Thresholds
 from actstat.data import (
     Batch,
     load_batch,
@@ -161,7 +161,10 @@ def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = 
     """Load the batch once, then build, initialise and measure one model per scheme; schemes
     that share an activation are measured side by side as one stacked model (`stack`: at most
     this many at once; default from `stack_size`, 1 to measure every scheme on its own). With
-    `model.factory`, the user's model once per init instead (`profile_factory`)."""
+    `model.factory`, the user's model once per init instead (`profile_factory`). Compare schemes
+    with model keys of their own run on their own models (`profile_mixed`)."""
+    if config.mixed_models:
+        return profile_mixed(config, on_scheme, force=force, stack=stack)
     if config.model.factory is not None:
         return profile_factory(config, on_scheme)
     if not config.model.plain_mlp:
@@ -199,6 +202,68 @@ def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = 
         shape=tuple(batch.inputs.shape[1:]),
     )
     return _report(config, device, given, runs)
+
+
+def model_groups(config: Config) -> list[tuple[Config, list[int]]]:
+    """The config split by the model each scheme runs: one config per model (the config's own
+    first, with its init × activation grid), each with the positions of its schemes in
+    `schemes(config)`. Schemes of one model stay together, so the plain MLP's still stack."""
+    grid = len(config.init) * len(config.activation)
+    groups: dict[str, tuple[ModelConfig, list[Any], list[int]]] = {
+        config.model.model_dump_json(): (config.model, [], list(range(grid)))}
+    for position, scheme in enumerate(config.compare, start=grid):
+        model = config.scheme_model(scheme)
+        _, members, positions = groups.setdefault(model.model_dump_json(), (model, [], []))
+        members.append(scheme.model_copy(update={"model": None}))
+        positions.append(position)
+    return [(config.model_copy(update={
+                "model": model, "compare": members,
+                "init": config.init if model == config.model else [],
+                "activation": config.activation if model == config.model else []}), positions)
+            for model, members, positions in groups.values() if positions]
+
+
+def model_tag(model: ModelConfig) -> str:
+    """A model's structure in a few words, to tell schemes of a mixed compare apart: `plain`,
+    `residual`, `residual, layernorm`, `residual, branch 3, rmsnorm post, α=0.5`."""
+    parts = [model.block]
+    if model.block == "residual" and \
+            model.branch_depth != ModelConfig.model_fields["branch_depth"].default:
+        parts.append(f"branch {model.branch_depth}")
+    if model.norm != "none":
+        parts.append(model.norm + (" post" if model.norm_position == "post" else ""))
+    if model.multiplier is not None:
+        parts.append(f"α={model.multiplier:g}")
+    return ", ".join(parts)
+
+
+def profile_mixed(config: Config, on_scheme: Progress | None = None, *, force: bool = False,
+                  stack: int | None = None) -> Report:
+    """A compare whose schemes run different models (a plain MLP beside residual ones): each
+    model's schemes measured as a config of their own (stacked where shapes allow, separately
+    where not), on the same batch (same data and seed), in config order; each scheme's label
+    says its model: `fixup + relu (residual)`."""
+    todo = len(schemes(config))
+    runs: list[Run | None] = [None] * todo
+    given: InputStats | None = None
+    device = None
+    done = 0
+    for part, positions in model_groups(config):
+        offset = done
+
+        def progress(count: int, _total: int, label: str, offset: int = offset) -> None:
+            if on_scheme is not None:
+                on_scheme(offset + count, todo, label)
+
+        report = profile(part, progress, force=force, stack=stack)
+        given = given or report.input
+        device = device or report.device
+        tag = model_tag(part.model)
+        for position, run in zip(positions, report.runs):
+            runs[position] = replace(run, scheme=f"{run.scheme} ({tag})")
+        done += len(positions)
+    assert given is not None
+    return _report(config, torch.device(device), given, runs)
 
 
 def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch, *,
@@ -412,7 +477,11 @@ def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
             init_params={**init.params, "bias": init.bias.model_dump()},
             label=blocks_label(config), input_std=given.std, thresholds=config.thresholds,
             layers=layer_selection(config.model.layers), grad=config.grad, hist=config.hist)
-        runs.append(replace(run, act=act.name, act_params=dict(act.params)))
+        train = None
+        if config.train.steps:
+            train = train_probe(model, batch.inputs, batch.labels, steps=config.train.steps,
+                                lr=config.train.lr, symmetric=config.thresholds.symmetric)
+        runs.append(replace(run, act=act.name, act_params=dict(act.params), train=train))
         del model
         if on_scheme is not None:
             on_scheme(len(runs), len(todo), run.scheme)
