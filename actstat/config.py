@@ -137,6 +137,9 @@ class ModelConfig(_Section):
 
 # the model keys that describe the built-in model's blocks (refused with a factory)
 ARCHITECTURE_KEYS = ("block", "branch_depth", "norm", "norm_position", "multiplier")
+# the model keys a compare scheme may set for itself: its structure, and its depth (so that a
+# plain MLP of 100 hidden layers can face 50 residual blocks of 2: 100 weight layers each)
+SCHEME_MODEL_KEYS = ("depth", *ARCHITECTURE_KEYS)
 
 
 class _Spec(BaseModel):
@@ -185,13 +188,20 @@ class ActivationSpec(_Spec):
 
 class SchemeSpec(_Section):
     """One scheme of a `compare:` list: an init and an activation, each with its parameters, and
-    optionally model keys of its own (`model: {block: residual, norm: layernorm}`), so that one
-    compare can set a plain MLP beside residual and normalised ones (ARCHITECTURE_KEYS only:
-    depth, width and the data stay the config's, so the schemes differ in structure alone)."""
+    optionally model keys of its own (`model: {block: residual, depth: 50}`), so that one compare
+    can set a plain MLP beside residual and normalised ones (SCHEME_MODEL_KEYS only: width,
+    bias and the data stay the config's, so the schemes differ in structure alone)."""
 
     init: InitSpec
     activation: ActivationSpec
     model: dict[str, Any] | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_keys(cls, model: Any) -> Any:
+        if model is not None and not isinstance(model, Mapping):
+            raise ValueError(f"must be a mapping of model keys ({', '.join(SCHEME_MODEL_KEYS)})")
+        return model
 
 
 # `actstat compare` with no schemes given: the fast.ai lesson-8/9 experiments (N(0, 1) weights,
@@ -523,13 +533,16 @@ def _scheme_model(config: Config, scheme: SchemeSpec, key: str, where: str,
     """A compare scheme's model keys checked as the model section's own are, in one line."""
     if not scheme.model:
         return config.model
-    unknown = [k for k in scheme.model if k not in ARCHITECTURE_KEYS]
+    unknown = [k for k in scheme.model if k not in SCHEME_MODEL_KEYS]
     if unknown:
-        guess = closest(str(unknown[0]), list(ARCHITECTURE_KEYS))
+        # width is a model key, just not a scheme's: no "did you mean 'depth'?" for it
+        guess = None if unknown[0] in ModelConfig.model_fields else \
+            closest(str(unknown[0]), list(SCHEME_MODEL_KEYS))
         hint = f"did you mean '{guess}'? " if guess else ""
-        raise ConfigError(f"{where}: {key}.{unknown[0]}: a scheme sets only the model's "
-                          f"structure ({hint}valid keys here: {', '.join(ARCHITECTURE_KEYS)}); "
-                          "depth, width and bias are the config's, for every scheme")
+        raise ConfigError(f"{where}: {key}.{unknown[0]}: a scheme sets only the model's depth "
+                          f"and structure ({hint}valid keys here: "
+                          f"{', '.join(SCHEME_MODEL_KEYS)}); width and bias are the config's, "
+                          "for every scheme")
     try:
         return config.scheme_model(scheme)
     except ValidationError as err:
