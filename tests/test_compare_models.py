@@ -83,3 +83,15 @@ def test_each_scheme_is_measured_as_its_own_config_would_be(tmp_path):
     assert any(layer.name == "blocks.1.norm" for layer in rms.layers)
 
 
+
+
+@pytest.mark.slow
+def test_a_baseline_of_several_models_checks(cli, tmp_path):
+    config = tmp_path / "mixed.yaml"
+    config.write_text(
+        "model: {depth: 3, width: 8}\ndata: {batch_size: 64}\ndevice: cpu\n"
+        "compare:\n  - {init: kaiming, activation: relu}\n"
+        "  - {init: rezero, activation: relu, model: {block: residual, depth: 2}}\n")
+    baseline = str(tmp_path / "base.json")
+    cli("baseline", str(config), "-o", baseline, "-q")
+    cli("check", baseline, "-q")
