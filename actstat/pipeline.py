@@ -249,16 +249,16 @@ def profile_mixed(config: Config, on_scheme: Progress | None = None, *, force: b
     device = None
     done = 0
     for part, positions in model_groups(config):
-        offset = done
+        offset, tag = done, model_tag(part.model)
 
-        def progress(count: int, _total: int, label: str, offset: int = offset) -> None:
+        def progress(count: int, _total: int, label: str, offset: int = offset,
+                     tag: str = tag) -> None:
             if on_scheme is not None:
-                on_scheme(offset + count, todo, label)
+                on_scheme(offset + count, todo, f"{label} ({tag})")
 
         report = profile(part, progress, force=force, stack=stack)
         given = given or report.input
         device = device or report.device
-        tag = model_tag(part.model)
         for position, run in zip(positions, report.runs):
             runs[position] = replace(run, scheme=f"{run.scheme} ({tag})")
         done += len(positions)
