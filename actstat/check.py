@@ -295,8 +295,9 @@ def plan(request: CheckRequest) -> CheckPlan:
                            "to measure again; save a baseline with `actstat baseline --model "
                            "FILE.py:FACTORY` to check it here")
     own = config_from_dict(base.config, str(target))
-    consistent(base, own.model.depth if own.model.plain_mlp else None, len(schemes(own)),
-               str(target))
+    # a compare of several models (schemes with model keys) has as many row counts as models
+    plain = own.model.plain_mlp and not own.mixed_models
+    consistent(base, own.model.depth if plain else None, len(schemes(own)), str(target))
     notes: list[str] = []
     config_path = request.config
     recorded = config_file_of(base, target)

@@ -133,7 +133,14 @@ def _weight_change(moved: TrainLayer) -> str:
 
 
 def _trained(run: Run) -> list[TrainLayer | None]:
-    return list(run.train.layers) if run.train is not None else [None] * len(run.layers)
+    """Each layer row's training record: the MLP's by position; a model's by module name (its
+    rows include norms and blocks, which have no record of their own)."""
+    if run.train is None:
+        return [None] * len(run.layers)
+    if run.model is None:
+        return list(run.train.layers)
+    by_name = {moved.name: moved for moved in run.train.layers}
+    return [by_name.get(layer.name) if layer.kind == "weight" else None for layer in run.layers]
 
 
 def verdict_line(run: Run, report: Report) -> str:
@@ -182,12 +189,21 @@ def train_line(run: Run) -> str | None:
     depth = len(train.layers)
     frozen = sum(layer.weight_delta == 0 for layer in train.layers)
     same = sum(layer.still_symmetric for layer in train.layers)
-    moved = "hidden weights never moved" if frozen == depth else (
-        f"hidden weights moved (never in {frozen} of {depth} layers)" if frozen else
-        "hidden weights moved")
+    # the MLP's layers are its hidden Linears; a model's, every Linear before its head
+    weights = "hidden weights" if run.model is None else "weights"
+    moved = f"{weights} never moved" if frozen == depth else (
+        f"{weights} moved (never in {frozen} of {depth} layers)" if frozen else
+        f"{weights} moved")
+    alphas = ""
+    if train.multipliers:
+        ends = [alpha.end for alpha in train.multipliers if alpha.end is not None]
+        starts = sorted({number(alpha.start) for alpha in train.multipliers})
+        span = "—" if not ends else (number(ends[0]) if min(ends) == max(ends)
+                                     else f"{number(min(ends))} to {number(max(ends))}")
+        alphas = f"; α {'/'.join(starts)} → {span} ({len(train.multipliers)} blocks)"
     return (f"training: {train.steps} SGD steps at lr {train.lr:g}: loss "
             f"{number(train.loss[0])} → {number(train.loss[-1])}; {moved}; units still identical "
-            f"in {same} of {depth} layers")
+            f"in {same} of {depth} layers{alphas}")
 
 
 # a warning names at most this many layers that lsuv left outside its tolerance (the JSON
@@ -548,14 +564,16 @@ def sorted_runs(report: Report, sort: str) -> list[Run]:
 
 
 COMPARE_COLUMNS = ("scheme", "verdict", "first flag", "post std 1 → L", "gain", "dead", "sat",
-                   "grad 1/L", "phase", "χ₁", "log std", "log grad")
+                   "grad 1/L", "train loss", "phase", "χ₁", "log std", "log grad")
 
 
 # The order in which compare's columns leave a narrow terminal: the first named here leave first;
 # the scheme always stays. At 80 columns the name, verdict, first flag, post std 1 -> L and
 # grad 1/L remain; the sparklines shrink (fewer layers sampled) before any number leaves.
+# With --steps the training loss (first → last) stays longest after the verdict: it is what
+# the training probe is run for.
 COMPARE_COLUMNS_LEAVING = ("phase", "log grad", "χ₁", "sat", "dead", "gain", "log std",
-                           "grad 1/L", "first flag", "post std 1 → L", "verdict")
+                           "grad 1/L", "first flag", "post std 1 → L", "train loss", "verdict")
 SPARK_COLUMNS = ("log std", "log grad")
 TEXT_COLUMNS = ("scheme", "verdict", "first flag", "phase", *SPARK_COLUMNS)
 
@@ -575,6 +593,8 @@ def _compare_cells(run: Run, summary: Summary, spark_width: int = 40) -> dict[st
         "dead": percent(summary.worst_dead),
         "sat": percent(summary.worst_saturated),
         "grad 1/L": number(summary.grad_ratio),
+        "train loss": ("—" if run.train is None else
+                       f"{number(run.train.loss[0])} → {number(run.train.loss[-1])}"),
         "phase": run.theory.phase if run.theory else "—",
         "χ₁": number(run.theory.chi1) if run.theory else "—",
         "log std": sparkline([layer.post.std for layer in run.layers], spark_width),
@@ -585,15 +605,17 @@ def _compare_cells(run: Run, summary: Summary, spark_width: int = 40) -> dict[st
 
 def compare_columns(runs: Sequence[Run]) -> list[str]:
     """The compare table's columns: a user's model has no mean-field theory, so there are no
-    phase or χ₁ columns when no run has one."""
-    return [name for name in COMPARE_COLUMNS if name not in ("phase", "χ₁")
-            or any(run.theory is not None for run in runs)]
+    phase or χ₁ columns when no run has one; a train loss column only with the training probe."""
+    return [name for name in COMPARE_COLUMNS
+            if (name not in ("phase", "χ₁") or any(run.theory is not None for run in runs))
+            and (name != "train loss" or any(run.train is not None for run in runs))]
 
 
 def compare_table(report: Report, sort: str = "verdict", width: int | None = None) -> Fitted:
     """One row per scheme: where each one fails, at a glance; fitted to `width` terminal cells
     (None: full width)."""
-    depth = len(report.runs[0].layers) if report.runs else 0
+    counts = sorted({len(run.layers) for run in report.runs}) or [0]
+    depth = counts[-1]
     runs = sorted_runs(report, sort)
     summaries = [summarise(run.layers, run.verdict) for run in runs]
     rows = [_compare_cells(run, summary) for run, summary in zip(runs, summaries)]
@@ -619,7 +641,9 @@ def compare_table(report: Report, sort: str = "verdict", width: int | None = Non
         for name in names
     ]
     what = "hidden layers" if all(run.model is None for run in runs) else "layers"
-    return fit(spec, width, title=f"{len(report.runs)} schemes, {depth} {what}, "
+    # schemes of different models (a mixed compare) have different numbers of rows
+    many = str(depth) if len(counts) == 1 else f"{counts[0]} to {depth}"
+    return fit(spec, width, title=f"{len(report.runs)} schemes, {many} {what}, "
                f"{report.input.source}")
 
 
