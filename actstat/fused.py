@@ -191,12 +191,14 @@ def reduce_channels(x, bits, near_below, near, mid, half, lo_edge, hi_edge, spre
         lo = _TOP
         hi = -_TOP - np.int32(1)
         gap = np.float32(0.0)
-        position_lo = np.empty(positions if spread else 0, dtype=np.float32)
-        position_hi = np.empty(positions if spread else 0, dtype=np.float32)
+        # each position's extreme keys across channels (integer loops vectorise; float ones
+        # did not, and cost more than every other statistic together)
+        position_lo = np.empty(positions if spread else 0, dtype=np.int32)
+        position_hi = np.empty(positions if spread else 0, dtype=np.int32)
         for s in range(last - 1, first - 1, -1):
             if spread:
-                position_lo[:] = np.inf
-                position_hi[:] = -np.inf
+                position_lo[:] = _TOP
+                position_hi[:] = -_TOP - np.int32(1)
             for c in range(channels - 1, -1, -1):
                 row = x[s, c]
                 row_bits = bits[s, c]
@@ -214,12 +216,17 @@ def reduce_channels(x, bits, near_below, near, mid, half, lo_edge, hi_edge, spre
                         alive[b, c] = 1
                 if spread:
                     for i in range(positions):
-                        v = row[i]
-                        position_lo[i] = v if v < position_lo[i] else position_lo[i]
-                        position_hi[i] = v if v > position_hi[i] else position_hi[i]
-            if spread:
+                        k = row_bits[i] ^ ((row_bits[i] >> 31) & _TOP)
+                        position_lo[i] = min(position_lo[i], k)
+                        position_hi[i] = max(position_hi[i], k)
+            if spread:  # keys back to float32 bits (the map is its own inverse)
                 for i in range(positions):
-                    gap = max(gap, position_hi[i] - position_lo[i])
+                    position_lo[i] ^= (position_lo[i] >> 31) & _TOP
+                    position_hi[i] ^= (position_hi[i] >> 31) & _TOP
+                lows = position_lo.view(np.float32)
+                highs = position_hi.view(np.float32)
+                for i in range(positions):
+                    gap = max(gap, highs[i] - lows[i])
         counts[b] = count
         means[b] = mean
         m2s[b] = m2
