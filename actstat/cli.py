@@ -172,9 +172,12 @@ def _overrides(**options: Any) -> dict[str, Any]:
         overrides["activation"] = [n for given in options["act"] for n in _names("--act", given)]
     if options.get("model") is not None:
         overrides["model.factory"] = options["model"]
-    for option, key in (("block", "model.block"), ("norm", "model.norm")):
+    for option, key in (("block", "model.block"), ("norm", "model.norm"),
+                        ("norm_position", "model.norm_position")):
         if options.get(option) is not None:
             overrides[key] = options[option]
+    if options.get("multiplier") is not None:
+        overrides["model.multiplier"] = _scalar(options["multiplier"])
     if options.get("branch_depth") is not None:
         overrides["model.branch_depth"] = _scalar(options["branch_depth"])
     if options.get("layers") is not None:
@@ -226,6 +229,12 @@ BranchDepthOpt = Annotated[str | None, typer.Option(
 NormOpt = Annotated[str | None, typer.Option(
     "--norm", metavar="NAME", help="none, batchnorm, layernorm or rmsnorm.",
     show_default=False)]
+NormPositionOpt = Annotated[str | None, typer.Option(
+    "--norm-position", metavar="WHERE", show_default=False,
+    help="pre (before each branch or activation, default) or post (after the add).")]
+MultiplierOpt = Annotated[str | None, typer.Option(
+    "--multiplier", metavar="FLOAT", show_default=False,
+    help="Residual: each branch's learnable scalar α starts here (0: ReZero's start).")]
 BatchOpt = Annotated[str | None, typer.Option(
     "--batch-size", "-b", metavar="INT", help="Samples in the batch.", show_default=False)]
 DataOpt = Annotated[str | None, typer.Option(
@@ -301,6 +310,8 @@ def run(
     block: BlockOpt = None,
     branch_depth: BranchDepthOpt = None,
     norm: NormOpt = None,
+    norm_position: NormPositionOpt = None,
+    multiplier: MultiplierOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -328,6 +339,7 @@ def run(
     failing = _check_output_options(format, fail_on)
     report = _profile(config, _overrides(
         depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        norm_position=norm_position, multiplier=multiplier,
         batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
         theory=theory, steps=steps, lr=lr,
@@ -350,6 +362,8 @@ def compare(
     block: BlockOpt = None,
     branch_depth: BranchDepthOpt = None,
     norm: NormOpt = None,
+    norm_position: NormPositionOpt = None,
+    multiplier: MultiplierOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -386,6 +400,7 @@ def compare(
         raise _fail(f"--sort: unknown order '{sort}'; choose from: {', '.join(SORTS)}")
     report = _profile(config, _overrides(
         depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        norm_position=norm_position, multiplier=multiplier,
         batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
         theory=theory, steps=steps, lr=lr,
@@ -413,6 +428,8 @@ def baseline(
     block: BlockOpt = None,
     branch_depth: BranchDepthOpt = None,
     norm: NormOpt = None,
+    norm_position: NormPositionOpt = None,
+    multiplier: MultiplierOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -434,6 +451,7 @@ def baseline(
 
     report = _profile(config, _overrides(
         depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        norm_position=norm_position, multiplier=multiplier,
         batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
         theory=theory, steps=None, lr=None),
@@ -496,6 +514,8 @@ def check(
     block: BlockOpt = None,
     branch_depth: BranchDepthOpt = None,
     norm: NormOpt = None,
+    norm_position: NormPositionOpt = None,
+    multiplier: MultiplierOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -532,6 +552,7 @@ def check(
         raise _fail(f"--format: check writes {', '.join(CHECK_FORMATS)}, not '{format}'")
     overrides = _overrides(
         depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        norm_position=norm_position, multiplier=multiplier,
         batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
         theory=theory, steps=None, lr=None)
@@ -647,6 +668,8 @@ def train(
     block: BlockOpt = None,
     branch_depth: BranchDepthOpt = None,
     norm: NormOpt = None,
+    norm_position: NormPositionOpt = None,
+    multiplier: MultiplierOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -683,7 +706,8 @@ def train(
     if format not in TRAIN_FORMATS:
         raise _fail(f"--format: train writes {' or '.join(TRAIN_FORMATS)}, not {format!r}")
     overrides = _overrides(depth=depth, width=width, block=block, branch_depth=branch_depth,
-                           norm=norm, data=data, device=device, dtype=dtype, seed=seed,
+                           norm=norm, norm_position=norm_position, multiplier=multiplier,
+                           data=data, device=device, dtype=dtype, seed=seed,
                            bias=bias, init=init, act=act, model=model,
                            hist=True if plot else hist, steps=steps, lr=lr)
     for _option, key, value in (("every", "train.every", every),
