@@ -173,3 +173,24 @@ def test_an_interrupted_training_is_no_baseline(cli, trained):
     trained.write_text(json.dumps(report), encoding="utf-8")
     result = cli("check", str(trained), code=2)
     assert "its training was interrupted (Ctrl-C)" in result.stderr
+
+
+def test_each_scheme_names_its_own_first_drifted_step(cli, tmp_path):
+    config = _write_config(tmp_path)
+    base = tmp_path / "two.json"
+    cli("train", str(config), "--init", "kaiming,lecun", "-q", "-f", "json", "-o", str(base))
+    report = json.loads(base.read_text(encoding="utf-8"))
+    assert [run["scheme"] for run in report["runs"]] == ["kaiming + relu", "lecun + relu"]
+    report["runs"][1]["trajectory"]["loss"][4] *= 1.5  # lecun's step 20 only
+    base.write_text(json.dumps(report), encoding="utf-8")
+
+    # the config stored in the report (its --init included) trains the same 25 steps again
+    result = cli("check", str(base), "--stored-config", code=1)
+    assert "first step that drifted: kaiming + relu none, lecun + relu 20" in result.stdout
+    body = json.loads(cli("check", str(base), "--stored-config", "-f", "json", code=1).stdout)
+    assert body["trajectory"]["first_drift_step"] == 20
+    assert body["trajectory"]["schemes"] == [
+        {"scheme": "kaiming + relu", "first_drift_step": None},
+        {"scheme": "lecun + relu", "first_drift_step": 20}]
+    assert [(d["scheme"], d["step"], d["metric"]) for d in body["drifts"]] == [
+        ("lecun + relu", 20, "loss")]
