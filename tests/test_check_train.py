@@ -194,3 +194,28 @@ def test_each_scheme_names_its_own_first_drifted_step(cli, tmp_path):
         {"scheme": "lecun + relu", "first_drift_step": 20}]
     assert [(d["scheme"], d["step"], d["metric"]) for d in body["drifts"]] == [
         ("lecun + relu", 20, "loss")]
+
+
+def test_a_factory_models_training_baseline_names_its_rows(cli, tmp_path, monkeypatch):
+    np.savez(tmp_path / "xy.npz", images=X, labels=Y)
+    nets = tmp_path / "nets.py"
+    nets.write_text("from torch import nn\n"
+                    "def small():\n"
+                    "    return nn.Sequential(nn.Linear(20, 8), nn.Tanh(), nn.Linear(8, 4))\n")
+    (tmp_path / "net.yaml").write_text(
+        "model: {factory: 'nets.py:small'}\n"
+        "data: {source: xy.npz, normalize: none, batch_size: 100}\n"
+        "dtype: float64\ndevice: cpu\nseed: 2\ninit: keep\n"
+        "train: {steps: 20, every: 5, batch_size: 16, lr: 0.05}\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    cli("train", "net.yaml", "-q", "-f", "json", "-o", "base.json")
+    assert "passed" in cli("check", "base.json").stdout
+    # the factory's second layer twice as large at init: its rows drift from step 0 on
+    nets.write_text(nets.read_text().replace("nn.Linear(8, 4))",
+                                             "nn.Linear(8, 4))\n    net[2].weight.data *= 2\n"
+                                             "    return net").replace("return nn.Sequential",
+                                                                        "net = nn.Sequential"))
+    body = json.loads(cli("check", "base.json", "-f", "json", code=1).stdout)
+    assert body["trajectory"]["first_drift_step"] == 0
+    step0 = {(d["name"], d["metric"]) for d in body["drifts"] if d["step"] == 0}
+    assert ("2", "train_std") in step0 and ("0", "train_std") not in step0
