@@ -445,7 +445,8 @@ def baseline(
     """Measure and save a baseline Report (JSON) for `actstat check` to compare against.
 
     The file holds the full resolved config, versions, device and every per-layer value; a JSON
-    report from `run` or `compare` serves as a baseline too.
+    report from `run` or `compare` serves as a baseline too, and one from `actstat train -f json`
+    is a training baseline (check trains again and compares every recorded step).
     """
     from actstat.render import to_json, verdict_line
 
@@ -484,7 +485,8 @@ AtolOpt = Annotated[str | None, typer.Option(
     help="Mean metrics: |difference| <= atol x the expected std. Default 0.05.")]
 MetricsOpt = Annotated[str | None, typer.Option(
     "--metrics", metavar="NAME[,NAME...]", show_default=False,
-    help="pre_std, post_std, grad_std, pre_mean, post_mean, grad_mean (default: all).")]
+    help="pre_std, post_std, grad_std, pre_mean, post_mean, grad_mean; through training: "
+    "loss, train_std, train_mean, train_grad_std, train_near_zero, train_dead (default: all).")]
 MaxDriftOpt = Annotated[str | None, typer.Option(
     "--max-drift", metavar="F", show_default=False,
     help="Fail when a layer's post std leaves \\[s/F, s*F], s = the first hidden layer's.")]
@@ -524,6 +526,7 @@ def check(
     bias: BiasOpt = None,
     grad: GradOpt = None,
     theory: TheoryOpt = None,
+    lr: TrainLrOpt = None,
     rtol: RtolOpt = None,
     atol: AtolOpt = None,
     metrics: MetricsOpt = None,
@@ -543,8 +546,10 @@ def check(
 
     The config is the file the baseline was made from, re-read (so an edited config is checked,
     its differences listed), or the copy stored in the baseline when that file is gone or with
-    --stored-config. Exit codes: 0 passed (or --update rewrote the baseline); 1 drift, a
-    --max-drift breach or a --fail-on flag; 2 unusable input (nothing is written then).
+    --stored-config. A baseline written by `actstat train -f json` is trained again, and its
+    loss and per-layer statistics compared at every recorded step; the first step that drifted
+    is named. Exit codes: 0 passed (or --update rewrote the baseline); 1 drift, a --max-drift
+    breach or a --fail-on flag; 2 unusable input (nothing is written then); 130 Ctrl-C.
     """
     from actstat import check as checking
 
@@ -555,7 +560,7 @@ def check(
         norm_position=norm_position, multiplier=multiplier,
         batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
-        theory=theory, steps=None, lr=None)
+        theory=theory, steps=None, lr=lr)
     for key, value in (("check.rtol", rtol), ("check.atol", atol)):
         if value is not None:
             overrides[key] = _scalar(value)
@@ -569,7 +574,14 @@ def check(
     _preflight(plan.config, (output, junit_xml, target if update else None))
     for note in () if quiet else plan.notes:
         typer.echo(note, err=True)
-    report = _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
+    if plan.training:
+        report = _train_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
+        if any(run.trajectory is not None and run.trajectory.stopped == "interrupted"
+               for run in report.runs):
+            typer.echo("actstat: interrupted; nothing was compared", err=True)
+            raise typer.Exit(130)
+    else:
+        report = _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
     result = checking.evaluate(plan, report)
     _guarded(_emit_check, result, format, output, junit_xml, Display(wide, no_color))
     _check_verdict(plan, result, report, quiet)

@@ -309,22 +309,28 @@ class Thresholds(_Section):
     trained: float = Field(0.25, gt=0, lt=1)
 
 
-METRIC_NAMES = ("pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean")
-Metric = Literal["pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean"]
+# at init (every baseline), then through training (a baseline written by `actstat train`)
+METRIC_NAMES = ("pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean",
+                "loss", "train_std", "train_mean", "train_grad_std", "train_near_zero",
+                "train_dead")
+Metric = Literal["pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean",
+                 "loss", "train_std", "train_mean", "train_grad_std", "train_near_zero",
+                 "train_dead"]
 
 
 class MetricTolerance(_Section):
-    rtol: float | None = Field(None, gt=0)  # for a std metric
-    atol: float | None = Field(None, ge=0)  # for a mean metric
+    rtol: float | None = Field(None, gt=0)  # for a std metric, or the loss
+    atol: float | None = Field(None, ge=0)  # for a mean metric, or a fraction
 
 
 class CheckConfig(_Section):
     """`actstat check` against a baseline (definitions: actstat/check.py)."""
 
-    # std metrics: |ln(obtained / expected)| <= ln(1 + rtol); 0.05 fails any 10 % change and
+    # std metrics and the loss: |ln(obtained / expected)| <= ln(1 + rtol); 0.05 fails any 10 % change and
     # passes another thread count or torch patch release (~1e-6 apart)
     rtol: float = Field(0.05, gt=0)
-    # mean metrics: |obtained - expected| <= atol x the expected std of that tensor
+    # mean metrics: |obtained - expected| <= atol x the expected std of that tensor; fractions
+    # (train_near_zero, train_dead): |obtained - expected| <= atol
     atol: float = Field(0.05, ge=0)
     metrics: list[Metric] = Field(default_factory=lambda: list(METRIC_NAMES))
     tolerances: dict[Metric, MetricTolerance] = Field(default_factory=dict)  # per metric

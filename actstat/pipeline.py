@@ -856,7 +856,8 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
         del model
         if trajectory.stopped == "interrupted":
             break  # Ctrl-C: what was recorded is kept, the schemes after it are not run
-    return replace(report, runs=tuple(runs))
+    # the config as given (train.steps included, not the measurement's 0): `check` trains it again
+    return replace(report, config=config.model_dump(mode="json"), runs=tuple(runs))
 
 
 def _watch_mixed(config: Config, on_scheme: Progress | None,

@@ -15,7 +15,7 @@ from rich.console import Console, RenderableType
 from rich.text import Text
 
 from actstat.analysis import Summary, first_flagged, grad_reference, summarise
-from actstat.check import BoundBreach, CheckResult, Drift
+from actstat.check import BoundBreach, CheckResult, Drift, StepsChange, is_ratio
 from actstat.layout import Column, Fitted, fit, left_out_note
 from actstat.report import (
     FLAGS,
@@ -718,14 +718,18 @@ def compare_markdown(report: Report, sort: str = "verdict", detail: bool = False
 def check_summary(result: CheckResult) -> list[str]:
     """One line per kind of check that ran: baseline drift, drift bound, flags."""
     lines = []
+    at_init = result.init_drifts
+    where = " at init" if result.trained else ""
     if result.compared:
-        if result.drifts:
-            first = result.drifts[0]
-            lines.append(f"{len(result.drifts)} of {result.compared} values drifted; first at "
+        if at_init:
+            first = at_init[0]
+            lines.append(f"{len(at_init)} of {result.compared} values{where} drifted; first at "
                          f"layer {_row(first)} ({first.scheme}, {first.metric})")
         else:
-            lines.append(f"all {result.compared} values within tolerance "
+            lines.append(f"all {result.compared} values{where} within tolerance "
                          f"({', '.join(result.metrics)})")
+    if result.trained:
+        lines += _trajectory_summary(result)
     if result.breaches:
         first_breach = result.breaches[0]
         lines.append(f"max drift {first_breach.factor:g}: {len(result.breaches)} layer(s) outside "
@@ -743,13 +747,64 @@ def check_summary(result: CheckResult) -> list[str]:
 UPDATED = "baseline updated with the new values"
 
 
+def _trajectory_summary(result: CheckResult) -> list[str]:
+    """A training baseline's lines: the values through training, the first step that drifted
+    (overall, and per scheme when there are several), schemes whose recorded steps differ."""
+    lines = []
+    along = result.trajectory_drifts
+    if along:
+        first = min(along, key=lambda d: d.step or 0)  # the earliest step; ties: scheme order
+        lines.append(f"{len(along)} of {result.trajectory_compared} values through training "
+                     f"drifted; first at step {first.step} ({first.scheme}, {_point(first)})")
+    elif result.trajectory_compared:
+        lines.append(f"all {result.trajectory_compared} values through training within "
+                     f"tolerance ({', '.join(result.trajectory_metrics)})")
+    # the config keys that set the recorded steps, when a config changed them
+    cause = [change for change in result.config_changes
+             if change.startswith(("train.steps:", "train.every:"))]
+    for change in result.steps_changes:
+        lines.append(_steps_line(change) + (f"; the config changed {', '.join(cause)}"
+                                            if cause else ""))
+    if len(result.schemes) > 1 and (along or result.steps_changes):
+        firsts = [(scheme, result.first_step(scheme)) for scheme in result.schemes]
+        lines.append("first step that drifted: " + ", ".join(
+            f"{scheme} {'none' if step is None else step}" for scheme, step in firsts))
+    return lines
+
+
+def _steps_line(change: StepsChange) -> str:
+    both = len(set(change.expected) & set(change.obtained))
+    stopped = {"nonfinite": f" (stopped at step {change.stopped_at}: the loss was not finite)",
+               "interrupted": f" (interrupted at step {change.stopped_at})"}.get(
+                   change.stopped or "", "")
+    return (f"{change.scheme}: recorded steps differ from the baseline's: "
+            f"{_steps(change.expected)} → {_steps(change.obtained)}{stopped}; first differing "
+            f"step {change.first}; compared at the {both} step(s) both recorded")
+
+
+def _steps(steps: tuple[int, ...]) -> str:
+    """Recorded steps in a few words: all of them when few, else the first ones and the last."""
+    if not steps:
+        return "none"
+    shown = ", ".join(map(str, steps)) if len(steps) <= 6 else (
+        f"{', '.join(map(str, steps[:3]))}, …, {steps[-1]}")
+    return f"{shown} ({len(steps)} steps)"
+
+
+def _point(drift: Drift) -> str:
+    """Where on a trajectory: the loss, or a layer's metric."""
+    return "loss" if drift.metric == "loss" else f"layer {_row(drift)}, {drift.metric}"
+
+
 def check_failure_lines(result: CheckResult, limit: int = 3) -> list[str]:
     """For stderr, whatever the chosen format and output: the summary in one line, then the
     first `limit` values out of tolerance (so a CI log says why it failed)."""
     lines = ["check FAILED: " + "; ".join(check_summary(result)[:-1])]
     for drift in result.drifts[:limit]:
         scheme, layer, metric, expected, obtained, difference, tolerance = _drift_cells(drift)
-        lines.append(f"  {scheme}, layer {layer}, {metric}: expected {expected}, obtained "
+        where = (f"layer {layer}, {metric}" if drift.step is None
+                 else f"step {drift.step}, {_point(drift)}")
+        lines.append(f"  {scheme}, {where}: expected {expected}, obtained "
                      f"{obtained} ({difference}; tolerance {tolerance})")
     for breach in result.breaches[:max(0, limit - len(result.drifts))]:
         lines.append(f"  {breach.scheme}, layer {_row(breach)}: post std {number(breach.std)} "
@@ -759,7 +814,10 @@ def check_failure_lines(result: CheckResult, limit: int = 3) -> list[str]:
 
 
 def _row(found: Drift | BoundBreach) -> str:
-    """The row as the run's table names it: a user's model's module path, the MLP's number."""
+    """The row as the run's table names it: a user's model's module path, the MLP's number;
+    "—" for the loss, which is no layer's."""
+    if isinstance(found, Drift) and found.metric == "loss":
+        return "—"
     return found.name or str(found.layer)
 
 
@@ -768,10 +826,27 @@ def _first_row(breach: BoundBreach) -> str:
 
 
 DRIFT_COLUMNS = ("scheme", "layer", "metric", "expected", "obtained", "difference", "tolerance")
+STEP_COLUMN = 1  # a training baseline's rows: "step" after the scheme ("init" at init)
+
+
+def _drift_columns(result: CheckResult) -> tuple[str, ...]:
+    if not result.trained:
+        return DRIFT_COLUMNS
+    return (*DRIFT_COLUMNS[:STEP_COLUMN], "step", *DRIFT_COLUMNS[STEP_COLUMN:])
+
+
+def _check_rows(result: CheckResult) -> list[list[str]]:
+    """The failing rows, each as its columns (_drift_columns) read."""
+    rows = [_drift_cells(d) for d in result.drifts] + [_breach_cells(b) for b in result.breaches]
+    if not result.trained:
+        return rows
+    steps = ["init" if d.step is None else str(d.step) for d in result.drifts]
+    steps += ["init"] * len(result.breaches)
+    return [[*row[:STEP_COLUMN], step, *row[STEP_COLUMN:]] for row, step in zip(rows, steps)]
 
 
 def _drift_cells(drift: Drift) -> list[str]:
-    if drift.metric.endswith("_std"):
+    if is_ratio(drift.metric):
         difference = "—" if drift.difference is None else (
             "×∞" if math.isinf(drift.difference) else f"×{math.exp(drift.difference):.4g}")
         tolerance = f"×{math.exp(drift.tolerance):.4g}"
@@ -799,13 +874,13 @@ def check_renderables(result: CheckResult, width: int | None = None) -> list[Ren
         out.append(Text("config changes against the baseline:", style="bold"))
         out += [Text(f"  {change}") for change in result.config_changes]
         out.append(Text(""))
-    rows = [_drift_cells(d) for d in result.drifts] + [_breach_cells(b) for b in result.breaches]
+    rows = _check_rows(result)
     if rows:
         spec = [Column(name, [Text(row[i]) for row in rows],
                        justify="left" if name in ("scheme", "metric") else "right",
                        rank=_rank(name, DRIFT_COLUMNS_LEAVING), wrap=name in ("scheme", "metric"),
-                       min_width=12 if name == "scheme" else 8)
-                for i, name in enumerate(DRIFT_COLUMNS)]
+                       min_width=12 if name == "scheme" else 4 if name == "step" else 8)
+                for i, name in enumerate(_drift_columns(result))]
         fitted = fit(spec, width, title="values out of tolerance")
         out.append(fitted.table)
         note = left_out_note(fitted.left_out, width)
@@ -834,10 +909,12 @@ def check_markdown(result: CheckResult, limit: int = 200) -> str:
     if result.config_changes:
         lines += ["", "Config changes against the baseline:", ""]
         lines += [f"- `{change}`" for change in result.config_changes]
-    rows = [_drift_cells(d) for d in result.drifts] + [_breach_cells(b) for b in result.breaches]
+    rows = _check_rows(result)
     if rows:
-        lines += ["", "| " + " | ".join(DRIFT_COLUMNS) + " |",
-                  "|---|---:|---|---:|---:|---:|---:|"]
+        names = _drift_columns(result)
+        lines += ["", "| " + " | ".join(names) + " |",
+                  "|" + "|".join("---" if name in ("scheme", "metric") else "---:"
+                                 for name in names) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in rows[:limit]]
         if len(rows) > limit:
             lines.append(f"\n… and {len(rows) - limit} more rows (see the JSON or JUnit report).")
@@ -854,7 +931,7 @@ def check_json(result: CheckResult) -> str:
         "updated": result.updated,
         "summary": check_summary(result)[:-1],
         "compared": result.compared,
-        "drifted": len(result.drifts),
+        "drifted": len(result.init_drifts),
         "metrics": list(result.metrics),
         "schemes": list(result.schemes),
         "config_changes": list(result.config_changes),
@@ -862,6 +939,15 @@ def check_json(result: CheckResult) -> str:
                    for d in result.drifts],
         "breaches": [asdict(b) for b in result.breaches],
         "flagged": [{"scheme": s, "layer": layer, "flag": f} for s, layer, f in result.flagged],
+        "trajectory": None if not result.trained else {
+            "compared": result.trajectory_compared,
+            "drifted": len(result.trajectory_drifts),
+            "metrics": list(result.trajectory_metrics),
+            "first_drift_step": result.first_step(),
+            "schemes": [{"scheme": scheme, "first_drift_step": result.first_step(scheme)}
+                        for scheme in result.schemes],
+            "steps_changes": [asdict(change) for change in result.steps_changes],
+        },
     }
     return json.dumps(body, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
@@ -875,21 +961,29 @@ def junit_xml(result: CheckResult) -> str:
     cases = 0
     failures = 0
 
-    def case(classname: str, name: str, failed: list[str]) -> None:
+    def case(classname: str, name: str, failed: list[str], what: str = "layer(s)") -> None:
         nonlocal cases, failures
         cases += 1
         element = ET.SubElement(suite, "testcase", classname=classname, name=name)
         if failed:
             failures += 1
-            message = f"{len(failed)} layer(s) out of tolerance"
+            message = (f"{len(failed)} {what} out of tolerance" if what
+                       else "recorded steps differ from the baseline's")
             ET.SubElement(element, "failure", message=message).text = "\n".join(failed)
 
     if result.compared:
         for scheme in result.schemes:
             for metric in result.metrics:
-                rows = [" | ".join(_drift_cells(d)[1:]) for d in result.drifts
+                rows = [" | ".join(_drift_cells(d)[1:]) for d in result.init_drifts
                         if d.scheme == scheme and d.metric == metric]
                 case(scheme, metric, [f"layer {row}" for row in rows])
+    for scheme in result.schemes if result.trained else []:
+        for metric in result.trajectory_metrics:
+            rows = [f"step {d.step}, " + " | ".join(_drift_cells(d)[1:])
+                    for d in result.trajectory_drifts if d.scheme == scheme and d.metric == metric]
+            case(scheme, metric, rows, "value(s) through training")
+        case(scheme, "recorded_steps", [_steps_line(c) for c in result.steps_changes
+                                        if c.scheme == scheme], "")
     for scheme in result.schemes if result.breaches or result.bound_checked else []:
         rows = [f"layer {_row(b)}: post std {number(b.std)} vs {_first_row(b)} "
                 f"{number(b.first_std)}"
