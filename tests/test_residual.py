@@ -156,9 +156,29 @@ def test_the_cli_options(cli):
     assert "blocks.1.branch.fc2" not in text
 
 
+def test_norm_position_and_multiplier_on_the_command_line(cli):
+    """--norm-position post puts the norm after the add (its row after the branch's), and
+    --multiplier 0 starts every α at 0: each block hands its input on unchanged."""
+    report = json.loads(cli("run", "-q", "-f", "json", "--block", "residual", "--norm",
+                            "layernorm", "--norm-position", "post", "--multiplier", "0",
+                            "--depth", "2", "--width", "8", "--data", "gaussian",
+                            "--batch-size", "64").stdout)
+    model = report["config"]["model"]
+    assert (model["norm_position"], model["multiplier"]) == ("post", 0.0)
+    rows = {layer["name"]: layer for layer in report["runs"][0]["layers"]}
+    names = list(rows)
+    assert names.index("blocks.0.norm") > names.index("blocks.0.branch.fc1")
+    # α = 0: the block's output is the norm of its input alone: LayerNorm twice is LayerNorm
+    # once, up to its ε
+    assert rows["blocks.1"]["post"]["std"] == pytest.approx(rows["blocks.0"]["post"]["std"],
+                                                            rel=1e-4)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--block", "residual", "--branch-depth", "0"], "model.branch_depth: must be ≥ 1"),
     (["--norm", "groupnorm"], "model.norm: must be one of"),
+    (["--norm", "layernorm", "--norm-position", "middle"], "model.norm_position: must be one of"),
+    (["--block", "residual", "--multiplier", "big"], "model.multiplier: must be a number"),
     (["--block", "residual", "--depth", "2", "--width", "8,16"], "one width for every layer"),
     (["--model", "nets.py:make", "--norm", "layernorm"], "norm is for the built-in model"),
 ])
