@@ -432,7 +432,7 @@ def _dead(x: torch.Tensor) -> torch.Tensor:
     """Per group x[k] of a (K, batch, ...) tensor: the fraction of units (features; a conv map's
     channels) that are 0 for every sample."""
     if x.dim() < 3:
-        return (x == 0).flatten(1).all(dim=1).to(torch.float64)
+        return (x == 0).reshape(x.shape[0], -1).all(dim=1).to(torch.float64)
     units = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
     return ((units.amax(dim=2) == 0) & (units.amin(dim=2) == 0)).to(torch.float64).mean(dim=1)
 
