@@ -48,7 +48,9 @@ Everything a pass measured reaches the host in one copy (`torch.cat(...).tolist(
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
+import os
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -98,6 +100,11 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
 # where a whole 50 MB feature map came from memory once per pass. 2**18 to 2**20 were within
 # noise of each other on the 2-core benchmark machine; fewer, larger chunks mean fewer ops
 CHUNK = 1 << 20
+# the fused kernels (actstat/fused.py) where numba is installed (the `fast` extra);
+# ACTSTAT_NO_NUMBA=1 keeps the torch reductions, to compare. Found without importing numba
+# (0.4 s): a run that reduces no float32 CPU tensor never imports it
+FUSED = (os.environ.get("ACTSTAT_NO_NUMBA", "") in ("", "0")
+         and importlib.util.find_spec("numba") is not None)
 KINDS = ("input", "weight", "activation", "norm", "block", "selected")
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
 # dL/d(output): mean, std; with a trainable weight, dL/dW: std, min, max, and W: std (probe.GRAD)
@@ -464,6 +471,13 @@ class _Recorder:
         view = x.reshape(x.shape[0], x.shape[1], -1) if channels else x.reshape(-1, x.shape[-1])
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         edges = saturation.saturation_edges(self.cut) if saturation is not None else None
+        if _fusable(view):
+            row = _fused_row(view, channels, spread, edges, self.near_zero)
+            if row is not None:
+                if self.bins:
+                    row = torch.cat([row, group_histogram(
+                        x.reshape(1, -1), row[2:3].to(acc), row[3:4].to(acc), self.bins)[0]])
+                return row
         step = max(1, _chunk_size(x) // max(view[0].numel(), 1))
         scratch = self.scratch(view[:step])
         moments = _Moments()
@@ -512,6 +526,11 @@ class _Recorder:
         """(mean, std, min, max) of every value of `t` as float64 device scalars, a chunk at a
         time (a gradient or a weight: no near-zero count, no units)."""
         flat = t.reshape(-1)
+        if _fusable(t):  # rows of its last dim: samples to share among the threads
+            row = _fused_row(t.reshape(-1, t.shape[-1]) if t.dim() else flat.reshape(1, 1),
+                             False, False, None, 0.0)
+            if row is not None:
+                return tuple(row[:4])
         step = _chunk_size(flat)
         scratch = self.scratch(flat[:step])
         moments, los, his = _Moments(), [], []
@@ -706,6 +725,36 @@ class _Moments:
         within = (torch.stack(self.squares).to(f64) * (scale / top).square()).sum()
         between = (sizes * ((total / sizes - mean) / top).square()).sum()
         return mean, torch.sqrt((within + between) / count) * top
+
+
+def _fusable(view: torch.Tensor) -> bool:
+    """Whether actstat/fused.py reduces `view`: numba installed (FUSED), a non-empty
+    C-contiguous float32 CPU tensor. Everything else (CUDA, half precision, float64) keeps the
+    torch reductions."""
+    return (FUSED and view.device.type == "cpu" and view.dtype == torch.float32
+            and view.numel() > 0 and view.is_contiguous())
+
+
+def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
+               edges: tuple[float | None, float | None] | None,
+               near_zero: float) -> torch.Tensor | None:
+    """MOMENTS, dead, [spread], [saturated] of a `_fusable` view as `_reduce` returns them, or
+    None for a tensor holding NaN or ±inf (torch's reductions say how those propagate)."""
+    from actstat import fused  # numba: imported on the first tensor it reduces
+
+    numbers = fused.reduce(view.numpy(), channels=channels, near_zero=near_zero, edges=edges,
+                           spread=spread)
+    if numbers is None:
+        return None
+    mean, std, lo, hi, small, saturated, gap, dead = numbers
+    count = view.numel()
+    parts = [mean, std, lo, hi, small / count, dead]
+    if spread:  # probe.unit_spread: relative to max|x|, 0 for an all-zero tensor
+        scale = max(abs(lo), abs(hi))
+        parts.append(gap / scale if scale > 0 else 0.0)
+    if edges is not None:
+        parts.append(saturated / count)
+    return torch.tensor(parts, dtype=torch.float64)
 
 
 def _chunk_size(t: torch.Tensor) -> int:

@@ -11,6 +11,15 @@ Definitions (defaults in actstat/config.py, `CheckConfig`):
   mean of 1e16 in an exploding net is held to the same standard as a mean of 0.2.
 - Drift bound (no baseline needed): a scheme fails when a hidden layer's post std leaves
   [s / F, s x F], s = the first hidden layer's post std.
+
+A training baseline (a report written by `actstat train`, whose runs carry trajectories) is
+trained again, and its trajectory compared at every step both runs recorded, matched by step
+number, layers matched by position: `loss`, `train_std` and `train_grad_std` as std metrics
+(log ratio, rtol), `train_mean` as a mean (atol x the expected std of that layer at that step),
+`train_near_zero` and `train_dead` as fractions (|obtained - expected| <= atol). Recorded steps
+that differ (another steps or every, a run stopped by a non-finite loss) fail the check, and the
+first step that drifted is the first step at which a value left its tolerance or the steps
+differ.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from actstat.errors import ActstatError
-from actstat.report import API_SOURCE, LayerStats, Report, Run
+from actstat.report import API_SOURCE, LayerStats, Report, Run, Trajectory, TrajectoryLayer
 
 # metric -> (which tensor, which statistic)
 METRICS: dict[str, tuple[str, str]] = {
@@ -33,6 +42,21 @@ METRICS: dict[str, tuple[str, str]] = {
     "post_mean": ("post", "mean"),
     "grad_mean": ("grad", "mean"),
 }
+# trajectory metric -> its column: the Trajectory's (loss) or each TrajectoryLayer's
+TRAJECTORY_METRICS: dict[str, str] = {
+    "loss": "loss",
+    "train_std": "std",
+    "train_mean": "mean",
+    "train_grad_std": "grad_std",
+    "train_near_zero": "near_zero",
+    "train_dead": "dead",
+}
+LOSS_LAYER = 0  # a Drift's `layer` for the loss, which belongs to no layer
+
+
+def is_ratio(metric: str) -> bool:
+    """Compared as a log ratio (stds and the loss: positive, scale-free), not a difference."""
+    return metric.endswith("_std") or metric == "loss"
 
 
 @dataclass(frozen=True)
@@ -47,8 +71,28 @@ class Drift:
     difference: float | None  # ln ratio for stds, obtained - expected for means
     tolerance: float  # ln(1 + rtol) for stds, atol x expected std for means
     # a user's model: the row's name as its table shows it (`0`, `blocks.1`; `old → new` when it
-    # changed), since `layer` counts rows; "" for the MLP, whose rows are numbered
+    # changed), since `layer` counts rows; "" for the MLP, whose rows are numbered; through
+    # training always the trajectory's row name (`1`, `head`, `blocks.1`), "" for the loss
     name: str = ""
+    step: int | None = None  # the recorded training step; None: at init (the measurement)
+
+
+@dataclass(frozen=True)
+class StepsChange:
+    """A scheme whose recorded training steps differ from its baseline's (another steps or
+    every, or a run that stopped early): the values are compared at the steps both recorded."""
+
+    scheme: str
+    expected: tuple[int, ...]
+    obtained: tuple[int, ...]
+    stopped: str | None = None  # why the new run stopped early: "nonfinite", "interrupted"
+    stopped_at: int | None = None
+
+    @property
+    def first(self) -> int | None:
+        """The first step recorded on one side only."""
+        differing = set(self.expected) ^ set(self.obtained)
+        return min(differing) if differing else None
 
 
 @dataclass(frozen=True)
@@ -75,17 +119,40 @@ class CheckResult:
     bound_checked: bool = False  # --max-drift ran
     flags_checked: bool = False  # --fail-on ran
     updated: bool = False  # --update rewrote the baseline with these values
+    # a training baseline: values compared through training (0: none compared, or no
+    # trajectories), its metrics, and the schemes whose recorded steps differ
+    trajectory_compared: int = 0
+    trajectory_metrics: tuple[str, ...] = ()
+    steps_changes: tuple[StepsChange, ...] = ()
+    trained: bool = False  # the baseline held trajectories and training ran again
 
     @property
     def passed(self) -> bool:
-        return not (self.drifts or self.breaches or self.flagged)
+        return not (self.drifts or self.breaches or self.flagged or self.steps_changes)
+
+    @property
+    def init_drifts(self) -> tuple[Drift, ...]:
+        return tuple(d for d in self.drifts if d.step is None)
+
+    @property
+    def trajectory_drifts(self) -> tuple[Drift, ...]:
+        return tuple(d for d in self.drifts if d.step is not None)
+
+    def first_step(self, scheme: str | None = None) -> int | None:
+        """The first recorded step that drifted (a value out of tolerance, or a step recorded on
+        one side only), of one scheme or of all; None: none did."""
+        steps = [d.step for d in self.trajectory_drifts
+                 if d.step is not None and scheme in (None, d.scheme)]
+        steps += [c.first for c in self.steps_changes
+                  if c.first is not None and scheme in (None, c.scheme)]
+        return min(steps) if steps else None
 
 
 def tolerance_for(metric: str, tolerances: Mapping[str, Mapping[str, float]], rtol: float,
                   atol: float) -> float:
     """The tolerance of one metric: its own rtol/atol if the config sets them, else the defaults."""
     own = tolerances.get(metric, {})
-    if metric.endswith("_std"):
+    if is_ratio(metric):
         return math.log1p(own.get("rtol", rtol))
     return own.get("atol", atol)
 
@@ -144,26 +211,108 @@ def _compare_value(scheme: str, layer: int, metric: str, a: LayerStats | None,
                    b: LayerStats | None, tolerance: float) -> Drift | None:
     has_a, expected = _value(a, metric)
     has_b, obtained = _value(b, metric)
+    tensor, _ = METRICS[metric]
+    scale = getattr(getattr(a, tensor, None), "std", None) or 0.0
+    out = _out_of_tolerance(metric, (has_a, expected), (has_b, obtained), tolerance, scale)
+    return None if out is None else Drift(scheme, layer, metric, expected, obtained, *out)
+
+
+def _out_of_tolerance(metric: str, a: tuple[bool, float | None], b: tuple[bool, float | None],
+                      tolerance: float, scale: float) -> tuple[float | None, float] | None:
+    """None when (present, value) `b` is within tolerance of `a`; else (difference, tolerance
+    as applied): a log ratio for is_ratio metrics, else obtained - expected within tolerance x
+    `scale` (a mean: the expected std of that tensor; a fraction: 1)."""
+    (has_a, expected), (has_b, obtained) = a, b
     if not has_a and not has_b:
         return None
     if expected is None or obtained is None:
         if expected is None and obtained is None and has_a and has_b:
             return None  # both not finite
-        return Drift(scheme, layer, metric, expected, obtained, None, tolerance)
-    if metric.endswith("_std"):
+        return None, tolerance
+    if is_ratio(metric):
         if expected == obtained:
             return None
         if expected <= 0 or obtained <= 0:
-            return Drift(scheme, layer, metric, expected, obtained, math.inf, tolerance)
+            return math.inf, tolerance
         difference = math.log(obtained / expected)
-        return None if abs(difference) <= tolerance else Drift(
-            scheme, layer, metric, expected, obtained, difference, tolerance)
-    tensor, _ = METRICS[metric]
-    scale = getattr(getattr(a, tensor), "std", None) or 0.0
+        return None if abs(difference) <= tolerance else (difference, tolerance)
     bound = tolerance * scale
     difference = obtained - expected
-    return None if abs(difference) <= bound else Drift(
-        scheme, layer, metric, expected, obtained, difference, bound)
+    return None if abs(difference) <= bound else (difference, bound)
+
+
+def compare_trajectories(expected: Report, obtained: Report, *, metrics: tuple[str, ...],
+                         rtol: float, atol: float,
+                         tolerances: Mapping[str, Mapping[str, float]]
+                         ) -> tuple[int, list[Drift], list[StepsChange]]:
+    """Every scheme's trajectory against the baseline's at each step both recorded (schemes
+    and layers matched by position, steps by number), step by step, the loss before the layers:
+    (values compared, drifts in step order per scheme, schemes whose recorded steps differ)."""
+    drifts: list[Drift] = []
+    changes: list[StepsChange] = []
+    compared = 0
+    for index in range(max(len(expected.runs), len(obtained.runs))):
+        old = expected.runs[index] if index < len(expected.runs) else None
+        new = obtained.runs[index] if index < len(obtained.runs) else None
+        label = old.scheme if old is not None else new.scheme  # type: ignore[union-attr]
+        if old is not None and new is not None and old.scheme != new.scheme:
+            label = f"{old.scheme} → {new.scheme}"
+        a = old.trajectory if old is not None else None
+        b = new.trajectory if new is not None else None
+        steps_a = a.steps if a is not None else ()
+        steps_b = b.steps if b is not None else ()
+        if steps_a != steps_b:
+            changes.append(StepsChange(label, tuple(steps_a), tuple(steps_b),
+                                       None if b is None else b.stopped,
+                                       None if b is None else b.stopped_at))
+        if a is None or b is None:
+            continue
+        at = {step: i for i, step in enumerate(b.steps)}
+        for i, step in enumerate(a.steps):
+            j = at.get(step)
+            if j is None:
+                continue
+            for position in range(-1, max(len(a.layers), len(b.layers))):
+                for metric in metrics:
+                    if (position < 0) != (metric == "loss"):
+                        continue  # the loss once per step, first; the layer metrics per layer
+                    compared += 1
+                    drift = _trajectory_drift(label, metric, step, a, i, b, j, position,
+                                              tolerance_for(metric, tolerances, rtol, atol))
+                    if drift is not None:
+                        drifts.append(drift)
+    return compared, drifts, changes
+
+
+def _trajectory_drift(scheme: str, metric: str, step: int, a: Trajectory, i: int,
+                      b: Trajectory, j: int, position: int, tolerance: float) -> Drift | None:
+    """One value of two trajectories (a at index i, b at index j; `position`: the layer's)."""
+    if metric == "loss":
+        out = _out_of_tolerance(metric, (True, a.loss[i]), (True, b.loss[j]), tolerance, 0.0)
+        return None if out is None else Drift(scheme, LOSS_LAYER, metric, a.loss[i], b.loss[j],
+                                              *out, step=step)
+    old = a.layers[position] if position < len(a.layers) else None
+    new = b.layers[position] if position < len(b.layers) else None
+    column = TRAJECTORY_METRICS[metric]
+    expected, obtained = _point(old, column, i), _point(new, column, j)
+    scale = 1.0  # a fraction's tolerance is atol itself
+    if metric == "train_mean":
+        scale = (old.std[i] if old is not None else None) or 0.0
+    out = _out_of_tolerance(metric, expected, obtained, tolerance, scale)
+    if out is None:
+        return None
+    name = " → ".join(dict.fromkeys(layer.name for layer in (old, new) if layer is not None))
+    return Drift(scheme, position + 1, metric, expected[1], obtained[1], *out, name=name,
+                 step=step)
+
+
+def _point(layer: TrajectoryLayer | None, column: str, index: int) -> tuple[bool, float | None]:
+    """(present, value): a layer that does not exist, or a dead fraction of an activation that
+    cannot die, is absent."""
+    values = getattr(layer, column) if layer is not None else None
+    if values is None:
+        return False, None
+    return True, values[index]
 
 
 def drift_bound(report: Report, factor: float) -> list[BoundBreach]:
@@ -255,6 +404,7 @@ class CheckPlan:
     baseline: Report | None
     changes: tuple[str, ...]  # the measured config against the baseline's, `key: old → new`
     notes: tuple[str, ...]  # one line each, for stderr: which config ran and why
+    training: bool = False  # the baseline holds trajectories: train again, not only measure
 
 
 def is_baseline(path: Path | None) -> bool:
@@ -295,8 +445,16 @@ def plan(request: CheckRequest) -> CheckPlan:
                            "to measure again; save a baseline with `actstat baseline --model "
                            "FILE.py:FACTORY` to check it here")
     own = config_from_dict(base.config, str(target))
-    consistent(base, own.model.depth if own.model.plain_mlp else None, len(schemes(own)),
-               str(target))
+    interrupted = [run for run in base.runs
+                   if run.trajectory is not None and run.trajectory.stopped == "interrupted"]
+    if interrupted:
+        raise ActstatError(f"{target}: its training was interrupted (Ctrl-C) in scheme "
+                           f"'{interrupted[0].scheme}': a training baseline needs every step; "
+                           "train it again to the end")
+    # a compare of several models (schemes with model keys) has as many row counts as models
+    plain = own.model.plain_mlp and not own.mixed_models
+    consistent(base, own.model.depth if plain else None, len(schemes(own)), str(target))
+    training = any(run.trajectory is not None for run in base.runs)
     notes: list[str] = []
     config_path = request.config
     recorded = config_file_of(base, target)
@@ -318,7 +476,11 @@ def plan(request: CheckRequest) -> CheckPlan:
     if changes:
         notes.append(f"actstat: checking {source}: {len(changes)} change(s) against the "
                      f"baseline; first: {changes[0]}")
-    return CheckPlan(request, resolved, config_path, base, changes, tuple(notes))
+    if not training and not any(m in METRICS for m in resolved.check.metrics):
+        raise ActstatError(f"check.metrics: {', '.join(resolved.check.metrics)} compare a "
+                           f"training baseline's trajectories, and {target} holds none (write "
+                           "one with `actstat train CONFIG -f json -o FILE`)")
+    return CheckPlan(request, resolved, config_path, base, changes, tuple(notes), training)
 
 
 def evaluate(plan: CheckPlan, report: Report) -> CheckResult:
@@ -326,11 +488,19 @@ def evaluate(plan: CheckPlan, report: Report) -> CheckResult:
     settings = plan.config.check
     request = plan.request
     compared, drifts, labels = 0, [], [run.scheme for run in report.runs]
+    metrics = tuple(m for m in settings.metrics if m in METRICS)
+    trajectory_metrics = tuple(m for m in settings.metrics if m in TRAJECTORY_METRICS)
+    tolerances = {m: t.model_dump(exclude_none=True) for m, t in settings.tolerances.items()}
+    trajectory_compared, changes = 0, []
     if plan.baseline is not None:
         compared, drifts, labels = compare(
-            plan.baseline, report, metrics=tuple(settings.metrics), rtol=settings.rtol,
-            atol=settings.atol,
-            tolerances={m: t.model_dump(exclude_none=True) for m, t in settings.tolerances.items()})
+            plan.baseline, report, metrics=metrics, rtol=settings.rtol, atol=settings.atol,
+            tolerances=tolerances)
+    if plan.baseline is not None and plan.training:
+        trajectory_compared, along, changes = compare_trajectories(
+            plan.baseline, report, metrics=trajectory_metrics, rtol=settings.rtol,
+            atol=settings.atol, tolerances=tolerances)
+        drifts += along
     breaches = (tuple(drift_bound(report, request.max_drift)) if request.max_drift is not None
                 else ())
     flagged = tuple((run.scheme, layer.index, flag) for run in report.runs
@@ -342,11 +512,15 @@ def evaluate(plan: CheckPlan, report: Report) -> CheckResult:
         flagged=flagged,
         config_changes=plan.changes,
         schemes=tuple(labels),
-        metrics=tuple(settings.metrics) if plan.baseline is not None else (),
+        metrics=metrics if plan.baseline is not None else (),
         bound_checked=request.max_drift is not None,
         flags_checked=bool(request.fail_on),
         # --update rewrites the baseline when only drift failed (a bound or a flag never)
         updated=request.update and plan.baseline is not None and not breaches and not flagged,
+        trajectory_compared=trajectory_compared,
+        trajectory_metrics=trajectory_metrics if plan.training else (),
+        steps_changes=tuple(changes),
+        trained=plan.training,
     )
 
 

@@ -172,9 +172,12 @@ def _overrides(**options: Any) -> dict[str, Any]:
         overrides["activation"] = [n for given in options["act"] for n in _names("--act", given)]
     if options.get("model") is not None:
         overrides["model.factory"] = options["model"]
-    for option, key in (("block", "model.block"), ("norm", "model.norm")):
+    for option, key in (("block", "model.block"), ("norm", "model.norm"),
+                        ("norm_position", "model.norm_position")):
         if options.get(option) is not None:
             overrides[key] = options[option]
+    if options.get("multiplier") is not None:
+        overrides["model.multiplier"] = _scalar(options["multiplier"])
     if options.get("branch_depth") is not None:
         overrides["model.branch_depth"] = _scalar(options["branch_depth"])
     if options.get("layers") is not None:
@@ -226,6 +229,12 @@ BranchDepthOpt = Annotated[str | None, typer.Option(
 NormOpt = Annotated[str | None, typer.Option(
     "--norm", metavar="NAME", help="none, batchnorm, layernorm or rmsnorm.",
     show_default=False)]
+NormPositionOpt = Annotated[str | None, typer.Option(
+    "--norm-position", metavar="WHERE", show_default=False,
+    help="pre (before each branch or activation, default) or post (after the add).")]
+MultiplierOpt = Annotated[str | None, typer.Option(
+    "--multiplier", metavar="FLOAT", show_default=False,
+    help="Residual: each branch's learnable scalar α starts here (0: ReZero's start).")]
 BatchOpt = Annotated[str | None, typer.Option(
     "--batch-size", "-b", metavar="INT", help="Samples in the batch.", show_default=False)]
 DataOpt = Annotated[str | None, typer.Option(
@@ -301,6 +310,8 @@ def run(
     block: BlockOpt = None,
     branch_depth: BranchDepthOpt = None,
     norm: NormOpt = None,
+    norm_position: NormPositionOpt = None,
+    multiplier: MultiplierOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -328,6 +339,7 @@ def run(
     failing = _check_output_options(format, fail_on)
     report = _profile(config, _overrides(
         depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        norm_position=norm_position, multiplier=multiplier,
         batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
         theory=theory, steps=steps, lr=lr,
@@ -350,6 +362,8 @@ def compare(
     block: BlockOpt = None,
     branch_depth: BranchDepthOpt = None,
     norm: NormOpt = None,
+    norm_position: NormPositionOpt = None,
+    multiplier: MultiplierOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -386,6 +400,7 @@ def compare(
         raise _fail(f"--sort: unknown order '{sort}'; choose from: {', '.join(SORTS)}")
     report = _profile(config, _overrides(
         depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        norm_position=norm_position, multiplier=multiplier,
         batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
         theory=theory, steps=steps, lr=lr,
@@ -413,6 +428,8 @@ def baseline(
     block: BlockOpt = None,
     branch_depth: BranchDepthOpt = None,
     norm: NormOpt = None,
+    norm_position: NormPositionOpt = None,
+    multiplier: MultiplierOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -428,12 +445,14 @@ def baseline(
     """Measure and save a baseline Report (JSON) for `actstat check` to compare against.
 
     The file holds the full resolved config, versions, device and every per-layer value; a JSON
-    report from `run` or `compare` serves as a baseline too.
+    report from `run` or `compare` serves as a baseline too, and one from `actstat train -f json`
+    is a training baseline (check trains again and compares every recorded step).
     """
     from actstat.render import to_json, verdict_line
 
     report = _profile(config, _overrides(
         depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        norm_position=norm_position, multiplier=multiplier,
         batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
         theory=theory, steps=None, lr=None),
@@ -466,7 +485,8 @@ AtolOpt = Annotated[str | None, typer.Option(
     help="Mean metrics: |difference| <= atol x the expected std. Default 0.05.")]
 MetricsOpt = Annotated[str | None, typer.Option(
     "--metrics", metavar="NAME[,NAME...]", show_default=False,
-    help="pre_std, post_std, grad_std, pre_mean, post_mean, grad_mean (default: all).")]
+    help="pre_std, post_std, grad_std, pre_mean, post_mean, grad_mean; through training: "
+    "loss, train_std, train_mean, train_grad_std, train_near_zero, train_dead (default: all).")]
 MaxDriftOpt = Annotated[str | None, typer.Option(
     "--max-drift", metavar="F", show_default=False,
     help="Fail when a layer's post std leaves \\[s/F, s*F], s = the first hidden layer's.")]
@@ -496,6 +516,8 @@ def check(
     block: BlockOpt = None,
     branch_depth: BranchDepthOpt = None,
     norm: NormOpt = None,
+    norm_position: NormPositionOpt = None,
+    multiplier: MultiplierOpt = None,
     batch_size: BatchOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
@@ -504,6 +526,7 @@ def check(
     bias: BiasOpt = None,
     grad: GradOpt = None,
     theory: TheoryOpt = None,
+    lr: TrainLrOpt = None,
     rtol: RtolOpt = None,
     atol: AtolOpt = None,
     metrics: MetricsOpt = None,
@@ -523,8 +546,10 @@ def check(
 
     The config is the file the baseline was made from, re-read (so an edited config is checked,
     its differences listed), or the copy stored in the baseline when that file is gone or with
-    --stored-config. Exit codes: 0 passed (or --update rewrote the baseline); 1 drift, a
-    --max-drift breach or a --fail-on flag; 2 unusable input (nothing is written then).
+    --stored-config. A baseline written by `actstat train -f json` is trained again, and its
+    loss and per-layer statistics compared at every recorded step; the first step that drifted
+    is named. Exit codes: 0 passed (or --update rewrote the baseline); 1 drift, a --max-drift
+    breach or a --fail-on flag; 2 unusable input (nothing is written then); 130 Ctrl-C.
     """
     from actstat import check as checking
 
@@ -532,9 +557,10 @@ def check(
         raise _fail(f"--format: check writes {', '.join(CHECK_FORMATS)}, not '{format}'")
     overrides = _overrides(
         depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
+        norm_position=norm_position, multiplier=multiplier,
         batch_size=batch_size, data=data, device=device, dtype=dtype,
         seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
-        theory=theory, steps=None, lr=None)
+        theory=theory, steps=None, lr=lr)
     for key, value in (("check.rtol", rtol), ("check.atol", atol)):
         if value is not None:
             overrides[key] = _scalar(value)
@@ -548,7 +574,14 @@ def check(
     _preflight(plan.config, (output, junit_xml, target if update else None))
     for note in () if quiet else plan.notes:
         typer.echo(note, err=True)
-    report = _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
+    if plan.training:
+        report = _train_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
+        if any(run.trajectory is not None and run.trajectory.stopped == "interrupted"
+               for run in report.runs):
+            typer.echo("actstat: interrupted; nothing was compared", err=True)
+            raise typer.Exit(130)
+    else:
+        report = _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
     result = checking.evaluate(plan, report)
     _guarded(_emit_check, result, format, output, junit_xml, Display(wide, no_color))
     _check_verdict(plan, result, report, quiet)
@@ -647,6 +680,8 @@ def train(
     block: BlockOpt = None,
     branch_depth: BranchDepthOpt = None,
     norm: NormOpt = None,
+    norm_position: NormPositionOpt = None,
+    multiplier: MultiplierOpt = None,
     data: DataOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -683,7 +718,8 @@ def train(
     if format not in TRAIN_FORMATS:
         raise _fail(f"--format: train writes {' or '.join(TRAIN_FORMATS)}, not {format!r}")
     overrides = _overrides(depth=depth, width=width, block=block, branch_depth=branch_depth,
-                           norm=norm, data=data, device=device, dtype=dtype, seed=seed,
+                           norm=norm, norm_position=norm_position, multiplier=multiplier,
+                           data=data, device=device, dtype=dtype, seed=seed,
                            bias=bias, init=init, act=act, model=model,
                            hist=True if plot else hist, steps=steps, lr=lr)
     for _option, key, value in (("every", "train.every", every),

@@ -137,6 +137,9 @@ class ModelConfig(_Section):
 
 # the model keys that describe the built-in model's blocks (refused with a factory)
 ARCHITECTURE_KEYS = ("block", "branch_depth", "norm", "norm_position", "multiplier")
+# the model keys a compare scheme may set for itself: its structure, and its depth (so that a
+# plain MLP of 100 hidden layers can face 50 residual blocks of 2: 100 weight layers each)
+SCHEME_MODEL_KEYS = ("depth", *ARCHITECTURE_KEYS)
 
 
 class _Spec(BaseModel):
@@ -184,10 +187,21 @@ class ActivationSpec(_Spec):
 
 
 class SchemeSpec(_Section):
-    """One scheme of a `compare:` list: an init and an activation, each with its parameters."""
+    """One scheme of a `compare:` list: an init and an activation, each with its parameters, and
+    optionally model keys of its own (`model: {block: residual, depth: 50}`), so that one compare
+    can set a plain MLP beside residual and normalised ones (SCHEME_MODEL_KEYS only: width,
+    bias and the data stay the config's, so the schemes differ in structure alone)."""
 
     init: InitSpec
     activation: ActivationSpec
+    model: dict[str, Any] | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_keys(cls, model: Any) -> Any:
+        if model is not None and not isinstance(model, Mapping):
+            raise ValueError(f"must be a mapping of model keys ({', '.join(SCHEME_MODEL_KEYS)})")
+        return model
 
 
 # `actstat compare` with no schemes given: the fast.ai lesson-8/9 experiments (N(0, 1) weights,
@@ -295,22 +309,28 @@ class Thresholds(_Section):
     trained: float = Field(0.25, gt=0, lt=1)
 
 
-METRIC_NAMES = ("pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean")
-Metric = Literal["pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean"]
+# at init (every baseline), then through training (a baseline written by `actstat train`)
+METRIC_NAMES = ("pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean",
+                "loss", "train_std", "train_mean", "train_grad_std", "train_near_zero",
+                "train_dead")
+Metric = Literal["pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean",
+                 "loss", "train_std", "train_mean", "train_grad_std", "train_near_zero",
+                 "train_dead"]
 
 
 class MetricTolerance(_Section):
-    rtol: float | None = Field(None, gt=0)  # for a std metric
-    atol: float | None = Field(None, ge=0)  # for a mean metric
+    rtol: float | None = Field(None, gt=0)  # for a std metric, or the loss
+    atol: float | None = Field(None, ge=0)  # for a mean metric, or a fraction
 
 
 class CheckConfig(_Section):
     """`actstat check` against a baseline (definitions: actstat/check.py)."""
 
-    # std metrics: |ln(obtained / expected)| <= ln(1 + rtol); 0.05 fails any 10 % change and
+    # std metrics and the loss: |ln(obtained / expected)| <= ln(1 + rtol); 0.05 fails any 10 % change and
     # passes another thread count or torch patch release (~1e-6 apart)
     rtol: float = Field(0.05, gt=0)
-    # mean metrics: |obtained - expected| <= atol x the expected std of that tensor
+    # mean metrics: |obtained - expected| <= atol x the expected std of that tensor; fractions
+    # (train_near_zero, train_dead): |obtained - expected| <= atol
     atol: float = Field(0.05, ge=0)
     metrics: list[Metric] = Field(default_factory=lambda: list(METRIC_NAMES))
     tolerances: dict[Metric, MetricTolerance] = Field(default_factory=dict)  # per metric
@@ -410,6 +430,17 @@ class Config(_Section):
                              "(--model); the built-in MLP takes flat features: give one "
                              "dimension, or none")
         return self
+
+    def scheme_model(self, scheme: SchemeSpec) -> ModelConfig:
+        """The model a compare scheme runs: the config's, with the scheme's own model keys."""
+        if not scheme.model:
+            return self.model
+        return ModelConfig.model_validate({**self.model.model_dump(), **scheme.model})
+
+    @property
+    def mixed_models(self) -> bool:
+        """Whether some compare scheme runs a model other than the config's."""
+        return any(self.scheme_model(scheme) != self.model for scheme in self.compare)
 
     @model_validator(mode="after")
     def _training_needs_gradients(self) -> Config:
@@ -524,9 +555,34 @@ def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Conf
         _check_structural(spec, config.model, f"{_origin_of('init', overrides, origin)}: init"
                           + (f"[{i}]" if len(specs["init"]) > 1 else ""))
     for i, scheme in enumerate(specs["compare"]):
-        _check_structural(scheme.init, config.model,
-                          f"{_origin_of('compare', overrides, origin)}: compare[{i}].init")
+        where = _origin_of("compare", overrides, origin)
+        model = _scheme_model(config, scheme, f"compare[{i}].model", where, overrides)
+        _check_structural(scheme.init, model, f"{where}: compare[{i}].init")
     return config.model_copy(update=specs)
+
+
+def _scheme_model(config: Config, scheme: SchemeSpec, key: str, where: str,
+                  overrides: Mapping[str, Any]) -> ModelConfig:
+    """A compare scheme's model keys checked as the model section's own are, in one line."""
+    if not scheme.model:
+        return config.model
+    unknown = [k for k in scheme.model if k not in SCHEME_MODEL_KEYS]
+    if unknown:
+        # width is a model key, just not a scheme's: no "did you mean 'depth'?" for it
+        guess = None if unknown[0] in ModelConfig.model_fields else \
+            closest(str(unknown[0]), list(SCHEME_MODEL_KEYS))
+        hint = f"did you mean '{guess}'? " if guess else ""
+        raise ConfigError(f"{where}: {key}.{unknown[0]}: a scheme sets only the model's depth "
+                          f"and structure ({hint}valid keys here: "
+                          f"{', '.join(SCHEME_MODEL_KEYS)}); width and bias are the config's, "
+                          "for every scheme")
+    try:
+        return config.scheme_model(scheme)
+    except ValidationError as err:
+        given = {f"model.{k}" for k in overrides if k.startswith("model.")}
+        source = f"{where} with {', '.join(OPTION_NAMES.get(k, k) for k in sorted(given))}" \
+            if given and not err.errors()[0]["loc"] else where
+        raise ConfigError(_one_line(err, ModelConfig, source, {}, prefix=key)) from None
 
 
 def _check_structural(spec: InitSpec, model: ModelConfig, where: str) -> None:

@@ -34,6 +34,7 @@ from actstat.config import (
     ActivationSpec,
     Config,
     InitSpec,
+    ModelConfig,
     Thresholds,
 )
 from actstat.data import (
@@ -202,7 +203,10 @@ def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = 
     """Load the batch once, then build, initialise and measure one model per scheme; schemes
     that share an activation are measured side by side as one stacked model (`stack`: at most
     this many at once; default from `stack_size`, 1 to measure every scheme on its own). With
-    `model.factory`, the user's model once per init instead (`profile_factory`)."""
+    `model.factory`, the user's model once per init instead (`profile_factory`). Compare schemes
+    with model keys of their own run on their own models (`profile_mixed`)."""
+    if config.mixed_models:
+        return profile_mixed(config, on_scheme, force=force, stack=stack)
     if config.model.factory is not None:
         return profile_factory(config, on_scheme)
     if not config.model.plain_mlp:
@@ -240,6 +244,68 @@ def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = 
         shape=tuple(batch.inputs.shape[1:]),
     )
     return _report(config, device, given, runs)
+
+
+def model_groups(config: Config) -> list[tuple[Config, list[int]]]:
+    """The config split by the model each scheme runs: one config per model (the config's own
+    first, with its init × activation grid), each with the positions of its schemes in
+    `schemes(config)`. Schemes of one model stay together, so the plain MLP's still stack."""
+    grid = len(config.init) * len(config.activation)
+    groups: dict[str, tuple[ModelConfig, list[Any], list[int]]] = {
+        config.model.model_dump_json(): (config.model, [], list(range(grid)))}
+    for position, scheme in enumerate(config.compare, start=grid):
+        model = config.scheme_model(scheme)
+        _, members, positions = groups.setdefault(model.model_dump_json(), (model, [], []))
+        members.append(scheme.model_copy(update={"model": None}))
+        positions.append(position)
+    return [(config.model_copy(update={
+                "model": model, "compare": members,
+                "init": config.init if model == config.model else [],
+                "activation": config.activation if model == config.model else []}), positions)
+            for model, members, positions in groups.values() if positions]
+
+
+def model_tag(model: ModelConfig) -> str:
+    """A model's structure in a few words, to tell schemes of a mixed compare apart: `plain`,
+    `residual`, `residual, layernorm`, `residual, branch 3, rmsnorm post, α=0.5`."""
+    parts = [model.block]
+    if model.block == "residual" and \
+            model.branch_depth != ModelConfig.model_fields["branch_depth"].default:
+        parts.append(f"branch {model.branch_depth}")
+    if model.norm != "none":
+        parts.append(model.norm + (" post" if model.norm_position == "post" else ""))
+    if model.multiplier is not None:
+        parts.append(f"α={model.multiplier:g}")
+    return ", ".join(parts)
+
+
+def profile_mixed(config: Config, on_scheme: Progress | None = None, *, force: bool = False,
+                  stack: int | None = None) -> Report:
+    """A compare whose schemes run different models (a plain MLP beside residual ones): each
+    model's schemes measured as a config of their own (stacked where shapes allow, separately
+    where not), on the same batch (same data and seed), in config order; each scheme's label
+    says its model: `fixup + relu (residual)`."""
+    todo = len(schemes(config))
+    runs: list[Run | None] = [None] * todo
+    given: InputStats | None = None
+    device = None
+    done = 0
+    for part, positions in model_groups(config):
+        offset, tag = done, model_tag(part.model)
+
+        def progress(count: int, _total: int, label: str, offset: int = offset,
+                     tag: str = tag) -> None:
+            if on_scheme is not None:
+                on_scheme(offset + count, todo, f"{label} ({tag})")
+
+        report = profile(part, progress, force=force, stack=stack)
+        given = given or report.input
+        device = device or report.device
+        for position, run in zip(positions, report.runs):
+            runs[position] = replace(run, scheme=f"{run.scheme} ({tag})")
+        done += len(positions)
+    assert given is not None
+    return _report(config, torch.device(device), given, runs)
 
 
 def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch, *,
@@ -553,10 +619,6 @@ def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
     (its init × activation grid, then its compare list), each measured on its own by the
     general probe (`model_run`): rows are modules by name (blocks.3, blocks.3.branch.fc1), not
     numbered hidden layers, each with its mean-field expectation (`block_expectations`)."""
-    if config.train.steps:
-        raise ConfigError("train.steps (--steps) of run and compare trains the plain MLP on its "
-                          "one batch; residual blocks and norm layers are trained by `actstat "
-                          "train`: set steps to 0 here")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     batch = load_batch(config.data, seed=config.seed, device=device, dtype=dtype,
@@ -587,7 +649,13 @@ def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
                 _with_block_expected(layer, found)
                 for layer, found in _zip_named(run.layers,
                                                block_expectations(model, activation, second))))
-        runs.append(replace(run, act=act.name, act_params=dict(act.params), lsuv=lsuv))
+        train = None
+        if config.train.steps:
+            train = train_probe(model, batch.inputs, batch.labels, steps=config.train.steps,
+                                lr=config.train.learning_rate,
+                                symmetric=config.thresholds.symmetric)
+        runs.append(replace(run, act=act.name, act_params=dict(act.params), lsuv=lsuv,
+                            train=train))
         del model
         if on_scheme is not None:
             on_scheme(len(runs), len(todo), run.scheme)
@@ -764,7 +832,10 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
     (`watch_stacked`, the numbers of separate runs; `stack`: at most this many at once, default
     from `train_stack_size`, 1 to train every scheme on its own); the residual and normed
     models and a factory's train one by one. `on_step(label)` gives the progress callback of a
-    scheme's training, or of a stack's (its schemes' labels joined)."""
+    scheme's training, or of a stack's (its schemes' labels joined). A compare of several
+    models trains each model's schemes as a config of its own (`model_groups`)."""
+    if config.mixed_models:
+        return _watch_mixed(config, on_scheme, on_step, stack)
     t = config.train
     steps = t.steps or DEFAULT_TRAIN_STEPS
     # the measurement at init as `run` makes it, without run's one-batch training probe
@@ -820,7 +891,28 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
             break  # Ctrl-C: what was recorded is kept, the schemes after it are not run
     runs = [replace(run, trajectory=analyse_trajectory(trajectory, config.thresholds))
             for run, trajectory in zip(report.runs, trajectories) if trajectory is not None]
-    return replace(report, runs=tuple(runs))
+    # the config as given (train.steps included, not the measurement's 0): `check` trains it again
+    return replace(report, config=config.model_dump(mode="json"), runs=tuple(runs))
+
+
+def _watch_mixed(config: Config, on_scheme: Progress | None,
+                 on_step: Callable[[str], StepProgress] | None, stack: int | None) -> Report:
+    """`watch_report` of each model's part of a mixed compare, in config order, each scheme
+    labelled with its model as `profile_mixed` labels it; Ctrl-C ends it at that part."""
+    runs: list[Run | None] = [None] * len(schemes(config))
+    first: Report | None = None
+    for part, positions in model_groups(config):
+        report = watch_report(part, on_scheme, on_step, stack=stack)
+        first = first or report
+        tag = model_tag(part.model)
+        for position, run in zip(positions, report.runs):
+            runs[position] = replace(run, scheme=f"{run.scheme} ({tag})")
+        if any(run.trajectory is not None and run.trajectory.stopped == "interrupted"
+               for run in report.runs):
+            break
+    assert first is not None
+    return replace(first, config=config.model_dump(mode="json"),
+                   runs=tuple(run for run in runs if run is not None))
 
 
 def train_stack_size(config: Config, in_features: int, device: torch.device,

@@ -15,7 +15,7 @@ from rich.console import Console, RenderableType
 from rich.text import Text
 
 from actstat.analysis import Summary, first_flagged, grad_reference, summarise
-from actstat.check import BoundBreach, CheckResult, Drift
+from actstat.check import BoundBreach, CheckResult, Drift, StepsChange, is_ratio
 from actstat.layout import Column, Fitted, fit, left_out_note
 from actstat.report import (
     FLAGS,
@@ -133,7 +133,14 @@ def _weight_change(moved: TrainLayer) -> str:
 
 
 def _trained(run: Run) -> list[TrainLayer | None]:
-    return list(run.train.layers) if run.train is not None else [None] * len(run.layers)
+    """Each layer row's training record: the MLP's by position; a model's by module name (its
+    rows include norms and blocks, which have no record of their own)."""
+    if run.train is None:
+        return [None] * len(run.layers)
+    if run.model is None:
+        return list(run.train.layers)
+    by_name = {moved.name: moved for moved in run.train.layers}
+    return [by_name.get(layer.name) if layer.kind == "weight" else None for layer in run.layers]
 
 
 def verdict_line(run: Run, report: Report) -> str:
@@ -182,12 +189,21 @@ def train_line(run: Run) -> str | None:
     depth = len(train.layers)
     frozen = sum(layer.weight_delta == 0 for layer in train.layers)
     same = sum(layer.still_symmetric for layer in train.layers)
-    moved = "hidden weights never moved" if frozen == depth else (
-        f"hidden weights moved (never in {frozen} of {depth} layers)" if frozen else
-        "hidden weights moved")
+    # the MLP's layers are its hidden Linears; a model's, every Linear before its head
+    weights = "hidden weights" if run.model is None else "weights"
+    moved = f"{weights} never moved" if frozen == depth else (
+        f"{weights} moved (never in {frozen} of {depth} layers)" if frozen else
+        f"{weights} moved")
+    alphas = ""
+    if train.multipliers:
+        ends = [alpha.end for alpha in train.multipliers if alpha.end is not None]
+        starts = sorted({number(alpha.start) for alpha in train.multipliers})
+        span = "—" if not ends else (number(ends[0]) if min(ends) == max(ends)
+                                     else f"{number(min(ends))} to {number(max(ends))}")
+        alphas = f"; α {'/'.join(starts)} → {span} ({len(train.multipliers)} blocks)"
     return (f"training: {train.steps} SGD steps at lr {train.lr:g}: loss "
             f"{number(train.loss[0])} → {number(train.loss[-1])}; {moved}; units still identical "
-            f"in {same} of {depth} layers")
+            f"in {same} of {depth} layers{alphas}")
 
 
 # a warning names at most this many layers that lsuv left outside its tolerance (the JSON
@@ -548,14 +564,16 @@ def sorted_runs(report: Report, sort: str) -> list[Run]:
 
 
 COMPARE_COLUMNS = ("scheme", "verdict", "first flag", "post std 1 → L", "gain", "dead", "sat",
-                   "grad 1/L", "phase", "χ₁", "log std", "log grad")
+                   "grad 1/L", "train loss", "phase", "χ₁", "log std", "log grad")
 
 
 # The order in which compare's columns leave a narrow terminal: the first named here leave first;
 # the scheme always stays. At 80 columns the name, verdict, first flag, post std 1 -> L and
 # grad 1/L remain; the sparklines shrink (fewer layers sampled) before any number leaves.
+# With --steps the training loss (first → last) stays longest after the verdict: it is what
+# the training probe is run for.
 COMPARE_COLUMNS_LEAVING = ("phase", "log grad", "χ₁", "sat", "dead", "gain", "log std",
-                           "grad 1/L", "first flag", "post std 1 → L", "verdict")
+                           "grad 1/L", "first flag", "post std 1 → L", "train loss", "verdict")
 SPARK_COLUMNS = ("log std", "log grad")
 TEXT_COLUMNS = ("scheme", "verdict", "first flag", "phase", *SPARK_COLUMNS)
 
@@ -575,6 +593,8 @@ def _compare_cells(run: Run, summary: Summary, spark_width: int = 40) -> dict[st
         "dead": percent(summary.worst_dead),
         "sat": percent(summary.worst_saturated),
         "grad 1/L": number(summary.grad_ratio),
+        "train loss": ("—" if run.train is None else
+                       f"{number(run.train.loss[0])} → {number(run.train.loss[-1])}"),
         "phase": run.theory.phase if run.theory else "—",
         "χ₁": number(run.theory.chi1) if run.theory else "—",
         "log std": sparkline([layer.post.std for layer in run.layers], spark_width),
@@ -585,15 +605,17 @@ def _compare_cells(run: Run, summary: Summary, spark_width: int = 40) -> dict[st
 
 def compare_columns(runs: Sequence[Run]) -> list[str]:
     """The compare table's columns: a user's model has no mean-field theory, so there are no
-    phase or χ₁ columns when no run has one."""
-    return [name for name in COMPARE_COLUMNS if name not in ("phase", "χ₁")
-            or any(run.theory is not None for run in runs)]
+    phase or χ₁ columns when no run has one; a train loss column only with the training probe."""
+    return [name for name in COMPARE_COLUMNS
+            if (name not in ("phase", "χ₁") or any(run.theory is not None for run in runs))
+            and (name != "train loss" or any(run.train is not None for run in runs))]
 
 
 def compare_table(report: Report, sort: str = "verdict", width: int | None = None) -> Fitted:
     """One row per scheme: where each one fails, at a glance; fitted to `width` terminal cells
     (None: full width)."""
-    depth = len(report.runs[0].layers) if report.runs else 0
+    counts = sorted({len(run.layers) for run in report.runs}) or [0]
+    depth = counts[-1]
     runs = sorted_runs(report, sort)
     summaries = [summarise(run.layers, run.verdict) for run in runs]
     rows = [_compare_cells(run, summary) for run, summary in zip(runs, summaries)]
@@ -619,7 +641,9 @@ def compare_table(report: Report, sort: str = "verdict", width: int | None = Non
         for name in names
     ]
     what = "hidden layers" if all(run.model is None for run in runs) else "layers"
-    return fit(spec, width, title=f"{len(report.runs)} schemes, {depth} {what}, "
+    # schemes of different models (a mixed compare) have different numbers of rows
+    many = str(depth) if len(counts) == 1 else f"{counts[0]} to {depth}"
+    return fit(spec, width, title=f"{len(report.runs)} schemes, {many} {what}, "
                f"{report.input.source}")
 
 
@@ -694,14 +718,18 @@ def compare_markdown(report: Report, sort: str = "verdict", detail: bool = False
 def check_summary(result: CheckResult) -> list[str]:
     """One line per kind of check that ran: baseline drift, drift bound, flags."""
     lines = []
+    at_init = result.init_drifts
+    where = " at init" if result.trained else ""
     if result.compared:
-        if result.drifts:
-            first = result.drifts[0]
-            lines.append(f"{len(result.drifts)} of {result.compared} values drifted; first at "
+        if at_init:
+            first = at_init[0]
+            lines.append(f"{len(at_init)} of {result.compared} values{where} drifted; first at "
                          f"layer {_row(first)} ({first.scheme}, {first.metric})")
         else:
-            lines.append(f"all {result.compared} values within tolerance "
+            lines.append(f"all {result.compared} values{where} within tolerance "
                          f"({', '.join(result.metrics)})")
+    if result.trained:
+        lines += _trajectory_summary(result)
     if result.breaches:
         first_breach = result.breaches[0]
         lines.append(f"max drift {first_breach.factor:g}: {len(result.breaches)} layer(s) outside "
@@ -719,13 +747,64 @@ def check_summary(result: CheckResult) -> list[str]:
 UPDATED = "baseline updated with the new values"
 
 
+def _trajectory_summary(result: CheckResult) -> list[str]:
+    """A training baseline's lines: the values through training, the first step that drifted
+    (overall, and per scheme when there are several), schemes whose recorded steps differ."""
+    lines = []
+    along = result.trajectory_drifts
+    if along:
+        first = min(along, key=lambda d: d.step or 0)  # the earliest step; ties: scheme order
+        lines.append(f"{len(along)} of {result.trajectory_compared} values through training "
+                     f"drifted; first at step {first.step} ({first.scheme}, {_point(first)})")
+    elif result.trajectory_compared:
+        lines.append(f"all {result.trajectory_compared} values through training within "
+                     f"tolerance ({', '.join(result.trajectory_metrics)})")
+    # the config keys that set the recorded steps, when a config changed them
+    cause = [change for change in result.config_changes
+             if change.startswith(("train.steps:", "train.every:"))]
+    for change in result.steps_changes:
+        lines.append(_steps_line(change) + (f"; the config changed {', '.join(cause)}"
+                                            if cause else ""))
+    if len(result.schemes) > 1 and (along or result.steps_changes):
+        firsts = [(scheme, result.first_step(scheme)) for scheme in result.schemes]
+        lines.append("first step that drifted: " + ", ".join(
+            f"{scheme} {'none' if step is None else step}" for scheme, step in firsts))
+    return lines
+
+
+def _steps_line(change: StepsChange) -> str:
+    both = len(set(change.expected) & set(change.obtained))
+    stopped = {"nonfinite": f" (stopped at step {change.stopped_at}: the loss was not finite)",
+               "interrupted": f" (interrupted at step {change.stopped_at})"}.get(
+                   change.stopped or "", "")
+    return (f"{change.scheme}: recorded steps differ from the baseline's: "
+            f"{_steps(change.expected)} → {_steps(change.obtained)}{stopped}; first differing "
+            f"step {change.first}; compared at the {both} step(s) both recorded")
+
+
+def _steps(steps: tuple[int, ...]) -> str:
+    """Recorded steps in a few words: all of them when few, else the first ones and the last."""
+    if not steps:
+        return "none"
+    shown = ", ".join(map(str, steps)) if len(steps) <= 6 else (
+        f"{', '.join(map(str, steps[:3]))}, …, {steps[-1]}")
+    return f"{shown} ({len(steps)} steps)"
+
+
+def _point(drift: Drift) -> str:
+    """Where on a trajectory: the loss, or a layer's metric."""
+    return "loss" if drift.metric == "loss" else f"layer {_row(drift)}, {drift.metric}"
+
+
 def check_failure_lines(result: CheckResult, limit: int = 3) -> list[str]:
     """For stderr, whatever the chosen format and output: the summary in one line, then the
     first `limit` values out of tolerance (so a CI log says why it failed)."""
     lines = ["check FAILED: " + "; ".join(check_summary(result)[:-1])]
     for drift in result.drifts[:limit]:
         scheme, layer, metric, expected, obtained, difference, tolerance = _drift_cells(drift)
-        lines.append(f"  {scheme}, layer {layer}, {metric}: expected {expected}, obtained "
+        where = (f"layer {layer}, {metric}" if drift.step is None
+                 else f"step {drift.step}, {_point(drift)}")
+        lines.append(f"  {scheme}, {where}: expected {expected}, obtained "
                      f"{obtained} ({difference}; tolerance {tolerance})")
     for breach in result.breaches[:max(0, limit - len(result.drifts))]:
         lines.append(f"  {breach.scheme}, layer {_row(breach)}: post std {number(breach.std)} "
@@ -735,7 +814,10 @@ def check_failure_lines(result: CheckResult, limit: int = 3) -> list[str]:
 
 
 def _row(found: Drift | BoundBreach) -> str:
-    """The row as the run's table names it: a user's model's module path, the MLP's number."""
+    """The row as the run's table names it: a user's model's module path, the MLP's number;
+    "—" for the loss, which is no layer's."""
+    if isinstance(found, Drift) and found.metric == "loss":
+        return "—"
     return found.name or str(found.layer)
 
 
@@ -744,10 +826,27 @@ def _first_row(breach: BoundBreach) -> str:
 
 
 DRIFT_COLUMNS = ("scheme", "layer", "metric", "expected", "obtained", "difference", "tolerance")
+STEP_COLUMN = 1  # a training baseline's rows: "step" after the scheme ("init" at init)
+
+
+def _drift_columns(result: CheckResult) -> tuple[str, ...]:
+    if not result.trained:
+        return DRIFT_COLUMNS
+    return (*DRIFT_COLUMNS[:STEP_COLUMN], "step", *DRIFT_COLUMNS[STEP_COLUMN:])
+
+
+def _check_rows(result: CheckResult) -> list[list[str]]:
+    """The failing rows, each as its columns (_drift_columns) read."""
+    rows = [_drift_cells(d) for d in result.drifts] + [_breach_cells(b) for b in result.breaches]
+    if not result.trained:
+        return rows
+    steps = ["init" if d.step is None else str(d.step) for d in result.drifts]
+    steps += ["init"] * len(result.breaches)
+    return [[*row[:STEP_COLUMN], step, *row[STEP_COLUMN:]] for row, step in zip(rows, steps)]
 
 
 def _drift_cells(drift: Drift) -> list[str]:
-    if drift.metric.endswith("_std"):
+    if is_ratio(drift.metric):
         difference = "—" if drift.difference is None else (
             "×∞" if math.isinf(drift.difference) else f"×{math.exp(drift.difference):.4g}")
         tolerance = f"×{math.exp(drift.tolerance):.4g}"
@@ -775,13 +874,13 @@ def check_renderables(result: CheckResult, width: int | None = None) -> list[Ren
         out.append(Text("config changes against the baseline:", style="bold"))
         out += [Text(f"  {change}") for change in result.config_changes]
         out.append(Text(""))
-    rows = [_drift_cells(d) for d in result.drifts] + [_breach_cells(b) for b in result.breaches]
+    rows = _check_rows(result)
     if rows:
         spec = [Column(name, [Text(row[i]) for row in rows],
                        justify="left" if name in ("scheme", "metric") else "right",
                        rank=_rank(name, DRIFT_COLUMNS_LEAVING), wrap=name in ("scheme", "metric"),
-                       min_width=12 if name == "scheme" else 8)
-                for i, name in enumerate(DRIFT_COLUMNS)]
+                       min_width=12 if name == "scheme" else 4 if name == "step" else 8)
+                for i, name in enumerate(_drift_columns(result))]
         fitted = fit(spec, width, title="values out of tolerance")
         out.append(fitted.table)
         note = left_out_note(fitted.left_out, width)
@@ -810,10 +909,12 @@ def check_markdown(result: CheckResult, limit: int = 200) -> str:
     if result.config_changes:
         lines += ["", "Config changes against the baseline:", ""]
         lines += [f"- `{change}`" for change in result.config_changes]
-    rows = [_drift_cells(d) for d in result.drifts] + [_breach_cells(b) for b in result.breaches]
+    rows = _check_rows(result)
     if rows:
-        lines += ["", "| " + " | ".join(DRIFT_COLUMNS) + " |",
-                  "|---|---:|---|---:|---:|---:|---:|"]
+        names = _drift_columns(result)
+        lines += ["", "| " + " | ".join(names) + " |",
+                  "|" + "|".join("---" if name in ("scheme", "metric") else "---:"
+                                 for name in names) + "|"]
         lines += ["| " + " | ".join(cells) + " |" for cells in rows[:limit]]
         if len(rows) > limit:
             lines.append(f"\n… and {len(rows) - limit} more rows (see the JSON or JUnit report).")
@@ -830,7 +931,7 @@ def check_json(result: CheckResult) -> str:
         "updated": result.updated,
         "summary": check_summary(result)[:-1],
         "compared": result.compared,
-        "drifted": len(result.drifts),
+        "drifted": len(result.init_drifts),
         "metrics": list(result.metrics),
         "schemes": list(result.schemes),
         "config_changes": list(result.config_changes),
@@ -838,6 +939,15 @@ def check_json(result: CheckResult) -> str:
                    for d in result.drifts],
         "breaches": [asdict(b) for b in result.breaches],
         "flagged": [{"scheme": s, "layer": layer, "flag": f} for s, layer, f in result.flagged],
+        "trajectory": None if not result.trained else {
+            "compared": result.trajectory_compared,
+            "drifted": len(result.trajectory_drifts),
+            "metrics": list(result.trajectory_metrics),
+            "first_drift_step": result.first_step(),
+            "schemes": [{"scheme": scheme, "first_drift_step": result.first_step(scheme)}
+                        for scheme in result.schemes],
+            "steps_changes": [asdict(change) for change in result.steps_changes],
+        },
     }
     return json.dumps(body, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
@@ -851,21 +961,29 @@ def junit_xml(result: CheckResult) -> str:
     cases = 0
     failures = 0
 
-    def case(classname: str, name: str, failed: list[str]) -> None:
+    def case(classname: str, name: str, failed: list[str], what: str = "layer(s)") -> None:
         nonlocal cases, failures
         cases += 1
         element = ET.SubElement(suite, "testcase", classname=classname, name=name)
         if failed:
             failures += 1
-            message = f"{len(failed)} layer(s) out of tolerance"
+            message = (f"{len(failed)} {what} out of tolerance" if what
+                       else "recorded steps differ from the baseline's")
             ET.SubElement(element, "failure", message=message).text = "\n".join(failed)
 
     if result.compared:
         for scheme in result.schemes:
             for metric in result.metrics:
-                rows = [" | ".join(_drift_cells(d)[1:]) for d in result.drifts
+                rows = [" | ".join(_drift_cells(d)[1:]) for d in result.init_drifts
                         if d.scheme == scheme and d.metric == metric]
                 case(scheme, metric, [f"layer {row}" for row in rows])
+    for scheme in result.schemes if result.trained else []:
+        for metric in result.trajectory_metrics:
+            rows = [f"step {d.step}, " + " | ".join(_drift_cells(d)[1:])
+                    for d in result.trajectory_drifts if d.scheme == scheme and d.metric == metric]
+            case(scheme, metric, rows, "value(s) through training")
+        case(scheme, "recorded_steps", [_steps_line(c) for c in result.steps_changes
+                                        if c.scheme == scheme], "")
     for scheme in result.schemes if result.breaches or result.bound_checked else []:
         rows = [f"layer {_row(b)}: post std {number(b.std)} vs {_first_row(b)} "
                 f"{number(b.first_std)}"

@@ -74,6 +74,18 @@ class TrainLayer:
     weight_delta: float | None  # ||W_end - W_start||
     bias_delta: float | None  # ||b_end - b_start||; None without bias
     still_symmetric: bool  # every unit's incoming weights and bias still identical
+    # the Linear's module name (`0`, `fc1`, `blocks.3.branch.fc1`): a model's rows are matched to
+    # their layer rows by it; "" in reports written before it was recorded
+    name: str = field(default="", kw_only=True)
+
+
+@dataclass(frozen=True)
+class TrainMultiplier:
+    """A residual block's learnable α (rezero's, or model.multiplier) before and after training."""
+
+    name: str  # `blocks.3.multiplier`
+    start: float | None
+    end: float | None
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,8 @@ class TrainStats:
     layers: tuple[TrainLayer, ...]
     head_weight_delta: float | None
     head_bias_delta: float | None
+    # residual blocks with a multiplier: each α's value before and after; () without one
+    multipliers: tuple[TrainMultiplier, ...] = field(default=(), kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -394,6 +408,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
         "train": None if run.train is None else {
             **asdict(run.train), "loss": list(run.train.loss),
             "layers": [asdict(layer) for layer in run.train.layers],
+            "multipliers": [asdict(alpha) for alpha in run.train.multipliers],
         },
         "theory": None if run.theory is None else asdict(run.theory),
         "lsuv": None if run.lsuv is None else [asdict(layer) for layer in run.lsuv],
@@ -505,6 +520,8 @@ def _train_from(raw: Mapping[str, Any]) -> TrainStats:
         layers=tuple(TrainLayer(**_only(TrainLayer, layer)) for layer in raw["layers"]),
         head_weight_delta=raw["head_weight_delta"],
         head_bias_delta=raw["head_bias_delta"],
+        multipliers=tuple(TrainMultiplier(**_only(TrainMultiplier, alpha))
+                          for alpha in raw.get("multipliers", [])),
     )
 
 

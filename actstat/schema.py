@@ -77,6 +77,13 @@ class TrainLayerModel(_Model):
     weight_delta: NonNegative
     bias_delta: NonNegative
     still_symmetric: bool
+    name: str = ""  # added within version 2: absent from earlier reports
+
+
+class TrainMultiplierModel(_Model):
+    name: str
+    start: Number
+    end: Number
 
 
 class TrainModel(_Model):
@@ -86,6 +93,7 @@ class TrainModel(_Model):
     layers: list[TrainLayerModel]
     head_weight_delta: NonNegative
     head_bias_delta: NonNegative
+    multipliers: list[TrainMultiplierModel] = []  # added within version 2
 
 
 class TheoryModel(_Model):

@@ -6,6 +6,8 @@ from autograd's `retain_grad`."""
 from __future__ import annotations
 
 import copy
+import math
+import os
 
 import numpy as np
 import pytest
@@ -36,6 +38,19 @@ from models import (
 )
 
 NEAR_ZERO = 0.01  # Thresholds' default
+
+
+@pytest.fixture(autouse=True, params=["fused", "torch"])
+def reductions(request, monkeypatch):
+    """Every test of this file runs on both ways a CPU tensor is reduced: actstat/fused.py's
+    numba kernels (the `fast` extra) and the torch reductions that serve without numba (and on
+    a GPU, in half precision and float64)."""
+    import actstat.capture
+
+    if request.param == "fused" and not actstat.capture.FUSED:
+        pytest.skip("numba is not installed (pip install 'actstat[fast]')")
+    monkeypatch.setattr(actstat.capture, "FUSED", request.param == "fused")
+    return request.param
 
 
 def numpy_stats(a: np.ndarray, unit: int, saturated=None, spread=False) -> dict[str, float]:
@@ -550,8 +565,10 @@ def test_tensors_reduced_in_many_chunks_give_the_same_numbers(monkeypatch, make)
     update for mean and std): with chunks of 100 elements every tensor of the zoo spans many of
     them, the last one shorter, and NumPy's whole-tensor numbers still hold."""
     import actstat.capture
+    import actstat.fused
 
     monkeypatch.setattr(actstat.capture, "CHUNK", 100)
+    monkeypatch.setattr(actstat.fused, "SEGMENT", 7)  # rows of 12 to 784 values: many segments
     torch.manual_seed(0)
     model = make()
     x, classes = {ResidualMLP: (gaussian(37, 20), 10), SharedTanh: (gaussian(37, 12), 5),
@@ -564,8 +581,10 @@ def test_extreme_magnitudes_keep_a_finite_exact_std(monkeypatch, magnitude):
     """Squares of 1e20 overflow float32 and squares of 1e-25 underflow to 0: each chunk is
     scaled by its own max|x| before squaring, so the std is still NumPy's."""
     import actstat.capture
+    import actstat.fused
 
     monkeypatch.setattr(actstat.capture, "CHUNK", 64)
+    monkeypatch.setattr(actstat.fused, "SEGMENT", 5)
     torch.manual_seed(0)
     model = nn.Linear(8, 16, bias=False)
     x = gaussian(50, 8) * magnitude
@@ -577,3 +596,115 @@ def test_extreme_magnitudes_keep_a_finite_exact_std(monkeypatch, magnitude):
     for key, value in want.items():
         scale = want["std"] if key in ("mean", "std", "min", "max") else 0.0
         assert close(got.stats[key], value, scale, 1e-5), (key, got.stats, want)
+
+
+# ---- the fused (numba) reductions --------------------------------------------------------------
+
+
+def test_float32_cpu_tensors_take_the_path_under_test(monkeypatch, reductions):
+    """The fixture's two paths are really taken: the kernels reduce every float32 tensor of a
+    capture (outputs, gradients, weights) on the fused path and none on the torch path."""
+    import actstat.capture
+
+    reduced = []
+    real = actstat.capture._fused_row
+    monkeypatch.setattr(actstat.capture, "_fused_row",
+                        lambda *a: reduced.append(real(*a)) or reduced[-1])
+    torch.manual_seed(0)
+    x = gaussian(16, 20)
+    got = capture(ResidualMLP(), x, labels(16, 10))
+    measured = len(got.layers) + sum(layer.grad is not None for layer in got.layers)
+    if reductions == "fused":
+        assert len(reduced) >= measured and all(row is not None for row in reduced)
+    else:
+        assert not reduced
+
+
+def test_no_numba_in_the_environment_keeps_the_torch_reductions():
+    """ACTSTAT_NO_NUMBA=1 turns the fused path off (to compare, or to rule it out)."""
+    import subprocess
+    import sys
+
+    code = "import actstat.capture as c, sys; print(c.FUSED, 'numba' in sys.modules)"
+    for value, want in [("1", "False False"), ("0", f"{importlib_numba()} False")]:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "ACTSTAT_NO_NUMBA": value}, check=True)
+        assert out.stdout.split() == want.split(), out
+
+
+def importlib_numba() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
+def test_thresholds_are_compared_as_torch_compares_float32(reductions):
+    """Values exactly at, and one float32 step either side of, the near-zero threshold and
+    the saturation edges (two-sided Hardtanh, one-sided ELU): counted as NumPy counts them in
+    float32 (|x| < float32(0.01); |x - mid| >= half-width; x <= lo)."""
+    near = np.float32(NEAR_ZERO)
+    values = [0.0, -0.0, near, -near, np.nextafter(near, np.float32(0)),
+              np.nextafter(-near, np.float32(0)), np.nextafter(near, np.float32(1)), 0.5,
+              1.0, -1.0, np.nextafter(np.float32(1), np.float32(0)), 2.0, -3.0, -0.97, -0.96]
+    column = torch.tensor(np.array(values, dtype=np.float32)).reshape(-1, 1)
+    for act, rule in [
+            (nn.Hardtanh(), lambda a: np.abs(a - np.float32(0)) >= np.float32(1)),
+            # ELU's edge: -alpha + (1 - cut) * alpha = -0.97, float32 as probe compares it
+            (nn.ELU(), lambda a: a <= np.float32(-1.0 + 0.03 * 1.0))]:
+        linear = nn.Linear(1, len(values), bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(column)
+        model = nn.Sequential(linear, act)
+        x = torch.ones(3, 1)
+        got = capture(model, x, grad=False).layers
+        out = model(x).detach().numpy()
+        pre = linear(x).detach().numpy()
+        # the torch path's fractions are float32 means: equal to 1e-6, not exactly
+        assert got[0].stats["near_zero"] == pytest.approx(np.mean(np.abs(pre) < near), 1e-6)
+        assert got[1].stats["saturated"] == pytest.approx(np.mean(rule(out)), 1e-6), act
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), -float("inf")])
+def test_a_tensor_with_nan_or_inf_gives_the_torch_paths_numbers(monkeypatch, reductions, poison):
+    """A diverged layer: the kernels' numbers are discarded for a non-finite tensor and torch
+    reduces it, so both paths report the same NaN, inf and finite fractions."""
+    import actstat.capture
+
+    if reductions == "torch":
+        pytest.skip("compares the fused path with the torch path")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    with torch.no_grad():
+        model[0].weight[2, 1] = poison
+    x = gaussian(10, 6)
+
+    def numbers():
+        return [{**layer.stats, **(layer.grad or {})}
+                for layer in capture(model, x, labels(10, 4)).layers]
+
+    fused = numbers()
+    monkeypatch.setattr(actstat.capture, "FUSED", False)
+    # a finite tensor (the other weights) differs by the torch path's float32 rounding only
+    for got, want in zip(fused, numbers(), strict=True):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert (got[key] is None if value is None
+                    else got[key] == pytest.approx(value, rel=1e-6, nan_ok=True)), key
+    assert any(math.isnan(v) or math.isinf(v) for v in fused[0].values() if v is not None)
+
+
+def test_std_of_a_large_offset_is_exact_to_float64(reductions):
+    """Values 1e4 + N(0, 1e-3) (mean far from 0, std small): the fused path's std matches
+    NumPy's float64 std to 1e-9 (each segment summed in float64 and centred on its own mean
+    before squaring); the torch path's, centred on a float32 mean, to 1e-5."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 256, bias=True)
+    with torch.no_grad():
+        model.weight.mul_(1e-3)
+        model.bias.fill_(1e4)
+    x = gaussian(300, 4)
+    got = capture(model, x, grad=False).layers[0].stats
+    a = model(x).detach().double().numpy()
+    rtol = 1e-9 if reductions == "fused" else 1e-5
+    assert abs(got["std"] - a.std()) <= rtol * a.std()
+    assert abs(got["mean"] - a.mean()) <= 1e-9 * abs(a.mean())

@@ -61,6 +61,21 @@ CONFIG_CASES = [
     ("activation: {name: tanhh}\n", "did you mean 'tanh'"),
     ("init: {name: zeros, std: 1}\n", "takes no parameters"),
     ("train: {steps: 3}\ngrad: false\n", "train.steps needs gradients"),
+    # a compare scheme's own model keys (configs/depth100.yaml)
+    ("compare:\n  - {init: kaiming, activation: relu, model: {width: 8}}\n",
+     "compare[0].model.width: a scheme sets only the model's depth and structure"),
+    ("compare:\n  - {init: kaiming, activation: relu, model: {blok: residual}}\n",
+     "did you mean 'block'?"),
+    ("compare:\n  - {init: kaiming, activation: relu, model: residual}\n",
+     "compare[0].model: must be a mapping of model keys"),
+    ("compare:\n  - {init: kaiming, activation: relu, model: {norm: groupnorm}}\n",
+     "compare[0].model.norm: must be one of"),
+    ("compare:\n  - {init: kaiming, activation: relu, model: {block: residual, branch_depth: 0}}\n",
+     "compare[0].model.branch_depth: must be ≥ 1"),
+    ("compare:\n  - {init: kaiming, activation: relu, model: {multiplier: 0.0}}\n",
+     "compare[0].model: multiplier scales a residual branch"),
+    ("model: {block: residual}\ncompare:\n  - {init: fixup, activation: relu, model: {block: plain}}\n",
+     "compare[0].init: fixup needs residual blocks"),
 ]
 
 

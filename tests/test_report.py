@@ -115,7 +115,8 @@ def test_grad_and_train_in_json():
     assert healthy["train"]["loss"] == [2.47, 2.31, 2.28, 2.25]
     assert healthy["train"]["layers"][2] == {"index": 3, "weight_change": None,
                                              "weight_delta": 0.0, "bias_delta": None,
-                                             "still_symmetric": True}
+                                             "still_symmetric": True, "name": ""}
+    assert healthy["train"]["multipliers"] == []  # no residual block with an α
 
 
 @pytest.mark.slow

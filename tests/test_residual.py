@@ -161,7 +161,6 @@ def test_the_cli_options(cli):
     (["--norm", "groupnorm"], "model.norm: must be one of"),
     (["--block", "residual", "--depth", "2", "--width", "8,16"], "one width for every layer"),
     (["--model", "nets.py:make", "--norm", "layernorm"], "norm is for the built-in model"),
-    (["--block", "residual", "--steps", "2"], "residual blocks and norm layers are measured"),
 ])
 def test_config_errors_are_one_line(cli, args, message):
     result = cli("run", "-q", *args, code=2)
