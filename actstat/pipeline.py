@@ -85,6 +85,7 @@ from actstat.report import (
     Report,
     Run,
     Theory,
+    Trajectory,
     finite_or_none,
 )
 from actstat.theory import (
@@ -95,7 +96,14 @@ from actstat.theory import (
     phase,
 )
 from actstat.train import train_probe
-from actstat.watch import Schedule, StepProgress, Watched, watch, watched_layers
+from actstat.watch import (
+    Schedule,
+    StepProgress,
+    Watched,
+    watch,
+    watch_stacked,
+    watched_layers,
+)
 
 
 def schemes(config: Config) -> list[tuple[InitSpec, ActivationSpec]]:
@@ -815,14 +823,19 @@ def layer_selection(names: list[str] | None) -> list[type[torch.nn.Module] | str
 
 
 def watch_report(config: Config, on_scheme: Progress | None = None,
-                 on_step: Callable[[str], StepProgress] | None = None) -> Report:
+                 on_step: Callable[[str], StepProgress] | None = None, *,
+                 stack: int | None = None) -> Report:
     """`actstat train`: each scheme measured at init as `profile` measures it, then built again
     from the same seed and trained as config.train says (actstat/watch.py), on mini-batches of
     the data source's whole pool; its trajectory, with events and verdict, goes on its Run.
-    `on_step(scheme)` gives the progress callback of that scheme's training. A compare of
-    several models trains each model's schemes as a config of its own (`model_groups`)."""
+    Schemes of the plain MLP that share an activation train side by side as one stacked model
+    (`watch_stacked`, the numbers of separate runs; `stack`: at most this many at once, default
+    from `train_stack_size`, 1 to train every scheme on its own); the residual and normed
+    models and a factory's train one by one. `on_step(label)` gives the progress callback of a
+    scheme's training, or of a stack's (its schemes' labels joined). A compare of several
+    models trains each model's schemes as a config of its own (`model_groups`)."""
     if config.mixed_models:
-        return _watch_mixed(config, on_scheme, on_step)
+        return _watch_mixed(config, on_scheme, on_step, stack)
     t = config.train
     steps = t.steps or DEFAULT_TRAIN_STEPS
     # the measurement at init as `run` makes it, without run's one-batch training probe
@@ -837,37 +850,59 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
     pool: Batch | None = None
     if config.model.factory is None:
         batch, pool = _data(config, device, dtype, None)
-    runs = []
-    for (init, act), run in zip(schemes(config), report.runs):
-        model = initialised(config, init, act, device, dtype,
-                            None if pool is None else pool.inputs.shape[1])
-        if batch is None or pool is None:  # a factory's model: the data shaped for it
-            batch, pool = _data(config, device, dtype, model)
-        if init.name != KEEP:
-            data_init(model, batch.inputs, make_init(init.name, init.params), config.seed)
-        layers = _labelled(watched_layers(model, pool.inputs[:4]), numbered=run.model is None
+    todo = schemes(config)
+    size = 1
+    if config.model.factory is None and config.model.plain_mlp and len(todo) > 1:
+        assert pool is not None
+        size = stack if stack is not None else train_stack_size(
+            config, pool.inputs.shape[1], device, dtype)
+    groups = stacks(todo, size) if size > 1 else [[index] for index in range(len(todo))]
+    trajectories: list[Trajectory | None] = [None] * len(todo)
+    for group in groups:
+        models = []
+        for index in group:
+            init, act = todo[index]
+            model = initialised(config, init, act, device, dtype,
+                                None if pool is None else pool.inputs.shape[1])
+            if batch is None or pool is None:  # a factory's model: the data shaped for it
+                batch, pool = _data(config, device, dtype, model)
+            if init.name != KEEP:
+                data_init(model, batch.inputs, make_init(init.name, init.params), config.seed)
+            models.append(model)
+        layers = _labelled(watched_layers(models[0], pool.inputs[:4]),
+                           numbered=report.runs[group[0]].model is None
                            and config.model.plain_mlp)
-        trajectory = watch(
-            model, pool.inputs, pool.labels, layers, schedule,
-            loss=_training_loss(pool.labelled, config.model.output), labelled=pool.labelled,
-            near_zero=config.thresholds.near_zero, bins=HIST_BINS if config.hist else 0,
-            on_step=None if on_step is None else on_step(run.scheme))
-        runs.append(replace(run, trajectory=analyse_trajectory(trajectory, config.thresholds)))
-        del model
-        if trajectory.stopped == "interrupted":
+        options = {"loss": _training_loss(pool.labelled, config.model.output),
+                   "labelled": pool.labelled, "near_zero": config.thresholds.near_zero,
+                   "bins": HIST_BINS if config.hist else 0,
+                   "on_step": None if on_step is None else on_step(
+                       ", ".join(report.runs[index].scheme for index in group))}
+        if len(models) == 1:
+            trained = [watch(models[0], pool.inputs, pool.labels, layers, schedule, **options)]
+        else:
+            stacked = stack_mlps(models)
+            trained = watch_stacked(stacked, pool.inputs, pool.labels,
+                                    _restacked(layers, models[0], stacked), schedule, **options)
+            del stacked
+        del models
+        for index, trajectory in zip(group, trained):
+            trajectories[index] = trajectory
+        if any(trajectory.stopped == "interrupted" for trajectory in trained):
             break  # Ctrl-C: what was recorded is kept, the schemes after it are not run
+    runs = [replace(run, trajectory=analyse_trajectory(trajectory, config.thresholds))
+            for run, trajectory in zip(report.runs, trajectories) if trajectory is not None]
     # the config as given (train.steps included, not the measurement's 0): `check` trains it again
     return replace(report, config=config.model_dump(mode="json"), runs=tuple(runs))
 
 
 def _watch_mixed(config: Config, on_scheme: Progress | None,
-                 on_step: Callable[[str], StepProgress] | None) -> Report:
+                 on_step: Callable[[str], StepProgress] | None, stack: int | None) -> Report:
     """`watch_report` of each model's part of a mixed compare, in config order, each scheme
     labelled with its model as `profile_mixed` labels it; Ctrl-C ends it at that part."""
     runs: list[Run | None] = [None] * len(schemes(config))
     first: Report | None = None
     for part, positions in model_groups(config):
-        report = watch_report(part, on_scheme, on_step)
+        report = watch_report(part, on_scheme, on_step, stack=stack)
         first = first or report
         tag = model_tag(part.model)
         for position, run in zip(positions, report.runs):
@@ -878,6 +913,37 @@ def _watch_mixed(config: Config, on_scheme: Progress | None,
     assert first is not None
     return replace(first, config=config.model_dump(mode="json"),
                    runs=tuple(run for run in runs if run is not None))
+
+
+def train_stack_size(config: Config, in_features: int, device: torch.device,
+                     dtype: torch.dtype) -> int:
+    """How many schemes `actstat train` trains side by side: up to MAX_STACK, fewer where K
+    times one scheme's share would not fit in half of the device's free memory. A scheme's
+    share: its weights four or five times (the model it is built as, its stacked copy, the
+    gradient, and the optimiser's state: SGD's momentum buffer, Adam's two moments), and the
+    activations of a mini-batch that autograd keeps for the backward pass (`memory_needed`'s,
+    at train.batch_size)."""
+    trained = config.model_copy(update={
+        "grad": True, "train": config.train.model_copy(update={"steps": 0}),
+        "data": config.data.model_copy(update={"batch_size": config.train.batch_size})})
+    needed = memory_needed(trained, in_features, torch.finfo(dtype).bits // 8)
+    copies = 3 + (2 if config.train.optimizer == "adam" else 1)
+    per_scheme = needed["activations"] + copies * needed["weights"] // 2  # `weights` counts .grad
+    free = available_memory(device)
+    if free is None:
+        return 1
+    return max(1, min(MAX_STACK, int(0.5 * free) // max(per_scheme, 1)))
+
+
+def _restacked(layers: list[Watched], model: torch.nn.Module,
+               stacked: torch.nn.Module) -> list[Watched]:
+    """`layers` of one of the models `stacked` was made of, on the stacked model's modules of
+    the same names (stack_mlps keeps each child at its place)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    modules = dict(stacked.named_modules())
+    return [replace(layer, post=modules[names[id(layer.post)]],
+                    pre=None if layer.pre is None else modules[names[id(layer.pre)]])
+            for layer in layers]
 
 
 def _data(config: Config, device: torch.device, dtype: torch.dtype,

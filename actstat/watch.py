@@ -38,7 +38,8 @@ from actstat.capture import (
     preserved,
     repeated_blocks,
 )
-from actstat.probe import moments
+from actstat.model import StackedLinear
+from actstat.probe import group_moments
 from actstat.report import Trajectory, TrajectoryLayer
 
 OPTIMIZERS = ("sgd", "adam")
@@ -98,16 +99,53 @@ def watch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers:
     says. A non-finite loss stops the run at that step (`stopped` "nonfinite"), Ctrl-C at the
     step it came in ("interrupted"); both keep every step recorded before. Events and the
     verdict are left to actstat/analysis.py."""
-    recorder = _Recorder(layers, near_zero=near_zero, bins=bins, labelled=labelled)
+    return _train(model, inputs, targets, layers, schedule, loss, groups=0, labelled=labelled,
+                  near_zero=near_zero, bins=bins, on_step=on_step)[0]
+
+
+def watch_stacked(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                  layers: Sequence[Watched], schedule: Schedule, loss: Loss, *, labelled: bool,
+                  near_zero: float, bins: int = 0,
+                  on_step: StepProgress | None = None) -> list[Trajectory]:
+    """`watch` for K plain MLPs trained side by side as one stacked model (actstat.model
+    .stack_mlps: every layer's output is (K, batch, units)): one Trajectory per model, in stack
+    order, with the numbers that K separate `watch` runs give (to float rounding: a batched
+    matmul sums in its own order). Every model sees the same mini-batches; the loss backward is
+    the sum of the K models' losses (`loss` of each one's logits), whose gradient for each
+    model's parameters is that model's own, and SGD and Adam update each element from its own
+    gradient and state alone, so one step of the stack is K separate steps. A model whose loss
+    goes non-finite stops there, as on its own; its NaNs stay in its own slice of every tensor
+    (nothing in the forward or backward mixes the K slices), and the others train on. `on_step`
+    gets the loss of the first model still training."""
+    groups = next(m for m in model.modules() if isinstance(m, StackedLinear)).groups
+    return _train(model, inputs, targets, layers, schedule, loss, groups=groups,
+                  labelled=labelled, near_zero=near_zero, bins=bins, on_step=on_step)
+
+
+def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+           layers: Sequence[Watched], schedule: Schedule, loss: Loss, *, groups: int,
+           labelled: bool, near_zero: float, bins: int,
+           on_step: StepProgress | None) -> list[Trajectory]:
+    """groups: 0 for one model, K for a stack of K. The host buffer holds, per recorded step,
+    one row of numbers per model: one copy per recorded step for the whole stack."""
+    k = max(groups, 1)
+    recorder = _Recorder(layers, groups=groups, near_zero=near_zero, bins=bins,
+                         labelled=labelled)
     recorded = schedule.recorded()
-    host = torch.full((len(recorded), recorder.width), float("nan"), dtype=torch.float64,
+    host = torch.full((len(recorded), k, recorder.width), float("nan"), dtype=torch.float64,
                       pin_memory=_pinned(inputs.device))
     optimiser = _optimiser(model, schedule)
     order = _Order(inputs.shape[0], schedule.batch_size, schedule.seed)
     device_is_cpu = inputs.device.type == "cpu"
     was_training = model.training
     model.train()
-    kept, stopped, slot, step = 0, None, 0, 0
+    # per model: how many recorded rows are its own, why and where it stopped, and the row of
+    # loss alone of a step that stopped it between recorded steps
+    kept = [0] * k
+    stopped: list[str | None] = [None] * k
+    stopped_at: list[int | None] = [None] * k
+    last: list[tuple[int, list[float]] | None] = [None] * k
+    slot, step = 0, 0
     try:
         with recorder.hooks():
             for step in range(schedule.steps):
@@ -119,44 +157,69 @@ def watch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers:
                     group["lr"] = schedule.lr_at(step)
                 optimiser.zero_grad(set_to_none=True)
                 out = model(x)
-                value = loss(out, y)
-                value.backward()
+                if groups:
+                    values = torch.stack([loss(out[j], y) for j in range(groups)])
+                    values.sum().backward()
+                else:
+                    value = loss(out, y)
+                    value.backward()
+                    values = value.reshape(1)
                 known = None
                 if recording:
-                    row = recorder.row(value.detach(), out.detach(), y)
-                    host[slot].copy_(row, non_blocking=not device_is_cpu)
+                    host[slot].copy_(recorder.rows(values.detach(), out.detach(), y),
+                                     non_blocking=not device_is_cpu)
                     if not device_is_cpu:
                         torch.cuda.synchronize(inputs.device)  # after the step, not inside it
-                    known = float(host[slot, 0])
+                    known = host[slot, :, 0].tolist()
                     slot += 1
-                    kept = slot
+                    for j in range(k):
+                        if stopped[j] is None:
+                            kept[j] = slot
                 elif device_is_cpu:
-                    known = value.item()
-                if known is not None and not _finite(known):
-                    stopped = "nonfinite"
-                    if not recording:  # keep the step that went non-finite, its loss alone
-                        recorded.insert(slot, step)
-                        host[slot].copy_(recorder.row_of_loss(value.detach()))
-                        kept = slot = slot + 1
-                    break
+                    known = values.detach().tolist()
+                if known is not None:
+                    for j in range(k):
+                        if stopped[j] is None and not _finite(known[j]):
+                            stopped[j], stopped_at[j] = "nonfinite", step
+                            if not recording:  # keep the step that went non-finite, its loss
+                                last[j] = (step, recorder.row_of_loss(known[j]))
+                    if all(why is not None for why in stopped):
+                        break
                 optimiser.step()
                 if on_step is not None and known is not None:
-                    on_step(step + 1, schedule.steps, known)
+                    on_step(step + 1, schedule.steps,
+                            next(known[j] for j in range(k) if stopped[j] is None))
     except KeyboardInterrupt:
-        stopped = "interrupted"
+        for j in range(k):
+            if stopped[j] is None:
+                stopped[j], stopped_at[j] = "interrupted", step
     finally:
         model.train(was_training)
         optimiser.zero_grad(set_to_none=True)
-    return recorder.trajectory(recorded[:kept], host[:kept].tolist(), schedule, stopped,
-                               step if stopped is not None else None)
+    values_of = host.tolist()
+    trajectories = []
+    for j in range(k):
+        steps = recorded[:kept[j]]
+        numbers = [values_of[r][j] for r in range(kept[j])]
+        if last[j] is not None:
+            steps = [*steps, last[j][0]]
+            numbers = [*numbers, last[j][1]]
+        trajectories.append(recorder.trajectory(j, steps, numbers, schedule, stopped[j],
+                                                stopped_at[j]))
+    return trajectories
 
 
 class _Recorder:
-    """The hooks of a watched run and the device row they fill at a recorded step: [loss,
-    accuracy, then per layer LAYER_STATS, then per layer `bins` counts]."""
+    """The hooks of a watched run and the device rows they fill at a recorded step, one per
+    model of a stack (one for a model alone): [loss, accuracy, then per layer LAYER_STATS, then
+    per layer `bins` counts]. `groups`: 0 for one model, K for a stack of K, whose every
+    watched tensor is (K, batch, ...) and is reduced per model."""
 
-    def __init__(self, layers: Sequence[Watched], *, near_zero: float, bins: int, labelled: bool):
+    def __init__(self, layers: Sequence[Watched], *, groups: int, near_zero: float, bins: int,
+                 labelled: bool):
         self.layers = list(layers)
+        self.groups = groups
+        self.k = max(groups, 1)
         self.near_zero = near_zero
         self.bins = bins
         self.labelled = labelled
@@ -165,10 +228,14 @@ class _Recorder:
         self.stats: list[list[torch.Tensor] | None] = [None] * len(self.layers)
         self.grads: list[torch.Tensor | None] = [None] * len(self.layers)
         self.hists: list[torch.Tensor | None] = [None] * len(self.layers)
-        self.ranges: list[tuple[float, float] | None] = [None] * len(self.layers)
+        # per layer, each model's histogram range
+        self.ranges: list[list[tuple[float, float]] | None] = [None] * len(self.layers)
 
     def hooks(self) -> _Hooks:
         return _Hooks(self)
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.groups else x.unsqueeze(0)
 
     def on_post(self, j: int, out: object) -> None:
         if not self.recording:
@@ -177,9 +244,10 @@ class _Recorder:
         if x is None:
             return
         with torch.no_grad():
-            x = x.detach()
-            mean, std, lo, hi, near = moments(x, self.near_zero)
-            dead = _dead(x) if self.layers[j].can_die else torch.full_like(mean, float("nan"))
+            x = self._grouped(x.detach())
+            mean, std, lo, hi, near = group_moments(x, self.near_zero)
+            dead = (_dead(x) if self.layers[j].can_die
+                    else torch.full_like(mean, float("nan"), dtype=torch.float64))
             self.stats[j] = [mean, std, near, dead]
             if self.bins:
                 self.hists[j] = self._histogram(j, x, lo, hi)
@@ -196,59 +264,69 @@ class _Recorder:
 
     def _on_grad(self, j: int, g: torch.Tensor) -> None:
         with torch.no_grad():
-            self.grads[j] = moments(g.detach(), 0.0)[1]
+            self.grads[j] = group_moments(self._grouped(g.detach()), 0.0)[1]
 
     def _histogram(self, j: int, x: torch.Tensor, lo: torch.Tensor,
                    hi: torch.Tensor) -> torch.Tensor:
-        if self.ranges[j] is None:  # step 0 sets the range (one host read, once per layer)
-            self.ranges[j] = _hist_range(self.layers[j].bounds, float(lo), float(hi))
-        low, high = self.ranges[j]
-        values = x.float().clamp(low, high)  # outside the range: the end bins
-        return torch.histc(values, self.bins, low, high).to(torch.float64)
+        """(K, bins) counts, each model's over its own range."""
+        if self.ranges[j] is None:  # step 0 sets the ranges (one host read, once per layer)
+            bounds = self.layers[j].bounds
+            self.ranges[j] = [_hist_range(bounds, low, high)
+                              for low, high in zip(lo.tolist(), hi.tolist())]
+        counts = []
+        for group, (low, high) in zip(x, self.ranges[j]):
+            values = group.float().clamp(low, high)  # outside the range: the end bins
+            counts.append(torch.histc(values, self.bins, low, high).to(torch.float64))
+        return torch.stack(counts)
 
-    def row(self, loss: torch.Tensor, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """This recorded step's numbers as one float64 device vector; the parts reset."""
+    def rows(self, losses: torch.Tensor, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """This recorded step's numbers as a (K, width) float64 device matrix; the parts
+        reset."""
         f64 = torch.float64
-        nan = torch.full((), float("nan"), dtype=f64, device=loss.device)
+        k = self.k
+        nan = torch.full((k,), float("nan"), dtype=f64, device=losses.device)
+        out = self._grouped(out)
         accuracy = nan
-        if self.labelled and out.dim() >= 2 and out.shape[:-1] == targets.shape:
-            accuracy = (out.argmax(dim=-1) == targets).to(f64).mean()
-        parts = [loss.to(f64), accuracy]
+        if self.labelled and out.dim() >= 3 and out.shape[1:-1] == targets.shape:
+            accuracy = (out.argmax(dim=-1) == targets).to(f64).flatten(1).mean(dim=1)
+        parts = [losses.to(f64), accuracy]
         for j in range(len(self.layers)):
             stats = self.stats[j] or [nan] * (len(LAYER_STATS) - 1)
             grad = self.grads[j] if self.grads[j] is not None else nan
-            parts += [s.to(f64).reshape(()) for s in stats] + [grad.to(f64).reshape(())]
-        vector = torch.stack(parts)
+            parts += [s.to(f64).reshape(k) for s in stats] + [grad.to(f64).reshape(k)]
+        matrix = torch.stack(parts, dim=1)
         if self.bins:
-            empty = torch.full((self.bins,), float("nan"), dtype=f64, device=loss.device)
-            vector = torch.cat([vector, *(h if h is not None else empty for h in self.hists)])
+            empty = torch.full((k, self.bins), float("nan"), dtype=f64, device=losses.device)
+            matrix = torch.cat([matrix, *(h if h is not None else empty for h in self.hists)],
+                               dim=1)
         self.stats = [None] * len(self.layers)
         self.grads = [None] * len(self.layers)
         self.hists = [None] * len(self.layers)
-        return vector
+        return matrix
 
-    def row_of_loss(self, loss: torch.Tensor) -> torch.Tensor:
+    def row_of_loss(self, loss: float) -> list[float]:
         """A step that was not recorded but stopped the run: its loss, the rest NaN."""
-        vector = torch.full((self.width,), float("nan"), dtype=torch.float64)
-        vector[0] = loss.to(torch.float64).cpu()
-        return vector
+        return [loss] + [float("nan")] * (self.width - 1)
 
-    def trajectory(self, steps: list[int], host: list[list[float]], schedule: Schedule,
-                   stopped: str | None, stopped_at: int | None) -> Trajectory:
+    def trajectory(self, group: int, steps: list[int], host: list[list[float]],
+                   schedule: Schedule, stopped: str | None,
+                   stopped_at: int | None) -> Trajectory:
+        """Model `group`'s trajectory from its rows."""
         n = len(LAYER_STATS)
         per_layer = []
         for j, layer in enumerate(self.layers):
             base = 2 + j * n
             columns = [tuple(_number(row[base + k]) for row in host) for k in range(n)]
             histogram = None
-            if self.bins and self.ranges[j] is not None:
+            ranges = self.ranges[j]
+            if self.bins and ranges is not None:
                 start = 2 + len(self.layers) * n + j * self.bins
                 histogram = tuple(tuple(int(c) if _finite(c) else 0
                                         for c in row[start:start + self.bins]) for row in host)
             per_layer.append(TrajectoryLayer(
                 name=layer.name, mean=columns[0], std=columns[1], near_zero=columns[2],
                 dead=columns[3] if layer.can_die else None, grad_std=columns[4],
-                hist_range=self.ranges[j] if histogram is not None else None,
+                hist_range=ranges[group] if histogram is not None else None,
                 histogram=histogram))
         accuracy = tuple(_number(row[1]) for row in host)
         return Trajectory(
@@ -351,11 +429,12 @@ def _optimiser(model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
 
 
 def _dead(x: torch.Tensor) -> torch.Tensor:
-    """The fraction of units (features; a conv map's channels) that are 0 for every sample."""
-    if x.dim() < 2:
-        return (x == 0).all().to(torch.float64).reshape(())
-    units = x.transpose(0, 1).reshape(x.shape[1], -1) if x.dim() > 2 else x.t()
-    return ((units.amax(dim=1) == 0) & (units.amin(dim=1) == 0)).to(torch.float64).mean()
+    """Per group x[k] of a (K, batch, ...) tensor: the fraction of units (features; a conv map's
+    channels) that are 0 for every sample."""
+    if x.dim() < 3:
+        return (x == 0).reshape(x.shape[0], -1).all(dim=1).to(torch.float64)
+    units = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+    return ((units.amax(dim=2) == 0) & (units.amin(dim=2) == 0)).to(torch.float64).mean(dim=1)
 
 
 def _hist_range(bounds: tuple[float | None, float | None], lo: float,
