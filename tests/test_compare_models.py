@@ -16,17 +16,17 @@ from actstat.report import Report
 SMALL = ["--width", "8", "--batch-size", "64", "--device", "cpu"]
 
 
-def test_the_depth100_config_loads_with_five_models():
+def test_the_depth100_config_loads_with_six_schemes():
     config = load_config("configs/depth100.yaml")
     models = [config.scheme_model(scheme) for scheme in config.compare]
     assert [(m.block, m.depth, m.norm) for m in models] == [
         ("plain", 100, "none"), ("residual", 50, "none"), ("residual", 50, "none"),
-        ("residual", 50, "none"), ("residual", 50, "layernorm")]
+        ("residual", 50, "none"), ("residual", 50, "layernorm"), ("plain", 100, "none")]
     assert [s.init.name for s in config.compare] == ["kaiming", "default", "fixup", "rezero",
-                                                     "default"]
+                                                     "default", "lsuv"]
     assert config.mixed_models and config.train.steps == 0 and config.train.lr == 0.02
     # one config per model, the schemes' positions kept
-    assert [positions for _, positions in model_groups(config)] == [[0], [1, 2, 3], [4]]
+    assert [positions for _, positions in model_groups(config)] == [[0, 5], [1, 2, 3], [4]]
 
 
 @pytest.mark.slow
@@ -37,16 +37,18 @@ def test_the_depth100_compare_runs_every_model_with_training(cli):
     runs = raw["runs"]
     assert [run["scheme"] for run in runs] == [
         "kaiming + relu (plain)", "default + relu (residual)", "fixup + relu (residual)",
-        "rezero + relu (residual)", "default + relu (residual, layernorm)"]
-    assert [len(run["train"]["loss"]) for run in runs] == [3] * 5
+        "rezero + relu (residual)", "default + relu (residual, layernorm)",
+        "lsuv + relu (plain)"]
+    assert [len(run["train"]["loss"]) for run in runs] == [3] * 6
     assert runs[0]["model"] is None and len(runs[0]["layers"]) == 3  # the plain MLP's rows
-    assert all(run["model"].startswith("residual ×50") for run in runs[1:])
+    assert all(run["model"].startswith("residual ×50") for run in runs[1:5])
+    assert runs[5]["model"] is None and runs[5]["lsuv"]
     assert runs[3]["train"]["multipliers"] and not runs[1]["train"]["multipliers"]
     assert raw["config"]["compare"][1]["model"] == {"block": "residual", "depth": 50}
     # the compare table: a train loss column, and the range of row counts in its title
     report = Report.from_dict(raw)
     text = compare_text(report)
-    assert "5 schemes, 3 to 202 layers" in text and "train loss" in text
+    assert "6 schemes, 3 to 202 layers" in text and "train loss" in text
     assert f"{runs[2]['train']['loss'][0]:.4g} → " in text
     untrained = replace(report, runs=tuple(replace(run, train=None) for run in report.runs))
     assert "train loss" not in compare_text(untrained)
