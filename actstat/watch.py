@@ -38,7 +38,7 @@ from actstat.capture import (
     preserved,
     repeated_blocks,
 )
-from actstat.probe import moments
+from actstat.probe import Scratch, group_mean_std, group_moments
 from actstat.report import Trajectory, TrajectoryLayer
 
 OPTIMIZERS = ("sgd", "adam")
@@ -166,6 +166,7 @@ class _Recorder:
         self.grads: list[torch.Tensor | None] = [None] * len(self.layers)
         self.hists: list[torch.Tensor | None] = [None] * len(self.layers)
         self.ranges: list[tuple[float, float] | None] = [None] * len(self.layers)
+        self.scratch = Scratch()  # one buffer for every pass's scaled copies and masks
 
     def hooks(self) -> _Hooks:
         return _Hooks(self)
@@ -178,8 +179,15 @@ class _Recorder:
             return
         with torch.no_grad():
             x = x.detach()
-            mean, std, lo, hi, near = moments(x, self.near_zero)
-            dead = _dead(x) if self.layers[j].can_die else torch.full_like(mean, float("nan"))
+            # the extremes come out of the dead units' per-unit pass where there is one: the
+            # moments then need no min/max pass of their own (benchmarks/train.py)
+            if self.layers[j].can_die:
+                dead, lo, hi = _dead(x)
+            else:
+                lo, hi = torch.aminmax(x)
+                dead = torch.full((), float("nan"), dtype=torch.float64, device=x.device)
+            mean, std, _, _, near = (stat[0] for stat in group_moments(
+                x.unsqueeze(0), self.near_zero, self.scratch(x), (lo.reshape(1), hi.reshape(1))))
             self.stats[j] = [mean, std, near, dead]
             if self.bins:
                 self.hists[j] = self._histogram(j, x, lo, hi)
@@ -195,15 +203,21 @@ class _Recorder:
             x.register_hook(lambda g, j=j: self._on_grad(j, g))
 
     def _on_grad(self, j: int, g: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.grads[j] = moments(g.detach(), 0.0)[1]
+        with torch.no_grad():  # the std alone: no near-zero count
+            g = g.detach().unsqueeze(0)
+            lo, hi = torch.aminmax(g)
+            self.grads[j] = group_mean_std(g, lo.reshape(1), hi.reshape(1), self.scratch(g))[1][0]
 
     def _histogram(self, j: int, x: torch.Tensor, lo: torch.Tensor,
                    hi: torch.Tensor) -> torch.Tensor:
         if self.ranges[j] is None:  # step 0 sets the range (one host read, once per layer)
             self.ranges[j] = _hist_range(self.layers[j].bounds, float(lo), float(hi))
         low, high = self.ranges[j]
-        values = x.float().clamp(low, high)  # outside the range: the end bins
+        # outside the range: the end bins. Clamped into the scratch buffer where x's dtype is
+        # its own (no allocation per layer and step)
+        scratch = self.scratch(x)
+        values = (torch.clamp(x.reshape(-1), low, high, out=scratch) if x.dtype == scratch.dtype
+                  else x.float().clamp(low, high))
         return torch.histc(values, self.bins, low, high).to(torch.float64)
 
     def row(self, loss: torch.Tensor, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -350,12 +364,17 @@ def _optimiser(model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum)
 
 
-def _dead(x: torch.Tensor) -> torch.Tensor:
-    """The fraction of units (features; a conv map's channels) that are 0 for every sample."""
+def _dead(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fraction of units (features; a conv map's channels) that are 0 for every sample,
+    and x's min and max (the least of the units' minima, the largest of their maxima)."""
     if x.dim() < 2:
-        return (x == 0).all().to(torch.float64).reshape(())
-    units = x.transpose(0, 1).reshape(x.shape[1], -1) if x.dim() > 2 else x.t()
-    return ((units.amax(dim=1) == 0) & (units.amin(dim=1) == 0)).to(torch.float64).mean()
+        lo, hi = torch.aminmax(x)
+        return (x == 0).all().to(torch.float64).reshape(()), lo, hi
+    # (batch, units): reduced along the batch in place; a conv map's channels are gathered
+    lo, hi = torch.aminmax(x if x.dim() == 2 else x.transpose(0, 1).reshape(x.shape[1], -1).t(),
+                           dim=0)
+    dead = ((hi == 0) & (lo == 0)).to(torch.float64).mean()
+    return dead, lo.amin(), hi.amax()
 
 
 def _hist_range(bounds: tuple[float | None, float | None], lo: float,
