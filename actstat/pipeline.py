@@ -94,7 +94,7 @@ from actstat.theory import (
     phase,
 )
 from actstat.train import train_probe
-from actstat.watch import Schedule, StepProgress, Watched, watch, watched_layers
+from actstat.watch import Schedule, StepProgress, StepRecord, Watched, watch, watched_layers
 
 
 def schemes(config: Config) -> list[tuple[InitSpec, ActivationSpec]]:
@@ -747,11 +747,13 @@ def layer_selection(names: list[str] | None) -> list[type[torch.nn.Module] | str
 
 
 def watch_report(config: Config, on_scheme: Progress | None = None,
-                 on_step: Callable[[str], StepProgress] | None = None) -> Report:
+                 on_step: Callable[[str], StepProgress] | None = None,
+                 on_record: Callable[[str], StepRecord] | None = None) -> Report:
     """`actstat train`: each scheme measured at init as `profile` measures it, then built again
     from the same seed and trained as config.train says (actstat/watch.py), on mini-batches of
     the data source's whole pool; its trajectory, with events and verdict, goes on its Run.
-    `on_step(scheme)` gives the progress callback of that scheme's training."""
+    `on_step(scheme)` gives the progress callback of that scheme's training, `on_record(scheme)`
+    the callback of each step it records (--tensorboard)."""
     t = config.train
     steps = t.steps or DEFAULT_TRAIN_STEPS
     # the measurement at init as `run` makes it, without run's one-batch training probe
@@ -780,7 +782,8 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
             model, pool.inputs, pool.labels, layers, schedule,
             loss=_training_loss(pool.labelled, config.model.output), labelled=pool.labelled,
             near_zero=config.thresholds.near_zero, bins=HIST_BINS if config.hist else 0,
-            on_step=None if on_step is None else on_step(run.scheme))
+            on_step=None if on_step is None else on_step(run.scheme),
+            on_record=None if on_record is None else on_record(run.scheme))
         runs.append(replace(run, trajectory=analyse_trajectory(trajectory, config.thresholds)))
         del model
         if trajectory.stopped == "interrupted":

@@ -88,11 +88,13 @@ class Schedule:
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # called after every step the host knows the loss of: (steps done, steps in all, the loss)
 StepProgress = Callable[[int, int, float], None]
+# called with each recorded step as it is recorded: a Trajectory of that one step (no events)
+StepRecord = Callable[[Trajectory], None]
 
 
 def watch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers: Sequence[Watched],
           schedule: Schedule, loss: Loss, *, labelled: bool, near_zero: float, bins: int = 0,
-          on_step: StepProgress | None = None) -> Trajectory:
+          on_step: StepProgress | None = None, on_record: StepRecord | None = None) -> Trajectory:
     """Train `model` (in train mode; left in the mode it was in) on mini-batches drawn from
     `inputs`/`targets` in a seeded order, epoch after epoch, recording `layers` as `schedule`
     says. A non-finite loss stops the run at that step (`stopped` "nonfinite"), Ctrl-C at the
@@ -128,6 +130,9 @@ def watch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers:
                     if not device_is_cpu:
                         torch.cuda.synchronize(inputs.device)  # after the step, not inside it
                     known = float(host[slot, 0])
+                    if on_record is not None:
+                        on_record(recorder.trajectory([step], [host[slot].tolist()], schedule,
+                                                      None, None))
                     slot += 1
                     kept = slot
                 elif device_is_cpu:
