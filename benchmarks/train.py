@@ -1,7 +1,7 @@
 """What `actstat train`'s recording costs: training steps with the recorder (actstat/watch.py)
 against the same training loop bare, and its peak memory over long runs.
 
-    python benchmarks/train.py [--quick] [--device cpu|cuda]
+    python benchmarks/train.py [--quick] [--device cpu|cuda] [--threads N]
 
 The bare loop is watch()'s own without the recorder: the same mini-batch draw, learning-rate
 set, zero_grad, forward, cross-entropy, backward, loss read and SGD step. Ratios are medians of
@@ -112,11 +112,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    # on a CPU shared with other work, one thread: torch's threads wait at every op's barrier
+    # for a core another process holds (2.5x slower steps on the loaded 2-core machine)
+    parser.add_argument("--threads", type=int, help="torch's CPU threads (default: its own)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     depth, width, batch = (10, 512, 128) if args.quick else (20, 1024, 256)
-    steps = 3 if args.quick else 5  # per timed call
-    repeats = 3 if args.quick else 7
+    steps = 3 if args.quick else 4  # per timed call
+    repeats = 3 if args.quick else 5
     model, *_ = model_and_batch(depth, width, batch, "relu", device)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(POOL, width, generator=g).to(device)
