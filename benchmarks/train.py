@@ -88,7 +88,7 @@ def where_recording_goes(bare, ours, device: torch.device, steps: int,
     return [(k, extra[k], bare_ms.get(k, 0.0) / steps) for k in top]
 
 
-def peak_rss_child(steps: int, every: int, bins: bool) -> float:
+def peak_rss_child(steps: int, every: int, bins: bool, threads: int | None) -> float:
     """Peak RSS (MiB, VmHWM) of a child process that trains a small MLP (depth 4, width 64,
     batch 32) through the pipeline's watch_report: the whole of `actstat train` but printing."""
     overrides = {"model.depth": 4, "model.width": 64, "data.source": "gaussian",
@@ -98,6 +98,7 @@ def peak_rss_child(steps: int, every: int, bins: bool) -> float:
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
         "from actstat.allocator import tune_malloc; tune_malloc()\n"
+        f"import torch; torch.set_num_threads({threads or torch.get_num_threads()})\n"
         "from actstat.config import load_config; from actstat.pipeline import watch_report\n"
         f"report = watch_report(load_config(None, {overrides!r}))\n"
         f"assert len(report.runs[0].trajectory.steps) == {len(Schedule(steps, every).recorded())}\n"
@@ -154,8 +155,8 @@ def main() -> None:
     if device.type == "cpu":
         every = 10
         short, long = (200, 2000) if args.quick else (1000, 10000)
-        figures["train_peak_rss_mib_1k"] = peak_rss_child(short, every, True)
-        figures["train_peak_rss_mib_10k"] = peak_rss_child(long, every, True)
+        figures["train_peak_rss_mib_1k"] = peak_rss_child(short, every, True, args.threads)
+        figures["train_peak_rss_mib_10k"] = peak_rss_child(long, every, True, args.threads)
         figures["train_memory_ratio"] = (figures["train_peak_rss_mib_10k"]
                                          / figures["train_peak_rss_mib_1k"])
         print(f"\npeak RSS of `actstat train` (depth 4, width 64, batch 32, --hist, every "
