@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
@@ -267,6 +269,10 @@ LrOpt = Annotated[str | None, typer.Option(
     "--lr", metavar="FLOAT", help="Learning rate of --steps (default 0.1).", show_default=False)]
 FormatOpt = Annotated[str, typer.Option(
     "--format", "-f", metavar="FORMAT", help="table, json, csv or markdown.")]
+TensorBoardOpt = Annotated[Path | None, typer.Option(
+    "--tensorboard", metavar="DIR", show_default=False, file_okay=False,
+    help="Also write each recorded step as TensorBoard events, a run per scheme under DIR "
+         "(needs actstat\\[tensorboard]).")]
 OutputOpt = Annotated[Path | None, typer.Option(
     "--output", "-o", help="Write the report to this file (atomically) instead of stdout.",
     show_default=False, dir_okay=False)]
@@ -697,6 +703,7 @@ def train(
     train_batch: TrainBatchOpt = None,
     heatmap: HeatOpt = None,
     plot: PlotOpt = None,
+    tensorboard: TensorBoardOpt = None,
     format: FormatOpt = "table",
     output: OutputOpt = None,
     force: ForceOpt = False,
@@ -737,7 +744,13 @@ def train(
     except ActstatError as err:
         raise _fail(str(err)) from None
     _preflight(resolved, (output,), figure=plot)
-    report = _train_resolved(resolved, quiet=quiet, force=force, no_color=no_color)
+    if tensorboard is not None:
+        from actstat.tensorboard_log import check_tensorboard
+
+        _guarded(check_tensorboard, tensorboard)
+    with _tensorboard_log(tensorboard) as on_record:
+        report = _train_resolved(resolved, quiet=quiet, force=force, no_color=no_color,
+                                 on_record=on_record)
     from actstat.report import located
 
     report = located(report, config, output)
@@ -751,14 +764,28 @@ def train(
         raise typer.Exit(130)
 
 
-def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool) -> Any:
+@contextmanager
+def _tensorboard_log(directory: Path | None) -> Iterator[Any]:
+    """watch_report's `on_record` for --tensorboard DIR (None without it); the event files are
+    closed however training ends (Ctrl-C included: what was recorded stays readable)."""
+    if directory is None:
+        yield None
+        return
+    from actstat.tensorboard_log import TensorBoardLog
+
+    with TensorBoardLog(directory) as log:
+        yield log.scheme
+
+
+def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool,
+                    on_record: Any = None) -> Any:
     """Train every scheme of a resolved config, with a progress bar (the current loss) on a
     terminal's stderr."""
     try:
         from actstat.pipeline import watch_report
 
         if quiet or not sys.stderr.isatty():
-            return watch_report(resolved)
+            return watch_report(resolved, on_record=on_record)
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -776,7 +803,7 @@ def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool) 
 
                 return step
 
-            return watch_report(resolved, on_step=on_step)
+            return watch_report(resolved, on_step=on_step, on_record=on_record)
     except ActstatError as err:
         raise _fail(str(err)) from None
 

@@ -99,6 +99,7 @@ from actstat.train import train_probe
 from actstat.watch import (
     Schedule,
     StepProgress,
+    StepRecord,
     Watched,
     watch,
     watch_stacked,
@@ -824,7 +825,8 @@ def layer_selection(names: list[str] | None) -> list[type[torch.nn.Module] | str
 
 def watch_report(config: Config, on_scheme: Progress | None = None,
                  on_step: Callable[[str], StepProgress] | None = None, *,
-                 stack: int | None = None) -> Report:
+                 stack: int | None = None,
+                 on_record: Callable[[str], StepRecord] | None = None) -> Report:
     """`actstat train`: each scheme measured at init as `profile` measures it, then built again
     from the same seed and trained as config.train says (actstat/watch.py), on mini-batches of
     the data source's whole pool; its trajectory, with events and verdict, goes on its Run.
@@ -832,10 +834,11 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
     (`watch_stacked`, the numbers of separate runs; `stack`: at most this many at once, default
     from `train_stack_size`, 1 to train every scheme on its own); the residual and normed
     models and a factory's train one by one. `on_step(label)` gives the progress callback of a
-    scheme's training, or of a stack's (its schemes' labels joined). A compare of several
-    models trains each model's schemes as a config of its own (`model_groups`)."""
+    scheme's training, or of a stack's (its schemes' labels joined); `on_record(scheme)` the
+    callback of each step a scheme records (--tensorboard). A compare of several models trains
+    each model's schemes as a config of its own (`model_groups`)."""
     if config.mixed_models:
-        return _watch_mixed(config, on_scheme, on_step, stack)
+        return _watch_mixed(config, on_scheme, on_step, stack, on_record)
     t = config.train
     steps = t.steps or DEFAULT_TRAIN_STEPS
     # the measurement at init as `run` makes it, without run's one-batch training probe
@@ -877,12 +880,16 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
                    "bins": HIST_BINS if config.hist else 0,
                    "on_step": None if on_step is None else on_step(
                        ", ".join(report.runs[index].scheme for index in group))}
+        records = [None if on_record is None else on_record(report.runs[index].scheme)
+                   for index in group]
         if len(models) == 1:
-            trained = [watch(models[0], pool.inputs, pool.labels, layers, schedule, **options)]
+            trained = [watch(models[0], pool.inputs, pool.labels, layers, schedule,
+                             on_record=records[0], **options)]
         else:
             stacked = stack_mlps(models)
             trained = watch_stacked(stacked, pool.inputs, pool.labels,
-                                    _restacked(layers, models[0], stacked), schedule, **options)
+                                    _restacked(layers, models[0], stacked), schedule,
+                                    on_record=records, **options)
             del stacked
         del models
         for index, trajectory in zip(group, trained):
@@ -896,13 +903,14 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
 
 
 def _watch_mixed(config: Config, on_scheme: Progress | None,
-                 on_step: Callable[[str], StepProgress] | None, stack: int | None) -> Report:
+                 on_step: Callable[[str], StepProgress] | None, stack: int | None,
+                 on_record: Callable[[str], StepRecord] | None = None) -> Report:
     """`watch_report` of each model's part of a mixed compare, in config order, each scheme
     labelled with its model as `profile_mixed` labels it; Ctrl-C ends it at that part."""
     runs: list[Run | None] = [None] * len(schemes(config))
     first: Report | None = None
     for part, positions in model_groups(config):
-        report = watch_report(part, on_scheme, on_step, stack=stack)
+        report = watch_report(part, on_scheme, on_step, stack=stack, on_record=on_record)
         first = first or report
         tag = model_tag(part.model)
         for position, run in zip(positions, report.runs):

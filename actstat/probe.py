@@ -107,6 +107,24 @@ def group_moments(x: torch.Tensor, near_zero: float, scratch: torch.Tensor | Non
     flat = x.reshape(x.shape[0], -1)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     lo, hi = extremes if extremes is not None else (flat.amin(dim=1), flat.amax(dim=1))
+    mean, std, y = _mean_std(flat, lo, hi, scratch)
+    near = count_fraction(torch.abs(exact(flat), out=y).lt_(near_zero)).to(acc)
+    return [mean, std, lo.to(acc), hi.to(acc), near]
+
+
+def group_mean_std(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                   scratch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[mean, std] of each group x[k] whose (min, max) are (lo[k], hi[k]): `group_moments`'s
+    own arithmetic, without its near-zero count (for a caller that records the std alone)."""
+    mean, std, _ = _mean_std(x.reshape(x.shape[0], -1), lo, hi, scratch)
+    return mean, std
+
+
+def _mean_std(flat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+              scratch: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """group_moments' two passes over a scaled copy of the (K, n) `flat`; the copy comes back
+    too, for the near-zero mask to overwrite."""
+    acc = torch.float64 if flat.dtype == torch.float64 else torch.float32
     # max|x|, kept off 0 (an all-zero group divides to zeros) and off inf (a non-finite group
     # is reported as such: its mean and std come out NaN, like its min or max)
     scale = torch.maximum(lo.abs(), hi.abs()).to(acc).clamp_(torch.finfo(acc).tiny,
@@ -117,8 +135,7 @@ def group_moments(x: torch.Tensor, near_zero: float, scratch: torch.Tensor | Non
         y = flat.to(acc) / scale[:, None]
     mean = y.mean(dim=1)
     std = torch.sqrt(y.sub_(mean[:, None]).square_().mean(dim=1))
-    near = count_fraction(torch.abs(exact(flat), out=y).lt_(near_zero)).to(acc)
-    return [mean * scale, std * scale, lo.to(acc), hi.to(acc), near]
+    return mean * scale, std * scale, y
 
 
 def unit_spread(sample_lo: torch.Tensor, sample_hi: torch.Tensor, lo: torch.Tensor,

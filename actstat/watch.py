@@ -39,7 +39,7 @@ from actstat.capture import (
     repeated_blocks,
 )
 from actstat.model import StackedLinear
-from actstat.probe import group_moments
+from actstat.probe import Scratch, group_mean_std, group_moments
 from actstat.report import Trajectory, TrajectoryLayer
 
 OPTIMIZERS = ("sgd", "adam")
@@ -89,24 +89,26 @@ class Schedule:
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # called after every step the host knows the loss of: (steps done, steps in all, the loss)
 StepProgress = Callable[[int, int, float], None]
+# called with each recorded step as it is recorded: a Trajectory of that one step (no events)
+StepRecord = Callable[[Trajectory], None]
 
 
 def watch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layers: Sequence[Watched],
           schedule: Schedule, loss: Loss, *, labelled: bool, near_zero: float, bins: int = 0,
-          on_step: StepProgress | None = None) -> Trajectory:
+          on_step: StepProgress | None = None, on_record: StepRecord | None = None) -> Trajectory:
     """Train `model` (in train mode; left in the mode it was in) on mini-batches drawn from
     `inputs`/`targets` in a seeded order, epoch after epoch, recording `layers` as `schedule`
     says. A non-finite loss stops the run at that step (`stopped` "nonfinite"), Ctrl-C at the
     step it came in ("interrupted"); both keep every step recorded before. Events and the
     verdict are left to actstat/analysis.py."""
     return _train(model, inputs, targets, layers, schedule, loss, groups=0, labelled=labelled,
-                  near_zero=near_zero, bins=bins, on_step=on_step)[0]
+                  near_zero=near_zero, bins=bins, on_step=on_step, on_record=[on_record])[0]
 
 
 def watch_stacked(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                   layers: Sequence[Watched], schedule: Schedule, loss: Loss, *, labelled: bool,
-                  near_zero: float, bins: int = 0,
-                  on_step: StepProgress | None = None) -> list[Trajectory]:
+                  near_zero: float, bins: int = 0, on_step: StepProgress | None = None,
+                  on_record: Sequence[StepRecord | None] | None = None) -> list[Trajectory]:
     """`watch` for K plain MLPs trained side by side as one stacked model (actstat.model
     .stack_mlps: every layer's output is (K, batch, units)): one Trajectory per model, in stack
     order, with the numbers that K separate `watch` runs give (to float rounding: a batched
@@ -116,16 +118,18 @@ def watch_stacked(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     gradient and state alone, so one step of the stack is K separate steps. A model whose loss
     goes non-finite stops there, as on its own; its NaNs stay in its own slice of every tensor
     (nothing in the forward or backward mixes the K slices), and the others train on. `on_step`
-    gets the loss of the first model still training."""
+    gets the loss of the first model still training; `on_record[k]`, if any, model k's recorded
+    steps."""
     groups = next(m for m in model.modules() if isinstance(m, StackedLinear)).groups
     return _train(model, inputs, targets, layers, schedule, loss, groups=groups,
-                  labelled=labelled, near_zero=near_zero, bins=bins, on_step=on_step)
+                  labelled=labelled, near_zero=near_zero, bins=bins, on_step=on_step,
+                  on_record=on_record)
 
 
 def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
            layers: Sequence[Watched], schedule: Schedule, loss: Loss, *, groups: int,
-           labelled: bool, near_zero: float, bins: int,
-           on_step: StepProgress | None) -> list[Trajectory]:
+           labelled: bool, near_zero: float, bins: int, on_step: StepProgress | None,
+           on_record: Sequence[StepRecord | None] | None = None) -> list[Trajectory]:
     """groups: 0 for one model, K for a stack of K. The host buffer holds, per recorded step,
     one row of numbers per model: one copy per recorded step for the whole stack."""
     k = max(groups, 1)
@@ -171,6 +175,10 @@ def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                     if not device_is_cpu:
                         torch.cuda.synchronize(inputs.device)  # after the step, not inside it
                     known = host[slot, :, 0].tolist()
+                    for j, record in enumerate(on_record or ()):
+                        if record is not None and stopped[j] is None:
+                            record(recorder.trajectory(j, [step], [host[slot, j].tolist()],
+                                                       schedule, None, None))
                     slot += 1
                     for j in range(k):
                         if stopped[j] is None:
@@ -230,6 +238,7 @@ class _Recorder:
         self.hists: list[torch.Tensor | None] = [None] * len(self.layers)
         # per layer, each model's histogram range
         self.ranges: list[list[tuple[float, float]] | None] = [None] * len(self.layers)
+        self.scratch = Scratch()  # one buffer for every pass's scaled copies and masks
 
     def hooks(self) -> _Hooks:
         return _Hooks(self)
@@ -245,9 +254,15 @@ class _Recorder:
             return
         with torch.no_grad():
             x = self._grouped(x.detach())
-            mean, std, lo, hi, near = group_moments(x, self.near_zero)
-            dead = (_dead(x) if self.layers[j].can_die
-                    else torch.full_like(mean, float("nan"), dtype=torch.float64))
+            # the extremes come out of the dead units' per-unit pass where there is one: the
+            # moments then need no min/max pass of their own (benchmarks/train.py)
+            if self.layers[j].can_die:
+                dead, lo, hi = _dead(x)
+            else:
+                flat = x.reshape(x.shape[0], -1)
+                lo, hi = flat.amin(dim=1), flat.amax(dim=1)
+                dead = torch.full(lo.shape, float("nan"), dtype=torch.float64, device=x.device)
+            mean, std, _, _, near = group_moments(x, self.near_zero, self.scratch(x), (lo, hi))
             self.stats[j] = [mean, std, near, dead]
             if self.bins:
                 self.hists[j] = self._histogram(j, x, lo, hi)
@@ -263,8 +278,11 @@ class _Recorder:
             x.register_hook(lambda g, j=j: self._on_grad(j, g))
 
     def _on_grad(self, j: int, g: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.grads[j] = group_moments(self._grouped(g.detach()), 0.0)[1]
+        with torch.no_grad():  # the std alone: no near-zero count
+            g = self._grouped(g.detach())
+            flat = g.reshape(g.shape[0], -1)
+            self.grads[j] = group_mean_std(g, flat.amin(dim=1), flat.amax(dim=1),
+                                           self.scratch(g))[1]
 
     def _histogram(self, j: int, x: torch.Tensor, lo: torch.Tensor,
                    hi: torch.Tensor) -> torch.Tensor:
@@ -273,11 +291,24 @@ class _Recorder:
             bounds = self.layers[j].bounds
             self.ranges[j] = [_hist_range(bounds, low, high)
                               for low, high in zip(lo.tolist(), hi.tolist())]
-        counts = []
-        for group, (low, high) in zip(x, self.ranges[j]):
-            values = group.float().clamp(low, high)  # outside the range: the end bins
-            counts.append(torch.histc(values, self.bins, low, high).to(torch.float64))
-        return torch.stack(counts)
+        return torch.stack([self._counts(group, low, high)
+                            for group, (low, high) in zip(x, self.ranges[j])])
+
+    def _counts(self, x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        """`bins` counts of x over [low, high], values outside in the end bins."""
+        # binned in float32 (as torch.histc was, whatever x's dtype); a float32 x is clamped
+        # into the scratch buffer (no allocation per step)
+        values = (torch.clamp(x.reshape(-1), low, high, out=self.scratch(x))
+                  if x.dtype == torch.float32 else x.reshape(-1).float().clamp_(low, high))
+        if values.device.type != "cpu":  # bincount there reads its input's max: a host sync
+            return torch.histc(values, self.bins, low, high).to(torch.float64)
+        # torch.histc's own bin of each value (its CPU kernel: (v - low) * bins / (high - low),
+        # in the values' dtype, truncated; high in the last bin), counted by bincount: 4x
+        # faster than histc's CPU loop (benchmarks/train.py), the same counts. NaN counts nowhere
+        lo, hi = (torch.tensor(v, dtype=values.dtype) for v in (low, high))
+        index = values.sub_(lo).mul_(self.bins).div_(hi - lo).clamp_(0, self.bins - 1)
+        index = index.nan_to_num_(nan=self.bins).to(torch.long)
+        return torch.bincount(index, minlength=self.bins + 1)[:self.bins].to(torch.float64)
 
     def rows(self, losses: torch.Tensor, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """This recorded step's numbers as a (K, width) float64 device matrix; the parts
@@ -428,13 +459,20 @@ def _optimiser(model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum)
 
 
-def _dead(x: torch.Tensor) -> torch.Tensor:
+def _dead(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per group x[k] of a (K, batch, ...) tensor: the fraction of units (features; a conv map's
-    channels) that are 0 for every sample."""
+    channels) that are 0 for every sample, and the group's min and max (the least of its units'
+    minima, the largest of their maxima)."""
     if x.dim() < 3:
-        return (x == 0).reshape(x.shape[0], -1).all(dim=1).to(torch.float64)
-    units = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
-    return ((units.amax(dim=2) == 0) & (units.amin(dim=2) == 0)).to(torch.float64).mean(dim=1)
+        flat = x.reshape(x.shape[0], -1)
+        return ((flat == 0).all(dim=1).to(torch.float64), flat.amin(dim=1),
+                flat.amax(dim=1))
+    # reduced along the batch (and a conv map's positions) in place, per unit: amin and amax,
+    # not aminmax, whose reduction along a dimension took 10x theirs on the CPU
+    dims = (1, *range(3, x.dim()))
+    lo, hi = x.amin(dim=dims), x.amax(dim=dims)
+    dead = ((hi == 0) & (lo == 0)).to(torch.float64).mean(dim=1)
+    return dead, lo.amin(dim=1), hi.amax(dim=1)
 
 
 def _hist_range(bounds: tuple[float | None, float | None], lo: float,
