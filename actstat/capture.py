@@ -100,11 +100,13 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
 # where a whole 50 MB feature map came from memory once per pass. 2**18 to 2**20 were within
 # noise of each other on the 2-core benchmark machine; fewer, larger chunks mean fewer ops
 CHUNK = 1 << 20
-# the fused kernels (actstat/fused.py) where numba is installed (the `fast` extra);
-# ACTSTAT_NO_NUMBA=1 keeps the torch reductions, to compare. Found without importing numba
-# (0.4 s): a run that reduces no float32 CPU tensor never imports it
-FUSED = (os.environ.get("ACTSTAT_NO_NUMBA", "") in ("", "0")
-         and importlib.util.find_spec("numba") is not None)
+# the fused kernels (actstat/fused.py): opt-in, ACTSTAT_NUMBA=1 with numba installed (the
+# `fast` extra). Off by default: on the quiet 2-core machine with torch's two threads they were
+# no faster in wall time than the torch reductions (docs/performance.md), only in one thread's
+# CPU time. Found without importing numba (0.4 s): a run that reduces no float32 CPU tensor
+# never imports it
+NUMBA = importlib.util.find_spec("numba") is not None
+FUSED = NUMBA and os.environ.get("ACTSTAT_NUMBA", "") not in ("", "0")
 KINDS = ("input", "weight", "activation", "norm", "block", "selected")
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
 # dL/d(output): mean, std; with a trainable weight, dL/dW: std, min, max, and W: std (probe.GRAD)

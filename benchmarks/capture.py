@@ -6,7 +6,7 @@ residual --norm layernorm` builds).
     python benchmarks/capture.py [--quick] [--device cpu|cuda] [--only cnn,transformer,residual]
                                  [--cpu-time]
 
-ACTSTAT_NO_NUMBA=1 in the environment measures the torch reductions where numba is installed.
+ACTSTAT_NUMBA=1 in the environment measures the fused reductions (actstat/fused.py) where numba is installed.
 `--cpu-time` runs torch and numba on one thread each and pairs the process's CPU seconds, not
 wall seconds: on a machine whose cores other tenants hold, a wall-clock ratio mostly measures
 how often a pass waited for a core; CPU seconds are closer to what the pass costs.

@@ -47,7 +47,7 @@ def reductions(request, monkeypatch):
     a GPU, in half precision and float64)."""
     import actstat.capture
 
-    if request.param == "fused" and not actstat.capture.FUSED:
+    if request.param == "fused" and not actstat.capture.NUMBA:
         pytest.skip("numba is not installed (pip install 'actstat[fast]')")
     monkeypatch.setattr(actstat.capture, "FUSED", request.param == "fused")
     return request.param
@@ -620,15 +620,19 @@ def test_float32_cpu_tensors_take_the_path_under_test(monkeypatch, reductions):
         assert not reduced
 
 
-def test_no_numba_in_the_environment_keeps_the_torch_reductions():
-    """ACTSTAT_NO_NUMBA=1 turns the fused path off (to compare, or to rule it out)."""
+def test_the_fused_path_is_opt_in():
+    """ACTSTAT_NUMBA=1 turns the fused path on where numba is installed; unset or 0, the torch
+    reductions serve; either way importing the capture does not import numba."""
     import subprocess
     import sys
 
     code = "import actstat.capture as c, sys; print(c.FUSED, 'numba' in sys.modules)"
-    for value, want in [("1", "False False"), ("0", f"{importlib_numba()} False")]:
+    env = {k: v for k, v in os.environ.items() if k != "ACTSTAT_NUMBA"}
+    for value, want in [(None, "False False"), ("0", "False False"),
+                        ("1", f"{importlib_numba()} False")]:
+        extra = {} if value is None else {"ACTSTAT_NUMBA": value}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env={**os.environ, "ACTSTAT_NO_NUMBA": value}, check=True)
+                             env={**env, **extra}, check=True)
         assert out.stdout.split() == want.split(), out
 
 
