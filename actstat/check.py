@@ -25,7 +25,7 @@ differ.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,19 @@ def tolerance_for(metric: str, tolerances: Mapping[str, Mapping[str, float]], rt
     return own.get("atol", atol)
 
 
+def _paired_runs(expected: Report, obtained: Report
+                 ) -> Iterator[tuple[str, Run | None, Run | None]]:
+    """The two reports' schemes matched by position: (label, baseline's, new), either side None
+    where the other report has more schemes; a label that changed reads `old → new`."""
+    for index in range(max(len(expected.runs), len(obtained.runs))):
+        old = expected.runs[index] if index < len(expected.runs) else None
+        new = obtained.runs[index] if index < len(obtained.runs) else None
+        label = old.scheme if old is not None else new.scheme  # type: ignore[union-attr]
+        if old is not None and new is not None and old.scheme != new.scheme:
+            label = f"{old.scheme} → {new.scheme}"
+        yield label, old, new
+
+
 def compare(expected: Report, obtained: Report, *, metrics: tuple[str, ...], rtol: float,
             atol: float, tolerances: Mapping[str, Mapping[str, float]]
             ) -> tuple[int, list[Drift], list[str]]:
@@ -167,12 +180,7 @@ def compare(expected: Report, obtained: Report, *, metrics: tuple[str, ...], rto
     drifts: list[Drift] = []
     labels: list[str] = []
     compared = 0
-    for index in range(max(len(expected.runs), len(obtained.runs))):
-        old = expected.runs[index] if index < len(expected.runs) else None
-        new = obtained.runs[index] if index < len(obtained.runs) else None
-        label = old.scheme if old is not None else new.scheme  # type: ignore[union-attr]
-        if old is not None and new is not None and old.scheme != new.scheme:
-            label = f"{old.scheme} → {new.scheme}"
+    for label, old, new in _paired_runs(expected, obtained):
         labels.append(label)
         old_layers = old.layers if old is not None else ()
         new_layers = new.layers if new is not None else ()
@@ -251,12 +259,7 @@ def compare_trajectories(expected: Report, obtained: Report, *, metrics: tuple[s
     drifts: list[Drift] = []
     changes: list[StepsChange] = []
     compared = 0
-    for index in range(max(len(expected.runs), len(obtained.runs))):
-        old = expected.runs[index] if index < len(expected.runs) else None
-        new = obtained.runs[index] if index < len(obtained.runs) else None
-        label = old.scheme if old is not None else new.scheme  # type: ignore[union-attr]
-        if old is not None and new is not None and old.scheme != new.scheme:
-            label = f"{old.scheme} → {new.scheme}"
+    for label, old, new in _paired_runs(expected, obtained):
         a = old.trajectory if old is not None else None
         b = new.trajectory if new is not None else None
         steps_a = a.steps if a is not None else ()
