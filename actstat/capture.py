@@ -48,7 +48,6 @@ Everything a pass measured reaches the host in one copy (`torch.cat(...).tolist(
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import os
 import weakref
@@ -62,6 +61,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from actstat import fused
 from actstat.activations import Activation, GeneralRelu, elu, selu, sigmoid, softplus, tanh
 from actstat.config import Thresholds
 from actstat.errors import ModelError
@@ -100,13 +100,9 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
 # where a whole 50 MB feature map came from memory once per pass. 2**18 to 2**20 were within
 # noise of each other on the 2-core benchmark machine; fewer, larger chunks mean fewer ops
 CHUNK = 1 << 20
-# the fused kernels (actstat/fused.py): opt-in, ACTSTAT_NUMBA=1 with numba installed (the
-# `fast` extra). Off by default: on the quiet 2-core machine with torch's two threads they were
-# no faster in wall time than the torch reductions (docs/performance.md), only in one thread's
-# CPU time. Found without importing numba (0.4 s): a run that reduces no float32 CPU tensor
-# never imports it
-NUMBA = importlib.util.find_spec("numba") is not None
-FUSED = NUMBA and os.environ.get("ACTSTAT_NUMBA", "") not in ("", "0")
+# the fused C kernel (actstat/fused.py) reduces float32 CPU tensors where it was built;
+# ACTSTAT_KERNELS=0 in the environment turns it off (the torch reductions then serve)
+FUSED = fused.AVAILABLE and os.environ.get("ACTSTAT_KERNELS", "") != "0"
 KINDS = ("input", "weight", "activation", "norm", "block", "selected")
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
 # dL/d(output): mean, std; with a trainable weight, dL/dW: std, min, max, and W: std (probe.GRAD)
@@ -530,7 +526,7 @@ class _Recorder:
         flat = t.reshape(-1)
         if _fusable(t):  # rows of its last dim: samples to share among the threads
             row = _fused_row(t.reshape(-1, t.shape[-1]) if t.dim() else flat.reshape(1, 1),
-                             False, False, None, 0.0)
+                             False, False, None, 0.0, units=False)
             if row is not None:
                 return tuple(row[:4])
         step = _chunk_size(flat)
@@ -730,7 +726,7 @@ class _Moments:
 
 
 def _fusable(view: torch.Tensor) -> bool:
-    """Whether actstat/fused.py reduces `view`: numba installed (FUSED), a non-empty
+    """Whether actstat/fused.py reduces `view`: the kernel built (FUSED), a non-empty
     C-contiguous float32 CPU tensor. Everything else (CUDA, half precision, float64) keeps the
     torch reductions."""
     return (FUSED and view.device.type == "cpu" and view.dtype == torch.float32
@@ -738,14 +734,12 @@ def _fusable(view: torch.Tensor) -> bool:
 
 
 def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
-               edges: tuple[float | None, float | None] | None,
-               near_zero: float) -> torch.Tensor | None:
+               edges: tuple[float | None, float | None] | None, near_zero: float,
+               units: bool = True) -> torch.Tensor | None:
     """MOMENTS, dead, [spread], [saturated] of a `_fusable` view as `_reduce` returns them, or
     None for a tensor holding NaN or ±inf (torch's reductions say how those propagate)."""
-    from actstat import fused  # numba: imported on the first tensor it reduces
-
-    numbers = fused.reduce(view.numpy(), channels=channels, near_zero=near_zero, edges=edges,
-                           spread=spread)
+    numbers = fused.reduce(view, channels=channels, near_zero=near_zero, edges=edges,
+                           spread=spread, units=units)
     if numbers is None:
         return None
     mean, std, lo, hi, small, saturated, gap, dead = numbers

@@ -6,8 +6,8 @@ residual --norm layernorm` builds).
     python benchmarks/capture.py [--quick] [--device cpu|cuda] [--only cnn,transformer,residual]
                                  [--cpu-time]
 
-ACTSTAT_NUMBA=1 in the environment measures the fused reductions (actstat/fused.py) where numba is installed.
-`--cpu-time` runs torch and numba on one thread each and pairs the process's CPU seconds, not
+ACTSTAT_KERNELS=0 in the environment measures the torch reductions instead of the C kernel
+(actstat/fused.py). `--cpu-time` runs on one thread and pairs the process's CPU seconds, not
 wall seconds: on a machine whose cores other tenants hold, a wall-clock ratio mostly measures
 how often a pass waited for a core; CPU seconds are closer to what the pass costs.
 
@@ -115,15 +115,11 @@ def main() -> None:
                         help="comma-separated cases to run")
     parser.add_argument("--forward-only", action="store_true", help="no forward+backward pairs")
     parser.add_argument("--cpu-time", action="store_true",
-                        help="one thread each for torch and numba; ratios of CPU seconds")
+                        help="one thread; ratios of CPU seconds")
     args = parser.parse_args()
     pair = paired
     if args.cpu_time:
         torch.set_num_threads(1)
-        if actstat.capture.FUSED:
-            import numba
-
-            numba.set_num_threads(1)
         pair = paired_cpu
     device = torch.device(args.device)
     repeats = 3 if args.quick else 7
@@ -148,7 +144,7 @@ def main() -> None:
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), device {device}; malloc tuned: "
           f"{'yes' if MALLOC_TUNED else 'no'}; median of {repeats}; reductions: "
-          f"{'fused (numba)' if actstat.capture.FUSED else 'torch'}"
+          f"{'fused (C kernel)' if actstat.capture.FUSED else 'torch'}"
           f"{'; CPU seconds, one thread' if args.cpu_time else ''}\n")
     print(f"{'model':34} {'pass':18} {'bare s':>8} {'captured s':>10} {'ratio':>6}")
     figures: dict[str, float] = {}

@@ -1,0 +1,388 @@
+/* Fused CPU reductions for actstat/fused.py: every statistic of a float32 tensor in one read.
+
+   Built by setup.py as the optional extension actstat._kernels; where it cannot be built (no C
+   compiler), actstat keeps its torch reductions. The statistics' definitions live in
+   actstat/capture.py's docstring; here only how they are computed:
+
+   - The tensor is walked a row at a time (last row first: a module leaves the end of its output
+     in the caches), each row in segments of at most `segment` values (fused.SEGMENT: 4096,
+     16 KiB, in L1 after the first of their few passes).
+   - A segment's sum is taken in float64 (the mean of values far from 0 needs it: summed in
+     float32, 1e4 + N(0, 1e-3) lost 0.3 % of its std); its squares about its own mean in
+     float32 over blocks of BLOCK values (8 lanes of 8 values: at most 8 additions per lane)
+     and the blocks in float64; the squares are taken of values scaled by a power of two (exact) to max|x| < 1, so that
+     none overflows or underflows float32, about the float32 rounding of the segment's mean,
+     and corrected to the float64 mean exactly (sum (x - m)^2 = sum (x - m32)^2 -
+     n (m - m32)^2). Segments are merged by Chan, Golub and LeVeque's update, in float64.
+   - Thresholds are compared in float32, as torch compares a float32 tensor with a Python float.
+   - A tensor holding NaN or +-inf gives a non-finite mean or m2: the caller then reduces it with
+     torch (whose propagation rules the reports document).
+   - setup.py compiles this file with finite-math and reassociation flags, so that min, max and
+     the sums vectorise (without them the kernel took twice as long); nothing here depends on
+     the order of a sum's terms, and a non-finite tensor's other numbers are never used.
+
+   The kernel runs on the calling thread with the GIL released: torch's worker threads are
+   still spinning on the other cores after the module's own op, and a second pool here would
+   fight them for the cores (numba's did: docs/performance.md). */
+
+#define _GNU_SOURCE /* dl_iterate_phdr, RTLD_NOLOAD */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK 64
+/* values per thread below which a tensor is not shared among threads, and the most threads */
+#define PARALLEL (1 << 16)
+#define MAX_THREADS 64
+
+/* Threads: torch's own OpenMP pool, found among the libraries loaded in the process (torch
+   loaded it before any tensor reached us) and driven through the entry point that GCC's
+   `#pragma omp parallel` compiles to. Its workers are still spinning after the module's own
+   op, so the team starts in microseconds; a pool of our own (pthreads, or a second OpenMP
+   runtime) would fight them for the cores, and on the 2-core machine it gained nothing.
+   Where no OpenMP runtime is loaded (or off Linux), the kernel runs on the calling thread. */
+#if defined(__linux__)
+#include <dlfcn.h>
+#include <link.h>
+#define HAVE_POOL
+typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*thread_num_fn)(void);
+static parallel_fn omp_parallel;
+static thread_num_fn omp_thread_num;
+static int pool_searched;
+
+static int find_pool(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    (void)data;
+    const char *name = info->dlpi_name;
+    if (!name || !(strstr(name, "libgomp") || strstr(name, "libiomp") || strstr(name, "libomp")))
+        return 0;
+    void *handle = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
+    if (!handle) return 0;
+    parallel_fn parallel = (parallel_fn)dlsym(handle, "GOMP_parallel");
+    thread_num_fn thread_num = (thread_num_fn)dlsym(handle, "omp_get_thread_num");
+    if (!parallel || !thread_num) return 0;
+    omp_parallel = parallel;
+    omp_thread_num = thread_num;
+    return 1;
+}
+#endif
+
+/* an AVX2 copy of the kernel beside the baseline one, chosen at load time by the CPU (GCC's
+   function multi-versioning; ifunc needs glibc, so Linux on x86-64 only) */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLONES
+#endif
+
+typedef struct {
+    double count, mean, m2, small, saturated;
+    float lo, hi, gap;
+} Acc;
+
+typedef struct {
+    float near, mid, half, lo_edge, hi_edge;
+    int saturation; /* 0: none, 1: |x - mid| >= half, 2: x <= lo_edge or x >= hi_edge */
+} Params;
+
+static inline void merge(Acc *a, double n, double total, double squares) {
+    double both = a->count + n, delta = total / n - a->mean;
+    a->mean += delta * n / both;
+    a->m2 += squares + delta * delta * (a->count * n / both);
+    a->count = both;
+}
+
+/* One segment of n >= 1 values: its moments merged into `a`, its near-zero and saturated
+   counts added, its extremes in lo and hi. `alive`: per-value flags set where a value is
+   nonzero (a row's units), or NULL. */
+static inline void reduce_segment(const float *restrict v, ptrdiff_t n, const Params *p, Acc *a,
+                           float *lo_out, float *hi_out, uint8_t *restrict alive) {
+    double total = 0.0, squares = 0.0;
+    float lo = v[0], hi = v[0];
+    int32_t small = 0;
+    const float near = p->near;
+    ptrdiff_t i = 0;
+    for (; i + BLOCK <= n; i += BLOCK) {
+        double t = 0.0;
+        for (int j = 0; j < BLOCK; j++) {
+            float x = v[i + j];
+            t += x;
+            lo = x < lo ? x : lo;
+            hi = x > hi ? x : hi;
+            small += fabsf(x) < near;
+        }
+        total += t;
+    }
+    for (; i < n; i++) {
+        float x = v[i];
+        total += x;
+        lo = x < lo ? x : lo;
+        hi = x > hi ? x : hi;
+        small += fabsf(x) < near;
+    }
+    double mean = total / (double)n;
+    /* scaled by a power of two (exactly) to max|x| < 1: no square overflows or underflows */
+    int exponent;
+    frexpf(fmaxf(fabsf(lo), fabsf(hi)), &exponent);
+    const float scale = ldexpf(1.0f, -exponent), m32 = (float)mean * scale;
+    for (i = 0; i + BLOCK <= n; i += BLOCK) {
+        float q = 0.0f;
+        for (int j = 0; j < BLOCK; j++) {
+            float d = v[i + j] * scale - m32;
+            q += d * d;
+        }
+        squares += q;
+    }
+    for (; i < n; i++) {
+        double d = (double)(v[i] * scale - m32);
+        squares += d * d;
+    }
+    double shift = mean * scale - (double)m32;
+    squares = ldexp(squares - (double)n * shift * shift, 2 * exponent);
+    if (squares < 0.0) squares = 0.0;
+    if (alive)
+        for (i = 0; i < n; i++) alive[i] |= (v[i] != 0.0f);
+    if (p->saturation == 1) {
+        int32_t s = 0;
+        for (i = 0; i < n; i++) s += fabsf(v[i] - p->mid) >= p->half;
+        a->saturated += s;
+    } else if (p->saturation == 2) {
+        int32_t s = 0;
+        for (i = 0; i < n; i++) s += (v[i] <= p->lo_edge) | (v[i] >= p->hi_edge);
+        a->saturated += s;
+    }
+    merge(a, (double)n, total, squares);
+    a->small += small;
+    *lo_out = lo;
+    *hi_out = hi;
+}
+
+/* x: (rows, units), the unit the column; `alive` (units) or NULL; the gap: the largest range
+   across units on one row */
+CLONES static void reduce_rows(const float *x, ptrdiff_t rows, ptrdiff_t units, ptrdiff_t segment,
+                               const Params *p, int spread, Acc *a, uint8_t *alive) {
+    for (ptrdiff_t r = rows - 1; r >= 0; r--) {
+        const float *row = x + r * units;
+        float row_lo = row[0], row_hi = row[0];
+        for (ptrdiff_t s = 0; s < units; s += segment) {
+            ptrdiff_t n = units - s < segment ? units - s : segment;
+            float lo, hi;
+            reduce_segment(row + s, n, p, a, &lo, &hi, alive ? alive + s : NULL);
+            row_lo = lo < row_lo ? lo : row_lo;
+            row_hi = hi > row_hi ? hi : row_hi;
+        }
+        if (spread && row_hi - row_lo > a->gap) a->gap = row_hi - row_lo;
+        a->lo = row_lo < a->lo ? row_lo : a->lo;
+        a->hi = row_hi > a->hi ? row_hi : a->hi;
+    }
+}
+
+/* x: (batch, channels, positions), the unit the channel; `alive` (channels) or NULL; the gap:
+   the largest range across channels at one sample and position (`lows`, `highs`: positions
+   floats each, or NULL without spread) */
+CLONES static void reduce_channels(const float *x, ptrdiff_t batch, ptrdiff_t channels,
+                                   ptrdiff_t positions, ptrdiff_t segment, const Params *p, Acc *a,
+                                   uint8_t *alive,
+                                   float *restrict lows, float *restrict highs) {
+    for (ptrdiff_t b = batch - 1; b >= 0; b--) {
+        for (ptrdiff_t c = channels - 1; c >= 0; c--) {
+            const float *row = x + (b * channels + c) * positions;
+            for (ptrdiff_t s = 0; s < positions; s += segment) {
+                ptrdiff_t n = positions - s < segment ? positions - s : segment;
+                float lo, hi;
+                reduce_segment(row + s, n, p, a, &lo, &hi, NULL);
+                a->lo = lo < a->lo ? lo : a->lo;
+                a->hi = hi > a->hi ? hi : a->hi;
+                if (alive && (lo != 0.0f || hi != 0.0f)) alive[c] = 1;
+            }
+            if (lows) {
+                if (c == channels - 1) {
+                    memcpy(lows, row, positions * sizeof(float));
+                    memcpy(highs, row, positions * sizeof(float));
+                } else {
+                    for (ptrdiff_t i = 0; i < positions; i++) {
+                        lows[i] = row[i] < lows[i] ? row[i] : lows[i];
+                        highs[i] = row[i] > highs[i] ? row[i] : highs[i];
+                    }
+                }
+            }
+        }
+        if (lows)
+            for (ptrdiff_t i = 0; i < positions; i++)
+                if (highs[i] - lows[i] > a->gap) a->gap = highs[i] - lows[i];
+    }
+}
+
+/* One part of a tensor: samples [first, last) of it, reduced by one thread into its own Acc,
+   alive flags and position extremes. */
+typedef struct {
+    const float *x;
+    ptrdiff_t first, last, units, positions, segment;
+    int channels, spread;
+    const Params *p;
+    Acc a;
+    uint8_t *alive;
+    float *lows, *highs;
+} Part;
+
+static void *reduce_part(void *arg) {
+    Part *t = arg;
+    const float *x = t->x + t->first * t->units * (t->channels ? t->positions : 1);
+    t->a = (Acc){0.0, 0.0, 0.0, 0.0, 0.0, x[0], x[0], 0.0f};
+    if (t->channels)
+        reduce_channels(x, t->last - t->first, t->units, t->positions, t->segment, t->p, &t->a,
+                        t->alive, t->lows, t->highs);
+    else
+        reduce_rows(x, t->last - t->first, t->units, t->segment, t->p, t->spread, &t->a,
+                    t->alive);
+    return NULL;
+}
+
+typedef struct {
+    Part *parts;
+    int count;
+} Team;
+
+#ifdef HAVE_POOL
+static void run_team(void *arg) {
+    Team *team = arg;
+    int k = omp_thread_num();
+    if (k < team->count) reduce_part(&team->parts[k]);
+}
+#endif
+
+/* the parts' numbers into the first's */
+static void combine(Part *parts, int count) {
+    Acc *a = &parts[0].a;
+    for (int k = 1; k < count; k++) {
+        Acc *b = &parts[k].a;
+        double both = a->count + b->count, delta = b->mean - a->mean;
+        a->mean += delta * b->count / both;
+        a->m2 += b->m2 + delta * delta * (a->count * b->count / both);
+        a->count = both;
+        a->small += b->small;
+        a->saturated += b->saturated;
+        a->lo = b->lo < a->lo ? b->lo : a->lo;
+        a->hi = b->hi > a->hi ? b->hi : a->hi;
+        a->gap = b->gap > a->gap ? b->gap : a->gap;
+        if (parts[0].alive)
+            for (ptrdiff_t i = 0; i < parts[0].units; i++) parts[0].alive[i] |= parts[k].alive[i];
+    }
+}
+
+static void release(Part *parts, int count) {
+    for (int k = 0; k < count; k++) {
+        free(parts[k].alive);
+        free(parts[k].lows);
+        free(parts[k].highs);
+    }
+}
+
+static const char reduce_doc[] =
+    "reduce(address, batch, units, positions, channels, near, mid, half, lo_edge, hi_edge,\n"
+    "       saturation, spread, units_alive, segment, threads) -> (count, mean, m2, min, max,\n"
+    "       near_count, saturated_count, gap, dead_units)\n\n"
+    "The statistics of the C-contiguous float32 tensor at `address` (which the caller keeps\n"
+    "alive): (batch, units) when `channels` is false (positions ignored), else (batch,\n"
+    "channels=units, positions). dead_units is -1 without `units_alive`. `threads`: at most\n"
+    "that many threads of torch's OpenMP pool share a tensor, a part of samples each of at\n"
+    "least PARALLEL values.";
+
+static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 15) {
+        PyErr_SetString(PyExc_TypeError, "reduce() takes 15 arguments");
+        return NULL;
+    }
+    void *address = PyLong_AsVoidPtr(args[0]);
+    Py_ssize_t batch = PyLong_AsSsize_t(args[1]), units = PyLong_AsSsize_t(args[2]),
+               positions = PyLong_AsSsize_t(args[3]);
+    int channels = PyObject_IsTrue(args[4]);
+    Params p;
+    p.near = (float)PyFloat_AsDouble(args[5]);
+    p.mid = (float)PyFloat_AsDouble(args[6]);
+    p.half = (float)PyFloat_AsDouble(args[7]);
+    p.lo_edge = (float)PyFloat_AsDouble(args[8]);
+    p.hi_edge = (float)PyFloat_AsDouble(args[9]);
+    p.saturation = (int)PyLong_AsLong(args[10]);
+    int spread = PyObject_IsTrue(args[11]), want_alive = PyObject_IsTrue(args[12]);
+    Py_ssize_t segment = PyLong_AsSsize_t(args[13]);
+    long threads = PyLong_AsLong(args[14]);
+    if (PyErr_Occurred()) return NULL;
+    if (address == NULL || batch < 1 || units < 1 || (channels && positions < 1) || segment < 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "reduce(): an empty tensor, a null address or a segment below 1");
+        return NULL;
+    }
+    if (!channels) positions = 1;
+    /* a thread costs its start (tens of microseconds): only large tensors are shared */
+    double values = (double)batch * (double)units * (double)positions;
+    int count = (int)(values / PARALLEL < threads ? values / PARALLEL : threads);
+#ifdef HAVE_POOL
+    if (!pool_searched) {
+        pool_searched = 1;
+        dl_iterate_phdr(find_pool, NULL);
+    }
+    if (!omp_parallel) count = 1;
+#else
+    count = 1;
+#endif
+    count = count < 1 ? 1 : (count > batch ? (int)batch : (count > MAX_THREADS ? MAX_THREADS : count));
+    Part parts[MAX_THREADS];
+    int failed = 0;
+    for (int k = 0; k < count; k++) {
+        Part *t = &parts[k];
+        *t = (Part){address, batch * k / count, batch * (k + 1) / count, units, positions,
+                    segment, channels, spread, &p};
+        t->alive = want_alive ? calloc((size_t)units, 1) : NULL;
+        if (channels && spread) {
+            t->lows = malloc((size_t)positions * sizeof(float));
+            t->highs = malloc((size_t)positions * sizeof(float));
+        }
+        failed |= (want_alive && !t->alive) || (channels && spread && (!t->lows || !t->highs));
+    }
+    if (failed) {
+        release(parts, count);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_POOL
+    if (count > 1) {
+        Team team = {parts, count};
+        omp_parallel(run_team, &team, (unsigned)count, 0);
+    } else {
+        reduce_part(&parts[0]);
+    }
+#else
+    reduce_part(&parts[0]);
+#endif
+    combine(parts, count);
+    Py_END_ALLOW_THREADS
+    Acc a = parts[0].a;
+    double dead = -1.0;
+    if (want_alive) {
+        Py_ssize_t none = 0;
+        for (Py_ssize_t i = 0; i < units; i++) none += !parts[0].alive[i];
+        dead = (double)none;
+    }
+    release(parts, count);
+    return Py_BuildValue("(ddddddddd)", a.count, a.mean, a.m2, (double)a.lo, (double)a.hi,
+                         a.small, a.saturated, (double)a.gap, dead);
+}
+
+static PyMethodDef methods[] = {
+    {"reduce", (PyCFunction)(void (*)(void))reduce, METH_FASTCALL, reduce_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernels",
+    "actstat's fused CPU reductions (see actstat/fused.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
