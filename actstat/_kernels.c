@@ -8,12 +8,12 @@
      in the caches), each row in segments of at most `segment` values (fused.SEGMENT: 4096,
      16 KiB, in L1 after the first of their few passes).
    - A segment's sum is taken in float64 (the mean of values far from 0 needs it: summed in
-     float32, 1e4 + N(0, 1e-3) lost 0.3 % of its std); its squares about its own mean in
-     float32 over blocks of BLOCK values (8 lanes of 8 values: at most 8 additions per lane)
-     and the blocks in float64; the squares are taken of values scaled by a power of two (exact) to max|x| < 1, so that
-     none overflows or underflows float32, about the float32 rounding of the segment's mean,
-     and corrected to the float64 mean exactly (sum (x - m)^2 = sum (x - m32)^2 -
-     n (m - m32)^2). Segments are merged by Chan, Golub and LeVeque's update, in float64.
+     float32, 1e4 + N(0, 1e-3) lost 0.3 % of its std); in the same pass, its squares about its
+     first value, in float32 over blocks of BLOCK values (8 lanes of 8 values: at most 8
+     additions per lane) and the blocks in float64, then corrected to the mean exactly
+     (sum (x - m)^2 = sum (x - k)^2 - n (m - k)^2). Where that would cancel (k far from the
+     mean) or a square left float32's range, a second pass squares x - mean instead, scaled
+     by a power of two. Segments are merged by Chan, Golub and LeVeque's update, in float64.
    - Thresholds are compared in float32, as torch compares a float32 tensor with a Python float.
    - A tensor holding NaN or +-inf gives a non-finite mean or m2: the caller then reduces it with
      torch (whose propagation rules the reports document).
@@ -101,49 +101,62 @@ static inline void merge(Acc *a, double n, double total, double squares) {
    counts added, its extremes in lo and hi. `alive`: per-value flags set where a value is
    nonzero (a row's units), or NULL. */
 static inline void reduce_segment(const float *restrict v, ptrdiff_t n, const Params *p, Acc *a,
-                           float *lo_out, float *hi_out, uint8_t *restrict alive) {
+                                  float *lo_out, float *hi_out, uint8_t *restrict alive) {
     double total = 0.0, squares = 0.0;
     float lo = v[0], hi = v[0];
     int32_t small = 0;
-    const float near = p->near;
+    const float near = p->near, k = v[0];
     ptrdiff_t i = 0;
     for (; i + BLOCK <= n; i += BLOCK) {
-        double t = 0.0;
+        float t = 0.0f, q = 0.0f;
         for (int j = 0; j < BLOCK; j++) {
-            float x = v[i + j];
-            t += x;
+            float x = v[i + j], d = x - k;
+            t += d;
+            q += d * d;
             lo = x < lo ? x : lo;
             hi = x > hi ? x : hi;
             small += fabsf(x) < near;
         }
         total += t;
+        squares += q;
     }
     for (; i < n; i++) {
-        float x = v[i];
-        total += x;
+        float x = v[i], d = x - k;
+        total += d;
+        squares += (double)d * d;
         lo = x < lo ? x : lo;
         hi = x > hi ? x : hi;
         small += fabsf(x) < near;
     }
-    double mean = total / (double)n;
-    /* scaled by a power of two (exactly) to max|x| < 1: no square overflows or underflows */
-    int exponent;
-    frexpf(fmaxf(fabsf(lo), fabsf(hi)), &exponent);
-    const float scale = ldexpf(1.0f, -exponent), m32 = (float)mean * scale;
-    for (i = 0; i + BLOCK <= n; i += BLOCK) {
-        float q = 0.0f;
-        for (int j = 0; j < BLOCK; j++) {
-            float d = v[i + j] * scale - m32;
-            q += d * d;
+    double mean = k + total / (double)n, offset = total * total / (double)n;
+    total = mean * (double)n;
+    /* The squares about the first value k stand when k sat near the mean (the offset takes
+       at most 8/9 of them: at most a digit lost) and no square of x - k overflowed or lost
+       its bits below float32's range; else a second pass squares each x - mean, scaled by a
+       power of two (exactly) to max|x| < 1 so that no square overflows or underflows */
+    double reach = fmax(fabs((double)lo - k), fabs((double)hi - k));
+    if (offset <= squares * (8.0 / 9.0) && reach < 0x1p60 && (reach > 0x1p-60 || reach == 0.0)) {
+        squares -= offset;
+    } else {
+        int exponent;
+        frexpf(fmaxf(fabsf(lo), fabsf(hi)), &exponent);
+        const float scale = ldexpf(1.0f, -exponent), m32 = (float)mean * scale;
+        squares = 0.0;
+        for (i = 0; i + BLOCK <= n; i += BLOCK) {
+            float q = 0.0f;
+            for (int j = 0; j < BLOCK; j++) {
+                float d = v[i + j] * scale - m32;
+                q += d * d;
+            }
+            squares += q;
         }
-        squares += q;
+        for (; i < n; i++) {
+            double d = (double)(v[i] * scale - m32);
+            squares += d * d;
+        }
+        double shift = mean * scale - (double)m32;
+        squares = ldexp(squares - (double)n * shift * shift, 2 * exponent);
     }
-    for (; i < n; i++) {
-        double d = (double)(v[i] * scale - m32);
-        squares += d * d;
-    }
-    double shift = mean * scale - (double)m32;
-    squares = ldexp(squares - (double)n * shift * shift, 2 * exponent);
     if (squares < 0.0) squares = 0.0;
     if (alive)
         for (i = 0; i < n; i++) alive[i] |= (v[i] != 0.0f);

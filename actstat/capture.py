@@ -196,6 +196,28 @@ def repeated_blocks(model: nn.Module) -> set[int]:
     return ids
 
 
+def convolutional(model: nn.Module) -> set[int]:
+    """ids of the modules that hold a CHANNEL_TYPES module (themselves included): their
+    outputs' unit is the channel. One walk of the tree (a module shared by two parents is
+    counted once)."""
+    ids: set[int] = set()
+    seen: set[int] = set()
+
+    def walk(module: nn.Module) -> bool:
+        if id(module) in seen:
+            return id(module) in ids
+        seen.add(id(module))
+        found = isinstance(module, CHANNEL_TYPES)
+        for child in module.children():
+            found = walk(child) or found
+        if found:
+            ids.add(id(module))
+        return found
+
+    walk(model)
+    return ids
+
+
 def is_weight_layer(module: nn.Module) -> bool:
     """A module whose output is a weight layer's: WEIGHT_TYPES, or a `transposed_linear`."""
     return isinstance(module, WEIGHT_TYPES) or transposed_linear(module)
@@ -205,9 +227,11 @@ def transposed_linear(module: nn.Module) -> bool:
     """Hugging Face's `Conv1D` (GPT-2, GPT): a linear layer whose weight is stored (in, out),
     x @ W + b. Known by its class name, its 2-D weight and `nf` (its outputs), so that actstat
     never imports transformers."""
+    if type(module).__name__ != "Conv1D":
+        return False
     weight = getattr(module, "weight", None)
-    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor)
-            and weight.dim() == 2 and getattr(module, "nf", None) == weight.shape[1])
+    return (isinstance(weight, torch.Tensor) and weight.dim() == 2
+            and getattr(module, "nf", None) == weight.shape[1])
 
 
 def bounded_activation(module: nn.Module) -> Activation | None:
@@ -250,6 +274,21 @@ class _Pending:
     source: str | None = None  # the weight or norm layer call whose output it is
 
 
+@dataclass(frozen=True)
+class _Module:
+    """What the hooks need to know of a module, found once per pass on its first call."""
+
+    name: str
+    weight: bool  # is_weight_layer
+    inputs: bool  # a weight layer whose floating-point input may be recorded (not Embedding)
+    norm: bool
+    block: bool
+    pass_through: bool
+    convolutional: bool  # holds a CHANNEL_TYPES module: its output's unit is the channel
+    channel_type: bool
+    bounded: Activation | None
+
+
 @dataclass
 class _Call:
     module: int  # id of the module called
@@ -289,16 +328,15 @@ class _Recorder:
         self.cut = saturation_cut
         self.names = {id(m): name or type(model).__name__ for name, m in model.named_modules()}
         self.blocks = repeated_blocks(model) | {id(block) for block in blocks}
-        self.convolutional = {id(m) for m in model.modules()
-                              if any(isinstance(s, CHANNEL_TYPES) for s in m.modules())}
-        self.calls: Counter[int] = Counter()
+        self.convolutional = convolutional(model)
+        self.modules: dict[int, _Module] = {}
+        self.calls: dict[int, int] = {}
         self.stack: list[_Call] = []
         self.tensors: dict[int, _Pending] = {}
         self.records: list[_Record] = []
         self.ran: list[str] = []
         self.data: tuple[torch.Tensor, ...] = ()  # the model's inputs: never an input record
         self.zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-        self.bounded: dict[int, Activation | None] = {}
         self.scratch = Scratch()  # one buffer for every reduction of the pass
 
     # -- hooks ------------------------------------------------------------------------------
@@ -336,30 +374,40 @@ class _Recorder:
         base = call.name.split("#")[0]
         return next(m for m in self.model.modules() if self.names[id(m)] == base)
 
+    def _describe(self, module: nn.Module) -> _Module:
+        key = id(module)
+        weight = is_weight_layer(module)
+        info = _Module(self.names.get(key, type(module).__name__), weight,
+                       weight and not isinstance(module, nn.Embedding),
+                       isinstance(module, NORM_TYPES), key in self.blocks,
+                       isinstance(module, PASS_THROUGH), key in self.convolutional,
+                       isinstance(module, CHANNEL_TYPES), bounded_activation(module))
+        self.modules[key] = info
+        return info
+
     def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.calls[id(module)] += 1
-        count = self.calls[id(module)]
-        name = self.names.get(id(module), type(module).__name__)
-        name = name if count == 1 else f"{name}#{count}"
+        key = id(module)
+        info = self.modules.get(key) or self._describe(module)
+        count = self.calls[key] = self.calls.get(key, 0) + 1
+        name = info.name if count == 1 else f"{info.name}#{count}"
         self.ran.append(name)
         x = first_tensor(args) if args else first_tensor(kwargs)
         seen = self._seen(x)
         consumer, hand_on, consumes = False, None, None
         if seen is not None and seen.consumer:
-            if isinstance(module, PASS_THROUGH):
+            if info.pass_through:
                 # its children, or the module after it, consume the tensor
                 hand_on = seen
             else:
                 consumer, seen.consumer, consumes = True, False, seen.source
-        self.stack.append(_Call(id(module), name, consumer, consumes,
+        self.stack.append(_Call(key, name, consumer, consumes,
                                 seen is not None and seen.channels, hand_on))
-        if (is_weight_layer(module) and not isinstance(module, nn.Embedding)
-                and x is not None and x.is_floating_point()
+        if (info.inputs and x is not None and x.is_floating_point()
                 and (seen is None or seen.version != x._version) and self.selection is None
                 and not any(x is t for t in self.data)):
             # `version`: an in-place op since it was measured changed it
             self._measure(module, f"{name}:input", "input", x, channels=(
-                x.dim() >= 3 and isinstance(module, CHANNEL_TYPES)), saturation=None)
+                x.dim() >= 3 and info.channel_type), saturation=None)
 
     def _after(self, module: nn.Module, args: tuple, out: Any) -> Any:
         # calls whose forward raised and whose caller caught it never reach their forward hook
@@ -369,10 +417,11 @@ class _Recorder:
         x = first_tensor(out)
         if x is None or not x.is_floating_point():
             return None
-        kind = self._kind(module, call)
+        info = self.modules[call.module]
+        kind = self._kind(info, call)
         if self.selection is not None:
             kind = (kind or "selected") if self._selected(module, call.name) else None
-        channels = x.dim() >= 3 and (call.channels or id(module) in self.convolutional)
+        channels = x.dim() >= 3 and (call.channels or info.convolutional)
         replaced = None
         if kind is not None:
             if self.grad and not x.requires_grad:
@@ -383,9 +432,9 @@ class _Recorder:
                 replaced = _replace(out, x, new)
                 if replaced is not None:
                     x = new
-            self._measure(module, call.name, kind, x, channels, self._bounded(module),
+            self._measure(module, call.name, kind, x, channels, info.bounded,
                           consumes=call.consumes if kind == "activation" else None)
-        consumer = is_weight_layer(module) or isinstance(module, NORM_TYPES)
+        consumer = info.weight or info.norm
         source = call.name if consumer else None
         if call.hand_on is not None and call.hand_on.consumer and call.hand_on.ref() is not x:
             # nothing inside consumed it and a new tensor comes out (dropout in train mode)
@@ -398,12 +447,12 @@ class _Recorder:
                 self.tensors[id(x)] = _Pending(weakref.ref(x), None, channels, consumer, source)
         return replaced
 
-    def _kind(self, module: nn.Module, call: _Call) -> str | None:
-        if is_weight_layer(module):
+    def _kind(self, info: _Module, call: _Call) -> str | None:
+        if info.weight:
             return "weight"
-        if isinstance(module, NORM_TYPES):
+        if info.norm:
             return "norm"
-        if id(module) in self.blocks:
+        if info.block:
             return "block"
         if call.consumer:
             return "activation"
@@ -423,12 +472,6 @@ class _Recorder:
         entry = self.tensors.get(id(x))
         return entry if entry is not None and entry.ref() is x else None
 
-    def _bounded(self, module: nn.Module) -> Activation | None:
-        key = id(module)
-        if key not in self.bounded:
-            self.bounded[key] = bounded_activation(module)
-        return self.bounded[key]
-
     def _zero(self, x: torch.Tensor) -> torch.Tensor:
         key = (x.dtype, x.device)
         if key not in self.zeros:
@@ -441,8 +484,7 @@ class _Recorder:
                  saturation: Activation | None, consumes: str | None = None) -> None:
         unit = 1 if channels else max(x.dim() - 1, 0)
         spread = kind == "weight"
-        with torch.no_grad():
-            stats = self._reduce(x.detach(), unit, spread, saturation)
+        stats = self._reduce(x.detach(), unit, spread, saturation)  # detached: no graph
         record = _Record(name, kind, module, tuple(x.shape), unit, stats, saturation is not None,
                          spread, consumes)
         self.records.append(record)
