@@ -9,7 +9,7 @@
      16 KiB, in L1 after the first of their few passes).
    - A segment's sum is taken in float64 (the mean of values far from 0 needs it: summed in
      float32, 1e4 + N(0, 1e-3) lost 0.3 % of its std); in the same pass, its squares about its
-     first value, in float32 over blocks of BLOCK values (8 lanes of 8 values: at most 8
+     first value, in float32 over blocks of BLOCK values (8 lanes of 32 values: at most 32
      additions per lane) and the blocks in float64, then corrected to the mean exactly
      (sum (x - m)^2 = sum (x - k)^2 - n (m - k)^2). Where that would cancel (k far from the
      mean) or a square left float32's range, a second pass squares x - mean instead, scaled
@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BLOCK 64
+#define BLOCK 256
 /* values per thread below which a tensor is not shared among threads, and the most threads */
 #define PARALLEL (1 << 16)
 #define MAX_THREADS 64
@@ -175,6 +175,16 @@ static inline void reduce_segment(const float *restrict v, ptrdiff_t n, const Pa
     *hi_out = hi;
 }
 
+/* Whether every one of n flags is set: checked every ALIVE_CHECK rows, after which a tensor
+   whose units are all alive (most) skips the per-value flags for its remaining rows */
+#define ALIVE_CHECK 16
+
+static int all_set(const uint8_t *flags, ptrdiff_t n) {
+    uint8_t all = 1;
+    for (ptrdiff_t i = 0; i < n; i++) all &= flags[i];
+    return all;
+}
+
 /* x: (rows, units), the unit the column; `alive` (units) or NULL; the gap: the largest range
    across units on one row */
 CLONES static void reduce_rows(const float *x, ptrdiff_t rows, ptrdiff_t units, ptrdiff_t segment,
@@ -192,42 +202,61 @@ CLONES static void reduce_rows(const float *x, ptrdiff_t rows, ptrdiff_t units, 
         if (spread && row_hi - row_lo > a->gap) a->gap = row_hi - row_lo;
         a->lo = row_lo < a->lo ? row_lo : a->lo;
         a->hi = row_hi > a->hi ? row_hi : a->hi;
+        if (alive && r % ALIVE_CHECK == 0 && all_set(alive, units)) alive = NULL;
     }
+}
+
+/* Whether any of n values is nonzero (-0.0 is zero) */
+static int any_nonzero(const float *restrict v, ptrdiff_t n) {
+    uint32_t bits = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, v + i, sizeof b);
+        bits |= b << 1; /* the sign bit dropped */
+    }
+    return bits != 0;
 }
 
 /* x: (batch, channels, positions), the unit the channel; `alive` (channels) or NULL; the gap:
    the largest range across channels at one sample and position (`lows`, `highs`: positions
-   floats each, or NULL without spread) */
+   floats each, or NULL without spread). A sample's channels are contiguous: its moments are
+   taken over all of them in segments (short rows, 7 x 7 maps, would otherwise pay a
+   segment's fixed cost each), then each channel not yet known alive is looked at for a
+   nonzero value, and the positions' extremes are updated channel by channel. */
 CLONES static void reduce_channels(const float *x, ptrdiff_t batch, ptrdiff_t channels,
                                    ptrdiff_t positions, ptrdiff_t segment, const Params *p, Acc *a,
                                    uint8_t *alive,
                                    float *restrict lows, float *restrict highs) {
+    ptrdiff_t size = channels * positions;
+    int dead_left = alive != NULL;
     for (ptrdiff_t b = batch - 1; b >= 0; b--) {
-        for (ptrdiff_t c = channels - 1; c >= 0; c--) {
-            const float *row = x + (b * channels + c) * positions;
-            for (ptrdiff_t s = 0; s < positions; s += segment) {
-                ptrdiff_t n = positions - s < segment ? positions - s : segment;
-                float lo, hi;
-                reduce_segment(row + s, n, p, a, &lo, &hi, NULL);
-                a->lo = lo < a->lo ? lo : a->lo;
-                a->hi = hi > a->hi ? hi : a->hi;
-                if (alive && (lo != 0.0f || hi != 0.0f)) alive[c] = 1;
-            }
-            if (lows) {
-                if (c == channels - 1) {
-                    memcpy(lows, row, positions * sizeof(float));
-                    memcpy(highs, row, positions * sizeof(float));
-                } else {
-                    for (ptrdiff_t i = 0; i < positions; i++) {
-                        lows[i] = row[i] < lows[i] ? row[i] : lows[i];
-                        highs[i] = row[i] > highs[i] ? row[i] : highs[i];
-                    }
+        const float *sample = x + b * size;
+        for (ptrdiff_t s = 0; s < size; s += segment) {
+            ptrdiff_t n = size - s < segment ? size - s : segment;
+            float lo, hi;
+            reduce_segment(sample + s, n, p, a, &lo, &hi, NULL);
+            a->lo = lo < a->lo ? lo : a->lo;
+            a->hi = hi > a->hi ? hi : a->hi;
+        }
+        if (dead_left) {
+            for (ptrdiff_t c = 0; c < channels; c++)
+                if (!alive[c]) alive[c] = any_nonzero(sample + c * positions, positions);
+            dead_left = !all_set(alive, channels);
+        }
+        if (lows) {
+            const float *row = sample + (channels - 1) * positions;
+            memcpy(lows, row, positions * sizeof(float));
+            memcpy(highs, row, positions * sizeof(float));
+            for (ptrdiff_t c = channels - 2; c >= 0; c--) {
+                row = sample + c * positions;
+                for (ptrdiff_t i = 0; i < positions; i++) {
+                    lows[i] = row[i] < lows[i] ? row[i] : lows[i];
+                    highs[i] = row[i] > highs[i] ? row[i] : highs[i];
                 }
             }
-        }
-        if (lows)
             for (ptrdiff_t i = 0; i < positions; i++)
                 if (highs[i] - lows[i] > a->gap) a->gap = highs[i] - lows[i];
+        }
     }
 }
 
