@@ -511,7 +511,7 @@ class _Recorder:
         view = x.reshape(x.shape[0], x.shape[1], -1) if channels else x.reshape(-1, x.shape[-1])
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         edges = saturation.saturation_edges(self.cut) if saturation is not None else None
-        if _fusable(view):
+        if fusable(view):
             row = _fused_row(view, channels, spread, edges, self.near_zero)
             if row is not None:
                 if self.bins:
@@ -566,7 +566,7 @@ class _Recorder:
         """(mean, std, min, max) of every value of `t` as float64 device scalars, a chunk at a
         time (a gradient or a weight: no near-zero count, no units)."""
         flat = t.reshape(-1)
-        if _fusable(t):  # rows of its last dim: samples to share among the threads
+        if fusable(t):  # rows of its last dim: samples to share among the threads
             row = _fused_row(t.reshape(-1, t.shape[-1]) if t.dim() else flat.reshape(1, 1),
                              False, False, None, 0.0, units=False)
             if row is not None:
@@ -767,7 +767,7 @@ class _Moments:
         return mean, torch.sqrt((within + between) / count) * top
 
 
-def _fusable(view: torch.Tensor) -> bool:
+def fusable(view: torch.Tensor) -> bool:
     """Whether actstat/fused.py reduces `view`: the kernel built (FUSED), a non-empty
     C-contiguous float32 CPU tensor. Everything else (CUDA, half precision, float64) keeps the
     torch reductions."""
@@ -778,7 +778,7 @@ def _fusable(view: torch.Tensor) -> bool:
 def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
                edges: tuple[float | None, float | None] | None, near_zero: float,
                units: bool = True) -> torch.Tensor | None:
-    """MOMENTS, dead, [spread], [saturated] of a `_fusable` view as `_reduce` returns them, or
+    """MOMENTS, dead, [spread], [saturated] of a `fusable` view as `_reduce` returns them, or
     None for a tensor holding NaN or ±inf (torch's reductions say how those propagate)."""
     numbers = fused.reduce(view, channels=channels, near_zero=near_zero, edges=edges,
                            spread=spread, units=units)

@@ -30,10 +30,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from actstat import fused
 from actstat.capture import (
     NORM_TYPES,
     bounded_activation,
     first_tensor,
+    fusable,
     is_weight_layer,
     preserved,
     repeated_blocks,
@@ -254,16 +256,25 @@ class _Recorder:
             return
         with torch.no_grad():
             x = self._grouped(x.detach())
+            numbers = _fused_groups(x, self.near_zero, self.layers[j].can_die)
+            if numbers is not None:
+                # mean, std, min, max, near-zero count, -, -, dead fraction (NaN: not counted)
+                columns = torch.tensor(numbers, dtype=torch.float64).T
+                mean, std, lo, hi = columns[:4]
+                near, dead = columns[4] / x[0].numel(), columns[7]
+                self.stats[j] = [mean, std, near, dead]
             # the extremes come out of the dead units' per-unit pass where there is one: the
             # moments then need no min/max pass of their own (benchmarks/train.py)
-            if self.layers[j].can_die:
+            elif self.layers[j].can_die:
                 dead, lo, hi = _dead(x)
             else:
                 flat = x.reshape(x.shape[0], -1)
                 lo, hi = flat.amin(dim=1), flat.amax(dim=1)
                 dead = torch.full(lo.shape, float("nan"), dtype=torch.float64, device=x.device)
-            mean, std, _, _, near = group_moments(x, self.near_zero, self.scratch(x), (lo, hi))
-            self.stats[j] = [mean, std, near, dead]
+            if numbers is None:
+                mean, std, _, _, near = group_moments(x, self.near_zero, self.scratch(x),
+                                                      (lo, hi))
+                self.stats[j] = [mean, std, near, dead]
             if self.bins:
                 self.hists[j] = self._histogram(j, x, lo, hi)
         if self.layers[j].pre is None:
@@ -280,6 +291,10 @@ class _Recorder:
     def _on_grad(self, j: int, g: torch.Tensor) -> None:
         with torch.no_grad():  # the std alone: no near-zero count
             g = self._grouped(g.detach())
+            numbers = _fused_groups(g, self.near_zero, False)
+            if numbers is not None:
+                self.grads[j] = torch.tensor([n[1] for n in numbers], dtype=torch.float64)
+                return
             flat = g.reshape(g.shape[0], -1)
             self.grads[j] = group_mean_std(g, flat.amin(dim=1), flat.amax(dim=1),
                                            self.scratch(g))[1]
@@ -457,6 +472,27 @@ def _optimiser(model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
     if schedule.optimizer == "adam":
         return torch.optim.Adam(params, lr=schedule.lr, betas=(schedule.momentum, 0.999))
     return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum)
+
+
+def _fused_groups(x: torch.Tensor, near_zero: float, units: bool) -> list[tuple[float, ...]] | None:
+    """actstat/fused.py's numbers for each group x[k] of a (K, batch, ...) tensor, its unit the
+    feature (dim 1 of x[k]: a conv map's channel, a linear layer's feature); None where the
+    kernel does not take the tensor (not built, not a C-contiguous float32 CPU tensor) or a
+    group holds NaN or ±inf: the torch reductions then serve, as in the capture."""
+    if not fusable(x):
+        return None
+    numbers = []
+    for group in x:
+        if group.dim() >= 3:
+            view = group.reshape(group.shape[0], group.shape[1], -1)
+        else:  # (batch, features); a (batch,) output is one unit
+            view = group.reshape(group.shape[0], -1) if group.dim() == 2 else group.reshape(-1, 1)
+        reduced = fused.reduce(view, channels=group.dim() >= 3, near_zero=near_zero, edges=None,
+                               spread=False, units=units)
+        if reduced is None:
+            return None
+        numbers.append(reduced)
+    return numbers
 
 
 def _dead(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
