@@ -56,7 +56,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from itertools import islice
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -104,6 +105,9 @@ CHUNK = 1 << 20
 # ACTSTAT_KERNELS=0 in the environment turns it off (the torch reductions then serve)
 FUSED = fused.AVAILABLE and os.environ.get("ACTSTAT_KERNELS", "") != "0"
 KINDS = ("input", "weight", "activation", "norm", "block", "selected")
+# a record's numbers: a float64 device vector (torch reductions), or host floats (the kernel's,
+# already on the host: a CPU tensor's) that `collect` splices in around the one device copy
+Row = torch.Tensor | list[float]
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
 # dL/d(output): mean, std; with a trainable weight, dL/dW: std, min, max, and W: std (probe.GRAD)
 GRAD = ("mean", "std")
@@ -168,7 +172,7 @@ def capture(model: nn.Module, inputs: Any, targets: torch.Tensor | None = None, 
     selection = _selection(layers)
     recorder = _Recorder(model, selection, grad=grad, bins=bins, near_zero=t.near_zero,
                          saturation_cut=t.saturation_cut, blocks=blocks)
-    with preserved(model, inputs), recorder.hooks():
+    with preserved(model, inputs, grads=grad), recorder.hooks():
         with torch.enable_grad() if grad else torch.no_grad():
             out = recorder.forward(inputs)
             recorder.check_measured()
@@ -261,7 +265,7 @@ def bounded_activation(module: nn.Module) -> Activation | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """A tensor the capture has seen come out of a module (weakly held): its version when it
     was measured (None: not measured), whether its unit is the channel, and whether the next
@@ -274,8 +278,7 @@ class _Pending:
     source: str | None = None  # the weight or norm layer call whose output it is
 
 
-@dataclass(frozen=True)
-class _Module:
+class _Module(NamedTuple):
     """What the hooks need to know of a module, found once per pass on its first call."""
 
     name: str
@@ -289,7 +292,7 @@ class _Module:
     bounded: Activation | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     module: int  # id of the module called
     name: str
@@ -299,18 +302,18 @@ class _Call:
     hand_on: _Pending | None  # a pass-through module's input that awaits its consumer
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     name: str
     kind: str
     module: nn.Module
     shape: tuple[int, ...]
     unit_dim: int
-    stats: torch.Tensor  # float64 vector: MOMENTS, dead, [spread], [saturated], [histogram]
+    stats: Row  # MOMENTS, dead, [spread], [saturated], [histogram]
     saturation: bool
     spread: bool
     consumes: str | None = None  # an activation record: the weight or norm call it consumes
-    grad: torch.Tensor | None = None  # float64 (mean, std) once backward reached the tensor
+    grad: Row | None = None  # (mean, std) once backward reached the tensor
     differentiable: bool = False
 
 
@@ -498,8 +501,9 @@ class _Recorder:
             x.register_hook(lambda g, record=record: self._on_grad(record, g))
 
     def _reduce(self, x: torch.Tensor, unit: int, spread: bool,
-                saturation: Activation | None) -> torch.Tensor:
-        """MOMENTS, dead, [spread], [saturated], [histogram] of `x` as one float64 vector.
+                saturation: Activation | None) -> Row:
+        """MOMENTS, dead, [spread], [saturated], [histogram] of `x` as one float64 vector (host
+        floats from the kernel, without a histogram).
 
         The tensor is reduced a chunk of samples at a time (see CHUNK): every statistic of a
         chunk while it is in the caches, the chunks' numbers combined at the end (extremes,
@@ -515,8 +519,9 @@ class _Recorder:
             row = _fused_row(view, channels, spread, edges, self.near_zero)
             if row is not None:
                 if self.bins:
-                    row = torch.cat([row, group_histogram(
-                        x.reshape(1, -1), row[2:3].to(acc), row[3:4].to(acc), self.bins)[0]])
+                    lo, hi = torch.tensor(row[2:4], dtype=acc)
+                    return torch.cat([torch.tensor(row, dtype=torch.float64), group_histogram(
+                        x.reshape(1, -1), lo.reshape(1), hi.reshape(1), self.bins)[0]])
                 return row
         step = max(1, _chunk_size(x) // max(view[0].numel(), 1))
         scratch = self.scratch(view[:step])
@@ -562,15 +567,15 @@ class _Recorder:
                                                   self.bins)[0]])
         return row
 
-    def _moments(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(mean, std, min, max) of every value of `t` as float64 device scalars, a chunk at a
-        time (a gradient or a weight: no near-zero count, no units)."""
+    def _moments(self, t: torch.Tensor) -> Row:
+        """(mean, std, min, max) of every value of `t` (float64; host floats from the kernel),
+        a chunk at a time (a gradient or a weight: no near-zero count, no units)."""
         flat = t.reshape(-1)
         if fusable(t):  # rows of its last dim: samples to share among the threads
             row = _fused_row(t.reshape(-1, t.shape[-1]) if t.dim() else flat.reshape(1, 1),
                              False, False, None, 0.0, units=False)
             if row is not None:
-                return tuple(row[:4])
+                return row[:4]
         step = _chunk_size(flat)
         scratch = self.scratch(flat[:step])
         moments, los, his = _Moments(), [], []
@@ -581,12 +586,12 @@ class _Recorder:
             los.append(lo)
             his.append(hi)
         mean, std = moments.result()
-        return (mean, std, torch.stack(los).amin().to(torch.float64),
-                torch.stack(his).amax().to(torch.float64))
+        return torch.stack([mean, std, torch.stack(los).amin().to(torch.float64),
+                            torch.stack(his).amax().to(torch.float64)])
 
     def _on_grad(self, record: _Record, g: torch.Tensor) -> None:
         with torch.no_grad():
-            record.grad = torch.stack(self._moments(g.detach())[:2])
+            record.grad = self._moments(g.detach())[:2]
 
     # -- results ----------------------------------------------------------------------------
 
@@ -606,25 +611,21 @@ class _Recorder:
     def collect(self, loss: torch.Tensor | None) -> Capture:
         """Every record's numbers in one host copy."""
         weights: dict[int, tuple[torch.Tensor, bool] | None] = {}
-        rows = []
+        rows: list[Row] = []
         for record in self.records:
             rows.append(record.stats)
             if not self.grad:
                 continue
-            device = record.stats.device
-            rows.append(record.grad if record.grad is not None
-                        else torch.zeros(2, dtype=torch.float64, device=device))
+            rows.append(record.grad if record.grad is not None else [0.0, 0.0])
             entry = self._weights(record, weights)
             if entry is not None:
                 rows.append(entry[0])
         if loss is not None:
             rows.append(loss.detach().reshape(1).to(torch.float64))
-        device = rows[0].device
-        host = torch.cat([row.to(device) for row in rows]).tolist()
-        return self._unpack(host, weights, loss is not None)
+        return self._unpack(_host(rows), weights, loss is not None)
 
-    def _weights(self, record: _Record, weights: dict[int, tuple[torch.Tensor, bool] | None]
-                 ) -> tuple[torch.Tensor, bool] | None:
+    def _weights(self, record: _Record, weights: dict[int, tuple[Row, bool] | None]
+                 ) -> tuple[Row, bool] | None:
         """The weight numbers of a record's module (computed once per module; a module called
         twice shows its one weight gradient on each call), None for an input record: the
         weight belongs with the layer's output."""
@@ -635,22 +636,24 @@ class _Recorder:
             weights[key] = self._weight(record.module)
         return weights[key]
 
-    def _weight(self, module: nn.Module) -> tuple[torch.Tensor, bool] | None:
+    def _weight(self, module: nn.Module) -> tuple[Row, bool] | None:
         """((std, min, max) of dL/dW and std(W), trainable) for a module with a weight
         parameter; None when it has none."""
         weight = getattr(module, "weight", None)
         if not isinstance(weight, nn.Parameter):
             return None
-        data_std = self._moments(weight.detach())[1]
-        if weight.grad is None:
-            # frozen (reported as None), or trainable but not reached by backward: zero
-            g_std = g_min = g_max = torch.zeros_like(data_std)
-        else:
-            _, g_std, g_min, g_max = self._moments(weight.grad.detach())
-        return torch.stack([g_std, g_min, g_max, data_std]), weight.requires_grad
+        data = self._moments(weight.detach())
+        # no gradient: frozen (reported as None), or trainable but not reached by backward: 0
+        grad = (self._moments(weight.grad.detach()) if weight.grad is not None
+                else [0.0, 0.0, 0.0, 0.0])
+        if isinstance(data, list) and isinstance(grad, list):
+            return [*grad[1:4], data[1]], weight.requires_grad
+        device = data.device if isinstance(data, torch.Tensor) else weight.device
+        grad, data = (torch.as_tensor(r, dtype=torch.float64, device=device) for r in (grad, data))
+        return torch.cat([grad[1:4], data[1:2]]), weight.requires_grad
 
     def _unpack(self, host: list[float],
-                weights: dict[int, tuple[torch.Tensor, bool] | None], has_loss: bool) -> Capture:
+                weights: dict[int, tuple[Row, bool] | None], has_loss: bool) -> Capture:
         layers, at = [], 0
         for record in self.records:
             keys = (MOMENTS + ("dead",) + (("spread",) if record.spread else ())
@@ -687,14 +690,16 @@ class _Recorder:
 
 
 @contextmanager
-def preserved(model: nn.Module, inputs: Any) -> Iterator[None]:
+def preserved(model: nn.Module, inputs: Any, grads: bool = True) -> Iterator[None]:
     """Leaves the model as it was: `training` (every module's), buffers (a forward in train mode
-    moves BatchNorm's running statistics), and the `.grad` of every parameter and input tensor,
-    which are set aside so that the pass's backward accumulates into fresh tensors."""
+    moves BatchNorm's running statistics), and (`grads`: for a pass with a backward) the `.grad`
+    of every parameter and input tensor, which are set aside so that the pass's backward
+    accumulates into fresh tensors."""
     modes = [(m, m.training) for m in model.modules()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    leaves = list(model.parameters()) + [t for t in _tensors(inputs) if t.requires_grad]
-    grads = [(t, t.grad) for t in leaves]
+    leaves = (list(model.parameters()) + [t for t in _tensors(inputs) if t.requires_grad]
+              if grads else [])
+    saved_grads = [(t, t.grad) for t in leaves]
     for t in leaves:
         t.grad = None
     try:
@@ -703,10 +708,11 @@ def preserved(model: nn.Module, inputs: Any) -> Iterator[None]:
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
-        for t, saved_grad in grads:
+        for t, saved_grad in saved_grads:
             t.grad = saved_grad
         for module, mode in modes:
-            module.training = mode
+            if module.training != mode:  # (nn.Module's __setattr__ is slow: only where moved)
+                module.training = mode
 
 
 def _selection(layers: Any) -> tuple[tuple[type, ...], tuple[str, ...]] | None:
@@ -771,13 +777,13 @@ def fusable(view: torch.Tensor) -> bool:
     """Whether actstat/fused.py reduces `view`: the kernel built (FUSED), a non-empty
     C-contiguous float32 CPU tensor. Everything else (CUDA, half precision, float64) keeps the
     torch reductions."""
-    return (FUSED and view.device.type == "cpu" and view.dtype == torch.float32
-            and view.numel() > 0 and view.is_contiguous())
+    return (FUSED and view.is_cpu and view.dtype == torch.float32 and view.numel() > 0
+            and view.is_contiguous())
 
 
 def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
                edges: tuple[float | None, float | None] | None, near_zero: float,
-               units: bool = True) -> torch.Tensor | None:
+               units: bool = True) -> list[float] | None:
     """MOMENTS, dead, [spread], [saturated] of a `fusable` view as `_reduce` returns them, or
     None for a tensor holding NaN or ±inf (torch's reductions say how those propagate)."""
     numbers = fused.reduce(view, channels=channels, near_zero=near_zero, edges=edges,
@@ -792,7 +798,21 @@ def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
         parts.append(gap / scale if scale > 0 else 0.0)
     if edges is not None:
         parts.append(saturated / count)
-    return torch.tensor(parts, dtype=torch.float64)
+    return parts
+
+
+def _host(rows: list[Row]) -> list[float]:
+    """The rows' numbers in order: host floats as they are, every device vector among them
+    fetched in one copy (`torch.cat(...).tolist()`)."""
+    vectors = [row for row in rows if isinstance(row, torch.Tensor)]
+    if not vectors:
+        return [value for row in rows for value in row]
+    device = vectors[0].device
+    fetched = iter(torch.cat([v.to(device).reshape(-1) for v in vectors]).tolist())
+    host: list[float] = []
+    for row in rows:
+        host.extend(islice(fetched, row.numel()) if isinstance(row, torch.Tensor) else row)
+    return host
 
 
 def _chunk_size(t: torch.Tensor) -> int:
