@@ -17,6 +17,8 @@ class BuildExt(build_ext):
         flags = MSVC_FLAGS if self.compiler.compiler_type == "msvc" else GCC_FLAGS
         for extension in self.extensions:
             extension.extra_compile_args = flags
+            if self.compiler.compiler_type != "msvc":
+                extension.libraries = ["m"]  # frexpf, ldexpf
         super().build_extensions()
 
 

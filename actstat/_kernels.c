@@ -7,23 +7,24 @@
    - The tensor is walked a row at a time (last row first: a module leaves the end of its output
      in the caches), each row in segments of at most `segment` values (fused.SEGMENT: 4096,
      16 KiB, in L1 after the first of their few passes).
-   - A segment's sum is taken in float64 (the mean of values far from 0 needs it: summed in
-     float32, 1e4 + N(0, 1e-3) lost 0.3 % of its std); in the same pass, its squares about its
-     first value, in float32 over blocks of BLOCK values (8 lanes of 32 values: at most 32
-     additions per lane) and the blocks in float64, then corrected to the mean exactly
-     (sum (x - m)^2 = sum (x - k)^2 - n (m - k)^2). Where that would cancel (k far from the
-     mean) or a square left float32's range, a second pass squares x - mean instead, scaled
-     by a power of two. Segments are merged by Chan, Golub and LeVeque's update, in float64.
+   - A segment's sum and its squares are taken of x - k, k its first value, in one pass: in
+     float32 over blocks of BLOCK values (8 lanes of 32 values: at most 32 additions per lane)
+     and the blocks in float64. The mean is k + sum / n, and the squares are corrected to it
+     exactly (sum (x - m)^2 = sum (x - k)^2 - n (m - k)^2). Values far from 0 need the shift:
+     summed as x in float32, 1e4 + N(0, 1e-3) lost 0.3 % of its std. Where the correction would
+     cancel (k far from the mean) or a square left float32's range, a second pass squares
+     x - mean instead, scaled by a power of two. Segments are merged by Chan, Golub and
+     LeVeque's update, in float64.
    - Thresholds are compared in float32, as torch compares a float32 tensor with a Python float.
    - A tensor holding NaN or +-inf gives a non-finite mean or m2: the caller then reduces it with
      torch (whose propagation rules the reports document).
    - setup.py compiles this file with finite-math and reassociation flags, so that min, max and
-     the sums vectorise (without them the kernel took twice as long); nothing here depends on
-     the order of a sum's terms, and a non-finite tensor's other numbers are never used.
-
-   The kernel runs on the calling thread with the GIL released: torch's worker threads are
-   still spinning on the other cores after the module's own op, and a second pool here would
-   fight them for the cores (numba's did: docs/performance.md). */
+     the sums vectorise (without them the kernel took twice as long). Nothing here depends on
+     the order of a sum's terms; the one rewrite those flags allow that would hurt, sum(x - k)
+     into sum(x) - n k, GCC does not make (tests/test_capture.py checks the std of
+     1e4 + N(0, 1e-3) to 1e-9). A non-finite tensor's other numbers are never used.
+   - The kernel runs with the GIL released, on the calling thread or, for a large tensor, on
+     torch's own OpenMP pool (below). */
 
 #define _GNU_SOURCE /* dl_iterate_phdr, RTLD_NOLOAD */
 #define PY_SSIZE_T_CLEAN
@@ -34,6 +35,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(_MSC_VER)
+#define restrict __restrict
+#endif
+
 #define BLOCK 256
 /* values per thread below which a tensor is not shared among threads, and the most threads */
 #define PARALLEL (1 << 16)
@@ -43,7 +48,8 @@
    loaded it before any tensor reached us) and driven through the entry point that GCC's
    `#pragma omp parallel` compiles to. Its workers are still spinning after the module's own
    op, so the team starts in microseconds; a pool of our own (pthreads, or a second OpenMP
-   runtime) would fight them for the cores, and on the 2-core machine it gained nothing.
+   runtime as numba's was) would fight them for the cores, and on the 2-core machine it gained
+   nothing (docs/performance.md).
    Where no OpenMP runtime is loaded (or off Linux), the kernel runs on the calling thread. */
 #if defined(__linux__)
 #include <dlfcn.h>
@@ -272,8 +278,7 @@ typedef struct {
     float *lows, *highs;
 } Part;
 
-static void *reduce_part(void *arg) {
-    Part *t = arg;
+static void reduce_part(Part *t) {
     const float *x = t->x + t->first * t->units * (t->channels ? t->positions : 1);
     t->a = (Acc){0.0, 0.0, 0.0, 0.0, 0.0, x[0], x[0], 0.0f};
     if (t->channels)
@@ -282,7 +287,6 @@ static void *reduce_part(void *arg) {
     else
         reduce_rows(x, t->last - t->first, t->units, t->segment, t->p, t->spread, &t->a,
                     t->alive);
-    return NULL;
 }
 
 typedef struct {

@@ -1,0 +1,132 @@
+"""actstat/fused.py's C kernel on its own, against NumPy: both layouts, tensors large enough to
+be shared among threads (torch's OpenMP pool), and the argument checks. Every capture test of
+tests/test_capture.py runs through it too (its `fused` parameter)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from actstat import fused
+
+pytestmark = pytest.mark.skipif(not fused.AVAILABLE,
+                                reason="actstat._kernels was not built (no C compiler)")
+
+NEAR = 0.01
+
+
+@pytest.fixture
+def threads():
+    """torch's thread count, restored after the test."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def reference(a: np.ndarray, unit_axis: int, spread_axis: int) -> dict[str, float]:
+    """The kernel's numbers from float64 NumPy: population std; near-zero as float32 compares;
+    dead = units 0 everywhere; gap = the largest range across units at one sample (and
+    position)."""
+    units = np.moveaxis(a, unit_axis, 0).reshape(a.shape[unit_axis], -1)
+    return {"mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max(),
+            "near": float((np.abs(a.astype(np.float32)) < np.float32(NEAR)).sum()),
+            "gap": float((a.max(axis=spread_axis) - a.min(axis=spread_axis)).max()),
+            "dead": float((units == 0).all(axis=1).mean())}
+
+
+def numbers(view: torch.Tensor, channels: bool) -> dict[str, float]:
+    got = fused.reduce(view, channels=channels, near_zero=NEAR, edges=None, spread=True)
+    assert got is not None
+    mean, std, lo, hi, small, _, gap, dead = got
+    return {"mean": mean, "std": std, "min": lo, "max": hi, "near": small, "gap": gap,
+            "dead": dead}
+
+
+def data(shape: tuple[int, ...], unit_axis: int) -> torch.Tensor:
+    """ReLU'd Gaussians plus an offset, a unit dead throughout, a unit dead in the first half of
+    the samples only (alive in another thread's part), and exact zeros and -0.0."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).relu_() + 0.5
+    index = [slice(None)] * len(shape)
+    index[unit_axis] = 0
+    x[tuple(index)] = 0.0
+    index[unit_axis] = 1
+    x[tuple(index)] = 0.0
+    index[0] = slice(shape[0] - 1, None)  # alive in the last sample only
+    x[tuple(index)] = 3.0
+    x.reshape(-1)[5::97] = -0.0
+    return x.contiguous()
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("layout", ["rows", "channels"])
+def test_the_numbers_are_numpys_on_any_number_of_threads(threads, count, layout):
+    """A tensor of half a million values is shared among up to `count` threads (parts of
+    samples, merged by Chan's update): every number is NumPy's, the same on 1, 2 or 3."""
+    threads(count)
+    if layout == "rows":
+        x, channels, unit_axis, spread_axis = data((1000, 500), 1), False, 1, 1
+    else:
+        x, channels, unit_axis, spread_axis = data((50, 10, 1000), 1), True, 1, 1
+    got = numbers(x, channels)
+    want = reference(x.double().numpy(), unit_axis, spread_axis)
+    for key in ("min", "max", "near", "gap", "dead"):
+        assert got[key] == pytest.approx(want[key], rel=1e-7), key
+    assert got["mean"] == pytest.approx(want["mean"], rel=1e-9)
+    assert got["std"] == pytest.approx(want["std"], rel=1e-7)  # float32 block sums of squares
+    assert want["dead"] == pytest.approx(1 / x.shape[unit_axis])  # one dead, one alive late
+
+
+def test_parts_of_a_thread_team_agree_with_one_thread(threads):
+    """The same tensor on one thread and on two gives the same numbers to float64 rounding of
+    the merge (the parts differ only in where Chan's update joins them)."""
+    x = data((2048, 256), 1)
+    threads(1)
+    one = numbers(x, False)
+    threads(2)
+    two = numbers(x, False)
+    for key, value in one.items():
+        assert two[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+
+
+def test_saturation_counts_both_rules():
+    """Two edges count |x - mid| >= half-width; one edge x <= lo (or x >= hi)."""
+    x = torch.linspace(-3, 3, 6001)[:6000].reshape(3, -1).contiguous()
+    a = x.numpy()
+    both = fused.reduce(x, channels=False, near_zero=NEAR, edges=(-1.0, 1.0), spread=False)
+    low = fused.reduce(x, channels=False, near_zero=NEAR, edges=(-1.0, None), spread=False)
+    high = fused.reduce(x, channels=False, near_zero=NEAR, edges=(None, 2.0), spread=False)
+    assert both[5] == (np.abs(a) >= np.float32(1)).sum()
+    assert low[5] == (a <= np.float32(-1)).sum()
+    assert high[5] == (a >= np.float32(2)).sum()
+
+
+def test_without_units_the_dead_fraction_is_nan_and_a_poisoned_tensor_is_refused():
+    x = torch.randn(40, 30)
+    got = fused.reduce(x, channels=False, near_zero=NEAR, edges=None, spread=False, units=False)
+    assert math.isnan(got[7])
+    for poison in (float("nan"), float("inf")):
+        y = x.clone()
+        y[3, 4] = poison
+        assert fused.reduce(y, channels=False, near_zero=NEAR, edges=None, spread=False) is None
+
+
+def test_the_extension_checks_its_arguments():
+    """Called wrongly (it is internal: fused.reduce builds its arguments), it raises rather
+    than reading out of bounds."""
+    from actstat import _kernels
+
+    x = torch.ones(4, 4)
+    args = [x.data_ptr(), 4, 4, 1, False, NEAR, 0.0, math.inf, -math.inf, math.inf, 0, False,
+            True, fused.SEGMENT, 1]
+    assert _kernels.reduce(*args)[0] == 16
+    with pytest.raises(TypeError, match="15 arguments"):
+        _kernels.reduce(*args[:-1])
+    for position, bad in [(1, 0), (2, 0), (13, 0), (0, 0)]:
+        wrong = list(args)
+        wrong[position] = bad
+        with pytest.raises(ValueError, match="empty tensor"):
+            _kernels.reduce(*wrong)
