@@ -40,6 +40,7 @@
 #endif
 
 #define BLOCK 256
+#define TILE 32 /* positions whose extremes across channels are tracked at once */
 /* values per thread below which a tensor is not shared among threads, and the most threads */
 #define PARALLEL (1 << 16)
 #define MAX_THREADS 64
@@ -250,18 +251,37 @@ CLONES static void reduce_channels(const float *x, ptrdiff_t batch, ptrdiff_t ch
             dead_left = !all_set(alive, channels);
         }
         if (lows) {
-            const float *row = sample + (channels - 1) * positions;
-            memcpy(lows, row, positions * sizeof(float));
-            memcpy(highs, row, positions * sizeof(float));
-            for (ptrdiff_t c = channels - 2; c >= 0; c--) {
-                row = sample + c * positions;
-                for (ptrdiff_t i = 0; i < positions; i++) {
-                    lows[i] = row[i] < lows[i] ? row[i] : lows[i];
-                    highs[i] = row[i] > highs[i] ? row[i] : highs[i];
+            /* TILE positions at a time, their extremes across channels kept in registers */
+            ptrdiff_t t = 0;
+            for (; t + TILE <= positions; t += TILE) {
+                float low[TILE], high[TILE];
+                memcpy(low, sample + t, sizeof low);
+                memcpy(high, sample + t, sizeof high);
+                for (ptrdiff_t c = 1; c < channels; c++) {
+                    const float *row = sample + c * positions + t;
+                    for (int i = 0; i < TILE; i++) {
+                        low[i] = row[i] < low[i] ? row[i] : low[i];
+                        high[i] = row[i] > high[i] ? row[i] : high[i];
+                    }
                 }
+                float gap = a->gap;
+                for (int i = 0; i < TILE; i++) gap = high[i] - low[i] > gap ? high[i] - low[i] : gap;
+                a->gap = gap;
             }
-            for (ptrdiff_t i = 0; i < positions; i++)
-                if (highs[i] - lows[i] > a->gap) a->gap = highs[i] - lows[i];
+            if (t < positions) {
+                ptrdiff_t rest = positions - t;
+                memcpy(lows, sample + t, rest * sizeof(float));
+                memcpy(highs, sample + t, rest * sizeof(float));
+                for (ptrdiff_t c = 1; c < channels; c++) {
+                    const float *row = sample + c * positions + t;
+                    for (ptrdiff_t i = 0; i < rest; i++) {
+                        lows[i] = row[i] < lows[i] ? row[i] : lows[i];
+                        highs[i] = row[i] > highs[i] ? row[i] : highs[i];
+                    }
+                }
+                for (ptrdiff_t i = 0; i < rest; i++)
+                    if (highs[i] - lows[i] > a->gap) a->gap = highs[i] - lows[i];
+            }
         }
     }
 }
