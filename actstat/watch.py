@@ -141,7 +141,7 @@ def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     host = torch.full((len(recorded), k, recorder.width), float("nan"), dtype=torch.float64,
                       pin_memory=_pinned(inputs.device))
     optimiser = _optimiser(model, schedule)
-    order = _Order(inputs.shape[0], schedule.batch_size, schedule.seed)
+    order = _Order(inputs.shape[0], schedule.batch_size, schedule.seed, inputs.device)
     device_is_cpu = inputs.device.type == "cpu"
     was_training = model.training
     model.train()
@@ -155,7 +155,7 @@ def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     try:
         with recorder.hooks():
             for step in range(schedule.steps):
-                rows = order.next().to(inputs.device)
+                rows = order.next()
                 x, y = inputs[rows], targets[rows]
                 recording = slot < len(recorded) and recorded[slot] == step
                 recorder.recording = recording
@@ -406,16 +406,24 @@ class _Hooks:
 
 
 class _Order:
-    """Mini-batch rows: a seeded permutation of the pool per epoch, cut into full batches."""
+    """Mini-batch rows: a seeded permutation of the pool per epoch (drawn on the CPU, so that
+    every device trains on the same batches), cut into full batches, on `device`."""
 
-    def __init__(self, count: int, batch_size: int, seed: int):
+    def __init__(self, count: int, batch_size: int, seed: int,
+                 device: torch.device | None = None):
         self.count, self.batch_size = count, batch_size
+        self.device = device or torch.device("cpu")
         self.generator = torch.Generator().manual_seed(seed)
         self.rows = torch.empty(0, dtype=torch.long)
 
     def next(self) -> torch.Tensor:
         if self.rows.numel() < self.batch_size:
-            self.rows = torch.randperm(self.count, generator=self.generator)
+            rows = torch.randperm(self.count, generator=self.generator)
+            if self.device.type == "cuda":
+                # one asynchronous upload per epoch from pinned memory: a step's own copy from
+                # pageable memory would wait for the device, a host sync inside every step
+                rows = rows.pin_memory().to(self.device, non_blocking=True)
+            self.rows = rows
         rows, self.rows = self.rows[:self.batch_size], self.rows[self.batch_size:]
         return rows
 

@@ -35,9 +35,9 @@ LR = 1e-3  # small, so that no side's run goes non-finite and stops early
 def bare_training(model: nn.Module, x: torch.Tensor, y: torch.Tensor, schedule: Schedule) -> None:
     """watch()'s loop without the recorder: what a training loop that logs its loss costs."""
     optimiser = torch.optim.SGD(model.parameters(), lr=schedule.lr)
-    order = _Order(x.shape[0], schedule.batch_size, schedule.seed)
+    order = _Order(x.shape[0], schedule.batch_size, schedule.seed, x.device)
     for step in range(schedule.steps):
-        rows = order.next().to(x.device)
+        rows = order.next()
         for group in optimiser.param_groups:
             group["lr"] = schedule.lr_at(step)
         optimiser.zero_grad(set_to_none=True)

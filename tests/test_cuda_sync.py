@@ -1,4 +1,6 @@
-"""On CUDA a measured pass never waits for the device until its one copy to the host."""
+"""On CUDA a measured pass never waits for the device until its one copy to the host, and a
+watched training run waits once per recorded step, after the step's backward, never inside a
+step that is not recorded."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from actstat.activations import make_activation
 from actstat.inits import make_bias_init, make_init
 from actstat.model import build_mlp, initialise, stack_mlps
 from actstat.probe import measure, measure_stacked
+from actstat.watch import Schedule, watch, watched_layers
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -48,3 +51,42 @@ def test_no_host_sync_inside_a_pass(act, with_grad, stacked, monkeypatch):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert len(copies) == 1
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_training_waits_only_once_per_recorded_step(optimizer, monkeypatch):
+    """Sync debug mode raises on any synchronising call inside `watch`; the one wait a recorded
+    step makes (torch.cuda.synchronize after its copy to pinned memory) is let through and
+    counted: 12 steps recorded every 4 (steps 0, 4, 8 and the last) make 4 waits."""
+    device = torch.device("cuda")
+    activation = make_activation("relu")
+    model = initialise(build_mlp(in_features=64, widths=[128] * 4, num_classes=10, bias=True,
+                                 activation=activation), make_init("kaiming"),
+                       make_bias_init("zeros"), act_gain=activation.gain, seed=0,
+                       device=device, dtype=torch.float32)
+    x = torch.randn(512, 64, device=device)
+    y = torch.randint(10, (512,), device=device)
+    layers = watched_layers(model, x[:4])
+    schedule = Schedule(steps=12, every=4, batch_size=64, lr=0.01, optimizer=optimizer,
+                        momentum=0.9)
+    waits = []
+    real_synchronize = torch.cuda.synchronize
+
+    def synchronize(*args, **kwargs):
+        waits.append(1)
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            return real_synchronize(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    real_synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trajectory = watch(model, x, y, layers, schedule, torch.nn.functional.cross_entropy,
+                            labelled=True, near_zero=0.01, bins=0)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(waits) == len(schedule.recorded()) == 4
+    assert len(trajectory.steps) == 4
