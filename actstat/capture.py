@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -101,9 +100,6 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
 # where a whole 50 MB feature map came from memory once per pass. 2**18 to 2**20 were within
 # noise of each other on the 2-core benchmark machine; fewer, larger chunks mean fewer ops
 CHUNK = 1 << 20
-# the fused C kernel (actstat/fused.py) reduces float32 CPU tensors where it was built;
-# ACTSTAT_KERNELS=0 in the environment turns it off (the torch reductions then serve)
-FUSED = fused.AVAILABLE and os.environ.get("ACTSTAT_KERNELS", "") != "0"
 KINDS = ("input", "weight", "activation", "norm", "block", "selected")
 # a record's numbers: a float64 device vector (torch reductions), or host floats (the kernel's,
 # already on the host: a CPU tensor's) that `collect` splices in around the one device copy
@@ -515,7 +511,7 @@ class _Recorder:
         view = x.reshape(x.shape[0], x.shape[1], -1) if channels else x.reshape(-1, x.shape[-1])
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         edges = saturation.saturation_edges(self.cut) if saturation is not None else None
-        if fusable(view):
+        if fused.takes(view):
             row = _fused_row(view, channels, spread, edges, self.near_zero)
             if row is not None:
                 if self.bins:
@@ -571,7 +567,7 @@ class _Recorder:
         """(mean, std, min, max) of every value of `t` (float64; host floats from the kernel),
         a chunk at a time (a gradient or a weight: no near-zero count, no units)."""
         flat = t.reshape(-1)
-        if fusable(t):  # rows of its last dim: samples to share among the threads
+        if fused.takes(t):  # rows of its last dim: samples to share among the threads
             row = _fused_row(t.reshape(-1, t.shape[-1]) if t.dim() else flat.reshape(1, 1),
                              False, False, None, 0.0, units=False)
             if row is not None:
@@ -773,18 +769,10 @@ class _Moments:
         return mean, torch.sqrt((within + between) / count) * top
 
 
-def fusable(view: torch.Tensor) -> bool:
-    """Whether actstat/fused.py reduces `view`: the kernel built (FUSED), a non-empty
-    C-contiguous float32 CPU tensor. Everything else (CUDA, half precision, float64) keeps the
-    torch reductions."""
-    return (FUSED and view.is_cpu and view.dtype == torch.float32 and view.numel() > 0
-            and view.is_contiguous())
-
-
 def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
                edges: tuple[float | None, float | None] | None, near_zero: float,
                units: bool = True) -> list[float] | None:
-    """MOMENTS, dead, [spread], [saturated] of a `fusable` view as `_reduce` returns them, or
+    """MOMENTS, dead, [spread], [saturated] of a view that `fused.takes` as `_reduce` returns them, or
     None for a tensor holding NaN or ±inf (torch's reductions say how those propagate)."""
     numbers = fused.reduce(view, channels=channels, near_zero=near_zero, edges=edges,
                            spread=spread, units=units)

@@ -15,6 +15,7 @@ their dispatch; the kernel takes ~0.09 ms on one thread (docs/performance.md).
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -24,9 +25,19 @@ except ImportError:  # built without a C compiler: the torch reductions serve
     _kernels = None
 
 AVAILABLE = _kernels is not None
+# ACTSTAT_KERNELS=0 in the environment turns the kernel off (the torch reductions then serve)
+ENABLED = AVAILABLE and os.environ.get("ACTSTAT_KERNELS", "") != "0"
 # values per segment: 16 KiB of float32, in L1 on any CPU, so a segment's later passes hit it
 SEGMENT = 4096
 _INF = math.inf
+
+
+def takes(view: torch.Tensor) -> bool:
+    """Whether the kernel reduces `view`: built and ENABLED, a non-empty C-contiguous float32
+    CPU tensor. Everything else (CUDA, half precision, float64, a strided view) keeps the
+    torch reductions."""
+    return (ENABLED and view.is_cpu and view.dtype == torch.float32 and view.numel() > 0
+            and view.is_contiguous())
 
 
 def reduce(view: torch.Tensor, *, channels: bool, near_zero: float,

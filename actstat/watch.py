@@ -35,7 +35,6 @@ from actstat.capture import (
     NORM_TYPES,
     bounded_activation,
     first_tensor,
-    fusable,
     is_weight_layer,
     preserved,
     repeated_blocks,
@@ -487,7 +486,7 @@ def _fused_groups(x: torch.Tensor, near_zero: float, units: bool) -> list[tuple[
     feature (dim 1 of x[k]: a conv map's channel, a linear layer's feature); None where the
     kernel does not take the tensor (not built, not a C-contiguous float32 CPU tensor) or a
     group holds NaN or ±inf: the torch reductions then serve, as in the capture."""
-    if not fusable(x):
+    if not fused.takes(x):
         return None
     numbers = []
     for group in x:

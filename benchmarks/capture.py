@@ -144,7 +144,7 @@ def main() -> None:
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), device {device}; malloc tuned: "
           f"{'yes' if MALLOC_TUNED else 'no'}; median of {repeats}; reductions: "
-          f"{'fused (C kernel)' if actstat.capture.FUSED else 'torch'}"
+          f"{'fused (C kernel)' if actstat.fused.ENABLED else 'torch'}"
           f"{'; CPU seconds, one thread' if args.cpu_time else ''}\n")
     print(f"{'model':34} {'pass':18} {'bare s':>8} {'captured s':>10} {'ratio':>6}")
     figures: dict[str, float] = {}

@@ -45,12 +45,11 @@ def reductions(request, monkeypatch):
     """Every test of this file runs on both ways a CPU tensor is reduced: actstat/fused.py's
     C kernel (built at install where a C compiler exists) and the torch reductions that serve
     without it (and on a GPU, in half precision and float64)."""
-    import actstat.capture
     import actstat.fused
 
     if request.param == "fused" and not actstat.fused.AVAILABLE:
         pytest.skip("actstat._kernels was not built (no C compiler at install)")
-    monkeypatch.setattr(actstat.capture, "FUSED", request.param == "fused")
+    monkeypatch.setattr(actstat.fused, "ENABLED", request.param == "fused")
     return request.param
 
 
@@ -632,7 +631,7 @@ def test_the_kernel_is_built_where_a_compiler_exists_and_can_be_turned_off():
 
     if shutil.which("cc") or shutil.which("gcc"):
         assert actstat.fused.AVAILABLE
-    code = "import actstat.capture as c; print(c.FUSED)"
+    code = "import actstat.fused as f; print(f.ENABLED)"
     env = {k: v for k, v in os.environ.items() if k != "ACTSTAT_KERNELS"}
     for value, want in [(None, str(actstat.fused.AVAILABLE)), ("1", str(actstat.fused.AVAILABLE)),
                         ("0", "False")]:
@@ -687,7 +686,7 @@ def test_a_tensor_with_nan_or_inf_gives_the_torch_paths_numbers(monkeypatch, red
                 for layer in capture(model, x, labels(10, 4)).layers]
 
     fused = numbers()
-    monkeypatch.setattr(actstat.capture, "FUSED", False)
+    monkeypatch.setattr(actstat.fused, "ENABLED", False)
     # a finite tensor (the other weights) differs by the torch path's float32 rounding only
     for got, want in zip(fused, numbers(), strict=True):
         assert got.keys() == want.keys()

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-import actstat.capture
 import actstat.fused
 from actstat.probe import moments
 from actstat.watch import Watched, _dead, _Recorder
@@ -20,7 +19,7 @@ def reductions(request, monkeypatch):
     """The recorder's two ways of reducing a float32 CPU tensor, as in tests/test_capture.py."""
     if request.param == "fused" and not actstat.fused.AVAILABLE:
         pytest.skip("actstat._kernels was not built (no C compiler at install)")
-    monkeypatch.setattr(actstat.capture, "FUSED", request.param == "fused")
+    monkeypatch.setattr(actstat.fused, "ENABLED", request.param == "fused")
     return request.param
 
 
