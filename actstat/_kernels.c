@@ -93,8 +93,9 @@ typedef struct {
 } Acc;
 
 typedef struct {
-    float near, mid, half, lo_edge, hi_edge;
+    float near, mid, half, lo_edge, hi_edge, alive_above;
     int saturation; /* 0: none, 1: |x - mid| >= half, 2: x <= lo_edge or x >= hi_edge */
+    int alive_rule; /* a unit is alive where a value is 1: nonzero, 2: above alive_above */
 } Params;
 
 static inline void merge(Acc *a, double n, double total, double squares) {
@@ -166,7 +167,10 @@ static inline void reduce_segment(const float *restrict v, ptrdiff_t n, const Pa
     }
     if (squares < 0.0) squares = 0.0;
     if (alive)
-        for (i = 0; i < n; i++) alive[i] |= (v[i] != 0.0f);
+        if (p->alive_rule == 2)
+            for (i = 0; i < n; i++) alive[i] |= (v[i] > p->alive_above);
+        else
+            for (i = 0; i < n; i++) alive[i] |= (v[i] != 0.0f);
     if (p->saturation == 1) {
         int32_t s = 0;
         for (i = 0; i < n; i++) s += fabsf(v[i] - p->mid) >= p->half;
@@ -224,6 +228,13 @@ static int any_nonzero(const float *restrict v, ptrdiff_t n) {
     return bits != 0;
 }
 
+/* Whether any of n values is above t */
+static int any_above(const float *restrict v, ptrdiff_t n, float t) {
+    int any = 0;
+    for (ptrdiff_t i = 0; i < n; i++) any |= v[i] > t;
+    return any;
+}
+
 /* x: (batch, channels, positions), the unit the channel; `alive` (channels) or NULL; the gap:
    the largest range across channels at one sample and position (`lows`, `highs`: positions
    floats each, or NULL without spread). A sample's channels are contiguous: its moments are
@@ -247,7 +258,10 @@ CLONES static void reduce_channels(const float *x, ptrdiff_t batch, ptrdiff_t ch
         }
         if (dead_left) {
             for (ptrdiff_t c = 0; c < channels; c++)
-                if (!alive[c]) alive[c] = any_nonzero(sample + c * positions, positions);
+                if (!alive[c])
+                    alive[c] = p->alive_rule == 2
+                                   ? any_above(sample + c * positions, positions, p->alive_above)
+                                   : any_nonzero(sample + c * positions, positions);
             dead_left = !all_set(alive, channels);
         }
         if (lows) {
@@ -351,18 +365,19 @@ static void release(Part *parts, int count) {
 
 static const char reduce_doc[] =
     "reduce(address, batch, units, positions, channels, near, mid, half, lo_edge, hi_edge,\n"
-    "       saturation, spread, units_alive, segment, threads) -> (count, mean, m2, min, max,\n"
-    "       near_count, saturated_count, gap, dead_units)\n\n"
+    "       saturation, spread, alive_rule, alive_above, segment, threads) -> (count, mean,\n"
+    "       m2, min, max, near_count, saturated_count, gap, dead_units)\n\n"
     "The statistics of the C-contiguous float32 tensor at `address` (which the caller keeps\n"
     "alive): (batch, units) when `channels` is false (positions ignored), else (batch,\n"
-    "channels=units, positions). dead_units is -1 without `units_alive`. `threads`: at most\n"
+    "channels=units, positions). A unit is alive where one of its values is nonzero\n"
+    "(alive_rule 1) or above alive_above (2); dead_units is -1 with alive_rule 0. `threads`: at most\n"
     "that many threads of torch's OpenMP pool share a tensor, a part of samples each of at\n"
     "least PARALLEL values.";
 
 static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 15) {
-        PyErr_SetString(PyExc_TypeError, "reduce() takes 15 arguments");
+    if (nargs != 16) {
+        PyErr_SetString(PyExc_TypeError, "reduce() takes 16 arguments");
         return NULL;
     }
     void *address = PyLong_AsVoidPtr(args[0]);
@@ -376,9 +391,12 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     p.lo_edge = (float)PyFloat_AsDouble(args[8]);
     p.hi_edge = (float)PyFloat_AsDouble(args[9]);
     p.saturation = (int)PyLong_AsLong(args[10]);
-    int spread = PyObject_IsTrue(args[11]), want_alive = PyObject_IsTrue(args[12]);
-    Py_ssize_t segment = PyLong_AsSsize_t(args[13]);
-    long threads = PyLong_AsLong(args[14]);
+    int spread = PyObject_IsTrue(args[11]);
+    p.alive_rule = (int)PyLong_AsLong(args[12]);
+    p.alive_above = (float)PyFloat_AsDouble(args[13]);
+    int want_alive = p.alive_rule != 0;
+    Py_ssize_t segment = PyLong_AsSsize_t(args[14]);
+    long threads = PyLong_AsLong(args[15]);
     if (PyErr_Occurred()) return NULL;
     if (address == NULL || batch < 1 || units < 1 || (channels && positions < 1) || segment < 1) {
         PyErr_SetString(PyExc_ValueError,

@@ -781,9 +781,8 @@ def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
     mean, std, lo, hi, small, saturated, gap, dead = numbers
     count = view.numel()
     parts = [mean, std, lo, hi, small / count, dead]
-    if spread:  # probe.unit_spread: relative to max|x|, 0 for an all-zero tensor
-        scale = max(abs(lo), abs(hi))
-        parts.append(gap / scale if scale > 0 else 0.0)
+    if spread:
+        parts.append(fused.relative_gap(lo, hi, gap))
     if edges is not None:
         parts.append(saturated / count)
     return parts

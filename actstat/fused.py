@@ -42,7 +42,7 @@ def takes(view: torch.Tensor) -> bool:
 
 def reduce(view: torch.Tensor, *, channels: bool, near_zero: float,
            edges: tuple[float | None, float | None] | None, spread: bool,
-           units: bool = True) -> tuple[float, ...] | None:
+           units: bool = True, dead_below: float | None = None) -> tuple[float, ...] | None:
     """(mean, std, min, max, near-zero count, saturated count, gap, dead fraction) of `view`, a
     non-empty C-contiguous float32 CPU tensor: (samples, units), or (batch, channels,
     positions) with `channels`; None when it holds NaN or ±inf (reduce it with torch).
@@ -50,8 +50,10 @@ def reduce(view: torch.Tensor, *, channels: bool, near_zero: float,
     `edges`: the saturation edges (lo, hi) of Activation.saturation_edges, None without a
     saturation rule (probe.saturated_fraction's tests: |x - mid| >= half-width when both
     exist). `spread`: the gap, the largest range across units at one sample (and position);
-    else 0. `units`: count dead units (else the dead fraction is NaN). A tensor of a million
-    values or more is shared among as many threads as torch uses (torch.get_num_threads())."""
+    else 0. `units`: count dead units (else the dead fraction is NaN): a unit is dead when all
+    its values are 0, or with `dead_below`, when none is above it (probe.py's pre-activation
+    rule, compared in float32). A large tensor is shared among as many threads as torch uses
+    (torch.get_num_threads())."""
     kind, mid, half, lo_edge, hi_edge = 0, 0.0, _INF, -_INF, _INF
     if edges is not None:
         lo, hi = edges
@@ -67,8 +69,41 @@ def reduce(view: torch.Tensor, *, channels: bool, near_zero: float,
         (batch, width), positions = view.shape, 1
     count, mean, m2, lo, hi, small, saturated, gap, dead = _kernels.reduce(
         view.data_ptr(), batch, width, positions, channels, near_zero, mid, half, lo_edge,
-        hi_edge, kind, spread, units, SEGMENT, torch.get_num_threads())
+        hi_edge, kind, spread, (1 if dead_below is None else 2) if units else 0,
+        0.0 if dead_below is None else dead_below, SEGMENT, torch.get_num_threads())
     if not (math.isfinite(mean) and math.isfinite(m2)):
         return None
     return (mean, math.sqrt(m2 / count), lo, hi, small, saturated, gap,
             dead / width if units else math.nan)
+
+
+def reduce_groups(x: torch.Tensor, *, near_zero: float,
+                  edges: tuple[float | None, float | None] | None = None, spread: bool = False,
+                  units: bool = True, dead_below: float | None = None
+                  ) -> list[tuple[float, ...]] | None:
+    """`reduce`'s numbers for each group x[k] of a (K, batch, ...) tensor, its unit dim 1 of
+    x[k] (a conv map's channel, a linear layer's feature; a (batch,) group is one unit); None
+    where the kernel does not take `x` or a group holds NaN or ±inf (the caller then reduces
+    with torch)."""
+    if not takes(x):
+        return None
+    numbers = []
+    for group in x:
+        channels = group.dim() >= 3
+        if channels:
+            view = group.reshape(group.shape[0], group.shape[1], -1)
+        else:
+            view = group.reshape(group.shape[0], -1) if group.dim() == 2 else group.reshape(-1, 1)
+        reduced = reduce(view, channels=channels, near_zero=near_zero, edges=edges,
+                         spread=spread, units=units, dead_below=dead_below)
+        if reduced is None:
+            return None
+        numbers.append(reduced)
+    return numbers
+
+
+def relative_gap(lo: float, hi: float, gap: float) -> float:
+    """probe.unit_spread of the kernel's numbers: the gap relative to max|x|, 0 for an all-zero
+    tensor."""
+    scale = max(abs(lo), abs(hi))
+    return gap / scale if scale > 0 else 0.0

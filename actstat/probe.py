@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from actstat import fused
 from actstat.activations import Activation
 from actstat.model import LINEAR, StackedLinear
 
@@ -214,7 +215,9 @@ class Scratch:
 class _Reducer:
     """The hook bodies for one pass. Each takes a (K, batch, units) tensor (K models side by
     side; K = 1 for one model) and returns a (K, n) float64 tensor of reduced numbers; one
-    scratch buffer, grown to the largest tensor seen, serves every reduction of the pass."""
+    scratch buffer, grown to the largest tensor seen, serves every reduction of the pass.
+    A float32 CPU tensor is reduced by actstat/fused.py's C kernel where it was built (the
+    same numbers to float rounding, each group in one read); everything else by torch."""
 
     def __init__(self, activation: Activation, near_zero: float, saturation_cut: float,
                  bins: int = 0):
@@ -225,6 +228,16 @@ class _Reducer:
         self.scratch = Scratch()
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
+        dead_below = self.activation.dead_below
+        rows = fused.reduce_groups(x, near_zero=self.near_zero, spread=True,
+                                   units=dead_below is not None, dead_below=dead_below)
+        if rows is not None:
+            count = x[0].numel()
+            return torch.tensor([[mean, std, lo, hi, small / count,
+                                  dead if dead_below is not None else 0.0,
+                                  fused.relative_gap(lo, hi, gap)]
+                                 for mean, std, lo, hi, small, _, gap, dead in rows],
+                                dtype=torch.float64)
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
         # each sample's extremes across units: their range is the spread, their extremes the
         # tensor's (so the moments need no min/max pass of their own)
@@ -241,6 +254,17 @@ class _Reducer:
         return torch.stack([*stats, dead, spread], dim=1).to(torch.float64)
 
     def post(self, x: torch.Tensor) -> torch.Tensor:
+        rows = fused.reduce_groups(x, near_zero=self.near_zero, edges=self.edges, units=False)
+        if rows is not None:
+            count = x[0].numel()
+            row = torch.tensor([[mean, std, lo, hi, small / count,
+                                 saturated / count if self.edges is not None else 0.0]
+                                for mean, std, lo, hi, small, saturated, *_ in rows],
+                               dtype=torch.float64)
+            if self.bins:
+                lo, hi = row[:, 2].to(x.dtype), row[:, 3].to(x.dtype)
+                row = torch.cat([row, group_histogram(x, lo, hi, self.bins)], dim=1)
+            return row
         scratch = self.scratch(x)
         stats = group_moments(x, self.near_zero, scratch)
         acc = stats[0].dtype
@@ -254,6 +278,9 @@ class _Reducer:
         return row
 
     def grad(self, g: torch.Tensor) -> torch.Tensor:
+        rows = fused.reduce_groups(g, near_zero=0.0, units=False)
+        if rows is not None:
+            return torch.tensor([row[:2] for row in rows], dtype=torch.float64)
         mean, std, *_ = group_moments(g, 0.0, self.scratch(g))
         return torch.stack([mean, std], dim=1).to(torch.float64)
 

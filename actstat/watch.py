@@ -255,7 +255,8 @@ class _Recorder:
             return
         with torch.no_grad():
             x = self._grouped(x.detach())
-            numbers = _fused_groups(x, self.near_zero, self.layers[j].can_die)
+            numbers = fused.reduce_groups(x, near_zero=self.near_zero,
+                                          units=self.layers[j].can_die)
             if numbers is not None:
                 # mean, std, min, max, near-zero count, -, -, dead fraction (NaN: not counted)
                 columns = torch.tensor(numbers, dtype=torch.float64).T
@@ -290,7 +291,7 @@ class _Recorder:
     def _on_grad(self, j: int, g: torch.Tensor) -> None:
         with torch.no_grad():  # the std alone: no near-zero count
             g = self._grouped(g.detach())
-            numbers = _fused_groups(g, self.near_zero, False)
+            numbers = fused.reduce_groups(g, near_zero=self.near_zero, units=False)
             if numbers is not None:
                 self.grads[j] = torch.tensor([n[1] for n in numbers], dtype=torch.float64)
                 return
@@ -479,27 +480,6 @@ def _optimiser(model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
     if schedule.optimizer == "adam":
         return torch.optim.Adam(params, lr=schedule.lr, betas=(schedule.momentum, 0.999))
     return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum)
-
-
-def _fused_groups(x: torch.Tensor, near_zero: float, units: bool) -> list[tuple[float, ...]] | None:
-    """actstat/fused.py's numbers for each group x[k] of a (K, batch, ...) tensor, its unit the
-    feature (dim 1 of x[k]: a conv map's channel, a linear layer's feature); None where the
-    kernel does not take the tensor (not built, not a C-contiguous float32 CPU tensor) or a
-    group holds NaN or ±inf: the torch reductions then serve, as in the capture."""
-    if not fused.takes(x):
-        return None
-    numbers = []
-    for group in x:
-        if group.dim() >= 3:
-            view = group.reshape(group.shape[0], group.shape[1], -1)
-        else:  # (batch, features); a (batch,) output is one unit
-            view = group.reshape(group.shape[0], -1) if group.dim() == 2 else group.reshape(-1, 1)
-        reduced = fused.reduce(view, channels=group.dim() >= 3, near_zero=near_zero, edges=None,
-                               spread=False, units=units)
-        if reduced is None:
-            return None
-        numbers.append(reduced)
-    return numbers
 
 
 def _dead(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -121,12 +121,31 @@ def test_the_extension_checks_its_arguments():
 
     x = torch.ones(4, 4)
     args = [x.data_ptr(), 4, 4, 1, False, NEAR, 0.0, math.inf, -math.inf, math.inf, 0, False,
-            True, fused.SEGMENT, 1]
+            1, 0.0, fused.SEGMENT, 1]
     assert _kernels.reduce(*args)[0] == 16
-    with pytest.raises(TypeError, match="15 arguments"):
+    with pytest.raises(TypeError, match="16 arguments"):
         _kernels.reduce(*args[:-1])
-    for position, bad in [(1, 0), (2, 0), (13, 0), (0, 0)]:
+    for position, bad in [(1, 0), (2, 0), (14, 0), (0, 0)]:
         wrong = list(args)
         wrong[position] = bad
         with pytest.raises(ValueError, match="empty tensor"):
             _kernels.reduce(*wrong)
+
+
+@pytest.mark.parametrize("channels", [False, True])
+def test_dead_below_counts_units_never_above_the_threshold(channels):
+    """probe.py's pre-activation rule: a unit is dead when its largest value is at or below
+    `dead_below` (ReLU's 0: never positive), compared in float32."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 12, 9, generator=g) if channels else torch.randn(64, 12, generator=g)
+    x[:, 3] = -x[:, 3].abs()  # never positive
+    x[:, 5] = -x[:, 5].abs()
+    x[7, 5] = 0.0  # at the threshold: still dead
+    x[:, 8] = -x[:, 8].abs()
+    x[9, 8] = 1e-30  # above it once: alive
+    view = x.reshape(64, 12, -1) if channels else x
+    got = fused.reduce(view.contiguous(), channels=channels, near_zero=NEAR, edges=None,
+                       spread=False, dead_below=0.0)
+    per_unit = x.transpose(0, 1).reshape(12, -1)
+    assert got[7] == pytest.approx(float((per_unit.amax(dim=1) <= 0).double().mean()))
+    assert got[7] == pytest.approx(2 / 12)

@@ -289,3 +289,30 @@ def test_half_precision_near_zero_and_saturation_match_numpy(dtype):
         post = h.float().numpy()
         assert layer.post["near_zero"] == pytest.approx(np.mean(np.abs(post) < NEAR_ZERO))
         assert layer.post["saturated"] == pytest.approx(np.mean(np.abs(post) >= CUT))
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_the_c_kernel_and_the_torch_reductions_agree(act, monkeypatch):
+    """A float32 CPU pass is reduced by actstat/fused.py's C kernel where it was built, by torch
+    elsewhere (CUDA, float64, ACTSTAT_KERNELS=0): every number of every activation, gradients
+    and histograms included, agrees to float32 rounding (counts and extremes exactly)."""
+    import actstat.fused
+
+    if not actstat.fused.AVAILABLE:
+        pytest.skip("actstat._kernels was not built (no C compiler at install)")
+    model, x, activation = model_and_batch(act, dtype=torch.float32, widths=(40, 30, 50))
+    labels = torch.randint(4, (37,), generator=torch.Generator().manual_seed(2))
+
+    def numbers():
+        layers = measure(model, x, labels, activation=activation, near_zero=NEAR_ZERO,
+                         saturation_cut=CUT, bins=8).layers
+        return [(layer.pre, layer.post, layer.grad, layer.histogram) for layer in layers]
+
+    kernel = numbers()
+    monkeypatch.setattr(actstat.fused, "ENABLED", False)
+    for got_layer, want_layer in zip(kernel, numbers(), strict=True):
+        for got_part, want_part in zip(got_layer, want_layer, strict=True):
+            if isinstance(want_part, dict):
+                assert got_part.keys() == want_part.keys()
+                got_part, want_part = list(got_part.values()), list(want_part.values())
+            assert got_part == pytest.approx(want_part, rel=1e-5, abs=1e-7), act
