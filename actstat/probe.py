@@ -212,12 +212,19 @@ class Scratch:
         return buffer[:x.numel()]
 
 
+# a hook's (K, n) numbers: a float64 device tensor, or the C kernel's host floats
+Rows = torch.Tensor | list[list[float]]
+
+
 class _Reducer:
     """The hook bodies for one pass. Each takes a (K, batch, units) tensor (K models side by
-    side; K = 1 for one model) and returns a (K, n) float64 tensor of reduced numbers; one
-    scratch buffer, grown to the largest tensor seen, serves every reduction of the pass.
+    side; K = 1 for one model) and returns its (K, n) reduced numbers (`Rows`); one scratch
+    buffer, grown to the largest tensor seen, serves every reduction of the pass.
     A float32 CPU tensor is reduced by actstat/fused.py's C kernel where it was built (the
-    same numbers to float rounding, each group in one read); everything else by torch."""
+    same numbers to float rounding, each group in one read), and its numbers stay Python
+    floats until the pass ends: a small tensor kept per layer is carved by malloc out of the
+    large blocks the layer just freed, which the next layer then cannot reuse (peak memory
+    grew 16 MiB a layer at width 1024, batch 2048). Everything else is reduced by torch."""
 
     def __init__(self, activation: Activation, near_zero: float, saturation_cut: float,
                  bins: int = 0):
@@ -227,17 +234,15 @@ class _Reducer:
         self.bins = bins
         self.scratch = Scratch()
 
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
+    def pre(self, x: torch.Tensor) -> Rows:
         dead_below = self.activation.dead_below
         rows = fused.reduce_groups(x, near_zero=self.near_zero, spread=True,
                                    units=dead_below is not None, dead_below=dead_below)
         if rows is not None:
             count = x[0].numel()
-            return torch.tensor([[mean, std, lo, hi, small / count,
-                                  dead if dead_below is not None else 0.0,
-                                  fused.relative_gap(lo, hi, gap)]
-                                 for mean, std, lo, hi, small, _, gap, dead in rows],
-                                dtype=torch.float64)
+            return [[mean, std, lo, hi, small / count, dead if dead_below is not None else 0.0,
+                     fused.relative_gap(lo, hi, gap)]
+                    for mean, std, lo, hi, small, _, gap, dead in rows]
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
         # each sample's extremes across units: their range is the spread, their extremes the
         # tensor's (so the moments need no min/max pass of their own)
@@ -253,18 +258,18 @@ class _Reducer:
             dead = count_fraction(x3.amax(dim=1).le_(self.activation.dead_below)).to(acc)
         return torch.stack([*stats, dead, spread], dim=1).to(torch.float64)
 
-    def post(self, x: torch.Tensor) -> torch.Tensor:
+    def post(self, x: torch.Tensor) -> Rows:
         rows = fused.reduce_groups(x, near_zero=self.near_zero, edges=self.edges, units=False)
         if rows is not None:
             count = x[0].numel()
-            row = torch.tensor([[mean, std, lo, hi, small / count,
-                                 saturated / count if self.edges is not None else 0.0]
-                                for mean, std, lo, hi, small, saturated, *_ in rows],
-                               dtype=torch.float64)
+            numbers = [[mean, std, lo, hi, small / count,
+                        saturated / count if self.edges is not None else 0.0]
+                       for mean, std, lo, hi, small, saturated, *_ in rows]
             if self.bins:
-                lo, hi = row[:, 2].to(x.dtype), row[:, 3].to(x.dtype)
-                row = torch.cat([row, group_histogram(x, lo, hi, self.bins)], dim=1)
-            return row
+                lo, hi = (torch.tensor([row[c] for row in numbers], dtype=x.dtype) for c in (2, 3))
+                counts = group_histogram(x, lo, hi, self.bins).tolist()  # a CPU tensor's
+                numbers = [row + hist for row, hist in zip(numbers, counts)]
+            return numbers
         scratch = self.scratch(x)
         stats = group_moments(x, self.near_zero, scratch)
         acc = stats[0].dtype
@@ -277,10 +282,10 @@ class _Reducer:
             row = torch.cat([row, group_histogram(x, stats[2], stats[3], self.bins)], dim=1)
         return row
 
-    def grad(self, g: torch.Tensor) -> torch.Tensor:
+    def grad(self, g: torch.Tensor) -> Rows:
         rows = fused.reduce_groups(g, near_zero=0.0, units=False)
         if rows is not None:
-            return torch.tensor([row[:2] for row in rows], dtype=torch.float64)
+            return [list(row[:2]) for row in rows]
         mean, std, *_ = group_moments(g, 0.0, self.scratch(g))
         return torch.stack([mean, std], dim=1).to(torch.float64)
 
@@ -350,7 +355,7 @@ def _measure(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None
     blocks = hidden_blocks(model)
     grad = labels is not None
     reducer = _Reducer(activation, near_zero, saturation_cut, bins)
-    store: dict[tuple[int, str], torch.Tensor] = {}
+    store: dict[tuple[int, str], Rows] = {}
     k = max(groups, 1)
     was_training = model.training
     model.eval()
@@ -403,15 +408,17 @@ def _unpack(row: list[float], blocks: list[tuple[nn.Module, nn.Module]], widths:
     return Measurement(layers, row[-1] if grad and blocks else None)
 
 
-def _row(i: int, linear: nn.Module, store: dict[tuple[int, str], torch.Tensor], grad: bool,
+def _row(i: int, linear: nn.Module, store: dict[tuple[int, str], Rows], grad: bool,
          grouped: bool, reducer: _Reducer) -> torch.Tensor:
     """Layer i's (K, n) numbers: pre, post (with histogram), and with `grad` the gradients."""
-    parts = [store[i, "pre"], store[i, "post"]]
+    device = linear.weight.device
+    parts = [torch.as_tensor(store[i, part], dtype=torch.float64, device=device)
+             for part in ("pre", "post")]
     if grad:
         k = parts[0].shape[0]
         # a pre-activation that backward never reached (no path to the loss) has zero gradient
-        pre_grad = store.get((i, "grad"), torch.zeros(k, 2, dtype=torch.float64,
-                                                      device=parts[0].device))
+        pre_grad = torch.as_tensor(store.get((i, "grad"), [[0.0, 0.0]] * k),
+                                   dtype=torch.float64, device=device)
         weight = linear.weight.detach()
         weight_grad = linear.weight.grad
         if weight_grad is None:

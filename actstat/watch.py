@@ -234,9 +234,10 @@ class _Recorder:
         self.labelled = labelled
         self.recording = False
         self.width = 2 + len(self.layers) * (len(LAYER_STATS) + bins)
-        self.stats: list[list[torch.Tensor] | None] = [None] * len(self.layers)
-        self.grads: list[torch.Tensor | None] = [None] * len(self.layers)
-        self.hists: list[torch.Tensor | None] = [None] * len(self.layers)
+        # per layer: device vectors of K values, or the C kernel's host floats
+        self.stats: list[list[torch.Tensor | list[float]] | None] = [None] * len(self.layers)
+        self.grads: list[torch.Tensor | list[float] | None] = [None] * len(self.layers)
+        self.hists: list[torch.Tensor | list[list[float]] | None] = [None] * len(self.layers)
         # per layer, each model's histogram range
         self.ranges: list[list[tuple[float, float]] | None] = [None] * len(self.layers)
         self.scratch = Scratch()  # one buffer for every pass's scaled copies and masks
@@ -258,11 +259,12 @@ class _Recorder:
             numbers = fused.reduce_groups(x, near_zero=self.near_zero,
                                           units=self.layers[j].can_die)
             if numbers is not None:
-                # mean, std, min, max, near-zero count, -, -, dead fraction (NaN: not counted)
-                columns = torch.tensor(numbers, dtype=torch.float64).T
-                mean, std, lo, hi = columns[:4]
-                near, dead = columns[4] / x[0].numel(), columns[7]
-                self.stats[j] = [mean, std, near, dead]
+                # mean, std, min, max, near-zero count, -, -, dead fraction (NaN: not counted);
+                # kept as Python floats until the step's rows (probe._Reducer says why)
+                mean, std, lo, hi, small, _, _, dead = (list(c) for c in zip(*numbers))
+                count = x[0].numel()
+                self.stats[j] = [mean, std, [n / count for n in small], dead]
+                lo, hi = torch.tensor(lo, dtype=x.dtype), torch.tensor(hi, dtype=x.dtype)
             # the extremes come out of the dead units' per-unit pass where there is one: the
             # moments then need no min/max pass of their own (benchmarks/train.py)
             elif self.layers[j].can_die:
@@ -276,7 +278,8 @@ class _Recorder:
                                                       (lo, hi))
                 self.stats[j] = [mean, std, near, dead]
             if self.bins:
-                self.hists[j] = self._histogram(j, x, lo, hi)
+                hist = self._histogram(j, x, lo, hi)
+                self.hists[j] = hist.tolist() if numbers is not None else hist  # (a CPU one)
         if self.layers[j].pre is None:
             self._grad_hook(j, first_tensor(out))
 
@@ -293,7 +296,7 @@ class _Recorder:
             g = self._grouped(g.detach())
             numbers = fused.reduce_groups(g, near_zero=self.near_zero, units=False)
             if numbers is not None:
-                self.grads[j] = torch.tensor([n[1] for n in numbers], dtype=torch.float64)
+                self.grads[j] = [n[1] for n in numbers]
                 return
             flat = g.reshape(g.shape[0], -1)
             self.grads[j] = group_mean_std(g, flat.amin(dim=1), flat.amax(dim=1),
@@ -339,12 +342,14 @@ class _Recorder:
         for j in range(len(self.layers)):
             stats = self.stats[j] or [nan] * (len(LAYER_STATS) - 1)
             grad = self.grads[j] if self.grads[j] is not None else nan
-            parts += [s.to(f64).reshape(k) for s in stats] + [grad.to(f64).reshape(k)]
+            parts += [torch.as_tensor(s, dtype=f64, device=losses.device).reshape(k)
+                      for s in [*stats, grad]]
         matrix = torch.stack(parts, dim=1)
         if self.bins:
             empty = torch.full((k, self.bins), float("nan"), dtype=f64, device=losses.device)
-            matrix = torch.cat([matrix, *(h if h is not None else empty for h in self.hists)],
-                               dim=1)
+            hists = [torch.as_tensor(h, dtype=f64, device=losses.device) if h is not None
+                     else empty for h in self.hists]
+            matrix = torch.cat([matrix, *hists], dim=1)
         self.stats = [None] * len(self.layers)
         self.grads = [None] * len(self.layers)
         self.hists = [None] * len(self.layers)
