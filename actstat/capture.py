@@ -25,9 +25,10 @@ that runs more than once is `name#k`. By default the capture measures:
 measured (no `input` records), and one that falls under none of the kinds above is `selected`.
 
 A layer's statistics are reduced inside its forward hook, on the device, before any following
-in-place op can overwrite the tensor, a chunk of samples at a time on the CPU (see CHUNK and
-`_Moments`; definitions: actstat/analysis.py and probe.py's reductions, whose helpers this module
-shares): mean, population std, min, max, near-zero fraction; `dead`: the fraction of units that
+in-place op can overwrite the tensor: a float32 CPU tensor by actstat/fused.py's C kernel in one
+read where it was built, anything else by torch, a chunk of samples at a time on the CPU (see
+CHUNK and `_Moments`; definitions: actstat/analysis.py and probe.py's reductions, whose helpers
+this module shares): mean, population std, min, max, near-zero fraction; `dead`: the fraction of units that
 are exactly 0 for every sample and position, the unit being the channel (dim 1) of a
 convolutional feature map and the last dim otherwise;
 `spread` only for a weight layer's output: the largest range across units on one sample (and
@@ -42,7 +43,8 @@ of the value that was measured) and, for a module with a weight, the std of dL/d
 max, the std of W and their ratio (grad:data). The user's `.grad` tensors are set aside during
 the pass and put back after it, untouched.
 
-Everything a pass measured reaches the host in one copy (`torch.cat(...).tolist()`).
+Everything a pass measured on a device reaches the host in one copy (`torch.cat(...).tolist()`);
+the kernel's numbers of CPU tensors are host floats from the start.
 """
 
 from __future__ import annotations
