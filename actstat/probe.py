@@ -4,7 +4,9 @@ The probe knows nothing of the MLP's code: it pairs each nn.Linear with the leaf
 after it (its activation) by module order, so any sequential stack can be profiled. Each forward
 hook reduces its tensor to a handful of device scalars at once (the tensor itself is not kept);
 with gradients on, it also puts a tensor hook on the pre-activation, which reduces dL/d(pre) when
-backward reaches it. Everything a pass measured is copied to the host together, once.
+backward reaches it. Everything a pass measured is copied to the host together, once. A float32
+CPU tensor is reduced by actstat/fused.py's C kernel where it was built, whose numbers are host
+floats from the start (`_Reducer`).
 """
 
 from __future__ import annotations
