@@ -264,7 +264,8 @@ class _Recorder:
                 mean, std, lo, hi, small, _, _, dead = (list(c) for c in zip(*numbers))
                 count = x[0].numel()
                 self.stats[j] = [mean, std, [n / count for n in small], dead]
-                lo, hi = torch.tensor(lo, dtype=x.dtype), torch.tensor(hi, dtype=x.dtype)
+                if self.bins:  # the histogram's range
+                    lo, hi = torch.tensor(lo, dtype=x.dtype), torch.tensor(hi, dtype=x.dtype)
             # the extremes come out of the dead units' per-unit pass where there is one: the
             # moments then need no min/max pass of their own (benchmarks/train.py)
             elif self.layers[j].can_die:
