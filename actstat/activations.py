@@ -29,10 +29,12 @@ class Activation:
     and leaky_relu gains arise: a layer with Var(W) = gain²/fan_in then keeps E[x²] for unit
     Gaussian pre-activations.
 
-    `dead_below`: a unit whose pre-activation is <= this for every sample of the batch sits in the
-    activation's flat region for the whole batch: constant output, zero gradient: dead. Only
-    activations with an exactly flat region have it (relu; general_relu without leak); for the
-    others it is None and no unit can die.
+    `dead_below`: the pre-activation edge of the activation's lower flat region (a unit whose
+    pre-activation is <= this for every sample has a constant output and zero gradient), and
+    `floor`: the output value there (0 for relu, -0.5 for relu - 0.5). Only activations with
+    an exactly flat lower region have them (relu; general_relu without leak); for the others
+    both are None and no unit can die. The measurement counts a unit dead from the output alone
+    (actstat/analysis.py: it sits at `floor` for every sample); `dead_below` serves the theory.
 
     `kinks`: pre-activation values where φ or φ' jumps (numerical integrals split there).
     `gaussian`: where a closed form exists, q -> (E[φ(√q z)], E[φ(√q z)²], E[φ'(√q z)²]) for
@@ -49,6 +51,7 @@ class Activation:
     module: Callable[[], nn.Module]
     gain: float
     dead_below: float | None = None
+    floor: float | None = None
     lower: float | None = None
     upper: float | None = None
     scale: float = 1.0
@@ -121,7 +124,7 @@ def _leaky_gaussian(slope: float, subtract: float = 0.0) -> Callable[[float], tu
 
 
 def relu() -> Activation:
-    return Activation("relu", nn.ReLU, math.sqrt(2.0), dead_below=0.0, kinks=(0.0,),
+    return Activation("relu", nn.ReLU, math.sqrt(2.0), dead_below=0.0, floor=0.0, kinks=(0.0,),
                       gaussian=_leaky_gaussian(0.0))
 
 
@@ -145,11 +148,17 @@ def general_relu(
         lambda: GeneralRelu(leak, subtract, clamp_max),
         _leaky_gain(leak),
         dead_below=0.0 if leak == 0 else None,
+        floor=_floor(subtract, clamp_max) if leak == 0 else None,
         upper=clamp_max,
         scale=0.0,
         kinks=tuple(sorted(set(kinks))),
         gaussian=_leaky_gaussian(leak, subtract) if clamp_max is None else None,
     )
+
+
+def _floor(subtract: float, clamp_max: float | None) -> float:
+    """relu(y) - subtract, clamped from above at clamp_max: its value where y <= 0."""
+    return -subtract if clamp_max is None else min(-subtract, clamp_max)
 
 
 def tanh() -> Activation:
@@ -190,8 +199,17 @@ def mish() -> Activation:
     return Activation("mish", nn.Mish, second_moment_gain(nn.Mish()))
 
 
+class Identity(nn.Module):
+    """The identity as an activation: φ(x) = x. Not torch's nn.Identity, which models use as a
+    placeholder and the measurement hands on (a pass-through): this one is the activation of
+    its layer, so the built-in MLP's rows read `Linear → Identity` with pre and post."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 def identity() -> Activation:
-    return Activation("identity", nn.Identity, 1.0, gaussian=lambda q: (0.0, q, 1.0))
+    return Activation("identity", Identity, 1.0, gaussian=lambda q: (0.0, q, 1.0))
 
 
 ACTIVATIONS: dict[str, Callable[..., Activation]] = {
@@ -208,6 +226,52 @@ ACTIVATIONS: dict[str, Callable[..., Activation]] = {
     "mish": mish,
     "identity": identity,
 }
+
+
+def describe(module: nn.Module) -> Activation | None:
+    """What the measurement needs to know of an activation module met in any model: its flat
+    region's `floor` (the dead rule) and its range (the saturation rule), or None for a module
+    it does not know (whose dead units are those exactly 0 throughout: actstat/analysis.py).
+
+    The registry's own modules and torch's elementwise activations are known; those without a
+    flat lower region (tanh, gelu, leaky relu, ...) come back with `floor` None: no unit of
+    theirs can die. Hard clamps are described as general_relu's clamp is (scale 0: saturated =
+    clamped); a hard clamp's lower end is also its flat region (relu6, hardtanh,
+    hardsigmoid: a unit held there for every sample has no gradient: dead). Gains are not
+    used here: 1.0 stands in where the registry has no entry.
+    """
+    if isinstance(module, GeneralRelu):
+        return general_relu(leak=module.leak, subtract=module.subtract,
+                            clamp_max=module.clamp_max)
+    if isinstance(module, nn.ReLU):
+        return relu()
+    if isinstance(module, nn.ReLU6):
+        return Activation("relu6", lambda: module, 1.0, floor=0.0, upper=6.0, scale=0.0)
+    if isinstance(module, nn.Hardtanh):  # (ReLU6 is one: handled above)
+        return Activation("hardtanh", lambda: module, 1.0, floor=module.min_val,
+                          lower=module.min_val, upper=module.max_val, scale=0.0)
+    if isinstance(module, nn.Hardsigmoid):
+        return Activation("hardsigmoid", lambda: module, 1.0, floor=0.0, lower=0.0, upper=1.0,
+                          scale=0.0)
+    if isinstance(module, nn.Tanh):
+        return tanh()
+    if isinstance(module, nn.Sigmoid):
+        return sigmoid()
+    if isinstance(module, nn.SELU):
+        return selu()
+    if isinstance(module, nn.ELU):
+        return Activation("elu", lambda: module, 1.0, lower=-module.alpha, scale=module.alpha)
+    if isinstance(module, nn.Softplus):
+        return Activation("softplus", lambda: module, 1.0, lower=0.0, scale=1.0 / module.beta)
+    if isinstance(module, UNBOUNDED_SMOOTH):
+        return Activation(type(module).__name__.lower(), lambda: module, 1.0)
+    return None
+
+
+# torch's activations with neither a flat region nor a bounded range
+UNBOUNDED_SMOOTH: tuple[type[nn.Module], ...] = (
+    nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.GELU, nn.SiLU, nn.Mish, nn.CELU, nn.Softsign,
+    nn.Tanhshrink, nn.LogSigmoid, nn.Identity, Identity)
 
 
 def make_activation(name: str, params: dict | None = None) -> Activation:

@@ -90,7 +90,7 @@ Training (`actstat train`; the statistics through training are defined in actsta
   of the last five recorded steps, or of all but step 0 where fewer) / (the loss at step 0).
   A run stopped by a non-finite loss did not train. Fewer than two recorded steps: not judged.
 
-The verdict of a scheme is the first of `FLAGS` (actstat/report.py) that any of its layers carries (the most
+The verdict of a scheme is the first of `FLAGS` (actstat/records.py) that any of its layers carries (the most
 fundamental cause first: symmetric weights explain vanishing, not the other way round), else
 `healthy`.
 """
@@ -102,13 +102,14 @@ import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from actstat.config import Thresholds
-from actstat.report import (
+from actstat.records import (
     EVENT_KINDS,
     FLAGS,
     HEALTHY,
+    ByDesign,
+    CapturedLayer,
     Event,
     GradStats,
     LayerStats,
@@ -118,67 +119,10 @@ from actstat.report import (
     finite_or_none,
 )
 
-if TYPE_CHECKING:
-    from actstat.capture import CapturedLayer
-    from actstat.probe import RawLayer
-
-# the statistics every tensor has (actstat/probe.py reduces them in this order)
+# the statistics every tensor has (actstat/capture.py reduces them in this order)
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
 # the flags judged on the signal (a residual network's stream), not inside a repeated block
 SIGNAL_FLAGS = ("exploding", "vanishing", "grad_exploding", "grad_vanishing")
-
-
-@dataclass(frozen=True)
-class ByDesign:
-    """Zeros a model's init sets on purpose, by the module names of its rows, and what they do
-    to the first backward pass (actstat/model.py `by_design` finds them in the built-in model).
-
-    - `source`: what set them (`fixup`, `rezero`, `model.multiplier 0`), named in the note.
-    - `zero_weights`: weight layers that start at exactly 0 and leave it once trained (fixup's
-      head, and its branch last layers where the activation after them passes a gradient at 0):
-      their `symmetric`, `vanishing` and `dead` are by design. (Zero weights make every unit
-      compute the same 0, but their gradients differ per unit, so they do not stay identical.)
-    - `stuck`: weight layers set to 0 on purpose that can never leave it: the activation after
-      them is flat at 0 (relu: its gradient there is 0), so their units are dead for good and
-      every layer before them in their branch gets no gradient either. Only `symmetric` and
-      `vanishing` are by design there; `dead` and `grad_zero` stay flagged.
-    - `gates`: residual blocks whose branch multiplier α starts at 0 (rezero): each block
-      starts as the identity.
-    - `quiet`: layers whose gradients are exactly 0 at step 0 only because of those zeros
-      downstream (before a zero head or a zero branch layer, behind α = 0), and that flow once
-      the first steps move the zeros, whose own gradients are not 0: their `grad_zero` and
-      `grad_vanishing` are by design.
-    - `activation`: the activation's name, for the note on stuck layers.
-    """
-
-    source: str
-    zero_weights: frozenset[str] = frozenset()
-    stuck: frozenset[str] = frozenset()
-    gates: frozenset[str] = frozenset()
-    quiet: frozenset[str] = frozenset()
-    activation: str = ""
-
-    def flags(self, name: str) -> frozenset[str]:
-        """The flags that the row of module `name` carries by design."""
-        flags: set[str] = set()
-        if name in self.zero_weights:
-            flags |= {"symmetric", "vanishing", "dead"}
-        if name in self.stuck:
-            flags |= {"symmetric", "vanishing"}
-        if name in self.quiet:
-            flags |= {"grad_zero", "grad_vanishing"}
-        return frozenset(flags)
-
-
-
-def analyse(layers: list[RawLayer], *, input_std: float, thresholds: Thresholds, can_die: bool,
-            bounded: bool) -> tuple[LayerStats, ...]:
-    """One LayerStats per hidden layer, in order, with its flags."""
-    last = layers[-1].grad["std"] if layers and layers[-1].grad is not None else None
-    return tuple(
-        _layer(i, raw, input_std, last, thresholds, can_die, bounded)
-        for i, raw in enumerate(layers, start=1)
-    )
 
 
 def verdict(layers: tuple[LayerStats, ...]) -> str:
@@ -194,7 +138,8 @@ def first_flagged(layers: tuple[LayerStats, ...], flag: str) -> LayerStats | Non
 class Summary:
     """One scheme in a line, derived from its Run alone (so a saved report can be re-summarised).
 
-    - `gain`: the geometric mean of the layer-to-layer ratios of post std,
+    - `first_std`, `last_std`, `gain`: over the signal rows (`signal_rows`: the head, the
+      logits, is not the signal). `gain`: the geometric mean of the layer-to-layer ratios of post std,
       (std_last / std_first) ** (1 / (depth - 1)): < 1 the signal shrinks by that factor per
       layer, > 1 it grows. None with one layer, or when a std is 0 or not finite.
     - `first_flag`: (layer index, flag) of the first flagged layer, its first flag in FLAGS order.
@@ -215,10 +160,11 @@ class Summary:
 
 
 def summarise(layers: tuple[LayerStats, ...], verdict_name: str) -> Summary:
-    first, last = layers[0].post.std, layers[-1].post.std
+    signal = signal_rows(layers)
+    first, last = signal[0].post.std, signal[-1].post.std
     gain = None
-    if len(layers) > 1 and first and last:
-        gain = (last / first) ** (1 / (len(layers) - 1))
+    if len(signal) > 1 and first and last:
+        gain = (last / first) ** (1 / (len(signal) - 1))
     flagged = next((layer for layer in layers if layer.flags), None)
     deads = [layer.post.dead for layer in layers
              if layer.post.dead is not None and "dead" not in layer.by_design]
@@ -237,53 +183,6 @@ def summarise(layers: tuple[LayerStats, ...], verdict_name: str) -> Summary:
         worst_saturated=max(saturations) if saturations else None,
         grad_ratio=finite_or_none(ratio),
     )
-
-
-def _layer(index: int, raw: RawLayer, input_std: float, last_grad_std: float | None,
-           t: Thresholds, can_die: bool, bounded: bool) -> LayerStats:
-    pre = TensorStats(**{k: finite_or_none(raw.pre[k]) for k in MOMENTS})
-    post = PostStats(
-        **{k: finite_or_none(raw.post[k]) for k in MOMENTS},
-        dead=raw.pre["dead"] if can_die else None,
-        saturated=raw.post["saturated"] if bounded else None,
-        histogram=(tuple(round(c) for c in raw.histogram)
-                   if raw.histogram is not None and math.isfinite(raw.post["min"])
-                   and math.isfinite(raw.post["max"]) else None),
-    )
-    finite = all(math.isfinite(raw.pre[k]) and math.isfinite(raw.post[k]) for k in ("min", "max"))
-    grad, grad_flags = _grad(raw, last_grad_std, t)
-    std = raw.post["std"]
-    flags = {
-        **grad_flags,
-        "nonfinite": not finite or grad_flags.get("nonfinite", False),
-        "symmetric": finite and raw.fan_out > 1 and raw.pre["spread"] <= t.symmetric,
-        "exploding": finite and std > t.exploding * input_std,
-        "vanishing": finite and std < t.vanishing * input_std,
-        "saturated": post.saturated is not None and post.saturated > t.saturated,
-        "dead": post.dead is not None and post.dead > t.dead,
-    }
-    return LayerStats(index, raw.fan_in, raw.fan_out, pre, post, grad,
-                      tuple(flag for flag in FLAGS if flags.get(flag)))
-
-
-def _grad(raw: RawLayer, last_std: float | None, t: Thresholds) -> tuple[GradStats | None,
-                                                                          dict[str, bool]]:
-    if raw.grad is None:
-        return None, {}
-    g = raw.grad
-    values = [g["mean"], g["std"], g["weight_std"], g["weight_min"], g["weight_max"]]
-    finite = all(math.isfinite(v) for v in values)
-    data_std = g["weight_data_std"]
-    ratio = g["weight_std"] / data_std if data_std > 0 and finite else None
-    stats = GradStats(finite_or_none(g["mean"]), finite_or_none(g["std"]),
-                      finite_or_none(g["weight_std"]), finite_or_none(ratio))
-    relative = g["std"] / last_std if finite and last_std and math.isfinite(last_std) else None
-    return stats, {
-        "nonfinite": not finite,
-        "grad_vanishing": relative is not None and relative < t.grad_vanishing,
-        "grad_exploding": relative is not None and relative > t.grad_exploding,
-        "grad_zero": finite and g["weight_min"] == 0 == g["weight_max"],
-    }
 
 
 def analyse_captured(records: Sequence[CapturedLayer], *, input_std: float | None,
@@ -343,11 +242,22 @@ def _listed(names: Sequence[str]) -> str:
     return " and ".join(filter(None, [", ".join(folded[:-1]), folded[-1]]))
 
 
+def head_row(layers: Sequence[LayerStats]) -> LayerStats | None:
+    """The head: the last row when it is a weight layer whose output nothing consumes (the
+    logits; the MLP's `head`), and not the only row; None where the last row is not one."""
+    last = layers[-1] if len(layers) > 1 else None
+    return last if last is not None and last.kind == "weight" and last.pre is None else None
+
+
+def signal_rows(layers: Sequence[LayerStats]) -> Sequence[LayerStats]:
+    """The rows that carry the signal: all but the head (the MLP's hidden layers)."""
+    return layers[:-1] if head_row(layers) is not None else layers
+
+
 def grad_reference(layers: Sequence[LayerStats]) -> LayerStats:
     """The row whose gradient std the others' are held to: the last, or the one before it when
-    the last is a head (a weight layer whose output nothing consumes; never so in the MLP)."""
-    head = len(layers) > 1 and layers[-1].kind == "weight" and layers[-1].pre is None
-    return layers[-2] if head else layers[-1]
+    the last is the head (the MLP's reference is its last hidden layer)."""
+    return signal_rows(layers)[-1]
 
 
 def pair_rows(records: Sequence[CapturedLayer]) -> list[tuple[CapturedLayer | None,

@@ -22,7 +22,8 @@ from actstat import __version__
 from actstat.config import Thresholds, validation_message
 from actstat.errors import ConfigError, ModelError
 from actstat.pipeline import input_stats, model_run
-from actstat.report import API_SOURCE, SCHEMA_VERSION, Report
+from actstat.records import API_SOURCE, SCHEMA_VERSION
+from actstat.report import Report
 
 Layers = type[nn.Module] | str | Sequence[type[nn.Module] | str]
 Loss = Callable[[torch.Tensor, Any], torch.Tensor]

@@ -55,7 +55,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from itertools import islice
 from typing import Any, NamedTuple
@@ -64,10 +64,11 @@ import torch
 from torch import nn
 
 from actstat import fused
-from actstat.activations import Activation, GeneralRelu, elu, selu, sigmoid, softplus, tanh
+from actstat.activations import Activation, describe
 from actstat.config import Thresholds
-from actstat.errors import ModelError
-from actstat.probe import (
+from actstat.errors import ActstatError, ModelError
+from actstat.records import Capture, CapturedLayer
+from actstat.reduce import (
     Scratch,
     cross_entropy,
     exact,
@@ -112,43 +113,6 @@ GRAD = ("mean", "std")
 WEIGHT_GRAD = ("weight_std", "weight_min", "weight_max", "weight_data_std")
 
 
-@dataclass(frozen=True)
-class CapturedLayer:
-    """One measured tensor of one module call, as plain numbers.
-
-    `stats`: mean, std, min, max, near_zero, dead; `spread` for a weight layer (the `symmetric`
-    flag's statistic); `saturated` for a bounded activation.
-    `grad`: None without a backward pass, or when the tensor was not part of the autograd graph
-    (a weight layer's input made from the data by ops with no parameter); else mean and std of
-    dL/d(tensor) and, for a module with a weight, `weight_std`, `weight_min`, `weight_max` (of
-    dL/dW), `weight_data_std` (of W) and `grad_to_data` (their ratio; None when std(W) is 0 or a
-    number is not finite);
-    the weight entries are None for a frozen weight. `histogram`: counts in equal bins over
-    [min, max] (None unless asked for). `unit_dim`: the dimension of `shape` whose entries are
-    the units that `dead` counts. `weight_shape`: the shape of the module's weight parameter
-    (None for an input record or a module without one), for fan-in and fan-out, in
-    torch.nn.init's layout (out, in, *kernel): a `Conv1D`'s (in, out) weight is given swapped."""
-
-    name: str
-    kind: str
-    module_type: str
-    shape: tuple[int, ...]
-    unit_dim: int
-    weight_shape: tuple[int, ...] | None
-    stats: dict[str, float]
-    grad: dict[str, float | None] | None
-    histogram: tuple[float, ...] | None
-    consumes: str | None = None  # an `activation`: the weight or norm layer call it consumes
-
-
-@dataclass(frozen=True)
-class Capture:
-    """One pass: every measured layer in execution order, and the loss of the backward pass."""
-
-    layers: tuple[CapturedLayer, ...]
-    loss: float | None
-
-
 def capture(model: nn.Module, inputs: Any, targets: torch.Tensor | None = None, *,
             loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
             output: int | str | None = None,
@@ -166,23 +130,49 @@ def capture(model: nn.Module, inputs: Any, targets: torch.Tensor | None = None, 
     modules measured as blocks besides the repeated ones, where the caller knows its model's
     blocks (the built-in residual model with a single block, which has no repeat to be found
     by)."""
+    return _capture(model, inputs, targets, loss=loss, output=output, layers=layers, grad=grad,
+                    bins=bins, thresholds=thresholds, blocks=blocks)[0]
+
+
+def capture_stacked(model: nn.Module, inputs: Any, targets: torch.Tensor | None = None, *,
+                    groups: int, loss: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+                    grad: bool = True, bins: int = 0,
+                    thresholds: Thresholds | None = None) -> list[Capture]:
+    """`capture` of K models run side by side as one (actstat.model.stack_mlps): every tensor
+    the model makes is (K, batch, ...), group k being model k's, and every `stacked` weight
+    layer holds the K models' weights. One Capture per model, in stack order, with the numbers
+    K separate captures give (to float rounding: a batched matmul sums in its own order). The
+    backward pass is of the sum of the K models' losses (each group's output against the same
+    `targets`), whose gradient for each model's parameters is that model's own. Still one host
+    copy for the whole stack."""
+    return _capture(model, inputs, targets, loss=loss, output=None, layers=None, grad=grad,
+                    bins=bins, thresholds=thresholds, blocks=(), groups=groups)
+
+
+def _capture(model: nn.Module, inputs: Any, targets: torch.Tensor | None, *,
+             loss: Callable | None, output: int | str | None, layers: Any, grad: bool, bins: int,
+             thresholds: Thresholds | None, blocks: Sequence[nn.Module],
+             groups: int = 0) -> list[Capture]:
+    """groups: 0 for one model, K for a stack of K."""
     t = thresholds if thresholds is not None else Thresholds()
     selection = _selection(layers)
-    recorder = _Recorder(model, selection, grad=grad, bins=bins, near_zero=t.near_zero,
-                         saturation_cut=t.saturation_cut, blocks=blocks)
-    with preserved(model, inputs, grads=grad), recorder.hooks():
+    recorder = Probe(model, selection, grad=grad, bins=bins, near_zero=t.near_zero,
+                         saturation_cut=t.saturation_cut, blocks=blocks, groups=groups)
+    with preserved(model, inputs, grads=grad), recorder.hooks(inputs):
         with torch.enable_grad() if grad else torch.no_grad():
             out = recorder.forward(inputs)
             recorder.check_measured()
-            value = None
+            values = None
             if grad:
-                value = _loss(select_output(out, output), targets, loss)
-                if value.requires_grad:
-                    value.backward()
+                selected = select_output(out, output)
+                values = (torch.stack([_loss(part, targets, loss) for part in selected.unbind(0)])
+                          if groups else _loss(selected, targets, loss).reshape(1))
+                if values.requires_grad:
+                    values.sum().backward()
                 else:
                     recorder.grad = False  # nothing upstream of the loss is differentiable
         with torch.no_grad():
-            return recorder.collect(value)
+            return recorder.collect(values)
 
 
 def repeated_blocks(model: nn.Module) -> set[int]:
@@ -221,8 +211,18 @@ def convolutional(model: nn.Module) -> set[int]:
 
 
 def is_weight_layer(module: nn.Module) -> bool:
-    """A module whose output is a weight layer's: WEIGHT_TYPES, or a `transposed_linear`."""
-    return isinstance(module, WEIGHT_TYPES) or transposed_linear(module)
+    """A module whose output is a weight layer's: WEIGHT_TYPES, a `transposed_linear`, or a
+    `stacked` layer."""
+    return isinstance(module, WEIGHT_TYPES) or transposed_linear(module) or stacked(module)
+
+
+def stacked(module: nn.Module) -> bool:
+    """A weight layer of K models side by side (actstat.model.StackedLinear: weight (K, out,
+    in)), which says so with a class attribute `stacked = True`: the engine measures the
+    modules it is given and imports no model module."""
+    weight = getattr(module, "weight", None)
+    return (getattr(type(module), "stacked", False) is True and isinstance(weight, torch.Tensor)
+            and weight.dim() == 3)
 
 
 def transposed_linear(module: nn.Module) -> bool:
@@ -234,33 +234,6 @@ def transposed_linear(module: nn.Module) -> bool:
     weight = getattr(module, "weight", None)
     return (isinstance(weight, torch.Tensor) and weight.dim() == 2
             and getattr(module, "nf", None) == weight.shape[1])
-
-
-def bounded_activation(module: nn.Module) -> Activation | None:
-    """The registry's description of a bounded activation module (for its saturation rule), or
-    None. Hard clamps are described as general_relu's clamp is (scale 0: saturated = clamped);
-    ReLU6's lower end is relu's flat region (dead), not saturation."""
-    if isinstance(module, nn.Tanh):
-        return tanh()
-    if isinstance(module, nn.Sigmoid):
-        return sigmoid()
-    if isinstance(module, nn.SELU):
-        return selu()
-    if isinstance(module, nn.ELU):
-        return elu(alpha=module.alpha)
-    if isinstance(module, nn.Softplus):
-        return softplus(beta=module.beta)
-    # gains are not used by the capture: 1.0 stands in
-    if isinstance(module, nn.ReLU6):
-        return Activation("relu6", lambda: module, 1.0, upper=6.0, scale=0.0)
-    if isinstance(module, nn.Hardtanh):
-        return Activation("hardtanh", lambda: module, 1.0, lower=module.min_val,
-                          upper=module.max_val, scale=0.0)
-    if isinstance(module, nn.Hardsigmoid):
-        return Activation("hardsigmoid", lambda: module, 1.0, lower=0.0, upper=1.0, scale=0.0)
-    if isinstance(module, GeneralRelu) and module.clamp_max is not None:
-        return Activation("general_relu", lambda: module, 1.0, upper=module.clamp_max, scale=0.0)
-    return None
 
 
 @dataclass(slots=True)
@@ -287,7 +260,7 @@ class _Module(NamedTuple):
     pass_through: bool
     convolutional: bool  # holds a CHANNEL_TYPES module: its output's unit is the channel
     channel_type: bool
-    bounded: Activation | None
+    rules: Activation | None  # activations.describe: its dead (floor) and saturation rules
 
 
 @dataclass(slots=True)
@@ -307,49 +280,78 @@ class _Record:
     module: nn.Module
     shape: tuple[int, ...]
     unit_dim: int
-    stats: Row  # MOMENTS, dead, [spread], [saturated], [histogram]
+    stats: list[Row]  # per group: MOMENTS, dead, [spread], [saturated], [histogram]
     saturation: bool
     spread: bool
     consumes: str | None = None  # an activation record: the weight or norm call it consumes
-    grad: Row | None = None  # (mean, std) once backward reached the tensor
+    grad: list[Row] | None = None  # per group: (mean, std) once backward reached the tensor
     differentiable: bool = False
 
 
-class _Recorder:
-    """The hooks of one pass and what they measured."""
+# lsuv's step (actstat/lsuv.py): (module, its name, its output, a function that runs the
+# module again on the same input) -> the output the forward goes on with
+WeightStep = Callable[[nn.Module, str, torch.Tensor, Callable[[], Any]], torch.Tensor]
+# a histogram's range: (record name, group, a function giving the tensor's (min, max)) ->
+# (low, high); calling the function reads them on the host (a device sync: only where needed)
+HistRange = Callable[[str, int, Callable[[], tuple[float, float]]], tuple[float, float]]
+
+
+class Probe:
+    """The measurement engine: the hooks of a pass over one model (or a stack of K: `groups`)
+    and what they measured. `capture` makes one pass with it; `actstat train` one per recorded
+    step (`hooks()` starts a fresh pass each time, `collect` ends it); lsuv's step runs inside
+    its hooks (`weight_step`), so that every path finds layers the same way.
+
+    `weights`: measure each weight's gradient and the weight itself (`capture` does; the
+    training recorder, which shows neither, does not). `hist_range`: where `bins` counts of a
+    tensor fall (default: its own [min, max]; values outside go to the end bins)."""
 
     def __init__(self, model: nn.Module, selection: tuple[tuple[type, ...], tuple[str, ...]] | None,
                  *, grad: bool, bins: int, near_zero: float, saturation_cut: float,
-                 blocks: Sequence[nn.Module] = ()):
+                 blocks: Sequence[nn.Module] = (), groups: int = 0, weights: bool = True,
+                 weight_step: WeightStep | None = None, hist_range: HistRange | None = None):
         self.model = model
+        self.groups = groups
         self.selection = selection
         self.grad = grad
         self.bins = bins
         self.near_zero = near_zero
         self.cut = saturation_cut
+        self.weights = weights
+        self.weight_step = weight_step
+        self.hist_range = hist_range
         self.names = {id(m): name or type(model).__name__ for name, m in model.named_modules()}
         self.blocks = repeated_blocks(model) | {id(block) for block in blocks}
         self.convolutional = convolutional(model)
         self.modules: dict[int, _Module] = {}
+        self.scratch = Scratch()  # one buffer for every reduction of every pass
+        self.zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the last pass: its calls, tensors and records."""
+        self.paused = False
         self.calls: dict[int, int] = {}
         self.stack: list[_Call] = []
         self.tensors: dict[int, _Pending] = {}
         self.records: list[_Record] = []
         self.ran: list[str] = []
         self.data: tuple[torch.Tensor, ...] = ()  # the model's inputs: never an input record
-        self.zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-        self.scratch = Scratch()  # one buffer for every reduction of the pass
 
     # -- hooks ------------------------------------------------------------------------------
 
     @contextmanager
-    def hooks(self) -> Iterator[None]:
-        """A forward pre-hook and a forward hook on every module, removed whatever happens."""
+    def hooks(self, inputs: Any = ()) -> Iterator[None]:
+        """A fresh pass: a forward pre-hook and a forward hook on every module, removed whatever
+        happens. The tensors of `inputs` (the data) are never measured as a layer's input. The
+        only place in actstat that hooks a model (tests/test_engine.py holds it to that)."""
+        self.reset()
+        self.data = tuple(_tensors(inputs))
         handles = []
         try:
             for module in self.model.modules():
                 handles.append(module.register_forward_pre_hook(self._before, with_kwargs=True))
-                handles.append(module.register_forward_hook(self._after))
+                handles.append(module.register_forward_hook(self._after, with_kwargs=True))
             yield
         finally:
             for handle in handles:
@@ -364,6 +366,8 @@ class _Recorder:
             if isinstance(inputs, (tuple, list)):
                 return self.model(*inputs)
             return self.model(inputs)
+        except ActstatError:
+            raise  # said by actstat itself (lsuv's step): as it is
         except Exception as error:
             where = (f"in {self.stack[-1].name} ({type(self._module(self.stack[-1])).__name__})"
                      if self.stack else "")
@@ -382,11 +386,13 @@ class _Recorder:
                        weight and not isinstance(module, nn.Embedding),
                        isinstance(module, NORM_TYPES), key in self.blocks,
                        isinstance(module, PASS_THROUGH), key in self.convolutional,
-                       isinstance(module, CHANNEL_TYPES), bounded_activation(module))
+                       isinstance(module, CHANNEL_TYPES), describe(module))
         self.modules[key] = info
         return info
 
     def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.paused:
+            return
         key = id(module)
         info = self.modules.get(key) or self._describe(module)
         count = self.calls[key] = self.calls.get(key, 0) + 1
@@ -408,9 +414,11 @@ class _Recorder:
                 and not any(x is t for t in self.data)):
             # `version`: an in-place op since it was measured changed it
             self._measure(module, f"{name}:input", "input", x, channels=(
-                x.dim() >= 3 and info.channel_type), saturation=None)
+                x.dim() - bool(self.groups) >= 3 and info.channel_type), rules=None)
 
-    def _after(self, module: nn.Module, args: tuple, out: Any) -> Any:
+    def _after(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+        if self.paused:
+            return None
         # calls whose forward raised and whose caller caught it never reach their forward hook
         while len(self.stack) > 1 and self.stack[-1].module != id(module):
             self.stack.pop()
@@ -422,8 +430,11 @@ class _Recorder:
         kind = self._kind(info, call)
         if self.selection is not None:
             kind = (kind or "selected") if self._selected(module, call.name) else None
-        channels = x.dim() >= 3 and (call.channels or info.convolutional)
+        channels = x.dim() - bool(self.groups) >= 3 and (call.channels or info.convolutional)
         replaced = None
+        if info.weight and self.weight_step is not None and x is out:
+            replaced = x = self.weight_step(module, call.name, x,
+                                            lambda: self._again(module, args, kwargs))
         if kind is not None:
             if self.grad and not x.requires_grad:
                 # a tensor no parameter upstream of it trains (frozen layers, data): x + 0
@@ -433,7 +444,8 @@ class _Recorder:
                 replaced = _replace(out, x, new)
                 if replaced is not None:
                     x = new
-            self._measure(module, call.name, kind, x, channels, info.bounded,
+            self._measure(module, call.name, kind, x, channels,
+                          info.rules if kind in ("activation", "selected") else None,
                           consumes=call.consumes if kind == "activation" else None)
         consumer = info.weight or info.norm
         source = call.name if consumer else None
@@ -447,6 +459,14 @@ class _Recorder:
             else:
                 self.tensors[id(x)] = _Pending(weakref.ref(x), None, channels, consumer, source)
         return replaced
+
+    def _again(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The module's output computed afresh on the same input, unseen by the hooks."""
+        self.paused = True
+        try:
+            return first_tensor(module(*args, **kwargs))
+        finally:
+            self.paused = False
 
     def _kind(self, info: _Module, call: _Call) -> str | None:
         if info.weight:
@@ -482,11 +502,17 @@ class _Recorder:
     # -- reductions -------------------------------------------------------------------------
 
     def _measure(self, module: nn.Module, name: str, kind: str, x: torch.Tensor, channels: bool,
-                 saturation: Activation | None, consumes: str | None = None) -> None:
-        unit = 1 if channels else max(x.dim() - 1, 0)
+                 rules: Activation | None, consumes: str | None = None) -> None:
+        groups = self._groups(x.detach())  # detached: no graph
+        sample = groups[0]
+        unit = 1 if channels else max(sample.dim() - 1, 0)
         spread = kind == "weight"
-        stats = self._reduce(x.detach(), unit, spread, saturation)  # detached: no graph
-        record = _Record(name, kind, module, tuple(x.shape), unit, stats, saturation is not None,
+        stats = [self._reduce(group, unit, spread, rules) for group in groups]
+        if self.bins:
+            stats = [self._with_histogram(name, k, group, row)
+                     for k, (group, row) in enumerate(zip(groups, stats))]
+        saturation = rules is not None and rules.saturation_edges(self.cut) is not None
+        record = _Record(name, kind, module, tuple(sample.shape), unit, stats, saturation,
                          spread, consumes)
         self.records.append(record)
         seen = self._seen(x)
@@ -498,10 +524,16 @@ class _Recorder:
             record.differentiable = True
             x.register_hook(lambda g, record=record: self._on_grad(record, g))
 
+    def _groups(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """`t` as the list of its groups: itself for one model, t[0], ..., t[K-1] for a stack."""
+        return list(t.unbind(0)) if self.groups else [t]
+
     def _reduce(self, x: torch.Tensor, unit: int, spread: bool,
-                saturation: Activation | None) -> Row:
+                rules: Activation | None) -> Row:
         """MOMENTS, dead, [spread], [saturated], [histogram] of `x` as one float64 vector (host
-        floats from the kernel, without a histogram).
+        floats from the kernel, without a histogram). `rules`: the activation that made `x`
+        (activations.describe), for its dead and saturation rules; None: a unit is dead when
+        it is exactly 0 throughout.
 
         The tensor is reduced a chunk of samples at a time (see CHUNK): every statistic of a
         chunk while it is in the caches, the chunks' numbers combined at the end (extremes,
@@ -512,14 +544,15 @@ class _Recorder:
         # (samples, units), or (batch, channels, positions) with the positions contiguous
         view = x.reshape(x.shape[0], x.shape[1], -1) if channels else x.reshape(-1, x.shape[-1])
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        edges = saturation.saturation_edges(self.cut) if saturation is not None else None
+        edges = rules.saturation_edges(self.cut) if rules is not None else None
+        # the dead rule: a known activation's floor (a unit never above it), none for a known
+        # activation without a flat region (not counted: NaN), exactly 0 for any other module
+        floor = rules.floor if rules is not None else None
+        count_dead = rules is None or floor is not None
         if fused.takes(view):
-            row = _fused_row(view, channels, spread, edges, self.near_zero)
+            row = _fused_row(view, channels, spread, edges, self.near_zero, units=count_dead,
+                             floor=floor)
             if row is not None:
-                if self.bins:
-                    lo, hi = torch.tensor(row[2:4], dtype=acc)
-                    return torch.cat([torch.tensor(row, dtype=torch.float64), group_histogram(
-                        x.reshape(1, -1), lo.reshape(1), hi.reshape(1), self.bins)[0]])
                 return row
         step = max(1, _chunk_size(x) // max(view[0].numel(), 1))
         scratch = self.scratch(view[:step])
@@ -538,10 +571,12 @@ class _Recorder:
             flat = exact(chunk).reshape(-1)
             work = scratch[:flat.numel()]
             moments.add(flat, lo, hi, work)
-            # each unit's max|x| (0: the unit is 0 throughout), from the near-zero count's |x|
-            top = work.view(chunk.shape)
+            if floor is not None:  # each unit's largest value: dead when it is at the floor
+                unit_top.append(chunk.amax(dim=2).amax(dim=0) if channels else chunk.amax(dim=0))
             torch.abs(flat, out=work)
-            unit_top.append(top.amax(dim=2).amax(dim=0) if channels else top.amax(dim=0))
+            if rules is None:  # each unit's max|x| (0: the unit is 0 throughout), from |x|
+                top = work.view(chunk.shape)
+                unit_top.append(top.amax(dim=2).amax(dim=0) if channels else top.amax(dim=0))
             near.append(_count(work.lt_(self.near_zero)))
             if edges is not None:
                 fraction = saturated_fraction(flat.unsqueeze(0), edges, work.unsqueeze(0))[0]
@@ -550,20 +585,36 @@ class _Recorder:
         count = x.numel()
         lo, hi = torch.stack(los).amin(), torch.stack(his).amax()
         mean, std = moments.result()
-        dead_units = torch.stack(unit_top).amax(dim=0) == 0
+        if count_dead:
+            top = torch.stack(unit_top).amax(dim=0)
+            # compared in x's dtype, as the kernel compares (a float32 relu - 0.5 sits at -0.5)
+            dead = (top <= floor if floor is not None else top == 0).to(f64).mean()
+        else:
+            dead = torch.tensor(math.nan, dtype=f64, device=x.device)
         parts = [mean, std, lo.to(f64), hi.to(f64), torch.stack(near).to(f64).sum() / count,
-                 dead_units.to(f64).mean()]
+                 dead]
         if spread:
             parts.append(unit_spread(torch.cat(sample_lo).to(acc).unsqueeze(0),
                                      torch.cat(sample_hi).to(acc).unsqueeze(0),
                                      lo.reshape(1), hi.reshape(1))[0].to(f64))
         if edges is not None:
             parts.append(torch.stack(saturated).sum() / count)
-        row = torch.stack([p.reshape(()) for p in parts])
-        if self.bins:
-            row = torch.cat([row, group_histogram(x.unsqueeze(0), lo.reshape(1), hi.reshape(1),
-                                                  self.bins)[0]])
-        return row
+        return torch.stack([p.reshape(()) for p in parts])
+
+    def _with_histogram(self, name: str, group: int, x: torch.Tensor, row: Row) -> Row:
+        """`row` and `bins` counts of `x` after it, over [min, max] (row[2], row[3]), or over
+        `hist_range`'s range (values outside it counted in the end bins)."""
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if self.hist_range is not None:
+            low, high = self.hist_range(name, group, lambda: (float(row[2]), float(row[3])))
+            lo, hi = (torch.tensor(v, dtype=acc, device=x.device) for v in (low, high))
+        elif isinstance(row, list):  # the kernel's (a CPU tensor's)
+            lo, hi = torch.tensor(row[2:4], dtype=acc)
+        else:
+            lo, hi = row[2], row[3]
+        counts = group_histogram(x.reshape(1, -1), lo.reshape(1), hi.reshape(1), self.bins)[0]
+        return torch.cat([torch.as_tensor(row, dtype=torch.float64, device=counts.device),
+                          counts])
 
     def _moments(self, t: torch.Tensor) -> Row:
         """(mean, std, min, max) of every value of `t` (float64; host floats from the kernel),
@@ -593,7 +644,7 @@ class _Recorder:
 
     def _on_grad(self, record: _Record, g: torch.Tensor) -> None:
         with torch.no_grad():
-            record.grad = self._moments(g.detach())[:2]
+            record.grad = [self._moments(group)[:2] for group in self._groups(g.detach())]
 
     # -- results ----------------------------------------------------------------------------
 
@@ -610,24 +661,39 @@ class _Recorder:
                          f"returned a floating-point tensor (modules that ran: {ran}); "
                          "choose modules with layers= (--layers, model.layers)")
 
-    def collect(self, loss: torch.Tensor | None) -> Capture:
-        """Every record's numbers in one host copy."""
-        weights: dict[int, tuple[torch.Tensor, bool] | None] = {}
+    def collect(self, losses: torch.Tensor | None,
+                extra: torch.Tensor | None = None) -> list[Capture]:
+        """Every record's numbers in one host copy: a Capture per group (one for one model).
+        `losses`: each group's loss, a (K,) vector (one value for one model), or None;
+        `extra`: the caller's (K, m) numbers, fetched in the same copy (Capture.extra)."""
+        weights: dict[int, tuple[list[Row], bool] | None] = {}
         rows: list[Row] = []
-        for record in self.records:
-            rows.append(record.stats)
-            if not self.grad:
-                continue
-            rows.append(record.grad if record.grad is not None else [0.0, 0.0])
-            entry = self._weights(record, weights)
-            if entry is not None:
-                rows.append(entry[0])
-        if loss is not None:
-            rows.append(loss.detach().reshape(1).to(torch.float64))
-        return self._unpack(_host(rows), weights, loss is not None)
+        for group in range(max(self.groups, 1)):
+            for record in self.records:
+                rows.append(record.stats[group])
+                if not self.grad:
+                    continue
+                rows.append(record.grad[group] if record.grad is not None else [0.0, 0.0])
+                entry = self._weights(record, weights) if self.weights else None
+                if entry is not None:
+                    rows.append(entry[0][group])
+        k = max(self.groups, 1)
+        if losses is not None:
+            rows.append(losses.detach().reshape(-1).to(torch.float64))
+        if extra is not None:
+            rows.append(extra.detach().reshape(-1).to(torch.float64))
+        host = iter(_host(rows))
+        captures = [self._unpack(host, weights) for _ in range(k)]
+        if losses is not None:
+            values = list(islice(host, k))
+            captures = [replace(c, loss=value) for c, value in zip(captures, values)]
+        if extra is not None:
+            width = extra.numel() // k
+            captures = [replace(c, extra=tuple(islice(host, width))) for c in captures]
+        return captures
 
-    def _weights(self, record: _Record, weights: dict[int, tuple[Row, bool] | None]
-                 ) -> tuple[Row, bool] | None:
+    def _weights(self, record: _Record, weights: dict[int, tuple[list[Row], bool] | None]
+                 ) -> tuple[list[Row], bool] | None:
         """The weight numbers of a record's module (computed once per module; a module called
         twice shows its one weight gradient on each call), None for an input record: the
         weight belongs with the layer's output."""
@@ -638,40 +704,47 @@ class _Recorder:
             weights[key] = self._weight(record.module)
         return weights[key]
 
-    def _weight(self, module: nn.Module) -> tuple[Row, bool] | None:
-        """((std, min, max) of dL/dW and std(W), trainable) for a module with a weight
-        parameter; None when it has none."""
+    def _weight(self, module: nn.Module) -> tuple[list[Row], bool] | None:
+        """((std, min, max) of dL/dW and std(W) per group, trainable) for a module with a
+        weight parameter (a stacked layer's weight[k] is group k's); None when it has none."""
         weight = getattr(module, "weight", None)
         if not isinstance(weight, nn.Parameter):
             return None
-        data = self._moments(weight.detach())
-        # no gradient: frozen (reported as None), or trainable but not reached by backward: 0
-        grad = (self._moments(weight.grad.detach()) if weight.grad is not None
-                else [0.0, 0.0, 0.0, 0.0])
-        if isinstance(data, list) and isinstance(grad, list):
-            return [*grad[1:4], data[1]], weight.requires_grad
-        device = data.device if isinstance(data, torch.Tensor) else weight.device
-        grad, data = (torch.as_tensor(r, dtype=torch.float64, device=device) for r in (grad, data))
-        return torch.cat([grad[1:4], data[1:2]]), weight.requires_grad
+        grouped = self.groups and stacked(module)
+        per_group = list(weight.detach().unbind(0)) if grouped else [weight.detach()]
+        grads = ([None] * len(per_group) if weight.grad is None
+                 else list(weight.grad.detach().unbind(0)) if grouped else [weight.grad.detach()])
+        rows: list[Row] = []
+        for data_t, grad_t in zip(per_group, grads):
+            data = self._moments(data_t)
+            # no gradient: frozen (reported as None), or trainable but not reached by backward: 0
+            grad = self._moments(grad_t) if grad_t is not None else [0.0, 0.0, 0.0, 0.0]
+            if isinstance(data, list) and isinstance(grad, list):
+                rows.append([*grad[1:4], data[1]])
+                continue
+            device = data.device if isinstance(data, torch.Tensor) else weight.device
+            grad, data = (torch.as_tensor(r, dtype=torch.float64, device=device)
+                          for r in (grad, data))
+            rows.append(torch.cat([grad[1:4], data[1:2]]))
+        if len(rows) == 1 and self.groups > 1:  # a layer the groups share
+            rows *= self.groups
+        return rows, weight.requires_grad
 
-    def _unpack(self, host: list[float],
-                weights: dict[int, tuple[Row, bool] | None], has_loss: bool) -> Capture:
-        layers, at = [], 0
+    def _unpack(self, host: Iterator[float],
+                weights: dict[int, tuple[list[Row], bool] | None]) -> Capture:
+        """One group's Capture, its numbers taken from `host` in `collect`'s order."""
+        layers = []
         for record in self.records:
             keys = (MOMENTS + ("dead",) + (("spread",) if record.spread else ())
                     + (("saturated",) if record.saturation else ()))
-            stats = dict(zip(keys, host[at:at + len(keys)]))
-            at += len(keys)
-            histogram = tuple(host[at:at + self.bins]) if self.bins else None
-            at += self.bins
+            stats = dict(zip(keys, islice(host, len(keys))))
+            histogram = tuple(islice(host, self.bins)) if self.bins else None
             grad: dict[str, float | None] | None = None
             if self.grad:
-                grad = dict(zip(GRAD, host[at:at + 2]))
-                at += 2
-                entry = self._weights(record, weights)
+                grad = dict(zip(GRAD, islice(host, 2)))
+                entry = self._weights(record, weights) if self.weights else None
                 if entry is not None:
-                    values = host[at:at + len(WEIGHT_GRAD)]
-                    at += len(WEIGHT_GRAD)
+                    values = list(islice(host, len(WEIGHT_GRAD)))
                     trainable = entry[1]
                     grad.update({k: (v if trainable or k == "weight_data_std" else None)
                                  for k, v in zip(WEIGHT_GRAD, values)})
@@ -681,14 +754,21 @@ class _Recorder:
                     grad["grad_to_data"] = ratio
                 if not record.differentiable:
                     grad = None
-            weight = getattr(record.module, "weight", None)
-            weight_shape = (tuple(weight.T.shape if transposed_linear(record.module) else weight.shape)
-                            if isinstance(weight, nn.Parameter) and record.kind != "input" else None)
             layers.append(CapturedLayer(record.name, record.kind, type(record.module).__name__,
-                                        record.shape, record.unit_dim, weight_shape, stats, grad,
-                                        histogram, record.consumes))
-        loss = host[at] if has_loss else None
-        return Capture(tuple(layers), loss)
+                                        record.shape, record.unit_dim,
+                                        self._weight_shape(record), stats, grad, histogram,
+                                        record.consumes))
+        return Capture(tuple(layers), None)
+
+    def _weight_shape(self, record: _Record) -> tuple[int, ...] | None:
+        """A record's weight in torch.nn.init's layout (out, in, *kernel), one group's of a
+        stacked layer; None for an input record or a module without a weight."""
+        weight = getattr(record.module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or record.kind == "input":
+            return None
+        if transposed_linear(record.module):
+            return tuple(weight.T.shape)
+        return tuple(weight.shape[1:] if self.groups and stacked(record.module) else weight.shape)
 
 
 @contextmanager
@@ -777,11 +857,12 @@ class _Moments:
 
 def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
                edges: tuple[float | None, float | None] | None, near_zero: float,
-               units: bool = True) -> list[float] | None:
-    """MOMENTS, dead, [spread], [saturated] of a view that `fused.takes` as `_reduce` returns them, or
-    None for a tensor holding NaN or ±inf (torch's reductions say how those propagate)."""
+               units: bool = True, floor: float | None = None) -> list[float] | None:
+    """MOMENTS, dead, [spread], [saturated] of a view that `fused.takes` as `_reduce` returns
+    them (dead: NaN without `units`; with `floor`, units never above it, else units exactly 0),
+    or None for a tensor holding NaN or ±inf (torch's reductions say how those propagate)."""
     numbers = fused.reduce(view, channels=channels, near_zero=near_zero, edges=edges,
-                           spread=spread, units=units)
+                           spread=spread, units=units, dead_below=floor)
     if numbers is None:
         return None
     mean, std, lo, hi, small, saturated, gap, dead = numbers

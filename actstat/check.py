@@ -26,12 +26,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
+from actstat.analysis import signal_rows
 from actstat.errors import ActstatError
-from actstat.report import API_SOURCE, LayerStats, Report, Run, Trajectory, TrajectoryLayer
+from actstat.records import (
+    DEAD_BY_FLOOR_VERSION,
+    HEAD_ROW_VERSION,
+    LayerStats,
+    Report,
+    Run,
+    Trajectory,
+    TrajectoryLayer,
+)
 
 # metric -> (which tensor, which statistic)
 METRICS: dict[str, tuple[str, str]] = {
@@ -184,16 +192,26 @@ def compare(expected: Report, obtained: Report, *, metrics: tuple[str, ...], rto
         labels.append(label)
         old_layers = old.layers if old is not None else ()
         new_layers = new.layers if new is not None else ()
+        if old is not None and new is not None and headless(expected, old):
+            new_layers = new_layers[:len(old_layers)]  # its hidden layers: the head is new
         for position in range(max(len(old_layers), len(new_layers))):
             a = old_layers[position] if position < len(old_layers) else None
             b = new_layers[position] if position < len(new_layers) else None
             for metric in metrics:
+                if not (_value(a, metric)[0] or _value(b, metric)[0]):
+                    continue  # a tensor neither side has (the head's pre): nothing compared
                 compared += 1
                 drift = _compare_value(label, position + 1, metric, a, b,
                                        tolerance_for(metric, tolerances, rtol, atol))
                 if drift is not None:
                     drifts.append(replace(drift, name=_row_name(old, a, new, b)))
     return compared, drifts, labels
+
+
+def headless(report: Report, run: Run) -> bool:
+    """A built-in MLP's run from before its head was a row (schema version 1 or 2): it holds
+    the hidden layers only, and is compared on those."""
+    return report.schema_version < HEAD_ROW_VERSION and run.model is None
 
 
 def _row_name(old: Run | None, a: LayerStats | None, new: Run | None,
@@ -259,6 +277,8 @@ def compare_trajectories(expected: Report, obtained: Report, *, metrics: tuple[s
     drifts: list[Drift] = []
     changes: list[StepsChange] = []
     compared = 0
+    if expected.schema_version < DEAD_BY_FLOOR_VERSION:  # counted by another definition then
+        metrics = tuple(m for m in metrics if m != "train_dead")
     for label, old, new in _paired_runs(expected, obtained):
         a = old.trajectory if old is not None else None
         b = new.trajectory if new is not None else None
@@ -319,11 +339,13 @@ def _point(layer: TrajectoryLayer | None, column: str, index: int) -> tuple[bool
 
 
 def drift_bound(report: Report, factor: float) -> list[BoundBreach]:
-    """Layers whose post std left [s / factor, s x factor], s = their scheme's first layer's."""
+    """Layers whose post std left [s / factor, s x factor], s = their scheme's first layer's;
+    the signal's layers (the MLP's hidden layers: not the head, whose logits are not the
+    signal)."""
     breaches = []
     for run in report.runs:
         first = run.layers[0].post.std
-        for layer in run.layers:
+        for layer in signal_rows(run.layers):
             std = layer.post.std
             inside = (first is not None and std is not None and first > 0
                       and first / factor <= std <= first * factor)
@@ -366,173 +388,19 @@ def _short(value: Any) -> str:
 
 
 def consistent(report: Report, depth: int | None, scheme_count: int, origin: str) -> None:
-    """A baseline's layers must match its own config: every run has `depth` layers (None: a
-    user's model, whose layers are found by running it), one run per scheme. Raise an
-    ActstatError that says what does not match."""
+    """A baseline's layers must match its own config: every run has `depth` hidden layers and
+    the head (before schema version 3, the hidden layers alone; None: a user's model, whose
+    layers are found by running it), one run per scheme. Raise an ActstatError that says what
+    does not match."""
     if len(report.runs) != scheme_count:
         raise ActstatError(f"{origin}: holds {len(report.runs)} scheme(s) but its config describes "
                            f"{scheme_count}: the file was edited or truncated")
     for run in report.runs if depth is not None else ():
-        if len(run.layers) != depth or [layer.index for layer in run.layers] != list(
-                range(1, depth + 1)):
-            raise ActstatError(f"{origin}: scheme '{run.scheme}' has {len(run.layers)} layers "
-                               f"but its config says depth {depth}: the file was edited or "
-                               "truncated")
-
-
-# ----------------------------------------------------------------------------------------------
-# the `check` command's orchestration: what to run, then how the new report fares
-
-
-@dataclass(frozen=True)
-class CheckRequest:
-    """What `actstat check` was asked, its options parsed."""
-
-    target: Path | None  # a .json baseline, or a YAML config (no baseline), or None (defaults)
-    config: Path | None = None  # --config: run this file instead of the baseline's
-    stored_config: bool = False  # --stored-config: run the copy stored in the baseline
-    overrides: Mapping[str, Any] = field(default_factory=dict)  # run options, as dotted keys
-    max_drift: float | None = None
-    fail_on: frozenset[str] = frozenset()
-    update: bool = False
-
-
-@dataclass(frozen=True)
-class CheckPlan:
-    """The config to measure and what to hold it to, decided before anything is measured."""
-
-    request: CheckRequest
-    config: Any  # the resolved Config to measure
-    config_path: Path | None  # the YAML file measured; None: the baseline's stored copy/defaults
-    baseline: Report | None
-    changes: tuple[str, ...]  # the measured config against the baseline's, `key: old → new`
-    notes: tuple[str, ...]  # one line each, for stderr: which config ran and why
-    training: bool = False  # the baseline holds trajectories: train again, not only measure
-
-
-def is_baseline(path: Path | None) -> bool:
-    return path is not None and path.suffix.lower() == ".json"
-
-
-def plan(request: CheckRequest) -> CheckPlan:
-    """Which config to measure. With a baseline: the config file it was made from, re-read when
-    it still exists (so an edited YAML is measured, and its differences listed), else the copy
-    stored inside it; `--config` names another file, `--stored-config` forces the stored copy.
-    Usage mistakes raise an ActstatError."""
-    from actstat.config import config_from_dict, load_config
-    from actstat.pipeline import schemes
-    from actstat.report import config_file_of, read_report
-
-    target, baseline = request.target, is_baseline(request.target)
-    if target is not None and not baseline and request.config is not None:
-        raise ActstatError(f"give the config once: '{target}' is not a .json baseline, and "
-                           "--config names another config")
-    if request.config is not None and request.stored_config:
-        raise ActstatError("--config and --stored-config: choose one config to run")
-    if not baseline and request.max_drift is None and not request.fail_on:
-        raise ActstatError("nothing to check against: give a baseline (a .json report), "
-                           "--max-drift F or --fail-on FLAGS")
-    if request.update and not baseline:
-        raise ActstatError("--update rewrites a baseline: give one (a .json report)")
-    if request.stored_config and not baseline:
-        raise ActstatError("--stored-config runs a baseline's stored config: give a baseline "
-                           "(a .json report)")
-    overrides = dict(request.overrides)
-    if not baseline:
-        config_path = request.config if request.config is not None else target
-        return CheckPlan(request, load_config(config_path, overrides), config_path, None, (), ())
-    assert target is not None
-    base = read_report(target)
-    if base.config.get("source") == API_SOURCE:
-        raise ActstatError(f"{target}: was made by actstat.profile in Python: there is no config "
-                           "to measure again; save a baseline with `actstat baseline --model "
-                           "FILE.py:FACTORY` to check it here")
-    own = config_from_dict(base.config, str(target))
-    interrupted = [run for run in base.runs
-                   if run.trajectory is not None and run.trajectory.stopped == "interrupted"]
-    if interrupted:
-        raise ActstatError(f"{target}: its training was interrupted (Ctrl-C) in scheme "
-                           f"'{interrupted[0].scheme}': a training baseline needs every step; "
-                           "train it again to the end")
-    # a compare of several models (schemes with model keys) has as many row counts as models
-    plain = own.model.plain_mlp and not own.mixed_models
-    consistent(base, own.model.depth if plain else None, len(schemes(own)), str(target))
-    training = any(run.trajectory is not None for run in base.runs)
-    notes: list[str] = []
-    config_path = request.config
-    recorded = config_file_of(base, target)
-    if config_path is None and recorded is not None and not request.stored_config:
-        if recorded.is_file():
-            config_path = recorded
-        else:
-            notes.append(f"actstat: {target}: its config file {recorded} is gone; checking the "
-                         "config stored in the baseline")
-    if config_path is not None:
-        resolved = load_config(config_path, overrides)
-    else:
-        resolved = config_from_dict(base.config, str(target), overrides)
-    # against the baseline's config as read today (`own`): a key added since it was written
-    # (data.vocab in a schema 1 report) is at its default on both sides, not a change
-    changes = tuple(config_changes(own.model_dump(mode="json"), resolved.model_dump(mode="json")))
-    source = (f"{config_path}" if config_path is not None
-              else f"the config stored in {target}")
-    if changes:
-        notes.append(f"actstat: checking {source}: {len(changes)} change(s) against the "
-                     f"baseline; first: {changes[0]}")
-    if not training and not any(m in METRICS for m in resolved.check.metrics):
-        raise ActstatError(f"check.metrics: {', '.join(resolved.check.metrics)} compare a "
-                           f"training baseline's trajectories, and {target} holds none (write "
-                           "one with `actstat train CONFIG -f json -o FILE`)")
-    return CheckPlan(request, resolved, config_path, base, changes, tuple(notes), training)
-
-
-def evaluate(plan: CheckPlan, report: Report) -> CheckResult:
-    """The measured report against the plan's baseline, drift bound and flags."""
-    settings = plan.config.check
-    request = plan.request
-    compared, drifts, labels = 0, [], [run.scheme for run in report.runs]
-    metrics = tuple(m for m in settings.metrics if m in METRICS)
-    trajectory_metrics = tuple(m for m in settings.metrics if m in TRAJECTORY_METRICS)
-    tolerances = {m: t.model_dump(exclude_none=True) for m, t in settings.tolerances.items()}
-    trajectory_compared, changes = 0, []
-    if plan.baseline is not None:
-        compared, drifts, labels = compare(
-            plan.baseline, report, metrics=metrics, rtol=settings.rtol, atol=settings.atol,
-            tolerances=tolerances)
-    if plan.baseline is not None and plan.training:
-        trajectory_compared, along, changes = compare_trajectories(
-            plan.baseline, report, metrics=trajectory_metrics, rtol=settings.rtol,
-            atol=settings.atol, tolerances=tolerances)
-        drifts += along
-    breaches = (tuple(drift_bound(report, request.max_drift)) if request.max_drift is not None
-                else ())
-    flagged = tuple((run.scheme, layer.index, flag) for run in report.runs
-                    for layer in run.layers for flag in layer.flags if flag in request.fail_on)
-    return CheckResult(
-        compared=compared,
-        drifts=tuple(drifts),
-        breaches=breaches,
-        flagged=flagged,
-        config_changes=plan.changes,
-        schemes=tuple(labels),
-        metrics=metrics if plan.baseline is not None else (),
-        bound_checked=request.max_drift is not None,
-        flags_checked=bool(request.fail_on),
-        # --update rewrites the baseline when only drift failed (a bound or a flag never)
-        updated=request.update and plan.baseline is not None and not breaches and not flagged,
-        trajectory_compared=trajectory_compared,
-        trajectory_metrics=trajectory_metrics if plan.training else (),
-        steps_changes=tuple(changes),
-        trained=plan.training,
-    )
-
-
-def updated_baseline(plan: CheckPlan, report: Report) -> Report:
-    """The report that `--update` writes over the baseline: it records the config file it was
-    measured from (the baseline's own record when the stored copy ran)."""
-    from actstat.report import located
-
-    assert plan.baseline is not None and plan.request.target is not None
-    if plan.config_path is None:
-        return replace(report, config_file=plan.baseline.config_file)
-    return located(report, plan.config_path, plan.request.target)
+        rows = depth + (0 if headless(report, run) else 1)
+        if len(run.layers) != rows or [layer.index for layer in run.layers] != list(
+                range(1, rows + 1)):
+            rows_said = (f"{depth} hidden layers" if headless(report, run)
+                         else f"{depth} hidden layers and the head")
+            raise ActstatError(f"{origin}: scheme '{run.scheme}' has {len(run.layers)} rows "
+                               f"but its config says depth {depth} ({rows_said}): the file was "
+                               "edited or truncated")

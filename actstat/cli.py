@@ -19,7 +19,7 @@ from typer.core import TyperCommand, TyperGroup
 from actstat import __version__
 from actstat.allocator import tune_malloc
 from actstat.errors import ActstatError
-from actstat.report import FLAGS as FLAG_NAMES  # torch-free, like everything imported here
+from actstat.records import FLAGS as FLAG_NAMES  # torch-free, like everything imported here
 
 EXIT_OK, EXIT_FLAGGED, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
 DEBUG_ENV = "ACTSTAT_DEBUG"  # =1: a crash shows its traceback, as --debug does
@@ -557,7 +557,7 @@ def check(
     is named. Exit codes: 0 passed (or --update rewrote the baseline); 1 drift, a --max-drift
     breach or a --fail-on flag; 2 unusable input (nothing is written then); 130 Ctrl-C.
     """
-    from actstat import check as checking
+    from actstat import gate as checking
 
     if format not in CHECK_FORMATS:
         raise _fail(f"--format: check writes {', '.join(CHECK_FORMATS)}, not '{format}'")
@@ -596,7 +596,7 @@ def check(
 def _check_verdict(plan: Any, result: Any, report: Any, quiet: bool) -> None:
     """Rewrite the baseline (--update), or say on stderr why the check failed and exit 1: a CI
     log shows the reason whatever --format and --output chose."""
-    from actstat.check import updated_baseline
+    from actstat.gate import updated_baseline
     from actstat.render import check_failure_lines, to_json
 
     target = plan.request.target

@@ -2,23 +2,23 @@
 
 The init itself (its parameters, defaults and sources) is `lsuv` in actstat/inits.py; this module
 is the part that needs the model and the batch: it runs after `initialise` or `reinitialise` has
-drawn the orthogonal start. It sits apart from inits.py because it finds the weight layers as the
-general probe does (actstat/capture.py), and the probe's modules import the init registry.
+drawn the orthogonal start. It sits apart from inits.py because it runs inside the measurement
+engine's pass (actstat/capture.py's Probe), which finds the weight layers as every command does.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from actstat.capture import CHANNEL_TYPES, first_tensor, is_weight_layer
-from actstat.errors import ActstatError, InitError, ModelError
+from actstat.capture import CHANNEL_TYPES, Probe, first_tensor
+from actstat.errors import InitError, ModelError
 from actstat.inits import DataInit
-from actstat.report import LsuvLayer
+from actstat.records import LsuvLayer
 
 
 def scale_on_batch(model: nn.Module, inputs: Any, init: DataInit, *,
@@ -45,31 +45,27 @@ def scale_on_batch(model: nn.Module, inputs: Any, init: DataInit, *,
     One record per layer (name, updates made, final std and mean, whether they met the
     tolerance). An InitError names the first layer whose output has std 0 (an all-zero input, a
     dead layer before it: nothing to scale) or is not finite."""
-    names = {module: name for name, module in model.named_modules()}
     records: dict[nn.Module, LsuvLayer] = {}
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-        if module in records or not isinstance(out, torch.Tensor):
-            return None  # a second call (shared weights) runs as scaled at its first
-        name = names[module]
+    def step(module: nn.Module, name: str, out: torch.Tensor,
+             again: Callable[[], Any]) -> torch.Tensor:
+        if module in records or not isinstance(getattr(module, "weight", None), nn.Parameter):
+            return out  # a second call (shared weights) runs as scaled at its first
         where = f"weight layer {len(records) + 1} ({name}, {type(module).__name__})"
-        records[module] = LsuvLayer(name, 0, math.nan, math.nan, False)  # no re-entry
-        scaled, records[module] = _scale_layer(module, name, where, out,
-                                               lambda: module(*args, **kwargs), init)
+        scaled, records[module] = _scale_layer(module, name, where, out, again, init)
         return scaled
 
-    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules()
-               if is_weight_layer(m) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+    # the engine finds the weight layers and runs `step` on each one's output as it comes
+    probe = Probe(model, None, grad=False, bins=0, near_zero=0.0, saturation_cut=1.0,
+                  weights=False, weight_step=step)
     first = first_tensor(inputs)
     devices = [first.device] if first is not None and first.device.type == "cuda" else []
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), probe.hooks(inputs):
             torch.manual_seed(seed)
-            _forward(model, inputs)
+            _forward(probe, inputs)
     finally:
-        for handle in handles:
-            handle.remove()
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
@@ -111,15 +107,8 @@ def _scale_layer(module: nn.Module, name: str, where: str, out: torch.Tensor,
         out = first_tensor(again())
 
 
-def _forward(model: nn.Module, inputs: Any) -> Any:
+def _forward(probe: Probe, inputs: Any) -> Any:
     try:
-        if isinstance(inputs, Mapping):
-            return model(**inputs)
-        if isinstance(inputs, (tuple, list)):
-            return model(*inputs)
-        return model(inputs)
-    except ActstatError:
-        raise  # the hook's InitError, said as it is
-    except Exception as error:
-        raise ModelError(f"lsuv: the forward pass failed on the batch: {type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}") from error
+        return probe.forward(inputs)
+    except ModelError as error:
+        raise ModelError(f"lsuv: {error}") from error

@@ -10,9 +10,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from actstat.activations import Activation
-from actstat.analysis import ByDesign
 from actstat.errors import ConfigError
 from actstat.inits import BiasInit, Role, StructuralInit, WeightInit
+from actstat.records import ByDesign
 
 
 def build_mlp(*, in_features: int, widths: list[int], num_classes: int, bias: bool,
@@ -29,6 +29,11 @@ def build_mlp(*, in_features: int, widths: list[int], num_classes: int, bias: bo
         fan_in = width
     layers.append(nn.Linear(fan_in, num_classes, bias=bias, device="meta"))
     return nn.Sequential(*layers)
+
+
+def hidden_linears(model: nn.Sequential) -> list[nn.Linear]:
+    """`build_mlp`'s hidden layers: every Linear but the head."""
+    return [m for m in model if isinstance(m, nn.Linear)][:-1]
 
 
 def make_norm(kind: str, width: int) -> nn.Module:
@@ -135,8 +140,11 @@ class StackedLinear(nn.Module):
 
     A (batch, in) input is shared by all K (the first layer: one matmul against the K weights
     laid end to end); a (K, batch, in) input gives each its own (one batched matmul). Either way
-    the output is (K, batch, out), contiguous.
+    the output is (K, batch, out), contiguous. `stacked`: how the measurement engine knows it
+    (actstat/capture.py measures each group k of its outputs and of its weight as model k's).
     """
+
+    stacked = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -157,10 +165,6 @@ class StackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"groups={self.groups}, in_features={self.in_features}, "
                 f"out_features={self.out_features}, bias={self.bias is not None}")
-
-
-# the layers that the probe treats as linear
-LINEAR = (nn.Linear, StackedLinear)
 
 
 def stack_mlps(models: list[nn.Sequential]) -> nn.Sequential:

@@ -14,8 +14,6 @@ import torch
 from actstat import __version__
 from actstat.activations import ACTIVATIONS, Activation, make_activation
 from actstat.analysis import (
-    ByDesign,
-    analyse,
     analyse_captured,
     analyse_trajectory,
     design_notes,
@@ -23,6 +21,7 @@ from actstat.analysis import (
 )
 from actstat.capture import (
     capture,
+    capture_stacked,
     first_tensor,
     is_weight_layer,
     select_output,
@@ -63,31 +62,26 @@ from actstat.model import (
     build_normed_mlp,
     build_residual,
     by_design,
+    hidden_linears,
     initialise,
     parameter_variances,
     stack_mlps,
 )
-from actstat.probe import (
-    HIST_BINS,
-    Measurement,
-    cross_entropy,
-    hidden_blocks,
-    measure,
-    measure_stacked,
-    moments,
-)
-from actstat.registry import label
-from actstat.report import (
+from actstat.records import (
     SCHEMA_VERSION,
+    ByDesign,
+    Capture,
     InputStats,
     LayerStats,
     LsuvLayer,
-    Report,
     Run,
     Theory,
     Trajectory,
     finite_or_none,
 )
+from actstat.reduce import HIST_BINS, cross_entropy, moments
+from actstat.registry import label
+from actstat.report import Report
 from actstat.theory import (
     Expected,
     expected,
@@ -96,15 +90,7 @@ from actstat.theory import (
     phase,
 )
 from actstat.train import train_probe
-from actstat.watch import (
-    Schedule,
-    StepProgress,
-    StepRecord,
-    Watched,
-    watch,
-    watch_stacked,
-    watched_layers,
-)
+from actstat.watch import Schedule, StepProgress, StepRecord, watch, watch_stacked
 
 
 def schemes(config: Config) -> list[tuple[InitSpec, ActivationSpec]]:
@@ -334,18 +320,16 @@ def profile_schemes(config: Config, specs: list[tuple[InitSpec, ActivationSpec]]
     """Schemes that share an activation: each initialised as on its own, then measured in one
     pass of their stacked model (one scheme: its own model); a Run each, in order."""
     prepared = [_prepare(config, init, act, batch, input_second_moment) for init, act in specs]
-    t = config.thresholds
-    activation = prepared[0].activation
-    options = {"activation": activation, "near_zero": t.near_zero,
-               "saturation_cut": t.saturation_cut, "bins": HIST_BINS if config.hist else 0}
-    labels = batch.labels if config.grad else None
+    options = {"grad": config.grad, "bins": HIST_BINS if config.hist else 0,
+               "thresholds": config.thresholds}
     if len(prepared) == 1:
-        measurements = [measure(prepared[0].model, batch.inputs, labels, **options)]
+        captures = [capture(prepared[0].model, batch.inputs, batch.labels, **options)]
     else:
         stacked = stack_mlps([p.model for p in prepared])
-        measurements = measure_stacked(stacked, batch.inputs, labels, **options)
+        captures = capture_stacked(stacked, batch.inputs, batch.labels, groups=len(prepared),
+                                   **options)
         del stacked
-    return [_finish(config, p, m, batch, input_std) for p, m in zip(prepared, measurements)]
+    return [_finish(config, p, c, batch, input_std) for p, c in zip(prepared, captures)]
 
 
 def _prepare(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch,
@@ -392,17 +376,15 @@ def data_init(model: torch.nn.Module, inputs: Any,
     return scale_on_batch(model, inputs, weight_init, seed=seed)
 
 
-def _finish(config: Config, prepared: _Prepared, measurement: Measurement, batch: Batch,
+def _finish(config: Config, prepared: _Prepared, captured: Capture, batch: Batch,
             input_std: float) -> Run:
     t = config.thresholds
-    activation = prepared.activation
-    layers = analyse(measurement.layers, input_std=input_std, thresholds=t,
-                     can_die=activation.dead_below is not None,
-                     bounded=activation.saturation_edges(t.saturation_cut) is not None)
-    layers = tuple(_with_expected(layer, e) for layer, e in zip(layers, prepared.expectations))
-    # the MLP is nn.Sequential(Linear, activation, ..., head): hidden layer k is module 2(k - 1)
-    module = f"Linear → {type(prepared.model[1]).__name__}"
-    layers = tuple(replace(layer, name=str(2 * (layer.index - 1)), module=module)
+    layers = analyse_captured(captured.layers, input_std=input_std, thresholds=t)
+    # hidden layers 1 to L carry the theory's expectations; the head (row L + 1) none
+    layers = tuple(_with_expected(layer, e) for layer, e in zip(layers, prepared.expectations)
+                   ) + layers[len(prepared.expectations):]
+    # a stacked pass measured each scheme's own Linear layers
+    layers = tuple(replace(layer, module=layer.module.replace("StackedLinear", "Linear"))
                    for layer in layers)
     init, act = prepared.init, prepared.act
     init_params = {**init.params, "bias": init.bias.model_dump()}
@@ -411,7 +393,7 @@ def _finish(config: Config, prepared: _Prepared, measurement: Measurement, batch
         train = train_probe(prepared.model, batch.inputs, batch.labels, steps=config.train.steps,
                             lr=config.train.learning_rate, symmetric=t.symmetric)
     return Run(scheme_label(init, act), init.name, init_params, act.name, dict(act.params),
-               verdict(layers), finite_or_none(measurement.loss), layers, train, prepared.theory,
+               verdict(layers), finite_or_none(captured.loss), layers, train, prepared.theory,
                lsuv=prepared.lsuv)
 
 
@@ -419,7 +401,7 @@ def _theory(model: torch.nn.Module, activation: Activation,
             input_second_moment: float) -> tuple[list[Expected | None], Theory]:
     """Mean-field expectations per hidden layer from the model's actual parameters, and the
     phase of the deep layers (the last hidden layer's σ_w², σ_b²)."""
-    linears = [linear for linear, _ in hidden_blocks(model)]
+    linears = hidden_linears(model)
     variances = parameter_variances(model, linears)
     sigma_w2 = [w2 for w2, _ in variances]
     sigma_b2 = [b2 for _, b2 in variances]
@@ -433,10 +415,8 @@ def _theory(model: torch.nn.Module, activation: Activation,
 def _with_expected(layer: LayerStats, expected_here: Expected | None) -> LayerStats:
     if expected_here is None:
         return layer
-    return replace(layer,
-                   pre=replace(layer.pre, expected_std=expected_here.pre_std),
-                   post=replace(layer.post, expected_mean=expected_here.post_mean,
-                                expected_std=expected_here.post_std))
+    return _with_block_expected(layer, (expected_here.pre_std, expected_here.post_mean,
+                                        expected_here.post_std))
 
 
 def scheme_label(init: InitSpec, act: ActivationSpec) -> str:
@@ -872,24 +852,23 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
             if init.name != KEEP:
                 data_init(model, batch.inputs, make_init(init.name, init.params), config.seed)
             models.append(model)
-        layers = _labelled(watched_layers(models[0], pool.inputs[:4]),
-                           numbered=report.runs[group[0]].model is None
-                           and config.model.plain_mlp)
         options = {"loss": _training_loss(pool.labelled, config.model.output),
                    "labelled": pool.labelled, "near_zero": config.thresholds.near_zero,
+                   "saturation_cut": config.thresholds.saturation_cut,
                    "bins": HIST_BINS if config.hist else 0,
+                   # the plain MLP's rows as its tables number them: 1 to L, then `head`
+                   "numbered": report.runs[group[0]].model is None and config.model.plain_mlp,
                    "on_step": None if on_step is None else on_step(
                        ", ".join(report.runs[index].scheme for index in group))}
         records = [None if on_record is None else on_record(report.runs[index].scheme)
                    for index in group]
         if len(models) == 1:
-            trained = [watch(models[0], pool.inputs, pool.labels, layers, schedule,
+            trained = [watch(models[0], pool.inputs, pool.labels, schedule,
                              on_record=records[0], **options)]
         else:
             stacked = stack_mlps(models)
-            trained = watch_stacked(stacked, pool.inputs, pool.labels,
-                                    _restacked(layers, models[0], stacked), schedule,
-                                    on_record=records, **options)
+            trained = watch_stacked(stacked, pool.inputs, pool.labels, schedule,
+                                    groups=len(models), on_record=records, **options)
             del stacked
         del models
         for index, trajectory in zip(group, trained):
@@ -943,17 +922,6 @@ def train_stack_size(config: Config, in_features: int, device: torch.device,
     return max(1, min(MAX_STACK, int(0.5 * free) // max(per_scheme, 1)))
 
 
-def _restacked(layers: list[Watched], model: torch.nn.Module,
-               stacked: torch.nn.Module) -> list[Watched]:
-    """`layers` of one of the models `stacked` was made of, on the stacked model's modules of
-    the same names (stack_mlps keeps each child at its place)."""
-    names = {id(module): name for name, module in model.named_modules()}
-    modules = dict(stacked.named_modules())
-    return [replace(layer, post=modules[names[id(layer.post)]],
-                    pre=None if layer.pre is None else modules[names[id(layer.pre)]])
-            for layer in layers]
-
-
 def _data(config: Config, device: torch.device, dtype: torch.dtype,
           model: torch.nn.Module | None) -> tuple[Batch, Batch]:
     """The batch `run` measures and the samples training draws from (`load_pool`), shaped for
@@ -989,14 +957,6 @@ def initialised(config: Config, init: InitSpec, act: ActivationSpec, device: tor
         model = build_blocks(config, activation, in_features, weight_init)
     return initialise(model, weight_init, make_bias_init(init.bias.name, init.bias.params),
                       act_gain=activation.gain, seed=config.seed, device=device, dtype=dtype)
-
-
-def _labelled(layers: list[Watched], *, numbered: bool) -> list[Watched]:
-    """The plain MLP's rows as its tables number them: hidden layers 1 to L, then `head`."""
-    if not numbered:
-        return layers
-    return [replace(layer, name="head" if k == len(layers) else str(k))
-            for k, layer in enumerate(layers, start=1)]
 
 
 def _training_loss(labelled: bool, output: int | str | None) -> Callable:

@@ -10,7 +10,7 @@ from typing import Any
 
 from actstat.atomic import write_atomic
 from actstat.errors import ActstatError
-from actstat.report import Report
+from actstat.records import Report
 
 FIGURE_INCHES = (12.0, 8.0)
 DPI = 100

@@ -14,10 +14,17 @@ from typing import Any
 from rich.console import Console, RenderableType
 from rich.text import Text
 
-from actstat.analysis import Summary, first_flagged, grad_reference, summarise
+from actstat.analysis import (
+    Summary,
+    first_flagged,
+    grad_reference,
+    head_row,
+    signal_rows,
+    summarise,
+)
 from actstat.check import BoundBreach, CheckResult, Drift, StepsChange, is_ratio
 from actstat.layout import Column, Fitted, fit, left_out_note
-from actstat.report import (
+from actstat.records import (
     FLAGS,
     HEALTHY,
     LayerStats,
@@ -101,8 +108,11 @@ TEXT_CELLS = ("layer", "module")
 
 
 def layer_label(layer: LayerStats, run: Run) -> str:
-    """How text names a row: the MLP's layer number, or a user model's module path."""
-    return str(layer.index) if run.model is None else layer.name
+    """How text names a row: the MLP's layer number (its `head`), or a user model's module
+    path."""
+    if run.model is not None:
+        return layer.name
+    return "head" if layer is head_row(run.layers) else str(layer.index)
 
 
 def columns(run: Run) -> list[tuple[str, Cell]]:
@@ -110,6 +120,8 @@ def columns(run: Run) -> list[tuple[str, Cell]]:
     chosen = list(FORWARD_COLUMNS)
     if run.model is not None:
         chosen = MODEL_COLUMNS + chosen[1:]
+    else:
+        chosen[0] = ("layer", lambda layer, _: layer_label(layer, run))
     if has_expected(run):
         chosen += THEORY_COLUMNS
     if any(layer.grad is not None for layer in run.layers):
@@ -147,8 +159,9 @@ def verdict_line(run: Run, report: Report) -> str:
     """One line that says what happened to the scheme and where, with the threshold that decided."""
     layers = run.layers
     t = report.config.get("thresholds", {})
-    drift = (f"post std {number(layers[0].post.std)} → {number(layers[-1].post.std)} "
-             f"over {len(layers)} layers")
+    signal = signal_rows(layers)
+    drift = (f"post std {number(signal[0].post.std)} → {number(signal[-1].post.std)} "
+             f"over {len(signal)} layers")
     ratio = gradient_ratio(run)
     first, last = layer_label(layers[0], run), layer_label(grad_reference(layers), run)
     grad = "" if ratio is None else f"; grad std layer {first} / layer {last} = {number(ratio)}"
@@ -216,7 +229,7 @@ def lsuv_label(layer: LsuvLayer, run: Run) -> str:
     `head`; a user's or the residual model's module path)."""
     if run.model is None and layer.name.isdigit():
         k = int(layer.name) // 2 + 1
-        return f"layer {k}" if k <= len(run.layers) else "head"
+        return f"layer {k}" if k <= len(signal_rows(run.layers)) else "head"
     return layer.name
 
 
@@ -583,7 +596,8 @@ def _compare_cells(run: Run, summary: Summary, spark_width: int = 40) -> dict[st
     if summary.first_flag is not None:
         index, flag = summary.first_flag
         first = f"{flag} @ {layer_label(run.layers[index - 1], run)}"
-    grads = [layer.grad.std if layer.grad else None for layer in run.layers]
+    signal = signal_rows(run.layers)  # the sparklines draw the signal, not the logits
+    grads = [layer.grad.std if layer.grad else None for layer in signal]
     return {
         "scheme": run.scheme,
         "verdict": run.verdict,
@@ -597,7 +611,7 @@ def _compare_cells(run: Run, summary: Summary, spark_width: int = 40) -> dict[st
                        f"{number(run.train.loss[0])} → {number(run.train.loss[-1])}"),
         "phase": run.theory.phase if run.theory else "—",
         "χ₁": number(run.theory.chi1) if run.theory else "—",
-        "log std": sparkline([layer.post.std for layer in run.layers], spark_width),
+        "log std": sparkline([layer.post.std for layer in signal], spark_width),
         "log grad": (sparkline(grads, spark_width) if any(g is not None for g in grads)
                      else "—"),
     }
@@ -614,7 +628,9 @@ def compare_columns(runs: Sequence[Run]) -> list[str]:
 def compare_table(report: Report, sort: str = "verdict", width: int | None = None) -> Fitted:
     """One row per scheme: where each one fails, at a glance; fitted to `width` terminal cells
     (None: full width)."""
-    counts = sorted({len(run.layers) for run in report.runs}) or [0]
+    # the MLP's hidden layers (its head is not one); every row of a user's model
+    counts = sorted({len(signal_rows(run.layers)) if run.model is None else len(run.layers)
+                     for run in report.runs}) or [0]
     depth = counts[-1]
     runs = sorted_runs(report, sort)
     summaries = [summarise(run.layers, run.verdict) for run in runs]

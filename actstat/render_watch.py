@@ -12,8 +12,8 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from actstat.layout import Column, fit, left_out_note, wrap_text
+from actstat.records import Event, Report, Run, Trajectory, TrajectoryLayer
 from actstat.render import SHADES, merge_bins, number, percent, quantise, sparkline
-from actstat.report import Event, Report, Run, Trajectory, TrajectoryLayer
 
 SPARK_STEPS = 40  # a sparkline's natural width: one cell per recorded step, at most this many
 HEAT_ROWS = 10  # a heat map's height: its histogram's bins merged to this many rows

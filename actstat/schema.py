@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actstat.errors import ActstatError
-from actstat.report import EVENT_KINDS, FLAGS, HEALTHY, LAYER_KINDS
+from actstat.records import EVENT_KINDS, FLAGS, HEALTHY, LAYER_KINDS
 
 # strict: "0.5" is not a number and 1 is not true; a JSON integer is still a valid float
 _STRICT = ConfigDict(strict=True, extra="ignore")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from actstat.errors import ActstatError
-from actstat.report import Trajectory
+from actstat.records import Trajectory
 
 MISSING_TENSORBOARD = ("--tensorboard needs the tensorboard package, an optional extra: "
                        "pip install 'actstat[tensorboard]'")

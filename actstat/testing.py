@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from actstat.report import FLAGS, LayerStats, Report
+from actstat.records import FLAGS, LayerStats, Report
 
 
 def assert_healthy(model: nn.Module, inputs: Any, targets: Any = None, *,

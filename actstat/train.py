@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from actstat.model import ResidualBlock
-from actstat.probe import cross_entropy
-from actstat.report import TrainLayer, TrainMultiplier, TrainStats, finite_or_none
+from actstat.records import TrainLayer, TrainMultiplier, TrainStats, finite_or_none
+from actstat.reduce import cross_entropy
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:

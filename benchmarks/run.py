@@ -30,9 +30,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from actstat.activations import make_activation  # noqa: E402
+from actstat.capture import capture  # noqa: E402
 from actstat.inits import make_bias_init, make_init  # noqa: E402
 from actstat.model import build_mlp, initialise  # noqa: E402
-from actstat.probe import measure  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -47,7 +47,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def where_time_goes(model: nn.Module, x: torch.Tensor, activation, device: torch.device,
+def where_time_goes(model: nn.Module, x: torch.Tensor, device: torch.device,
                     rows: int = 12) -> list[tuple[str, float, float]]:
     """(operator, milliseconds, share of the pass) for one forward measurement, from torch's
     profiler (self time per ATen operator, summed over layers): the matmuls are the floor,
@@ -57,7 +57,7 @@ def where_time_goes(model: nn.Module, x: torch.Tensor, activation, device: torch
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
     with profile(activities=activities) as prof:
-        measure(model, x, activation=activation, near_zero=0.01, saturation_cut=0.97)
+        capture(model, x, grad=False)
     events = prof.key_averages()
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     total = sum(getattr(e, attr) for e in events) or 1.0
@@ -171,10 +171,10 @@ def commands_seconds(commands: dict[str, list[str]], repeats: int) -> dict[str, 
 def overheads(act: str, depth: int, width: int, batch: int, repeats: int, device: torch.device,
               rows: list[tuple[str, float, float, float]]) -> dict[str, float]:
     """actstat's forward (and, for relu, backward) measurement against the bare passes."""
-    model, x, y, activation = model_and_batch(depth, width, batch, act, device)
+    model, x, y, _ = model_and_batch(depth, width, batch, act, device)
 
     def ours_forward() -> object:
-        return measure(model, x, activation=activation, near_zero=0.01, saturation_cut=0.97)
+        return capture(model, x, grad=False)
 
     bare, ours, forward = paired(lambda: bare_forward(model, x), ours_forward, repeats, device)
     rows.append((f"forward statistics ({act})", bare, ours, forward))
@@ -186,7 +186,7 @@ def overheads(act: str, depth: int, width: int, batch: int, repeats: int, device
     _, _, versus_fastai = paired(lambda: fastai_style(model, x), ours_forward, repeats, device)
     bare_bw, ours_bw, backward = paired(
         lambda: bare_backward(model, x, y),
-        lambda: measure(model, x, y, activation=activation, near_zero=0.01, saturation_cut=0.97),
+        lambda: capture(model, x, y),
         repeats, device)
     rows.append(("forward + backward statistics (relu)", bare_bw, ours_bw, backward))
     return {"forward_overhead": forward, "fastai_style_ratio": versus_fastai,
@@ -215,9 +215,8 @@ def main() -> None:
         figures.update(overheads(act, depth, width, batch, repeats, device, rows))
 
     def measurement(size_depth: int, size_batch: int) -> Callable[[], object]:
-        model, x, _, activation = model_and_batch(size_depth, width, size_batch, "relu", device)
-        return lambda: measure(model, x, activation=activation, near_zero=0.01,
-                               saturation_cut=0.97)
+        model, x, *_ = model_and_batch(size_depth, width, size_batch, "relu", device)
+        return lambda: capture(model, x, grad=False)
 
     # 2x depth and 2x batch, each paired against the base size, so drift cancels as above
     base = measurement(depth, batch)
@@ -265,10 +264,10 @@ def main() -> None:
     print(f"{'measurement':46s} {'bare (s)':>10s} {'actstat (s)':>12s} {'ratio':>7s}")
     for name, bare_s, ours_s, ratio in rows:
         print(f"{name:46s} {bare_s:10.4f} {ours_s:12.4f} {ratio:7.3f}")
-    model, x, y, activation = model_and_batch(depth, width, batch, "relu", device)
+    model, x, *_ = model_and_batch(depth, width, batch, "relu", device)
     print(f"\nwhere the time of one forward measurement goes (relu, depth {depth}; "
           "self time per operator, profiled):")
-    for name, ms, share in where_time_goes(model, x, activation, device):
+    for name, ms, share in where_time_goes(model, x, device):
         print(f"  {name:28s} {ms:9.1f} ms {share:7.1%}")
     print()
     for name, value in figures.items():

@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from run import MALLOC_TUNED, cpu_name, model_and_batch, paired  # noqa: E402  (tunes malloc first)
 from torch import nn  # noqa: E402
 
-from actstat.probe import HIST_BINS  # noqa: E402
-from actstat.watch import Schedule, _Order, watch, watched_layers  # noqa: E402
+from actstat.reduce import HIST_BINS  # noqa: E402
+from actstat.watch import Schedule, _Order, watch  # noqa: E402
 
 POOL = 1024  # samples the mini-batches are drawn from
 LR = 1e-3  # small, so that no side's run goes non-finite and stops early
@@ -50,8 +50,7 @@ def bare_training(model: nn.Module, x: torch.Tensor, y: torch.Tensor, schedule: 
 
 def recorded_training(model: nn.Module, x: torch.Tensor, y: torch.Tensor, schedule: Schedule,
                       bins: int) -> object:
-    layers = watched_layers(model, x[:4])
-    return watch(model, x, y, layers, schedule, nn.functional.cross_entropy, labelled=True,
+    return watch(model, x, y, schedule, nn.functional.cross_entropy, labelled=True,
                  near_zero=0.01, bins=bins)
 
 

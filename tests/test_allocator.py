@@ -1,4 +1,4 @@
-"""Allocation: the probe's passes reuse one scratch buffer (the C kernel needs none); the CLI
+"""Allocation: the engine's passes reuse one scratch buffer (the C kernel needs none); the CLI
 tunes glibc's malloc."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from actstat import allocator, fused
 from actstat.activations import make_activation
+from actstat.capture import capture
 from actstat.inits import make_bias_init, make_init
 from actstat.model import build_mlp, initialise
-from actstat.probe import measure
 
 BATCH, WIDTH, DEPTH = 256, 64, 6
 
@@ -31,8 +31,9 @@ def large_allocations(fn) -> int:
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "torch"])
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
 def test_a_pass_allocates_one_scratch_buffer_beyond_the_forward_itself(act, kernel, monkeypatch):
-    """The torch reductions work in one scratch buffer per pass; the C kernel reads each tensor
-    where it lies and allocates nothing of a layer's size."""
+    """A forward-only pass of the engine (actstat/capture.py) over the built-in MLP: the torch
+    reductions work in one scratch buffer per pass; the C kernel reads each tensor where it
+    lies and allocates nothing of a layer's size."""
     if kernel and not fused.AVAILABLE:
         pytest.skip("actstat._kernels was not built (no C compiler at install)")
     monkeypatch.setattr(fused, "ENABLED", kernel)
@@ -48,7 +49,7 @@ def test_a_pass_allocates_one_scratch_buffer_beyond_the_forward_itself(act, kern
             model(x)
 
     def ours():
-        measure(model, x, activation=activation, near_zero=0.01, saturation_cut=0.97)
+        capture(model, x, grad=False)
 
     bare(), ours()
     assert large_allocations(ours) == large_allocations(bare) + (0 if kernel else 1)

@@ -223,7 +223,7 @@ def test_report_round_trips_through_json_and_shows_itself(tmp_path):
     path = report.save(tmp_path / "cnn.json")
     again = read_report(path)
     assert again == report and again.runs[0].model == "SmallCNN"
-    assert json.loads(report.to_json())["schema_version"] == 2
+    assert json.loads(report.to_json())["schema_version"] == 3
     text = str(report)
     assert "my cnn" in text and "bn1" in text and "BatchNorm2d → ReLU" in text
     html = report._repr_html_()

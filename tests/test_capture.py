@@ -15,13 +15,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from actstat.activations import ACTIVATIONS, make_activation
-from actstat.capture import capture
-from actstat.config import Thresholds
+from actstat.activations import ACTIVATIONS, GeneralRelu, Identity, make_activation
+from actstat.capture import capture, capture_stacked
 from actstat.errors import ActstatError, ModelError
 from actstat.inits import make_bias_init, make_init
-from actstat.model import build_mlp, initialise
-from actstat.probe import measure
+from actstat.model import build_mlp, initialise, stack_mlps
 from models import (
     Conv1D,
     FunctionalMLP,
@@ -53,14 +51,39 @@ def reductions(request, monkeypatch):
     return request.param
 
 
-def numpy_stats(a: np.ndarray, unit: int, saturated=None, spread=False) -> dict[str, float]:
+def dead_rule(module: nn.Module, kind: str) -> float | str:
+    """Where a unit of `module`'s output counts as dead (analysis.py's definition, written out
+    independently): a known activation's floor (the value of its flat lower region), "none" for
+    a known activation with no flat region, "zero" (exactly 0 throughout) for anything else."""
+    if kind not in ("activation", "selected"):
+        return "zero"
+    if isinstance(module, (nn.ReLU, nn.ReLU6, nn.Hardsigmoid)):
+        return 0.0
+    if isinstance(module, nn.Hardtanh):
+        return module.min_val
+    if isinstance(module, GeneralRelu):
+        return -module.subtract if module.leak == 0 else "none"
+    if isinstance(module, (nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.SELU,
+                           nn.Softplus, nn.Mish, nn.Identity, Identity)):
+        return "none"
+    return "zero"
+
+
+def numpy_stats(a: np.ndarray, unit: int, saturated=None, spread=False,
+                dead: float | str = "zero") -> dict[str, float]:
     """The statistics of analysis.py's definitions, from a float64 array: population std; dead =
-    the fraction of units (entries along `unit`) that are 0 for every sample and position;
-    spread = the largest range across units on one sample and position over max|a| (0/0: 0)."""
+    the fraction of units (entries along `unit`) that sit at `dead` (a floor: never above it;
+    "zero": exactly 0) for every sample and position, NaN for "none" (not counted); spread = the
+    largest range across units on one sample and position over max|a| (0/0: 0)."""
     per_unit = np.moveaxis(a, unit % a.ndim, 0).reshape(a.shape[unit], -1)
+    if dead == "none":
+        dead_fraction = math.nan
+    elif dead == "zero":
+        dead_fraction = np.mean(np.all(per_unit == 0, axis=1))
+    else:  # compared in float32, as a float32 network's outputs are
+        dead_fraction = np.mean(np.all(per_unit.astype(np.float32) <= np.float32(dead), axis=1))
     stats = {"mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max(),
-             "near_zero": np.mean(np.abs(a) < NEAR_ZERO),
-             "dead": np.mean(np.all(per_unit == 0, axis=1))}
+             "near_zero": np.mean(np.abs(a) < NEAR_ZERO), "dead": dead_fraction}
     if spread:
         per_sample = np.moveaxis(a, unit % a.ndim, -1).reshape(-1, a.shape[unit])
         gap = np.max(per_sample.max(axis=1) - per_sample.min(axis=1))
@@ -72,6 +95,8 @@ def numpy_stats(a: np.ndarray, unit: int, saturated=None, spread=False) -> dict[
 
 
 def close(got: float | None, want: float, scale: float, rtol: float) -> bool:
+    if want != want:  # NaN: not counted
+        return got is not None and got != got
     return got is not None and abs(got - want) <= rtol * (abs(want) + abs(scale)) + 1e-30
 
 
@@ -103,7 +128,8 @@ def expect(model: nn.Module, inputs, targets=None, *, rtol: float = 1e-5, loss=N
         layout = weight.T if isinstance(module, Conv1D) else weight
         assert layer.weight_shape == (tuple(layout.shape) if layer.kind != "input" and isinstance(
             weight, nn.Parameter) else None), layer.name
-        want = numpy_stats(a, ref.unit, ref.saturated, spread=ref.kind == "weight")
+        want = numpy_stats(a, ref.unit, ref.saturated, spread=ref.kind == "weight",
+                           dead=dead_rule(module, layer.kind))
         assert set(layer.stats) == set(want), layer.name
         for key, value in want.items():
             scale = want["std"] if key in ("mean", "std", "min", "max") else 0.0
@@ -487,43 +513,54 @@ def test_a_caught_failure_inside_the_forward_does_not_confuse_the_names():
 # ---- the built-in MLP through the general probe ----------------------------------------------
 
 
-@pytest.mark.parametrize("init", ["kaiming", "randn", "zeros"])
-@pytest.mark.parametrize("name", list(ACTIVATIONS))
-def test_the_builtin_mlp_measures_the_same_through_capture(name, init):
-    """The MLP probe's numbers (actstat/probe.py, what `run` reports) and the general probe's on
-    the same model and batch agree for every activation: weight record = pre, its consumer =
-    post (identity hands its input on, so there post is pre), dL/d(pre) and dL/dW from the
-    weight record. The groundwork for running the MLP through capture without a change."""
-    thresholds = Thresholds()
-    activation = make_activation(name)
-    model = initialise(
+# every registered activation at its defaults, and with the parameters that move its floor, its
+# slope or its clamp
+MLP_ACTIVATIONS = [(name, {}) for name in ACTIVATIONS] + [
+    ("general_relu", {"subtract": 0.5}), ("general_relu", {"leak": 0.1, "subtract": 0.4}),
+    ("general_relu", {"subtract": 0.2, "clamp_max": 0.6}), ("leaky_relu", {"negative_slope": 0.3}),
+    ("elu", {"alpha": 0.5}), ("softplus", {"beta": 3.0}), ("gelu", {"approximate": "tanh"})]
+
+
+@pytest.mark.parametrize("name, params", MLP_ACTIVATIONS,
+                         ids=[f"{n}{p or ''}" for n, p in MLP_ACTIVATIONS])
+def test_the_builtin_mlp_alone_and_stacked_equals_numpy(name, params):
+    """The built-in MLP, as `run` measures it: each alone (`capture`) and side by side
+    (`capture_stacked` of `stack_mlps`), every record's statistics equal NumPy's on the
+    layer's output from a plain forward (dead by the activation's floor, see `dead_rule`), and
+    the stacked numbers equal the separate ones, gradients included."""
+    activation = make_activation(name, params)
+    models = [initialise(
         build_mlp(in_features=32, widths=[24, 24, 24], num_classes=10, bias=True,
                   activation=activation),
         make_init(init), make_bias_init("normal"), act_gain=activation.gain, seed=1,
-        device=torch.device("cpu"), dtype=torch.float64)
+        device=torch.device("cpu"), dtype=torch.float64) for init in ("kaiming", "randn")]
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(128, 32, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, 10, (128,), generator=generator)
-    probed = measure(model, inputs, labels, activation=activation,
-                     near_zero=thresholds.near_zero, saturation_cut=thresholds.saturation_cut)
-    captured = {record.name: record for record in capture(model, inputs, labels).layers}
-
-    def close(a, b):
-        return a == pytest.approx(b, rel=1e-12, abs=1e-300, nan_ok=True)
-
-    assert close(probed.loss, capture(model, inputs, labels).loss)
-    for i, raw in enumerate(probed.layers):
-        weight = captured[str(2 * i)]
-        consumer = captured.get(str(2 * i + 1), weight)
-        assert weight.kind == "weight" and weight.weight_shape == (raw.fan_out, raw.fan_in)
-        for key in ("mean", "std", "min", "max", "near_zero"):
-            assert close(raw.pre[key], weight.stats[key]), (i, "pre", key)
-            assert close(raw.post[key], consumer.stats[key]), (i, "post", key)
-        assert close(raw.pre["dead"], consumer.stats["dead"]), (i, "dead")
-        if consumer.stats.get("saturated") is not None:
-            assert close(raw.post["saturated"], consumer.stats["saturated"]), (i, "saturated")
-        for key in ("mean", "std", "weight_std", "weight_min", "weight_max", "weight_data_std"):
-            assert close(raw.grad[key], weight.grad[key]), (i, "grad", key)
+    alone = [capture(model, inputs, labels) for model in models]
+    stacked = capture_stacked(stack_mlps(models), inputs, labels, groups=2)
+    for model, one, side in zip(models, alone, stacked, strict=True):
+        outputs, x = {}, inputs
+        with torch.no_grad():
+            for index, module in enumerate(model):
+                x = module(x)
+                outputs[str(index)] = (module, x.numpy())
+        # every module of the MLP is a record: the identity activation too (not a pass-through)
+        assert [r.name for r in one.layers] == list(outputs)
+        assert one.loss == pytest.approx(F.cross_entropy(x, labels).item(), rel=1e-12)
+        for record, twin in zip(one.layers, side.layers, strict=True):
+            module, a = outputs[record.name]
+            want = numpy_stats(a, -1, spread=record.kind == "weight",
+                               dead=dead_rule(module, record.kind))
+            for key, value in want.items():
+                assert close(record.stats[key], value, want["std"], 1e-10), (record.name, key)
+            assert twin.name == record.name and twin.stats.keys() == record.stats.keys()
+            for key, value in record.stats.items():
+                assert twin.stats[key] == pytest.approx(value, rel=1e-9, abs=1e-12,
+                                                        nan_ok=True), (record.name, key)
+            for key, value in record.grad.items():
+                assert twin.grad[key] == pytest.approx(value, rel=1e-9, abs=1e-15,
+                                                       nan_ok=True), (record.name, key)
 
 
 # ---- spread: the symmetric flag's statistic, on weight records --------------------------------

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def baseline(cli, tmp_path):
     path = tmp_path / "base.json"
     result = cli("baseline", *SMALL10, "-o", str(path))
-    assert f"wrote {path} (1 scheme(s), 10 layers)" in result.stderr
+    assert f"wrote {path} (1 scheme(s), 11 layers)" in result.stderr  # 10 hidden, the head
     return path
 
 
@@ -29,7 +29,7 @@ def digest(path) -> str:
 
 def test_baseline_checked_against_itself_passes(cli, baseline):
     result = cli("check", str(baseline))
-    assert "all 60 values within tolerance" in result.stdout and "passed" in result.stdout
+    assert "all 64 values within tolerance" in result.stdout and "passed" in result.stdout
 
 
 def test_baseline_default_path_and_run_reports_as_baselines(cli, tmp_path, monkeypatch):
@@ -62,7 +62,7 @@ def test_a_real_change_fails_and_lists_the_layers(cli, baseline, change):
     layers = drifted_layers(result.stdout)
     assert 1 in layers or 2 in layers
     body = json.loads(result.stdout)
-    assert body["passed"] is False and body["summary"][0].startswith(f"{body['drifted']} of 60")
+    assert body["passed"] is False and body["summary"][0].startswith(f"{body['drifted']} of 64")
     assert any(change[1] in line for line in body["config_changes"])
 
 
@@ -81,7 +81,7 @@ def test_default_to_kaiming_fails(cli, tmp_path):
     path = tmp_path / "b.json"
     cli("baseline", *SMALL10, "--init", "default", "-o", str(path))
     result = cli("check", str(path), "--init", "kaiming", "-f", "json", code=1)
-    assert drifted_layers(result.stdout) == list(range(1, 11))
+    assert drifted_layers(result.stdout) == list(range(1, 12))  # the head (11) too
 
 
 @pytest.mark.parametrize("factor, code", [(1.04, 0), (1.11, 1), (0.9, 1)])
@@ -174,7 +174,7 @@ def test_junit_xml_and_markdown(cli, baseline, tmp_path):
 
 def test_json_result_of_a_pass(cli, baseline):
     body = json.loads(cli("check", str(baseline), "-f", "json").stdout)
-    assert body["passed"] is True and body["compared"] == 60 and body["drifts"] == []
+    assert body["passed"] is True and body["compared"] == 64 and body["drifts"] == []
 
 
 def break_baseline(path, how: str) -> None:
@@ -187,7 +187,7 @@ def break_baseline(path, how: str) -> None:
     elif how == "empty":
         path.write_text("")
     elif how == "schema":
-        raw["schema_version"] = 3
+        raw["schema_version"] = 4
         path.write_text(json.dumps(raw))
     elif how == "layers":
         raw["runs"][0]["layers"].pop()
@@ -204,8 +204,8 @@ def break_baseline(path, how: str) -> None:
     ("truncated", "not valid JSON at line"),
     ("not json", "not valid JSON at line 1, column 1"),
     ("empty", "is empty"),
-    ("schema", "schema_version is 3"),
-    ("layers", "has 9 layers but its config says depth 10"),
+    ("schema", "schema_version is 4"),
+    ("layers", "has 10 rows but its config says depth 10 (10 hidden layers and the head)"),
     ("schemes", "holds 2 scheme(s) but its config describes 1"),
     ("config", "model.depth: must be a whole number"),
 ])

@@ -43,7 +43,7 @@ def test_formats_go_to_stdout_and_nothing_else_does(cli, fmt):
     if fmt == "json":
         assert len(json.loads(result.stdout)["runs"]) == 2
     elif fmt == "csv":
-        assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == 2 * 3
+        assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == 2 * (3 + 1)  # + head
     elif fmt == "markdown":
         assert result.stdout.startswith("## actstat report")
     if fmt != "table":  # verdicts go to stderr, so a pipe gets the format alone
@@ -54,7 +54,7 @@ def test_formats_go_to_stdout_and_nothing_else_does(cli, fmt):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt, check", [
-    ("json", lambda text: json.loads(text)["schema_version"] == 2),
+    ("json", lambda text: json.loads(text)["schema_version"] == 3),
     ("csv", lambda text: text.startswith("scheme,init,act")),
     ("markdown", lambda text: "| layer |" in text),
     ("table", lambda text: "kaiming + relu: healthy" in text),
@@ -107,11 +107,11 @@ def test_yaml_config_and_cli_precedence(cli, tmp_path):
                       "data: {batch_size: 32}\ndevice: cpu\n")
     raw = json.loads(cli("run", str(config), "-f", "json").stdout)
     assert [r["init"] for r in raw["runs"]] == ["lecun", "randn"]
-    assert len(raw["runs"][0]["layers"]) == 5
+    assert len(raw["runs"][0]["layers"]) == 5 + 1  # the hidden layers, then the head
     raw = json.loads(cli("run", str(config), "--depth", "2", "--init", "kaiming",
                          "-f", "json").stdout)
     assert [r["init"] for r in raw["runs"]] == ["kaiming"]
-    assert len(raw["runs"][0]["layers"]) == 2 and raw["config"]["model"]["width"] == 8
+    assert len(raw["runs"][0]["layers"]) == 2 + 1 and raw["config"]["model"]["width"] == 8
 
 
 def test_every_option_reaches_the_config(cli):
@@ -124,7 +124,7 @@ def test_every_option_reaches_the_config(cli):
         2, [7, 5], False)
     assert (config["data"]["batch_size"], config["data"]["source"]) == (20, "gaussian")
     assert (config["device"], config["dtype"], config["seed"]) == ("cpu", "float64", 4)
-    assert [entry["fan_out"] for entry in raw["runs"][0]["layers"]] == [7, 5]
+    assert [entry["fan_out"] for entry in raw["runs"][0]["layers"]] == [7, 5, 10]  # + head
     assert raw["input"]["batch_size"] == 20 and raw["input"]["labelled"] is False
 
 
@@ -136,8 +136,9 @@ def test_shipped_configs_run(cli, config):
                          "-f", "json").stdout)
     depth = raw["config"]["model"]["depth"]
     assert raw["runs"]
-    # the plain MLP's rows are its hidden layers; a residual scheme (depth100.yaml) has its own
-    assert all(len(r["layers"]) == depth for r in raw["runs"] if r["model"] is None)
+    # the plain MLP's rows are its hidden layers and its head; a residual scheme (depth100.yaml)
+    # has its own
+    assert all(len(r["layers"]) == depth + 1 for r in raw["runs"] if r["model"] is None)
     assert all(r["layers"] for r in raw["runs"])
 
 

@@ -198,9 +198,11 @@ def test_run_records_every_weight_layer_and_no_mean_field_theory(cli, tmp_path):
     (run,) = report.runs
     assert [layer.name for layer in run.lsuv] == ["0", "2", "4", "6"]  # the head too
     assert all(layer.converged and abs(layer.std - 1) < 0.1 for layer in run.lsuv)
-    # the table's pre std of each hidden layer is the std lsuv left (one pass, same batch)
+    # the table's pre std of each hidden layer, and the head's output std, is the std lsuv
+    # left (one pass, same batch)
+    assert len(run.layers) == len(run.lsuv) and run.layers[-1].pre is None
     for layer, scaled in zip(run.layers, run.lsuv):
-        assert layer.pre.std == pytest.approx(scaled.std, rel=1e-5)
+        assert (layer.pre or layer.post).std == pytest.approx(scaled.std, rel=1e-5)
     assert run.theory is None and run.layers[0].pre.expected_std is None
     assert run.init_params["tolerance"] == 0.1 and run.init_params["max_iterations"] == 10
 
@@ -236,6 +238,9 @@ def test_compare_stacks_lsuv_and_gives_the_numbers_of_a_separate_run(cli, tmp_pa
     assert stacked.lsuv == alone.lsuv
     for a, b in zip(stacked.layers, alone.layers, strict=True):
         for side in ("pre", "post", "grad"):
+            if getattr(b, side) is None:  # the head's row has no pre
+                assert getattr(a, side) is None
+                continue
             for key, value in vars(getattr(b, side)).items():
                 if isinstance(value, float):
                     assert getattr(getattr(a, side), key) == pytest.approx(value, rel=1e-9,
@@ -314,11 +319,13 @@ def test_lsuv_with_every_activation_scales_every_layer_and_gives_complete_rows()
                                 "model.depth": 3, "model.width": 16, "data.batch_size": 64,
                                 "device": "cpu"})
     for run in profile(config).runs:
-        assert [layer.index for layer in run.layers] == [1, 2, 3]
+        assert [layer.index for layer in run.layers] == [1, 2, 3, 4]  # the head is row 4
         assert [layer.name for layer in run.lsuv] == ["0", "2", "4", "6"], run.scheme
         assert all(layer.converged for layer in run.lsuv), run.scheme
-        for layer, scaled in zip(run.layers, run.lsuv):
-            assert layer.pre.std == pytest.approx(scaled.std, rel=1e-4), run.scheme
+        for layer, scaled in zip(run.layers, run.lsuv, strict=True):
+            # identity hands the Linear's output on: that row's one tensor is the Linear's
+            assert (layer.pre or layer.post).std == pytest.approx(scaled.std, rel=1e-4), \
+                run.scheme
 
 
 def test_markdown_and_the_table_say_what_lsuv_reached(cli):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from actstat.probe import HIST_BINS, histogram, measure
+from actstat.capture import capture
+from actstat.reduce import HIST_BINS, group_histogram
 from actstat.render import SHADES, histogram_row
 from actstat.report import read_report
 from conftest import ROOT, SMALL
@@ -23,18 +24,22 @@ def test_histogram_counts_equal_numpy():
     x = torch.randn(300, 70, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     lo, hi = x.min(), x.max()
     counts, _ = np.histogram(x.numpy(), bins=HIST_BINS, range=(float(lo), float(hi)))
-    assert histogram(x, lo, hi, HIST_BINS).tolist() == counts.tolist()
+    got = group_histogram(x.unsqueeze(0), lo.reshape(1), hi.reshape(1), HIST_BINS)[0]
+    assert got.tolist() == counts.tolist()
 
 
 def test_histograms_of_a_real_network_equal_numpy():
-    from test_probe import model_and_batch, numpy_layers
+    from test_engine_mlp import model_and_batch, numpy_layers
 
-    model, x, activation = model_and_batch("tanh", init="randn")
-    measured = measure(model, x, activation=activation, near_zero=0.01, saturation_cut=0.97,
-                       bins=HIST_BINS).layers
-    for layer, (_, post) in zip(measured, numpy_layers(model, x, "tanh")):
-        counts, _ = np.histogram(post, bins=HIST_BINS, range=(post.min(), post.max()))
-        assert layer.histogram == counts.tolist()
+    model, x, _ = model_and_batch("tanh", init="randn")
+    records = capture(model, x, grad=False, bins=HIST_BINS).layers
+    posts = [r for r in records if r.kind == "activation"]
+    with torch.no_grad():
+        logits = model(x).numpy()
+    arrays = [post for _, post in numpy_layers(model, x, "tanh")] + [logits]
+    for record, a in zip([*posts, records[-1]], arrays, strict=True):
+        counts, _ = np.histogram(a, bins=HIST_BINS, range=(a.min(), a.max()))
+        assert list(record.histogram) == counts.tolist(), record.name
 
 
 def test_histogram_row_shades_by_log_count():
@@ -48,9 +53,12 @@ def test_hist_rows_in_the_table_equal_the_reports_counts(cli):
     raw = json.loads(cli("run", *SMALL, "--hist", "--act", "tanh", "-f", "json").stdout)
     text = cli("run", *SMALL, "--hist", "--act", "tanh").stdout
     rows = [line for line in text.splitlines() if "│" in line]
-    assert len(rows) == 3
-    for entry, line in zip(raw["runs"][0]["layers"], rows):
-        assert sum(entry["post"]["histogram"]) == 64 * 16  # every value counted
+    layers = raw["runs"][0]["layers"]
+    # the three hidden layers, then the head's logits
+    assert [line.split("│")[0].strip() for line in rows] == ["1", "2", "3", "head"]
+    assert [layer["fan_out"] for layer in layers] == [16, 16, 16, 10]
+    for entry, line in zip(layers, rows, strict=True):
+        assert sum(entry["post"]["histogram"]) == 64 * entry["fan_out"]  # every value counted
         assert line.split("│")[1] == histogram_row(tuple(entry["post"]["histogram"]))
     assert "[-" in rows[0]  # the range shown includes negative values
 

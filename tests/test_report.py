@@ -122,13 +122,15 @@ def test_grad_and_train_in_json():
 @pytest.mark.slow
 def test_json_contract(real_report):
     raw = strict_json(to_json(real_report))
-    assert raw["schema_version"] == 2
+    assert raw["schema_version"] == 3
     assert {"actstat_version", "torch_version", "device", "config", "input", "runs"} <= set(raw)
     assert raw["config"]["model"]["depth"] == 4  # fully resolved
     assert [(r["init"], r["act"]) for r in raw["runs"]] == [
         ("kaiming", "relu"), ("kaiming", "tanh"), ("randn", "relu"), ("randn", "tanh")]
     for run in raw["runs"]:
-        assert [entry["index"] for entry in run["layers"]] == [1, 2, 3, 4]
+        # the 4 hidden layers, then the head (its logits: a row of one tensor)
+        assert [entry["index"] for entry in run["layers"]] == [1, 2, 3, 4, 5]
+        assert run["layers"][-1]["pre"] is None and run["layers"][-1]["fan_out"] == 10
         for entry in run["layers"]:
             assert {"index", "name", "kind", "module", "fan_in", "fan_out", "pre", "post",
                     "flags"} <= set(entry)
@@ -152,7 +154,7 @@ def test_an_overflowing_run_completes_with_nulls_and_says_where():
     report = profile(config)
     raw = strict_json(to_json(report))
     layers = raw["runs"][0]["layers"]
-    assert len(layers) == 8
+    assert len(layers) == 8 + 1  # the hidden layers and the head
     first = next(entry["index"] for entry in layers if "nonfinite" in entry["flags"])
     assert 2 <= first <= 6  # the forward pass overflows float16 a few layers in
     assert all("nonfinite" in entry["flags"] for entry in layers[first - 1:])
@@ -169,7 +171,7 @@ def test_overflowing_gradients_are_nonfinite_too():
     # gradients grow backwards: the first layers' gradients overflow, and say so
     assert "nonfinite" in layers[0]["flags"]
     assert layers[0]["pre"]["std"] is not None  # the forward numbers there are still finite
-    assert len(layers) == 8
+    assert len(layers) == 8 + 1
 
 
 @pytest.mark.parametrize("change, message", [
@@ -189,7 +191,7 @@ def test_from_dict_refuses_other_documents(change, message):
 @pytest.mark.slow
 def test_csv_has_one_row_per_scheme_and_layer(real_report):
     rows = list(csv.DictReader(io.StringIO(to_csv(real_report))))
-    assert len(rows) == 4 * 4 and tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == 4 * (4 + 1) and tuple(rows[0]) == CSV_COLUMNS  # + the head
     first = real_report.runs[0].layers[0]
     assert float(rows[0]["post_std"]) == first.post.std
     assert rows[0]["post_saturated"] == ""  # relu is unbounded: an empty cell, not 0
@@ -244,13 +246,55 @@ def test_a_version_1_report_reads_as_the_builtin_mlp_it_describes():
         ("0", "weight"), ("2", "weight"), ("4", "weight")]
     assert old.input.shape is None and old.runs[0].model is None
     new = profile(config_from_dict(old.config, str(path)))
-    assert new.schema_version == 2
+    assert new.schema_version == 3
     for before, after in zip(old.runs, new.runs, strict=True):
         assert (before.scheme, before.verdict) == (after.scheme, after.verdict)
-        for a, b in zip(before.layers, after.layers, strict=True):
+        assert [layer.name for layer in after.layers] == ["0", "2", "4", "6"]  # + the head
+        for a, b in zip(before.layers, after.layers[:-1], strict=True):
             assert (a.name, a.flags, a.fan_in, a.fan_out) == (b.name, b.flags, b.fan_in, b.fan_out)
             for side in ("pre", "post"):
                 for key in ("mean", "std", "min", "max", "near_zero"):
                     x, y = getattr(getattr(a, side), key), getattr(getattr(b, side), key)
                     assert x == pytest.approx(y, rel=1e-6, abs=1e-9), (a.name, side, key)
             assert a.post.histogram == b.post.histogram
+
+
+@pytest.mark.slow
+def test_a_version_2_baseline_checks_on_its_hidden_layers(cli, tmp_path):
+    """tests/data/report_v2.json was written by actstat at schema version 2 (`baseline` of a
+    3-layer MLP, kaiming and zeros × relu and relu - 0.5), before the head was a row: it reads,
+    `check` compares its hidden layers (and says the head is not held to it), and today's
+    numbers of those layers are its numbers, dead fractions included (the floor rule of
+    version 3 counts relu - 0.5's dead units as version 2's pre-activation rule did)."""
+    from actstat.config import config_from_dict
+    from actstat.pipeline import profile
+    from actstat.report import read_report
+
+    source = Path(__file__).parent / "data" / "report_v2.json"
+    old = read_report(source)
+    assert old.schema_version == 2 and [len(run.layers) for run in old.runs] == [3] * 4
+    new = profile(config_from_dict(old.config, str(source)))
+    for before, after in zip(old.runs, new.runs, strict=True):
+        assert [layer.name for layer in after.layers] == ["0", "2", "4", "6"]  # + the head
+        for a, b in zip(before.layers, after.layers[:3]):
+            assert (a.flags, a.post.dead) == (b.flags, b.post.dead), (before.scheme, a.name)
+            assert a.post.std == pytest.approx(b.post.std, rel=1e-6, abs=1e-12)
+    baseline = tmp_path / "report_v2.json"
+    baseline.write_bytes(source.read_bytes())
+    result = cli("check", str(baseline))
+    assert "all 72 values within tolerance" in result.stdout, result.stdout
+    assert "holds no head row: the hidden layers are compared" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_version_2_training_baseline_checks_without_its_dead_fractions(cli, tmp_path):
+    """tests/data/train_v2.json (`actstat train` at schema version 2: relu and relu - 0.5,
+    6 steps) counted dead units as exactly 0, so relu - 0.5's never died: its train_dead is not
+    compared (and `check` says so); everything else still is, and passes."""
+    baseline = tmp_path / "train_v2.json"
+    baseline.write_bytes((Path(__file__).parent / "data" / "train_v2.json").read_bytes())
+    result = cli("check", str(baseline))
+    assert "through training within tolerance (loss, train_std, train_mean, train_grad_std, " \
+           "train_near_zero)" in result.stdout, result.stdout
+    assert "train_dead is not compared" in result.stderr
+    assert "passed" in result.stdout

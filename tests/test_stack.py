@@ -12,22 +12,18 @@ from torch.nn import functional as F
 
 from actstat import pipeline
 from actstat.activations import ACTIVATIONS, make_activation
-from actstat.config import load_config
+from actstat.capture import capture, capture_stacked
+from actstat.config import Thresholds, load_config
 from actstat.inits import INITS, make_bias_init, make_init
 from actstat.model import StackedLinear, build_mlp, initialise, stack_mlps
 from actstat.pipeline import profile, stacks
-from actstat.probe import (
-    HIST_BINS,
-    count_fraction,
-    group_histogram,
-    group_moments,
-    measure,
-    measure_stacked,
-)
+from actstat.reduce import HIST_BINS, count_fraction, group_histogram, group_moments
 from actstat.report import Report
 
 NEAR_ZERO, CUT = 0.05, 0.97
+THRESHOLDS = Thresholds(near_zero=NEAR_ZERO, saturation_cut=CUT)
 BATCH, FEATURES = 64, 20
+COUNTS = ("near_zero", "dead", "saturated")
 
 
 def models(act: str, inits: list[str], *, dtype=torch.float64, bias: str = "normal",
@@ -47,26 +43,33 @@ def models(act: str, inits: list[str], *, dtype=torch.float64, bias: str = "norm
 
 
 def assert_same_layers(stacked, alone, *, rel: float, count_atol: float):
-    """Every number of every layer equal to float tolerance; fractions may differ by a value
+    """Every number of every record equal to float tolerance; fractions may differ by a value
     or two that sits on a threshold, histogram cells by a value on a bin edge."""
     if alone.loss is None:
         assert stacked.loss is None
     else:
         assert stacked.loss == pytest.approx(alone.loss, rel=rel, abs=1e-12)
     for a, b in zip(stacked.layers, alone.layers, strict=True):
-        assert (a.fan_in, a.fan_out) == (b.fan_in, b.fan_out)
-        for side in ("pre", "post", "grad"):
+        assert (a.name, a.kind, a.shape, a.unit_dim, a.weight_shape, a.consumes) == (
+            b.name, b.kind, b.shape, b.unit_dim, b.weight_shape, b.consumes)
+        assert a.module_type == ("StackedLinear" if b.kind == "weight" else b.module_type)
+        for side in ("stats", "grad"):
             values_a, values_b = getattr(a, side), getattr(b, side)
             if values_b is None:
-                assert values_a is None
+                assert values_a is None, (a.name, side)
                 continue
             assert values_a.keys() == values_b.keys()
             for key, want in values_b.items():
-                tol = count_atol if key in ("near_zero", "dead", "saturated") else 0.0
+                if want is None or math.isnan(want):
+                    assert values_a[key] is None or math.isnan(values_a[key]), (a.name, key)
+                    continue
+                tol = count_atol if key in COUNTS else 0.0
                 assert values_a[key] == pytest.approx(want, rel=rel, abs=tol + 1e-12), \
-                    (side, key)
-        if b.histogram is not None:
-            assert sum(a.histogram) == sum(b.histogram)
+                    (a.name, side, key)
+        if b.histogram is None:
+            assert a.histogram is None
+        else:
+            assert sum(a.histogram) == sum(b.histogram) == math.prod(b.shape)
             assert np.abs(np.subtract(a.histogram, b.histogram)).max() <= 2
 
 
@@ -76,13 +79,13 @@ def assert_same_layers(stacked, alone, *, rel: float, count_atol: float):
 def test_stacked_equals_separate_for_every_activation(act, with_grad):
     inits = ["kaiming", "lecun", "default", "randn"]
     built, x, labels, activation = models(act, inits)
-    options = {"activation": activation, "near_zero": NEAR_ZERO, "saturation_cut": CUT,
-               "bins": HIST_BINS}
+    options = {"grad": with_grad, "bins": HIST_BINS, "thresholds": THRESHOLDS}
     labels = labels if with_grad else None
-    together = measure_stacked(stack_mlps(built), x, labels, **options)
+    together = capture_stacked(stack_mlps(built), x, labels, groups=len(inits), **options)
     assert len(together) == len(inits)
     for model, stacked in zip(built, together, strict=True):
-        alone = measure(model, x, labels, **options)
+        alone = capture(model, x, labels, **options)
+        assert len(alone.layers) == (4 if act == "identity" else 8) + 1  # and the head
         assert_same_layers(stacked, alone, rel=1e-9, count_atol=2 / (BATCH * 24))
 
 
@@ -92,31 +95,33 @@ def test_stacked_equals_separate_for_every_init_in_float32(init):
     """float32: a batched matmul sums in its own order, so numbers agree to float rounding.
     Symmetric inits (zeros, constant) keep their exactly-zero spread and gradients."""
     built, x, labels, activation = models("tanh", [init, "kaiming", init], dtype=torch.float32)
-    options = {"activation": activation, "near_zero": NEAR_ZERO, "saturation_cut": CUT}
-    together = measure_stacked(stack_mlps(built), x, labels, **options)
+    together = capture_stacked(stack_mlps(built), x, labels, groups=3, thresholds=THRESHOLDS)
     for model, stacked in zip(built, together, strict=True):
-        alone = measure(model, x, labels, **options)
+        alone = capture(model, x, labels, thresholds=THRESHOLDS)
         assert_same_layers(stacked, alone, rel=1e-4, count_atol=2 / (BATCH * 24))
         for a, b in zip(stacked.layers, alone.layers):
-            if b.pre["spread"] == 0:
-                assert a.pre["spread"] == 0
-            if b.grad["weight_std"] == 0:
+            if b.stats.get("spread") == 0:
+                assert a.stats["spread"] == 0
+            if b.grad.get("weight_std") == 0:
                 assert a.grad["weight_std"] == 0
 
 
 @pytest.mark.slow
 def test_stacked_leaves_each_scheme_its_own_gradients():
     """The backward of the summed loss gives each stacked weight the gradient of its own
-    model's loss, as a separate backward does."""
-    built, x, labels, activation = models("relu", ["kaiming", "xavier"])
+    model's loss, as a plain backward of that model alone does (seen by a hook on the weight:
+    the capture puts the user's .grad back as it was)."""
+    built, x, labels, _ = models("relu", ["kaiming", "xavier"])
     stacked = stack_mlps(built)
-    measure_stacked(stacked, x, labels, activation=activation, near_zero=NEAR_ZERO,
-                    saturation_cut=CUT)
     first = [m for m in stacked if isinstance(m, StackedLinear)][0]
+    seen = []
+    first.weight.register_hook(lambda g: seen.append(g.detach().clone()))
+    capture_stacked(stacked, x, labels, groups=2, thresholds=THRESHOLDS)
+    assert len(seen) == 1 and first.weight.grad is None
     for k, model in enumerate(built):
-        measure(model, x, labels, activation=activation, near_zero=NEAR_ZERO, saturation_cut=CUT)
-        torch.testing.assert_close(first.weight.grad[k], model[0].weight.grad, rtol=1e-9,
-                                   atol=1e-12)
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), labels).backward()
+        torch.testing.assert_close(seen[0][k], model[0].weight.grad, rtol=1e-9, atol=1e-12)
 
 
 def test_stacked_linear_matches_each_linear():
@@ -271,8 +276,11 @@ def test_histogram_rows_survive_the_report_round_trip():
                                 "model.width": 8, "device": "cpu", "hist": True})
     report = profile(config)
     for run in report.runs:
+        # two hidden layers of 8 units, then the head's 10 logits: every value counted
+        assert [layer.fan_out for layer in run.layers] == [8, 8, 10]
         for layer in run.layers:
-            assert sum(layer.post.histogram) == config.data.batch_size * 8
+            assert len(layer.post.histogram) == HIST_BINS
+            assert sum(layer.post.histogram) == config.data.batch_size * layer.fan_out
     raw = json.loads(json.dumps(report.to_dict()))
     assert [layer["post"]["histogram"] for layer in raw["runs"][0]["layers"]] == [
         list(layer.post.histogram) for layer in report.runs[0].layers]

@@ -103,7 +103,8 @@ def test_the_trajectory_is_that_of_a_training_loop_written_out(cli, tmp_path):
                 assert layer[stat][k] == pytest.approx(value, rel=1e-9, abs=1e-12), (
                     step, layer["name"], stat)
     assert [layer["name"] for layer in t["layers"]] == ["1", "2", "3", "head"]
-    assert t["layers"][-1]["dead"] is None  # the head has no activation to die
+    # the head's logits: a module with no known flat region, whose unit is dead when exactly 0
+    assert t["layers"][-1]["dead"] == [0.0] * len(t["steps"])
     assert t["stopped"] is None and t["planned_steps"] == 25
 
 
@@ -181,7 +182,7 @@ def test_residual_norm_and_factory_models_train(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     t = _trajectory(cli, _config(tmp_path, factory="nets.py:small"))
     assert [layer["name"] for layer in t["layers"]] == ["0", "2"]
-    assert t["layers"][0]["dead"] is not None  # tanh's units are watched too
+    assert t["layers"][0]["dead"] is None  # tanh has no flat region: its units cannot die
 
 
 def test_histograms_count_every_value_at_every_step(cli, tmp_path):

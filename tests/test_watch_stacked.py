@@ -51,6 +51,10 @@ def _same(stacked: dict, alone: dict, scheme: str) -> None:
     assert stacked.keys() == alone.keys()
     for key, want in alone.items():
         got = stacked[key]
+        if key[-1:] == ("histogram",) and want is not None:
+            for g, w in zip(got, want, strict=True):
+                assert _edge_values_moved(g, w), (scheme, key)
+            continue
         if not (isinstance(want, tuple) and any(isinstance(v, float) for v in want)):
             assert got == want, (scheme, key)
             continue
@@ -60,6 +64,25 @@ def _same(stacked: dict, alone: dict, scheme: str) -> None:
                 assert g is None, (scheme, key, i)
             else:
                 assert g == pytest.approx(w, rel=1e-9, abs=1e-12), (scheme, key, i)
+
+
+def _edge_values_moved(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    """Equal counts, or at most two values each moved to a neighbouring bin: step 0's extremes
+    fix the range, and so sit exactly on bin edges (its min and max a quarter of the range in
+    from each end, where the range is widened), where a batched matmul's last bit can put them
+    on either side."""
+    diff = [g - w for g, w in zip(got, want, strict=True)]
+    moved = 0
+    i = 0
+    while i < len(diff):
+        if diff[i] == 0:
+            i += 1
+            continue
+        if i + 1 == len(diff) or abs(diff[i]) != 1 or diff[i + 1] != -diff[i]:
+            return False
+        moved += 1
+        i += 2
+    return moved <= 2
 
 
 def _trained(config, monkeypatch, stack: int) -> tuple[list, list[int]]:
