@@ -71,18 +71,46 @@ def percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
+# A mean within this many roundings of its tensor's spread is float noise around zero. A
+# normalisation's output mean is analytically 0 and measures at 0.002 to 0.16 roundings (float32:
+# LayerNorm 2e-09, BatchNorm 2e-08 at std 1; bfloat16 and float16 less), and its digits change with
+# the thread count and the CPU's kernels. Subtracting a mean itself rounded leaves up to about
+# ε × |input mean| / input std, hence room for an input mean a few times its spread. Any mean the
+# batch can measure sits far above: its sampling error, std / √values, is 1e-4 × std at 1e8 values.
+NOISE_ROUNDINGS = 4
+# machine epsilon, the rounding of a value relative to its size, of each dtype a network runs in
+EPSILON = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+NOISE = "≈0"  # written `~0` where the terminal cannot encode `≈` (actstat/symbols.py)
+
+
+def mean_text(mean: float | None, std: float | None, dtype: str | None = "float32") -> str:
+    """A mean as the tables print it: `≈0` when it is float noise around zero, |mean| <=
+    NOISE_ROUNDINGS × ε × std with ε the machine epsilon of the dtype the network ran in (float32:
+    |mean| <= 4.8e-07 × std), exact zero included; else as `number`. A constant tensor (std 0)
+    keeps its mean. Only the printed cell changes: JSON and CSV keep the measured number."""
+    if (mean is not None and std is not None and 0 < std < math.inf
+            and abs(mean) <= NOISE_ROUNDINGS * EPSILON.get(dtype or "", EPSILON["float32"]) * std):
+        return NOISE
+    return number(mean)
+
+
 Cell = Callable[[LayerStats, TrainLayer | None], str]
-FORWARD_COLUMNS: list[tuple[str, Cell]] = [
-    ("layer", lambda layer, _: str(layer.index)),
-    ("units", lambda layer, _: str(layer.fan_out)),
-    ("pre mean", lambda layer, _: number(layer.pre.mean if layer.pre else None)),
-    ("pre std", lambda layer, _: number(layer.pre.std if layer.pre else None)),
-    ("post mean", lambda layer, _: number(layer.post.mean)),
-    ("post std", lambda layer, _: number(layer.post.std)),
-    ("near 0", lambda layer, _: percent(layer.post.near_zero)),
-    ("dead", lambda layer, _: percent(layer.post.dead)),
-    ("sat", lambda layer, _: percent(layer.post.saturated)),
-]
+
+
+def forward_columns(dtype: str | None) -> list[tuple[str, Cell]]:
+    """The columns every layer table has; `dtype`, the network's, tells noise means (mean_text)."""
+    return [
+        ("layer", lambda layer, _: str(layer.index)),
+        ("units", lambda layer, _: str(layer.fan_out)),
+        ("pre mean", lambda layer, _: mean_text(layer.pre.mean, layer.pre.std, dtype)
+         if layer.pre else "—"),
+        ("pre std", lambda layer, _: number(layer.pre.std if layer.pre else None)),
+        ("post mean", lambda layer, _: mean_text(layer.post.mean, layer.post.std, dtype)),
+        ("post std", lambda layer, _: number(layer.post.std)),
+        ("near 0", lambda layer, _: percent(layer.post.near_zero)),
+        ("dead", lambda layer, _: percent(layer.post.dead)),
+        ("sat", lambda layer, _: percent(layer.post.saturated)),
+    ]
 GRAD_COLUMNS: list[tuple[str, Cell]] = [
     ("grad std", lambda layer, _: number(layer.grad.std if layer.grad else None)),
     ("grad:data", lambda layer, _: number(layer.grad.grad_to_data if layer.grad else None)),
@@ -115,9 +143,10 @@ def layer_label(layer: LayerStats, run: Run) -> str:
     return "head" if layer is head_row(run.layers) else str(layer.index)
 
 
-def columns(run: Run) -> list[tuple[str, Cell]]:
-    """The number columns of a scheme's table: gradient and training ones only when measured."""
-    chosen = list(FORWARD_COLUMNS)
+def columns(run: Run, dtype: str | None = "float32") -> list[tuple[str, Cell]]:
+    """The number columns of a scheme's table: gradient and training ones only when measured;
+    `dtype`: the network's (the report's config), which tells noise means."""
+    chosen = forward_columns(dtype)
     if run.model is not None:
         chosen = MODEL_COLUMNS + chosen[1:]
     else:
@@ -317,7 +346,7 @@ def tables(report: Report, width: int | None = None) -> list[RenderableType]:
     if note:
         renderables.append(Text(note, style="dim"))
     for run in report.runs:
-        fitted = _table(run, width)
+        fitted = _table(run, width, report.config.get("dtype"))
         renderables.append(fitted.table)
         left = left_out_note(fitted.left_out, width)
         if left:
@@ -346,8 +375,8 @@ def _rank(name: str, leaving: tuple[str, ...]) -> int:
     return len(leaving) - leaving.index(name) if name in leaving else 0
 
 
-def _table(run: Run, width: int | None = None) -> Fitted:
-    chosen = columns(run)
+def _table(run: Run, width: int | None = None, dtype: str | None = "float32") -> Fitted:
+    chosen = columns(run, dtype)
     rows: list[dict[str, Text]] = []
     for layer, moved in zip(run.layers, _trained(run)):
         styles = {FLAG_CELLS[f]: FLAG_STYLES[f] for f in reversed(layer.flags) if f in FLAG_CELLS}
@@ -444,7 +473,7 @@ def to_markdown(report: Report) -> str:
     if precision_note(report):
         lines += [f"_{precision_note(report)}_", ""]
     for run in report.runs:
-        chosen = columns(run)
+        chosen = columns(run, report.config.get("dtype"))
         names = [name for name, _ in chosen] + ["flags"]
         lines += [f"### {run.scheme}: {run.verdict}", "",
                   "| " + " | ".join(names) + " |",
@@ -473,7 +502,7 @@ def to_html(report: Report) -> str:
     if precision_note(report):
         parts.append(f"<p><em>{html.escape(precision_note(report) or '')}</em></p>")
     for run in report.runs:
-        chosen = columns(run)
+        chosen = columns(run, report.config.get("dtype"))
         head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in chosen) + "<th>flags</th>"
         rows = []
         for layer, moved in zip(run.layers, _trained(run)):

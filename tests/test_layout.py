@@ -23,8 +23,9 @@ from actstat.pipeline import profile
 
 WIDTHS = (80, 100, 120, 160)
 TINY = {"data.batch_size": 64, "model.width": 16, "device": "cpu"}
-# a number as the tables print it: 0.1493, -7.78e-05, 9.40e+06, 20.0%, 1.1%, 17
-NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]\d+)?%?")
+# a number as the tables print it: 0.1493, -7.78e-05, 9.40e+06, 20.0%, 1.1%, 17, or a mean that
+# is float noise, ≈0
+NUMBER = re.compile(rf"{render.NOISE}|-?\d+(?:\.\d+)?(?:e[+-]\d+)?%?")
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,13 @@ def run_report():
     config = load_config(None, {**TINY, "model.depth": 6, "init": ["randn", "kaiming"],
                                 "activation": ["tanh", "relu"], "train.steps": 2, "hist": True})
     return profile(config)
+
+
+@pytest.fixture(scope="module")
+def normed_report():
+    """Residual blocks with LayerNorm: rows whose mean is float noise, printed ≈0."""
+    return profile(load_config(None, {**TINY, "model.depth": 3, "model.block": "residual",
+                                      "model.norm": "layernorm"}))
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +119,16 @@ def test_run_tables_read_right(run_report, width):
     assert_reads_right(renderables, width, tables, full)
     for table in tables:  # the layer, its post std and its flags always stay
         assert {"layer", "post std", "flags"} <= {str(c.header) for c in table.columns}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", WIDTHS)
+def test_noise_means_read_right(normed_report, width):
+    full = full_names(render.tables(normed_report, None))
+    renderables = render.tables(normed_report, width)
+    tables = [r for r in renderables if isinstance(r, Table)]
+    assert_reads_right(renderables, width, tables, full)
+    assert render.NOISE in printed(renderables, width)  # post mean, the last number to leave
 
 
 @pytest.mark.slow

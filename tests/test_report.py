@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,15 @@ import pytest
 from actstat.config import load_config
 from actstat.errors import ActstatError
 from actstat.pipeline import profile
-from actstat.render import CSV_COLUMNS, table_text, to_csv, to_json, to_markdown, verdict_line
+from actstat.render import (
+    CSV_COLUMNS,
+    mean_text,
+    table_text,
+    to_csv,
+    to_json,
+    to_markdown,
+    verdict_line,
+)
 from actstat.report import (
     SCHEMA_VERSION,
     GradStats,
@@ -216,6 +225,51 @@ def test_verdict_lines():
     assert verdict_line(report.runs[1], report) == (
         "randn + tanh: saturated from layer 1 (1 of 3 layers) — 83.0% of values saturated "
         "(> 50.0%); post std 0.978 → 1.23e-05 over 3 layers")
+
+
+@pytest.mark.parametrize("mean, std, dtype, shown", [
+    (1.86e-09, 1.0, "float32", "≈0"),       # a BatchNorm's output mean on one machine...
+    (4.61e-09, 1.0, "float32", "≈0"),       # ...and on another
+    (-7.33e-09, 1.0, "float32", "≈0"),      # a LayerNorm's
+    (0.0, 0.5, "float32", "≈0"),            # noise that summed to exactly zero
+    (4 * 2**-23, 1.0, "float32", "≈0"),     # the threshold itself, then just above it
+    (5e-07, 1.0, "float32", "5.00e-07"), (-5e-07, 1.0, "float32", "-5.00e-07"),
+    (1e-08, 1e-03, "float32", "1.00e-08"),  # small, but not next to a smaller spread
+    (2e-16, 1.0, "float64", "≈0"), (1e-12, 1.0, "float64", "1.00e-12"),
+    (0.01, 1.0, "bfloat16", "≈0"), (0.05, 1.0, "bfloat16", "0.05"),
+    (1e-09, 1.0, None, "≈0"),               # no dtype recorded: float32's rule
+    (0.3, 0.0, "float32", "0.3"), (0.0, 0.0, "float32", "0"),  # a constant tensor keeps its mean
+    (1e-09, None, "float32", "1.00e-09"), (None, 1.0, "float32", "—"),
+])
+def test_a_mean_that_is_float_noise_prints_as_about_zero(mean, std, dtype, shown):
+    assert mean_text(mean, std, dtype) == shown
+
+
+def test_a_norm_layers_mean_prints_as_noise_and_json_keeps_the_number():
+    import numpy as np
+    import torch
+
+    import actstat
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.LayerNorm(64),
+                                torch.nn.Linear(64, 10))
+    inputs = 3 * torch.randn(256, 32) + 1
+    with torch.no_grad():
+        out = model[1](model[0](inputs)).numpy().astype(np.float64)
+    # analytically 0: what float32 leaves is far below the rule's 4 roundings of the spread
+    assert abs(out.mean()) < 0.5 * 2**-23 * out.std()
+    report = actstat.profile(model, inputs)
+    norm = next(layer for layer in report.runs[0].layers if layer.module == "LayerNorm")
+    assert abs(norm.post.mean - out.mean()) < 1e-6
+    saved = strict_json(to_json(report))["runs"][0]["layers"]
+    assert next(layer for layer in saved if layer["name"] == norm.name)["post"]["mean"] == (
+        norm.post.mean)
+    lines = table_text(report).splitlines()
+    header = re.split(r"\s{2,}", lines[1].strip())
+    row = next(line for line in lines if line.startswith(norm.name + " ")).split()
+    assert row[header.index("post mean")] == "≈0", lines
+    assert "≈0" not in "\n".join(line for line in lines if not line.startswith(norm.name + " "))
 
 
 def test_golden_table(golden):
