@@ -1,15 +1,15 @@
 """Command line: parse options, call the pipeline, print, choose the exit code.
 
-Only this module prints or exits. Importing it must not import torch (`--help` stays instant):
-every import of the pipeline happens inside a command.
+Only this module prints or exits. The options are declared in actstat/options.py, and what each
+command writes in each format in actstat/outputs.py; here a command parses, measures, delivers.
+Importing it must not import torch (`--help` stays instant): every import of the pipeline
+happens inside a command.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
@@ -223,18 +223,16 @@ def baseline(
     report from `run` or `compare` serves as a baseline too, and one from `actstat train -f json`
     is a training baseline (check trains again and compares every recorded step).
     """
+    from actstat.atomic import write_atomic
     from actstat.render import to_json, verdict_line
 
     report = _profile(config, _overrides(ctx), quiet=quiet, force=force, outputs=(output,))
-    _guarded(_write_report, output, to_json(report))
+    _guarded(write_atomic, output, to_json(report))
     if not quiet:
         for scheme in report.runs:
             typer.echo(verdict_line(scheme, report), err=True)
         layers = sum(len(run.layers) for run in report.runs)
         typer.echo(f"wrote {output} ({len(report.runs)} scheme(s), {layers} layers)", err=True)
-
-
-CHECK_FORMATS = ("table", "json", "markdown")
 
 
 @app.command(cls=_Command)
@@ -269,36 +267,24 @@ def check(
     breach or a --fail-on flag; 2 unusable input (nothing is written then); 130 Ctrl-C.
     """
     from actstat import check as checking
+    from actstat.outputs import CHECK_FORMATS
 
     if format not in CHECK_FORMATS:
         raise _fail(f"--format: check writes {', '.join(CHECK_FORMATS)}, not '{format}'")
-    overrides = _overrides(ctx)
     plan = _guarded(checking.plan, checking.CheckRequest(
-        target=target, config=config, stored_config=stored_config, overrides=overrides,
-        max_drift=(_guarded(opt.at_least, "--max-drift", max_drift, 1.0) if max_drift is not None
-                   else None),
+        target=target, config=config, stored_config=stored_config, overrides=_overrides(ctx),
+        max_drift=(_guarded(opt.at_least, "--max-drift", max_drift, 1.0)
+                   if max_drift is not None else None),
         fail_on=frozenset(_guarded(opt.fail_on, fail_on)), update=update))
     _preflight(plan.config, (output, junit_xml, target if update else None))
-    for note in () if quiet else plan.notes:
-        typer.echo(note, err=True)
-    if plan.training:
-        report = _train_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
-        if any(run.trajectory is not None and run.trajectory.stopped == "interrupted"
-               for run in report.runs):
-            typer.echo("actstat: interrupted; nothing was compared", err=True)
-            raise typer.Exit(130)
-    else:
-        report = _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
+    report = _measured_for_check(plan, quiet=quiet, force=force, no_color=no_color)
     result = checking.evaluate(plan, report)
     _guarded(_emit_check, result, format, output, junit_xml, Display(wide, no_color))
     _check_verdict(plan, result, report, quiet)
 
 
-TRAIN_FORMATS = ("table", "json")
-
-
-# train measures with its own mini-batches (--train-batch) and always with gradients; --layers
-# (a user's model's rows) is run's and check's alone
+# train draws its own mini-batches (--train-batch) and always takes gradients; --layers selects
+# a user's model's rows in run, compare and check alone
 @app.command(cls=_Command)
 @opt.run_options(without=("layers", "batch_size", "grad", "theory"))
 def train(
@@ -333,31 +319,42 @@ def train(
     Exit codes: 0 trained or not (the verdict says); 2 a usage or input error; 130 Ctrl-C
     (with -o, what was recorded is written first).
     """
-    if format not in TRAIN_FORMATS:
-        raise _fail(f"--format: train writes {' or '.join(TRAIN_FORMATS)}, not {format!r}")
-    overrides = _overrides(ctx, plot)
-    from actstat.config import load_config
-
-    resolved = _guarded(load_config, config, overrides)
-    _preflight(resolved, (output,), figure=plot)
-    if tensorboard is not None:
-        from actstat.tensorboard_log import check_tensorboard
-
-        _guarded(check_tensorboard, tensorboard)
-    with _tensorboard_log(tensorboard) as on_record:
-        report = _train_resolved(resolved, quiet=quiet, force=force, no_color=no_color,
-                                 on_record=on_record)
+    from actstat.outputs import TRAIN_FORMATS
     from actstat.report import located
 
-    report = located(report, config, output)
+    if format not in TRAIN_FORMATS:
+        raise _fail(f"--format: train writes {' or '.join(TRAIN_FORMATS)}, not {format!r}")
+    resolved = _resolved(config, _overrides(ctx, plot), (output,), plot)
+    report = located(_trained(resolved, tensorboard, quiet=quiet, force=force,
+                              no_color=no_color), config, output)
     heat = _guarded(opt.names, "--heatmap", heatmap) if heatmap else None
     _guarded(_emit_training, report, format, output, quiet, Display(wide, no_color), heat)
     _figure(report, plot, quiet)
-    if any(run.trajectory is not None and run.trajectory.stopped == "interrupted"
-           for run in report.runs):
+    if _interrupted(report):
         typer.echo("actstat: interrupted; the steps recorded before are shown"
                    + (f" and written to {output}" if output is not None else ""), err=True)
         raise typer.Exit(130)
+
+
+@app.command(cls=_Command)
+def plot(report: opt.ReportArg, output: opt.FigureOpt, quiet: opt.QuietOpt = False) -> None:
+    """Draw a saved report's figure without running anything (and without importing torch)."""
+    from actstat.report import read_report
+
+    _preflight(None, (), figure=output)
+    _figure(_guarded(read_report, report), output, quiet)
+
+
+# ----------------------------------------------------------------------------------------------
+# parse
+
+
+def _guarded(call: Any, *args: Any) -> Any:
+    """`call(*args)`, a user's mistake (ActstatError) turned into one line and exit 2."""
+    try:
+        return call(*args)
+    except ActstatError as err:
+        raise _fail(str(err)) from None
 
 
 def _overrides(ctx: typer.Context, plot: Path | None = None) -> dict[str, Any]:
@@ -365,43 +362,222 @@ def _overrides(ctx: typer.Context, plot: Path | None = None) -> dict[str, Any]:
     return _guarded(opt.overrides, {**ctx.params, "hist": True} if plot else ctx.params)
 
 
-def _write_report(path: Path, text: str) -> None:
-    from actstat.atomic import write_atomic
+def _check_output_options(format: str, fail_on: str | None) -> set[str]:
+    from actstat.render import FORMATS
 
-    write_atomic(path, text)
+    if format not in FORMATS:
+        raise _fail(f"--format: unknown format '{format}'; choose from: {', '.join(FORMATS)}")
+    return _guarded(opt.fail_on, fail_on)
 
 
-def _check_verdict(plan: Any, result: Any, report: Any, quiet: bool) -> None:
-    """Rewrite the baseline (--update), or say on stderr why the check failed and exit 1: a CI
-    log shows the reason whatever --format and --output chose."""
-    from actstat.check import updated_baseline
-    from actstat.render import check_failure_lines, to_json
+def _preflight(resolved: Any, outputs: tuple[Path | None, ...], figure: Path | None = None
+               ) -> None:
+    from actstat.outputs import preflight
 
-    target = plan.request.target
-    if result.updated:
-        _guarded(_write_report, target, to_json(updated_baseline(plan, report)))
-        if not quiet:
-            changed = (f"{len(result.drifts)} value(s) were out of tolerance" if result.drifts
-                       else "all values were within tolerance")
-            typer.echo(f"actstat: updated {target} with the new values ({changed})", err=True)
+    _guarded(preflight, resolved, outputs, figure)
+
+
+def _resolved(config: Path | None, overrides: dict[str, Any], outputs: tuple[Path | None, ...],
+              figure: Path | None = None,
+              default_schemes: list[dict[str, Any]] | None = None) -> Any:
+    """The config file with the overrides on top, validated; then what the command will write,
+    checked (`outputs.preflight`)."""
+    from actstat.config import load_config
+
+    resolved = _guarded(lambda: load_config(config, overrides, default_schemes=default_schemes))
+    _preflight(resolved, outputs, figure)
+    return resolved
+
+
+# ----------------------------------------------------------------------------------------------
+# measure, with progress on a terminal's stderr
+
+
+def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, force: bool,
+             default_schemes: list[dict[str, Any]] | None = None,
+             outputs: tuple[Path | None, ...] = (), figure: Path | None = None,
+             no_color: bool = False) -> Any:
+    """Load the config, check what the command will write, and measure every scheme. The report
+    records the config file, relative to the first output (`report.located`), for `check` to
+    re-read."""
+    from actstat.report import located
+
+    resolved = _resolved(config, overrides, outputs, figure, default_schemes)
+    report = _profile_resolved(resolved, quiet=quiet, force=force, no_color=no_color)
+    return located(report, config, outputs[0] if outputs else None)
+
+
+def _profile_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool = False) -> Any:
+    """Measure every scheme of a resolved config, then warn on stderr of any lsuv scheme that
+    left layers outside its tolerance (the run goes on: those layers are measured as they are)."""
+    from actstat.pipeline import profile, schemes
+
+    def measure() -> Any:
+        if quiet or not sys.stderr.isatty():
+            return profile(resolved, force=force)
+        with _progress(no_color) as bar:
+            task = bar.add_task("measuring", total=len(schemes(resolved)))
+            return profile(resolved, lambda done, total, label: bar.update(
+                task, completed=done, description=f"measured {label}"), force=force)
+
+    report = _guarded(measure)  # an error's line comes after the bar has gone
+    if not quiet:
+        from actstat.render import lsuv_warnings
+
+        for line in lsuv_warnings(report):
+            typer.echo(f"actstat: warning: {line}", err=True)
+    return report
+
+
+def _trained(resolved: Any, tensorboard: Path | None, *, quiet: bool, force: bool,
+             no_color: bool) -> Any:
+    """Train every scheme, each recorded step also written as TensorBoard events with
+    --tensorboard DIR (its files closed however training ends: what was recorded stays
+    readable)."""
+    if tensorboard is None:
+        return _train_resolved(resolved, quiet=quiet, force=force, no_color=no_color)
+    from actstat.tensorboard_log import TensorBoardLog, check_tensorboard
+
+    _guarded(check_tensorboard, tensorboard)
+    with TensorBoardLog(tensorboard) as log:
+        return _train_resolved(resolved, quiet=quiet, force=force, no_color=no_color,
+                               on_record=log.scheme)
+
+
+def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool,
+                    on_record: Any = None) -> Any:
+    """Train every scheme of a resolved config (the progress bar shows the current loss)."""
+    from actstat.pipeline import watch_report
+
+    def train() -> Any:
+        if quiet or not sys.stderr.isatty():
+            return watch_report(resolved, on_record=on_record)
+        with _progress(no_color, loss=True) as bar:
+            task = bar.add_task("measuring at init", total=None, loss="")
+
+            def on_step(scheme: str) -> Any:
+                bar.update(task, description=f"training {scheme}", completed=0)
+
+                def step(done: int, total: int, loss: float) -> None:
+                    bar.update(task, completed=done, total=total, loss=f"loss {loss:.4g}")
+
+                return step
+
+            return watch_report(resolved, on_step=on_step, on_record=on_record)
+
+    return _guarded(train)
+
+
+def _progress(no_color: bool, loss: bool = False) -> Any:
+    """A progress bar on stderr that goes when it is done (a terminal's: callers check)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if loss:
+        columns.append(TextColumn("{task.fields[loss]}"))
+    return Progress(*columns, console=Console(stderr=True, no_color=no_color or None),
+                    transient=True)
+
+
+def _measured_for_check(plan: Any, *, quiet: bool, force: bool, no_color: bool) -> Any:
+    """The check's notes on stderr, then its config measured, or trained again for a training
+    baseline (Ctrl-C there: nothing is compared, exit 130)."""
+    for note in () if quiet else plan.notes:
+        typer.echo(note, err=True)
+    if not plan.training:
+        return _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
+    report = _train_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
+    if _interrupted(report):
+        typer.echo("actstat: interrupted; nothing was compared", err=True)
+        raise typer.Exit(130)
+    return report
+
+
+def _interrupted(report: Any) -> bool:
+    return any(run.trajectory is not None and run.trajectory.stopped == "interrupted"
+               for run in report.runs)
+
+
+# ----------------------------------------------------------------------------------------------
+# deliver
+
+
+def _emit(report: Any, format: str, output: Path | None, quiet: bool,
+          display: Display) -> None:
+    """The report in the chosen format; verdicts to stderr when stdout is not a table."""
+    from actstat.outputs import report_view
+    from actstat.render import precision_note, verdict_line
+
+    _deliver(format, output, report_view(report, format), display)
+    if quiet or (format == "table" and output is None):
         return
-    if not result.passed:
-        for line in check_failure_lines(result):
-            typer.echo(f"actstat: {line}" if not line.startswith(" ") else line, err=True)
-        raise typer.Exit(EXIT_FLAGGED)
+    if precision_note(report):
+        typer.echo(precision_note(report), err=True)
+    for scheme in report.runs:
+        typer.echo(verdict_line(scheme, report), err=True)
+    _wrote(report, format, output)
+
+
+def _emit_compare(report: Any, format: str, output: Path | None, quiet: bool, sort: str,
+                  detail: bool, display: Display) -> None:
+    from actstat.outputs import compare_view
+
+    _deliver(format, output, compare_view(report, format, sort, detail), display)
+    if not quiet:
+        _wrote(report, format, output)
 
 
 def _emit_check(result: Any, format: str, output: Path | None, junit: Path | None,
                 display: Display) -> None:
-    from actstat import render
+    from actstat.atomic import write_atomic
+    from actstat.outputs import check_view
+    from actstat.render import junit_xml
+
+    if junit is not None:
+        write_atomic(junit, junit_xml(result))
+    _deliver(format, output, check_view(result, format), display)
+
+
+def _emit_training(report: Any, format: str, output: Path | None, quiet: bool,
+                   display: Display, heat: list[str] | None) -> None:
+    from actstat.outputs import training_view
+    from actstat.render_watch import summary_line
+
+    _deliver(format, output, training_view(report, format, heat), display)
+    if quiet or (format == "table" and output is None):
+        return
+    for run in report.runs:
+        if run.trajectory is not None:
+            typer.echo(summary_line(run), err=True)
+    _wrote(report, format, output)
+
+
+def _wrote(report: Any, format: str, output: Path | None) -> None:
+    if output is not None:
+        typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
+
+
+def _deliver(format: str, output: Path | None, view: Any, display: Display) -> None:
+    """To a file (atomically), to a terminal as Rich renderables fitted to its width (tables in
+    colour unless NO_COLOR or --no-color), or to a pipe as plain text at full width; nothing but
+    the chosen format reaches stdout."""
     from actstat.atomic import write_atomic
 
-    texts = {"table": render.check_text, "json": render.check_json,
-             "markdown": render.check_markdown}
-    if junit is not None:
-        write_atomic(junit, render.junit_xml(result))
-    _deliver(format, output, lambda width: render.check_renderables(result, width),
-             lambda: texts[format](result), display)
+    if output is not None:
+        write_atomic(output, view.text())
+    elif format == "table" and sys.stdout.isatty():
+        from rich.console import Console
+
+        console = Console(highlight=False, no_color=display.no_color or None)
+        width = None if display.wide else console.width
+        if width is None:  # --wide: as wide as the table; the terminal wraps what it must
+            console.width = 10_000
+        for renderable in view.renderables(width):
+            console.print(renderable)
+    else:
+        sys.stdout.write(view.text())
+        sys.stdout.flush()
 
 
 def _figure(report: Any, path: Path | None, quiet: bool) -> None:
@@ -414,235 +590,14 @@ def _figure(report: Any, path: Path | None, quiet: bool) -> None:
         typer.echo(f"wrote {path} (figure)", err=True)
 
 
-@contextmanager
-def _tensorboard_log(directory: Path | None) -> Iterator[Any]:
-    """watch_report's `on_record` for --tensorboard DIR (None without it); the event files are
-    closed however training ends (Ctrl-C included: what was recorded stays readable)."""
-    if directory is None:
-        yield None
-        return
-    from actstat.tensorboard_log import TensorBoardLog
-
-    with TensorBoardLog(directory) as log:
-        yield log.scheme
-
-
-def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool,
-                    on_record: Any = None) -> Any:
-    """Train every scheme of a resolved config, with a progress bar (the current loss) on a
-    terminal's stderr."""
-    try:
-        from actstat.pipeline import watch_report
-
-        if quiet or not sys.stderr.isatty():
-            return watch_report(resolved, on_record=on_record)
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[loss]}"))
-        console = Console(stderr=True, no_color=no_color or None)
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("measuring at init", total=None, loss="")
-
-            def on_step(scheme: str) -> Any:
-                bar.update(task, description=f"training {scheme}", completed=0)
-
-                def step(done: int, total: int, loss: float) -> None:
-                    bar.update(task, completed=done, total=total, loss=f"loss {loss:.4g}")
-
-                return step
-
-            return watch_report(resolved, on_step=on_step, on_record=on_record)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
-
-
-def _emit_training(report: Any, format: str, output: Path | None, quiet: bool,
-                   display: Display, heat: list[str] | None) -> None:
-    from actstat import render, render_watch
-
-    _deliver(format, output,
-             lambda width: render_watch.training_renderables(report, width, heat),
-             lambda: render.to_json(report) if format == "json"
-             else render._plain(render_watch.training_renderables(report, None, heat), 1000),
-             display)
-    if quiet or (format == "table" and output is None):
-        return
-    for run in report.runs:
-        if run.trajectory is not None:
-            typer.echo(render_watch.summary_line(run), err=True)
-    _wrote(report, format, output)
-
-
-@app.command(cls=_Command)
-def plot(report: opt.ReportArg, output: opt.FigureOpt, quiet: opt.QuietOpt = False) -> None:
-    """Draw a saved report's figure without running anything (and without importing torch)."""
-    from actstat.report import read_report
-
-    _preflight(None, (), figure=output)
-    _figure(_guarded(read_report, report), output, quiet)
-
-
-def _check_output_options(format: str, fail_on: str | None) -> set[str]:
-    from actstat.render import FORMATS
-
-    if format not in FORMATS:
-        raise _fail(f"--format: unknown format '{format}'; choose from: {', '.join(FORMATS)}")
-    return _guarded(opt.fail_on, fail_on)
-
-
-def _guarded(call: Any, *args: Any) -> Any:
-    try:
-        return call(*args)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
-
-
-def _preflight(resolved: Any, outputs: tuple[Path | None, ...], figure: Path | None = None
-               ) -> None:
-    """What would fail after the measurement, checked before it: output paths, the figure's
-    type and matplotlib, the data file (so a typo costs no run and prints nothing else)."""
-    from actstat.atomic import check_writable
-    from actstat.config import check_data_source
-    from actstat.plot import check_figure
-
-    try:
-        for path in (*outputs, figure):
-            if path is not None:
-                check_writable(path)
-        if figure is not None:
-            check_figure(figure)
-        if resolved is not None:
-            check_data_source(resolved)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
-
-
-def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, force: bool,
-             default_schemes: list[dict[str, Any]] | None = None,
-             outputs: tuple[Path | None, ...] = (), figure: Path | None = None,
-             no_color: bool = False) -> Any:
-    """Load the config, check what the command will write (`_preflight`), and measure every
-    scheme, with a progress bar on a terminal's stderr. The report records the config file,
-    relative to the first output (`report.located`), for `check` to re-read."""
-    try:
-        from actstat.config import load_config
-
-        resolved = load_config(config, overrides, default_schemes=default_schemes)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
-    _preflight(resolved, outputs, figure)
-    from actstat.report import located
-
-    report = _profile_resolved(resolved, quiet=quiet, force=force, no_color=no_color)
-    return located(report, config, outputs[0] if outputs else None)
-
-
-def _profile_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool = False) -> Any:
-    """Measure every scheme of a resolved config, with a progress bar on a terminal's stderr,
-    then warn on stderr of any lsuv scheme that left layers outside its tolerance (the run
-    goes on: those layers are measured as they are)."""
-    report = _measured(resolved, quiet=quiet, force=force, no_color=no_color)
-    if not quiet:
-        from actstat.render import lsuv_warnings
-
-        for line in lsuv_warnings(report):
-            typer.echo(f"actstat: warning: {line}", err=True)
-    return report
-
-
-def _measured(resolved: Any, *, quiet: bool, force: bool, no_color: bool) -> Any:
-    try:
-        from actstat.pipeline import profile, schemes
-
-        if quiet or not sys.stderr.isatty():
-            return profile(resolved, force=force)
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        console = Console(stderr=True, no_color=no_color or None)
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("measuring", total=len(schemes(resolved)))
-            return profile(resolved, lambda done, total, label: bar.update(
-                task, completed=done, description=f"measured {label}"), force=force)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
-
-
-def _emit(report: Any, format: str, output: Path | None, quiet: bool,
-          display: Display) -> None:
-    """The report in the chosen format; verdicts to stderr when stdout is not a table."""
-    from actstat.render import TEXT_FORMATS, tables, verdict_line
-
-    _deliver(format, output, lambda width: tables(report, width),
-             lambda: TEXT_FORMATS[format](report), display)
-    if quiet or (format == "table" and output is None):
-        return
-    from actstat.render import precision_note
-
-    if precision_note(report):
-        typer.echo(precision_note(report), err=True)
-    for scheme in report.runs:
-        typer.echo(verdict_line(scheme, report), err=True)
-    _wrote(report, format, output)
-
-
-def _emit_compare(report: Any, format: str, output: Path | None, quiet: bool, sort: str,
-                  detail: bool, display: Display) -> None:
-    """The compare view in the chosen format (JSON: the Report itself)."""
-    from actstat import render
-
-    texts = {
-        "table": lambda: (render.table_text(report) if detail else "")
-        + render.compare_text(report, sort),
-        "json": lambda: render.to_json(report),
-        "csv": lambda: render.compare_csv(report, sort),
-        "markdown": lambda: render.compare_markdown(report, sort, detail),
-    }
-    _deliver(format, output,
-             lambda width: (render.tables(report, width) if detail else [])
-             + render.compare_renderables(report, sort, width),
-             texts[format], display)
-    if not quiet:
-        _wrote(report, format, output)
-
-
-def _wrote(report: Any, format: str, output: Path | None) -> None:
-    if output is not None:
-        typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
-
-
-def _deliver(format: str, output: Path | None, renderables: Any, text: Any,
-             display: Display) -> None:
-    """To a file (atomically), to a terminal as Rich renderables fitted to its width (tables in
-    colour unless NO_COLOR or --no-color), or to a pipe as plain text at full width; nothing but
-    the chosen format reaches stdout. `renderables(width)`: width None means full width."""
-    from actstat.atomic import write_atomic
-
-    if output is not None:
-        write_atomic(output, text())
-    elif format == "table" and sys.stdout.isatty():
-        from rich.console import Console
-
-        console = Console(highlight=False, no_color=display.no_color or None)
-        width = None if display.wide else console.width
-        if width is None:  # --wide: as wide as the table; the terminal wraps what it must
-            console.width = 10_000
-        for renderable in renderables(width):
-            console.print(renderable)
-    else:
-        sys.stdout.write(text())
-        sys.stdout.flush()
+# ----------------------------------------------------------------------------------------------
+# exit codes
 
 
 def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:
-    from actstat.render import layer_label
+    from actstat.outputs import flagged
 
-    # the layer as its table names it (a user's model: `0`, `blocks.1`, not its position)
-    hits = [(run.scheme, layer_label(layer, run), flag) for run in report.runs
-            for layer in run.layers for flag in layer.flags if flag in failing]
+    hits = flagged(report, failing)
     if not hits:
         return
     if not quiet:
@@ -651,6 +606,27 @@ def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:
         typer.echo(f"actstat: --fail-on: {len(hits)} flagged layer(s) in {len(schemes)} scheme(s); "
                    f"first: {scheme}, layer {index}, {flag}", err=True)
     raise typer.Exit(EXIT_FLAGGED)
+
+
+def _check_verdict(plan: Any, result: Any, report: Any, quiet: bool) -> None:
+    """Rewrite the baseline (--update), or say on stderr why the check failed and exit 1: a CI
+    log shows the reason whatever --format and --output chose."""
+    from actstat.atomic import write_atomic
+    from actstat.check import updated_baseline
+    from actstat.render import check_failure_lines, to_json
+
+    target = plan.request.target
+    if result.updated:
+        _guarded(write_atomic, target, to_json(updated_baseline(plan, report)))
+        if not quiet:
+            changed = (f"{len(result.drifts)} value(s) were out of tolerance" if result.drifts
+                       else "all values were within tolerance")
+            typer.echo(f"actstat: updated {target} with the new values ({changed})", err=True)
+        return
+    if not result.passed:
+        for line in check_failure_lines(result):
+            typer.echo(f"actstat: {line}" if not line.startswith(" ") else line, err=True)
+        raise typer.Exit(EXIT_FLAGGED)
 
 
 def main() -> None:
