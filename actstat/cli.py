@@ -1,15 +1,15 @@
 """Command line: parse options, call the pipeline, print, choose the exit code.
 
-Only this module prints or exits. Importing it must not import torch (`--help` stays instant):
-every import of the pipeline happens inside a command.
+Only this module prints or exits. The options are declared in actstat/options.py, and what each
+command writes in each format in actstat/outputs.py; here a command parses, measures, delivers.
+Importing it must not import torch (`--help` stays instant): every import of the pipeline
+happens inside a command.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
@@ -17,9 +17,9 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from actstat import __version__
+from actstat import options as opt  # torch-free, like everything imported here
 from actstat.allocator import tune_malloc
 from actstat.errors import ActstatError
-from actstat.records import FLAGS as FLAG_NAMES  # torch-free, like everything imported here
 
 EXIT_OK, EXIT_FLAGGED, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
 DEBUG_ENV = "ACTSTAT_DEBUG"  # =1: a crash shows its traceback, as --debug does
@@ -132,165 +132,6 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
-def _names(option: str, value: str) -> list[str]:
-    """`kaiming,lecun` -> ["kaiming", "lecun"]; an empty list or an empty name is an error."""
-    names = [name.strip() for name in value.split(",")]
-    if not any(names):
-        raise _fail(f"{option}: give at least one name (got '{value}')")
-    if not all(names):
-        raise _fail(f"{option}: empty name in '{value}' (names are separated by single commas)")
-    return names
-
-
-def _scalar(text: str) -> Any:
-    """A command-line value read as YAML reads a scalar: "20" -> 20, "0.5" -> 0.5, "x" -> "x"."""
-    import yaml
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return value if isinstance(value, (int, float, bool, str)) else text
-
-
-def _overrides(**options: Any) -> dict[str, Any]:
-    """Dotted config keys for every option the user gave (None: not given)."""
-    keys = {"depth": "model.depth", "batch_size": "data.batch_size", "seed": "seed",
-            "data": "data.source", "device": "device", "dtype": "dtype", "bias": "model.bias",
-            "grad": "grad", "theory": "theory", "hist": "hist", "steps": "train.steps",
-            "lr": "train.lr"}
-    numeric = ("depth", "batch_size", "seed", "steps", "lr")
-    overrides: dict[str, Any] = {}
-    for option, key in keys.items():
-        value = options.get(option)
-        if value is not None:
-            overrides[key] = _scalar(value) if option in numeric else value
-    if options["width"] is not None:
-        widths = [_scalar(w) for w in _names("--width", options["width"])]
-        overrides["model.width"] = widths[0] if len(widths) == 1 else widths
-    if options["init"]:
-        overrides["init"] = [n for given in options["init"] for n in _names("--init", given)]
-    if options["act"]:
-        overrides["activation"] = [n for given in options["act"] for n in _names("--act", given)]
-    if options.get("model") is not None:
-        overrides["model.factory"] = options["model"]
-    for option, key in (("block", "model.block"), ("norm", "model.norm"),
-                        ("norm_position", "model.norm_position")):
-        if options.get(option) is not None:
-            overrides[key] = options[option]
-    if options.get("multiplier") is not None:
-        overrides["model.multiplier"] = _scalar(options["multiplier"])
-    if options.get("branch_depth") is not None:
-        overrides["model.branch_depth"] = _scalar(options["branch_depth"])
-    if options.get("layers") is not None:
-        overrides["model.layers"] = _names("--layers", options["layers"])
-    return overrides
-
-
-def _fail_on(value: str | None) -> set[str]:
-    if value is None:
-        return set()
-    names = _names("--fail-on", value)
-    if "any" in names:
-        return set(FLAG_NAMES)
-    unknown = [n for n in names if n not in FLAG_NAMES]
-    if unknown:
-        raise _fail(f"--fail-on: unknown flag '{unknown[0]}'; choose from: "
-                    f"{', '.join(FLAG_NAMES)}, any")
-    return set(names)
-
-
-ConfigArg = Annotated[Path | None, typer.Argument(
-    help="YAML config file (default: the built-in defaults, spelled out in configs/default.yaml).",
-    show_default=False, dir_okay=False)]
-# a repeated --init/--act adds to the list: `-i kaiming -i xavier` is `-i kaiming,xavier`
-InitOpt = Annotated[list[str] | None, typer.Option(
-    "--init", "-i", metavar="NAME[,NAME...]", show_default=False,
-    help="Init name(s), comma-separated or repeated: kaiming,lecun,randn.")]
-ActOpt = Annotated[list[str] | None, typer.Option(
-    "--act", "-a", metavar="NAME[,NAME...]", show_default=False,
-    help="Activation name(s), comma-separated or repeated: relu,tanh.")]
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", metavar="FILE.py:FN", show_default=False,
-    help="Profile your own model instead of the built-in MLP: a factory function in a file "
-    "or a module, e.g. nets.py:make_cnn or mypkg.nets:make.")]
-LayersOpt = Annotated[str | None, typer.Option(
-    "--layers", metavar="NAME[,NAME...]", show_default=False,
-    help="With --model: measure only these modules: classes (Conv2d) or name patterns "
-    "(blocks.*).")]
-DepthOpt = Annotated[str | None, typer.Option(
-    "--depth", "-d", metavar="INT", help="Hidden Linear+activation blocks.", show_default=False)]
-WidthOpt = Annotated[str | None, typer.Option(
-    "--width", "-w", metavar="INT[,INT...]", help="Hidden width, or one per layer.",
-    show_default=False)]
-BlockOpt = Annotated[str | None, typer.Option(
-    "--block", metavar="KIND", help="plain or residual (x + branch(x)).", show_default=False)]
-BranchDepthOpt = Annotated[str | None, typer.Option(
-    "--branch-depth", metavar="INT", help="Linear+activation layers per residual branch.",
-    show_default=False)]
-NormOpt = Annotated[str | None, typer.Option(
-    "--norm", metavar="NAME", help="none, batchnorm, layernorm or rmsnorm.",
-    show_default=False)]
-NormPositionOpt = Annotated[str | None, typer.Option(
-    "--norm-position", metavar="WHERE", show_default=False,
-    help="pre (before each branch or activation, default) or post (after the add).")]
-MultiplierOpt = Annotated[str | None, typer.Option(
-    "--multiplier", metavar="FLOAT", show_default=False,
-    help="Residual: each branch's learnable scalar α starts here (0: ReZero's start).")]
-BatchOpt = Annotated[str | None, typer.Option(
-    "--batch-size", "-b", metavar="INT", help="Samples in the batch.", show_default=False)]
-DataOpt = Annotated[str | None, typer.Option(
-    "--data", metavar="SOURCE", show_default=False,
-    help="mnist, gaussian, or a path (.npy, .npz, .pt, a directory of MNIST IDX files).")]
-DeviceOpt = Annotated[str | None, typer.Option(
-    "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.", show_default=False)]
-DtypeOpt = Annotated[str | None, typer.Option(
-    "--dtype", metavar="DTYPE", help="float32, float64, float16 or bfloat16.", show_default=False)]
-SeedOpt = Annotated[str | None, typer.Option(
-    "--seed", "-s", metavar="INT", help="Seed of the batch and the weights.", show_default=False)]
-BiasOpt = Annotated[bool | None, typer.Option(
-    "--bias/--no-bias", help="Linear layers with or without bias.", show_default=False)]
-GradOpt = Annotated[bool | None, typer.Option(
-    "--grad/--no-grad", show_default=False,
-    help="Measure one backward pass too (default), or only the forward pass, without autograd.")]
-TheoryOpt = Annotated[bool | None, typer.Option(
-    "--theory/--no-theory", show_default=False,
-    help="Show the mean-field expected std and phase next to the measurement (default on).")]
-HistOpt = Annotated[bool | None, typer.Option(
-    "--hist", show_default=False,
-    help="Also draw every layer's post-activation histogram, as a heat map over depth.")]
-PlotOpt = Annotated[Path | None, typer.Option(
-    "--plot", help="Also draw a figure (.png, .svg or .pdf; needs actstat\\[plot]); implies --hist.",
-    show_default=False, dir_okay=False)]
-StepsOpt = Annotated[str | None, typer.Option(
-    "--steps", metavar="INT", show_default=False,
-    help="Then train with plain SGD for this many steps and report how the weights moved.")]
-LrOpt = Annotated[str | None, typer.Option(
-    "--lr", metavar="FLOAT", help="Learning rate of --steps (default 0.1).", show_default=False)]
-FormatOpt = Annotated[str, typer.Option(
-    "--format", "-f", metavar="FORMAT", help="table, json, csv or markdown.")]
-TensorBoardOpt = Annotated[Path | None, typer.Option(
-    "--tensorboard", metavar="DIR", show_default=False, file_okay=False,
-    help="Also write each recorded step as TensorBoard events, a run per scheme under DIR "
-         "(needs actstat\\[tensorboard]).")]
-OutputOpt = Annotated[Path | None, typer.Option(
-    "--output", "-o", help="Write the report to this file (atomically) instead of stdout.",
-    show_default=False, dir_okay=False)]
-FailOnOpt = Annotated[str | None, typer.Option(
-    "--fail-on", metavar="FLAG[,FLAG...]", show_default=False,
-    help="Exit 1 if any layer carries one of these flags (or 'any'): " + ", ".join(FLAG_NAMES))]
-ForceOpt = Annotated[bool, typer.Option(
-    "--force", help="Run even when the memory pre-flight estimates it will not fit.")]
-QuietOpt = Annotated[bool, typer.Option(
-    "--quiet", "-q", help="No messages on stderr (errors still appear).")]
-WideOpt = Annotated[bool, typer.Option(
-    "--wide", help="Tables at full width in a terminal, however narrow (lines wrap); by default "
-    "columns leave, least important first, so that every number shows whole.")]
-NoColorOpt = Annotated[bool, typer.Option(
-    "--no-color", help="No colour in tables or the progress bar (as the NO_COLOR environment "
-    "variable).")]
-
-
 class Display(NamedTuple):
     """How tables reach a terminal: fitted to its width or at full width; in colour or not."""
 
@@ -298,99 +139,53 @@ class Display(NamedTuple):
     no_color: bool = False
 
 
-SortOpt = Annotated[str, typer.Option(
-    "--sort", metavar="ORDER", help="verdict (healthy first), gain (closest to 1 first) or name.")]
-DetailOpt = Annotated[bool, typer.Option(
-    "--detail", help="Also print every scheme's per-layer table.")]
-
-
 @app.command(cls=_Command)
+@opt.run_options()
 def run(
-    config: ConfigArg = None,
-    init: InitOpt = None,
-    act: ActOpt = None,
-    model: ModelOpt = None,
-    layers: LayersOpt = None,
-    depth: DepthOpt = None,
-    width: WidthOpt = None,
-    block: BlockOpt = None,
-    branch_depth: BranchDepthOpt = None,
-    norm: NormOpt = None,
-    norm_position: NormPositionOpt = None,
-    multiplier: MultiplierOpt = None,
-    batch_size: BatchOpt = None,
-    data: DataOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    seed: SeedOpt = None,
-    bias: BiasOpt = None,
-    grad: GradOpt = None,
-    theory: TheoryOpt = None,
-    hist: HistOpt = None,
-    plot: PlotOpt = None,
-    steps: StepsOpt = None,
-    lr: LrOpt = None,
-    format: FormatOpt = "table",
-    output: OutputOpt = None,
-    fail_on: FailOnOpt = None,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
-    wide: WideOpt = False,
-    no_color: NoColorOpt = False,
+    ctx: typer.Context,
+    config: opt.ConfigArg = None,
+    hist: opt.HistOpt = None,
+    plot: opt.PlotOpt = None,
+    steps: opt.StepsOpt = None,
+    lr: opt.LrOpt = None,
+    format: opt.FormatOpt = "table",
+    output: opt.OutputOpt = None,
+    fail_on: opt.FailOnOpt = None,
+    force: opt.ForceOpt = False,
+    quiet: opt.QuietOpt = False,
+    wide: opt.WideOpt = False,
+    no_color: opt.NoColorOpt = False,
 ) -> None:
     """Measure every hidden layer's pre- and post-activation statistics for each init × act.
 
     Exit codes: 0 ran; 1 a layer carries a --fail-on flag; 2 a usage or input error.
     """
     failing = _check_output_options(format, fail_on)
-    report = _profile(config, _overrides(
-        depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
-        norm_position=norm_position, multiplier=multiplier,
-        batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
-        theory=theory, steps=steps, lr=lr,
-        hist=True if plot else hist), quiet=quiet, force=force, outputs=(output,), figure=plot,
-        no_color=no_color)
+    report = _profile(config, _overrides(ctx, plot), quiet=quiet, force=force, outputs=(output,),
+                      figure=plot, no_color=no_color)
     _guarded(_emit, report, format, output, quiet, Display(wide, no_color))
     _figure(report, plot, quiet)
     _exit_on_flags(report, failing, quiet)
 
 
 @app.command(cls=_Command)
+@opt.run_options()
 def compare(
-    config: ConfigArg = None,
-    init: InitOpt = None,
-    act: ActOpt = None,
-    model: ModelOpt = None,
-    layers: LayersOpt = None,
-    depth: DepthOpt = None,
-    width: WidthOpt = None,
-    block: BlockOpt = None,
-    branch_depth: BranchDepthOpt = None,
-    norm: NormOpt = None,
-    norm_position: NormPositionOpt = None,
-    multiplier: MultiplierOpt = None,
-    batch_size: BatchOpt = None,
-    data: DataOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    seed: SeedOpt = None,
-    bias: BiasOpt = None,
-    grad: GradOpt = None,
-    theory: TheoryOpt = None,
-    hist: HistOpt = None,
-    plot: PlotOpt = None,
-    steps: StepsOpt = None,
-    lr: LrOpt = None,
-    sort: SortOpt = "verdict",
-    detail: DetailOpt = False,
-    format: FormatOpt = "table",
-    output: OutputOpt = None,
-    fail_on: FailOnOpt = None,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
-    wide: WideOpt = False,
-    no_color: NoColorOpt = False,
+    ctx: typer.Context,
+    config: opt.ConfigArg = None,
+    hist: opt.HistOpt = None,
+    plot: opt.PlotOpt = None,
+    steps: opt.StepsOpt = None,
+    lr: opt.LrOpt = None,
+    sort: opt.SortOpt = "verdict",
+    detail: opt.DetailOpt = False,
+    format: opt.FormatOpt = "table",
+    output: opt.OutputOpt = None,
+    fail_on: opt.FailOnOpt = None,
+    force: opt.ForceOpt = False,
+    quiet: opt.QuietOpt = False,
+    wide: opt.WideOpt = False,
+    no_color: opt.NoColorOpt = False,
 ) -> None:
     """Run many schemes on the same batch and seed, one row each: which keeps the signal alive?
 
@@ -404,49 +199,23 @@ def compare(
     failing = _check_output_options(format, fail_on)
     if sort not in SORTS:
         raise _fail(f"--sort: unknown order '{sort}'; choose from: {', '.join(SORTS)}")
-    report = _profile(config, _overrides(
-        depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
-        norm_position=norm_position, multiplier=multiplier,
-        batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
-        theory=theory, steps=steps, lr=lr,
-        hist=True if plot else hist), quiet=quiet, force=force, default_schemes=LESSON_SCHEMES,
-        outputs=(output,), figure=plot, no_color=no_color)
+    report = _profile(config, _overrides(ctx, plot), quiet=quiet, force=force,
+                      default_schemes=LESSON_SCHEMES, outputs=(output,), figure=plot,
+                      no_color=no_color)
     _guarded(_emit_compare, report, format, output, quiet, sort, detail,
              Display(wide, no_color))
     _figure(report, plot, quiet)
     _exit_on_flags(report, failing, quiet)
 
 
-BaselineOutOpt = Annotated[Path, typer.Option(
-    "--output", "-o", help="Where to write the baseline (atomically).", dir_okay=False)]
-
-
 @app.command(cls=_Command)
+@opt.run_options()
 def baseline(
-    config: ConfigArg = None,
-    init: InitOpt = None,
-    act: ActOpt = None,
-    model: ModelOpt = None,
-    layers: LayersOpt = None,
-    depth: DepthOpt = None,
-    width: WidthOpt = None,
-    block: BlockOpt = None,
-    branch_depth: BranchDepthOpt = None,
-    norm: NormOpt = None,
-    norm_position: NormPositionOpt = None,
-    multiplier: MultiplierOpt = None,
-    batch_size: BatchOpt = None,
-    data: DataOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    seed: SeedOpt = None,
-    bias: BiasOpt = None,
-    grad: GradOpt = None,
-    theory: TheoryOpt = None,
-    output: BaselineOutOpt = Path("actstat-baseline.json"),
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
+    ctx: typer.Context,
+    config: opt.ConfigArg = None,
+    output: opt.BaselineOutOpt = Path("actstat-baseline.json"),
+    force: opt.ForceOpt = False,
+    quiet: opt.QuietOpt = False,
 ) -> None:
     """Measure and save a baseline Report (JSON) for `actstat check` to compare against.
 
@@ -454,16 +223,11 @@ def baseline(
     report from `run` or `compare` serves as a baseline too, and one from `actstat train -f json`
     is a training baseline (check trains again and compares every recorded step).
     """
+    from actstat.atomic import write_atomic
     from actstat.render import to_json, verdict_line
 
-    report = _profile(config, _overrides(
-        depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
-        norm_position=norm_position, multiplier=multiplier,
-        batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
-        theory=theory, steps=None, lr=None),
-        quiet=quiet, force=force, outputs=(output,))
-    _guarded(_write_report, output, to_json(report))
+    report = _profile(config, _overrides(ctx), quiet=quiet, force=force, outputs=(output,))
+    _guarded(write_atomic, output, to_json(report))
     if not quiet:
         for scheme in report.runs:
             typer.echo(verdict_line(scheme, report), err=True)
@@ -471,82 +235,27 @@ def baseline(
         typer.echo(f"wrote {output} ({len(report.runs)} scheme(s), {layers} layers)", err=True)
 
 
-def _write_report(path: Path, text: str) -> None:
-    from actstat.atomic import write_atomic
-
-    write_atomic(path, text)
-
-
-TargetArg = Annotated[Path | None, typer.Argument(
-    help="A baseline (.json report), or a YAML config for --max-drift / --fail-on alone.",
-    show_default=False, dir_okay=False)]
-CheckConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", help="Run this config, not the baseline's config file (differences shown).",
-    show_default=False, dir_okay=False)]
-RtolOpt = Annotated[str | None, typer.Option(
-    "--rtol", metavar="FLOAT", show_default=False,
-    help="Std metrics: |ln(obtained/expected)| <= ln(1 + rtol). Default 0.05.")]
-AtolOpt = Annotated[str | None, typer.Option(
-    "--atol", metavar="FLOAT", show_default=False,
-    help="Mean metrics: |difference| <= atol x the expected std. Default 0.05.")]
-MetricsOpt = Annotated[str | None, typer.Option(
-    "--metrics", metavar="NAME[,NAME...]", show_default=False,
-    help="pre_std, post_std, grad_std, pre_mean, post_mean, grad_mean; through training: "
-    "loss, train_std, train_mean, train_grad_std, train_near_zero, train_dead (default: all).")]
-MaxDriftOpt = Annotated[str | None, typer.Option(
-    "--max-drift", metavar="F", show_default=False,
-    help="Fail when a layer's post std leaves \\[s/F, s*F], s = the first hidden layer's.")]
-StoredConfigOpt = Annotated[bool, typer.Option(
-    "--stored-config", help="Re-run the config stored in the baseline, not its config file "
-    "(catches library and torch drift alone).")]
-UpdateOpt = Annotated[bool, typer.Option(
-    "--update", help="Rewrite the baseline with the new values (after showing what changed).")]
-CheckFormatOpt = Annotated[str, typer.Option(
-    "--format", "-f", metavar="FORMAT", help="table, json or markdown (CI summary page).")]
-JunitOpt = Annotated[Path | None, typer.Option(
-    "--junit-xml", help="Also write a JUnit XML report here.", show_default=False,
-    dir_okay=False)]
-CHECK_FORMATS = ("table", "json", "markdown")
-
-
 @app.command(cls=_Command)
+@opt.run_options()
 def check(
-    target: TargetArg = None,
-    config: CheckConfigOpt = None,
-    init: InitOpt = None,
-    act: ActOpt = None,
-    model: ModelOpt = None,
-    layers: LayersOpt = None,
-    depth: DepthOpt = None,
-    width: WidthOpt = None,
-    block: BlockOpt = None,
-    branch_depth: BranchDepthOpt = None,
-    norm: NormOpt = None,
-    norm_position: NormPositionOpt = None,
-    multiplier: MultiplierOpt = None,
-    batch_size: BatchOpt = None,
-    data: DataOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    seed: SeedOpt = None,
-    bias: BiasOpt = None,
-    grad: GradOpt = None,
-    theory: TheoryOpt = None,
-    lr: TrainLrOpt = None,
-    rtol: RtolOpt = None,
-    atol: AtolOpt = None,
-    metrics: MetricsOpt = None,
-    max_drift: MaxDriftOpt = None,
-    fail_on: FailOnOpt = None,
-    stored_config: StoredConfigOpt = False,
-    update: UpdateOpt = False,
-    format: CheckFormatOpt = "table",
-    output: OutputOpt = None,
-    junit_xml: JunitOpt = None,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
-    wide: WideOpt = False,
-    no_color: NoColorOpt = False,
+    ctx: typer.Context,
+    target: opt.TargetArg = None,
+    config: opt.CheckConfigOpt = None,
+    lr: opt.TrainLrOpt = None,
+    rtol: opt.RtolOpt = None,
+    atol: opt.AtolOpt = None,
+    metrics: opt.MetricsOpt = None,
+    max_drift: opt.MaxDriftOpt = None,
+    fail_on: opt.FailOnOpt = None,
+    stored_config: opt.StoredConfigOpt = False,
+    update: opt.UpdateOpt = False,
+    format: opt.CheckFormatOpt = "table",
+    output: opt.OutputOpt = None,
+    junit_xml: opt.JunitOpt = None,
+    force: opt.ForceOpt = False,
+    quiet: opt.QuietOpt = False,
+    wide: opt.WideOpt = False,
+    no_color: opt.NoColorOpt = False,
 ) -> None:
     """Re-run a baseline's config file and fail on per-layer std drift; or bound the drift alone.
 
@@ -558,158 +267,46 @@ def check(
     breach or a --fail-on flag; 2 unusable input (nothing is written then); 130 Ctrl-C.
     """
     from actstat import gate as checking
+    from actstat.outputs import CHECK_FORMATS
 
     if format not in CHECK_FORMATS:
         raise _fail(f"--format: check writes {', '.join(CHECK_FORMATS)}, not '{format}'")
-    overrides = _overrides(
-        depth=depth, width=width, block=block, branch_depth=branch_depth, norm=norm,
-        norm_position=norm_position, multiplier=multiplier,
-        batch_size=batch_size, data=data, device=device, dtype=dtype,
-        seed=seed, bias=bias, init=init, act=act, model=model, layers=layers, grad=grad,
-        theory=theory, steps=None, lr=lr)
-    for key, value in (("check.rtol", rtol), ("check.atol", atol)):
-        if value is not None:
-            overrides[key] = _scalar(value)
-    if metrics is not None:
-        overrides["check.metrics"] = _names("--metrics", metrics)
     plan = _guarded(checking.plan, checking.CheckRequest(
-        target=target, config=config, stored_config=stored_config, overrides=overrides,
-        max_drift=(_positive(max_drift, "--max-drift", minimum=1.0) if max_drift is not None
-                   else None),
-        fail_on=frozenset(_fail_on(fail_on)), update=update))
+        target=target, config=config, stored_config=stored_config, overrides=_overrides(ctx),
+        max_drift=(_guarded(opt.at_least, "--max-drift", max_drift, 1.0)
+                   if max_drift is not None else None),
+        fail_on=frozenset(_guarded(opt.fail_on, fail_on)), update=update))
     _preflight(plan.config, (output, junit_xml, target if update else None))
-    for note in () if quiet else plan.notes:
-        typer.echo(note, err=True)
-    if plan.training:
-        report = _train_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
-        if any(run.trajectory is not None and run.trajectory.stopped == "interrupted"
-               for run in report.runs):
-            typer.echo("actstat: interrupted; nothing was compared", err=True)
-            raise typer.Exit(130)
-    else:
-        report = _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
+    report = _measured_for_check(plan, quiet=quiet, force=force, no_color=no_color)
     result = checking.evaluate(plan, report)
     _guarded(_emit_check, result, format, output, junit_xml, Display(wide, no_color))
     _check_verdict(plan, result, report, quiet)
 
 
-def _check_verdict(plan: Any, result: Any, report: Any, quiet: bool) -> None:
-    """Rewrite the baseline (--update), or say on stderr why the check failed and exit 1: a CI
-    log shows the reason whatever --format and --output chose."""
-    from actstat.gate import updated_baseline
-    from actstat.render import check_failure_lines, to_json
-
-    target = plan.request.target
-    if result.updated:
-        _guarded(_write_report, target, to_json(updated_baseline(plan, report)))
-        if not quiet:
-            changed = (f"{len(result.drifts)} value(s) were out of tolerance" if result.drifts
-                       else "all values were within tolerance")
-            typer.echo(f"actstat: updated {target} with the new values ({changed})", err=True)
-        return
-    if not result.passed:
-        for line in check_failure_lines(result):
-            typer.echo(f"actstat: {line}" if not line.startswith(" ") else line, err=True)
-        raise typer.Exit(EXIT_FLAGGED)
-
-
-def _positive(text: str, option: str, minimum: float) -> float:
-    value = _scalar(text)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
-        raise _fail(f"{option}: must be a number ≥ {minimum:g} (got {text!r})")
-    return float(value)
-
-
-def _emit_check(result: Any, format: str, output: Path | None, junit: Path | None,
-                display: Display) -> None:
-    from actstat import render
-    from actstat.atomic import write_atomic
-
-    texts = {"table": render.check_text, "json": render.check_json,
-             "markdown": render.check_markdown}
-    if junit is not None:
-        write_atomic(junit, render.junit_xml(result))
-    _deliver(format, output, lambda width: render.check_renderables(result, width),
-             lambda: texts[format](result), display)
-
-
-def _figure(report: Any, path: Path | None, quiet: bool) -> None:
-    if path is None:
-        return
-    from actstat.plot import draw
-
-    _guarded(draw, report, path)
-    if not quiet:
-        typer.echo(f"wrote {path} (figure)", err=True)
-
-
-ReportArg = Annotated[Path, typer.Argument(
-    help="A JSON report written by run, compare or baseline.", dir_okay=False)]
-FigureOpt = Annotated[Path, typer.Option(
-    "--output", "-o", help="The figure: .png, .svg or .pdf.", dir_okay=False)]
-
-
-TrainStepsOpt = Annotated[str | None, typer.Option(
-    "--steps", metavar="INT", show_default=False,
-    help="Training steps (default: train.steps of the config, or 200).")]
-EveryOpt = Annotated[str | None, typer.Option(
-    "--every", metavar="INT", show_default=False,
-    help="Record the statistics every this many steps, and the last (default 10).")]
-TrainLrOpt = Annotated[str | None, typer.Option(
-    "--lr", metavar="FLOAT", show_default=False,
-    help="Learning rate (default: sgd 0.1, adam 0.001).")]
-OptimizerOpt = Annotated[str | None, typer.Option(
-    "--optimizer", metavar="NAME", show_default=False, help="sgd (default) or adam.")]
-MomentumOpt = Annotated[str | None, typer.Option(
-    "--momentum", metavar="FLOAT", show_default=False,
-    help="SGD momentum (default 0) or Adam's beta1 (default 0.9).")]
-WarmupOpt = Annotated[str | None, typer.Option(
-    "--warmup", metavar="INT", show_default=False,
-    help="Steps of linear learning-rate warm-up (default 0).")]
-TrainBatchOpt = Annotated[str | None, typer.Option(
-    "--train-batch", metavar="INT", show_default=False,
-    help="Mini-batch size, drawn from all of the data source's samples (default 64).")]
-HeatOpt = Annotated[str | None, typer.Option(
-    "--heatmap", metavar="LAYER[,LAYER...]", show_default=False,
-    help="With --hist: the layers to draw the colorful dimension of (default: first and last).")]
-TRAIN_FORMATS = ("table", "json")
-
-
+# train draws its own mini-batches (--train-batch) and always takes gradients; --layers selects
+# a user's model's rows in run, compare and check alone
 @app.command(cls=_Command)
+@opt.run_options(without=("layers", "batch_size", "grad", "theory"))
 def train(
-    config: ConfigArg = None,
-    init: InitOpt = None,
-    act: ActOpt = None,
-    model: ModelOpt = None,
-    depth: DepthOpt = None,
-    width: WidthOpt = None,
-    block: BlockOpt = None,
-    branch_depth: BranchDepthOpt = None,
-    norm: NormOpt = None,
-    norm_position: NormPositionOpt = None,
-    multiplier: MultiplierOpt = None,
-    data: DataOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    seed: SeedOpt = None,
-    bias: BiasOpt = None,
-    hist: HistOpt = None,
-    steps: TrainStepsOpt = None,
-    every: EveryOpt = None,
-    lr: TrainLrOpt = None,
-    optimizer: OptimizerOpt = None,
-    momentum: MomentumOpt = None,
-    warmup: WarmupOpt = None,
-    train_batch: TrainBatchOpt = None,
-    heatmap: HeatOpt = None,
-    plot: PlotOpt = None,
-    tensorboard: TensorBoardOpt = None,
-    format: FormatOpt = "table",
-    output: OutputOpt = None,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
-    wide: WideOpt = False,
-    no_color: NoColorOpt = False,
+    ctx: typer.Context,
+    config: opt.ConfigArg = None,
+    hist: opt.HistOpt = None,
+    steps: opt.TrainStepsOpt = None,
+    every: opt.EveryOpt = None,
+    lr: opt.TrainLrOpt = None,
+    optimizer: opt.OptimizerOpt = None,
+    momentum: opt.MomentumOpt = None,
+    warmup: opt.WarmupOpt = None,
+    train_batch: opt.TrainBatchOpt = None,
+    heatmap: opt.HeatOpt = None,
+    plot: opt.PlotOpt = None,
+    tensorboard: opt.TensorBoardOpt = None,
+    format: opt.FormatOpt = "table",
+    output: opt.OutputOpt = None,
+    force: opt.ForceOpt = False,
+    quiet: opt.QuietOpt = False,
+    wide: opt.WideOpt = False,
+    no_color: opt.NoColorOpt = False,
 ) -> None:
     """Train each init × act for some steps and watch every layer's statistics on the way.
 
@@ -722,77 +319,140 @@ def train(
     Exit codes: 0 trained or not (the verdict says); 2 a usage or input error; 130 Ctrl-C
     (with -o, what was recorded is written first).
     """
-    if format not in TRAIN_FORMATS:
-        raise _fail(f"--format: train writes {' or '.join(TRAIN_FORMATS)}, not {format!r}")
-    overrides = _overrides(depth=depth, width=width, block=block, branch_depth=branch_depth,
-                           norm=norm, norm_position=norm_position, multiplier=multiplier,
-                           data=data, device=device, dtype=dtype, seed=seed,
-                           bias=bias, init=init, act=act, model=model,
-                           hist=True if plot else hist, steps=steps, lr=lr)
-    for _option, key, value in (("every", "train.every", every),
-                               ("momentum", "train.momentum", momentum),
-                               ("warmup", "train.warmup", warmup),
-                               ("train_batch", "train.batch_size", train_batch)):
-        if value is not None:
-            overrides[key] = _scalar(value)
-    if optimizer is not None:
-        overrides["train.optimizer"] = optimizer
-    try:
-        from actstat.config import load_config
-
-        resolved = load_config(config, overrides)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
-    _preflight(resolved, (output,), figure=plot)
-    if tensorboard is not None:
-        from actstat.tensorboard_log import check_tensorboard
-
-        _guarded(check_tensorboard, tensorboard)
-    with _tensorboard_log(tensorboard) as on_record:
-        report = _train_resolved(resolved, quiet=quiet, force=force, no_color=no_color,
-                                 on_record=on_record)
+    from actstat.outputs import TRAIN_FORMATS
     from actstat.report import located
 
-    report = located(report, config, output)
-    heat = _names("--heatmap", heatmap) if heatmap else None
+    if format not in TRAIN_FORMATS:
+        raise _fail(f"--format: train writes {' or '.join(TRAIN_FORMATS)}, not {format!r}")
+    resolved = _resolved(config, _overrides(ctx, plot), (output,), plot)
+    report = located(_trained(resolved, tensorboard, quiet=quiet, force=force,
+                              no_color=no_color), config, output)
+    heat = _guarded(opt.names, "--heatmap", heatmap) if heatmap else None
     _guarded(_emit_training, report, format, output, quiet, Display(wide, no_color), heat)
     _figure(report, plot, quiet)
-    if any(run.trajectory is not None and run.trajectory.stopped == "interrupted"
-           for run in report.runs):
+    if _interrupted(report):
         typer.echo("actstat: interrupted; the steps recorded before are shown"
                    + (f" and written to {output}" if output is not None else ""), err=True)
         raise typer.Exit(130)
 
 
-@contextmanager
-def _tensorboard_log(directory: Path | None) -> Iterator[Any]:
-    """watch_report's `on_record` for --tensorboard DIR (None without it); the event files are
-    closed however training ends (Ctrl-C included: what was recorded stays readable)."""
-    if directory is None:
-        yield None
-        return
-    from actstat.tensorboard_log import TensorBoardLog
+@app.command(cls=_Command)
+def plot(report: opt.ReportArg, output: opt.FigureOpt, quiet: opt.QuietOpt = False) -> None:
+    """Draw a saved report's figure without running anything (and without importing torch)."""
+    from actstat.report import read_report
 
-    with TensorBoardLog(directory) as log:
-        yield log.scheme
+    _preflight(None, (), figure=output)
+    _figure(_guarded(read_report, report), output, quiet)
+
+
+# ----------------------------------------------------------------------------------------------
+# parse
+
+
+def _guarded(call: Any, *args: Any) -> Any:
+    """`call(*args)`, a user's mistake (ActstatError) turned into one line and exit 2."""
+    try:
+        return call(*args)
+    except ActstatError as err:
+        raise _fail(str(err)) from None
+
+
+def _overrides(ctx: typer.Context, plot: Path | None = None) -> dict[str, Any]:
+    """The config overrides of the options a command was given (--plot implies --hist)."""
+    return _guarded(opt.overrides, {**ctx.params, "hist": True} if plot else ctx.params)
+
+
+def _check_output_options(format: str, fail_on: str | None) -> set[str]:
+    from actstat.render import FORMATS
+
+    if format not in FORMATS:
+        raise _fail(f"--format: unknown format '{format}'; choose from: {', '.join(FORMATS)}")
+    return _guarded(opt.fail_on, fail_on)
+
+
+def _preflight(resolved: Any, outputs: tuple[Path | None, ...], figure: Path | None = None
+               ) -> None:
+    from actstat.outputs import preflight
+
+    _guarded(preflight, resolved, outputs, figure)
+
+
+def _resolved(config: Path | None, overrides: dict[str, Any], outputs: tuple[Path | None, ...],
+              figure: Path | None = None,
+              default_schemes: list[dict[str, Any]] | None = None) -> Any:
+    """The config file with the overrides on top, validated; then what the command will write,
+    checked (`outputs.preflight`)."""
+    from actstat.config import load_config
+
+    resolved = _guarded(lambda: load_config(config, overrides, default_schemes=default_schemes))
+    _preflight(resolved, outputs, figure)
+    return resolved
+
+
+# ----------------------------------------------------------------------------------------------
+# measure, with progress on a terminal's stderr
+
+
+def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, force: bool,
+             default_schemes: list[dict[str, Any]] | None = None,
+             outputs: tuple[Path | None, ...] = (), figure: Path | None = None,
+             no_color: bool = False) -> Any:
+    """Load the config, check what the command will write, and measure every scheme. The report
+    records the config file, relative to the first output (`report.located`), for `check` to
+    re-read."""
+    from actstat.report import located
+
+    resolved = _resolved(config, overrides, outputs, figure, default_schemes)
+    report = _profile_resolved(resolved, quiet=quiet, force=force, no_color=no_color)
+    return located(report, config, outputs[0] if outputs else None)
+
+
+def _profile_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool = False) -> Any:
+    """Measure every scheme of a resolved config, then warn on stderr of any lsuv scheme that
+    left layers outside its tolerance (the run goes on: those layers are measured as they are)."""
+    from actstat.pipeline import profile, schemes
+
+    def measure() -> Any:
+        if quiet or not sys.stderr.isatty():
+            return profile(resolved, force=force)
+        with _progress(no_color) as bar:
+            task = bar.add_task("measuring", total=len(schemes(resolved)))
+            return profile(resolved, lambda done, total, label: bar.update(
+                task, completed=done, description=f"measured {label}"), force=force)
+
+    report = _guarded(measure)  # an error's line comes after the bar has gone
+    if not quiet:
+        from actstat.render import lsuv_warnings
+
+        for line in lsuv_warnings(report):
+            typer.echo(f"actstat: warning: {line}", err=True)
+    return report
+
+
+def _trained(resolved: Any, tensorboard: Path | None, *, quiet: bool, force: bool,
+             no_color: bool) -> Any:
+    """Train every scheme, each recorded step also written as TensorBoard events with
+    --tensorboard DIR (its files closed however training ends: what was recorded stays
+    readable)."""
+    if tensorboard is None:
+        return _train_resolved(resolved, quiet=quiet, force=force, no_color=no_color)
+    from actstat.tensorboard_log import TensorBoardLog, check_tensorboard
+
+    _guarded(check_tensorboard, tensorboard)
+    with TensorBoardLog(tensorboard) as log:
+        return _train_resolved(resolved, quiet=quiet, force=force, no_color=no_color,
+                               on_record=log.scheme)
 
 
 def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool,
                     on_record: Any = None) -> Any:
-    """Train every scheme of a resolved config, with a progress bar (the current loss) on a
-    terminal's stderr."""
-    try:
-        from actstat.pipeline import watch_report
+    """Train every scheme of a resolved config (the progress bar shows the current loss)."""
+    from actstat.pipeline import watch_report
 
+    def train() -> Any:
         if quiet or not sys.stderr.isatty():
             return watch_report(resolved, on_record=on_record)
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[loss]}"))
-        console = Console(stderr=True, no_color=no_color or None)
-        with Progress(*columns, console=console, transient=True) as bar:
+        with _progress(no_color, loss=True) as bar:
             task = bar.add_task("measuring at init", total=None, loss="")
 
             def on_step(scheme: str) -> Any:
@@ -804,134 +464,54 @@ def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool,
                 return step
 
             return watch_report(resolved, on_step=on_step, on_record=on_record)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
+
+    return _guarded(train)
 
 
-def _emit_training(report: Any, format: str, output: Path | None, quiet: bool,
-                   display: Display, heat: list[str] | None) -> None:
-    from actstat import render, render_watch
+def _progress(no_color: bool, loss: bool = False) -> Any:
+    """A progress bar on stderr that goes when it is done (a terminal's: callers check)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    _deliver(format, output,
-             lambda width: render_watch.training_renderables(report, width, heat),
-             lambda: render.to_json(report) if format == "json"
-             else render._plain(render_watch.training_renderables(report, None, heat), 1000),
-             display)
-    if quiet or (format == "table" and output is None):
-        return
-    for run in report.runs:
-        if run.trajectory is not None:
-            typer.echo(render_watch.summary_line(run), err=True)
-    _wrote(report, format, output)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if loss:
+        columns.append(TextColumn("{task.fields[loss]}"))
+    return Progress(*columns, console=Console(stderr=True, no_color=no_color or None),
+                    transient=True)
 
 
-@app.command(cls=_Command)
-def plot(report: ReportArg, output: FigureOpt, quiet: QuietOpt = False) -> None:
-    """Draw a saved report's figure without running anything (and without importing torch)."""
-    from actstat.report import read_report
-
-    _preflight(None, (), figure=output)
-    _figure(_guarded(read_report, report), output, quiet)
-
-
-def _check_output_options(format: str, fail_on: str | None) -> set[str]:
-    from actstat.render import FORMATS
-
-    if format not in FORMATS:
-        raise _fail(f"--format: unknown format '{format}'; choose from: {', '.join(FORMATS)}")
-    return _fail_on(fail_on)
-
-
-def _guarded(call: Any, *args: Any) -> Any:
-    try:
-        return call(*args)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
-
-
-def _preflight(resolved: Any, outputs: tuple[Path | None, ...], figure: Path | None = None
-               ) -> None:
-    """What would fail after the measurement, checked before it: output paths, the figure's
-    type and matplotlib, the data file (so a typo costs no run and prints nothing else)."""
-    from actstat.atomic import check_writable
-    from actstat.config import check_data_source
-    from actstat.plot import check_figure
-
-    try:
-        for path in (*outputs, figure):
-            if path is not None:
-                check_writable(path)
-        if figure is not None:
-            check_figure(figure)
-        if resolved is not None:
-            check_data_source(resolved)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
-
-
-def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, force: bool,
-             default_schemes: list[dict[str, Any]] | None = None,
-             outputs: tuple[Path | None, ...] = (), figure: Path | None = None,
-             no_color: bool = False) -> Any:
-    """Load the config, check what the command will write (`_preflight`), and measure every
-    scheme, with a progress bar on a terminal's stderr. The report records the config file,
-    relative to the first output (`report.located`), for `check` to re-read."""
-    try:
-        from actstat.config import load_config
-
-        resolved = load_config(config, overrides, default_schemes=default_schemes)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
-    _preflight(resolved, outputs, figure)
-    from actstat.report import located
-
-    report = _profile_resolved(resolved, quiet=quiet, force=force, no_color=no_color)
-    return located(report, config, outputs[0] if outputs else None)
-
-
-def _profile_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool = False) -> Any:
-    """Measure every scheme of a resolved config, with a progress bar on a terminal's stderr,
-    then warn on stderr of any lsuv scheme that left layers outside its tolerance (the run
-    goes on: those layers are measured as they are)."""
-    report = _measured(resolved, quiet=quiet, force=force, no_color=no_color)
-    if not quiet:
-        from actstat.render import lsuv_warnings
-
-        for line in lsuv_warnings(report):
-            typer.echo(f"actstat: warning: {line}", err=True)
+def _measured_for_check(plan: Any, *, quiet: bool, force: bool, no_color: bool) -> Any:
+    """The check's notes on stderr, then its config measured, or trained again for a training
+    baseline (Ctrl-C there: nothing is compared, exit 130)."""
+    for note in () if quiet else plan.notes:
+        typer.echo(note, err=True)
+    if not plan.training:
+        return _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
+    report = _train_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
+    if _interrupted(report):
+        typer.echo("actstat: interrupted; nothing was compared", err=True)
+        raise typer.Exit(130)
     return report
 
 
-def _measured(resolved: Any, *, quiet: bool, force: bool, no_color: bool) -> Any:
-    try:
-        from actstat.pipeline import profile, schemes
+def _interrupted(report: Any) -> bool:
+    return any(run.trajectory is not None and run.trajectory.stopped == "interrupted"
+               for run in report.runs)
 
-        if quiet or not sys.stderr.isatty():
-            return profile(resolved, force=force)
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        console = Console(stderr=True, no_color=no_color or None)
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("measuring", total=len(schemes(resolved)))
-            return profile(resolved, lambda done, total, label: bar.update(
-                task, completed=done, description=f"measured {label}"), force=force)
-    except ActstatError as err:
-        raise _fail(str(err)) from None
+# ----------------------------------------------------------------------------------------------
+# deliver
 
 
 def _emit(report: Any, format: str, output: Path | None, quiet: bool,
           display: Display) -> None:
     """The report in the chosen format; verdicts to stderr when stdout is not a table."""
-    from actstat.render import TEXT_FORMATS, tables, verdict_line
+    from actstat.outputs import report_view
+    from actstat.render import precision_note, verdict_line
 
-    _deliver(format, output, lambda width: tables(report, width),
-             lambda: TEXT_FORMATS[format](report), display)
+    _deliver(format, output, report_view(report, format), display)
     if quiet or (format == "table" and output is None):
         return
-    from actstat.render import precision_note
-
     if precision_note(report):
         typer.echo(precision_note(report), err=True)
     for scheme in report.runs:
@@ -941,22 +521,36 @@ def _emit(report: Any, format: str, output: Path | None, quiet: bool,
 
 def _emit_compare(report: Any, format: str, output: Path | None, quiet: bool, sort: str,
                   detail: bool, display: Display) -> None:
-    """The compare view in the chosen format (JSON: the Report itself)."""
-    from actstat import render
+    from actstat.outputs import compare_view
 
-    texts = {
-        "table": lambda: (render.table_text(report) if detail else "")
-        + render.compare_text(report, sort),
-        "json": lambda: render.to_json(report),
-        "csv": lambda: render.compare_csv(report, sort),
-        "markdown": lambda: render.compare_markdown(report, sort, detail),
-    }
-    _deliver(format, output,
-             lambda width: (render.tables(report, width) if detail else [])
-             + render.compare_renderables(report, sort, width),
-             texts[format], display)
+    _deliver(format, output, compare_view(report, format, sort, detail), display)
     if not quiet:
         _wrote(report, format, output)
+
+
+def _emit_check(result: Any, format: str, output: Path | None, junit: Path | None,
+                display: Display) -> None:
+    from actstat.atomic import write_atomic
+    from actstat.outputs import check_view
+    from actstat.render import junit_xml
+
+    if junit is not None:
+        write_atomic(junit, junit_xml(result))
+    _deliver(format, output, check_view(result, format), display)
+
+
+def _emit_training(report: Any, format: str, output: Path | None, quiet: bool,
+                   display: Display, heat: list[str] | None) -> None:
+    from actstat.outputs import training_view
+    from actstat.render_watch import summary_line
+
+    _deliver(format, output, training_view(report, format, heat), display)
+    if quiet or (format == "table" and output is None):
+        return
+    for run in report.runs:
+        if run.trajectory is not None:
+            typer.echo(summary_line(run), err=True)
+    _wrote(report, format, output)
 
 
 def _wrote(report: Any, format: str, output: Path | None) -> None:
@@ -964,15 +558,14 @@ def _wrote(report: Any, format: str, output: Path | None) -> None:
         typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
 
 
-def _deliver(format: str, output: Path | None, renderables: Any, text: Any,
-             display: Display) -> None:
+def _deliver(format: str, output: Path | None, view: Any, display: Display) -> None:
     """To a file (atomically), to a terminal as Rich renderables fitted to its width (tables in
     colour unless NO_COLOR or --no-color), or to a pipe as plain text at full width; nothing but
-    the chosen format reaches stdout. `renderables(width)`: width None means full width."""
+    the chosen format reaches stdout."""
     from actstat.atomic import write_atomic
 
     if output is not None:
-        write_atomic(output, text())
+        write_atomic(output, view.text())
     elif format == "table" and sys.stdout.isatty():
         from rich.console import Console
 
@@ -980,19 +573,31 @@ def _deliver(format: str, output: Path | None, renderables: Any, text: Any,
         width = None if display.wide else console.width
         if width is None:  # --wide: as wide as the table; the terminal wraps what it must
             console.width = 10_000
-        for renderable in renderables(width):
+        for renderable in view.renderables(width):
             console.print(renderable)
     else:
-        sys.stdout.write(text())
+        sys.stdout.write(view.text())
         sys.stdout.flush()
 
 
-def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:
-    from actstat.render import layer_label
+def _figure(report: Any, path: Path | None, quiet: bool) -> None:
+    if path is None:
+        return
+    from actstat.plot import draw
 
-    # the layer as its table names it (a user's model: `0`, `blocks.1`, not its position)
-    hits = [(run.scheme, layer_label(layer, run), flag) for run in report.runs
-            for layer in run.layers for flag in layer.flags if flag in failing]
+    _guarded(draw, report, path)
+    if not quiet:
+        typer.echo(f"wrote {path} (figure)", err=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# exit codes
+
+
+def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:
+    from actstat.outputs import flagged
+
+    hits = flagged(report, failing)
     if not hits:
         return
     if not quiet:
@@ -1001,6 +606,27 @@ def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:
         typer.echo(f"actstat: --fail-on: {len(hits)} flagged layer(s) in {len(schemes)} scheme(s); "
                    f"first: {scheme}, layer {index}, {flag}", err=True)
     raise typer.Exit(EXIT_FLAGGED)
+
+
+def _check_verdict(plan: Any, result: Any, report: Any, quiet: bool) -> None:
+    """Rewrite the baseline (--update), or say on stderr why the check failed and exit 1: a CI
+    log shows the reason whatever --format and --output chose."""
+    from actstat.atomic import write_atomic
+    from actstat.gate import updated_baseline
+    from actstat.render import check_failure_lines, to_json
+
+    target = plan.request.target
+    if result.updated:
+        _guarded(write_atomic, target, to_json(updated_baseline(plan, report)))
+        if not quiet:
+            changed = (f"{len(result.drifts)} value(s) were out of tolerance" if result.drifts
+                       else "all values were within tolerance")
+            typer.echo(f"actstat: updated {target} with the new values ({changed})", err=True)
+        return
+    if not result.passed:
+        for line in check_failure_lines(result):
+            typer.echo(f"actstat: {line}" if not line.startswith(" ") else line, err=True)
+        raise typer.Exit(EXIT_FLAGGED)
 
 
 def main() -> None:

@@ -1,0 +1,316 @@
+"""The command line's options, declared once: their `--help`, the run options every measuring
+command shares, and how an option's text becomes a config override.
+
+Torch-free (Typer renders `--help` from these names alone) and silent: a value that cannot be
+read raises `ConfigError`, which the CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from actstat.errors import ConfigError
+from actstat.records import FLAGS as FLAG_NAMES  # torch-free, like everything imported here
+
+ConfigArg = Annotated[Path | None, typer.Argument(
+    help="YAML config file (default: the built-in defaults, spelled out in configs/default.yaml).",
+    show_default=False, dir_okay=False)]
+# a repeated --init/--act adds to the list: `-i kaiming -i xavier` is `-i kaiming,xavier`
+InitOpt = Annotated[list[str] | None, typer.Option(
+    "--init", "-i", metavar="NAME[,NAME...]", show_default=False,
+    help="Init name(s), comma-separated or repeated: kaiming,lecun,randn.")]
+ActOpt = Annotated[list[str] | None, typer.Option(
+    "--act", "-a", metavar="NAME[,NAME...]", show_default=False,
+    help="Activation name(s), comma-separated or repeated: relu,tanh.")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", metavar="FILE.py:FN", show_default=False,
+    help="Profile your own model instead of the built-in MLP: a factory function in a file "
+    "or a module, e.g. nets.py:make_cnn or mypkg.nets:make.")]
+LayersOpt = Annotated[str | None, typer.Option(
+    "--layers", metavar="NAME[,NAME...]", show_default=False,
+    help="With --model: measure only these modules: classes (Conv2d) or name patterns "
+    "(blocks.*).")]
+DepthOpt = Annotated[str | None, typer.Option(
+    "--depth", "-d", metavar="INT", help="Hidden Linear+activation blocks.", show_default=False)]
+WidthOpt = Annotated[str | None, typer.Option(
+    "--width", "-w", metavar="INT[,INT...]", help="Hidden width, or one per layer.",
+    show_default=False)]
+BlockOpt = Annotated[str | None, typer.Option(
+    "--block", metavar="KIND", help="plain or residual (x + branch(x)).", show_default=False)]
+BranchDepthOpt = Annotated[str | None, typer.Option(
+    "--branch-depth", metavar="INT", help="Linear+activation layers per residual branch.",
+    show_default=False)]
+NormOpt = Annotated[str | None, typer.Option(
+    "--norm", metavar="NAME", help="none, batchnorm, layernorm or rmsnorm.",
+    show_default=False)]
+NormPositionOpt = Annotated[str | None, typer.Option(
+    "--norm-position", metavar="WHERE", show_default=False,
+    help="pre (before each branch or activation, default) or post (after the add).")]
+MultiplierOpt = Annotated[str | None, typer.Option(
+    "--multiplier", metavar="FLOAT", show_default=False,
+    help="Residual: each branch's learnable scalar α starts here (0: ReZero's start).")]
+BatchOpt = Annotated[str | None, typer.Option(
+    "--batch-size", "-b", metavar="INT", help="Samples in the batch.", show_default=False)]
+DataOpt = Annotated[str | None, typer.Option(
+    "--data", metavar="SOURCE", show_default=False,
+    help="mnist, gaussian, or a path (.npy, .npz, .pt, a directory of MNIST IDX files).")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.", show_default=False)]
+DtypeOpt = Annotated[str | None, typer.Option(
+    "--dtype", metavar="DTYPE", help="float32, float64, float16 or bfloat16.", show_default=False)]
+SeedOpt = Annotated[str | None, typer.Option(
+    "--seed", "-s", metavar="INT", help="Seed of the batch and the weights.", show_default=False)]
+BiasOpt = Annotated[bool | None, typer.Option(
+    "--bias/--no-bias", help="Linear layers with or without bias.", show_default=False)]
+GradOpt = Annotated[bool | None, typer.Option(
+    "--grad/--no-grad", show_default=False,
+    help="Measure one backward pass too (default), or only the forward pass, without autograd.")]
+TheoryOpt = Annotated[bool | None, typer.Option(
+    "--theory/--no-theory", show_default=False,
+    help="Show the mean-field expected std and phase next to the measurement (default on).")]
+
+# The run options of every command that measures (run, compare, baseline, check, train), in
+# their --help order: `run_options` puts them in a command's signature, `overrides` reads them
+# back. A new one is a line here and a line in OVERRIDES.
+RUN_OPTIONS: dict[str, Any] = {
+    "init": InitOpt, "act": ActOpt, "model": ModelOpt, "layers": LayersOpt, "depth": DepthOpt,
+    "width": WidthOpt, "block": BlockOpt, "branch_depth": BranchDepthOpt, "norm": NormOpt,
+    "norm_position": NormPositionOpt, "multiplier": MultiplierOpt, "batch_size": BatchOpt,
+    "data": DataOpt, "device": DeviceOpt, "dtype": DtypeOpt, "seed": SeedOpt, "bias": BiasOpt,
+    "grad": GradOpt, "theory": TheoryOpt,
+}
+
+HistOpt = Annotated[bool | None, typer.Option(
+    "--hist", show_default=False,
+    help="Also draw every layer's post-activation histogram, as a heat map over depth.")]
+PlotOpt = Annotated[Path | None, typer.Option(
+    "--plot", help="Also draw a figure (.png, .svg or .pdf; needs actstat\\[plot]); implies --hist.",
+    show_default=False, dir_okay=False)]
+StepsOpt = Annotated[str | None, typer.Option(
+    "--steps", metavar="INT", show_default=False,
+    help="Then train with plain SGD for this many steps and report how the weights moved.")]
+LrOpt = Annotated[str | None, typer.Option(
+    "--lr", metavar="FLOAT", help="Learning rate of --steps (default 0.1).", show_default=False)]
+FormatOpt = Annotated[str, typer.Option(
+    "--format", "-f", metavar="FORMAT", help="table, json, csv or markdown.")]
+TensorBoardOpt = Annotated[Path | None, typer.Option(
+    "--tensorboard", metavar="DIR", show_default=False, file_okay=False,
+    help="Also write each recorded step as TensorBoard events, a run per scheme under DIR "
+         "(needs actstat\\[tensorboard]).")]
+OutputOpt = Annotated[Path | None, typer.Option(
+    "--output", "-o", help="Write the report to this file (atomically) instead of stdout.",
+    show_default=False, dir_okay=False)]
+FailOnOpt = Annotated[str | None, typer.Option(
+    "--fail-on", metavar="FLAG[,FLAG...]", show_default=False,
+    help="Exit 1 if any layer carries one of these flags (or 'any'): " + ", ".join(FLAG_NAMES))]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Run even when the memory pre-flight estimates it will not fit.")]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No messages on stderr (errors still appear).")]
+WideOpt = Annotated[bool, typer.Option(
+    "--wide", help="Tables at full width in a terminal, however narrow (lines wrap); by default "
+    "columns leave, least important first, so that every number shows whole.")]
+NoColorOpt = Annotated[bool, typer.Option(
+    "--no-color", help="No colour in tables or the progress bar (as the NO_COLOR environment "
+    "variable).")]
+
+# compare
+SortOpt = Annotated[str, typer.Option(
+    "--sort", metavar="ORDER", help="verdict (healthy first), gain (closest to 1 first) or name.")]
+DetailOpt = Annotated[bool, typer.Option(
+    "--detail", help="Also print every scheme's per-layer table.")]
+
+# baseline
+BaselineOutOpt = Annotated[Path, typer.Option(
+    "--output", "-o", help="Where to write the baseline (atomically).", dir_okay=False)]
+
+# check
+TargetArg = Annotated[Path | None, typer.Argument(
+    help="A baseline (.json report), or a YAML config for --max-drift / --fail-on alone.",
+    show_default=False, dir_okay=False)]
+CheckConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="Run this config, not the baseline's config file (differences shown).",
+    show_default=False, dir_okay=False)]
+RtolOpt = Annotated[str | None, typer.Option(
+    "--rtol", metavar="FLOAT", show_default=False,
+    help="Std metrics: |ln(obtained/expected)| <= ln(1 + rtol). Default 0.05.")]
+AtolOpt = Annotated[str | None, typer.Option(
+    "--atol", metavar="FLOAT", show_default=False,
+    help="Mean metrics: |difference| <= atol x the expected std. Default 0.05.")]
+MetricsOpt = Annotated[str | None, typer.Option(
+    "--metrics", metavar="NAME[,NAME...]", show_default=False,
+    help="pre_std, post_std, grad_std, pre_mean, post_mean, grad_mean; through training: "
+    "loss, train_std, train_mean, train_grad_std, train_near_zero, train_dead (default: all).")]
+MaxDriftOpt = Annotated[str | None, typer.Option(
+    "--max-drift", metavar="F", show_default=False,
+    help="Fail when a layer's post std leaves \\[s/F, s*F], s = the first hidden layer's.")]
+StoredConfigOpt = Annotated[bool, typer.Option(
+    "--stored-config", help="Re-run the config stored in the baseline, not its config file "
+    "(catches library and torch drift alone).")]
+UpdateOpt = Annotated[bool, typer.Option(
+    "--update", help="Rewrite the baseline with the new values (after showing what changed).")]
+CheckFormatOpt = Annotated[str, typer.Option(
+    "--format", "-f", metavar="FORMAT", help="table, json or markdown (CI summary page).")]
+JunitOpt = Annotated[Path | None, typer.Option(
+    "--junit-xml", help="Also write a JUnit XML report here.", show_default=False,
+    dir_okay=False)]
+
+# plot
+ReportArg = Annotated[Path, typer.Argument(
+    help="A JSON report written by run, compare or baseline.", dir_okay=False)]
+FigureOpt = Annotated[Path, typer.Option(
+    "--output", "-o", help="The figure: .png, .svg or .pdf.", dir_okay=False)]
+
+# train
+TrainStepsOpt = Annotated[str | None, typer.Option(
+    "--steps", metavar="INT", show_default=False,
+    help="Training steps (default: train.steps of the config, or 200).")]
+EveryOpt = Annotated[str | None, typer.Option(
+    "--every", metavar="INT", show_default=False,
+    help="Record the statistics every this many steps, and the last (default 10).")]
+TrainLrOpt = Annotated[str | None, typer.Option(
+    "--lr", metavar="FLOAT", show_default=False,
+    help="Learning rate (default: sgd 0.1, adam 0.001).")]
+OptimizerOpt = Annotated[str | None, typer.Option(
+    "--optimizer", metavar="NAME", show_default=False, help="sgd (default) or adam.")]
+MomentumOpt = Annotated[str | None, typer.Option(
+    "--momentum", metavar="FLOAT", show_default=False,
+    help="SGD momentum (default 0) or Adam's beta1 (default 0.9).")]
+WarmupOpt = Annotated[str | None, typer.Option(
+    "--warmup", metavar="INT", show_default=False,
+    help="Steps of linear learning-rate warm-up (default 0).")]
+TrainBatchOpt = Annotated[str | None, typer.Option(
+    "--train-batch", metavar="INT", show_default=False,
+    help="Mini-batch size, drawn from all of the data source's samples (default 64).")]
+HeatOpt = Annotated[str | None, typer.Option(
+    "--heatmap", metavar="LAYER[,LAYER...]", show_default=False,
+    help="With --hist: the layers to draw the colorful dimension of (default: first and last).")]
+
+
+def names(option: str, value: str) -> list[str]:
+    """`kaiming,lecun` -> ["kaiming", "lecun"]; an empty list or an empty name is an error."""
+    listed = [name.strip() for name in value.split(",")]
+    if not any(listed):
+        raise ConfigError(f"{option}: give at least one name (got '{value}')")
+    if not all(listed):
+        raise ConfigError(f"{option}: empty name in '{value}' (names are separated by single "
+                          "commas)")
+    return listed
+
+
+def scalar(text: str) -> Any:
+    """A command-line value read as YAML reads a scalar: "20" -> 20, "0.5" -> 0.5, "x" -> "x"."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, str)) else text
+
+
+def _given(option: str, value: Any) -> Any:
+    return value
+
+
+def _number(option: str, value: str) -> Any:
+    return scalar(value)
+
+
+def _widths(option: str, value: str) -> Any:
+    widths = [scalar(width) for width in names(option, value)]
+    return widths[0] if len(widths) == 1 else widths
+
+
+def _repeated_names(option: str, values: list[str]) -> list[str]:
+    return [name for given in values for name in names(option, given)]
+
+
+# Every option that sets a config value: its parameter name -> (dotted config key, how its text
+# is read), whichever commands have it; in the order they are read (the first bad one is told).
+OVERRIDES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "depth": ("model.depth", _number), "batch_size": ("data.batch_size", _number),
+    "seed": ("seed", _number), "data": ("data.source", _given), "device": ("device", _given),
+    "dtype": ("dtype", _given), "bias": ("model.bias", _given), "grad": ("grad", _given),
+    "theory": ("theory", _given), "hist": ("hist", _given), "steps": ("train.steps", _number),
+    "lr": ("train.lr", _number), "width": ("model.width", _widths),
+    "init": ("init", _repeated_names), "act": ("activation", _repeated_names),
+    "model": ("model.factory", _given), "block": ("model.block", _given),
+    "norm": ("model.norm", _given), "norm_position": ("model.norm_position", _given),
+    "multiplier": ("model.multiplier", _number), "branch_depth": ("model.branch_depth", _number),
+    "layers": ("model.layers", names),
+    # train
+    "every": ("train.every", _number), "momentum": ("train.momentum", _number),
+    "warmup": ("train.warmup", _number), "train_batch": ("train.batch_size", _number),
+    "optimizer": ("train.optimizer", _given),
+    # check
+    "rtol": ("check.rtol", _number), "atol": ("check.atol", _number),
+    "metrics": ("check.metrics", names),
+}
+
+
+def overrides(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted config keys for every config option a command was given (its `ctx.params`; None
+    or an empty repeated option: not given)."""
+    chosen: dict[str, Any] = {}
+    for name, (key, read) in OVERRIDES.items():
+        value = params.get(name)
+        if value is not None and not (isinstance(value, (list, tuple)) and not value):
+            chosen[key] = read("--" + name.replace("_", "-"), value)
+    return chosen
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def run_options(*, without: tuple[str, ...] = ()) -> Callable[[Command], Command]:
+    """Add the shared RUN_OPTIONS (less `without`) to a command's parameters, right after its
+    `config`. The command itself does not take them: it reads them with `overrides(ctx.params)`."""
+    shared = {name: alias for name, alias in RUN_OPTIONS.items() if name not in without}
+
+    def decorate(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)
+        own = list(signature.parameters.values())
+        after = [param.name for param in own].index("config") + 1
+        added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                   annotation=alias) for name, alias in shared.items()]
+
+        @functools.wraps(command)
+        def with_run_options(**given: Any) -> Any:
+            return command(**{name: value for name, value in given.items() if name not in shared})
+
+        parameters = [*own[:after], *added, *own[after:]]
+        with_run_options.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=parameters)
+        with_run_options.__annotations__ = {param.name: param.annotation for param in parameters}
+        return with_run_options  # type: ignore[return-value]
+
+    return decorate
+
+
+def fail_on(value: str | None) -> set[str]:
+    """--fail-on's flags ('any': all of them); an unknown one is an error."""
+    if value is None:
+        return set()
+    chosen = names("--fail-on", value)
+    if "any" in chosen:
+        return set(FLAG_NAMES)
+    unknown = [name for name in chosen if name not in FLAG_NAMES]
+    if unknown:
+        raise ConfigError(f"--fail-on: unknown flag '{unknown[0]}'; choose from: "
+                          f"{', '.join(FLAG_NAMES)}, any")
+    return set(chosen)
+
+
+def at_least(option: str, text: str, minimum: float) -> float:
+    """A number option that must be ≥ minimum (--max-drift)."""
+    value = scalar(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
+        raise ConfigError(f"{option}: must be a number ≥ {minimum:g} (got {text!r})")
+    return float(value)
