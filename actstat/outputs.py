@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from actstat import render, render_watch
-from actstat.report import Report
+from actstat.records import Report
 
 CHECK_FORMATS = ("table", "json", "markdown")
 TRAIN_FORMATS = ("table", "json")

@@ -72,7 +72,7 @@ def test_each_run_option_reaches_the_config(cli, monkeypatch, command):
         raise ConfigError("stopped here")
 
     monkeypatch.setattr("actstat.config.load_config", stop)
-    monkeypatch.setattr("actstat.check.plan", stop)
+    monkeypatch.setattr("actstat.gate.plan", stop)
     given = [(args, key, value) for name, args, key, value in GIVEN
              if name not in MEASURING[command]]
     result = cli(command, *[word for args, _, _ in given for word in args], code=2)
