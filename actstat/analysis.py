@@ -1,14 +1,24 @@
-"""Analysis: a probe's measurements -> LayerStats records with flags, and one verdict per scheme.
+"""Analysis: the engine's records -> LayerStats rows with flags, and one verdict per scheme.
+
+Every command measures through one engine (actstat/capture.py) and is analysed here, by one path
+(`analyse_captured`): the built-in MLP, stacked or not, a user's model, `actstat.profile`, and
+each recorded step of `actstat train` (`pair_rows`). These are the definitions they all use.
 
 Definitions (each statistic is taken over all batch × units values of the tensor):
 
 - `mean`, `std`: population mean and standard deviation (correction=0, as NumPy's `np.std`).
 - `min`, `max`: the extreme values.
 - `near_zero`: the fraction of values with |x| < thresholds.near_zero (absolute, both signs).
-- `dead` (post only): the fraction of units whose pre-activation is <= the activation's flat-region
-  edge for every sample of the batch, so that the unit's output is constant (0 for relu) and its
-  gradient exactly zero for the whole batch. For relu this is exactly "post is 0 for every
-  sample". None for activations with no flat region (leaky_relu, tanh, gelu, ...).
+- `dead` (post only): the fraction of units (a feature map's channels) whose output sits at
+  their activation's floor, the value of its flat lower region, for every sample of the batch
+  (and every position of a feature map): 0 for relu, relu6 and hardsigmoid, -0.5 for
+  general_relu(subtract=0.5), min_val for hardtanh (actstat/activations.py `describe`). Such a
+  unit's output is constant and its gradient exactly zero for the whole batch. None where the
+  activation has no flat region (leaky_relu, tanh, sigmoid, gelu, silu, elu, selu, softplus,
+  mish, identity): no unit of theirs can die. For any other module (a weight layer's own output,
+  such as the head's logits; a norm; a block; an activation actstat does not know), a unit that
+  is exactly 0 throughout. An upper clamp is saturation, not death. Compared in the tensor's
+  dtype (a float32 relu - 0.5 unit at -0.5 is dead).
 - `saturated` (post only): the fraction of values within (1 - thresholds.saturation_cut) of the
   ends of a bounded activation's range, in units of its half-range: |t| >= 0.97 for tanh by
   default; for general_relu with clamp_max, values at the clamp. None for unbounded activations.
@@ -49,8 +59,8 @@ Layers of any model (`actstat.profile`, `--model`; the records of actstat/captur
   size; for Hugging Face's Conv1D, whose weight is stored (in, out), size(0)); None for rows
   without a weight. `fan_out`: the units of `post`, a feature map's
   channels.
-- `dead`: the fraction of `post`'s units (a feature map's channels) that are exactly 0 for
-  every sample and position, whatever the module.
+- `dead`: as defined above, of `post`'s units: by its module's floor where actstat knows the
+  module, else exactly 0 for every sample and position.
 - `saturated`: only where `post` comes from a known bounded activation module.
 - `symmetric`: as above, on the output of the row's weight layer (2+ units).
 - `vanishing`, `exploding`: against the input's std; for token ids (no meaningful std), against

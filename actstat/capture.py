@@ -1,7 +1,11 @@
-"""Capture: per-module statistics of any nn.Module's forward (and backward) pass, found by running it.
+"""Capture: the measurement engine: per-module statistics of any nn.Module's forward (and
+backward) pass, found by running it.
 
-Not yet wired into the Report: `capture` returns plain records (`Capture`, `CapturedLayer`) that
-the pipeline and the Python API will turn into LayerStats.
+Every command measures through it (`Probe`): `run`, `compare`, `baseline`/`check` and
+`actstat.profile` (`capture`; the built-in MLP's K schemes side by side, `capture_stacked`),
+each recorded step of `actstat train` (actstat/watch.py), and lsuv's data-dependent pass
+(actstat/lsuv.py, `weight_step`). It is the one place that hooks a model. It imports no model
+module: a stacked layer (K models' weights side by side) says so itself (`stacked`).
 
 Layers are the module calls the forward actually makes, in the order their forward returns
 (a block after its children), named by their `named_modules` path; the k-th call of a module
@@ -27,10 +31,11 @@ measured (no `input` records), and one that falls under none of the kinds above 
 A layer's statistics are reduced inside its forward hook, on the device, before any following
 in-place op can overwrite the tensor: a float32 CPU tensor by actstat/fused.py's C kernel in one
 read where it was built, anything else by torch, a chunk of samples at a time on the CPU (see
-CHUNK and `_Moments`; definitions: actstat/analysis.py and probe.py's reductions, whose helpers
-this module shares): mean, population std, min, max, near-zero fraction; `dead`: the fraction of units that
-are exactly 0 for every sample and position, the unit being the channel (dim 1) of a
-convolutional feature map and the last dim otherwise;
+CHUNK and `_Moments`; definitions: actstat/analysis.py; arithmetic: actstat/reduce.py): mean,
+population std, min, max, near-zero fraction; `dead`: the fraction of units at their
+activation's floor (activations.describe; exactly 0 for any other module) for every sample and
+position, the unit being the channel (dim 1) of a convolutional feature map and the last dim
+otherwise;
 `spread` only for a weight layer's output: the largest range across units on one sample (and
 position), relative to the tensor's max|x| (0 when every unit computes the same value, an
 all-zero output included: the `symmetric` flag of actstat/analysis.py); `saturated` only for a

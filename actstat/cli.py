@@ -410,7 +410,8 @@ def _profile(config: Path | None, overrides: dict[str, Any], *, quiet: bool, for
 def _profile_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool = False) -> Any:
     """Measure every scheme of a resolved config, then warn on stderr of any lsuv scheme that
     left layers outside its tolerance (the run goes on: those layers are measured as they are)."""
-    from actstat.pipeline import profile, schemes
+    from actstat.pipeline import profile
+    from actstat.plan import schemes
 
     def measure() -> Any:
         if quiet or not sys.stderr.isatty():
@@ -447,7 +448,7 @@ def _trained(resolved: Any, tensorboard: Path | None, *, quiet: bool, force: boo
 def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool,
                     on_record: Any = None) -> Any:
     """Train every scheme of a resolved config (the progress bar shows the current loss)."""
-    from actstat.pipeline import watch_report
+    from actstat.training import watch_report
 
     def train() -> Any:
         if quiet or not sys.stderr.isatty():

@@ -35,11 +35,11 @@ from torch.nn import functional as F  # noqa: E402
 
 import actstat.capture  # noqa: E402
 from actstat.activations import make_activation  # noqa: E402
+from actstat.build import build_blocks  # noqa: E402
 from actstat.capture import capture  # noqa: E402
 from actstat.config import Config  # noqa: E402
 from actstat.inits import make_bias_init, make_init  # noqa: E402
 from actstat.model import initialise  # noqa: E402
-from actstat.pipeline import build_blocks  # noqa: E402
 from models import SmallCNN, TinyTransformer, mnist_images  # noqa: E402
 
 

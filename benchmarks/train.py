@@ -98,7 +98,7 @@ def peak_rss_child(steps: int, every: int, bins: bool, threads: int | None) -> f
         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
         "from actstat.allocator import tune_malloc; tune_malloc()\n"
         f"import torch; torch.set_num_threads({threads or torch.get_num_threads()})\n"
-        "from actstat.config import load_config; from actstat.pipeline import watch_report\n"
+        "from actstat.config import load_config; from actstat.training import watch_report\n"
         f"report = watch_report(load_config(None, {overrides!r}))\n"
         f"assert len(report.runs[0].trajectory.steps) == {len(Schedule(steps, every).recorded())}\n"
         "print(next(int(line.split()[1]) for line in open('/proc/self/status')\n"

@@ -92,7 +92,7 @@ def test_randn_relu_overflows_float32_at_depth_100_and_still_reports(cli):
     result = cli("run", "--init", "randn", "--depth", "100", "--device", "cpu", "-f", "json")
     raw = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(name))
     layers = raw["runs"][0]["layers"]
-    assert len(layers) == 100
+    assert len(layers) == 100 + 1  # the hidden layers and the head
     first = next(entry["index"] for entry in layers if "nonfinite" in entry["flags"])
     assert all("nonfinite" in entry["flags"] for entry in layers[first - 1:])
     assert layers[-1]["post"]["std"] is None and raw["runs"][0]["verdict"] == "nonfinite"
@@ -102,7 +102,7 @@ def test_randn_relu_overflows_float32_at_depth_100_and_still_reports(cli):
 def test_float16_at_depth_20_says_how_it_reduced(cli):
     result = cli("run", "--init", "randn", "--dtype", "float16", "--device", "cpu", "-f", "json")
     raw = json.loads(result.stdout)
-    assert raw["config"]["dtype"] == "float16" and len(raw["runs"][0]["layers"]) == 20
+    assert raw["config"]["dtype"] == "float16" and len(raw["runs"][0]["layers"]) == 20 + 1
     assert "statistics were reduced in float32" in result.stderr
 
 

@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from actstat.config import load_config
-from actstat.pipeline import model_groups, profile
+from actstat.pipeline import profile
+from actstat.plan import model_groups
 from actstat.render import compare_text
 from actstat.report import Report
 

@@ -53,7 +53,7 @@ def test_cli_init_names_keep_the_files_parameters(tmp_path):
 
 
 def test_compare_list_instead_of_or_besides_a_grid(tmp_path):
-    from actstat.pipeline import schemes
+    from actstat.plan import schemes
 
     only = load_config(write(tmp_path, "compare:\n  - {init: xavier, activation: tanh}\n"
                                        "  - {init: {name: kaiming, mode: fan_out}, activation: relu}"))
@@ -65,7 +65,7 @@ def test_compare_list_instead_of_or_besides_a_grid(tmp_path):
 
 def test_default_schemes_apply_only_when_none_are_given():
     from actstat.config import LESSON_SCHEMES
-    from actstat.pipeline import schemes
+    from actstat.plan import schemes
 
     assert len(schemes(load_config(None, default_schemes=LESSON_SCHEMES))) == len(LESSON_SCHEMES)
     assert len(schemes(load_config(None, {"init": ["randn"]}, default_schemes=LESSON_SCHEMES))) == 1

@@ -13,9 +13,12 @@ import torch
 
 import actstat
 from actstat.activations import ACTIVATIONS
+from actstat.build import initialised
 from actstat.config import load_config
 from actstat.data import load_batch
-from actstat.pipeline import initialised, profile, schemes, watch_report
+from actstat.pipeline import profile
+from actstat.plan import schemes
+from actstat.training import watch_report
 
 PACKAGE = Path(actstat.__file__).parent
 HOOKS = re.compile(r"register_(forward_hook|forward_pre_hook|full_backward_hook|"

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from actstat.build import reinitialise
 from actstat.errors import ConfigError
 from actstat.inits import BIAS_INITS, INITS, fans, make_bias_init, make_init
-from actstat.pipeline import reinitialise
 from models import Conv1D
 
 OUT, IN = 300, 700  # nn.Linear(IN, OUT).weight has shape (OUT, IN): fan_in = IN

@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 from actstat.activations import ACTIVATIONS, make_activation
+from actstat.build import build_blocks
 from actstat.config import load_config
 from actstat.errors import InitError
 from actstat.inits import DataInit, make_bias_init, make_init
 from actstat.lsuv import scale_on_batch
 from actstat.model import build_mlp, initialise
-from actstat.pipeline import build_blocks, profile
+from actstat.pipeline import profile
 from actstat.render import lsuv_line, tables
 from actstat.report import Report, read_report
 from conftest import ROOT

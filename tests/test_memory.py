@@ -9,7 +9,7 @@ import psutil
 import pytest
 import torch
 
-from actstat import memory, pipeline
+from actstat import memory, plan
 from actstat.config import load_config
 
 GiB, MiB = 2**30, 2**20
@@ -168,8 +168,8 @@ def test_the_pre_flight_refuses_what_the_container_cannot_hold(cli, container):
 def test_stacked_compare_stays_within_the_container(container):
     config = load_config(None, {"model.depth": 4, "model.width": 256, "data.batch_size": 256,
                                 "device": "cpu"})
-    needed = pipeline.memory_needed(config, 784, 4)
+    needed = plan.memory_needed(config, 784, 4)
     per_scheme = needed["activations"] + 2 * needed["weights"]
     expected = (150 * MiB) // per_scheme  # half of the container's room, not of the host's
-    assert 1 < expected < pipeline.MAX_STACK
-    assert pipeline.stack_size(config, 784, torch.device("cpu"), torch.float32) == expected
+    assert 1 < expected < plan.MAX_STACK
+    assert plan.stack_size(config, 784, torch.device("cpu"), torch.float32) == expected

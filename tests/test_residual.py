@@ -243,9 +243,9 @@ def _run(cli, config: str, *args: str, code: int = 0) -> dict:
 def _trained(config: str, steps: int = 3) -> nn.Module:
     """The run's model on the run's batch and drawn targets, after `steps` steps of plain SGD:
     what training does to the zeros that the analysis calls by design."""
+    from actstat.build import build_blocks
     from actstat.config import load_config
     from actstat.data import load_batch
-    from actstat.pipeline import build_blocks
 
     resolved = load_config(config)
     (init,), (act,) = resolved.init, resolved.activation

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from actstat import pipeline
+from actstat import plan
 from actstat.activations import ACTIVATIONS, make_activation
 from actstat.capture import capture, capture_stacked
 from actstat.config import Thresholds, load_config
@@ -191,7 +191,7 @@ def test_stacks_group_by_activation_in_order_and_size():
                                                      "negative_slope": 0.2}},
                     {"init": "zeros", "activation": "leaky_relu"},
                     {"init": "default", "activation": "relu"}]})
-    todo = pipeline.schemes(config)
+    todo = plan.schemes(config)
     assert [act.name for _, act in todo] == ["relu", "tanh"] * 3 + ["leaky_relu"] * 2 + ["relu"]
     assert stacks(todo, 16) == [[0, 2, 4, 8], [1, 3, 5], [6], [7]]  # parameters differ: 6, 7
     assert stacks(todo, 2) == [[0, 2], [4, 8], [1, 3], [5], [6], [7]]
@@ -202,16 +202,16 @@ def test_stack_size_follows_free_memory_and_training(monkeypatch):
     config = load_config(None, {"model.depth": 4, "model.width": 64, "data.batch_size": 100,
                                 "device": "cpu"})
     cpu = torch.device("cpu")
-    needed = pipeline.memory_needed(config, 784, 4)
+    needed = plan.memory_needed(config, 784, 4)
     per_scheme = needed["activations"] + 2 * needed["weights"]
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 2 * 3 * per_scheme)
-    assert pipeline.stack_size(config, 784, cpu, torch.float32) == 3
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 10**15)
-    assert pipeline.stack_size(config, 784, cpu, torch.float32) == pipeline.MAX_STACK
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: None)
-    assert pipeline.stack_size(config, 784, cpu, torch.float32) == 1
+    monkeypatch.setattr(plan, "available_memory", lambda device: 2 * 3 * per_scheme)
+    assert plan.stack_size(config, 784, cpu, torch.float32) == 3
+    monkeypatch.setattr(plan, "available_memory", lambda device: 10**15)
+    assert plan.stack_size(config, 784, cpu, torch.float32) == plan.MAX_STACK
+    monkeypatch.setattr(plan, "available_memory", lambda device: None)
+    assert plan.stack_size(config, 784, cpu, torch.float32) == 1
     training = load_config(None, {"train.steps": 2, "device": "cpu"})
-    assert pipeline.stack_size(training, 784, cpu, torch.float32) == 1
+    assert plan.stack_size(training, 784, cpu, torch.float32) == 1
 
 
 def _close(a, b, rel: float, count_atol: float, key: str = "") -> None:

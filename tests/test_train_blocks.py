@@ -12,11 +12,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from actstat.activations import make_activation
+from actstat.build import build_blocks
 from actstat.config import load_config
 from actstat.data import load_batch
 from actstat.inits import make_bias_init, make_init
 from actstat.model import initialise
-from actstat.pipeline import build_blocks, profile
+from actstat.pipeline import profile
 from actstat.render import tables
 from actstat.report import Report
 

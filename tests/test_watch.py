@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from actstat.analysis import analyse_trajectory
+from actstat.build import initialised
 from actstat.config import Thresholds, load_config
-from actstat.pipeline import initialised, watch_report
 from actstat.report import Report, Trajectory, TrajectoryLayer
+from actstat.training import watch_report
 from actstat.watch import Schedule
 
 N, FEATURES, CLASSES = 240, 20, 4

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actstat import pipeline
+from actstat import pipeline, plan, training
 from actstat.config import load_config
-from actstat.pipeline import train_stack_size, watch_report
+from actstat.plan import train_stack_size
 from actstat.report import Trajectory
+from actstat.training import watch_report
 from actstat.watch import watch_stacked
 
 N, FEATURES, CLASSES = 240, 20, 4
@@ -96,7 +97,7 @@ def _trained(config, monkeypatch, stack: int) -> tuple[list, list[int]]:
         sizes.append(len(trajectories))
         return trajectories
 
-    monkeypatch.setattr(pipeline, "watch_stacked", counted)
+    monkeypatch.setattr(training, "watch_stacked", counted)
     return list(watch_report(config, stack=stack).runs), sizes
 
 
@@ -181,16 +182,16 @@ def test_the_stack_size_counts_training_memory(tmp_path, monkeypatch):
     """Half the free memory over one scheme's share, at most MAX_STACK; one where too little."""
     config = _config(tmp_path, **{"model.depth": 4, "model.width": 1000,
                                   "train.batch_size": 500})
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 10**12)
+    monkeypatch.setattr(plan, "available_memory", lambda device: 10**12)
     cpu = pipeline.resolve_device("cpu")
     import torch
 
-    assert train_stack_size(config, 1000, cpu, torch.float64) == pipeline.MAX_STACK
+    assert train_stack_size(config, 1000, cpu, torch.float64) == plan.MAX_STACK
     # 4 hidden layers of 1000 (plus a 1000-wide input and a 4-wide head): about 4.0e6 weights
     weights = (4 * 1000 * 1000 + 4 * 1000 + 1000 * 4 + 4) * 8
     activations = (4 * 500 * 1000 + 2 * 500 * 4000) * 8
     share = activations + 4 * weights  # sgd: model, stacked copy, gradient, momentum
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: 2 * 3 * share + 100)
+    monkeypatch.setattr(plan, "available_memory", lambda device: 2 * 3 * share + 100)
     assert train_stack_size(config, 1000, cpu, torch.float64) == 3
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: share)
+    monkeypatch.setattr(plan, "available_memory", lambda device: share)
     assert train_stack_size(config, 1000, cpu, torch.float64) == 1
