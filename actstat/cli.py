@@ -533,7 +533,7 @@ def _emit_check(result: Any, format: str, output: Path | None, junit: Path | Non
                 display: Display) -> None:
     from actstat.atomic import write_atomic
     from actstat.outputs import check_view
-    from actstat.render import junit_xml
+    from actstat.render_check import junit_xml
 
     if junit is not None:
         write_atomic(junit, junit_xml(result))
@@ -614,7 +614,8 @@ def _check_verdict(plan: Any, result: Any, report: Any, quiet: bool) -> None:
     log shows the reason whatever --format and --output chose."""
     from actstat.atomic import write_atomic
     from actstat.gate import updated_baseline
-    from actstat.render import check_failure_lines, to_json
+    from actstat.render import to_json
+    from actstat.render_check import check_failure_lines
 
     target = plan.request.target
     if result.updated:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from actstat import render, render_watch
+from actstat import render, render_check, render_compare, render_watch
 from actstat.records import Report
 
 CHECK_FORMATS = ("table", "json", "markdown")
@@ -38,27 +38,27 @@ def compare_view(report: Report, format: str, sort: str, detail: bool) -> View:
     Report itself."""
     texts = {
         "table": lambda: (render.table_text(report) if detail else "")
-        + render.compare_text(report, sort),
+        + render_compare.compare_text(report, sort),
         "json": lambda: render.to_json(report),
-        "csv": lambda: render.compare_csv(report, sort),
-        "markdown": lambda: render.compare_markdown(report, sort, detail),
+        "csv": lambda: render_compare.compare_csv(report, sort),
+        "markdown": lambda: render_compare.compare_markdown(report, sort, detail),
     }
     return View(texts[format], lambda width: (render.tables(report, width) if detail else [])
-                + render.compare_renderables(report, sort, width))
+                + render_compare.compare_renderables(report, sort, width))
 
 
 def check_view(result: Any, format: str) -> View:
     """`check`: what drifted, against which baseline."""
-    texts = {"table": render.check_text, "json": render.check_json,
-             "markdown": render.check_markdown}
+    texts = {"table": render_check.check_text, "json": render_check.check_json,
+             "markdown": render_check.check_markdown}
     return View(lambda: texts[format](result),
-                lambda width: render.check_renderables(result, width))
+                lambda width: render_check.check_renderables(result, width))
 
 
 def training_view(report: Report, format: str, heat: Sequence[str] | None) -> View:
     """`train`: every scheme's trajectory (and with histograms, the heat maps of `heat`)."""
     return View(lambda: render.to_json(report) if format == "json"
-                else render._plain(render_watch.training_renderables(report, None, heat), 1000),
+                else render.plain_text(render_watch.training_renderables(report, None, heat), 1000),
                 lambda width: render_watch.training_renderables(report, width, heat))
 
 

@@ -7,22 +7,19 @@ import html
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console, RenderableType
 from rich.text import Text
 
 from actstat.analysis import (
-    Summary,
     first_flagged,
     grad_reference,
     head_row,
     signal_rows,
     summarise,
 )
-from actstat.check import BoundBreach, CheckResult, Drift, StepsChange, is_ratio
 from actstat.layout import Column, Fitted, fit, left_out_note
 from actstat.records import (
     FLAGS,
@@ -32,7 +29,6 @@ from actstat.records import (
     Report,
     Run,
     TrainLayer,
-    finite_or_none,
 )
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -293,7 +289,7 @@ def lsuv_line(run: Run) -> str | None:
 
 def lsuv_warnings(report: Report) -> list[str]:
     """One line per scheme whose lsuv left layers outside its tolerance."""
-    return [_scheme_lsuv_line(run) for run in report.runs
+    return [scheme_lsuv_line(run) for run in report.runs
             if run.lsuv and not all(layer.converged for layer in run.lsuv)]
 
 
@@ -302,7 +298,7 @@ def _lsuv_summary(run: Run) -> str:
     return (lsuv_line(run) or "").removeprefix("lsuv: ")
 
 
-def _scheme_lsuv_line(run: Run) -> str:
+def scheme_lsuv_line(run: Run) -> str:
     return f"{run.scheme}: {_lsuv_summary(run)}"
 
 
@@ -371,7 +367,7 @@ LAYER_COLUMNS_LEAVING = ("units", "still sym", "grad:data", "near 0", "exp std",
                          "post mean")
 
 
-def _rank(name: str, leaving: tuple[str, ...]) -> int:
+def column_rank(name: str, leaving: tuple[str, ...]) -> int:
     return len(leaving) - leaving.index(name) if name in leaving else 0
 
 
@@ -386,7 +382,7 @@ def _table(run: Run, width: int | None = None, dtype: str | None = "float32") ->
         row["flags"] = Text(", ").join(Text(f, style=FLAG_STYLES[f]) for f in layer.flags)
         rows.append(row)
     names = [name for name, _ in chosen] + ["flags"]
-    spec = [Column(name, [row[name] for row in rows], rank=_rank(name, LAYER_COLUMNS_LEAVING),
+    spec = [Column(name, [row[name] for row in rows], rank=column_rank(name, LAYER_COLUMNS_LEAVING),
                    justify="left" if name in TEXT_CELLS and run.model is not None else "right")
             for name in names[:-1]]
     spec.append(Column("flags", [row["flags"] for row in rows], justify="left", wrap=True,
@@ -406,10 +402,10 @@ def _verdict_text(run: Run, report: Report) -> Text:
 def table_text(report: Report) -> str:
     """The tables as plain text (no colour), as they appear in a file or a pipe: at their natural
     width (a terminal fits them to its width; a file need not)."""
-    return _plain(tables(report), 1000)
+    return plain_text(tables(report), 1000)
 
 
-def _plain(renderables: list[RenderableType], width: int) -> str:
+def plain_text(renderables: list[RenderableType], width: int) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False,
                       highlight=False, legacy_windows=False)
@@ -461,7 +457,7 @@ def to_csv(report: Report) -> str:
     return buffer.getvalue()
 
 
-def _input_line(report: Report) -> str:
+def input_line(report: Report) -> str:
     return (f"{report.input.source}; batch {report.input.batch_size} × {report.input.features}, "
             f"input std {number(report.input.std)}; device {report.device}, torch "
             f"{report.torch_version}, actstat {report.actstat_version}.")
@@ -469,7 +465,7 @@ def _input_line(report: Report) -> str:
 
 def to_markdown(report: Report) -> str:
     """A heading, one pipe table and one verdict line per scheme (GitHub-flavoured Markdown)."""
-    lines = ["## actstat report", "", _input_line(report), ""]
+    lines = ["## actstat report", "", input_line(report), ""]
     if precision_note(report):
         lines += [f"_{precision_note(report)}_", ""]
     for run in report.runs:
@@ -498,7 +494,7 @@ CSS_COLOURS = {"red": "#c62828", "yellow": "#b26a00", "magenta": "#8e24aa",
 def to_html(report: Report) -> str:
     """One HTML table and verdict line per scheme (Jupyter's rich display); flagged cells in the
     terminal's colours."""
-    parts = [f"<p>{html.escape(_input_line(report))}</p>"]
+    parts = [f"<p>{html.escape(input_line(report))}</p>"]
     if precision_note(report):
         parts.append(f"<p><em>{html.escape(precision_note(report) or '')}</em></p>")
     for run in report.runs:
@@ -522,7 +518,7 @@ def to_html(report: Report) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# compare: one row per scheme
+# sparklines and histogram rows (the compare view and actstat train's tables draw them too)
 
 
 def quantise(values: list[float | None], levels: int, lo: float, hi: float) -> list[int | None]:
@@ -588,459 +584,6 @@ def histogram_block(run: Run, width: int | None = None) -> list[Text]:
         row = "—" if counts is None else histogram_row(counts)
         lines.append(Text(f"{labels[layer.index]:>{label_width}} │{row}│ {spans[layer.index]}"))
     return lines
-
-
-def sorted_runs(report: Report, sort: str) -> list[Run]:
-    """`verdict`: healthy first, then from the mildest flag to the most fundamental (config order
-    within a verdict); `gain`: closest to 1 (the signal kept) first; `name`: by scheme label."""
-    runs = list(report.runs)
-    if sort == "name":
-        return sorted(runs, key=lambda run: run.scheme)
-    if sort == "gain":
-        def distance(run: Run) -> float:
-            gain = summarise(run.layers, run.verdict).gain
-            return abs(math.log(gain)) if gain else math.inf
-        return sorted(runs, key=distance)
-    severity = [HEALTHY, *reversed(FLAGS)]
-    return sorted(runs, key=lambda run: severity.index(run.verdict))
-
-
-COMPARE_COLUMNS = ("scheme", "verdict", "first flag", "post std 1 → L", "gain", "dead", "sat",
-                   "grad 1/L", "train loss", "phase", "χ₁", "log std", "log grad")
-
-
-# The order in which compare's columns leave a narrow terminal: the first named here leave first;
-# the scheme always stays. At 80 columns the name, verdict, first flag, post std 1 -> L and
-# grad 1/L remain; the sparklines shrink (fewer layers sampled) before any number leaves.
-# With --steps the training loss (first → last) stays longest after the verdict: it is what
-# the training probe is run for.
-COMPARE_COLUMNS_LEAVING = ("phase", "log grad", "χ₁", "sat", "dead", "gain", "log std",
-                           "grad 1/L", "first flag", "post std 1 → L", "train loss", "verdict")
-SPARK_COLUMNS = ("log std", "log grad")
-TEXT_COLUMNS = ("scheme", "verdict", "first flag", "phase", *SPARK_COLUMNS)
-
-
-def _compare_cells(run: Run, summary: Summary, spark_width: int = 40) -> dict[str, str]:
-    first = "—"
-    if summary.first_flag is not None:
-        index, flag = summary.first_flag
-        first = f"{flag} @ {layer_label(run.layers[index - 1], run)}"
-    signal = signal_rows(run.layers)  # the sparklines draw the signal, not the logits
-    grads = [layer.grad.std if layer.grad else None for layer in signal]
-    return {
-        "scheme": run.scheme,
-        "verdict": run.verdict,
-        "first flag": first,
-        "post std 1 → L": f"{number(summary.first_std)} → {number(summary.last_std)}",
-        "gain": number(summary.gain),
-        "dead": percent(summary.worst_dead),
-        "sat": percent(summary.worst_saturated),
-        "grad 1/L": number(summary.grad_ratio),
-        "train loss": ("—" if run.train is None else
-                       f"{number(run.train.loss[0])} → {number(run.train.loss[-1])}"),
-        "phase": run.theory.phase if run.theory else "—",
-        "χ₁": number(run.theory.chi1) if run.theory else "—",
-        "log std": sparkline([layer.post.std for layer in signal], spark_width),
-        "log grad": (sparkline(grads, spark_width) if any(g is not None for g in grads)
-                     else "—"),
-    }
-
-
-def compare_columns(runs: Sequence[Run]) -> list[str]:
-    """The compare table's columns: a user's model has no mean-field theory, so there are no
-    phase or χ₁ columns when no run has one; a train loss column only with the training probe."""
-    return [name for name in COMPARE_COLUMNS
-            if (name not in ("phase", "χ₁") or any(run.theory is not None for run in runs))
-            and (name != "train loss" or any(run.train is not None for run in runs))]
-
-
-def compare_table(report: Report, sort: str = "verdict", width: int | None = None) -> Fitted:
-    """One row per scheme: where each one fails, at a glance; fitted to `width` terminal cells
-    (None: full width)."""
-    # the MLP's hidden layers (its head is not one); every row of a user's model
-    counts = sorted({len(signal_rows(run.layers)) if run.model is None else len(run.layers)
-                     for run in report.runs}) or [0]
-    depth = counts[-1]
-    runs = sorted_runs(report, sort)
-    summaries = [summarise(run.layers, run.verdict) for run in runs]
-    rows = [_compare_cells(run, summary) for run, summary in zip(runs, summaries)]
-    names = compare_columns(runs)
-    styled: dict[str, list[Text]] = {name: [] for name in names}
-    for run, summary, cells in zip(runs, summaries, rows):
-        styles = {"verdict": f"bold {FLAG_STYLES[run.verdict]}"}
-        if summary.first_flag:
-            styles["first flag"] = FLAG_STYLES[summary.first_flag[1]]
-        for name in names:
-            styled[name].append(Text(cells[name], style=styles.get(name, "")))
-
-    def spark(name: str) -> Any:
-        return lambda size: [Text(_compare_cells(run, summary, size)[name])
-                              for run, summary in zip(runs, summaries)]
-
-    spec = [
-        Column(name, styled[name], justify="left" if name in TEXT_COLUMNS else "right",
-               rank=_rank(name, COMPARE_COLUMNS_LEAVING), wrap=name in ("scheme", "first flag"),
-               min_width=16 if name == "scheme" else max(len(f) for f in FLAGS),
-               spark=spark(name) if name in SPARK_COLUMNS else None,
-               spark_width=min(depth, 40) if name in SPARK_COLUMNS else 0)
-        for name in names
-    ]
-    what = "hidden layers" if all(run.model is None for run in runs) else "layers"
-    # schemes of different models (a mixed compare) have different numbers of rows
-    many = str(depth) if len(counts) == 1 else f"{counts[0]} to {depth}"
-    return fit(spec, width, title=f"{len(report.runs)} schemes, {many} {what}, "
-               f"{report.input.source}")
-
-
-def compare_renderables(report: Report, sort: str = "verdict",
-                        width: int | None = None) -> list[RenderableType]:
-    """The compare table, then the note that says which columns left to fit `width`."""
-    fitted = compare_table(report, sort, width)
-    note = left_out_note(fitted.left_out, width)
-    lsuv = [Text(_scheme_lsuv_line(run)) for run in sorted_runs(report, sort) if run.lsuv]
-    return [fitted.table] + ([note] if note else []) + lsuv + [
-        Text(line, style="dim") for line in compare_notes(report, sort)]
-
-
-def compare_notes(report: Report, sort: str = "verdict") -> list[str]:
-    """Under the compare table, what each scheme's deliberate zeros did (a verdict says nothing
-    of them): `fixup + tanh: zero by design (fixup): ...`."""
-    return [f"{run.scheme}: {'; '.join(run.notes)}" for run in sorted_runs(report, sort)
-            if run.notes]
-
-
-def compare_text(report: Report, sort: str = "verdict") -> str:
-    return _plain(compare_renderables(report, sort), 1000)
-
-
-COMPARE_CSV_COLUMNS = ("scheme", "init", "act", "verdict", "first_flag_layer", "first_flag",
-                       "post_std_first", "post_std_last", "gain", "worst_dead",
-                       "worst_saturated", "grad_ratio", "phase", "chi1", "q_star", "loss")
-
-
-def compare_csv(report: Report, sort: str = "verdict") -> str:
-    """One row per scheme, in the chosen order; empty cells for none."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COMPARE_CSV_COLUMNS)
-    for run in sorted_runs(report, sort):
-        s = summarise(run.layers, run.verdict)
-        row = {"scheme": run.scheme, "init": run.init, "act": run.act, "verdict": run.verdict,
-               "first_flag_layer": s.first_flag[0] if s.first_flag else None,
-               "first_flag": s.first_flag[1] if s.first_flag else None,
-               "post_std_first": s.first_std, "post_std_last": s.last_std, "gain": s.gain,
-               "worst_dead": s.worst_dead, "worst_saturated": s.worst_saturated,
-               "grad_ratio": s.grad_ratio, "loss": run.loss,
-               **({"phase": run.theory.phase, "chi1": run.theory.chi1,
-                   "q_star": run.theory.q_star} if run.theory else {})}
-        writer.writerow("" if row.get(c) is None else row[c] for c in COMPARE_CSV_COLUMNS)
-    return buffer.getvalue()
-
-
-def compare_markdown(report: Report, sort: str = "verdict", detail: bool = False) -> str:
-    """The compare table in Markdown, then (with `detail`) every scheme's per-layer table."""
-    names = compare_columns(report.runs)
-    lines = ["## actstat compare", "", _input_line(report), "",
-             "| " + " | ".join(names) + " |",
-             "|" + "|".join("---" if c in ("scheme", "verdict", "first flag", "phase", "log std",
-                                           "log grad") else "---:" for c in names) + "|"]
-    for run in sorted_runs(report, sort):
-        cells = _compare_cells(run, summarise(run.layers, run.verdict))
-        lines.append("| " + " | ".join(cells[c] for c in names) + " |")
-    lines.append("")
-    notes = compare_notes(report, sort)
-    if notes:
-        lines += [f"- {line}" for line in notes] + [""]
-    if detail:
-        lines += to_markdown(report).split("\n")[4:]
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# check: what drifted, for a terminal, a CI summary page, a machine, and a JUnit reader
-
-
-def check_summary(result: CheckResult) -> list[str]:
-    """One line per kind of check that ran: baseline drift, drift bound, flags."""
-    lines = []
-    at_init = result.init_drifts
-    where = " at init" if result.trained else ""
-    if result.compared:
-        if at_init:
-            first = at_init[0]
-            lines.append(f"{len(at_init)} of {result.compared} values{where} drifted; first at "
-                         f"layer {_row(first)} ({first.scheme}, {first.metric})")
-        else:
-            lines.append(f"all {result.compared} values{where} within tolerance "
-                         f"({', '.join(result.metrics)})")
-    if result.trained:
-        lines += _trajectory_summary(result)
-    if result.breaches:
-        first_breach = result.breaches[0]
-        lines.append(f"max drift {first_breach.factor:g}: {len(result.breaches)} layer(s) outside "
-                     f"[s/{first_breach.factor:g}, s×{first_breach.factor:g}] of their first "
-                     f"layer's post std; first at layer {_row(first_breach)} "
-                     f"({first_breach.scheme})")
-    if result.flagged:
-        scheme, layer, flag = result.flagged[0]
-        lines.append(f"--fail-on: {len(result.flagged)} flagged layer(s); first at layer {layer} "
-                     f"({scheme}, {flag})")
-    lines.append(UPDATED if result.updated else "passed" if result.passed else "FAILED")
-    return lines
-
-
-UPDATED = "baseline updated with the new values"
-
-
-def _trajectory_summary(result: CheckResult) -> list[str]:
-    """A training baseline's lines: the values through training, the first step that drifted
-    (overall, and per scheme when there are several), schemes whose recorded steps differ."""
-    lines = []
-    along = result.trajectory_drifts
-    if along:
-        first = min(along, key=lambda d: d.step or 0)  # the earliest step; ties: scheme order
-        lines.append(f"{len(along)} of {result.trajectory_compared} values through training "
-                     f"drifted; first at step {first.step} ({first.scheme}, {_point(first)})")
-    elif result.trajectory_compared:
-        lines.append(f"all {result.trajectory_compared} values through training within "
-                     f"tolerance ({', '.join(result.trajectory_metrics)})")
-    # the config keys that set the recorded steps, when a config changed them
-    cause = [change for change in result.config_changes
-             if change.startswith(("train.steps:", "train.every:"))]
-    for change in result.steps_changes:
-        lines.append(_steps_line(change) + (f"; the config changed {', '.join(cause)}"
-                                            if cause else ""))
-    if len(result.schemes) > 1 and (along or result.steps_changes):
-        firsts = [(scheme, result.first_step(scheme)) for scheme in result.schemes]
-        lines.append("first step that drifted: " + ", ".join(
-            f"{scheme} {'none' if step is None else step}" for scheme, step in firsts))
-    return lines
-
-
-def _steps_line(change: StepsChange) -> str:
-    both = len(set(change.expected) & set(change.obtained))
-    stopped = {"nonfinite": f" (stopped at step {change.stopped_at}: the loss was not finite)",
-               "interrupted": f" (interrupted at step {change.stopped_at})"}.get(
-                   change.stopped or "", "")
-    return (f"{change.scheme}: recorded steps differ from the baseline's: "
-            f"{_steps(change.expected)} → {_steps(change.obtained)}{stopped}; first differing "
-            f"step {change.first}; compared at the {both} step(s) both recorded")
-
-
-def _steps(steps: tuple[int, ...]) -> str:
-    """Recorded steps in a few words: all of them when few, else the first ones and the last."""
-    if not steps:
-        return "none"
-    shown = ", ".join(map(str, steps)) if len(steps) <= 6 else (
-        f"{', '.join(map(str, steps[:3]))}, …, {steps[-1]}")
-    return f"{shown} ({len(steps)} steps)"
-
-
-def _point(drift: Drift) -> str:
-    """Where on a trajectory: the loss, or a layer's metric."""
-    return "loss" if drift.metric == "loss" else f"layer {_row(drift)}, {drift.metric}"
-
-
-def check_failure_lines(result: CheckResult, limit: int = 3) -> list[str]:
-    """For stderr, whatever the chosen format and output: the summary in one line, then the
-    first `limit` values out of tolerance (so a CI log says why it failed)."""
-    lines = ["check FAILED: " + "; ".join(check_summary(result)[:-1])]
-    for drift in result.drifts[:limit]:
-        scheme, layer, metric, expected, obtained, difference, tolerance = _drift_cells(drift)
-        where = (f"layer {layer}, {metric}" if drift.step is None
-                 else f"step {drift.step}, {_point(drift)}")
-        lines.append(f"  {scheme}, {where}: expected {expected}, obtained "
-                     f"{obtained} ({difference}; tolerance {tolerance})")
-    for breach in result.breaches[:max(0, limit - len(result.drifts))]:
-        lines.append(f"  {breach.scheme}, layer {_row(breach)}: post std {number(breach.std)} "
-                     f"outside ×{breach.factor:g} of {_first_row(breach)}'s "
-                     f"{number(breach.first_std)}")
-    return lines
-
-
-def _row(found: Drift | BoundBreach) -> str:
-    """The row as the run's table names it: a user's model's module path, the MLP's number;
-    "—" for the loss, which is no layer's."""
-    if isinstance(found, Drift) and found.metric == "loss":
-        return "—"
-    return found.name or str(found.layer)
-
-
-def _first_row(breach: BoundBreach) -> str:
-    return "the first layer" if breach.name else "layer 1"
-
-
-DRIFT_COLUMNS = ("scheme", "layer", "metric", "expected", "obtained", "difference", "tolerance")
-STEP_COLUMN = 1  # a training baseline's rows: "step" after the scheme ("init" at init)
-
-
-def _drift_columns(result: CheckResult) -> tuple[str, ...]:
-    if not result.trained:
-        return DRIFT_COLUMNS
-    return (*DRIFT_COLUMNS[:STEP_COLUMN], "step", *DRIFT_COLUMNS[STEP_COLUMN:])
-
-
-def _check_rows(result: CheckResult) -> list[list[str]]:
-    """The failing rows, each as its columns (_drift_columns) read."""
-    rows = [_drift_cells(d) for d in result.drifts] + [_breach_cells(b) for b in result.breaches]
-    if not result.trained:
-        return rows
-    steps = ["init" if d.step is None else str(d.step) for d in result.drifts]
-    steps += ["init"] * len(result.breaches)
-    return [[*row[:STEP_COLUMN], step, *row[STEP_COLUMN:]] for row, step in zip(rows, steps)]
-
-
-def _drift_cells(drift: Drift) -> list[str]:
-    if is_ratio(drift.metric):
-        difference = "—" if drift.difference is None else (
-            "×∞" if math.isinf(drift.difference) else f"×{math.exp(drift.difference):.4g}")
-        tolerance = f"×{math.exp(drift.tolerance):.4g}"
-    else:
-        difference = "—" if drift.difference is None else f"{drift.difference:+.3g}"
-        tolerance = f"±{number(drift.tolerance)}"
-    return [drift.scheme, _row(drift), drift.metric, number(drift.expected),
-            number(drift.obtained), difference, tolerance]
-
-
-def _breach_cells(breach: BoundBreach) -> list[str]:
-    return [breach.scheme, _row(breach), "post_std (bound)", number(breach.first_std),
-            number(breach.std), "outside", f"×{breach.factor:g} of {_first_row(breach)}"]
-
-
-# The order in which check's columns leave a narrow terminal (first named, first to leave).
-DRIFT_COLUMNS_LEAVING = ("tolerance", "difference", "expected")
-
-
-def check_renderables(result: CheckResult, width: int | None = None) -> list[RenderableType]:
-    """The failing rows only, then the summary; config changes first when a config replaced the
-    baseline's. The table is fitted to `width` terminal cells (None: full width)."""
-    out: list[RenderableType] = []
-    if result.config_changes:
-        out.append(Text("config changes against the baseline:", style="bold"))
-        out += [Text(f"  {change}") for change in result.config_changes]
-        out.append(Text(""))
-    rows = _check_rows(result)
-    if rows:
-        spec = [Column(name, [Text(row[i]) for row in rows],
-                       justify="left" if name in ("scheme", "metric") else "right",
-                       rank=_rank(name, DRIFT_COLUMNS_LEAVING), wrap=name in ("scheme", "metric"),
-                       min_width=12 if name == "scheme" else 4 if name == "step" else 8)
-                for i, name in enumerate(_drift_columns(result))]
-        fitted = fit(spec, width, title="values out of tolerance")
-        out.append(fitted.table)
-        note = left_out_note(fitted.left_out, width)
-        if note:
-            out.append(note)
-        out.append(Text(""))
-    for scheme, layer, flag in result.flagged:
-        out.append(Text(f"{scheme}: layer {layer} carries {flag}", style=FLAG_STYLES[flag]))
-    for line in check_summary(result):
-        style = ("bold green" if line in ("passed", UPDATED) else "bold red" if line == "FAILED"
-                 else "")
-        out.append(Text(line, style=style))
-    return out
-
-
-def check_text(result: CheckResult) -> str:
-    return _plain(check_renderables(result), 1000)
-
-
-def check_markdown(result: CheckResult, limit: int = 200) -> str:
-    """For a CI job summary page ($GITHUB_STEP_SUMMARY): verdict, summary, failing rows."""
-    mark = ("🔄 baseline updated" if result.updated else "✅ passed" if result.passed
-            else "❌ failed")
-    lines = [f"## actstat check: {mark}", ""]
-    lines += [f"- {line}" for line in check_summary(result)[:-1]]
-    if result.config_changes:
-        lines += ["", "Config changes against the baseline:", ""]
-        lines += [f"- `{change}`" for change in result.config_changes]
-    rows = _check_rows(result)
-    if rows:
-        names = _drift_columns(result)
-        lines += ["", "| " + " | ".join(names) + " |",
-                  "|" + "|".join("---" if name in ("scheme", "metric") else "---:"
-                                 for name in names) + "|"]
-        lines += ["| " + " | ".join(cells) + " |" for cells in rows[:limit]]
-        if len(rows) > limit:
-            lines.append(f"\n… and {len(rows) - limit} more rows (see the JSON or JUnit report).")
-    if result.flagged:
-        lines += [""] + [f"- {scheme}: layer {layer} carries `{flag}`"
-                         for scheme, layer, flag in result.flagged]
-    return "\n".join(lines) + "\n"
-
-
-def check_json(result: CheckResult) -> str:
-    """The machine-readable result (docs/ci.md)."""
-    body = {
-        "passed": result.passed,
-        "updated": result.updated,
-        "summary": check_summary(result)[:-1],
-        "compared": result.compared,
-        "drifted": len(result.init_drifts),
-        "metrics": list(result.metrics),
-        "schemes": list(result.schemes),
-        "config_changes": list(result.config_changes),
-        "drifts": [{**asdict(d), "difference": finite_or_none(d.difference)}
-                   for d in result.drifts],
-        "breaches": [asdict(b) for b in result.breaches],
-        "flagged": [{"scheme": s, "layer": layer, "flag": f} for s, layer, f in result.flagged],
-        "trajectory": None if not result.trained else {
-            "compared": result.trajectory_compared,
-            "drifted": len(result.trajectory_drifts),
-            "metrics": list(result.trajectory_metrics),
-            "first_drift_step": result.first_step(),
-            "schemes": [{"scheme": scheme, "first_drift_step": result.first_step(scheme)}
-                        for scheme in result.schemes],
-            "steps_changes": [asdict(change) for change in result.steps_changes],
-        },
-    }
-    return json.dumps(body, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-
-
-def junit_xml(result: CheckResult) -> str:
-    """JUnit XML: one test case per scheme and metric family (and per scheme for the drift bound
-    and the flags when those ran), so CI lists each drifted layer set as a failed test."""
-    from xml.etree import ElementTree as ET
-
-    suite = ET.Element("testsuite", name="actstat check")
-    cases = 0
-    failures = 0
-
-    def case(classname: str, name: str, failed: list[str], what: str = "layer(s)") -> None:
-        nonlocal cases, failures
-        cases += 1
-        element = ET.SubElement(suite, "testcase", classname=classname, name=name)
-        if failed:
-            failures += 1
-            message = (f"{len(failed)} {what} out of tolerance" if what
-                       else "recorded steps differ from the baseline's")
-            ET.SubElement(element, "failure", message=message).text = "\n".join(failed)
-
-    if result.compared:
-        for scheme in result.schemes:
-            for metric in result.metrics:
-                rows = [" | ".join(_drift_cells(d)[1:]) for d in result.init_drifts
-                        if d.scheme == scheme and d.metric == metric]
-                case(scheme, metric, [f"layer {row}" for row in rows])
-    for scheme in result.schemes if result.trained else []:
-        for metric in result.trajectory_metrics:
-            rows = [f"step {d.step}, " + " | ".join(_drift_cells(d)[1:])
-                    for d in result.trajectory_drifts if d.scheme == scheme and d.metric == metric]
-            case(scheme, metric, rows, "value(s) through training")
-        case(scheme, "recorded_steps", [_steps_line(c) for c in result.steps_changes
-                                        if c.scheme == scheme], "")
-    for scheme in result.schemes if result.breaches or result.bound_checked else []:
-        rows = [f"layer {_row(b)}: post std {number(b.std)} vs {_first_row(b)} "
-                f"{number(b.first_std)}"
-                for b in result.breaches if b.scheme == scheme]
-        case(scheme, "max_drift", rows)
-    for scheme in result.schemes if result.flags_checked else []:
-        rows = [f"layer {layer}: {flag}" for s, layer, flag in result.flagged if s == scheme]
-        case(scheme, "fail_on", rows)
-    suite.set("tests", str(cases))
-    suite.set("failures", str(failures))
-    suite.set("errors", "0")
-    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
 TEXT_FORMATS: dict[str, Callable[[Report], str]] = {

@@ -325,7 +325,7 @@ def test_a_normalisation_row_is_not_held_to_the_input_scale():
 
 
 def test_compare_views_of_a_model_have_no_theory_columns():
-    from actstat.render import compare_markdown, compare_text
+    from actstat.render_compare import compare_markdown, compare_text
 
     torch.manual_seed(0)
     report = actstat.profile(ResidualMLP(), gaussian(32, 20), labels(32, 10))

@@ -11,7 +11,7 @@ import pytest
 from actstat.config import load_config
 from actstat.pipeline import profile
 from actstat.plan import model_groups
-from actstat.render import compare_text
+from actstat.render_compare import compare_text
 from actstat.report import Report
 
 SMALL = ["--width", "8", "--batch-size", "64", "--device", "cpu"]
@@ -41,7 +41,7 @@ def test_the_depth100_compare_runs_every_model_with_training(cli):
         "rezero + relu (residual)", "default + relu (residual, layernorm)",
         "lsuv + relu (plain)"]
     assert [len(run["train"]["loss"]) for run in runs] == [3] * 6
-    assert runs[0]["model"] is None and len(runs[0]["layers"]) == 3  # the plain MLP's rows
+    assert runs[0]["model"] is None and len(runs[0]["layers"]) == 3 + 1  # hidden rows, the head
     assert all(run["model"].startswith("residual ×50") for run in runs[1:5])
     assert runs[5]["model"] is None and runs[5]["lsuv"]
     assert runs[3]["train"]["multipliers"] and not runs[1]["train"]["multipliers"]

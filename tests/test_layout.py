@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from actstat import render
+from actstat import render, render_check, render_compare
 from actstat.check import compare as check_compare
 from actstat.check import drift_bound
 from actstat.config import LESSON_SCHEMES, load_config
@@ -134,8 +134,8 @@ def test_noise_means_read_right(normed_report, width):
 @pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
 def test_compare_reads_right(compare_report, width):
-    full = full_names(render.compare_renderables(compare_report, "verdict", None))
-    renderables = render.compare_renderables(compare_report, "verdict", width)
+    full = full_names(render_compare.compare_renderables(compare_report, "verdict", None))
+    renderables = render_compare.compare_renderables(compare_report, "verdict", width)
     tables = [r for r in renderables if isinstance(r, Table)]
     assert_reads_right(renderables, width, tables, full)
     kept = {str(c.header) for c in tables[0].columns}
@@ -147,34 +147,35 @@ def test_compare_reads_right(compare_report, width):
 
 @pytest.mark.slow
 def test_compare_at_full_width_keeps_every_column(compare_report):
-    renderables = render.compare_renderables(compare_report, "verdict", None)
+    renderables = render_compare.compare_renderables(compare_report, "verdict", None)
     # every column but train loss, which only a report with --steps has
     assert [str(c.header) for c in renderables[0].columns] == [
-        c for c in render.COMPARE_COLUMNS if c != "train loss"]
+        c for c in render_compare.COMPARE_COLUMNS if c != "train loss"]
     assert len(renderables) == 1  # no note: nothing left out
 
 
 @pytest.mark.slow
 def test_sparklines_shrink_before_a_number_leaves(compare_report):
-    natural = min(len(compare_report.runs[0].layers), 40)
+    # a point per hidden layer: the head's logits are not drawn
+    natural = min(len(compare_report.runs[0].layers) - 1, 40)
     shrunk_with_every_number = []
     for width in range(80, 200):
-        table = render.compare_table(compare_report, "verdict", width).table
+        table = render_compare.compare_table(compare_report, "verdict", width).table
         columns = {str(c.header): c for c in table.columns}
         if "log std" in columns and {"gain", "dead", "sat", "χ₁"} <= set(columns):
             assert SPARK_MIN <= columns["log std"].width <= natural
             if columns["log std"].width < natural:
                 shrunk_with_every_number.append(width)
     assert shrunk_with_every_number, "the sparklines never shrank to keep the numbers"
-    table = render.compare_table(compare_report, "verdict", None).table
+    table = render_compare.compare_table(compare_report, "verdict", None).table
     assert {str(c.header): c.width for c in table.columns}["log std"] == natural
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
 def test_check_reads_right(check_result, width):
-    full = full_names(render.check_renderables(check_result, None))
-    renderables = render.check_renderables(check_result, width)
+    full = full_names(render_check.check_renderables(check_result, None))
+    renderables = render_check.check_renderables(check_result, width)
     tables = [r for r in renderables if isinstance(r, Table)]
     assert tables
     assert_reads_right(renderables, width, tables, full)
@@ -290,7 +291,7 @@ def test_wide_keeps_every_column_in_a_narrow_terminal():
     shown = ANSI.sub("", raw)
     assert code == 0, shown
     assert "left out" not in shown
-    for name in render.COMPARE_COLUMNS:
+    for name in render_compare.COMPARE_COLUMNS:
         assert name in shown
 
 

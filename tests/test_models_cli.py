@@ -521,7 +521,7 @@ def test_mlp_report_of_the_previous_version_still_checks(cli, tmp_path, monkeypa
     assert [run["scheme"] for run in new["runs"]] == [run["scheme"] for run in old["runs"]]
     for before, after in zip(old["runs"], new["runs"]):
         assert after["model"] is None
-        assert len(after["layers"]) == len(before["layers"]) == 3
+        assert len(after["layers"]) == len(before["layers"]) + 1 == 3 + 1  # + the head
         for a, b in zip(before["layers"], after["layers"]):
             for part in ("pre", "post", "grad"):
                 for key, value in a[part].items():

@@ -59,8 +59,9 @@ def test_any_valid_config_gives_a_complete_strict_report(raw):
     report = strict(text)
     assert len(report["runs"]) == len(raw["init"]) * len(raw["activation"])
     for run in report["runs"]:
+        # the hidden layers, then the head
         assert [entry["index"] for entry in run["layers"]] == list(
-            range(1, raw["model"]["depth"] + 1))
+            range(1, raw["model"]["depth"] + 2))
         assert (run["layers"][0]["grad"] is None) == (not raw["grad"])
         assert (run["theory"] is None) == (not raw["theory"])
 

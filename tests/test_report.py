@@ -13,15 +13,7 @@ import pytest
 from actstat.config import load_config
 from actstat.errors import ActstatError
 from actstat.pipeline import profile
-from actstat.render import (
-    CSV_COLUMNS,
-    mean_text,
-    table_text,
-    to_csv,
-    to_json,
-    to_markdown,
-    verdict_line,
-)
+from actstat.render import CSV_COLUMNS, mean_text, table_text, to_csv, to_json, to_markdown, verdict_line
 from actstat.report import (
     SCHEMA_VERSION,
     GradStats,
@@ -144,7 +136,8 @@ def test_json_contract(real_report):
             assert {"index", "name", "kind", "module", "fan_in", "fan_out", "pre", "post",
                     "flags"} <= set(entry)
             assert (entry["name"], entry["kind"]) == (str(2 * (entry["index"] - 1)), "weight")
-            assert {"mean", "std", "min", "max", "near_zero"} <= set(entry["pre"])
+            assert entry["pre"] is None or {"mean", "std", "min", "max", "near_zero"} <= set(
+                entry["pre"])
             assert {"mean", "std", "dead", "saturated"} <= set(entry["post"])
             assert {"mean", "std", "weight_std", "grad_to_data"} <= set(entry["grad"])
             assert isinstance(entry["flags"], list)

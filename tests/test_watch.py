@@ -216,13 +216,13 @@ def test_the_terminal_view_says_what_happened(cli, tmp_path):
 
 @pytest.mark.parametrize("width", [80, 100])
 def test_the_terminal_view_fits_the_terminal(tmp_path, width):
-    from actstat.render import _plain
+    from actstat.render import plain_text
     from actstat.render_watch import training_renderables
 
     config = load_config(_config(tmp_path), {"init": ["kaiming", "zeros"], "hist": True,
                                              "train.steps": 120})
     report = watch_report(config)
-    text = _plain(training_renderables(report, width), width)
+    text = plain_text(training_renderables(report, width), width)
     assert max(len(line) for line in text.splitlines()) <= width
     # 120 steps recorded every 5: the sparklines sample them to fit; the std column stays whole
     assert "std start → end" in text and "did not train" in text
