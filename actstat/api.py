@@ -18,11 +18,10 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from actstat import __version__
 from actstat.config import Thresholds, validation_message
 from actstat.errors import ConfigError, ModelError
-from actstat.pipeline import input_stats, model_run
-from actstat.records import API_SOURCE, SCHEMA_VERSION
+from actstat.pipeline import assemble, input_stats, model_run
+from actstat.records import API_SOURCE
 from actstat.report import Report
 
 Layers = type[nn.Module] | str | Sequence[type[nn.Module] | str]
@@ -64,17 +63,10 @@ def profile(model: nn.Module, inputs: Any, targets: Any = None, *, loss: Loss | 
                     loss=loss, output=output, layers=layers, grad=grad, hist=hist)
     first = _first_parameter(model)
     x = first if first is not None else _first_input(inputs)
-    return Report(
-        schema_version=SCHEMA_VERSION,
-        actstat_version=__version__,
-        torch_version=torch.__version__,
-        device=str(x.device) if x is not None else "cpu",
-        config={"source": API_SOURCE, "grad": grad, "hist": hist,
-                "dtype": str(x.dtype).removeprefix("torch.") if x is not None else "float32",
-                "thresholds": limits.model_dump(mode="json")},
-        input=given,
-        runs=(run,),
-    )
+    return assemble({"source": API_SOURCE, "grad": grad, "hist": hist,
+                     "dtype": str(x.dtype).removeprefix("torch.") if x is not None else "float32",
+                     "thresholds": limits.model_dump(mode="json")},
+                    x.device if x is not None else torch.device("cpu"), given, [run])
 
 
 def _thresholds(given: Thresholds | Mapping[str, float] | None) -> Thresholds:

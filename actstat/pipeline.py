@@ -363,12 +363,20 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
 def _report(config: Config, device: torch.device, given: InputStats,
             runs: Sequence[Run | None]) -> Report:
     """The Report of a config's runs on its batch, whichever model measured them."""
+    return assemble(config.model_dump(mode="json"), device, given, runs)
+
+
+def assemble(config: Mapping[str, Any], device: torch.device, given: InputStats,
+             runs: Sequence[Run | None]) -> Report:
+    """The one place a Report is put together, for the CLI's commands and `actstat.profile`
+    alike: the runs measured (None: a scheme not run), the batch they saw, the resolved config,
+    and the versions and device that made them."""
     return Report(
         schema_version=SCHEMA_VERSION,
         actstat_version=__version__,
         torch_version=torch.__version__,
         device=str(device),
-        config=config.model_dump(mode="json"),
+        config=dict(config),
         input=given,
         runs=tuple(run for run in runs if run is not None),
     )
