@@ -148,8 +148,8 @@ def first_flagged(layers: tuple[LayerStats, ...], flag: str) -> LayerStats | Non
 class Summary:
     """One scheme in a line, derived from its Run alone (so a saved report can be re-summarised).
 
-    - `first_std`, `last_std`, `gain`: over the signal rows (`signal_rows`: the head, the
-      logits, is not the signal). `gain`: the geometric mean of the layer-to-layer ratios of post std,
+    - `first_std`, `last_std`, `gain`, `worst_dead`, `worst_saturated`: over the signal rows
+      (`signal_rows`: the head, the logits, is not the signal). `gain`: the geometric mean of the layer-to-layer ratios of post std,
       (std_last / std_first) ** (1 / (depth - 1)): < 1 the signal shrinks by that factor per
       layer, > 1 it grows. None with one layer, or when a std is 0 or not finite.
     - `first_flag`: (layer index, flag) of the first flagged layer, its first flag in FLAGS order.
@@ -176,9 +176,9 @@ def summarise(layers: tuple[LayerStats, ...], verdict_name: str) -> Summary:
     if len(signal) > 1 and first and last:
         gain = (last / first) ** (1 / (len(signal) - 1))
     flagged = next((layer for layer in layers if layer.flags), None)
-    deads = [layer.post.dead for layer in layers
+    deads = [layer.post.dead for layer in signal
              if layer.post.dead is not None and "dead" not in layer.by_design]
-    saturations = [layer.post.saturated for layer in layers if layer.post.saturated is not None]
+    saturations = [layer.post.saturated for layer in signal if layer.post.saturated is not None]
     g_first, g_last = layers[0].grad, grad_reference(layers).grad
     ratio = None
     if g_first is not None and g_last is not None and g_first.std is not None and g_last.std:

@@ -296,9 +296,9 @@ class _Record:
 # lsuv's step (actstat/lsuv.py): (module, its name, its output, a function that runs the
 # module again on the same input) -> the output the forward goes on with
 WeightStep = Callable[[nn.Module, str, torch.Tensor, Callable[[], Any]], torch.Tensor]
-# a histogram's range: (record name, group, a function giving the tensor's (min, max)) ->
-# (low, high); calling the function reads them on the host (a device sync: only where needed)
-HistRange = Callable[[str, int, Callable[[], tuple[float, float]]], tuple[float, float]]
+# a histogram's range: (record name, group, the tensor's min, max as 0-d tensors on its device)
+# -> (low, high), 0-d tensors there too: nothing is read on the host
+HistRange = Callable[[str, int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class Probe:
@@ -610,13 +610,12 @@ class Probe:
         """`row` and `bins` counts of `x` after it, over [min, max] (row[2], row[3]), or over
         `hist_range`'s range (values outside it counted in the end bins)."""
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        if self.hist_range is not None:
-            low, high = self.hist_range(name, group, lambda: (float(row[2]), float(row[3])))
-            lo, hi = (torch.tensor(v, dtype=acc, device=x.device) for v in (low, high))
-        elif isinstance(row, list):  # the kernel's (a CPU tensor's)
+        if isinstance(row, list):  # the kernel's (a CPU tensor's)
             lo, hi = torch.tensor(row[2:4], dtype=acc)
         else:
             lo, hi = row[2], row[3]
+        if self.hist_range is not None:
+            lo, hi = self.hist_range(name, group, lo, hi)
         counts = group_histogram(x.reshape(1, -1), lo.reshape(1), hi.reshape(1), self.bins)[0]
         return torch.cat([torch.as_tensor(row, dtype=torch.float64, device=counts.device),
                           counts])

@@ -223,7 +223,9 @@ class _Recorder:
             rules = describe(module)
             if rules is not None:
                 self.bounds[name] = (rules.lower, rules.upper)
-        # per record name, each model's histogram range
+        # per record name, each model's histogram range: on the device from step 0 on, and on
+        # the host once the first recorded step's copy has brought it
+        self.device_ranges: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.ranges: dict[str, dict[int, tuple[float, float]]] = {}
         self.probe = Probe(model, None, grad=True, bins=bins, near_zero=near_zero,
                            saturation_cut=saturation_cut, groups=groups, weights=False,
@@ -233,15 +235,15 @@ class _Recorder:
         self.posts: list[str] = []
         self.width = 0
 
-    def _range(self, name: str, group: int,
-               extremes: Callable[[], tuple[float, float]]) -> tuple[float, float]:
-        """A record's histogram range: fixed the first time it is measured (step 0, whose
-        extremes are read on the host then, once per layer; never again)."""
-        fixed = self.ranges.setdefault(name, {})
-        if group not in fixed:
+    def _range(self, name: str, group: int, lo: torch.Tensor,
+               hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A record's histogram range: fixed, on the device, the first time it is measured
+        (step 0); nothing is read on the host for it."""
+        key = (name, group)
+        if key not in self.device_ranges:
             module = name.split("#")[0].split(":")[0]
-            fixed[group] = _hist_range(self.bounds.get(module, (None, None)), *extremes())
-        return fixed[group]
+            self.device_ranges[key] = hist_range(self.bounds.get(module, (None, None)), lo, hi)
+        return self.device_ranges[key]
 
     def numbers(self, losses: torch.Tensor, out: torch.Tensor,
                 targets: torch.Tensor) -> list[list[float]]:
@@ -252,7 +254,17 @@ class _Recorder:
         accuracy = torch.full((self.k,), float("nan"), dtype=f64, device=losses.device)
         if self.labelled and grouped.dim() >= 3 and grouped.shape[1:-1] == targets.shape:
             accuracy = (grouped.argmax(dim=-1) == targets).to(f64).flatten(1).mean(dim=1)
-        captures = self.probe.collect(losses.to(f64), extra=accuracy[:, None])
+        fresh = [key for key in self.device_ranges if key[0] not in self.ranges]
+        extra = accuracy[:, None]
+        if fresh:  # step 0's ranges, fetched in the step's one copy (a row of them per model)
+            bounds = torch.stack([torch.stack(self.device_ranges[key]).to(f64) for key in fresh])
+            extra = torch.cat([extra, bounds.reshape(1, -1).expand(self.k, -1).to(extra.device)],
+                              dim=1)
+        captures = self.probe.collect(losses.to(f64), extra=extra)
+        if fresh:
+            values = captures[0].extra[1:]
+            for i, (name, group) in enumerate(fresh):
+                self.ranges.setdefault(name, {})[group] = (values[2 * i], values[2 * i + 1])
         rows = [pair_rows(c.layers) for c in captures]
         if self.names is None:
             self._name(rows[0])
@@ -350,14 +362,21 @@ def _optimiser(model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum)
 
 
-def _hist_range(bounds: tuple[float | None, float | None], lo: float,
-                hi: float) -> tuple[float, float]:
-    span = hi - lo if _finite(hi - lo) and hi > lo else max(abs(hi), 1.0)
-    low = bounds[0] if bounds[0] is not None else (lo - HIST_WIDEN * span if lo < 0 else 0.0)
-    high = bounds[1] if bounds[1] is not None else hi + HIST_WIDEN * span
-    if not (_finite(low) and _finite(high)) or high <= low:
-        return (-1.0, 1.0)
-    return (low, high)
+def hist_range(bounds: tuple[float | None, float | None], lo: torch.Tensor,
+               hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A histogram's range from step 0's extremes `lo`, `hi` (0-d tensors, computed on their
+    device): an activation's bound where it has one; else [min, max] widened by HIST_WIDEN of the
+    span on each unbounded side, from 0 where nothing is negative; (-1, 1) where that is not a
+    finite, non-empty range."""
+    span = hi - lo
+    span = torch.where(torch.isfinite(span) & (hi > lo), span, hi.abs().clamp(min=1.0))
+    low = (torch.full_like(lo, bounds[0]) if bounds[0] is not None
+           else torch.where(lo < 0, lo - HIST_WIDEN * span, torch.zeros_like(lo)))
+    high = (torch.full_like(hi, bounds[1]) if bounds[1] is not None
+            else hi + HIST_WIDEN * span)
+    valid = torch.isfinite(low) & torch.isfinite(high) & (high > low)
+    return (torch.where(valid, low, torch.full_like(low, -1.0)),
+            torch.where(valid, high, torch.ones_like(high)))
 
 
 def _finite(value: float) -> bool:

@@ -151,6 +151,8 @@ def test_values_outside_the_fixed_range_count_in_the_end_bins(reductions):
                          labelled=True, numbered=False)
     narrow = (-0.2, 0.3)
     for name in ("1", "3", "4"):  # the rows' post tensors: two Tanh, then the head
+        recorder.device_ranges[name, 0] = (torch.tensor(narrow[0], dtype=x.dtype),
+                                           torch.tensor(narrow[1], dtype=x.dtype))
         recorder.ranges[name] = {0: narrow}
     with recorder.probe.hooks(x):
         out = model(x)
