@@ -53,8 +53,11 @@
    `#pragma omp parallel` compiles to. Its workers are still spinning after the module's own
    op, so the team starts in microseconds; a pool of our own (pthreads, or a second OpenMP
    runtime as numba's was) would fight them for the cores, and on the 2-core machine it gained
-   nothing (docs/performance.md).
-   Where no OpenMP runtime is loaded (or off Linux), the kernel runs on the calling thread. */
+   nothing (docs/performance.md, benchmarks/kernel.py).
+   A tensor's parts are fixed by the thread count asked for, not by the team the runtime gives
+   (OMP_THREAD_LIMIT, OMP_DYNAMIC or a nested region give fewer threads): each member reduces
+   every n-th part. Where no OpenMP runtime is loaded (torch built without OpenMP, or off
+   Linux), the calling thread reduces the parts one after another, to the same numbers. */
 #if defined(__linux__)
 #include <dlfcn.h>
 #include <link.h>
@@ -64,12 +67,12 @@ typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 typedef int (*thread_num_fn)(void);
 /* written once, by find_pool under pool_once, before any caller reads them */
 static parallel_fn omp_parallel;
-static thread_num_fn omp_thread_num;
+static thread_num_fn omp_thread_num, omp_num_threads;
 static char omp_library[256];
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
-/* The first loaded OpenMP runtime that has both entry points (both are in GCC's libgomp and in
-   LLVM's and Intel's runtimes, which export the GOMP_ ABI); its name is kept for fused.path. */
+/* The first loaded OpenMP runtime that has the three entry points (GCC's libgomp has them, and
+   LLVM's and Intel's runtimes, which export the GOMP_ ABI); its file is kept for `pool()`. */
 static int find_runtime(struct dl_phdr_info *info, size_t size, void *data) {
     (void)size;
     (void)data;
@@ -80,10 +83,12 @@ static int find_runtime(struct dl_phdr_info *info, size_t size, void *data) {
     if (!handle) return 0;
     parallel_fn parallel = (parallel_fn)dlsym(handle, "GOMP_parallel");
     thread_num_fn thread_num = (thread_num_fn)dlsym(handle, "omp_get_thread_num");
+    thread_num_fn num_threads = (thread_num_fn)dlsym(handle, "omp_get_num_threads");
     dlclose(handle); /* RTLD_NOLOAD took a reference; the runtime stays loaded by torch's */
-    if (!parallel || !thread_num) return 0;
+    if (!parallel || !thread_num || !num_threads) return 0;
     omp_parallel = parallel;
     omp_thread_num = thread_num;
+    omp_num_threads = num_threads;
     snprintf(omp_library, sizeof omp_library, "%s", name);
     return 1;
 }
@@ -343,8 +348,8 @@ typedef struct {
 #ifdef HAVE_POOL
 static void run_team(void *arg) {
     Team *team = arg;
-    int k = omp_thread_num();
-    if (k < team->count) reduce_part(&team->parts[k]);
+    int members = omp_num_threads();
+    for (int k = omp_thread_num(); k < team->count; k += members) reduce_part(&team->parts[k]);
 }
 #endif
 
@@ -433,8 +438,8 @@ static const char reduce_doc[] =
     "alive): (batch, units) when `channels` is false (positions ignored), else (batch,\n"
     "channels=units, positions). A unit is alive where one of its values is nonzero\n"
     "(alive_rule 1) or above alive_above (2); dead_units is -1 with alive_rule 0. `threads`: at most\n"
-    "that many threads of torch's OpenMP pool share a tensor, a part of samples each of at\n"
-    "least PARALLEL values.";
+    "that many parts of samples (each of at least PARALLEL values), shared among threads of\n"
+    "torch's OpenMP pool where one is loaded; the numbers depend on the part count only.";
 
 static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -471,9 +476,6 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int count = (int)(values / PARALLEL < threads ? values / PARALLEL : threads);
 #ifdef HAVE_POOL
     pthread_once(&pool_once, find_pool);
-    if (!omp_parallel) count = 1;
-#else
-    count = 1;
 #endif
     count = count < 1 ? 1 : (count > batch ? (int)batch : (count > MAX_THREADS ? MAX_THREADS : count));
     Part parts[MAX_THREADS];
@@ -500,15 +502,12 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_POOL
-    if (count > 1) {
+    if (count > 1 && omp_parallel) {
         Team team = {parts, count};
         omp_parallel(run_team, &team, (unsigned)count, 0);
-    } else {
-        reduce_part(&parts[0]);
-    }
-#else
-    reduce_part(&parts[0]);
+    } else
 #endif
+        for (int k = 0; k < count; k++) reduce_part(&parts[k]);
     combine(parts, count);
     Py_END_ALLOW_THREADS
     Acc a = parts[0].a;
@@ -522,8 +521,22 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                          a.small, a.saturated, (double)a.gap, dead);
 }
 
+static PyObject *pool(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+#ifdef HAVE_POOL
+    pthread_once(&pool_once, find_pool);
+    if (omp_parallel) return PyUnicode_DecodeFSDefault(omp_library);
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"reduce", (PyCFunction)(void (*)(void))reduce, METH_FASTCALL, reduce_doc},
+    {"pool", pool, METH_NOARGS,
+     "pool() -> str | None\n\nThe file of the OpenMP runtime whose threads share a large tensor, "
+     "or None: the calling thread reduces its parts alone. Looked up once, at the first call of "
+     "reduce or pool: call it after importing torch (fused.py does)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -8,6 +8,9 @@ numbers must be equal, not close."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -43,6 +46,14 @@ def mlp(seed: int, width: int, depth: int = 6) -> tuple[nn.Module, torch.Tensor]
 def numbers(report) -> list[tuple]:
     """Every number of every row (the rows' dataclasses as tuples)."""
     return [tuple(vars(layer).values()) for layer in report.runs[0].layers]
+
+
+@pytest.fixture
+def threads():
+    """torch's thread count, restored after the test."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
 
 
 def run_threads(work, count: int) -> list:
@@ -111,3 +122,59 @@ def test_kernel_called_from_threads_at_once_gives_each_its_own_numbers(channels)
     together = run_threads(lambda k: [reduced(tensors[k]) for _ in range(40)], THREADS)
     for k in range(THREADS):
         assert all(got == alone[k] for got in together[k]), k
+
+
+@pytest.mark.skipif(not fused.AVAILABLE or not hasattr(os, "fork"), reason="needs the kernel and fork")
+def test_a_forked_child_on_one_thread_reduces_as_its_parent(threads):
+    """A child made by fork after the parent's pool ran (a DataLoader worker) reduces on one
+    thread, as torch's DataLoader sets its workers: the thread-local buffer and the runtime
+    lookup carry over, to the parent's one-thread numbers. (With two threads the child would
+    hang in OpenMP, as torch's own ops do there: libgomp's pool does not survive a fork.)"""
+    threads(2)
+    x = torch.randn(512, 2048, generator=torch.Generator().manual_seed(3)).relu_()
+
+    def reduced() -> tuple[float, ...]:
+        return fused.reduce(x, channels=False, near_zero=0.01, edges=None, spread=True)
+
+    reduced()  # the pool's team started, the buffer grown
+    threads(1)
+    want = repr(reduced())
+    threads(2)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            torch.set_num_threads(1)
+            os.write(write, repr(reduced()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        got = pipe.read()
+    os.waitpid(child, 0)
+    assert got == want
+
+
+LIMITED = """
+import sys, torch
+from actstat import fused
+torch.set_num_threads(2)
+x = torch.randn(512, 2048, generator=torch.Generator().manual_seed(3)).relu_()
+print(repr(fused.reduce(x, channels=False, near_zero=0.01, edges=None, spread=True)))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not fused.AVAILABLE, reason="actstat._kernels was not built")
+@pytest.mark.parametrize("setting", [{"OMP_THREAD_LIMIT": "1"}, {"OMP_DYNAMIC": "true"}, {}])
+def test_a_smaller_openmp_team_still_reduces_every_part(threads, setting):
+    """The OpenMP runtime may give fewer threads than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC): the
+    tensor's parts are fixed by the count asked for, and the team reduces all of them, to the
+    numbers of a full team (once, half the tensor went unread)."""
+    threads(2)
+    x = torch.randn(512, 2048, generator=torch.Generator().manual_seed(3)).relu_()
+    want = repr(fused.reduce(x, channels=False, near_zero=0.01, edges=None, spread=True))
+    env = {**os.environ, **setting}
+    got = subprocess.run([sys.executable, "-c", LIMITED], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert got == want
