@@ -24,7 +24,10 @@
      into sum(x) - n k, GCC does not make (tests/test_capture.py checks the std of
      1e4 + N(0, 1e-3) to 1e-9). A non-finite tensor's other numbers are never used.
    - The kernel runs with the GIL released, on the calling thread or, for a large tensor, on
-     torch's own OpenMP pool (below). */
+     torch's own OpenMP pool (below). Several Python threads may call it at once: each call's
+     state is on its stack or in its calling thread's working buffer, and the process-wide
+     state (the pool's entry points, the buffer's key) is set once, under pthread_once
+     (tests/test_threads.py). */
 
 #define _GNU_SOURCE /* dl_iterate_phdr, RTLD_NOLOAD */
 #define PY_SSIZE_T_CLEAN
@@ -50,19 +53,27 @@
    `#pragma omp parallel` compiles to. Its workers are still spinning after the module's own
    op, so the team starts in microseconds; a pool of our own (pthreads, or a second OpenMP
    runtime as numba's was) would fight them for the cores, and on the 2-core machine it gained
-   nothing (docs/performance.md).
-   Where no OpenMP runtime is loaded (or off Linux), the kernel runs on the calling thread. */
+   nothing (docs/performance.md, benchmarks/kernel.py).
+   A tensor's parts are fixed by the thread count asked for, not by the team the runtime gives
+   (OMP_THREAD_LIMIT, OMP_DYNAMIC or a nested region give fewer threads): each member reduces
+   every n-th part. Where no OpenMP runtime is loaded (torch built without OpenMP, or off
+   Linux), the calling thread reduces the parts one after another, to the same numbers. */
 #if defined(__linux__)
 #include <dlfcn.h>
 #include <link.h>
+#include <pthread.h>
 #define HAVE_POOL
 typedef void (*parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 typedef int (*thread_num_fn)(void);
+/* written once, by find_pool under pool_once, before any caller reads them */
 static parallel_fn omp_parallel;
-static thread_num_fn omp_thread_num;
-static int pool_searched;
+static thread_num_fn omp_thread_num, omp_num_threads;
+static char omp_library[256];
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
-static int find_pool(struct dl_phdr_info *info, size_t size, void *data) {
+/* The first loaded OpenMP runtime that has the three entry points (GCC's libgomp has them, and
+   LLVM's and Intel's runtimes, which export the GOMP_ ABI); its file is kept for `pool()`. */
+static int find_runtime(struct dl_phdr_info *info, size_t size, void *data) {
     (void)size;
     (void)data;
     const char *name = info->dlpi_name;
@@ -72,11 +83,17 @@ static int find_pool(struct dl_phdr_info *info, size_t size, void *data) {
     if (!handle) return 0;
     parallel_fn parallel = (parallel_fn)dlsym(handle, "GOMP_parallel");
     thread_num_fn thread_num = (thread_num_fn)dlsym(handle, "omp_get_thread_num");
-    if (!parallel || !thread_num) return 0;
+    thread_num_fn num_threads = (thread_num_fn)dlsym(handle, "omp_get_num_threads");
+    dlclose(handle); /* RTLD_NOLOAD took a reference; the runtime stays loaded by torch's */
+    if (!parallel || !thread_num || !num_threads) return 0;
     omp_parallel = parallel;
     omp_thread_num = thread_num;
+    omp_num_threads = num_threads;
+    snprintf(omp_library, sizeof omp_library, "%s", name);
     return 1;
 }
+
+static void find_pool(void) { dl_iterate_phdr(find_runtime, NULL); }
 #endif
 
 /* an AVX2 copy of the kernel beside the baseline one, chosen at load time by the CPU (GCC's
@@ -331,8 +348,8 @@ typedef struct {
 #ifdef HAVE_POOL
 static void run_team(void *arg) {
     Team *team = arg;
-    int k = omp_thread_num();
-    if (k < team->count) reduce_part(&team->parts[k]);
+    int members = omp_num_threads();
+    for (int k = omp_thread_num(); k < team->count; k += members) reduce_part(&team->parts[k]);
 }
 #endif
 
@@ -355,25 +372,62 @@ static void combine(Part *parts, int count) {
     }
 }
 
-/* The parts' working memory (alive flags, position extremes): one buffer kept for the
-   process and grown when a call needs more, never freed. Small buffers malloc'd and freed per
-   call were carved out of the large blocks a model's forward had just freed, and a large
-   output later found no block to reuse: a captured CNN forward then paid 12,545 page faults
-   (one 51 MB feature map) that the bare forward did not. Used under the GIL's protection (it
-   is handed out before the GIL is released). */
-static unsigned char *workspace;
-static size_t workspace_size;
+/* The parts' working memory (alive flags, position extremes): one buffer per calling thread,
+   grown when a call needs more and kept until the thread ends. Small buffers malloc'd and
+   freed per call were carved out of the large blocks a model's forward had just freed, and a
+   large output later found no block to reuse: a captured CNN forward then paid 12,545 page
+   faults (one 51 MB feature map) that the bare forward did not. The buffer is the calling
+   thread's own because the kernel runs with the GIL released: one buffer for the process was
+   overwritten by a second Python thread's call while the first still read it. */
+typedef struct {
+    size_t size;
+    unsigned char data[];
+} Workspace;
 
+#if !defined(_WIN32) && !defined(HAVE_POOL)
+#include <pthread.h>
+#endif
+#if defined(_WIN32)
+/* no destructor here: a thread's buffer is not freed when the thread ends */
+static __declspec(thread) Workspace *own_workspace;
+static Workspace *workspace_get(void) { return own_workspace; }
+static int workspace_set(Workspace *w) {
+    own_workspace = w;
+    return 1;
+}
+#else
+/* a thread-specific key rather than a thread-local variable: its destructor frees a thread's
+   buffer when the thread ends */
+static pthread_key_t workspace_key;
+static pthread_once_t workspace_once = PTHREAD_ONCE_INIT;
+static int workspace_keyed;
+
+static void make_workspace_key(void) {
+    workspace_keyed = pthread_key_create(&workspace_key, free) == 0;
+}
+static Workspace *workspace_get(void) {
+    pthread_once(&workspace_once, make_workspace_key);
+    return workspace_keyed ? pthread_getspecific(workspace_key) : NULL;
+}
+static int workspace_set(Workspace *w) {
+    return workspace_keyed && pthread_setspecific(workspace_key, w) == 0;
+}
+#endif
+
+/* at least `size` bytes of the calling thread's working memory, or NULL (out of memory) */
 static unsigned char *workspace_of(size_t size) {
-    if (size > workspace_size) {
-        size_t grown = size > 2 * workspace_size ? size : 2 * workspace_size;
-        unsigned char *fresh = malloc(grown);
-        if (!fresh) return NULL;
-        free(workspace);
-        workspace = fresh;
-        workspace_size = grown;
+    Workspace *w = workspace_get();
+    if (w && size <= w->size) return w->data;
+    size_t had = w ? w->size : 0, grown = size > 2 * had ? size : 2 * had;
+    Workspace *fresh = malloc(sizeof(Workspace) + grown);
+    if (!fresh) return NULL;
+    fresh->size = grown;
+    if (!workspace_set(fresh)) {
+        free(fresh);
+        return NULL;
     }
-    return workspace;
+    free(w);
+    return fresh->data;
 }
 
 static const char reduce_doc[] =
@@ -384,8 +438,8 @@ static const char reduce_doc[] =
     "alive): (batch, units) when `channels` is false (positions ignored), else (batch,\n"
     "channels=units, positions). A unit is alive where one of its values is nonzero\n"
     "(alive_rule 1) or above alive_above (2); dead_units is -1 with alive_rule 0. `threads`: at most\n"
-    "that many threads of torch's OpenMP pool share a tensor, a part of samples each of at\n"
-    "least PARALLEL values.";
+    "that many parts of samples (each of at least PARALLEL values), shared among threads of\n"
+    "torch's OpenMP pool where one is loaded; the numbers depend on the part count only.";
 
 static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -421,13 +475,7 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     double values = (double)batch * (double)units * (double)positions;
     int count = (int)(values / PARALLEL < threads ? values / PARALLEL : threads);
 #ifdef HAVE_POOL
-    if (!pool_searched) {
-        pool_searched = 1;
-        dl_iterate_phdr(find_pool, NULL);
-    }
-    if (!omp_parallel) count = 1;
-#else
-    count = 1;
+    pthread_once(&pool_once, find_pool);
 #endif
     count = count < 1 ? 1 : (count > batch ? (int)batch : (count > MAX_THREADS ? MAX_THREADS : count));
     Part parts[MAX_THREADS];
@@ -454,15 +502,12 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_POOL
-    if (count > 1) {
+    if (count > 1 && omp_parallel) {
         Team team = {parts, count};
         omp_parallel(run_team, &team, (unsigned)count, 0);
-    } else {
-        reduce_part(&parts[0]);
-    }
-#else
-    reduce_part(&parts[0]);
+    } else
 #endif
+        for (int k = 0; k < count; k++) reduce_part(&parts[k]);
     combine(parts, count);
     Py_END_ALLOW_THREADS
     Acc a = parts[0].a;
@@ -476,8 +521,22 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                          a.small, a.saturated, (double)a.gap, dead);
 }
 
+static PyObject *pool(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+#ifdef HAVE_POOL
+    pthread_once(&pool_once, find_pool);
+    if (omp_parallel) return PyUnicode_DecodeFSDefault(omp_library);
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"reduce", (PyCFunction)(void (*)(void))reduce, METH_FASTCALL, reduce_doc},
+    {"pool", pool, METH_NOARGS,
+     "pool() -> str | None\n\nThe file of the OpenMP runtime whose threads share a large tensor, "
+     "or None: the calling thread reduces its parts alone. Looked up once, at the first call of "
+     "reduce or pool: call it after importing torch (fused.py does)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -32,6 +32,20 @@ SEGMENT = 4096
 _INF = math.inf
 
 
+def path() -> str:
+    """Which reduction serves this process's float32 CPU tensors, for a report to record: "kernel"
+    (the C kernel), or "torch" with the reason in parentheses: "torch (ACTSTAT_KERNELS=0)", or
+    "torch (actstat._kernels not built)" where the install found no C compiler. The two agree
+    to float rounding, so two machines' numbers compare exactly only on the same path; CUDA,
+    half precision, float64 and strided tensors take the torch reductions on every path
+    (`takes`)."""
+    if not AVAILABLE:
+        return "torch (actstat._kernels not built)"
+    if not ENABLED:
+        return "torch (ACTSTAT_KERNELS=0)"
+    return "kernel"
+
+
 def takes(view: torch.Tensor) -> bool:
     """Whether the kernel reduces `view`: built and ENABLED, a non-empty C-contiguous float32
     CPU tensor. Everything else (CUDA, half precision, float64, a strided view) keeps the
@@ -52,8 +66,10 @@ def reduce(view: torch.Tensor, *, channels: bool, near_zero: float,
     exist). `spread`: the gap, the largest range across units at one sample (and position);
     else 0. `units`: count dead units (else the dead fraction is NaN): a unit is dead when all
     its values are 0, or with `dead_below`, when none is above it (probe.py's pre-activation
-    rule, compared in float32). A large tensor is shared among as many threads as torch uses
-    (torch.get_num_threads())."""
+    rule, compared in float32). A large tensor is cut into as many parts as torch uses threads
+    (torch.get_num_threads()), shared among threads of torch's OpenMP pool where one is loaded
+    (_kernels.c says how); its numbers depend on that count only. Several Python threads may
+    call this at once."""
     kind, mid, half, lo_edge, hi_edge = 0, 0.0, _INF, -_INF, _INF
     if edges is not None:
         lo, hi = edges

@@ -1,10 +1,14 @@
 """actstat/fused.py's C kernel on its own, against NumPy: both layouts, tensors large enough to
-be shared among threads (torch's OpenMP pool), and the argument checks. Every capture test of
-tests/test_capture.py runs through it too (its `fused` parameter)."""
+be shared among threads (the kernel's own pool), and the argument checks. Every capture test of
+tests/test_capture.py runs through it too (its `fused` parameter); tests/test_threads.py calls it
+from several threads at once. `fused.path` is tested with and without the kernel."""
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,8 +16,8 @@ import torch
 
 from actstat import fused
 
-pytestmark = pytest.mark.skipif(not fused.AVAILABLE,
-                                reason="actstat._kernels was not built (no C compiler)")
+needs_kernel = pytest.mark.skipif(not fused.AVAILABLE,
+                                  reason="actstat._kernels was not built (no C compiler)")
 
 NEAR = 0.01
 
@@ -61,6 +65,7 @@ def data(shape: tuple[int, ...], unit_axis: int) -> torch.Tensor:
     return x.contiguous()
 
 
+@needs_kernel
 @pytest.mark.parametrize("count", [1, 2, 3])
 @pytest.mark.parametrize("layout", ["rows", "channels"])
 def test_the_numbers_are_numpys_on_any_number_of_threads(threads, count, layout):
@@ -80,6 +85,7 @@ def test_the_numbers_are_numpys_on_any_number_of_threads(threads, count, layout)
     assert want["dead"] == pytest.approx(1 / x.shape[unit_axis])  # one dead, one alive late
 
 
+@needs_kernel
 def test_parts_of_a_thread_team_agree_with_one_thread(threads):
     """The same tensor on one thread and on two gives the same numbers to float64 rounding of
     the merge (the parts differ only in where Chan's update joins them)."""
@@ -92,6 +98,7 @@ def test_parts_of_a_thread_team_agree_with_one_thread(threads):
         assert two[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
 
 
+@needs_kernel
 def test_saturation_counts_both_rules():
     """Two edges count |x - mid| >= half-width; one edge x <= lo (or x >= hi)."""
     x = torch.linspace(-3, 3, 6001)[:6000].reshape(3, -1).contiguous()
@@ -104,6 +111,7 @@ def test_saturation_counts_both_rules():
     assert high[5] == (a >= np.float32(2)).sum()
 
 
+@needs_kernel
 def test_without_units_the_dead_fraction_is_nan_and_a_poisoned_tensor_is_refused():
     x = torch.randn(40, 30)
     got = fused.reduce(x, channels=False, near_zero=NEAR, edges=None, spread=False, units=False)
@@ -114,6 +122,7 @@ def test_without_units_the_dead_fraction_is_nan_and_a_poisoned_tensor_is_refused
         assert fused.reduce(y, channels=False, near_zero=NEAR, edges=None, spread=False) is None
 
 
+@needs_kernel
 def test_the_extension_checks_its_arguments():
     """Called wrongly (it is internal: fused.reduce builds its arguments), it raises rather
     than reading out of bounds."""
@@ -132,6 +141,7 @@ def test_the_extension_checks_its_arguments():
             _kernels.reduce(*wrong)
 
 
+@needs_kernel
 @pytest.mark.parametrize("channels", [False, True])
 def test_dead_below_counts_units_never_above_the_threshold(channels):
     """probe.py's pre-activation rule: a unit is dead when its largest value is at or below
@@ -149,3 +159,28 @@ def test_dead_below_counts_units_never_above_the_threshold(channels):
     per_unit = x.transpose(0, 1).reshape(12, -1)
     assert got[7] == pytest.approx(float((per_unit.amax(dim=1) <= 0).double().mean()))
     assert got[7] == pytest.approx(2 / 12)
+
+
+@pytest.mark.parametrize(("built", "enabled", "want"), [
+    (True, True, "kernel"), (True, False, "torch (ACTSTAT_KERNELS=0)"),
+    (False, False, "torch (actstat._kernels not built)")])
+def test_path_names_the_reduction_and_why(monkeypatch, built, enabled, want):
+    monkeypatch.setattr(fused, "AVAILABLE", built)
+    monkeypatch.setattr(fused, "ENABLED", enabled)
+    assert fused.path() == want
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["0", "1", None])
+def test_path_follows_the_environment_of_the_process(setting):
+    """ACTSTAT_KERNELS=0 turns the kernel off for the process; anything else leaves it on where
+    it was built."""
+    env = {key: value for key, value in os.environ.items() if key != "ACTSTAT_KERNELS"}
+    if setting is not None:
+        env["ACTSTAT_KERNELS"] = setting
+    got = subprocess.run([sys.executable, "-c", "from actstat import fused; print(fused.path())"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    if setting == "0":
+        assert got == "torch (ACTSTAT_KERNELS=0)"
+    else:
+        assert got == ("kernel" if fused.AVAILABLE else "torch (actstat._kernels not built)")
