@@ -149,9 +149,10 @@ class Summary:
     """One scheme in a line, derived from its Run alone (so a saved report can be re-summarised).
 
     - `first_std`, `last_std`, `gain`, `worst_dead`, `worst_saturated`: over the signal rows
-      (`signal_rows`: the head, the logits, is not the signal). `gain`: the geometric mean of the layer-to-layer ratios of post std,
-      (std_last / std_first) ** (1 / (depth - 1)): < 1 the signal shrinks by that factor per
-      layer, > 1 it grows. None with one layer, or when a std is 0 or not finite.
+      (`signal_rows`: the head, the logits, is not the signal). `gain`: the geometric mean of
+      the layer-to-layer ratios of post std, (std_last / std_first) ** (1 / (depth - 1)): < 1
+      the signal shrinks by that factor per layer, > 1 it grows. None with one layer, or when a
+      std is 0 or not finite.
     - `first_flag`: (layer index, flag) of the first flagged layer, its first flag in FLAGS order.
     - `worst_dead`, `worst_saturated`: the largest fraction over the layers (None: not
       applicable); a layer dead by design (a zero layer of fixup's) is not counted.

@@ -46,6 +46,16 @@ def path() -> str:
     return "kernel"
 
 
+def path_for(device: torch.device, dtype: str) -> str:
+    """What reduced a run's statistics, for its report: `path()` for float32 on the CPU; else
+    "torch" with why (the kernel takes float32 CPU tensors alone)."""
+    if device.type != "cpu":
+        return f"torch ({device.type})"
+    if dtype != "float32":
+        return f"torch ({dtype})"
+    return path()
+
+
 def takes(view: torch.Tensor) -> bool:
     """Whether the kernel reduces `view`: built and ENABLED, a non-empty C-contiguous float32
     CPU tensor. Everything else (CUDA, half precision, float64, a strided view) keeps the

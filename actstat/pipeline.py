@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from actstat import __version__
+from actstat import __version__, fused
 from actstat.activations import Activation, make_activation
 from actstat.analysis import (
     analyse_captured,
@@ -379,6 +379,7 @@ def assemble(config: Mapping[str, Any], device: torch.device, given: InputStats,
         config=dict(config),
         input=given,
         runs=tuple(run for run in runs if run is not None),
+        reduction=fused.path_for(device, str(config.get("dtype", "float32"))),
     )
 
 

@@ -258,6 +258,10 @@ class Report:
     # the YAML file the config came from, for `check` to re-read: relative to the report file's
     # directory when written to a file (see `located`), absolute on stdout; None: no file
     config_file: str | None = None
+    # which reductions computed the statistics (actstat/fused.py `path_for`): "kernel" (the C
+    # kernel, for float32 CPU tensors) or "torch (...)" with why; None: not recorded (a file
+    # written before schema version 3)
+    reduction: str | None = None
 
     def __repr__(self) -> str:
         runs = "; ".join(f"{run.scheme}: {run.verdict}" for run in self.runs)
@@ -278,6 +282,7 @@ class Report:
                       else list(self.input.shape)},
             "runs": [_run_dict(run) for run in self.runs],
             "config_file": self.config_file,
+            "reduction": self.reduction,
         }
 
 

@@ -86,6 +86,7 @@ class Report(records.Report):
             input=records.input_from(raw["input"]),
             runs=tuple(records.run_from(run) for run in raw["runs"]),
             config_file=raw.get("config_file"),
+            reduction=raw.get("reduction"),
         )
 
     def save(self, path: Path | str) -> Path:

@@ -186,6 +186,7 @@ class ReportModel(_Model):
     input: InputModel
     runs: Annotated[list[RunModel], Field(min_length=1)]
     config_file: str | None = None
+    reduction: str | None = None  # added in version 3: absent from earlier reports
 
 
 def validate(raw: Any, origin: str) -> None:

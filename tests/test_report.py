@@ -345,3 +345,21 @@ def test_a_version_2_training_baseline_checks_without_its_dead_fractions(cli, tm
            "train_near_zero)" in result.stdout, result.stdout
     assert "train_dead is not compared" in result.stderr
     assert "passed" in result.stdout
+
+
+@pytest.mark.parametrize("enabled, dtype, said", [
+    (True, "float32", "kernel"), (False, "float32", "torch (ACTSTAT_KERNELS=0)"),
+    (True, "float64", "torch (float64)")])
+def test_the_report_records_which_reductions_ran(monkeypatch, tmp_path, enabled, dtype, said):
+    """A user comparing two machines' reports can tell whether the C kernel reduced them."""
+    import actstat.fused
+    from actstat.report import read_report
+
+    if enabled and not actstat.fused.AVAILABLE:
+        pytest.skip("actstat._kernels was not built (no C compiler at install)")
+    monkeypatch.setattr(actstat.fused, "ENABLED", enabled)
+    config = load_config(None, {"model.depth": 1, "model.width": 4, "data.batch_size": 8,
+                                "device": "cpu", "dtype": dtype})
+    report = profile(config)
+    assert report.reduction == said
+    assert read_report(report.save(tmp_path / "r.json")).reduction == said
