@@ -108,7 +108,6 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
 # where a whole 50 MB feature map came from memory once per pass. 2**18 to 2**20 were within
 # noise of each other on the 2-core benchmark machine; fewer, larger chunks mean fewer ops
 CHUNK = 1 << 20
-KINDS = ("input", "weight", "activation", "norm", "block", "selected")
 # a record's numbers: a float64 device vector (torch reductions), or host floats (the kernel's,
 # already on the host: a CPU tensor's) that `collect` splices in around the one device copy
 Row = torch.Tensor | list[float]

@@ -103,31 +103,6 @@ def reduce(view: torch.Tensor, *, channels: bool, near_zero: float,
             dead / width if units else math.nan)
 
 
-def reduce_groups(x: torch.Tensor, *, near_zero: float,
-                  edges: tuple[float | None, float | None] | None = None, spread: bool = False,
-                  units: bool = True, dead_below: float | None = None
-                  ) -> list[tuple[float, ...]] | None:
-    """`reduce`'s numbers for each group x[k] of a (K, batch, ...) tensor, its unit dim 1 of
-    x[k] (a conv map's channel, a linear layer's feature; a (batch,) group is one unit); None
-    where the kernel does not take `x` or a group holds NaN or ±inf (the caller then reduces
-    with torch)."""
-    if not takes(x):
-        return None
-    numbers = []
-    for group in x:
-        channels = group.dim() >= 3
-        if channels:
-            view = group.reshape(group.shape[0], group.shape[1], -1)
-        else:
-            view = group.reshape(group.shape[0], -1) if group.dim() == 2 else group.reshape(-1, 1)
-        reduced = reduce(view, channels=channels, near_zero=near_zero, edges=edges,
-                         spread=spread, units=units, dead_below=dead_below)
-        if reduced is None:
-            return None
-        numbers.append(reduced)
-    return numbers
-
-
 def relative_gap(lo: float, hi: float, gap: float) -> float:
     """probe.unit_spread of the kernel's numbers: the gap relative to max|x|, 0 for an all-zero
     tensor."""

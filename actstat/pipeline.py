@@ -156,13 +156,6 @@ def profile_mixed(config: Config, on_scheme: Progress | None = None, *, force: b
     return _report(config, torch.device(device), given, runs)
 
 
-def profile_scheme(config: Config, init: InitSpec, act: ActivationSpec, batch: Batch, *,
-                   input_std: float, input_second_moment: float | None = None) -> Run:
-    """One scheme on its own."""
-    return profile_schemes(config, [(init, act)], batch, input_std=input_std,
-                           input_second_moment=input_second_moment)[0]
-
-
 @dataclass(frozen=True)
 class _Prepared:
     """One scheme's initialised model and its mean-field expectations, before measurement."""

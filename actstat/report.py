@@ -2,8 +2,8 @@
 CLI's tables, shows itself in Jupyter, saves to and reads from JSON files.
 
 The record itself and the types of its rows live in actstat/records.py, below every stage that
-makes or reads them (this module re-exports them for `from actstat.report import LayerStats`);
-what is here reaches up to actstat/render.py, which only commands and users need.
+makes or reads them; what is here reaches up to actstat/render.py, which only commands and users
+need.
 """
 
 from __future__ import annotations
@@ -17,32 +17,7 @@ from typing import Any
 
 from actstat import records
 from actstat.errors import ActstatError
-from actstat.records import (  # noqa: F401 (re-exported: the Report's parts, by their old home)
-    API_SOURCE,
-    DEAD_BY_FLOOR_VERSION,
-    EVENT_KINDS,
-    FLAGS,
-    HEAD_ROW_VERSION,
-    HEALTHY,
-    LAYER_KINDS,
-    READABLE_VERSIONS,
-    SCHEMA_VERSION,
-    Event,
-    GradStats,
-    InputStats,
-    LayerStats,
-    LsuvLayer,
-    PostStats,
-    Run,
-    TensorStats,
-    Theory,
-    TrainLayer,
-    TrainMultiplier,
-    TrainStats,
-    Trajectory,
-    TrajectoryLayer,
-    finite_or_none,
-)
+from actstat.records import READABLE_VERSIONS
 from actstat.render import table_text, tables, to_html
 
 

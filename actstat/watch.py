@@ -26,6 +26,7 @@ steps × layers × bins and does not grow while the run goes on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -36,9 +37,8 @@ from torch import nn
 from actstat.activations import describe
 from actstat.analysis import pair_rows
 from actstat.capture import Probe
-from actstat.records import CapturedLayer, Trajectory, TrajectoryLayer
+from actstat.records import CapturedLayer, Trajectory, TrajectoryLayer, finite_or_none
 
-OPTIMIZERS = ("sgd", "adam")
 # the statistics recorded per row and step, in buffer order
 LAYER_STATS = ("mean", "std", "near_zero", "dead", "grad_std")
 HIST_WIDEN = 0.5  # an unbounded side of the histogram's range: step 0's span times this, added
@@ -173,7 +173,7 @@ def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedu
                 known = values.detach().tolist()
             if known is not None:
                 for j in range(k):
-                    if stopped[j] is None and not _finite(known[j]):
+                    if stopped[j] is None and not math.isfinite(known[j]):
                         stopped[j], stopped_at[j] = "nonfinite", step
                         if not recording:  # keep the step that went non-finite, its loss
                             last[j] = (step, recorder.row_of_loss(known[j]))
@@ -311,21 +311,21 @@ class _Recorder:
         per_layer = []
         for j, name in enumerate(names):
             base = 2 + j * n
-            columns = [tuple(_number(row[base + c]) for row in host) for c in range(n)]
+            columns = [tuple(finite_or_none(row[base + c]) for row in host) for c in range(n)]
             histogram = None
             ranges = self.ranges.get(self.posts[j], {}).get(group)
             if self.bins and ranges is not None:
                 start = 2 + len(names) * n + j * self.bins
-                histogram = tuple(tuple(int(c) if _finite(c) else 0
+                histogram = tuple(tuple(int(c) if math.isfinite(c) else 0
                                         for c in row[start:start + self.bins]) for row in host)
             per_layer.append(TrajectoryLayer(
                 name=name, mean=columns[0], std=columns[1], near_zero=columns[2],
                 dead=columns[3] if self.can_die[j] else None, grad_std=columns[4],
                 hist_range=ranges if histogram is not None else None,
                 histogram=histogram))
-        accuracy = tuple(_number(row[1]) for row in host)
+        accuracy = tuple(finite_or_none(row[1]) for row in host)
         return Trajectory(
-            steps=tuple(steps), loss=tuple(_number(row[0]) for row in host),
+            steps=tuple(steps), loss=tuple(finite_or_none(row[0]) for row in host),
             accuracy=accuracy if self.labelled else None, layers=tuple(per_layer),
             planned_steps=schedule.steps, every=schedule.every, batch_size=schedule.batch_size,
             optimizer=schedule.optimizer, lr=schedule.lr, momentum=schedule.momentum,
@@ -377,11 +377,3 @@ def hist_range(bounds: tuple[float | None, float | None], lo: torch.Tensor,
     valid = torch.isfinite(low) & torch.isfinite(high) & (high > low)
     return (torch.where(valid, low, torch.full_like(low, -1.0)),
             torch.where(valid, high, torch.ones_like(high)))
-
-
-def _finite(value: float) -> bool:
-    return value == value and value not in (float("inf"), float("-inf"))
-
-
-def _number(value: float) -> float | None:
-    return value if _finite(value) else None

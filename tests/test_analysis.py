@@ -13,7 +13,7 @@ from actstat.capture import CapturedLayer
 from actstat.config import Thresholds, load_config
 from actstat.inits import INITS
 from actstat.pipeline import profile
-from actstat.report import FLAGS
+from actstat.records import FLAGS
 
 
 @pytest.fixture(scope="module")

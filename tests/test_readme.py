@@ -14,8 +14,8 @@ import pytest
 from actstat.activations import ACTIVATIONS
 from actstat.cli import app
 from actstat.inits import BIAS_INITS, DATA_INITS, INITS, RESIDUAL_INITS
+from actstat.records import FLAGS
 from actstat.render import FORMATS, NOISE
-from actstat.report import FLAGS
 from conftest import ROOT
 
 README = ROOT / "README.md"

@@ -13,20 +13,20 @@ import pytest
 from actstat.config import load_config
 from actstat.errors import ActstatError
 from actstat.pipeline import profile
-from actstat.render import CSV_COLUMNS, mean_text, table_text, to_csv, to_json, to_markdown, verdict_line
-from actstat.report import (
+from actstat.records import (
     SCHEMA_VERSION,
     GradStats,
     InputStats,
     LayerStats,
     PostStats,
-    Report,
     Run,
     TensorStats,
     Theory,
     TrainLayer,
     TrainStats,
 )
+from actstat.render import CSV_COLUMNS, mean_text, table_text, to_csv, to_json, to_markdown, verdict_line
+from actstat.report import Report
 
 
 def strict_json(text: str):

@@ -52,11 +52,12 @@ def test_weight_change_is_the_relative_frobenius_distance():
                                 "data.batch_size": 64, "train.steps": 1, "train.lr": 0.1,
                                 "device": "cpu", "dtype": "float64"})
     from actstat.data import load_batch
-    from actstat.pipeline import profile_scheme
+    from actstat.pipeline import profile_schemes
 
     batch = load_batch(config.data, seed=0, device=torch.device("cpu"), dtype=torch.float64,
                        num_classes=10)
-    run = profile_scheme(config, config.init[0], config.activation[0], batch, input_std=1.0)
+    (run,) = profile_schemes(config, [(config.init[0], config.activation[0])], batch,
+                             input_std=1.0)
     # one SGD step moves W by lr * dW: the measured gradient predicts the movement
     layer, moved = run.layers[0], run.train.layers[0]
     assert moved.weight_delta == pytest.approx(

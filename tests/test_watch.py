@@ -15,7 +15,8 @@ from torch import nn
 from actstat.analysis import analyse_trajectory
 from actstat.build import initialised
 from actstat.config import Thresholds, load_config
-from actstat.report import Report, Trajectory, TrajectoryLayer
+from actstat.records import Trajectory, TrajectoryLayer
+from actstat.report import Report
 from actstat.training import watch_report
 from actstat.watch import Schedule
 

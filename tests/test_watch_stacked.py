@@ -13,7 +13,7 @@ import pytest
 from actstat import pipeline, plan, training
 from actstat.config import load_config
 from actstat.plan import train_stack_size
-from actstat.report import Trajectory
+from actstat.records import Trajectory
 from actstat.training import watch_report
 from actstat.watch import watch_stacked
 
