@@ -101,16 +101,25 @@ def unit_spread(sample_lo: torch.Tensor, sample_hi: torch.Tensor, lo: torch.Tens
 
 def group_histogram(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                     bins: int) -> torch.Tensor:
-    """(K, bins) counts: each group x[k] binned over its own [lo[k], hi[k]] (see `histogram`)."""
+    """(K, bins) float64 counts: each group x[k] binned in `bins` equal bins over its own
+    [lo[k], hi[k]] (the last bin closed, as np.histogram; values outside go to the end bins, NaN
+    to the first; a constant group all in the first bin). On the CPU, torch.bincount of the bin
+    indices, several times faster than scatter_add or histc's loop; on a GPU scatter_add, as
+    bincount reads its input's max there: a host sync per layer."""
     flat = exact(x).reshape(x.shape[0], -1)
     lo, hi = lo.to(flat.dtype)[:, None], hi.to(flat.dtype)[:, None]
     width = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     index = (flat - lo).mul_(bins / width).floor_().clamp_(0, bins - 1)
-    index = torch.nan_to_num(index, nan=0.0).long()
-    index += torch.arange(flat.shape[0], device=x.device)[:, None] * bins
-    counts = torch.zeros(flat.shape[0] * bins, dtype=torch.float64, device=x.device)
-    counts.scatter_add_(0, index.reshape(-1), torch.ones(index.numel(), dtype=torch.float64,
-                                                         device=x.device))
+    index = torch.nan_to_num_(index, nan=0.0).long()
+    if flat.shape[0] > 1:
+        index += torch.arange(flat.shape[0], device=x.device)[:, None] * bins
+    size = flat.shape[0] * bins
+    if x.device.type == "cpu":
+        counts = torch.bincount(index.reshape(-1), minlength=size).to(torch.float64)
+    else:
+        counts = torch.zeros(size, dtype=torch.float64, device=x.device)
+        counts.scatter_add_(0, index.reshape(-1), torch.ones(index.numel(), dtype=torch.float64,
+                                                             device=x.device))
     return counts.view(flat.shape[0], bins)
 
 
