@@ -594,7 +594,7 @@ class Probe:
             # compared in x's dtype, as the kernel compares (a float32 relu - 0.5 sits at -0.5)
             dead = (top <= floor if floor is not None else top == 0).to(f64).mean()
         else:
-            dead = torch.tensor(math.nan, dtype=f64, device=x.device)
+            dead = torch.full((), math.nan, dtype=f64, device=x.device)  # (no host copy)
         parts = [mean, std, lo.to(f64), hi.to(f64), torch.stack(near).to(f64).sum() / count,
                  dead]
         if spread:
