@@ -604,8 +604,9 @@ def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:
     if not quiet:
         schemes = sorted({scheme for scheme, _, _ in hits})
         scheme, index, flag = hits[0]
-        typer.echo(f"actstat: --fail-on: {len(hits)} flagged layer(s) in {len(schemes)} scheme(s); "
-                   f"first: {scheme}, layer {index}, {flag}", err=True)
+        # two short lines, not one that an 80-column terminal breaks inside a name
+        typer.echo(f"actstat: --fail-on: {len(hits)} flagged layer(s) in {len(schemes)} "
+                   f"scheme(s)\n  first: {scheme}, layer {index}, {flag}", err=True)
     raise typer.Exit(EXIT_FLAGGED)
 
 
