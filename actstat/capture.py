@@ -295,9 +295,11 @@ class _Record:
 # lsuv's step (actstat/lsuv.py): (module, its name, its output, a function that runs the
 # module again on the same input) -> the output the forward goes on with
 WeightStep = Callable[[nn.Module, str, torch.Tensor, Callable[[], Any]], torch.Tensor]
-# a histogram's range: (record name, group, the tensor's min, max as 0-d tensors on its device)
-# -> (low, high), 0-d tensors there too: nothing is read on the host
-HistRange = Callable[[str, int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# a histogram's range: (record name, group, the activation that made the tensor (its range) or
+# None, the tensor's min and max as 0-d tensors on its device) -> (low, high), 0-d tensors there
+# too: nothing is read on the host
+HistRange = Callable[[str, int, Activation | None, torch.Tensor, torch.Tensor],
+                     tuple[torch.Tensor, torch.Tensor]]
 
 
 class Probe:
@@ -513,7 +515,7 @@ class Probe:
         spread = kind == "weight"
         stats = [self._reduce(group, unit, spread, rules) for group in groups]
         if self.bins:
-            stats = [self._with_histogram(name, k, group, row)
+            stats = [self._with_histogram(name, k, group, row, rules)
                      for k, (group, row) in enumerate(zip(groups, stats))]
         saturation = rules is not None and rules.saturation_edges(self.cut) is not None
         record = _Record(name, kind, module, tuple(sample.shape), unit, stats, saturation,
@@ -605,7 +607,8 @@ class Probe:
             parts.append(torch.stack(saturated).sum() / count)
         return torch.stack([p.reshape(()) for p in parts])
 
-    def _with_histogram(self, name: str, group: int, x: torch.Tensor, row: Row) -> Row:
+    def _with_histogram(self, name: str, group: int, x: torch.Tensor, row: Row,
+                        rules: Activation | None) -> Row:
         """`row` and `bins` counts of `x` after it, over [min, max] (row[2], row[3]), or over
         `hist_range`'s range (values outside it counted in the end bins)."""
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -614,7 +617,7 @@ class Probe:
         else:
             lo, hi = row[2], row[3]
         if self.hist_range is not None:
-            lo, hi = self.hist_range(name, group, lo, hi)
+            lo, hi = self.hist_range(name, group, rules, lo, hi)
         counts = group_histogram(x.reshape(1, -1), lo.reshape(1), hi.reshape(1), self.bins)[0]
         return torch.cat([torch.as_tensor(row, dtype=torch.float64, device=counts.device),
                           counts])

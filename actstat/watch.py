@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from actstat.activations import describe
+from actstat.activations import Activation
 from actstat.analysis import pair_rows
 from actstat.capture import Probe
 from actstat.records import CapturedLayer, Trajectory, TrajectoryLayer, finite_or_none
@@ -217,12 +217,6 @@ class _Recorder:
         self.bins = bins
         self.labelled = labelled
         self.numbered = numbered
-        # each module's range, for its histogram's (None: unbounded on that side)
-        self.bounds: dict[str, tuple[float | None, float | None]] = {}
-        for name, module in model.named_modules():
-            rules = describe(module)
-            if rules is not None:
-                self.bounds[name] = (rules.lower, rules.upper)
         # per record name, each model's histogram range: on the device from step 0 on, and on
         # the host once the first recorded step's copy has brought it
         self.device_ranges: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -235,14 +229,14 @@ class _Recorder:
         self.posts: list[str] = []
         self.width = 0
 
-    def _range(self, name: str, group: int, lo: torch.Tensor,
+    def _range(self, name: str, group: int, rules: Activation | None, lo: torch.Tensor,
                hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A record's histogram range: fixed, on the device, the first time it is measured
-        (step 0); nothing is read on the host for it."""
+        (step 0), within the activation's range where it has one; nothing is read on the host."""
         key = (name, group)
         if key not in self.device_ranges:
-            module = name.split("#")[0].split(":")[0]
-            self.device_ranges[key] = hist_range(self.bounds.get(module, (None, None)), lo, hi)
+            bounds = (rules.lower, rules.upper) if rules is not None else (None, None)
+            self.device_ranges[key] = hist_range(bounds, lo, hi)
         return self.device_ranges[key]
 
     def numbers(self, losses: torch.Tensor, out: torch.Tensor,
