@@ -112,7 +112,7 @@ CHUNK = 1 << 20
 # already on the host: a CPU tensor's) that `collect` splices in around the one device copy
 Row = torch.Tensor | list[float]
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
-# dL/d(output): mean, std; with a trainable weight, dL/dW: std, min, max, and W: std (probe.GRAD)
+# dL/d(output): mean, std; with a trainable weight, dL/dW: std, min, max, and W: std
 GRAD = ("mean", "std")
 WEIGHT_GRAD = ("weight_std", "weight_min", "weight_max", "weight_data_std")
 

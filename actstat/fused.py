@@ -72,11 +72,11 @@ def reduce(view: torch.Tensor, *, channels: bool, near_zero: float,
     positions) with `channels`; None when it holds NaN or ±inf (reduce it with torch).
 
     `edges`: the saturation edges (lo, hi) of Activation.saturation_edges, None without a
-    saturation rule (probe.saturated_fraction's tests: |x - mid| >= half-width when both
+    saturation rule (reduce.saturated_fraction's tests: |x - mid| >= half-width when both
     exist). `spread`: the gap, the largest range across units at one sample (and position);
     else 0. `units`: count dead units (else the dead fraction is NaN): a unit is dead when all
-    its values are 0, or with `dead_below`, when none is above it (probe.py's pre-activation
-    rule, compared in float32). A large tensor is cut into as many parts as torch uses threads
+    its values are 0, or with `dead_below`, when none is above it (an activation's floor,
+    compared in float32). A large tensor is cut into as many parts as torch uses threads
     (torch.get_num_threads()), shared among threads of torch's OpenMP pool where one is loaded
     (_kernels.c says how); its numbers depend on that count only. Several Python threads may
     call this at once."""

@@ -144,7 +144,7 @@ def test_the_extension_checks_its_arguments():
 @needs_kernel
 @pytest.mark.parametrize("channels", [False, True])
 def test_dead_below_counts_units_never_above_the_threshold(channels):
-    """probe.py's pre-activation rule: a unit is dead when its largest value is at or below
+    """An activation's floor (`dead_below`): a unit is dead when its largest value is at or below
     `dead_below` (ReLU's 0: never positive), compared in float32."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 12, 9, generator=g) if channels else torch.randn(64, 12, generator=g)
@@ -159,6 +159,29 @@ def test_dead_below_counts_units_never_above_the_threshold(channels):
     per_unit = x.transpose(0, 1).reshape(12, -1)
     assert got[7] == pytest.approx(float((per_unit.amax(dim=1) <= 0).double().mean()))
     assert got[7] == pytest.approx(2 / 12)
+
+
+@needs_kernel
+@pytest.mark.parametrize("threshold", [None, -0.5])
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_few_dead_units_are_followed_one_by_one_to_the_last_row(threads, count, threshold):
+    """Once at most one unit in eight is not known alive, the kernel follows those units alone
+    (their indices) rather than every unit's flag: units that come alive in the last rows it
+    reads (the first samples: it reads backwards), in the middle, or never, are counted as
+    NumPy counts them, by either rule, on one thread or two."""
+    threads(count)
+    floor = 0.0 if threshold is None else threshold
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(400, 96, generator=g).abs() + floor + 0.1
+    for unit in (3, 40, 41, 77, 95):
+        x[:, unit] = floor
+    x[0, 3] = floor + 1.0  # alive in the first sample only: the last row read
+    x[200, 40] = floor + 2.0  # alive in the middle
+    x[399, 95] = floor + 1.0  # alive in the last sample: the first row read
+    got = fused.reduce(x, channels=False, near_zero=NEAR, edges=None, spread=False,
+                       dead_below=threshold)
+    assert got[7] == pytest.approx(float((x == floor).all(dim=0).double().mean()))
+    assert got[7] == pytest.approx(2 / 96)
 
 
 @pytest.mark.parametrize(("built", "enabled", "want"), [
