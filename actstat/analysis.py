@@ -45,8 +45,10 @@ Flags (thresholds are config keys; see actstat/config.py for their defaults and 
 - `saturated`: saturated fraction > thresholds.saturated.
 
 Of any model (below): the four signal flags (vanishing, exploding, grad_vanishing,
-grad_exploding) are not judged inside a repeated block, where the stream is the signal, and flags
-that an init's deliberate zeros explain are `by_design`, not flags.
+grad_exploding) are held to the segment a row lives in and the residual stream to its start,
+not to the input across a norm ("Judgement"); `large_branch`, `entropy_collapse` and
+`logit_growth` judge residual branches and attention; flags that an init's deliberate zeros
+explain are `by_design`, not flags.
 
 Layers of any model (`actstat.profile`, `--model`; the records of actstat/capture.py):
 
@@ -63,22 +65,26 @@ Layers of any model (`actstat.profile`, `--model`; the records of actstat/captur
   module, else exactly 0 for every sample and position.
 - `saturated`: only where `post` comes from a known bounded activation module.
 - `symmetric`: as above, on the output of the row's weight layer (2+ units).
-- `vanishing`, `exploding`: against the input's std; for token ids (no meaningful std), against
-  the first row's post std. Not on a normalisation layer's row: the norm sets its scale; not
-  `vanishing` on the head's (a weight layer whose output nothing consumes: the logits, which
-  many inits start small or at 0, and whose loss gradient is not small when they are).
-- `grad.mean`, `grad.std`: of dL/d(the row's first tensor); `grad_vanishing`, `grad_exploding`:
-  against the last row's, or the one before it when the last row is a weight layer whose
-  output nothing consumes (the head, as the MLP's reference is its last hidden layer; the head
-  itself is not held to it).
-- Inside a repeated block (a row whose name lies under a `block` row's: `blocks.3.branch.fc1`
-  under `blocks.3`), `vanishing`, `exploding`, `grad_vanishing` and `grad_exploding` are not
-  judged: in a residual network the signal, forward and backward, is the stream (the blocks'
-  outputs), and a branch's output is a term added to it, small on purpose in many inits
-  (gpt2's scaled projections; a branch's gradient is the stream's through those same small
-  weights). The stream rows, and the rows outside every block (the input layer, the head), are
-  judged; a branch that does blow up shows on the stream it adds to. Branch rows keep
-  `nonfinite`, `symmetric`, `saturated`, `dead` and `grad_zero`.
+- Judgement ("Judgement" in docs/statistics.md; `_roles`): a normalisation layer starts a new
+  scale; a row is held (`vanishing`, `exploding`) to the std of the last norm or stream row
+  before it, at the start to the input's std (token ids: the first row's); a norm's own row,
+  and the rows of a segment that a norm closes, are not held to a scale (the norm rescales
+  what comes in). The residual stream (each residual block's output: a repeated block with a
+  branch added onto its input, actstat/stream.py) is held to its start (the first block's
+  input) with room to grow: `exploding` above exploding × √k × the start's std at the k-th
+  block, the growth of a pre-norm stack whose branches are as large as the stream. Rows inside
+  a residual block are not held to a scale (a branch is a term added to the stream, small on
+  purpose in many inits); they keep `nonfinite`, `symmetric`, `saturated`, `dead`, `grad_zero`
+  and the attention flags. The head (a weight layer whose output nothing consumes: the logits)
+  is not held to `vanishing`.
+- Gradients: a stream row's against the last stream row's; a row outside every block against
+  the last row of its gradient segment (rows cut at norms and at the stream; the head left out
+  of it and not held to it); none inside a residual block. For the MLP: the last hidden layer.
+- `large_branch`: a branch's rms over the rms of the stream it is added to (`branch_ratio`, at
+  the add) above thresholds.branch.
+- `entropy_collapse`: an attention head's mean normalised entropy (actstat/stream.py
+  `attention_numbers`) below thresholds.attention_entropy; `logit_growth`: the largest
+  attention logit above thresholds.attention_logit.
 - By design (`ByDesign`): a structural init's deliberate zeros (fixup's zero branch last layers
   and head; rezero's α = 0) make some flags a property of the init, not a failure: those flags
   move from the row's `flags` to its `by_design` and the run gets a note saying so once. Flags
@@ -131,8 +137,6 @@ from actstat.records import (
 
 # the statistics every tensor has (actstat/capture.py reduces them in this order)
 MOMENTS = ("mean", "std", "min", "max", "near_zero")
-# the flags judged on the signal (a residual network's stream), not inside a repeated block
-SIGNAL_FLAGS = ("exploding", "vanishing", "grad_exploding", "grad_vanishing")
 
 
 def verdict(layers: tuple[LayerStats, ...]) -> str:
@@ -204,17 +208,107 @@ def analyse_captured(records: Sequence[CapturedLayer], *, input_std: float | Non
     rows = pair_rows(records)
     if not rows:
         return ()
-    reference = input_std if input_std else rows[0][1].stats["std"]
     head = rows[-1][0] is None and rows[-1][1].kind == "weight" and len(rows) > 1
-    last = rows[-2] if head else rows[-1]
-    last_grad = (last[0] or last[1]).grad
-    last_std = last_grad["std"] if last_grad is not None else None
-    blocks = tuple(post.name.split("#")[0] + "." for pre, post in rows
-                   if pre is None and post.kind == "block")
-    return tuple(_captured_row(i, pre, post, reference,
-                               None if head and i == len(rows) else last_std, thresholds,
-                               blocks, by_design, head and i == len(rows))
-                 for i, (pre, post) in enumerate(rows, start=1))
+    roles = _roles(rows, input_std, head)
+    return tuple(_captured_row(i, pre, post, role, thresholds, by_design)
+                 for i, ((pre, post), role) in enumerate(zip(rows, roles), start=1))
+
+
+@dataclass(frozen=True)
+class _Role:
+    """Where a row sits, for its judgement: the std its signal flags hold it to (None: not
+    judged), the gradient std its gradient flags hold it to (None: not judged), whether it is
+    the head, its place on the residual stream, and its stream position (1 for the first
+    block's output) for the stream's allowed growth."""
+
+    scale: float | None
+    grad_scale: float | None
+    head: bool = False
+    stream: str | None = None
+    position: int = 0
+    scale_of: str | None = None  # the row whose std `scale` is ("input": the input's)
+    grad_of: str | None = None  # the row whose gradient std `grad_scale` is
+
+
+def _roles(rows: Sequence[tuple[CapturedLayer | None, CapturedLayer]], input_std: float | None,
+           head: bool) -> list[_Role]:
+    """Each row's references ("Judgement" in the module docstring).
+
+    Scale: a stream row's is the stream's start; a row inside a residual block has none; any
+    other row's is its segment's, the std of the last norm or stream row before it (at the
+    start: the input's, or for token ids the first row's). Gradient: a stream row's is the
+    last stream row's; a row inside a residual block has none; any other row's is the last
+    row of its gradient segment (rows between norms and the stream, the head left out)."""
+    firsts = [pre or post for pre, post in rows]
+    blocks = tuple(post.block + end for _, post in rows if post.block for end in ".:")
+    inside = [first.name.startswith(blocks) and first.stream is None
+              and post.stream is None for first, (_, post) in zip(firsts, rows)]
+    streams = [post.stream or first.stream for first, (_, post) in zip(firsts, rows)]
+    normed = [first.kind == "norm" for first in firsts]
+
+    def std(k: int) -> float | None:
+        pre, post = rows[k]
+        tensor = pre if pre is not None and normed[k] else post
+        value = tensor.stats["std"]
+        return value if math.isfinite(value) else None
+
+    def grad(k: int) -> float | None:
+        g = (firsts[k].grad or rows[k][1].grad) or {}
+        value = g.get("std")
+        return value if value is not None and math.isfinite(value) else None
+
+    stream_rows = [k for k, role in enumerate(streams) if role is not None]
+    start = next((k for k in stream_rows if streams[k] == "start"), None)
+    start_std = std(start) if start is not None else None
+    last_stream_grad = grad(stream_rows[-1]) if stream_rows else None
+    start_name = firsts[start].name if start is not None else None
+    last_stream_name = firsts[stream_rows[-1]].name if stream_rows else None
+    # gradient segments: runs of rows outside blocks and off the stream, cut at norms
+    segment_of: dict[int, int] = {}
+    segments: list[list[int]] = []
+    for k in range(len(rows)):
+        if inside[k] or streams[k] is not None:
+            if segments and segments[-1]:
+                segments.append([])
+            continue
+        if normed[k] or not segments:
+            segments.append([])
+        segments[-1].append(k)
+        segment_of[k] = len(segments) - 1
+    last = len(rows) - 1
+    # a segment that a norm closes: the norm sets the scale of what follows it, whatever
+    # comes in (scale-invariant), so its rows are judged by their gradients only
+    closed = {j for j, members in enumerate(segments)
+              if members and members[-1] + 1 <= last and normed[members[-1] + 1]}
+    roles: list[_Role] = []
+    scale = input_std if input_std else std(0)
+    scale_of = "input" if input_std else firsts[0].name
+    position = 0
+    for k in range(len(rows)):
+        is_head = head and k == last
+        if streams[k] is not None:
+            position += streams[k] == "block"
+            # the stream's start is judged as any row is (not at all when it is a norm's
+            # output), each block's output against the start
+            own = start_std if streams[k] == "block" else None if normed[k] else scale
+            roles.append(_Role(own, last_stream_grad, stream=streams[k], position=position,
+                               scale_of=start_name if streams[k] == "block" else scale_of,
+                               grad_of=last_stream_name))
+            scale, scale_of = std(k), firsts[k].name
+            continue
+        if inside[k]:
+            roles.append(_Role(None, None))
+            continue
+        members = [j for j in segments[segment_of[k]] if not (head and j == last)]
+        reference = grad(members[-1]) if members else None
+        grad_of = firsts[members[-1]].name if members else None
+        judged = not normed[k] and segment_of[k] not in closed
+        roles.append(_Role(scale if judged else None, None if is_head else reference,
+                           head=is_head, scale_of=scale_of if judged else None,
+                           grad_of=None if is_head else grad_of))
+        if normed[k]:
+            scale, scale_of = std(k), firsts[k].name
+    return roles
 
 
 def design_notes(layers: Sequence[LayerStats], design: ByDesign | None) -> tuple[str, ...]:
@@ -261,8 +355,12 @@ def head_row(layers: Sequence[LayerStats]) -> LayerStats | None:
 
 
 def signal_rows(layers: Sequence[LayerStats]) -> Sequence[LayerStats]:
-    """The rows that carry the signal: all but the head (the MLP's hidden layers)."""
-    return layers[:-1] if head_row(layers) is not None else layers
+    """The rows that carry the signal: all but the head (the MLP's hidden layers) and the
+    residual branches measured at their add (`α · branch`: a term of the stream, not a layer)."""
+    rows = layers[:-1] if head_row(layers) is not None else layers
+    if not any(layer.kind == "branch" for layer in rows):
+        return rows
+    return [layer for layer in rows if layer.kind != "branch"] or rows
 
 
 def grad_reference(layers: Sequence[LayerStats]) -> LayerStats:
@@ -296,9 +394,7 @@ def torch_fans(weight_shape: Sequence[int]) -> tuple[int, int]:
 
 
 def _captured_row(index: int, pre_record: CapturedLayer | None, post_record: CapturedLayer,
-                  reference_std: float | None, last_grad_std: float | None,
-                  t: Thresholds, blocks: tuple[str, ...] = (),
-                  design: ByDesign | None = None, head: bool = False) -> LayerStats:
+                  role: _Role, t: Thresholds, design: ByDesign | None = None) -> LayerStats:
     first = pre_record or post_record
     raw_post = post_record.stats
     pre = None
@@ -317,31 +413,44 @@ def _captured_row(index: int, pre_record: CapturedLayer | None, post_record: Cap
     weight = first if first.kind == "weight" and first.weight_shape is not None else None
     fan_in = (torch_fans(weight.weight_shape)[0]
               if weight is not None and len(weight.weight_shape) >= 2 else None)
-    grad, grad_flags = _captured_grad(first.grad or post_record.grad, last_grad_std, t)
+    grad, grad_flags = _captured_grad(first.grad or post_record.grad, role.grad_scale, t)
     std = raw_post["std"]
     spread = weight.stats.get("spread") if weight is not None else None
-    # a normalisation layer sets its output's scale itself: its row says nothing of the init's
-    scaled = bounds_finite and reference_std is not None and first.kind != "norm"
+    scale = role.scale if bounds_finite else None
+    # a pre-norm stack's stream may grow as the square root of the branches added to it
+    allowed = math.sqrt(role.position) if role.stream == "block" else 1.0
+    branch = next((r.branch for r in (post_record, pre_record)
+                   if r is not None and r.branch is not None), None)
+    attention = next((r.attention for r in (post_record, pre_record)
+                      if r is not None and r.attention is not None), None)
+    entropy = None if attention is None else tuple(finite_or_none(e) for e in attention[:-1])
+    top = None if attention is None else finite_or_none(attention[-1])
     flags = {
         **grad_flags,
         "nonfinite": not bounds_finite or grad_flags.get("nonfinite", False),
         "symmetric": bounds_finite and units > 1 and spread is not None and spread <= t.symmetric,
-        "exploding": scaled and std > t.exploding * reference_std,
+        "exploding": scale is not None and std > t.exploding * allowed * scale,
         # the head's output is the logits: small ones are a calm start (fixup and μP start it
         # at 0), and the loss's gradient at them, softmax - labels, is not small
-        "vanishing": scaled and not head and std < t.vanishing * reference_std,
+        "vanishing": scale is not None and not role.head and std < t.vanishing * scale,
+        "large_branch": branch is not None and math.isfinite(branch) and branch > t.branch,
+        "entropy_collapse": entropy is not None and any(
+            e is not None and e < t.attention_entropy for e in entropy),
+        "logit_growth": top is not None and top > t.attention_logit,
         "saturated": post.saturated is not None and post.saturated > t.saturated,
         "dead": post.dead is not None and post.dead > t.dead,
     }
-    if first.name.startswith(blocks):  # inside a block: the stream is judged instead
-        flags.update(dict.fromkeys(SIGNAL_FLAGS, False))
     deliberate = design.flags(first.name) if design is not None else frozenset()
     module = first.module_type if pre_record is None else (
         f"{pre_record.module_type} → {post_record.module_type}")
     return LayerStats(index, fan_in, max(units, 1), pre, post, grad,
                       tuple(f for f in FLAGS if flags.get(f) and f not in deliberate),
                       name=first.name, kind=first.kind, module=module,
-                      by_design=tuple(f for f in FLAGS if flags.get(f) and f in deliberate))
+                      by_design=tuple(f for f in FLAGS if flags.get(f) and f in deliberate),
+                      stream=role.stream, branch_ratio=finite_or_none(branch),
+                      attention_entropy=entropy, max_logit=top,
+                      scale_of=role.scale_of, scale_allowed=allowed if role.stream == "block"
+                      else None, grad_of=role.grad_of)
 
 
 def _captured_grad(g: dict[str, float | None] | None, last_std: float | None,

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -69,7 +70,7 @@ import torch
 from torch import nn
 
 from actstat import fused
-from actstat.activations import Activation, describe
+from actstat.activations import Activation, describe, identity
 from actstat.config import Thresholds
 from actstat.errors import ActstatError, ModelError
 from actstat.records import Capture, CapturedLayer
@@ -81,6 +82,7 @@ from actstat.reduce import (
     saturated_fraction,
     unit_spread,
 )
+from actstat.stream import Watch, attention_numbers, rms
 
 WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
@@ -108,6 +110,8 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
 # where a whole 50 MB feature map came from memory once per pass. 2**18 to 2**20 were within
 # noise of each other on the 2-core benchmark machine; fewer, larger chunks mean fewer ops
 CHUNK = 1 << 20
+# the rules of a tensor that no activation made (a branch at its add): no floor, no range
+NOT_AN_ACTIVATION = identity()
 # a record's numbers: a float64 device vector (torch reductions), or host floats (the kernel's,
 # already on the host: a CPU tensor's) that `collect` splices in around the one device copy
 Row = torch.Tensor | list[float]
@@ -214,6 +218,26 @@ def convolutional(model: nn.Module) -> set[int]:
     return ids
 
 
+def is_norm(module: nn.Module) -> bool:
+    """A normalisation layer: torch's (NORM_TYPES), or any module without submodules whose class
+    name says it normalises (`...Norm`, `...Norm1d`: Hugging Face's LlamaRMSNorm, T5LayerNorm,
+    Qwen2RMSNorm, ...), so that actstat never imports the library that defines it. Its output
+    starts a new scale (actstat/analysis.py)."""
+    if isinstance(module, NORM_TYPES):
+        return True
+    return (re.search(r"Norm(\d[dD])?$", type(module).__name__) is not None
+            and next(module.children(), None) is None and not is_weight_layer(module))
+
+
+def is_attention(module: nn.Module) -> bool:
+    """An attention module: nn.MultiheadAttention, or a class named `...Attention` (Hugging
+    Face's GPT2Attention, LlamaAttention, BertSelfAttention, ...). Its output is measured (a row
+    of kind `attention`), and the softmax (or scaled-dot-product attention) it calls gives the
+    entropy of its attention and its largest logit (actstat/stream.py)."""
+    return (isinstance(module, nn.MultiheadAttention)
+            or type(module).__name__.endswith("Attention"))
+
+
 def is_weight_layer(module: nn.Module) -> bool:
     """A module whose output is a weight layer's: WEIGHT_TYPES, a `transposed_linear`, or a
     `stacked` layer."""
@@ -251,6 +275,7 @@ class _Pending:
     channels: bool
     consumer: bool
     source: str | None = None  # the weight or norm layer call whose output it is
+    record: _Record | None = None  # the record that measured it
 
 
 class _Module(NamedTuple):
@@ -265,6 +290,8 @@ class _Module(NamedTuple):
     convolutional: bool  # holds a CHANNEL_TYPES module: its output's unit is the channel
     channel_type: bool
     rules: Activation | None  # activations.describe: its dead (floor) and saturation rules
+    leaf: bool  # no submodules: may consume a tensor (an activation)
+    attention: bool  # is_attention
 
 
 @dataclass(slots=True)
@@ -275,6 +302,23 @@ class _Call:
     consumes: str | None  # that layer's call name
     channels: bool  # its input is a feature map whose unit is the channel
     hand_on: _Pending | None  # a pass-through module's input that awaits its consumer
+    consumed: _Pending | None = None  # the tensor it consumes, and its shape
+    shape: tuple[int, ...] = ()
+    stream_in: bool = False  # called with its block's stream (a post-norm's norm)
+    attention: Row | None = None  # entropy per head and the largest logit (stream.py)
+
+
+@dataclass(slots=True)
+class _Frame:
+    """A repeated block being run: its call name, the tensors that are its stream (by id,
+    weakly held: its input, and what adds onto it and post-norms make of it), the branches
+    measured at their add."""
+
+    name: str
+    stream: dict[int, weakref.ref]
+    channels: bool = False  # its stream is a feature map whose unit is the channel
+    branches: int = 0  # branches measured at their add (no record held them)
+    adds: int = 0  # adds of a branch onto the stream
 
 
 @dataclass(slots=True)
@@ -290,6 +334,10 @@ class _Record:
     consumes: str | None = None  # an activation record: the weight or norm call it consumes
     grad: list[Row] | None = None  # per group: (mean, std) once backward reached the tensor
     differentiable: bool = False
+    stream: str | None = None  # "start": the first block's input; "block": a block's output
+    block: str | None = None  # the residual block call whose output it is
+    branch: list[Row] | None = None  # per group: rms(branch) / rms(stream) at its add
+    attention: Row | None = None  # per head: mean normalised entropy; then the largest logit
 
 
 # lsuv's step (actstat/lsuv.py): (module, its name, its output, a function that runs the
@@ -332,6 +380,11 @@ class Probe:
         self.modules: dict[int, _Module] = {}
         self.scratch = Scratch()  # one buffer for every reduction of every pass
         self.zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        # the adds onto a residual stream and the attention in a model that has blocks or
+        # attention modules are seen through torch's function mode (actstat/stream.py),
+        # entered while the model's forward runs (its outermost call) and left after it
+        self.watched = bool(self.blocks) or any(is_attention(m) for m in model.modules())
+        self.watch = None
         self.reset()
 
     def reset(self) -> None:
@@ -343,6 +396,9 @@ class Probe:
         self.records: list[_Record] = []
         self.ran: list[str] = []
         self.data: tuple[torch.Tensor, ...] = ()  # the model's inputs: never an input record
+        self.frames: list[_Frame] = []  # the blocks being run, innermost last
+        self.started = False  # the first block's input has been looked at
+        self.watch: Watch | None = None  # entered while the model's forward runs
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -362,6 +418,12 @@ class Probe:
         finally:
             for handle in handles:
                 handle.remove()
+            self._unwatch()
+
+    def _unwatch(self) -> None:
+        if self.watch is not None:
+            watch, self.watch = self.watch, None
+            watch.__exit__(None, None, None)
 
     def forward(self, inputs: Any) -> Any:
         """The model's output on `inputs`; a failure names the module it happened in."""
@@ -388,11 +450,13 @@ class Probe:
     def _describe(self, module: nn.Module) -> _Module:
         key = id(module)
         weight = is_weight_layer(module)
+        leaf = next(module.children(), None) is None
         info = _Module(self.names.get(key, type(module).__name__), weight,
                        weight and not isinstance(module, nn.Embedding),
-                       isinstance(module, NORM_TYPES), key in self.blocks,
+                       is_norm(module), key in self.blocks,
                        isinstance(module, PASS_THROUGH), key in self.convolutional,
-                       isinstance(module, CHANNEL_TYPES), describe(module))
+                       isinstance(module, CHANNEL_TYPES), describe(module), leaf,
+                       is_attention(module))
         self.modules[key] = info
         return info
 
@@ -401,21 +465,45 @@ class Probe:
             return
         key = id(module)
         info = self.modules.get(key) or self._describe(module)
+        if not self.stack and self.watched and self.watch is None:
+            self.watch = Watch(active=self._watching, is_stream=self._is_stream,
+                               mark=self._mark, on_add=self._on_add,
+                               in_attention=self._in_attention, on_attention=self._on_attention)
+            self.watch.__enter__()
         count = self.calls[key] = self.calls.get(key, 0) + 1
         name = info.name if count == 1 else f"{info.name}#{count}"
         self.ran.append(name)
         x = first_tensor(args) if args else first_tensor(kwargs)
         seen = self._seen(x)
-        consumer, hand_on, consumes = False, None, None
+        consumer, hand_on, consumes, consumed = False, None, None, None
         if seen is not None and seen.consumer:
             if info.pass_through:
                 # its children, or the module after it, consume the tensor
                 hand_on = seen
-            else:
-                consumer, seen.consumer, consumes = True, False, seen.source
+            elif (info.leaf and not info.weight and not info.norm
+                  and (seen.version is None or seen.version == x._version)):
+                # an activation: a module of its own (no submodules) called with the tensor as
+                # it came out (not after an in-place add onto it); `_after` checks its shape
+                consumer, seen.consumer, consumes, consumed = True, False, seen.source, seen
+        stream_in = bool(self.frames) and x is not None and self._is_stream(x)
         self.stack.append(_Call(key, name, consumer, consumes,
-                                seen is not None and seen.channels, hand_on))
-        if (info.inputs and x is not None and x.is_floating_point()
+                                seen is not None and seen.channels, hand_on, consumed,
+                                tuple(x.shape) if consumed is not None else (), stream_in))
+        if (info.block and not self.started and self.selection is None and x is not None
+                and x.is_floating_point()):
+            # the stream's start: the first block's input (a token model's summed embeddings)
+            self.started = True
+            if ((seen is None or seen.version != x._version or seen.record is None)
+                    and not any(x is t for t in self.data)):
+                self._measure(module, f"{name}:input", "input", x, channels=(
+                    x.dim() - bool(self.groups) >= 3 and info.convolutional), rules=None)
+                seen = self._seen(x)
+            if seen is not None and seen.record is not None:
+                seen.record.stream = "start"
+        if info.block and x is not None:
+            self.frames.append(_Frame(name, {id(x): weakref.ref(x)}, channels=(
+                x.dim() - bool(self.groups) >= 3 and info.convolutional)))
+        elif (info.inputs and x is not None and x.is_floating_point()
                 and (seen is None or seen.version != x._version) and self.selection is None
                 and not any(x is t for t in self.data)):
             # `version`: an in-place op since it was measured changed it
@@ -429,10 +517,23 @@ class Probe:
         while len(self.stack) > 1 and self.stack[-1].module != id(module):
             self.stack.pop()
         call = self.stack.pop()
+        if not self.stack:
+            self._unwatch()  # the forward's outermost call returns
+        info = self.modules[call.module]
+        frame = (self.frames.pop() if info.block and self.frames
+                 and self.frames[-1].name == call.name else None)
+        # a repeated block with a branch added onto its input is a residual block: its output is
+        # the stream (a repeated block without one, such as a conv-norm-act layer, is not)
+        residual = frame is not None and frame.adds > 0
         x = first_tensor(out)
         if x is None or not x.is_floating_point():
             return None
-        info = self.modules[call.module]
+        if call.consumer and tuple(x.shape) != call.shape:
+            # it only read the tensor (its dtype or device: a rotary embedding's table), or
+            # reshaped it: not the tensor's activation, which may still come
+            call.consumer = False
+            if call.consumed is not None:
+                call.consumed.consumer = True
         kind = self._kind(info, call)
         if self.selection is not None:
             kind = (kind or "selected") if self._selected(module, call.name) else None
@@ -441,6 +542,20 @@ class Probe:
         if info.weight and self.weight_step is not None and x is out:
             replaced = x = self.weight_step(module, call.name, x,
                                             lambda: self._again(module, args, kwargs))
+        if kind in ("block", "attention") and self.selection is None:
+            seen = self._seen(x)
+            if seen is not None and seen.record is not None and seen.version == x._version:
+                # measured already and unchanged (an attention module's output is its output
+                # projection's; a post-norm block's is its norm's): no second row of it
+                if residual:
+                    record = seen.record
+                    if record.kind == "norm":
+                        # a post-norm block's output is its norm's: one row, the block's
+                        record.name, record.kind, record.module = call.name, "block", module
+                    record.stream, record.block = "block", call.name
+                if call.attention is not None:
+                    seen.record.attention = call.attention
+                kind = None
         if kind is not None:
             if self.grad and not x.requires_grad:
                 # a tensor no parameter upstream of it trains (frozen layers, data): x + 0
@@ -450,9 +565,14 @@ class Probe:
                 replaced = _replace(out, x, new)
                 if replaced is not None:
                     x = new
-            self._measure(module, call.name, kind, x, channels,
-                          info.rules if kind in ("activation", "selected") else None,
-                          consumes=call.consumes if kind == "activation" else None)
+            record = self._measure(module, call.name, kind, x, channels,
+                                   info.rules if kind in ("activation", "selected") else None,
+                                   consumes=call.consumes if kind == "activation" else None)
+            if residual:
+                record.stream, record.block = "block", call.name
+            record.attention = call.attention
+        if call.stream_in and info.norm:
+            self._mark(x)  # a post-norm block's stream is its norm's output
         consumer = info.weight or info.norm
         source = call.name if consumer else None
         if call.hand_on is not None and call.hand_on.consumer and call.hand_on.ref() is not x:
@@ -465,6 +585,51 @@ class Probe:
             else:
                 self.tensors[id(x)] = _Pending(weakref.ref(x), None, channels, consumer, source)
         return replaced
+
+    # -- the stream and attention (actstat/stream.py calls these) ---------------------------
+
+    def _watching(self) -> bool:
+        return not self.paused
+
+    def _is_stream(self, t: torch.Tensor) -> bool:
+        """Whether `t` (or the tensor it is a view of) is the innermost block's stream."""
+        if not self.frames:
+            return False
+        stream = self.frames[-1].stream
+        for candidate in (t, t._base):
+            if candidate is not None:
+                ref = stream.get(id(candidate))
+                if ref is not None and ref() is candidate:
+                    return True
+        return False
+
+    def _mark(self, t: torch.Tensor) -> None:
+        if self.frames:
+            self.frames[-1].stream[id(t)] = weakref.ref(t)
+
+    def _on_add(self, branch: torch.Tensor, stream: torch.Tensor) -> None:
+        """A branch about to be added to the stream: rms(branch) / rms(stream), per group, on
+        the record of the branch (measured here if no record holds it yet)."""
+        frame = self.frames[-1]
+        frame.adds += 1
+        seen = self._seen(branch)
+        record = seen.record if seen is not None and seen.version == branch._version else None
+        if record is None and self.selection is not None:
+            return  # only what was selected is measured
+        if record is None:
+            frame.branches += 1
+            suffix = "" if frame.branches == 1 else f"{frame.branches}"
+            # a sum or a product, not an activation: its dead units are not counted
+            record = self._measure(self.model, f"{frame.name}:branch{suffix}", "branch", branch,
+                                   channels=frame.channels, rules=NOT_AN_ACTIVATION)
+        ratio = rms(branch.detach(), self.groups) / rms(stream.detach(), self.groups)
+        record.branch = list(ratio.unbind(0)) if self.groups else [ratio.reshape(1)]
+
+    def _in_attention(self) -> bool:
+        return bool(self.stack) and self.modules[self.stack[-1].module].attention
+
+    def _on_attention(self, logits: torch.Tensor, probabilities: torch.Tensor) -> None:
+        self.stack[-1].attention = attention_numbers(logits, probabilities)
 
     def _again(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The module's output computed afresh on the same input, unseen by the hooks."""
@@ -479,6 +644,8 @@ class Probe:
             return "weight"
         if info.norm:
             return "norm"
+        if info.attention:
+            return "attention"
         if info.block:
             return "block"
         if call.consumer:
@@ -497,7 +664,13 @@ class Probe:
         if x is None:
             return None
         entry = self.tensors.get(id(x))
-        return entry if entry is not None and entry.ref() is x else None
+        if entry is not None and entry.ref() is x:
+            return entry
+        base = x._base  # a view of the whole of a tensor it has seen (`.view(shape)`)
+        if base is not None and base.numel() == x.numel() and base.data_ptr() == x.data_ptr():
+            entry = self.tensors.get(id(base))
+            return entry if entry is not None and entry.ref() is base else None
+        return None
 
     def _zero(self, x: torch.Tensor) -> torch.Tensor:
         key = (x.dtype, x.device)
@@ -508,7 +681,7 @@ class Probe:
     # -- reductions -------------------------------------------------------------------------
 
     def _measure(self, module: nn.Module, name: str, kind: str, x: torch.Tensor, channels: bool,
-                 rules: Activation | None, consumes: str | None = None) -> None:
+                 rules: Activation | None, consumes: str | None = None) -> _Record:
         groups = self._groups(x.detach())  # detached: no graph
         sample = groups[0]
         unit = 1 if channels else max(sample.dim() - 1, 0)
@@ -523,12 +696,14 @@ class Probe:
         self.records.append(record)
         seen = self._seen(x)
         if seen is not None:
-            seen.version = x._version
+            seen.version, seen.record = x._version, record
         else:
-            self.tensors[id(x)] = _Pending(weakref.ref(x), x._version, channels, False)
+            self.tensors[id(x)] = _Pending(weakref.ref(x), x._version, channels, False,
+                                           record=record)
         if self.grad and x.requires_grad:
             record.differentiable = True
             x.register_hook(lambda g, record=record: self._on_grad(record, g))
+        return record
 
     def _groups(self, t: torch.Tensor) -> list[torch.Tensor]:
         """`t` as the list of its groups: itself for one model, t[0], ..., t[K-1] for a stack."""
@@ -677,6 +852,10 @@ class Probe:
         for group in range(max(self.groups, 1)):
             for record in self.records:
                 rows.append(record.stats[group])
+                if record.branch is not None:
+                    rows.append(record.branch[group])
+                if record.attention is not None:
+                    rows.append(record.attention)
                 if not self.grad:
                     continue
                 rows.append(record.grad[group] if record.grad is not None else [0.0, 0.0])
@@ -703,7 +882,7 @@ class Probe:
         """The weight numbers of a record's module (computed once per module; a module called
         twice shows its one weight gradient on each call), None for an input record: the
         weight belongs with the layer's output."""
-        if record.kind == "input":
+        if record.kind in ("input", "branch"):
             return None
         key = id(record.module)
         if key not in weights:
@@ -712,8 +891,11 @@ class Probe:
 
     def _weight(self, module: nn.Module) -> tuple[list[Row], bool] | None:
         """((std, min, max) of dL/dW and std(W) per group, trainable) for a module with a
-        weight parameter (a stacked layer's weight[k] is group k's); None when it has none."""
+        weight parameter (a stacked layer's weight[k] is group k's; nn.MultiheadAttention's
+        `in_proj_weight`); None when it has none."""
         weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter):
+            weight = getattr(module, "in_proj_weight", None)
         if not isinstance(weight, nn.Parameter):
             return None
         grouped = self.groups and stacked(module)
@@ -745,6 +927,9 @@ class Probe:
                     + (("saturated",) if record.saturation else ()))
             stats = dict(zip(keys, islice(host, len(keys))))
             histogram = tuple(islice(host, self.bins)) if self.bins else None
+            branch = next(host) if record.branch is not None else None
+            attention = (tuple(islice(host, record.attention.numel()))
+                         if record.attention is not None else None)
             grad: dict[str, float | None] | None = None
             if self.grad:
                 grad = dict(zip(GRAD, islice(host, 2)))
@@ -763,14 +948,15 @@ class Probe:
             layers.append(CapturedLayer(record.name, record.kind, type(record.module).__name__,
                                         record.shape, record.unit_dim,
                                         self._weight_shape(record), stats, grad, histogram,
-                                        record.consumes))
+                                        record.consumes, stream=record.stream, branch=branch,
+                                        attention=attention, block=record.block))
         return Capture(tuple(layers), None)
 
     def _weight_shape(self, record: _Record) -> tuple[int, ...] | None:
         """A record's weight in torch.nn.init's layout (out, in, *kernel), one group's of a
         stacked layer; None for an input record or a module without a weight."""
         weight = getattr(record.module, "weight", None)
-        if not isinstance(weight, nn.Parameter) or record.kind == "input":
+        if not isinstance(weight, nn.Parameter) or record.kind in ("input", "branch"):
             return None
         if transposed_linear(record.module):
             return tuple(weight.T.shape)

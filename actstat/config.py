@@ -302,6 +302,16 @@ class Thresholds(_Section):
     grad_vanishing: float = Field(0.1, gt=0)
     # std of dL/d(pre) > grad_exploding · the last hidden layer's (randn+tanh: 1e7)
     grad_exploding: float = Field(10.0, gt=0)
+    # a residual branch whose rms is more than this times the stream's it is added to: the
+    # block's output is mostly the branch (healthy at init: transformers 0.01-0.7, a ResNet
+    # trained with BatchNorm ~1; docs/statistics.md)
+    branch: float = Field(2.0, gt=0)
+    # an attention head whose mean normalised entropy is below this: it attends to one key
+    # (entropy collapse; uniform attention is 1, a fresh transformer's heads ~0.99)
+    attention_entropy: float = Field(0.1, gt=0, lt=1)
+    # an attention logit above this: softmax is one-hot there and its gradient vanishes
+    # (attention logit growth; a fresh transformer's are below 1; docs/statistics.md)
+    attention_logit: float = Field(50.0, gt=0)
     # actstat train: a layer's std this many times (or 1/this of) an earlier step's is an event
     std_jump: float = Field(100.0, gt=1)
     # actstat train: the loss fell by at least this fraction of step 0's: the scheme trained

@@ -94,6 +94,10 @@ def block_expectations(model: torch.nn.Module, activation: Activation,
             for k, layer in enumerate(block.branch, start=1):
                 rows[f"blocks.{i}.branch.fc{k}"] = (layer.pre_std, layer.post_mean,
                                                      layer.post_std)
+            if alpha is not None:  # α · branch, added to the stream (its own row)
+                last = block.branch[-1]
+                rows[f"blocks.{i}:branch"] = (None, alpha * last.post_mean,
+                                              abs(alpha) * last.post_std)
             rows[f"blocks.{i}"] = (None, block.stream.mean, block.stream.std)
     else:
         position = _normed_position(model)

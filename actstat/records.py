@@ -17,11 +17,12 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # versions `from_dict` reads: 1 (before layer names, kinds and user models) is read as the
 # built-in MLP it always was; 1 and 2 hold the built-in MLP's hidden layers only (3 adds its
-# head, one engine measuring every model, and one definition of `dead`: docs/json-schema.md)
-READABLE_VERSIONS = (1, 2, 3)
+# head, one engine measuring every model, and one definition of `dead`; 4 the residual stream,
+# branches and attention, and the judgement that knows them: docs/json-schema.md)
+READABLE_VERSIONS = (1, 2, 3, 4)
 # the first version whose built-in MLP runs end with the head's row
 HEAD_ROW_VERSION = 3
 # the first version whose `dead` is every command's one definition (actstat/analysis.py): a
@@ -29,10 +30,14 @@ HEAD_ROW_VERSION = 3
 DEAD_BY_FLOOR_VERSION = 3
 # what a layer row is (actstat/analysis.py, "Layers of any model"); the built-in MLP's rows
 # are all `weight` rows: a Linear and the activation that consumes it
-LAYER_KINDS = ("weight", "norm", "activation", "block", "input", "selected")
+LAYER_KINDS = ("weight", "norm", "activation", "block", "input", "selected", "attention",
+               "branch")
 # every flag a layer can carry, in verdict order (definitions: actstat/analysis.py)
-FLAGS = ("nonfinite", "symmetric", "exploding", "vanishing", "saturated", "grad_exploding",
-         "grad_vanishing", "grad_zero", "dead")
+FLAGS = ("nonfinite", "symmetric", "large_branch", "exploding", "vanishing", "entropy_collapse",
+         "logit_growth", "saturated", "grad_exploding", "grad_vanishing", "grad_zero", "dead")
+# a row's place in a residual network (actstat/analysis.py): the stream's start (the first
+# block's input) and each residual block's output
+STREAM_ROLES = ("start", "block")
 HEALTHY = "healthy"
 # what can happen during training (actstat/analysis.py, "Training"), in the order they are told
 EVENT_KINDS = ("nonfinite_loss", "interrupted", "dead", "std_jump")
@@ -130,6 +135,21 @@ class LayerStats:
     # flags the row shows because of its init's deliberate zeros (fixup's zero head, rezero's
     # α = 0): not problems, not in `flags` nor the verdict; the run's `notes` say why
     by_design: tuple[str, ...] = field(default=(), kw_only=True)
+    # the residual stream: "start" (the first block's input) or "block" (a residual block's
+    # output); None for any other row
+    stream: str | None = field(default=None, kw_only=True)
+    # a branch added onto the stream: rms(branch) / rms(stream) at the add
+    branch_ratio: float | None = field(default=None, kw_only=True)
+    # an attention module's row: each head's mean normalised entropy (1 uniform, 0 one key),
+    # and the largest attention logit
+    attention_entropy: tuple[float | None, ...] | None = field(default=None, kw_only=True)
+    max_logit: float | None = field(default=None, kw_only=True)
+    # what `exploding`/`vanishing` hold the row to: the row whose std is the reference
+    # ("input" for the input's; None: not judged) and, on the stream, the growth allowed
+    # (√ of the block's position); what `grad_exploding`/`grad_vanishing` hold it to
+    scale_of: str | None = field(default=None, kw_only=True)
+    scale_allowed: float | None = field(default=None, kw_only=True)
+    grad_of: str | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -316,6 +336,14 @@ def _run_dict(run: Run) -> dict[str, Any]:
                 "grad": None if layer.grad is None else asdict(layer.grad),
                 "flags": list(layer.flags),
                 "by_design": list(layer.by_design),
+                "stream": layer.stream,
+                "branch_ratio": layer.branch_ratio,
+                "attention_entropy": (None if layer.attention_entropy is None
+                                      else list(layer.attention_entropy)),
+                "max_logit": layer.max_logit,
+                "scale_of": layer.scale_of,
+                "scale_allowed": layer.scale_allowed,
+                "grad_of": layer.grad_of,
             }
             for layer in run.layers
         ],
@@ -399,6 +427,14 @@ def run_from(raw: Mapping[str, Any]) -> Run:
                 kind=layer.get("kind", "weight"),
                 module=layer.get("module", ""),
                 by_design=tuple(layer.get("by_design", ())),
+                stream=layer.get("stream"),
+                branch_ratio=layer.get("branch_ratio"),
+                attention_entropy=(None if layer.get("attention_entropy") is None
+                                   else tuple(layer["attention_entropy"])),
+                max_logit=layer.get("max_logit"),
+                scale_of=layer.get("scale_of"),
+                scale_allowed=layer.get("scale_allowed"),
+                grad_of=layer.get("grad_of"),
             )
             for layer in raw["layers"]
         ),
@@ -476,6 +512,15 @@ class CapturedLayer:
     grad: dict[str, float | None] | None
     histogram: tuple[float, ...] | None
     consumes: str | None = None  # an `activation`: the weight or norm layer call it consumes
+    # the residual stream (actstat/stream.py): "start" for the first block's input, "block"
+    # for a block's output; None for any other tensor
+    stream: str | None = field(default=None, kw_only=True)
+    # the residual block call whose output it is (a "block" stream tensor)
+    block: str | None = field(default=None, kw_only=True)
+    # a branch added onto the stream: rms(branch) / rms(stream) at the add
+    branch: float | None = field(default=None, kw_only=True)
+    # an attention module's: each head's mean normalised entropy, then the largest logit
+    attention: tuple[float, ...] | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)

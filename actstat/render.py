@@ -38,8 +38,11 @@ SPARK = "▁▂▃▄▅▆▇█"
 FLAG_STYLES = {
     "nonfinite": "bold red",
     "symmetric": "magenta",
+    "large_branch": "red",
     "exploding": "red",
     "vanishing": "yellow",
+    "entropy_collapse": "yellow",
+    "logit_growth": "red",
     "saturated": "bright_magenta",
     "grad_exploding": "red",
     "grad_vanishing": "yellow",
@@ -310,7 +313,9 @@ def _reason(flag: str, layer: LayerStats, t: dict[str, Any], run: Run) -> str:
                 + ("; weight gradients are exactly zero, so they cannot learn" if frozen else ""))
     if flag in ("grad_exploding", "grad_vanishing"):
         side = ">" if flag == "grad_exploding" else "<"
-        reference_row = grad_reference(run.layers)
+        named = {each.name: each for each in run.layers}
+        reference_row = (named[layer.grad_of] if layer.grad_of in named
+                         else grad_reference(run.layers))
         last = reference_row.grad
         relative = (layer.grad.std / last.std if layer.grad and layer.grad.std is not None
                     and last and last.std else None)
@@ -320,10 +325,25 @@ def _reason(flag: str, layer: LayerStats, t: dict[str, Any], run: Run) -> str:
                 f"{number(relative)} × {reference} ({side} {t.get(flag)})")
     if flag == "grad_zero":
         return "weight gradients are exactly zero: these weights cannot learn"
-    if flag == "exploding":
-        return f"post std {number(layer.post.std)} > {t.get('exploding')} × input std"
-    if flag == "vanishing":
-        return f"post std {number(layer.post.std)} < {t.get('vanishing')} × input std"
+    if flag in ("exploding", "vanishing"):
+        side = ">" if flag == "exploding" else "<"
+        growth = (f"√{layer.scale_allowed ** 2:.0f} × " if layer.scale_allowed is not None
+                  and layer.scale_allowed > 1 else "")
+        reference = ("input std" if layer.scale_of in (None, "input")
+                     else f"{layer.scale_of}'s std")
+        return f"post std {number(layer.post.std)} {side} {t.get(flag)} × {growth}{reference}"
+    if flag == "large_branch":
+        return (f"this branch is {number(layer.branch_ratio)} × the stream it is added to "
+                f"(rms; > {t.get('branch')})")
+    if flag == "entropy_collapse":
+        heads = layer.attention_entropy or ()
+        low = min((e for e in heads if e is not None), default=None)
+        which = heads.index(low) if low is not None else None
+        return (f"head {which} attends to one key: attention entropy {number(low)} "
+                f"(< {t.get('attention_entropy')})")
+    if flag == "logit_growth":
+        return (f"largest attention logit {number(layer.max_logit)} "
+                f"(> {t.get('attention_logit')}): softmax is one-hot there")
     if flag == "saturated":
         return f"{percent(layer.post.saturated)} of values saturated (> {percent(t.get('saturated'))})"
     return f"{percent(layer.post.dead)} of units dead (> {percent(t.get('dead'))})"

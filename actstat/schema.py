@@ -69,6 +69,14 @@ class LayerModel(_Model):
     kind: Literal[LAYER_KINDS] = "weight"  # type: ignore[valid-type]
     module: str = ""
     by_design: list[Flag] = []  # flags a deliberate zero explains (added within version 2)
+    # schema version 4: the residual stream, branches and attention
+    stream: Literal["start", "block"] | None = None
+    branch_ratio: NonNegative = None
+    attention_entropy: list[NonNegative] | None = None
+    max_logit: Number = None
+    scale_of: str | None = None
+    scale_allowed: NonNegative = None
+    grad_of: str | None = None
 
 
 class TrainLayerModel(_Model):

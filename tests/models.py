@@ -159,7 +159,8 @@ class TinyTransformer(nn.Module):
             o = keep(F.linear(g, block.fc2.weight, block.fc2.bias))
             x = keep(x + o)
             p = f"blocks.{i}"
-            refs += [Ref(f"{p}.ln1", "norm", h), Ref(f"{p}.attn", "activation", a),
+            # (nn.MultiheadAttention is an attention module of its own, not ln1's activation)
+            refs += [Ref(f"{p}.ln1", "norm", h), Ref(f"{p}.attn", "attention", a),
                      Ref(f"{p}.ln2", "norm", n), Ref(f"{p}.fc1", "weight", f),
                      Ref(f"{p}.act", "activation", g), Ref(f"{p}.fc2", "weight", o),
                      Ref(p, "block", x)]
@@ -282,10 +283,11 @@ class InplaceResNet(nn.Module):
             c2 = keep(F.conv2d(r1, block.conv2.weight, padding=1))
             b2 = keep(_batch_norm(c2, block.bn2))
             x = keep(torch.relu(b2 + x))
+            # the second ReLU is called after `out += identity` changed bn2's output in place:
+            # not bn2's activation; its output is the block's
             refs += [Ref(f"{p}.conv1", "weight", c1, 1), Ref(f"{p}.bn1", "norm", b1, 1),
                      Ref(f"{p}.relu", "activation", r1, 1), Ref(f"{p}.conv2", "weight", c2, 1),
-                     Ref(f"{p}.bn2", "norm", b2, 1), Ref(f"{p}.relu#2", "activation", x, 1),
-                     Ref(p, "block", x, 1)]
+                     Ref(f"{p}.bn2", "norm", b2, 1), Ref(p, "block", x, 1)]
         flat = keep(torch.flatten(x.mean(dim=(2, 3), keepdim=True), 1))
         out = keep(F.linear(flat, self.fc.weight, self.fc.bias))
         refs += [Ref("fc:input", "input", flat), Ref("fc", "weight", out)]

@@ -107,8 +107,12 @@ def test_transformer_on_tokens_has_no_input_std_and_flags_against_the_embedding(
     names = [layer.name for layer in report.runs[0].layers]
     assert names[0] == "embed" and "blocks.1" in names and names[-1] == "head"
     rows = {layer.name: layer for layer in report.runs[0].layers}
-    assert rows["blocks.0.ln1"].module == "LayerNorm → MultiheadAttention"
+    # the attention module is a row of its own (its output, its heads' entropy), not the
+    # LayerNorm's activation
+    assert rows["blocks.0.ln1"].module == "LayerNorm"
+    assert rows["blocks.0.attn"].kind == "attention" and len(rows["blocks.0.attn"].attention_entropy) == 4
     assert rows["blocks.0.fc1"].module == "Linear → GELU"
+    assert rows["embed"].stream == "start" and rows["blocks.1"].stream == "block"
     assert report.runs[0].verdict == "healthy"
 
 
@@ -187,7 +191,10 @@ def test_inplace_relu_after_convolutions():
     # the conv output as it was before nn.ReLU(inplace=True) overwrote it
     assert same(rows["stem"].pre.std, ref["stem"].std())
     assert same(rows["stem"].post.std, ref["relu"].std())
-    assert rows["layer.0.bn2"].module == "BatchNorm2d → ReLU"
+    # the block adds its shortcut onto bn2's output in place before its ReLU: that ReLU is
+    # not bn2's activation (its output is the block's row); bn2's output is the branch
+    assert rows["layer.0.bn2"].module == "BatchNorm2d" and rows["layer.0.bn2"].branch_ratio > 0
+    assert same(rows["layer.0"].post.std, ref["layer.0"].std())
     assert all(layer.grad is not None and layer.grad.std > 0 for layer in run.layers)
 
 
@@ -223,7 +230,7 @@ def test_report_round_trips_through_json_and_shows_itself(tmp_path):
     path = report.save(tmp_path / "cnn.json")
     again = read_report(path)
     assert again == report and again.runs[0].model == "SmallCNN"
-    assert json.loads(report.to_json())["schema_version"] == 3
+    assert json.loads(report.to_json())["schema_version"] == 4
     text = str(report)
     assert "my cnn" in text and "bn1" in text and "BatchNorm2d → ReLU" in text
     html = report._repr_html_()
@@ -263,12 +270,15 @@ def test_thresholds_change_the_flags():
     model = ResidualMLP()
     x, y = gaussian(64, 20), labels(64, 10)
     assert actstat.profile(model, x, y).runs[0].verdict == "healthy"
-    # the stream (inp, then blocks.N) runs at 0.65-0.71 of the input's std, 1.03; the branch
-    # layers at 0.16-0.26, but vanishing is judged on the stream, and never on the head
+    # the stream's start (inp) runs at 0.65 of the input's std, 1.03, and the blocks at
+    # 1.0-1.1 of the start; the branch layers at 0.16-0.26, but vanishing is judged on the
+    # stream (against its start), and never on the head
     strict = actstat.profile(model, x, y, thresholds={"vanishing": 0.7})
     assert strict.runs[0].verdict == "vanishing"
     flagged = [layer.name for layer in strict.runs[0].layers if layer.flags]
-    assert flagged == ["inp", "blocks.0", "blocks.1", "blocks.2"]
+    assert flagged == ["inp"]
+    rows = {layer.name: layer for layer in strict.runs[0].layers}
+    assert rows["blocks.2"].scale_of == "inp" and rows["inp"].scale_of == "input"
     assert strict.config["thresholds"]["vanishing"] == 0.7
 
 
@@ -312,16 +322,22 @@ def test_the_public_names():
 
 def test_a_normalisation_row_is_not_held_to_the_input_scale():
     """GPT-2 style: a 0.02-scale embedding (the reference for token ids), then LayerNorm at
-    std 1, 50x the embedding: the norm set that scale, so its row is not `exploding`; a Linear
-    whose output leaves the scale is."""
+    std 1, 50x the embedding: the norm set that scale, so its row is not `exploding`, and the
+    Linear after it is judged against the norm's scale (its segment), not the embedding's."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(50, 32), nn.LayerNorm(32), nn.Linear(32, 32))
     nn.init.normal_(model[0].weight, std=0.02)
     tokens = torch.randint(50, (8, 12))
     rows = {layer.name: layer for layer in actstat.profile(model, tokens).runs[0].layers}
     assert rows["1"].kind == "norm" and rows["1"].post.std > 10 * rows["0"].post.std
-    assert "exploding" not in rows["1"].flags
-    assert "exploding" in rows["2"].flags  # std(W) 1/sqrt(3·32) on a std-1 input: ~0.58 > 0.2
+    assert "exploding" not in rows["1"].flags and rows["1"].scale_of is None
+    # std(W) 1/sqrt(3·32) on the norm's std-1 output: ~0.58, 29x the embedding, 0.58x the norm
+    assert rows["2"].post.std > 10 * rows["0"].post.std
+    assert not rows["2"].flags and rows["2"].scale_of == "1"
+    with torch.no_grad():
+        model[2].weight.mul_(30)  # now 17x its segment's scale
+    rows = {layer.name: layer for layer in actstat.profile(model, tokens).runs[0].layers}
+    assert "exploding" in rows["2"].flags
 
 
 def test_compare_views_of_a_model_have_no_theory_columns():

@@ -63,7 +63,7 @@ CORRUPTIONS = {
     "layers not a list": (setting(["runs", 0, "layers"], {"1": {}}),
                           "runs[0].layers: must be a list"),
     "schema version": (setting(["schema_version"], 7),
-                       "report schema_version is 7; this actstat reads versions 1, 2 and 3"),
+                       "report schema_version is 7; this actstat reads versions 1, 2, 3 and 4"),
     "a list": (lambda raw: [raw], "not an actstat report: the top level is a list, not a JSON "
                                   "object"),
 }

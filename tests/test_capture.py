@@ -123,11 +123,13 @@ def expect(model: nn.Module, inputs, targets=None, *, rtol: float = 1e-5, loss=N
         assert layer.shape == a.shape, layer.name
         assert layer.unit_dim == ref.unit % a.ndim, layer.name
         module = model.get_submodule(layer.name.split("#")[0].split(":")[0])
-        weight = getattr(module, "weight", None)
+        # nn.MultiheadAttention's weight is its in_proj_weight (grad:data)
+        attr = "in_proj_weight" if isinstance(module, nn.MultiheadAttention) else "weight"
+        weight = getattr(module, attr, None)
         # in torch.nn.init's layout (out, in, *kernel): a Conv1D's (in, out) weight swapped
         layout = weight.T if isinstance(module, Conv1D) else weight
         assert layer.weight_shape == (tuple(layout.shape) if layer.kind != "input" and isinstance(
-            weight, nn.Parameter) else None), layer.name
+            weight, nn.Parameter) and attr == "weight" else None), layer.name
         want = numpy_stats(a, ref.unit, ref.saturated, spread=ref.kind == "weight",
                            dead=dead_rule(module, layer.kind))
         assert set(layer.stats) == set(want), layer.name
@@ -149,7 +151,7 @@ def expect(model: nn.Module, inputs, targets=None, *, rtol: float = 1e-5, loss=N
         if not weight.requires_grad:
             assert layer.grad["weight_std"] is None and layer.grad["grad_to_data"] is None
             continue
-        gw = twin.get_submodule(module_name(model, module)).weight.grad.double().numpy()
+        gw = getattr(twin.get_submodule(module_name(model, module)), attr).grad.double().numpy()
         assert close(layer.grad["weight_std"], gw.std(), 0.0, rtol), layer.name
         if w.std() == 0:  # norm layers start with weight 1: no ratio (analysis.py)
             assert layer.grad["grad_to_data"] is None, layer.name

@@ -54,7 +54,7 @@ def test_formats_go_to_stdout_and_nothing_else_does(cli, fmt):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt, check", [
-    ("json", lambda text: json.loads(text)["schema_version"] == 3),
+    ("json", lambda text: json.loads(text)["schema_version"] == 4),
     ("csv", lambda text: text.startswith("scheme,init,act")),
     ("markdown", lambda text: "| layer |" in text),
     ("table", lambda text: "kaiming + relu: healthy" in text),

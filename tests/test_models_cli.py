@@ -153,7 +153,7 @@ def layer_names(run: dict) -> list[str]:
 @pytest.mark.slow
 def test_cnn_on_mnist_is_fed_images(cli, nets):
     report = report_of(cli("run", "--model", "nets.py:cnn", *SMALL, "-f", "json", "-q"))
-    assert report["schema_version"] == 3
+    assert report["schema_version"] == 4
     assert report["input"]["shape"] == [1, 28, 28]
     assert report["input"]["batch_size"] == 32 and report["input"]["labelled"] is True
     (run,) = report["runs"]

@@ -123,7 +123,7 @@ def test_grad_and_train_in_json():
 @pytest.mark.slow
 def test_json_contract(real_report):
     raw = strict_json(to_json(real_report))
-    assert raw["schema_version"] == 3
+    assert raw["schema_version"] == SCHEMA_VERSION
     assert {"actstat_version", "torch_version", "device", "config", "input", "runs"} <= set(raw)
     assert raw["config"]["model"]["depth"] == 4  # fully resolved
     assert [(r["init"], r["act"]) for r in raw["runs"]] == [
@@ -293,7 +293,7 @@ def test_a_version_1_report_reads_as_the_builtin_mlp_it_describes():
         ("0", "weight"), ("2", "weight"), ("4", "weight")]
     assert old.input.shape is None and old.runs[0].model is None
     new = profile(config_from_dict(old.config, str(path)))
-    assert new.schema_version == 3
+    assert new.schema_version == SCHEMA_VERSION
     for before, after in zip(old.runs, new.runs, strict=True):
         assert (before.scheme, before.verdict) == (after.scheme, after.verdict)
         assert [layer.name for layer in after.layers] == ["0", "2", "4", "6"]  # + the head
@@ -331,6 +331,23 @@ def test_a_version_2_baseline_checks_on_its_hidden_layers(cli, tmp_path):
     result = cli("check", str(baseline))
     assert "all 72 values within tolerance" in result.stdout, result.stdout
     assert "holds no head row: the hidden layers are compared" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_version_3_residual_baseline_checks(cli, tmp_path):
+    """tests/data/report_v3.json was written by actstat at schema version 3 (`baseline` of a
+    pre-norm residual MLP, kaiming and gpt2 × relu), before the stream, branches and
+    attention were judged: it reads, and today's run of its config passes `check` against it
+    (its rows and numbers are today's)."""
+    from actstat.report import read_report
+
+    source = Path(__file__).parent / "data" / "report_v3.json"
+    assert read_report(source).schema_version == 3
+    baseline = tmp_path / "report_v3.json"
+    baseline.write_bytes(source.read_bytes())
+    result = cli("check", str(baseline))
+    assert "all 140 values within tolerance" in result.stdout, result.stdout
+    assert "passed" in result.stdout
 
 
 @pytest.mark.slow

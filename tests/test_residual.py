@@ -111,9 +111,12 @@ def test_rows_match_a_forward_by_hand(cli, tmp_path, norm, position):
         assert rows[name]["post"]["mean"] == pytest.approx(values.mean(), abs=1e-9), name
     if norm:
         names = [n for n in rows if n.endswith(".norm")]
-        assert names == [f"blocks.{b}.norm" for b in range(DEPTH)]
+        # post: the norm's output is the block's, one row (the block's)
+        assert names == ([f"blocks.{b}.norm" for b in range(DEPTH)] if position == "pre"
+                         else [])
         if position == "post":  # the stream itself is normalised: std 1 to within eps
             assert rows["blocks.2"]["post"]["std"] == pytest.approx(1.0, rel=1e-3)
+            assert rows["blocks.2"]["module"] == "ResidualBlock"
 
 
 def test_multiplier_zero_leaves_the_stream_as_its_input(cli, tmp_path):
@@ -167,7 +170,9 @@ def test_norm_position_and_multiplier_on_the_command_line(cli):
     assert (model["norm_position"], model["multiplier"]) == ("post", 0.0)
     rows = {layer["name"]: layer for layer in report["runs"][0]["layers"]}
     names = list(rows)
-    assert names.index("blocks.0.norm") > names.index("blocks.0.branch.fc1")
+    # the norm's output is the block's: one row, after the branch's
+    assert "blocks.0.norm" not in names
+    assert names.index("blocks.0") > names.index("blocks.0.branch.fc1")
     # α = 0: the block's output is the norm of its input alone: LayerNorm twice is LayerNorm
     # once, up to its ε
     assert rows["blocks.1"]["post"]["std"] == pytest.approx(rows["blocks.0"]["post"]["std"],
@@ -363,11 +368,14 @@ def test_small_branch_outputs_are_not_vanishing_a_vanishing_stream_is(cli, tmp_p
         assert rows[f"blocks.{b}.branch.fc2"]["post"]["std"] < 0.1 * report["input"]["std"]
         assert not rows[f"blocks.{b}.branch.fc2"]["flags"]
     assert run["verdict"] == "healthy"
-    # gpt2 with a 100× smaller std: the stream itself is lost, and that is flagged
+    # gpt2 with a 100× smaller std: the stream is lost from its start (the input layer), and
+    # that is flagged there; the blocks keep the start's scale (judged against it)
     tiny = _run(cli, _verdict_config(tmp_path, "{name: gpt2, std: 0.0002}", "relu"))
     assert tiny["verdict"] == "vanishing"
     flagged = [layer["name"] for layer in tiny["layers"] if "vanishing" in layer["flags"]]
-    assert flagged == ["inp", "blocks.0", "blocks.1", "blocks.2"]
+    assert flagged == ["inp"]
+    assert tiny["rows"]["inp"]["stream"] == "start"
+    assert tiny["rows"]["blocks.2"]["scale_of"] == "inp"
 
 
 def test_a_genuine_problem_is_still_flagged_under_fixup(cli, tmp_path):
@@ -375,9 +383,11 @@ def test_a_genuine_problem_is_still_flagged_under_fixup(cli, tmp_path):
     run = _run(cli, _verdict_config(tmp_path, "fixup", "tanh", scale=3.0))
     assert run["verdict"] == "saturated" and "saturated" in run["rows"]["inp"]["flags"]
     assert run["notes"]  # and the zeros are still by design
-    # a stream that explodes is flagged on the stream, whatever the branches read
+    # a stream that explodes is flagged on the stream, whatever the branches read, and the
+    # branches that blow it up before it, as its cause (the verdict)
     run = _run(cli, _verdict_config(tmp_path, "randn", "relu"))
-    assert run["verdict"] == "exploding"
+    assert run["verdict"] == "large_branch"
+    assert "large_branch" in run["rows"]["blocks.0.branch.fc2"]["flags"]
     assert "exploding" in run["rows"]["blocks.2"]["flags"]
     assert all("exploding" not in layer["flags"] for name, layer in run["rows"].items()
                if ".branch." in name)
