@@ -396,11 +396,17 @@ def _check_vocabulary(model: torch.nn.Module, config: Config) -> None:
     if config.data.source != "tokens":
         return
     kinds = (torch.nn.Embedding, torch.nn.EmbeddingBag)
-    rows = [m.num_embeddings for m in model.modules() if isinstance(m, kinds)]
-    # the largest: a position embedding may be smaller than the token embedding
+    # a Hugging Face model says which Embedding takes the ids (GPT-2's position embedding,
+    # 1024 rows, is larger than a small vocabulary); otherwise the largest, since a position
+    # embedding may be smaller than the token embedding
+    take = getattr(model, "get_input_embeddings", None)
+    named = take() if callable(take) else None
+    rows = ([named.num_embeddings] if isinstance(named, kinds)
+            else [m.num_embeddings for m in model.modules() if isinstance(m, kinds)])
+    which = "its input Embedding" if isinstance(named, kinds) else "its largest Embedding"
     if rows and max(rows) < config.data.vocab:
-        raise DataError(f"data.vocab is {config.data.vocab} but the model's largest Embedding "
-                        f"has {max(rows)} rows: its ids would index past it; set --vocab "
+        raise DataError(f"data.vocab is {config.data.vocab} but the model's ids go up to "
+                        f"{max(rows) - 1} ({which} has {max(rows)} rows); set --vocab "
                         f"{max(rows)} or less (data.vocab in a config)")
 
 
