@@ -268,7 +268,8 @@ SIZE_KEYS = ("n_layer", "num_hidden_layers", "depths", "n_embd", "hidden_size", 
 def size_keys(named: Named) -> list[str]:
     """The keys of `named`'s config that set its size (layers, width, vocabulary)."""
     known = set(config_keys(type(named.config)))
-    return [key for key in SIZE_KEYS if key in known]
+    aliases = set(getattr(type(named.config), "attribute_map", {}) or {})  # GPT-2's hidden_size
+    return [key for key in SIZE_KEYS if key in known and key not in aliases]
 
 
 def parameters(named: Named) -> int:
