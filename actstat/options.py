@@ -37,7 +37,7 @@ ModelOpt = Annotated[str | None, typer.Option(
 ModelArgOpt = Annotated[list[str] | None, typer.Option(
     "--model-arg", metavar="KEY=VALUE", show_default=False,
     help="A keyword argument of --model's factory or Hugging Face config (repeat for more): "
-    "n_layer=4. Values read as YAML: numbers, true/false, [lists], else text.")]
+    "n_layer=4. Values read as YAML: numbers, true/false, \\[lists], else text.")]
 LayersOpt = Annotated[str | None, typer.Option(
     "--layers", metavar="NAME[,NAME...]", show_default=False,
     help="With --model: measure only these modules: classes (Conv2d) or name patterns "
