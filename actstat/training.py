@@ -43,6 +43,7 @@ from actstat.pipeline import (
     drawn_targets_fit,
     model_inputs,
     model_loss,
+    named_model_preflight,
     next_token_loss,
     profile,
 )
@@ -59,7 +60,8 @@ from actstat.watch import Schedule, StepProgress, StepRecord, watch, watch_stack
 def watch_report(config: Config, on_scheme: Progress | None = None,
                  on_step: Callable[[str], StepProgress] | None = None, *,
                  stack: int | None = None,
-                 on_record: Callable[[str], StepRecord] | None = None) -> Report:
+                 on_record: Callable[[str], StepRecord] | None = None,
+                 force: bool = False) -> Report:
     """`actstat train`: each scheme measured at init as `profile` measures it, then built again
     from the same seed and trained as config.train says (actstat/watch.py), on mini-batches of
     the data source's whole pool; its trajectory, with events and verdict, goes on its Run.
@@ -74,11 +76,14 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
         return _watch_mixed(config, on_scheme, on_step, stack, on_record)
     t = config.train
     steps = t.steps or DEFAULT_TRAIN_STEPS
-    # the measurement at init as `run` makes it, without run's one-batch training probe
-    report = profile(config.model_copy(update={"train": t.model_copy(update={"steps": 0})}),
-                     on_scheme)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
+    if not force:  # a model by name: its weights, gradients and the optimiser's state
+        named_model_preflight(config, device, dtype,
+                              copies=4 if t.optimizer == "adam" else 3 if t.beta else 2)
+    # the measurement at init as `run` makes it, without run's one-batch training probe
+    report = profile(config.model_copy(update={"train": t.model_copy(update={"steps": 0})}),
+                     on_scheme, force=force)
     schedule = Schedule(steps=steps, every=t.every, batch_size=t.batch_size,
                         optimizer=t.optimizer, lr=t.learning_rate, momentum=t.beta, warmup=t.warmup,
                         seed=config.seed)
