@@ -130,6 +130,11 @@ def resolve(spec: str, kwargs: dict[str, Any] | None = None) -> Named:
     if not name:
         raise ModelSourceError(f"'{text}' names no model: write hf:TYPE, such as hf:gpt2, "
                                "hf:bert or hf:vit")
+    if "/" in name:  # a Hub repository (openai-community/gpt2): its files are not fetched
+        raise ModelSourceError(f"'{text}' names a Hub repository, and actstat downloads nothing: "
+                               "name the model type (hf:gpt2) and set its sizes with --model-arg, "
+                               "or load the weights with from_pretrained in a factory "
+                               "(--model FILE.py:FN)")
     types = list(CONFIG_MAPPING_NAMES)
     lowered = name.lower().replace("-", "_")
     if lowered in CONFIG_MAPPING_NAMES or name in CONFIG_MAPPING_NAMES:

@@ -218,6 +218,10 @@ def one_line(result) -> str:
 def test_an_unknown_model_type_names_the_closest(cli):
     line = one_line(cli("run", "--model", "hf:gtp2", code=2))
     assert "no model type or class 'gtp2'" in line and "hf:gpt2" in line
+    line = one_line(cli("run", "--model", "hf:GPT2LMHedModel", code=2))
+    assert "did you mean hf:GPT2LMHeadModel" in line
+    line = one_line(cli("run", "--model", "hf:openai-community/gpt2", code=2))
+    assert "names a Hub repository, and actstat downloads nothing" in line
 
 
 def test_an_unknown_config_key_names_the_closest(cli):
