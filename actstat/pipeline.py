@@ -451,7 +451,8 @@ def model_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, Call
 
     if batch.labelled:
         return batch.labels, None
-    if not batch.inputs.is_floating_point() and batch.inputs.dim() == 2 and hf.causal_lm(model):
+    ids = batch.inputs
+    if not ids.is_floating_point() and ids.dim() == 2 and ids.shape[1] > 1 and hf.causal_lm(model):
         return batch.inputs, next_token_loss
     return batch.labels, drawn_target_loss
 
