@@ -326,6 +326,15 @@ def causal_lm(model: nn.Module) -> bool:
     return type(model).__name__ in classes
 
 
+def sequence_classes(model: nn.Module) -> int | None:
+    """The labels of a `transformers` sequence classifier (BertForSequenceClassification): one
+    per sample, `config.num_labels` of them; None for any other model."""
+    if not (type(model).__module__ or "").startswith("transformers.") \
+            or "ForSequenceClassification" not in type(model).__name__:
+        return None
+    return _positive(getattr(getattr(model, "config", None), "num_labels", None))
+
+
 def _arguments(given: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value!r}" for key, value in given.items())
 

@@ -350,7 +350,7 @@ def profile_factory(config: Config, on_scheme: Progress | None = None, *,
         assert given is not None
         lsuv = (data_init(model, batch.inputs, make_init(init.name, init.params), config.seed)
                 if init.name != KEEP else None)
-        targets, loss = model_loss(model, batch)
+        targets, loss = model_loss(model, batch, config.seed)
         run = model_run(
             model, model_inputs(model, batch.inputs), targets, loss=loss,
             scheme=model_label(spec, init), init=init.name,
@@ -442,18 +442,26 @@ def model_inputs(model: torch.nn.Module, x: torch.Tensor) -> Any:
     return {first.name: x} if first.kind is inspect.Parameter.KEYWORD_ONLY else x
 
 
-def model_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, Callable | None]:
+def model_loss(model: torch.nn.Module, batch: Batch,
+               seed: int) -> tuple[torch.Tensor, Callable | None]:
     """The targets and the loss of a user's model on a batch: cross-entropy against the labels
-    (None: the engine's own); for a causal language model on token ids, next-token
-    cross-entropy on the ids themselves (`next_token_loss`); otherwise against targets drawn
-    with the seed (`drawn_target_loss`)."""
+    (None: the engine's own); on token ids, for a causal language model next-token
+    cross-entropy on the ids themselves (`next_token_loss`), for a sequence classifier one
+    label per sample drawn with the seed among its classes; otherwise against the targets drawn
+    with the batch (`drawn_target_loss`)."""
     from actstat import hf
 
     if batch.labelled:
         return batch.labels, None
     ids = batch.inputs
-    if not ids.is_floating_point() and ids.dim() == 2 and ids.shape[1] > 1 and hf.causal_lm(model):
-        return batch.inputs, next_token_loss
+    if not ids.is_floating_point() and ids.dim() == 2:
+        if ids.shape[1] > 1 and hf.causal_lm(model):
+            return ids, next_token_loss
+        classes = hf.sequence_classes(model)
+        if classes:
+            labels = torch.randint(classes, (ids.shape[0],),
+                                   generator=torch.Generator().manual_seed(seed))
+            return labels.to(ids.device), drawn_target_loss
     return batch.labels, drawn_target_loss
 
 

@@ -110,10 +110,10 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
             if init.name != KEEP:
                 data_init(model, batch.inputs, make_init(init.name, init.params), config.seed)
             models.append(model)
+        targets, chosen = (model_loss(models[0], pool, config.seed)
+                           if config.model.factory is not None else (pool.labels, None))
         loss = _training_loss(pool.labelled, config.model.output,
-                              causal=config.model.factory is not None
-                              and model_loss(models[0], pool)[1] is next_token_loss)
-        targets = pool.inputs if loss.causal else pool.labels
+                              causal=chosen is next_token_loss)
         options = {"loss": loss, "labelled": pool.labelled, "near_zero": config.thresholds.near_zero,
                    "saturation_cut": config.thresholds.saturation_cut,
                    "bins": HIST_BINS if config.hist else 0,

@@ -156,6 +156,8 @@ def test_a_class_by_name_and_its_config(cli):
     rows = {row["name"]: row for row in report["runs"][0]["layers"]}
     assert rows["classifier"]["fan_out"] == 3
     assert report["config"]["model"]["num_classes"] == 3
+    # one label per sample among its 3, drawn with the seed: cross-entropy, about ln 3 at init
+    assert report["runs"][0]["loss"] == pytest.approx(math.log(3), rel=0.1)
 
 
 def test_train_a_causal_lm_below_chance(cli):
