@@ -107,6 +107,9 @@ def _transformers() -> Any:
         raise ModelSourceError(f"hf: models need the transformers library, which is not "
                                f"installed ({error.name or 'transformers'} not found): "
                                f"{INSTALL}") from None
+    except Exception as error:  # installed but broken (a dependency of the wrong version)
+        raise ModelSourceError(f"importing transformers for an hf: model raised "
+                               f"{_describe(error)}") from None
     utils = getattr(transformers, "utils", None)
     if utils is not None and not utils.is_torch_available():
         import torch
@@ -139,10 +142,15 @@ def resolve(spec: str, kwargs: dict[str, Any] | None = None) -> Named:
     lowered = name.lower().replace("-", "_")
     if lowered in CONFIG_MAPPING_NAMES or name in CONFIG_MAPPING_NAMES:
         model_type = name if name in CONFIG_MAPPING_NAMES else lowered
-        class_name = next(getattr(modeling_auto, head)[model_type] for head in HEADS
-                          if model_type in getattr(modeling_auto, head, {}))
+        class_name = next((getattr(modeling_auto, head)[model_type] for head in HEADS
+                           if model_type in getattr(modeling_auto, head, {})), None)
+        if class_name is None:
+            raise ModelSourceError(f"'{text}': transformers has a config for {model_type} but no "
+                                   "PyTorch model class to build from it; name a model class "
+                                   "(hf:CLASS)")
         if isinstance(class_name, (tuple, list)):  # some types list several classes
             class_name = class_name[0]
+        config_class = CONFIG_MAPPING[model_type]
     else:
         model_class = getattr(transformers, name, None) if name.isidentifier() else None
         config_class = getattr(model_class, "config_class", None)
@@ -153,7 +161,6 @@ def resolve(spec: str, kwargs: dict[str, Any] | None = None) -> Named:
     if not hasattr(transformers, class_name):
         raise ModelSourceError(f"'{text}': transformers {transformers.__version__} has no "
                                f"class {class_name} to build")
-    config_class = CONFIG_MAPPING[model_type]
     given = dict(kwargs or {})
     known = config_keys(config_class)
     for key in given:
