@@ -103,8 +103,12 @@ Training (`actstat train`; the statistics through training are defined in actsta
   (or 1/std_jump of) its smallest (largest) positive std at an earlier recorded step `since`:
   a runaway or a collapse, sudden or gradual.
 - `trained`: the loss fell by at least thresholds.trained: `loss_drop` = 1 − (the median loss
-  of the last five recorded steps, or of all but step 0 where fewer) / (the loss at step 0).
-  A run stopped by a non-finite loss did not train. Fewer than two recorded steps: not judged.
+  of the last five recorded steps, or of all but step 0 where fewer) / (the loss at step 0),
+  and, for a cross-entropy, that median ended below chance level (`chance_loss` = ln of the
+  number of classes: what logits that know nothing score, 2.303 for ten classes): a run that
+  starts above chance (a poor init's logits, confidently wrong) and falls to it has only
+  unlearned its init. A run stopped by a non-finite loss did not train. Fewer than two
+  recorded steps: not judged.
 
 The verdict of a scheme is the first of `FLAGS` (actstat/records.py) that any of its layers carries (the most
 fundamental cause first: symmetric weights explain vanishing, not the other way round), else
@@ -500,8 +504,10 @@ def analyse_trajectory(trajectory: Trajectory, thresholds: Thresholds) -> Trajec
     order = {kind: k for k, kind in enumerate(EVENT_KINDS)}
     events.sort(key=lambda e: (e.step, order[e.kind]))
     drop = _loss_drop(t.loss)
+    final = _final_loss(t.loss)
     trained = None if len(t.steps) < 2 else (
-        t.stopped != "nonfinite" and drop is not None and drop >= thresholds.trained)
+        t.stopped != "nonfinite" and drop is not None and drop >= thresholds.trained
+        and (t.chance_loss is None or (final is not None and final < t.chance_loss)))
     return replace(t, events=tuple(events), trained=trained, loss_drop=drop)
 
 
@@ -525,7 +531,11 @@ def _std_jump(steps: Sequence[int], stds: Sequence[float | None],
 def _loss_drop(losses: Sequence[float | None]) -> float | None:
     if len(losses) < 2 or losses[0] is None or losses[0] <= 0:
         return None
+    final = _final_loss(losses)
+    return None if final is None else 1 - final / losses[0]
+
+
+def _final_loss(losses: Sequence[float | None]) -> float | None:
+    """Where the loss ended: the median of the last TAIL recorded after step 0."""
     tail = [loss for loss in losses[1:][-TAIL:] if loss is not None]
-    if not tail:
-        return None
-    return 1 - statistics.median(tail) / losses[0]
+    return statistics.median(tail) if tail else None

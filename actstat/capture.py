@@ -238,6 +238,21 @@ def is_attention(module: nn.Module) -> bool:
             or type(module).__name__.endswith("Attention"))
 
 
+def eager(model: nn.Module) -> nn.Module:
+    """The module whose forward hooks see every layer run: a `torch.compile`d model's original
+    module (`_orig_mod`: its compiled graph would be traced again for every hook, and the
+    numbers are the same to float rounding); a TorchScript model, whose graph runs without its
+    submodules' hooks, is refused in one line."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(f"{type(model).__name__} is a TorchScript model (torch.jit.script or "
+                         "torch.jit.trace), whose compiled graph runs without the hooks that "
+                         "measure its layers: profile the nn.Module before it is scripted")
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(original, nn.Module) and type(model).__name__ == "OptimizedModule":
+        return original
+    return model
+
+
 def is_weight_layer(module: nn.Module) -> bool:
     """A module whose output is a weight layer's: WEIGHT_TYPES, a `transposed_linear`, or a
     `stacked` layer."""
@@ -364,6 +379,7 @@ class Probe:
                  *, grad: bool, bins: int, near_zero: float, saturation_cut: float,
                  blocks: Sequence[nn.Module] = (), groups: int = 0, weights: bool = True,
                  weight_step: WeightStep | None = None, hist_range: HistRange | None = None):
+        model = eager(model)
         self.model = model
         self.groups = groups
         self.selection = selection
@@ -653,10 +669,15 @@ class Probe:
         return None
 
     def _selected(self, module: nn.Module, name: str) -> bool:
+        """A module that `layers=` names: by class (a type, or a pattern on the names of its
+        class and its bases: `GPT2Block`, `*Attention`, outside torch.nn too) or by a pattern
+        on its module path."""
         assert self.selection is not None
         types, patterns = self.selection
         base = name.split("#")[0]
-        return isinstance(module, types) or any(fnmatchcase(base, p) for p in patterns)
+        classes = [c.__name__ for c in type(module).__mro__ if c not in (nn.Module, object)]
+        return isinstance(module, types) or any(
+            fnmatchcase(base, p) or any(fnmatchcase(c, p) for c in classes) for p in patterns)
 
     def _seen(self, x: torch.Tensor | None) -> _Pending | None:
         """What the capture knows of `x`: a tensor it measured, unchanged since or changed by
@@ -834,9 +855,14 @@ class Probe:
             return
         ran = ", ".join(self.ran[:8]) + (", ..." if len(self.ran) > 8 else "")
         if self.selection is not None:
+            types, patterns = self.selection
+            asked = ", ".join([t.__name__ for t in types] + list(patterns))
+            classes = sorted({type(m).__name__ for m in self.model.modules()
+                              if id(m) in self.modules})
             # named as the API, the CLI and a config spell it: this runs under all three
             raise ModelError(f"no module of {type(self.model).__name__} matched layers= "
-                             f"(--layers, model.layers): the modules that ran are {ran}")
+                             f"(--layers, model.layers) {asked}: the modules that ran are {ran} "
+                             f"(classes: {', '.join(classes)})")
         raise ModelError(f"nothing to measure in {type(self.model).__name__}: no weight layer "
                          "(Linear, Conv, Embedding), normalisation layer or repeated block "
                          f"returned a floating-point tensor (modules that ran: {ran}); "

@@ -452,7 +452,7 @@ def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool,
 
     def train() -> Any:
         if quiet or not sys.stderr.isatty():
-            return watch_report(resolved, on_record=on_record)
+            return watch_report(resolved, on_record=on_record, force=force)
         with _progress(no_color, loss=True) as bar:
             task = bar.add_task("measuring at init", total=None, loss="")
 
@@ -464,7 +464,7 @@ def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool,
 
                 return step
 
-            return watch_report(resolved, on_step=on_step, on_record=on_record)
+            return watch_report(resolved, on_step=on_step, on_record=on_record, force=force)
 
     return _guarded(train)
 

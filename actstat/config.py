@@ -526,6 +526,7 @@ def config_from_dict(raw: Mapping[str, Any], origin: str,
             overrides[section] = _named_from(raw.get(section), overrides[section], section)
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
+    raw = _named_model_data(raw, origin, overrides)
     model = raw.get("model")
     if isinstance(model, Mapping) and model.get("factory") is not None:
         # a user's model: its schemes are inits alone, keep (its own) unless any are given
@@ -705,6 +706,8 @@ def _named_from(entries: Any, names: list[Any], section: str) -> list[Any]:
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """`raw[a][b] = value` for "a.b"; a mapping (--model-arg's keywords) is merged into the
+    file's mapping there, key by key, rather than replacing it."""
     *parents, leaf = dotted.split(".")
     node = raw
     for key in parents:
@@ -713,7 +716,62 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
             child = {}
             node[key] = child
         node = child
+    if isinstance(value, Mapping) and isinstance(node.get(leaf), Mapping):
+        value = {**node[leaf], **value}
     node[leaf] = value
+
+
+def _named_model_data(raw: dict[str, Any], origin: str,
+                      overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A model by name (`hf:gpt2`, actstat/hf.py) takes the data its config says, where the
+    config file and the options give none: token ids from its whole vocabulary, TOKEN_LENGTH
+    per sample or its context length where that is shorter; images of its channels and size
+    (gaussian); a small batch (a stock-sized transformer keeps much per token for the
+    backward), and its classifier's classes as model.num_classes. A vocabulary or a length
+    given beyond the model's is refused here, in one line that names the option that sets it."""
+    from actstat import hf
+
+    model = raw.get("model")
+    data = raw.get("data", {})
+    if not isinstance(model, dict) or not hf.is_hf(model.get("factory")) \
+            or not isinstance(data, dict) or not isinstance(model.get("kwargs", {}), dict):
+        return raw  # not a named model, or a mistake that validation reports
+    named = hf.resolve(model["factory"], model.get("kwargs"))
+    takes = hf.inputs(named)
+    data = dict(data)
+    if "source" not in data and takes.source is not None:
+        data["source"] = takes.source
+    source = data.get("source", DataConfig.model_fields["source"].default)
+    if source == "tokens" and takes.source == "tokens":
+        vocab, length = data.get("vocab"), data.get("length")
+        if isinstance(vocab, int) and takes.vocab is not None and vocab > takes.vocab:
+            option = _origin_of("data.vocab", overrides, f"{origin}: data.vocab")
+            raise DataError(f"{option} is {vocab} but {named.spec} has {takes.vocab} tokens "
+                            f"(vocab_size): ids from {takes.vocab} on would index past its "
+                            f"embedding; set --vocab {takes.vocab} or less (data.vocab in a "
+                            "config), or leave it out to draw from the whole vocabulary")
+        if isinstance(length, int) and takes.context is not None and length > takes.context:
+            option = _origin_of("data.length", overrides, f"{origin}: data.length")
+            raise DataError(f"{option} is {length} but {named.spec} takes at most "
+                            f"{takes.context} tokens ({takes.context_key}): set --length "
+                            f"{takes.context} or less (data.length in a config), or raise "
+                            f"{takes.context_key} with --model-arg")
+        data.setdefault("vocab", takes.vocab)
+        data.setdefault("length", min(hf.TOKEN_LENGTH, takes.context or hf.TOKEN_LENGTH))
+    if source == "gaussian" and takes.shape is not None \
+            and not {"shape", "input_size"} & set(data):
+        data["shape"] = list(takes.shape)
+    data.setdefault("batch_size", hf.BATCH)
+    raw = {**raw, "data": data}
+    if takes.classes is not None and "num_classes" not in model:
+        raw["model"] = {**model, "num_classes": takes.classes}
+    train = raw.get("train", {})
+    batch = data["batch_size"]
+    # training draws its mini-batches from the data's samples: no more than there are
+    if isinstance(train, dict) and "batch_size" not in train and isinstance(batch, int) \
+            and batch < TrainConfig.model_fields["batch_size"].default:
+        raw["train"] = {**train, "batch_size": batch}
+    return raw
 
 
 def _resolve_spec(spec: _Spec, section: str, prefix: str, where: str) -> _Spec:
@@ -782,9 +840,12 @@ OPTION_NAMES = {
     "model.branch_depth": "--branch-depth",
     "model.norm": "--norm",
     "model.factory": "--model",
+    "model.kwargs": "--model-arg",
     "model.layers": "--layers",
     "data.batch_size": "--batch-size",
     "data.source": "--data",
+    "data.vocab": "--vocab",
+    "data.length": "--length",
     "device": "--device",
     "dtype": "--dtype",
     "seed": "--seed",

@@ -92,7 +92,8 @@ def load_batch(data: DataConfig, *, seed: int, device: torch.device, dtype: torc
         features, all_labels, description = _read_source(data.source)
         if all_labels is not None and all_labels.size and int(all_labels.max()) >= num_classes:
             raise DataError(f"{description}: labels go up to {int(all_labels.max())} but "
-                            f"model.num_classes is {num_classes}; raise num_classes")
+                            f"model.num_classes is {num_classes}; raise num_classes (a model by "
+                            f"name: its classifier's --model-arg num_labels={int(all_labels.max()) + 1})")
         shift, divisor = _normaliser(features, data.normalize, description)
         count = features.shape[0]
         if data.batch_size > count:

@@ -31,7 +31,13 @@ ActOpt = Annotated[list[str] | None, typer.Option(
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", metavar="FILE.py:FN", show_default=False,
     help="Profile your own model instead of the built-in MLP: a factory function in a file "
-    "or a module, e.g. nets.py:make_cnn or mypkg.nets:make.")]
+    "or a module, e.g. nets.py:make_cnn or mypkg.nets:make, or a Hugging Face model by name, "
+    "built from its config (nothing downloaded): hf:gpt2, hf:bert, hf:vit.")]
+# repeated: `--model-arg n_layer=4 --model-arg n_embd=64`
+ModelArgOpt = Annotated[list[str] | None, typer.Option(
+    "--model-arg", metavar="KEY=VALUE", show_default=False,
+    help="A keyword argument of --model's factory or Hugging Face config (repeat for more): "
+    "n_layer=4. Values read as YAML: numbers, true/false, \\[lists], else text.")]
 LayersOpt = Annotated[str | None, typer.Option(
     "--layers", metavar="NAME[,NAME...]", show_default=False,
     help="With --model: measure only these modules: classes (Conv2d) or name patterns "
@@ -60,6 +66,13 @@ BatchOpt = Annotated[str | None, typer.Option(
 DataOpt = Annotated[str | None, typer.Option(
     "--data", metavar="SOURCE", show_default=False,
     help="mnist, gaussian, or a path (.npy, .npz, .pt, a directory of MNIST IDX files).")]
+VocabOpt = Annotated[str | None, typer.Option(
+    "--vocab", metavar="INT", show_default=False,
+    help="--data tokens: ids drawn from [0, INT) (default: the hf: model's vocabulary, else "
+    "1000).")]
+LengthOpt = Annotated[str | None, typer.Option(
+    "--length", metavar="INT", show_default=False,
+    help="--data tokens: ids per sample (default: 128 or the hf: model's context, else 32).")]
 DeviceOpt = Annotated[str | None, typer.Option(
     "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.", show_default=False)]
 DtypeOpt = Annotated[str | None, typer.Option(
@@ -79,10 +92,11 @@ TheoryOpt = Annotated[bool | None, typer.Option(
 # their --help order: `run_options` puts them in a command's signature, `overrides` reads them
 # back. A new one is a line here and a line in OVERRIDES.
 RUN_OPTIONS: dict[str, Any] = {
-    "init": InitOpt, "act": ActOpt, "model": ModelOpt, "layers": LayersOpt, "depth": DepthOpt,
-    "width": WidthOpt, "block": BlockOpt, "branch_depth": BranchDepthOpt, "norm": NormOpt,
-    "norm_position": NormPositionOpt, "multiplier": MultiplierOpt, "batch_size": BatchOpt,
-    "data": DataOpt, "device": DeviceOpt, "dtype": DtypeOpt, "seed": SeedOpt, "bias": BiasOpt,
+    "init": InitOpt, "act": ActOpt, "model": ModelOpt, "model_arg": ModelArgOpt,
+    "layers": LayersOpt, "depth": DepthOpt, "width": WidthOpt, "block": BlockOpt,
+    "branch_depth": BranchDepthOpt, "norm": NormOpt, "norm_position": NormPositionOpt,
+    "multiplier": MultiplierOpt, "batch_size": BatchOpt, "data": DataOpt, "vocab": VocabOpt,
+    "length": LengthOpt, "device": DeviceOpt, "dtype": DtypeOpt, "seed": SeedOpt, "bias": BiasOpt,
     "grad": GradOpt, "theory": TheoryOpt,
 }
 
@@ -232,6 +246,31 @@ def _repeated_names(option: str, values: list[str]) -> list[str]:
     return [name for given in values for name in names(option, given)]
 
 
+def _keywords(option: str, values: list[str]) -> dict[str, Any]:
+    """`["n_layer=4", "scale=0.5", "tied=true", "act=gelu", "depths=[1, 1]"]` -> {"n_layer": 4,
+    "scale": 0.5, "tied": True, "act": "gelu", "depths": [1, 1]}: each value read as YAML
+    reads it (a number, true/false, null, a [list] or {mapping}, else text); a later KEY wins."""
+    given: dict[str, Any] = {}
+    for text in values:
+        key, equals, value = text.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise ConfigError(f"{option}: write KEY=VALUE, such as n_layer=4 (got {text!r})")
+        if not key.isidentifier():
+            raise ConfigError(f"{option}: '{key}' is not a keyword argument's name (got {text!r})")
+        given[key] = _yaml_value(value.strip())
+    return given
+
+
+def _yaml_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text) if text else text
+    except yaml.YAMLError:
+        return text
+
+
 # Every option that sets a config value: its parameter name -> (dotted config key, how its text
 # is read), whichever commands have it; in the order they are read (the first bad one is told).
 OVERRIDES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
@@ -241,7 +280,8 @@ OVERRIDES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "theory": ("theory", _given), "hist": ("hist", _given), "steps": ("train.steps", _number),
     "lr": ("train.lr", _number), "width": ("model.width", _widths),
     "init": ("init", _repeated_names), "act": ("activation", _repeated_names),
-    "model": ("model.factory", _given), "block": ("model.block", _given),
+    "model": ("model.factory", _given), "model_arg": ("model.kwargs", _keywords),
+    "vocab": ("data.vocab", _number), "length": ("data.length", _number), "block": ("model.block", _given),
     "norm": ("model.norm", _given), "norm_position": ("model.norm_position", _given),
     "multiplier": ("model.multiplier", _number), "branch_depth": ("model.branch_depth", _number),
     "layers": ("model.layers", names),

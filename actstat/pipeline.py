@@ -60,7 +60,16 @@ from actstat.model import (
     by_design,
     stack_mlps,
 )
-from actstat.plan import Progress, model_groups, model_tag, preflight, schemes, stack_size, stacks
+from actstat.plan import (
+    Progress,
+    model_groups,
+    model_preflight,
+    model_tag,
+    preflight,
+    schemes,
+    stack_size,
+    stacks,
+)
 from actstat.records import (
     SCHEMA_VERSION,
     ByDesign,
@@ -89,7 +98,7 @@ def profile(config: Config, on_scheme: Progress | None = None, *, force: bool = 
     if config.mixed_models:
         return profile_mixed(config, on_scheme, force=force, stack=stack)
     if config.model.factory is not None:
-        return profile_factory(config, on_scheme)
+        return profile_factory(config, on_scheme, force=force)
     if not config.model.plain_mlp:
         return profile_blocks(config, on_scheme)
     device = resolve_device(config.device)
@@ -310,7 +319,8 @@ def profile_blocks(config: Config, on_scheme: Progress | None = None) -> Report:
     return _report(config, device, given, runs)
 
 
-def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report:
+def profile_factory(config: Config, on_scheme: Progress | None = None, *,
+                    force: bool = False) -> Report:
     """The user's model (`model.factory` called with `model.kwargs`), built afresh for each init
     of the config, on the batch shaped for it: `keep` measures it as the factory made it (the
     factory runs with torch's generator seeded with `seed`), any other init re-draws every
@@ -323,6 +333,8 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
     dtype = resolve_dtype(config.dtype)
     spec = config.model.factory
     assert spec is not None
+    if not force:
+        named_model_preflight(config, device, dtype, copies=2 if config.grad else 1)
     selection = layer_selection(config.model.layers)
     batch: Batch | None = None
     given: InputStats | None = None
@@ -338,8 +350,9 @@ def profile_factory(config: Config, on_scheme: Progress | None = None) -> Report
         assert given is not None
         lsuv = (data_init(model, batch.inputs, make_init(init.name, init.params), config.seed)
                 if init.name != KEEP else None)
+        targets, loss = model_loss(model, batch, config.seed)
         run = model_run(
-            model, batch.inputs, batch.labels, loss=None if batch.labelled else drawn_target_loss,
+            model, model_inputs(model, batch.inputs), targets, loss=loss,
             scheme=model_label(spec, init), init=init.name,
             init_params={} if init.name == KEEP else {**init.params,
                                                       "bias": init.bias.model_dump()},
@@ -383,13 +396,81 @@ def _check_vocabulary(model: torch.nn.Module, config: Config) -> None:
     if config.data.source != "tokens":
         return
     kinds = (torch.nn.Embedding, torch.nn.EmbeddingBag)
-    rows = [m.num_embeddings for m in model.modules() if isinstance(m, kinds)]
-    # the largest: a position embedding may be smaller than the token embedding
+    # a Hugging Face model says which Embedding takes the ids (GPT-2's position embedding,
+    # 1024 rows, is larger than a small vocabulary); otherwise the largest, since a position
+    # embedding may be smaller than the token embedding
+    take = getattr(model, "get_input_embeddings", None)
+    named = take() if callable(take) else None
+    rows = ([named.num_embeddings] if isinstance(named, kinds)
+            else [m.num_embeddings for m in model.modules() if isinstance(m, kinds)])
+    which = "its input Embedding" if isinstance(named, kinds) else "its largest Embedding"
     if rows and max(rows) < config.data.vocab:
-        raise DataError(f"data.vocab is {config.data.vocab} but the model's largest Embedding "
-                        f"has {max(rows)} rows: its ids would index past it; set data.vocab to "
-                        f"{max(rows)} or less (data: {{source: tokens, vocab: {max(rows)}}} in "
-                        "the config)")
+        raise DataError(f"data.vocab is {config.data.vocab} but the model's ids go up to "
+                        f"{max(rows) - 1} ({which} has {max(rows)} rows); set --vocab "
+                        f"{max(rows)} or less (data.vocab in a config)")
+
+
+def named_model_preflight(config: Config, device: torch.device, dtype: torch.dtype, *,
+                          copies: int) -> None:
+    """A model by name (`hf:gpt2`) that would not fit in memory, refused before it is built:
+    its parameters counted from its config (actstat/hf.py) against the device's free memory."""
+    from actstat import hf
+
+    spec = config.model.factory
+    if not hf.is_hf(spec):
+        return
+    assert spec is not None
+    named = hf.resolve(spec, config.model.kwargs)
+    model_preflight(spec, hf.parameters(named), device, dtype, copies=copies,
+                    keys=hf.size_keys(named))
+
+
+def model_inputs(model: torch.nn.Module, x: torch.Tensor) -> Any:
+    """The batch as the model's forward takes it: positionally, or as its first keyword-only
+    argument (`forward(self, *, input_ids)`) by name."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return x
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                  inspect.Parameter.VAR_POSITIONAL)
+    if not parameters or parameters[0].kind in positional:
+        return x
+    first = parameters[0]
+    return {first.name: x} if first.kind is inspect.Parameter.KEYWORD_ONLY else x
+
+
+def model_loss(model: torch.nn.Module, batch: Batch,
+               seed: int) -> tuple[torch.Tensor, Callable | None]:
+    """The targets and the loss of a user's model on a batch: cross-entropy against the labels
+    (None: the engine's own); on token ids, for a causal language model next-token
+    cross-entropy on the ids themselves (`next_token_loss`), for a sequence classifier one
+    label per sample drawn with the seed among its classes; otherwise against the targets drawn
+    with the batch (`drawn_target_loss`)."""
+    from actstat import hf
+
+    if batch.labelled:
+        return batch.labels, None
+    ids = batch.inputs
+    if not ids.is_floating_point() and ids.dim() == 2:
+        if ids.shape[1] > 1 and hf.causal_lm(model):
+            return ids, next_token_loss
+        classes = hf.sequence_classes(model)
+        if classes:
+            labels = torch.randint(classes, (ids.shape[0],),
+                                   generator=torch.Generator().manual_seed(seed))
+            return labels.to(ids.device), drawn_target_loss
+    return batch.labels, drawn_target_loss
+
+
+def next_token_loss(output: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """A causal language model's loss on token ids: the cross-entropy of its logits at each
+    position but the last, (batch, length, vocab), against the id at the next position (what
+    `transformers` computes with `labels=input_ids`)."""
+    logits = output[:, :-1]
+    return cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
 def drawn_target_loss(output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -397,10 +478,14 @@ def drawn_target_loss(output: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     drawn with the seed: cross-entropy when the output is logits that fit them, (batch, classes)
     for gaussian's class ids or (batch, length, vocab) for tokens' next ids (a language model's
     loss); otherwise the output's sum, so that every layer still gets a gradient."""
-    fits = (output.dim() == targets.dim() + 1 and output.shape[:-1] == targets.shape
-            and output.shape[-1] > int(targets.max()))
-    if fits:
+    if drawn_targets_fit(output, targets):
         return cross_entropy(output.reshape(-1, output.shape[-1]), targets.reshape(-1))
     return output.float().sum()
+
+
+def drawn_targets_fit(output: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Whether `output` is logits over classes that `targets` index: (..., classes) for (...)."""
+    return (output.dim() == targets.dim() + 1 and output.shape[:-1] == targets.shape
+            and output.shape[-1] > int(targets.max()))
 
 

@@ -81,6 +81,38 @@ def preflight(config: Config, in_features: int, device: torch.device, dtype: tor
         "or pass --force to try anyway")
 
 
+def model_preflight(label: str, parameters: int, device: torch.device, dtype: torch.dtype, *,
+                    copies: int, keys: list[str] = ()) -> None:
+    """Refuse, before it is built, a model whose parameters (`copies` of them: the weights, their
+    gradients, an optimiser's state) cannot fit in the device's free memory: a model by name
+    counts its parameters from its config (actstat/hf.py), so a stock 7-billion-parameter
+    configuration is refused in a second rather than after minutes of drawing weights. It is
+    built in float32 first, on the host. The activations of the batch are not counted: a batch
+    too large fails in the forward pass (or lower --batch-size)."""
+    element = max(torch.finfo(dtype).bits // 8, 4)
+    needed = parameters * element * copies
+    free = available_memory(device)
+    if free is None or needed <= MEMORY_HEADROOM * free:
+        return
+    smaller = (f"make it smaller with --model-arg ({', '.join(f'{k}=...' for k in keys)})"
+               if keys else "make it smaller with --model-arg")
+    raise ActstatError(
+        f"{label} has {_count(parameters)} parameters, about {needed / 2**30:.1f} GiB "
+        f"({copies} × {parameters * element / 2**30:.1f} GiB: the weights"
+        + (", their gradients" if copies > 1 else "") + (" and the optimiser's state"
+                                                         if copies > 2 else "")
+        + f"), but {device} has {free / 2**30:.1f} GiB free; {smaller}, or pass --force to try "
+        "anyway")
+
+
+def _count(n: int) -> str:
+    """1.2 B, 124 M, 85 k: a parameter count in words' units."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return str(n)
+
+
 # at most this many schemes run side by side: past it the gain is gone and memory is not
 MAX_STACK = 16
 

@@ -207,7 +207,8 @@ class Trajectory:
     """A training run, recorded every `every` steps (definitions: actstat/watch.py): its
     schedule, the loss (and accuracy, with labels) and each watched layer per recorded step,
     what happened (`events`) and whether it trained (`trained`: the loss fell by at least
-    thresholds.trained; `loss_drop` the fraction it fell by)."""
+    thresholds.trained, and below `chance_loss` where there is one; `loss_drop` the fraction
+    it fell by)."""
 
     steps: tuple[int, ...]
     loss: tuple[float | None, ...]
@@ -225,6 +226,9 @@ class Trajectory:
     events: tuple[Event, ...] = ()
     trained: bool | None = None  # None: not judged (too few steps recorded)
     loss_drop: float | None = None
+    # a cross-entropy's chance level, ln(classes): what logits that know nothing score; None
+    # for a loss that has none (the output's sum, a user's loss)
+    chance_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -364,7 +368,7 @@ def _trajectory_dict(t: Trajectory) -> dict[str, Any]:
         **{name: getattr(t, name) for name in ("planned_steps", "every", "batch_size",
                                                "optimizer", "lr", "momentum", "warmup",
                                                "stopped", "stopped_at", "trained",
-                                               "loss_drop")},
+                                               "loss_drop", "chance_loss")},
         "steps": list(t.steps),
         "loss": list(t.loss),
         "accuracy": None if t.accuracy is None else list(t.accuracy),
@@ -388,6 +392,7 @@ def _trajectory_from(raw: Mapping[str, Any]) -> Trajectory:
         **{name: raw[name] for name in ("planned_steps", "every", "batch_size", "optimizer",
                                         "lr", "momentum", "warmup", "stopped", "stopped_at",
                                         "trained", "loss_drop")},
+        chance_loss=raw.get("chance_loss"),  # absent from reports before it was recorded
         steps=tuple(raw["steps"]),
         loss=tuple(raw["loss"]),
         accuracy=column(raw["accuracy"]),

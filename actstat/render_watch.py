@@ -51,7 +51,12 @@ def summary_line(run: Run) -> str:
     assert t is not None
     loss = f"loss {number(t.loss[0] if t.loss else None)} → {number(_last(t.loss))}"
     if t.loss_drop is not None:
-        loss += f" ({'fell' if t.loss_drop >= 0 else 'rose'} {abs(100 * t.loss_drop):.0f} %)"
+        loss += f" ({'fell' if t.loss_drop >= 0 else 'rose'} {abs(100 * t.loss_drop):.0f} %"
+        final = _final(t)
+        if t.trained is False and t.chance_loss is not None and final is not None \
+                and final >= t.chance_loss:
+            loss += f", not below chance {number(t.chance_loss)}"
+        loss += ")"
     accuracy = ""
     if t.accuracy is not None and _last(t.accuracy) is not None:
         accuracy = f", accuracy {100 * _last(t.accuracy):.0f} %"
@@ -61,6 +66,13 @@ def summary_line(run: Run) -> str:
     how += f" of {_optimiser(t)}, batch {t.batch_size}"
     first = f"; first event: {event_text(t.events[0], t)}" if t.events else "; no events"
     return f"{run.scheme}: {verdict_of(t)} — {loss}{accuracy} over {how}{first}"
+
+
+def _final(t: Trajectory) -> float | None:
+    """Where the loss ended, as analysis judges it: 1 − loss_drop of step 0's."""
+    if t.loss_drop is None or not t.loss or t.loss[0] is None:
+        return None
+    return t.loss[0] * (1 - t.loss_drop)
 
 
 def _optimiser(t: Trajectory) -> str:

@@ -151,6 +151,7 @@ class TrajectoryModel(_Model):
     stopped_at: Annotated[int, Field(ge=0)] | None
     trained: bool | None
     loss_drop: Number
+    chance_loss: NonNegative = None  # later within version 3: optional
     steps: list[Annotated[int, Field(ge=0)]]
     loss: list[Number]
     accuracy: list[Fraction] | None

@@ -1,6 +1,6 @@
 """Model sources: a user's factory (`path/to/file.py:make_model`, `package.module:factory`) -> nn.Module.
 
-Not yet wired into the config, the API or `--model`: this module is the loading step they will call.
+A model named `hf:NAME` (a `transformers` model built from its config) is actstat/hf.py's.
 
 The spec format
 ---------------
@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from actstat import hf
 from actstat.errors import ModelSourceError
 from actstat.registry import closest
 
@@ -141,6 +142,8 @@ def build_model(spec: str | FactorySpec, kwargs: Mapping[str, Any] | None = None
     from torch import nn
 
     kwargs = dict(kwargs or {})
+    if hf.is_hf(spec):  # a transformers model by name: built from its config (actstat/hf.py)
+        return hf.build(str(spec), kwargs)
     with _loaded(spec, base_dir) as (factory, parsed):
         label = f"model factory '{parsed}'"
         _check_arguments(factory, kwargs, label)

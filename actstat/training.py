@@ -3,6 +3,7 @@ scheme measured at init as `run` measures it, then trained by actstat/watch.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -37,7 +38,15 @@ from actstat.inits import (
 from actstat.model import (
     stack_mlps,
 )
-from actstat.pipeline import drawn_target_loss, profile
+from actstat.pipeline import (
+    drawn_target_loss,
+    drawn_targets_fit,
+    model_inputs,
+    model_loss,
+    named_model_preflight,
+    next_token_loss,
+    profile,
+)
 from actstat.plan import Progress, model_groups, model_tag, schemes, stacks, train_stack_size
 from actstat.records import (
     Run,
@@ -51,7 +60,8 @@ from actstat.watch import Schedule, StepProgress, StepRecord, watch, watch_stack
 def watch_report(config: Config, on_scheme: Progress | None = None,
                  on_step: Callable[[str], StepProgress] | None = None, *,
                  stack: int | None = None,
-                 on_record: Callable[[str], StepRecord] | None = None) -> Report:
+                 on_record: Callable[[str], StepRecord] | None = None,
+                 force: bool = False) -> Report:
     """`actstat train`: each scheme measured at init as `profile` measures it, then built again
     from the same seed and trained as config.train says (actstat/watch.py), on mini-batches of
     the data source's whole pool; its trajectory, with events and verdict, goes on its Run.
@@ -66,11 +76,14 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
         return _watch_mixed(config, on_scheme, on_step, stack, on_record)
     t = config.train
     steps = t.steps or DEFAULT_TRAIN_STEPS
-    # the measurement at init as `run` makes it, without run's one-batch training probe
-    report = profile(config.model_copy(update={"train": t.model_copy(update={"steps": 0})}),
-                     on_scheme)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
+    if not force:  # a model by name: its weights, gradients and the optimiser's state
+        named_model_preflight(config, device, dtype,
+                              copies=4 if t.optimizer == "adam" else 3 if t.beta else 2)
+    # the measurement at init as `run` makes it, without run's one-batch training probe
+    report = profile(config.model_copy(update={"train": t.model_copy(update={"steps": 0})}),
+                     on_scheme, force=force)
     schedule = Schedule(steps=steps, every=t.every, batch_size=t.batch_size,
                         optimizer=t.optimizer, lr=t.learning_rate, momentum=t.beta, warmup=t.warmup,
                         seed=config.seed)
@@ -97,8 +110,11 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
             if init.name != KEEP:
                 data_init(model, batch.inputs, make_init(init.name, init.params), config.seed)
             models.append(model)
-        options = {"loss": _training_loss(pool.labelled, config.model.output),
-                   "labelled": pool.labelled, "near_zero": config.thresholds.near_zero,
+        targets, chosen = (model_loss(models[0], pool, config.seed)
+                           if config.model.factory is not None else (pool.labels, None))
+        loss = _training_loss(pool.labelled, config.model.output,
+                              causal=chosen is next_token_loss)
+        options = {"loss": loss, "labelled": pool.labelled, "near_zero": config.thresholds.near_zero,
                    "saturation_cut": config.thresholds.saturation_cut,
                    "bins": HIST_BINS if config.hist else 0,
                    # the plain MLP's rows as its tables number them: 1 to L, then `head`
@@ -108,13 +124,18 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
         records = [None if on_record is None else on_record(report.runs[index].scheme)
                    for index in group]
         if len(models) == 1:
-            trained = [watch(models[0], pool.inputs, pool.labels, schedule,
-                             on_record=records[0], **options)]
+            fed = model_inputs(models[0], pool.inputs[:1])
+            trained = [watch(models[0], pool.inputs, targets, schedule, on_record=records[0],
+                             output=config.model.output,
+                             keyword=next(iter(fed)) if isinstance(fed, dict) else None,
+                             **options)]
         else:
             stacked = stack_mlps(models)
-            trained = watch_stacked(stacked, pool.inputs, pool.labels, schedule,
+            trained = watch_stacked(stacked, pool.inputs, targets, schedule,
                                     groups=len(models), on_record=records, **options)
             del stacked
+        # chance level: the loss of logits that know nothing (ln of their classes)
+        trained = [replace(t, chance_loss=loss.chance) for t in trained]
         del models
         for index, trajectory in zip(group, trained):
             trajectories[index] = trajectory
@@ -164,14 +185,31 @@ def _data(config: Config, device: torch.device, dtype: torch.dtype,
     return batch, pool
 
 
-def _training_loss(labelled: bool, output: int | str | None) -> Callable:
-    """Cross-entropy against the labels (drawn targets where there are none: `drawn_target_loss`)
-    of the output's tensor that `model.output` selects."""
+class _TrainingLoss:
+    """Cross-entropy against the labels (drawn targets where there are none:
+    `drawn_target_loss`; a causal language model's next token on token ids: `next_token_loss`)
+    of the output's tensor that `model.output` selects. `chance`: the loss of logits that know
+    nothing, ln(classes), once a cross-entropy has been taken (None for the output's sum)."""
 
-    def loss(out: Any, targets: torch.Tensor) -> torch.Tensor:
-        logits = select_output(out, output)
-        if labelled:
-            return cross_entropy(logits, targets)
-        return drawn_target_loss(logits, targets)
+    def __init__(self, labelled: bool, output: int | str | None, causal: bool):
+        self.labelled, self.output, self.causal = labelled, output, causal
+        self.chance: float | None = None
 
-    return loss
+    def __call__(self, out: Any, targets: torch.Tensor) -> torch.Tensor:
+        logits = select_output(out, self.output)
+        if self.causal:
+            value = next_token_loss(logits, targets)
+        elif self.labelled:
+            value = cross_entropy(logits, targets)
+        elif drawn_targets_fit(logits, targets):
+            value = cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        else:
+            return drawn_target_loss(logits, targets)  # the output's sum: no chance level
+        if self.chance is None and logits.shape[-1] > 1:
+            self.chance = math.log(logits.shape[-1])
+        return value
+
+
+def _training_loss(labelled: bool, output: int | str | None, *,
+                   causal: bool = False) -> _TrainingLoss:
+    return _TrainingLoss(labelled, output, causal)

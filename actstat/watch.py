@@ -36,7 +36,7 @@ from torch import nn
 
 from actstat.activations import Activation
 from actstat.analysis import pair_rows
-from actstat.capture import Probe
+from actstat.capture import Probe, eager, select_output
 from actstat.records import CapturedLayer, Trajectory, TrajectoryLayer, finite_or_none
 
 # the statistics recorded per row and step, in buffer order
@@ -79,16 +79,22 @@ StepRecord = Callable[[Trajectory], None]
 def watch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedule: Schedule,
           loss: Loss, *, labelled: bool, near_zero: float, saturation_cut: float = 0.97,
           bins: int = 0, numbered: bool = False, on_step: StepProgress | None = None,
-          on_record: StepRecord | None = None) -> Trajectory:
+          on_record: StepRecord | None = None, output: int | str | None = None,
+          keyword: str | None = None) -> Trajectory:
     """Train `model` (in train mode; left in the mode it was in) on mini-batches drawn from
     `inputs`/`targets` in a seeded order, epoch after epoch, recording its rows as `schedule`
     says. A non-finite loss stops the run at that step (`stopped` "nonfinite"), Ctrl-C at the
     step it came in ("interrupted"); both keep every step recorded before. Events and the
     verdict are left to actstat/analysis.py. `numbered`: rows named as the built-in MLP's
-    tables name them (1 to L, then `head`), else by module path."""
+    tables name them (1 to L, then `head`), else by module path. `loss` takes the model's
+    output as it returns it (a Hugging Face `ModelOutput` too); `output` picks the tensor of a
+    tuple or dict output whose accuracy is counted (capture.select_output); `keyword`: the
+    forward takes the mini-batch as this keyword argument. A `torch.compile`d model trains as
+    its original module (capture.eager): hooks coming and going would recompile it."""
     return _train(model, inputs, targets, schedule, loss, groups=0, labelled=labelled,
                   near_zero=near_zero, saturation_cut=saturation_cut, bins=bins,
-                  numbered=numbered, on_step=on_step, on_record=[on_record])[0]
+                  numbered=numbered, on_step=on_step, on_record=[on_record], output=output,
+                  keyword=keyword)[0]
 
 
 def watch_stacked(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
@@ -115,10 +121,12 @@ def watch_stacked(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
 def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedule: Schedule,
            loss: Loss, *, groups: int, labelled: bool, near_zero: float, saturation_cut: float,
            bins: int, numbered: bool, on_step: StepProgress | None,
-           on_record: Sequence[StepRecord | None] | None = None) -> list[Trajectory]:
+           on_record: Sequence[StepRecord | None] | None = None,
+           output: int | str | None = None, keyword: str | None = None) -> list[Trajectory]:
     """groups: 0 for one model, K for a stack of K. The host buffer holds, per recorded step,
     one row of numbers per model: one copy per recorded step for the whole stack."""
     k = max(groups, 1)
+    model = eager(model)
     recorder = _Recorder(model, groups=groups, near_zero=near_zero,
                          saturation_cut=saturation_cut, bins=bins, labelled=labelled,
                          numbered=numbered)
@@ -145,7 +153,7 @@ def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedu
                 group["lr"] = schedule.lr_at(step)
             optimiser.zero_grad(set_to_none=True)
             with recorder.probe.hooks(x) if recording else nullcontext():
-                out = model(x)
+                out = model(x) if keyword is None else model(**{keyword: x})
             if groups:
                 values = torch.stack([loss(out[j], y) for j in range(groups)])
                 values.sum().backward()
@@ -155,7 +163,8 @@ def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedu
                 values = value.reshape(1)
             known = None
             if recording:
-                numbers = recorder.numbers(values.detach(), out.detach(), y)  # the one copy
+                logits = select_output(out, output).detach()
+                numbers = recorder.numbers(values.detach(), logits, y)  # the one copy
                 if host is None:  # sized at the first recorded step, for every recorded one
                     host = torch.full((len(recorded), k, len(numbers[0])), float("nan"),
                                       dtype=torch.float64)

@@ -157,3 +157,12 @@ def test_unwritable_output_directory(cli, tmp_path):
         assert "cannot write" in result.stderr
     finally:
         locked.chmod(0o700)
+
+
+def test_a_model_by_name_without_transformers_says_the_extra(cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers fails
+    result = cli("run", "--model", "hf:gpt2", "--device", "cpu", code=2)
+    line = result.stderr.strip()
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "hf: models need the transformers library" in line
+    assert "pip install 'actstat[hf]'" in line

@@ -291,15 +291,19 @@ def test_byte_identical_json_across_processes():
 
 
 PROBE = ("import sys, atexit\n"
-         "atexit.register(lambda: print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'))\n"
+         "atexit.register(lambda: print('TORCH' if {'torch', 'transformers'} & set(sys.modules)"
+         " else 'NO-TORCH'))\n"
          "sys.argv = ['actstat', *sys.argv[1:]]\n"
          "from actstat.cli import main\n"
          "main()\n")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["-h"], ["--version"]])
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["-h"], ["--version"],
+                                  ["run", "--model", "hf:gpt2", "--help"]])
 def test_help_and_version_do_not_import_torch(args):
+    """Nor transformers, whose import takes seconds: a model by name is resolved only when the
+    config is loaded."""
     result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -78,6 +78,21 @@ FACTORIES = textwrap.dedent('''
     def rgb():
         return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                              nn.Linear(4, 10))
+
+
+    class ByKeyword(nn.Module):
+        """A forward that takes its input by keyword only, as many wrappers do."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def forward(self, *, pixels):
+            return self.net(pixels)
+
+
+    def compiled():
+        return torch.compile(mlp())
 ''')
 
 BAD = textwrap.dedent('''
@@ -124,6 +139,10 @@ BAD = textwrap.dedent('''
 
     def parameterless():
         return nn.Sequential(nn.Flatten(), nn.ReLU())
+
+
+    def scripted():
+        return torch.jit.script(nn.Sequential(nn.Linear(784, 10), nn.ReLU()))
 ''')
 
 SMALL = ["--batch-size", "32", "--device", "cpu"]
@@ -224,6 +243,38 @@ def test_layers_by_class(cli, nets):
     (run,) = report["runs"]
     assert layer_names(run) == ["0", "4"]
     assert {layer["module"].split(" ")[0] for layer in run["layers"]} == {"Conv2d"}
+
+
+def test_layers_by_a_class_outside_torch_nn(cli, nets):
+    """`--layers Block`: the user's own class, matched by its name (as GPT2Block is)."""
+    report = report_of(cli("run", "--model", "nets.py:Residual", "--layers", "Block", *SMALL,
+                           "-f", "json", "-q"))
+    run = report["runs"][0]
+    assert layer_names(run) == ["blocks.0", "blocks.1", "blocks.2"]
+    assert {layer["module"] for layer in run["layers"]} == {"Block"}
+
+
+@pytest.mark.slow
+def test_a_forward_that_takes_its_input_by_keyword(cli, nets):
+    by_keyword = report_of(cli("run", "--model", "nets.py:ByKeyword", *SMALL, "-f", "json",
+                               "-q"))
+    plain = report_of(cli("run", "--model", "nets.py:mlp", *SMALL, "-f", "json", "-q"))
+    assert [layer["post"] for layer in by_keyword["runs"][0]["layers"]] == \
+        [layer["post"] for layer in plain["runs"][0]["layers"]]
+    trained = report_of(cli("train", "--model", "nets.py:ByKeyword", "--steps", "3", "--every",
+                            "1", "--device", "cpu", "-f", "json", "-q"))
+    assert len(trained["runs"][0]["trajectory"]["loss"]) == 3
+
+
+@pytest.mark.slow
+def test_a_compiled_model_is_measured_as_its_module(cli, nets):
+    """torch.compile's wrapper: the rows of the module it wraps (no `_orig_mod.` names), the
+    same numbers, and nothing compiled (its graph would be traced again for every hook)."""
+    compiled = report_of(cli("run", "--model", "nets.py:compiled", *SMALL, "-f", "json", "-q"))
+    plain = report_of(cli("run", "--model", "nets.py:mlp", *SMALL, "-f", "json", "-q"))
+    assert layer_names(compiled["runs"][0]) == layer_names(plain["runs"][0])
+    assert [layer["post"] for layer in compiled["runs"][0]["layers"]] == \
+        [layer["post"] for layer in plain["runs"][0]["layers"]]
 
 
 def test_layers_by_name_pattern(cli, nets):
@@ -480,7 +531,12 @@ MISTAKES = {
     "vocabulary past the embedding": (["--model", "nets.py:small_lm", "--data", "tokens"],
                                       ["data.vocab is 1000", "50 rows"]),
     "nothing measurable": (["--model", "bad.py:parameterless"], ["nothing to measure"]),
-    "no layer selected": (["--model", "nets.py:mlp", "--layers", "Conv2d"], ["--layers"]),
+    "no layer selected": (["--model", "nets.py:mlp", "--layers", "Conv2d"],
+                          ["--layers", "Conv2d", "classes: Flatten, Linear, ReLU"]),
+    "no class or name selected": (["--model", "nets.py:Residual", "--layers", "Blok"],
+                                  ["matched layers= (--layers, model.layers) Blok", "Block"]),
+    "TorchScript": (["--model", "bad.py:scripted"],
+                    ["RecursiveScriptModule is a TorchScript model", "before it is scripted"]),
     "no colon": (["--model", "nets.py"], ["no ':'"]),
 }
 

@@ -19,6 +19,9 @@ GIVEN = [
     ("init", ["-i", "kaiming,lecun", "--init", "xavier"], "init", ["kaiming", "lecun", "xavier"]),
     ("act", ["-a", "relu", "--act", "tanh"], "activation", ["relu", "tanh"]),
     ("model", ["-m", "nets.py:make"], "model.factory", "nets.py:make"),
+    ("model_arg", ["--model-arg", "n_layer=4", "--model-arg", "act=gelu", "--model-arg",
+                   "depths=[1, 2]"], "model.kwargs", {"n_layer": 4, "act": "gelu",
+                                                      "depths": [1, 2]}),
     ("layers", ["--layers", "Conv2d,blocks.*"], "model.layers", ["Conv2d", "blocks.*"]),
     ("depth", ["-d", "7"], "model.depth", 7),
     ("width", ["-w", "50,60"], "model.width", [50, 60]),
@@ -29,6 +32,8 @@ GIVEN = [
     ("multiplier", ["--multiplier", "0.5"], "model.multiplier", 0.5),
     ("batch_size", ["-b", "32"], "data.batch_size", 32),
     ("data", ["--data", "gaussian"], "data.source", "gaussian"),
+    ("vocab", ["--vocab", "100"], "data.vocab", 100),
+    ("length", ["--length", "16"], "data.length", 16),
     ("device", ["--device", "cpu"], "device", "cpu"),
     ("dtype", ["--dtype", "float64"], "dtype", "float64"),
     ("seed", ["-s", "3"], "seed", 3),
@@ -78,3 +83,11 @@ def test_each_run_option_reaches_the_config(cli, monkeypatch, command):
     result = cli(command, *[word for args, _, _ in given for word in args], code=2)
     assert "actstat: error: stopped here" in result.stderr
     assert received == [{key: value for _, key, value in given}]
+
+
+@pytest.mark.parametrize("given", ["n_layer", "=4", "n layer=4"])
+def test_a_model_arg_is_key_equals_value(given):
+    from actstat.options import overrides
+
+    with pytest.raises(ConfigError, match="--model-arg"):
+        overrides({"model_arg": [given]})

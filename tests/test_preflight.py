@@ -53,3 +53,31 @@ def test_estimate_follows_the_dtype(monkeypatch, dtype, bytes_per):
                                 "device": "cpu", "dtype": dtype})
     pipeline.profile(config)
     assert seen == [bytes_per]
+
+
+@pytest.mark.slow
+def test_a_model_by_name_too_large_is_refused_before_it_is_built(cli, monkeypatch):
+    """hf:gpt2 at width 131,072: 831 billion parameters, counted from its config on the meta
+    device (nothing allocated); a small one with too little memory free is refused too, and
+    --force runs it."""
+    pytest.importorskip("transformers")
+    from actstat import hf
+
+    built = []
+    monkeypatch.setattr(hf, "build", lambda *args: built.append(args))
+    huge = ["--model", "hf:gpt2", "--model-arg", "n_layer=4", "--model-arg", "n_embd=131072",
+            "--model-arg", "n_head=8", "--device", "cpu"]
+    result = cli("run", *huge, code=2)
+    line = result.stderr.strip()
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "hf:gpt2 has 831 B parameters" in line and "GiB free" in line, line
+    assert "--model-arg (n_layer=..., n_embd=..., vocab_size=...)" in line and "--force" in line
+    assert built == []  # refused before it was built
+    monkeypatch.undo()
+
+    monkeypatch.setattr(plan, "available_memory", lambda device: 1024)  # 1 KiB free
+    tiny = ["--model", "hf:gpt2", "--model-arg", "n_layer=1", "--model-arg", "n_embd=16",
+            "--model-arg", "n_head=2", "--model-arg", "vocab_size=50", "--batch-size", "2",
+            "--length", "8", "--device", "cpu", "-q"]
+    assert "parameters" in cli("run", *tiny, code=2).stderr
+    cli("run", *tiny, "--force")

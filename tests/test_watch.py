@@ -15,7 +15,8 @@ from torch import nn
 from actstat.analysis import analyse_trajectory
 from actstat.build import initialised
 from actstat.config import Thresholds, load_config
-from actstat.records import Trajectory, TrajectoryLayer
+from actstat.records import Run, Trajectory, TrajectoryLayer
+from actstat.render_watch import summary_line
 from actstat.report import Report
 from actstat.training import watch_report
 from actstat.watch import Schedule
@@ -294,6 +295,25 @@ def test_trained_compares_the_median_of_the_last_losses_with_step_0():
                               Thresholds())
     assert [(e.kind, e.step, e.value) for e in dead.events] == [("dead", 20, 0.6)]
     assert math.isclose(dead.loss_drop, 0.0)
+
+
+def test_trained_needs_the_loss_below_chance_level():
+    """A loss that falls a long way but ends at ln(10) = 2.303 on ten classes (a poor init's
+    confident logits unlearned, nothing learned) did not train; just below chance, it did."""
+    from dataclasses import replace
+
+    chance = math.log(10)
+    at_chance = replace(_synthetic([1.0] * 6, [4.6, 3.0, 2.302, 2.3026, 2.303, 2.302]),
+                        chance_loss=chance)
+    t = analyse_trajectory(at_chance, Thresholds())
+    assert t.loss_drop > 0.25 and t.trained is False
+    below = replace(at_chance, loss=(4.6, 3.0, 2.2, 2.1, 2.0, 1.9))
+    assert analyse_trajectory(below, Thresholds()).trained is True
+    # no chance level (a loss other than a cross-entropy): the fall alone decides, as before
+    assert analyse_trajectory(replace(at_chance, chance_loss=None), Thresholds()).trained is True
+    line = summary_line(Run("zeros + relu", "zeros", {}, "relu", {}, "healthy", 4.6, (),
+                            trajectory=t))
+    assert "did not train" in line and "not below chance 2.303" in line, line
 
 
 def test_lsuv_trains_the_model_it_measured(cli, tmp_path):
