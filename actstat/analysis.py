@@ -178,17 +178,26 @@ class Summary:
     grad_ratio: float | None
 
 
+def trend_rows(layers: Sequence[LayerStats]) -> Sequence[LayerStats]:
+    """The rows a run's summary follows from first to last: the residual stream (its start and
+    each residual block's output) where it has two rows or more, else the signal rows."""
+    stream = [layer for layer in layers if layer.stream is not None]
+    return stream if len(stream) > 1 else signal_rows(layers)
+
+
 def summarise(layers: tuple[LayerStats, ...], verdict_name: str) -> Summary:
     signal = signal_rows(layers)
-    first, last = signal[0].post.std, signal[-1].post.std
+    trend = trend_rows(layers)
+    first, last = trend[0].post.std, trend[-1].post.std
     gain = None
-    if len(signal) > 1 and first and last:
-        gain = (last / first) ** (1 / (len(signal) - 1))
+    if len(trend) > 1 and first and last:
+        gain = (last / first) ** (1 / (len(trend) - 1))
     flagged = next((layer for layer in layers if layer.flags), None)
     deads = [layer.post.dead for layer in signal
              if layer.post.dead is not None and "dead" not in layer.by_design]
     saturations = [layer.post.saturated for layer in signal if layer.post.saturated is not None]
-    g_first, g_last = layers[0].grad, grad_reference(layers).grad
+    g_first, g_last = ((trend[0].grad, trend[-1].grad) if trend[0].stream is not None
+                       else (layers[0].grad, grad_reference(layers).grad))
     ratio = None
     if g_first is not None and g_last is not None and g_first.std is not None and g_last.std:
         ratio = g_first.std / g_last.std
@@ -266,6 +275,8 @@ def _roles(rows: Sequence[tuple[CapturedLayer | None, CapturedLayer]], input_std
     start_std = std(start) if start is not None else None
     last_stream_grad = grad(stream_rows[-1]) if stream_rows else None
     start_name = firsts[start].name if start is not None else None
+    if start is None and stream_rows and input_std:
+        start_std, start_name = input_std, "input"  # the first block takes the data itself
     last_stream_name = firsts[stream_rows[-1]].name if stream_rows else None
     # gradient segments: runs of rows outside blocks and off the stream, cut at norms
     segment_of: dict[int, int] = {}

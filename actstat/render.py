@@ -18,6 +18,7 @@ from actstat.analysis import (
     head_row,
     signal_rows,
     summarise,
+    trend_rows,
 )
 from actstat.layout import Column, Fitted, fit, left_out_note
 from actstat.records import (
@@ -52,6 +53,7 @@ FLAG_STYLES = {
 }
 # which number cell a flag colours
 FLAG_CELLS = {"exploding": "post std", "vanishing": "post std", "dead": "dead",
+              "large_branch": "branch", "entropy_collapse": "attn H",
               "saturated": "sat", "symmetric": "pre std", "grad_exploding": "grad std",
               "grad_vanishing": "grad std", "grad_zero": "grad:data"}
 
@@ -151,6 +153,15 @@ def columns(run: Run, dtype: str | None = "float32") -> list[tuple[str, Cell]]:
         chosen[0] = ("layer", lambda layer, _: layer_label(layer, run))
     if has_expected(run):
         chosen += THEORY_COLUMNS
+    if any(layer.branch_ratio is not None for layer in run.layers):
+        # a residual branch's rms over its stream's (large_branch)
+        chosen += [("branch", lambda layer, _: "" if layer.branch_ratio is None
+                    else number(layer.branch_ratio))]
+    if any(layer.attention_entropy for layer in run.layers):
+        # the lowest head's attention entropy (entropy_collapse; every head's: the JSON)
+        chosen += [("attn H", lambda layer, _: "" if not layer.attention_entropy
+                    else number(min((e for e in layer.attention_entropy if e is not None),
+                                    default=None)))]
     if any(layer.grad is not None for layer in run.layers):
         chosen += GRAD_COLUMNS
     if run.train is not None:
@@ -187,10 +198,17 @@ def verdict_line(run: Run, report: Report) -> str:
     layers = run.layers
     t = report.config.get("thresholds", {})
     signal = signal_rows(layers)
-    drift = (f"post std {number(signal[0].post.std)} → {number(signal[-1].post.std)} "
-             f"over {len(signal)} layers")
+    trend = trend_rows(layers)
+    if trend[0].stream is None:
+        drift = (f"post std {number(signal[0].post.std)} → {number(signal[-1].post.std)} "
+                 f"over {len(signal)} layers")
+        first, last = layer_label(layers[0], run), layer_label(grad_reference(layers), run)
+    else:  # a residual network: its stream, from its start to its last block
+        blocks = sum(layer.stream == "block" for layer in trend)
+        drift = (f"stream std {number(trend[0].post.std)} → {number(trend[-1].post.std)} "
+                 f"over {blocks} blocks")
+        first, last = layer_label(trend[0], run), layer_label(trend[-1], run)
     ratio = gradient_ratio(run)
-    first, last = layer_label(layers[0], run), layer_label(grad_reference(layers), run)
     grad = "" if ratio is None else f"; grad std layer {first} / layer {last} = {number(ratio)}"
     if run.theory is not None:
         grad += f"; mean field: {run.theory.phase} (χ₁ = {number(run.theory.chi1)})"
@@ -382,8 +400,8 @@ def tables(report: Report, width: int | None = None) -> list[RenderableType]:
 # by module path (`0`, `1`, `4:input`): without the module column they say nothing, so it stays
 # until only the std columns are left.
 LAYER_COLUMNS_LEAVING = ("units", "still sym", "grad:data", "near 0", "exp std", "pre mean",
-                         "meas/exp", "sat", "dead", "pre std", "module", "ΔW", "grad std",
-                         "post mean")
+                         "meas/exp", "sat", "dead", "pre std", "module", "ΔW", "attn H",
+                         "branch", "grad std", "post mean")
 
 
 def column_rank(name: str, leaving: tuple[str, ...]) -> int:
