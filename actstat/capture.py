@@ -910,7 +910,10 @@ class Probe:
         weight belongs with the layer's output."""
         if record.kind in ("input", "branch"):
             return None
-        key = id(record.module)
+        # by the weight itself: a weight tied to two modules (GPT-2's embedding and its head)
+        # is read once
+        weight = _weight_of(record.module)
+        key = id(weight) if weight is not None else id(record.module)
         if key not in weights:
             weights[key] = self._weight(record.module)
         return weights[key]
@@ -919,10 +922,8 @@ class Probe:
         """((std, min, max) of dL/dW and std(W) per group, trainable) for a module with a
         weight parameter (a stacked layer's weight[k] is group k's; nn.MultiheadAttention's
         `in_proj_weight`); None when it has none."""
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, nn.Parameter):
-            weight = getattr(module, "in_proj_weight", None)
-        if not isinstance(weight, nn.Parameter):
+        weight = _weight_of(module)
+        if weight is None:
             return None
         grouped = self.groups and stacked(module)
         per_group = list(weight.detach().unbind(0)) if grouped else [weight.detach()]
@@ -1013,6 +1014,14 @@ def preserved(model: nn.Module, inputs: Any, grads: bool = True) -> Iterator[Non
         for module, mode in modes:
             if module.training != mode:  # (nn.Module's __setattr__ is slow: only where moved)
                 module.training = mode
+
+
+def _weight_of(module: nn.Module) -> nn.Parameter | None:
+    """A module's weight Parameter (nn.MultiheadAttention's `in_proj_weight`), or None."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, nn.Parameter):
+        weight = getattr(module, "in_proj_weight", None)
+    return weight if isinstance(weight, nn.Parameter) else None
 
 
 def _selection(layers: Any) -> tuple[tuple[type, ...], tuple[str, ...]] | None:

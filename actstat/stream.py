@@ -125,15 +125,17 @@ def sdpa_logits(query: torch.Tensor, key: torch.Tensor, value: Any = None,
             return None
         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
     factor = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
-    logits = (q @ k.transpose(-2, -1)) * factor
+    logits = (q * factor) @ k.transpose(-2, -1)  # (the scale on the smaller operand)
     length, source = logits.shape[-2], logits.shape[-1]
     if is_causal:
-        allowed = torch.ones(length, source, dtype=torch.bool, device=logits.device).tril()
-        logits = logits.masked_fill(~allowed, -math.inf)
+        future = torch.ones(length, source, dtype=torch.bool, device=logits.device).triu_(1)
+        logits.masked_fill_(future, -math.inf)
     if attn_mask is not None:
         mask = attn_mask.detach()
-        logits = (logits.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool
-                  else logits + mask.float())
+        if mask.dtype == torch.bool:
+            logits.masked_fill_(~mask, -math.inf)
+        else:
+            logits += mask.float()
     return logits
 
 
@@ -191,7 +193,8 @@ def mha_logits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 def rms(t: torch.Tensor, groups: int = 0) -> torch.Tensor:
     """Root mean square of `t` in float64 (per group along dim 0 with `groups`): ‖t‖ / √n."""
     flat = t.reshape(groups, -1) if groups else t.reshape(1, -1)
-    return flat.double().square().mean(dim=1).sqrt()
+    norm = torch.linalg.vector_norm(flat, dim=1, dtype=torch.float64)  # one pass, in float64
+    return norm / math.sqrt(flat.shape[1])
 
 
 def attention_numbers(logits: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
@@ -210,16 +213,19 @@ def attention_numbers(logits: torch.Tensor, probabilities: torch.Tensor) -> torc
     heads = lg.shape[-3]
     lg = lg.reshape(-1, heads, lg.shape[-2], lg.shape[-1])
     p = p.reshape(lg.shape)
-    allowed = torch.isfinite(lg) & (lg > torch.finfo(torch.float32).min / 10)
-    if logits.dtype != torch.float32:
-        allowed &= lg > torch.finfo(logits.dtype).min / 10
+    # a masked key's logit is -inf or its dtype's lowest value (NaN and -inf compare False)
+    floor = torch.finfo(logits.dtype if logits.is_floating_point() else torch.float32).min / 10
+    allowed = lg > floor
     keys = allowed.sum(dim=-1)
-    entropy = -(p * torch.log(p.clamp_min(1e-30))).masked_fill(~allowed, 0).sum(dim=-1)
+    # -p ln p (0 at p = 0, so a masked key adds nothing)
+    entropy = torch.special.entr(p).sum(dim=-1)
     counted = keys >= 2
     normalised = entropy / torch.log(keys.clamp_min(2).float())
     per_head = ((normalised * counted).sum(dim=(0, 2))
                 / counted.sum(dim=(0, 2)).clamp_min(1)).double()
     per_head = torch.where(counted.any(dim=2).any(dim=0), per_head,
                            torch.full_like(per_head, math.nan))
-    top = lg.masked_fill(~allowed, -math.inf).amax().double().reshape(1)
+    # the largest allowed logit: a masked one is never above an allowed one
+    top = torch.where(allowed.any(), lg.amax(), torch.full((), -math.inf,
+                                                           device=lg.device)).double().reshape(1)
     return torch.cat([per_head, top])
