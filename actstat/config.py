@@ -323,6 +323,18 @@ class Thresholds(_Section):
     width_slope: float = Field(0.3, gt=0)
 
 
+def thresholds_from(given: Thresholds | Mapping[str, float] | None) -> Thresholds:
+    """The Python API's `thresholds=`: a Thresholds, a mapping of its keys, or None (defaults)."""
+    if given is None:
+        return Thresholds()
+    if isinstance(given, Thresholds):
+        return given
+    try:
+        return Thresholds.model_validate(dict(given))
+    except ValidationError as err:
+        raise ConfigError(validation_message(err, Thresholds, "thresholds")) from None
+
+
 # at init (every baseline), then through training (a baseline written by `actstat train`)
 METRIC_NAMES = ("pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean",
                 "loss", "train_std", "train_mean", "train_grad_std", "train_near_zero",

@@ -208,6 +208,9 @@ def measure_width(plan: Plan, width: int, on_progress: CoordProgress | None = No
             models = [m.to(device=inputs.device, dtype=inputs.dtype) for m in models]
     loss = plan.loss or (training_loss(labelled, config.model.output) if plan.inputs is None
                          else _api_loss)
+    if targets is None:  # the API without targets: the loss is the output's sum
+        loss = plan.loss or _output_sum
+        targets = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
     options: dict[str, Any] = {"loss": loss, "labelled": labelled,
                                "near_zero": config.thresholds.near_zero,
                                "saturation_cut": config.thresholds.saturation_cut,
@@ -316,9 +319,11 @@ def _own_optimiser(optimizer: str, lr: float, momentum: float, given: OptimiserF
     return torch.optim.SGD(params, lr=lr, momentum=momentum)
 
 
-def _api_loss(out: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-    if targets is None:
-        return out.float().sum()
+def _output_sum(out: torch.Tensor, _targets: torch.Tensor) -> torch.Tensor:
+    return out.float().sum()
+
+
+def _api_loss(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = out.reshape(-1, out.shape[-1]) if out.dim() > 2 else out
     return cross_entropy(logits, targets.reshape(-1) if out.dim() > 2 else targets)
 
@@ -430,14 +435,13 @@ def coord_check(factory: Callable[[int], nn.Module], widths: Sequence[int], inpu
     base shapes are set, else torch's `optimizer` ("adam" or "sgd") at `lr`. The loss:
     `loss(output, targets)`, else cross-entropy against `targets`, else the output's sum.
     Returns the Report whose `coord_check` holds every size and slope (`report.coord_check`)."""
-    from actstat.api import _thresholds
-    from actstat.config import config_from_dict
+    from actstat.config import config_from_dict, thresholds_from
 
     if not callable(factory):
         raise ConfigError(f"coord_check() takes a factory of a width, got {type(factory).__name__}")
     if not isinstance(inputs, torch.Tensor):
         raise ConfigError("coord_check(): inputs must be a tensor of samples")
-    limits = _thresholds(thresholds)
+    limits = thresholds_from(thresholds)
     config = config_from_dict({
         "seed": seed, "thresholds": limits.model_dump(mode="json"),
         "coord_check": {"widths": list(widths), "steps": steps, "seeds": seeds,
