@@ -574,6 +574,8 @@ def _measured_for_check(plan: Any, *, quiet: bool, force: bool, no_color: bool) 
     baseline (Ctrl-C there: nothing is compared, exit 130)."""
     for note in () if quiet else plan.notes:
         typer.echo(note, err=True)
+    if plan.coord:
+        return _coord_checked(plan.config, None, quiet=quiet, no_color=no_color)
     if not plan.training:
         return _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
     report = _train_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)

@@ -360,6 +360,9 @@ class CheckConfig(_Section):
     atol: float = Field(0.05, ge=0)
     metrics: list[Metric] = Field(default_factory=lambda: list(METRIC_NAMES))
     tolerances: dict[Metric, MetricTolerance] = Field(default_factory=dict)  # per metric
+    # a coord check's baseline: a slope may move this much (its seeds' spread is 0.05 to 0.25
+    # under SP at the default widths; the same seeds on one machine repeat it exactly)
+    slope_atol: float = Field(0.1, gt=0)
 
 
 MAX_TRAIN_STEPS = 1_000_000

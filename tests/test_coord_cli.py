@@ -163,3 +163,24 @@ def test_plot_redraws_a_coord_check_without_torch(cli, tmp_path):
 def test_text_renders_keep_the_verdict():
     text = plain_text(coord_tables(hand_made(WIDTH_STABLE), 80), 80)
     assert "verdict: width-stable" in text and isinstance(Text(text), Text)
+
+
+@pytest.mark.slow
+def test_check_holds_a_coord_checks_slopes_to_its_baseline(cli, tmp_path, monkeypatch):
+    """A coord check written as JSON is a baseline: `check` runs the coord check again and
+    compares every slope (check.slope_atol); a config that breaks the parameterisation fails,
+    naming the step and layer."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cc.yaml").write_text("device: cpu\ncoord_check:\n"
+                                      "  widths: [32, 64, 128]\n  steps: 2\n  seeds: 2\n"
+                                      "  param: mup\n  batch_size: 128\n")
+    cli("coord-check", "cc.yaml", "-f", "json", "-o", "base.json", "-q")
+    passed = cli("check", "base.json", "-q")
+    assert "all 9 slopes within tolerance (slope)" in passed.stdout
+    (tmp_path / "cc.yaml").write_text((tmp_path / "cc.yaml").read_text().replace(
+        "param: mup", "param: sp"))
+    failed = cli("check", "base.json", code=1)
+    assert "coord_check.param: 'mup' → 'sp'" in failed.stdout
+    # μP's zero readout has no slope at init; SP's has one
+    assert "slopes drifted; first at step 0 (coord check, layer head, slope)" in failed.stdout
+    assert "check FAILED" in failed.stderr
