@@ -32,6 +32,11 @@ class InProcess:
             yield run(task)
 
 
+def _apply(run: Callable[[Task], Result], task: Task) -> Result:
+    """A task on a Ray worker (ray.remote takes a function, not a partial)."""
+    return run(task)
+
+
 class RayExecutor:
     """Each task as a Ray task (`num_gpus` each where the cluster has GPUs), all submitted at
     once and gathered in order. `address`: a running cluster's ("auto", "ray://host:10001");
@@ -50,10 +55,13 @@ class RayExecutor:
             raise ActstatError("the Ray executor needs Ray: pip install 'actstat[ray]'") from None
         started = not ray.is_initialized()
         if started:
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            import logging
+
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR)
         try:
-            remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(run)
-            refs = [remote.remote(task) for task in tasks]
+            remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus)(_apply)
+            refs = [remote.remote(run, task) for task in tasks]
             for ref in refs:
                 yield ray.get(ref)
         finally:

@@ -279,3 +279,17 @@ def test_a_diverging_run_is_an_event_with_its_width_seed_and_step():
     assert events and events[0].kind == "nonfinite_loss"
     assert events[0].layer.startswith("width ") and ", seed " in events[0].layer
     assert math.isfinite(report.coord_check.layers[0].sizes[0][0][0])  # the rest kept
+
+
+@pytest.mark.slow
+def test_ray_runs_each_width_as_a_task_with_the_same_numbers():
+    """A local Ray instance (the optional actstat[ray] extra; skipped without it): one task per
+    width, the numbers of the in-process run."""
+    pytest.importorskip("ray")
+    from actstat.executors import RayExecutor
+
+    config = load_config(None, {**FAST, "coord_check.widths": [32, 64, 128]},
+                         defaults={"model.depth": 2})
+    here = coord_check_report(config)
+    there = coord_check_report(config, executor=RayExecutor(num_cpus=0.5))
+    assert there.coord_check == here.coord_check
