@@ -113,7 +113,9 @@ def picture(check: CoordCheck) -> list[Text]:
                 logs[(w, step)] = math.log2(size / base)
     if not logs:
         return []
-    top, bottom = math.ceil(max(logs.values())), math.floor(min(logs.values()))
+    top, bottom = round(max(logs.values())), round(min(logs.values()))
+    if top == bottom:  # flat: a row above and below, for scale
+        top, bottom = top + 1, bottom - 1
     per_row = max(1, math.ceil((top - bottom + 1) / PICTURE_ROWS))
     top, bottom = per_row * math.ceil(top / per_row), per_row * math.floor(bottom / per_row)
     for (w, step), value in logs.items():
