@@ -80,6 +80,9 @@ class Plan:
     targets: torch.Tensor | None = None
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     optimiser: OptimiserFactory | None = None
+    # the built-in model's samples, loaded once for every width (a factory's are shaped for its
+    # model at each width; None: load them there)
+    pool: Any = None
 
     @property
     def schedule(self) -> Schedule:
@@ -140,6 +143,8 @@ def _check_request(config: Config) -> None:
 
 def _report(plan: Plan, on_progress: CoordProgress | None, executor: Executor | None) -> Report:
     cc = plan.config.coord_check
+    if plan.inputs is None and plan.config.model.factory is None:
+        plan = replace(plan, pool=_pool(plan.config, None))
     run: Callable[[int], WidthRun] = partial(measure_width, plan)
     if executor is None:
         executor = InProcess()
@@ -157,7 +162,7 @@ def _report(plan: Plan, on_progress: CoordProgress | None, executor: Executor | 
 def _pool_description(plan: Plan) -> tuple[torch.Tensor, bool, str]:
     if plan.inputs is not None:
         return plan.inputs, plan.targets is not None, "tensors passed to actstat.coord_check"
-    pool = _pool(plan.config, None)
+    pool = plan.pool if plan.pool is not None else _pool(plan.config, None)
     return pool.inputs, pool.labelled, pool.description
 
 
@@ -202,7 +207,7 @@ def measure_width(plan: Plan, width: int, on_progress: CoordProgress | None = No
         assert models is not None
         models = [m.to(inputs.device) for m in models]
     else:
-        pool = _pool(config, models[0] if models else None)
+        pool = plan.pool if plan.pool is not None else _pool(config, models[0] if models else None)
         inputs, targets, labelled = pool.inputs, pool.labels, pool.labelled
         if models is not None:
             models = [m.to(device=inputs.device, dtype=inputs.dtype) for m in models]
