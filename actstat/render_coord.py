@@ -17,7 +17,7 @@ FLAG_STYLE = {"grows_with_width": "red", "shrinks_with_width": "yellow"}
 # what a layer growing with width usually means, for the verdict line (docs/coord-check.md)
 ADVICE = {
     ("sp", "adam"): "under SP, Adam's updates grow with width: use μP (--param mup), or "
-                    "shrink the readout and hidden learning rates with width",
+                    "learning rates that shrink with width",
     ("sp", "sgd"): "under SP, the readout's updates grow with width: use μP (--param mup), "
                    "or a smaller readout",
     ("mup", "adam"): "a layer outside μP's table: check its multiplier and learning rate",
