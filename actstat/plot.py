@@ -183,6 +183,8 @@ def _coord_figure(plt: Any, report: Report) -> Any:
             ax.fill_between(widths, [min(s) for _, s in points], [max(s) for _, s in points],
                             color=colour, alpha=0.15, linewidth=0)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(list(check.widths), [str(w) for w in check.widths], minor=False)
+        ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.set_yscale("log")
         ax.set_title(f"step {step}")
         ax.set_xlabel("width")
