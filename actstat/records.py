@@ -345,8 +345,8 @@ class Report:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
-        """The report's keys; `coord_check` only in a coord check's report (additive within
-        schema version 3: docs/json-schema.md)."""
+        """The report's keys; `coord_check` only in a coord check's report (schema version 4:
+        docs/json-schema.md)."""
         extra = ({} if self.coord_check is None
                  else {"coord_check": coord_check_dict(self.coord_check)})
         return {

@@ -134,7 +134,7 @@ class TrajectoryLayerModel(_Model):
     grad_std: list[NonNegative]
     hist_range: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     histogram: list[list[Annotated[int, Field(ge=0)]]] | None = None
-    abs_mean: list[NonNegative] | None = None  # added within version 3: mean |x| per step
+    abs_mean: list[NonNegative] | None = None  # added in version 4: mean |x| per step
 
 
 class EventModel(_Model):
@@ -207,7 +207,7 @@ class CoordLayerModel(_Model):
 
 
 class CoordCheckModel(_Model):
-    """`actstat coord-check`'s record (additive within schema version 3: absent elsewhere)."""
+    """`actstat coord-check`'s record (added in schema version 4: absent elsewhere)."""
 
     param: Literal["sp", "mup", "own"]
     optimizer: str
@@ -236,7 +236,7 @@ class ReportModel(_Model):
     runs: list[RunModel]
     config_file: str | None = None
     reduction: str | None = None  # added in version 3: absent from earlier reports
-    coord_check: CoordCheckModel | None = None  # added within version 3
+    coord_check: CoordCheckModel | None = None  # added in version 4
 
     @model_validator(mode="after")
     def _something_measured(self) -> ReportModel:

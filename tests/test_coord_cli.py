@@ -51,7 +51,7 @@ def hand_made(verdict: str = "grows_with_width") -> Report:
                        batch_size=256, threshold=0.3, layers=layers,
                        loss=tuple(tuple((2.3, 2.3) for _ in range(5)) for _ in range(3)),
                        verdict=verdict)
-    return Report(schema_version=3, actstat_version="0.1.0", torch_version="2.13.0",
+    return Report(schema_version=4, actstat_version="0.1.0", torch_version="2.13.0",
                   device="cpu", config={}, runs=(), coord_check=check,
                   input=InputStats("mnist", 5000, 784, True, 0.0, 1.0, shape=(784,)))
 

@@ -136,7 +136,8 @@ def test_a_stacked_readout_keeps_its_multiplier():
     stacked = stack_mlps(models)
     assert stacked[4].multiplier == 0.5
     for k, model in enumerate(models):
-        torch.testing.assert_close(stacked(x)[k], model(x))
+        # (a batched matmul sums in its own order: float32 rounding apart)
+        torch.testing.assert_close(stacked(x)[k], model(x), rtol=1e-5, atol=1e-4)
 
 
 def test_param_groups_pair_each_rate_with_its_parameters():
