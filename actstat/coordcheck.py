@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from actstat.build import data_init, initialised, uninitialised
+from actstat.build import data_init, factory_model, initialised, uninitialised
 from actstat.config import DEFAULT_MOMENTUM, KEEP, Config, Thresholds
 from actstat.data import load_pool, resolve_device, resolve_dtype, sample_shape_for
 from actstat.errors import ActstatError, ConfigError, DataError, ModelError
@@ -43,7 +43,13 @@ from actstat.executors import Executor, InProcess
 from actstat.inits import make_init
 from actstat.model import stack_mlps
 from actstat.parametrisation import apply, kinds, learning_rates, param_groups, shapes
-from actstat.pipeline import assemble, input_stats
+from actstat.pipeline import (
+    assemble,
+    input_stats,
+    model_inputs,
+    model_loss,
+    next_token_loss,
+)
 from actstat.records import (
     WIDTH_FLAGS,
     WIDTH_STABLE,
@@ -136,9 +142,6 @@ def _check_request(config: Config) -> None:
     if config.model.factory is None and isinstance(config.model.width, list):
         raise ConfigError("coord-check sets the width itself (--widths): give model.width as "
                           "one number, or leave it out")
-    base = cc.base_width or min(cc.widths)
-    if cc.param == "mup" and base * 2 > 1 << 20:
-        raise ConfigError("coord_check.base_width is too large")
 
 
 def _report(plan: Plan, on_progress: CoordProgress | None, executor: Executor | None) -> Report:
@@ -200,6 +203,7 @@ def measure_width(plan: Plan, width: int, on_progress: CoordProgress | None = No
     except Exception as error:
         raise CoordCheckError(f"width {width}: the model factory raised {type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else ''}") from error
+    keyword = None  # a factory's model that takes its inputs by keyword (input_ids=)
     step = None if on_progress is None else (
         lambda done, total, _loss: on_progress(width, plan.seeds, done - 1, total - 1))
     if plan.inputs is not None:
@@ -209,10 +213,16 @@ def measure_width(plan: Plan, width: int, on_progress: CoordProgress | None = No
     else:
         pool = plan.pool if plan.pool is not None else _pool(config, models[0] if models else None)
         inputs, targets, labelled = pool.inputs, pool.labels, pool.labelled
-        if models is not None:
-            models = [m.to(device=inputs.device, dtype=inputs.dtype) for m in models]
-    loss = plan.loss or (training_loss(labelled, config.model.output) if plan.inputs is None
-                         else _api_loss)
+        causal = False
+        if models is not None:  # a factory's: its loss and how it takes its inputs, as `train`'s
+            models = [m.to(device=inputs.device, dtype=resolve_dtype(config.dtype))
+                      for m in models]
+            targets, chosen = model_loss(models[0], pool, config.seed)
+            causal = chosen is next_token_loss
+            fed = model_inputs(models[0], inputs[:1])
+            keyword = next(iter(fed)) if isinstance(fed, dict) else None
+    loss = plan.loss or (training_loss(labelled, config.model.output, causal=causal)
+                         if plan.inputs is None else _api_loss)
     if targets is None:  # the API without targets: the loss is the output's sum
         loss = plan.loss or _output_sum
         targets = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
@@ -224,7 +234,8 @@ def measure_width(plan: Plan, width: int, on_progress: CoordProgress | None = No
         optimiser = partial(_own_optimiser, cc.optimizer, cc.lr, schedule.momentum,
                             plan.optimiser)
         trajectories = [_watched(partial(watch, model, inputs, targets, schedule,
-                                         optimiser=optimiser, **options), width)
+                                         optimiser=optimiser, output=config.model.output,
+                                         keyword=keyword, **options), width)
                         for model in models]
     else:
         trajectories = _built_in(config, width, plan.seeds, inputs, targets, schedule, options)
@@ -287,11 +298,13 @@ def _seeded(make: Callable[[], nn.Module], seed: int) -> nn.Module:
 
 
 def _factory_model(config: Config, width: int, seed: int) -> nn.Module:
-    from actstat.sources import build_model
-
+    """The factory's model at `width` as `run` makes it (seeded; re-initialised by the
+    config's init unless it is `keep`)."""
     assert config.model.factory is not None and config.coord_check.width_arg is not None
     kwargs = {**config.model.kwargs, config.coord_check.width_arg: width}
-    return _seeded(lambda: build_model(config.model.factory, kwargs), seed)
+    at = config.model_copy(update={"model": config.model.model_copy(update={"kwargs": kwargs}),
+                                   "seed": seed})
+    return factory_model(at, config.init[0])
 
 
 def _grouped_optimiser(optimizer: str, rates: Sequence[float], momentum: float,
