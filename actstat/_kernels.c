@@ -7,6 +7,8 @@
    - The tensor is walked a row at a time (last row first: a module leaves the end of its output
      in the caches), each row in segments of at most `segment` values (fused.SEGMENT: 4096,
      16 KiB, in L1 after the first of their few passes).
+   - A segment's sum of |x| (the coordinate size of actstat coord-check) is summed as the sum
+     of x is, in float32 blocks added in float64.
    - A segment's sum and its squares are taken of x - k, k its first value, in one pass: in
      float32 over blocks of BLOCK values (8 lanes of 32 values: at most 32 additions per lane)
      and the blocks in float64. The mean is k + sum / n, and the squares are corrected to it
@@ -105,7 +107,7 @@ static void find_pool(void) { dl_iterate_phdr(find_runtime, NULL); }
 #endif
 
 typedef struct {
-    double count, mean, m2, small, saturated;
+    double count, mean, m2, small, saturated, abs; /* abs: the sum of |x| */
     float lo, hi, gap;
 } Acc;
 
@@ -127,28 +129,31 @@ static inline void merge(Acc *a, double n, double total, double squares) {
    nonzero (a row's units), or NULL. */
 static inline void reduce_segment(const float *restrict v, ptrdiff_t n, const Params *p, Acc *a,
                                   float *lo_out, float *hi_out, uint8_t *restrict alive) {
-    double total = 0.0, squares = 0.0;
+    double total = 0.0, squares = 0.0, magnitude = 0.0;
     float lo = v[0], hi = v[0];
     int32_t small = 0;
     const float near = p->near, k = v[0];
     ptrdiff_t i = 0;
     for (; i + BLOCK <= n; i += BLOCK) {
-        float t = 0.0f, q = 0.0f;
+        float t = 0.0f, q = 0.0f, m = 0.0f;
         for (int j = 0; j < BLOCK; j++) {
             float x = v[i + j], d = x - k;
             t += d;
             q += d * d;
+            m += fabsf(x);
             lo = x < lo ? x : lo;
             hi = x > hi ? x : hi;
             small += fabsf(x) < near;
         }
         total += t;
         squares += q;
+        magnitude += m;
     }
     for (; i < n; i++) {
         float x = v[i], d = x - k;
         total += d;
         squares += (double)d * d;
+        magnitude += fabsf(x);
         lo = x < lo ? x : lo;
         hi = x > hi ? x : hi;
         small += fabsf(x) < near;
@@ -199,6 +204,7 @@ static inline void reduce_segment(const float *restrict v, ptrdiff_t n, const Pa
     }
     merge(a, (double)n, total, squares);
     a->small += small;
+    a->abs += magnitude;
     *lo_out = lo;
     *hi_out = hi;
 }
@@ -361,7 +367,7 @@ typedef struct {
 
 static void reduce_part(Part *t) {
     const float *x = t->x + t->first * t->units * (t->channels ? t->positions : 1);
-    t->a = (Acc){0.0, 0.0, 0.0, 0.0, 0.0, x[0], x[0], 0.0f};
+    t->a = (Acc){0.0, 0.0, 0.0, 0.0, 0.0, 0.0, x[0], x[0], 0.0f};
     if (t->channels)
         reduce_channels(x, t->last - t->first, t->units, t->positions, t->segment, t->p, &t->a,
                         t->alive, t->lows, t->highs);
@@ -394,6 +400,7 @@ static void combine(Part *parts, int count) {
         a->count = both;
         a->small += b->small;
         a->saturated += b->saturated;
+        a->abs += b->abs;
         a->lo = b->lo < a->lo ? b->lo : a->lo;
         a->hi = b->hi > a->hi ? b->hi : a->hi;
         a->gap = b->gap > a->gap ? b->gap : a->gap;
@@ -463,7 +470,7 @@ static unsigned char *workspace_of(size_t size) {
 static const char reduce_doc[] =
     "reduce(address, batch, units, positions, channels, near, mid, half, lo_edge, hi_edge,\n"
     "       saturation, spread, alive_rule, alive_above, segment, threads) -> (count, mean,\n"
-    "       m2, min, max, near_count, saturated_count, gap, dead_units)\n\n"
+    "       m2, min, max, near_count, saturated_count, gap, dead_units, abs_sum)\n\n"
     "The statistics of the C-contiguous float32 tensor at `address` (which the caller keeps\n"
     "alive): (batch, units) when `channels` is false (positions ignored), else (batch,\n"
     "channels=units, positions). A unit is alive where one of its values is nonzero\n"
@@ -551,8 +558,8 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         for (Py_ssize_t i = 0; i < units; i++) none += !parts[0].alive[i];
         dead = (double)none;
     }
-    return Py_BuildValue("(ddddddddd)", a.count, a.mean, a.m2, (double)a.lo, (double)a.hi,
-                         a.small, a.saturated, (double)a.gap, dead);
+    return Py_BuildValue("(dddddddddd)", a.count, a.mean, a.m2, (double)a.lo, (double)a.hi,
+                         a.small, a.saturated, (double)a.gap, dead, a.abs);
 }
 
 static PyObject *pool(PyObject *self, PyObject *unused) {

@@ -9,6 +9,9 @@ Definitions (each statistic is taken over all batch × units values of the tenso
 - `mean`, `std`: population mean and standard deviation (correction=0, as NumPy's `np.std`).
 - `min`, `max`: the extreme values.
 - `near_zero`: the fraction of values with |x| < thresholds.near_zero (absolute, both signs).
+- `abs_mean`: the mean of |x|, a coordinate's typical size (the `l1` of the mup package's
+  coordinate check): what `actstat coord-check` follows across widths (actstat/coordcheck.py).
+  The engine reduces it for every tensor; the per-layer Report rows do not carry it.
 - `dead` (post only): the fraction of units (a feature map's channels) whose output sits at
   their activation's floor, the value of its flat lower region, for every sample of the batch
   (and every position of a feature map): 0 for relu, relu6 and hardsigmoid, -0.5 for

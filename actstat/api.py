@@ -15,11 +15,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from actstat.config import Thresholds, validation_message
-from actstat.errors import ConfigError, ModelError
+from actstat.config import Thresholds, thresholds_from
+from actstat.errors import ModelError
 from actstat.pipeline import assemble, input_stats, model_run
 from actstat.records import API_SOURCE
 from actstat.report import Report
@@ -54,7 +53,7 @@ def profile(model: nn.Module, inputs: Any, targets: Any = None, *, loss: Loss | 
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"profile() measures an nn.Module, got {type(model).__name__}")
-    limits = _thresholds(thresholds)
+    limits = thresholds_from(thresholds)
     label = name if name is not None else type(model).__name__
     given = input_stats(inputs, source="tensors passed to actstat.profile",
                         labelled=targets is not None)
@@ -67,17 +66,6 @@ def profile(model: nn.Module, inputs: Any, targets: Any = None, *, loss: Loss | 
                      "dtype": str(x.dtype).removeprefix("torch.") if x is not None else "float32",
                      "thresholds": limits.model_dump(mode="json")},
                     x.device if x is not None else torch.device("cpu"), given, [run])
-
-
-def _thresholds(given: Thresholds | Mapping[str, float] | None) -> Thresholds:
-    if given is None:
-        return Thresholds()
-    if isinstance(given, Thresholds):
-        return given
-    try:
-        return Thresholds.model_validate(dict(given))
-    except ValidationError as err:
-        raise ConfigError(validation_message(err, Thresholds, "thresholds")) from None
 
 
 def _first_parameter(model: nn.Module) -> torch.Tensor | None:

@@ -160,14 +160,21 @@ def initialised(config: Config, init: InitSpec, act: ActivationSpec, device: tor
     assert in_features is not None
     activation = make_activation(act.name, act.params)
     weight_init = make_init(init.name, init.params)
-    if config.model.plain_mlp:
-        model = build_mlp(in_features=in_features, widths=config.model.widths,
-                          num_classes=config.model.num_classes, bias=config.model.bias,
-                          activation=activation)
-    else:
-        model = build_blocks(config, activation, in_features, weight_init)
+    model = uninitialised(config, init, act, in_features)
     return initialise(model, weight_init, make_bias_init(init.bias.name, init.bias.params),
                       act_gain=activation.gain, seed=config.seed, device=device, dtype=dtype)
+
+
+def uninitialised(config: Config, init: InitSpec, act: ActivationSpec,
+                  in_features: int) -> torch.nn.Module:
+    """The built-in model a config describes, its Linear layers on the meta device (no storage:
+    its shapes cost nothing, as actstat coord-check reads them at two widths)."""
+    activation = make_activation(act.name, act.params)
+    if config.model.plain_mlp:
+        return build_mlp(in_features=in_features, widths=config.model.widths,
+                         num_classes=config.model.num_classes, bias=config.model.bias,
+                         activation=activation)
+    return build_blocks(config, activation, in_features, make_init(init.name, init.params))
 
 
 def data_init(model: torch.nn.Module, inputs: Any,

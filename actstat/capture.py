@@ -32,7 +32,8 @@ A layer's statistics are reduced inside its forward hook, on the device, before 
 in-place op can overwrite the tensor: a float32 CPU tensor by actstat/fused.py's C kernel in one
 read where it was built, anything else by torch, a chunk of samples at a time on the CPU (see
 CHUNK and `_Moments`; definitions: actstat/analysis.py; arithmetic: actstat/reduce.py): mean,
-population std, min, max, near-zero fraction; `dead`: the fraction of units at their
+population std, min, max, near-zero fraction, mean |x| (`abs_mean`: the coordinate size of
+actstat coord-check); `dead`: the fraction of units at their
 activation's floor (activations.describe; exactly 0 for any other module) for every sample and
 position, the unit being the channel (dim 1) of a convolutional feature map and the last dim
 otherwise;
@@ -115,7 +116,7 @@ NOT_AN_ACTIVATION = identity()
 # a record's numbers: a float64 device vector (torch reductions), or host floats (the kernel's,
 # already on the host: a CPU tensor's) that `collect` splices in around the one device copy
 Row = torch.Tensor | list[float]
-MOMENTS = ("mean", "std", "min", "max", "near_zero")
+MOMENTS = ("mean", "std", "min", "max", "near_zero", "abs_mean")
 # dL/d(output): mean, std; with a trainable weight, dL/dW: std, min, max, and W: std
 GRAD = ("mean", "std")
 WEIGHT_GRAD = ("weight_std", "weight_min", "weight_max", "weight_data_std")
@@ -759,7 +760,8 @@ class Probe:
         step = max(1, _chunk_size(x) // max(view[0].numel(), 1))
         scratch = self.scratch(view[:step])
         moments = _Moments()
-        los, his, near, saturated, unit_top, sample_lo, sample_hi = [], [], [], [], [], [], []
+        los, his, near, magnitude = [], [], [], []
+        saturated, unit_top, sample_lo, sample_hi = [], [], [], []
         for chunk in _chunks(view, step):
             if spread:  # each sample's (and position's) extremes across units, and the chunk's
                 sample_lo.append(chunk.amin(dim=1).reshape(-1))
@@ -776,6 +778,7 @@ class Probe:
             if floor is not None:  # each unit's largest value: dead when it is at the floor
                 unit_top.append(chunk.amax(dim=2).amax(dim=0) if channels else chunk.amax(dim=0))
             torch.abs(flat, out=work)
+            magnitude.append(work.sum())  # (before the near-zero test overwrites |x|)
             if rules is None:  # each unit's max|x| (0: the unit is 0 throughout), from |x|
                 top = work.view(chunk.shape)
                 unit_top.append(top.amax(dim=2).amax(dim=0) if channels else top.amax(dim=0))
@@ -794,7 +797,7 @@ class Probe:
         else:
             dead = torch.full((), math.nan, dtype=f64, device=x.device)  # (no host copy)
         parts = [mean, std, lo.to(f64), hi.to(f64), torch.stack(near).to(f64).sum() / count,
-                 dead]
+                 torch.stack(magnitude).to(f64).sum() / count, dead]
         if spread:
             parts.append(unit_spread(torch.cat(sample_lo).to(acc).unsqueeze(0),
                                      torch.cat(sample_hi).to(acc).unsqueeze(0),
@@ -1092,9 +1095,9 @@ def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
                            spread=spread, units=units, dead_below=floor)
     if numbers is None:
         return None
-    mean, std, lo, hi, small, saturated, gap, dead = numbers
+    mean, std, lo, hi, small, saturated, gap, dead, magnitude = numbers
     count = view.numel()
-    parts = [mean, std, lo, hi, small / count, dead]
+    parts = [mean, std, lo, hi, small / count, magnitude, dead]
     if spread:
         parts.append(fused.relative_gap(lo, hi, gap))
     if edges is not None:

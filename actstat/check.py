@@ -20,6 +20,11 @@ number, layers matched by position: `loss`, `train_std` and `train_grad_std` as 
 that differ (another steps or every, a run stopped by a non-finite loss) fail the check, and the
 first step that drifted is the first step at which a value left its tolerance or the steps
 differ.
+
+A coord check's baseline (a report of `actstat coord-check`) is checked again and every layer's
+slope compared at every step both hold, layers matched by position: |obtained - expected| <=
+check.slope_atol; a slope that is undefined on one side only (a size of 0, a run that
+diverged) fails.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from itertools import zip_longest
 from typing import Any
 
 from actstat.analysis import signal_rows
@@ -133,6 +139,7 @@ class CheckResult:
     trajectory_metrics: tuple[str, ...] = ()
     steps_changes: tuple[StepsChange, ...] = ()
     trained: bool = False  # the baseline held trajectories and training ran again
+    coord: bool = False  # the baseline was a coord check's: its slopes were compared
 
     @property
     def passed(self) -> bool:
@@ -206,6 +213,33 @@ def compare(expected: Report, obtained: Report, *, metrics: tuple[str, ...], rto
                 if drift is not None:
                     drifts.append(replace(drift, name=_row_name(old, a, new, b)))
     return compared, drifts, labels
+
+
+COORD_SCHEME = "coord check"  # a Drift's `scheme` for a coord check's slopes
+
+
+def compare_slopes(expected: Report, obtained: Report, *, atol: float
+                   ) -> tuple[int, list[Drift], list[StepsChange]]:
+    """A coord check against its baseline: (slopes compared, those out of tolerance, a steps
+    change when the steps differ). Layers by position, named by the new run's."""
+    a, b = expected.coord_check, obtained.coord_check
+    if a is None or b is None:
+        raise ActstatError("a coord check's baseline is checked against a coord check")
+    changes = [] if a.steps == b.steps else [StepsChange(COORD_SCHEME, a.steps, b.steps)]
+    compared, drifts = 0, []
+    for index, (old, new) in enumerate(zip_longest(a.layers, b.layers), start=1):
+        name = (new or old).name if (new or old) is not None else str(index)
+        for step in (s for s in a.steps if s in b.steps):
+            x = old.slope[a.steps.index(step)] if old is not None else None
+            y = new.slope[b.steps.index(step)] if new is not None else None
+            compared += 1
+            if x is None and y is None and old is not None and new is not None:
+                continue
+            if x is None or y is None or abs(y - x) > atol:
+                drifts.append(Drift(COORD_SCHEME, index, "slope", x, y,
+                                    None if x is None or y is None else y - x, atol,
+                                    name=name, step=step))
+    return compared, drifts, changes
 
 
 def headless(report: Report, run: Run) -> bool:

@@ -336,6 +336,56 @@ def train(
         raise typer.Exit(130)
 
 
+# coord-check sets the width itself (--widths) and draws its own mini-batches (--train-batch)
+@app.command(name="coord-check", cls=_Command)
+@opt.run_options(without=("layers", "width", "batch_size", "grad", "theory"))
+def coord_check(
+    ctx: typer.Context,
+    config: opt.ConfigArg = None,
+    widths: opt.WidthsOpt = None,
+    coord_steps: opt.CoordStepsOpt = None,
+    seeds: opt.SeedsOpt = None,
+    param: opt.ParamOpt = None,
+    base_width: opt.BaseWidthOpt = None,
+    width_arg: opt.WidthArgOpt = None,
+    coord_optimizer: opt.CoordOptimizerOpt = None,
+    coord_lr: opt.CoordLrOpt = None,
+    coord_batch: opt.CoordBatchOpt = None,
+    max_slope: opt.SlopeOpt = None,
+    ray: opt.RayOpt = None,
+    plot: opt.CoordPlotOpt = None,
+    format: opt.FormatOpt = "table",
+    output: opt.OutputOpt = None,
+    fail_on: opt.WidthFailOnOpt = None,
+    quiet: opt.QuietOpt = False,
+    wide: opt.WideOpt = False,
+    no_color: opt.NoColorOpt = False,
+) -> None:
+    """Train copies of the model at several widths and follow each layer's mean |x|: does its
+    scale stay put as the network gets wider (μP's coordinate check)?
+
+    Per layer and step, the slope of ln mean|x| against ln width (0: width-stable; 1: it
+    doubles with the width), flags grows_with_width / shrinks_with_width past --max-slope, and
+    a log-log picture of the layer that moves most. Step 0 is the init alone. The built-in MLP
+    defaults to depth 2 here. Exit codes: 0 ran; 1 a layer carries a --fail-on flag; 2 a usage
+    or input error, a width the model rejects, or a run whose loss diverged (nothing written).
+    """
+    from actstat.config import COORD_CHECK_DEPTH
+    from actstat.render import FORMATS
+    from actstat.report import located
+
+    if format not in FORMATS:
+        raise _fail(f"--format: unknown format '{format}'; choose from: {', '.join(FORMATS)}")
+    failing = _guarded(opt.width_fail_on, fail_on)
+    resolved = _resolved(config, _overrides(ctx), (output,), plot,
+                         defaults={"model.depth": COORD_CHECK_DEPTH})
+    report = located(_coord_checked(resolved, ray, quiet=quiet, no_color=no_color), config,
+                     output)
+    _guarded(_emit_coord, report, format, output, quiet, Display(wide, no_color))
+    _figure(report, plot, quiet)
+    _exit_on_width_flags(report, failing, quiet)
+
+
 @app.command(cls=_Command)
 def plot(report: opt.ReportArg, output: opt.FigureOpt, quiet: opt.QuietOpt = False) -> None:
     """Draw a saved report's figure without running anything (and without importing torch)."""
@@ -379,12 +429,14 @@ def _preflight(resolved: Any, outputs: tuple[Path | None, ...], figure: Path | N
 
 def _resolved(config: Path | None, overrides: dict[str, Any], outputs: tuple[Path | None, ...],
               figure: Path | None = None,
-              default_schemes: list[dict[str, Any]] | None = None) -> Any:
+              default_schemes: list[dict[str, Any]] | None = None,
+              defaults: dict[str, Any] | None = None) -> Any:
     """The config file with the overrides on top, validated; then what the command will write,
     checked (`outputs.preflight`)."""
     from actstat.config import load_config
 
-    resolved = _guarded(lambda: load_config(config, overrides, default_schemes=default_schemes))
+    resolved = _guarded(lambda: load_config(config, overrides, default_schemes=default_schemes,
+                                            defaults=defaults))
     _preflight(resolved, outputs, figure)
     return resolved
 
@@ -469,6 +521,42 @@ def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool,
     return _guarded(train)
 
 
+def _coord_checked(resolved: Any, ray: str | None, *, quiet: bool, no_color: bool) -> Any:
+    """The coord check of a resolved config, in-process with a progress bar (width, seeds,
+    step) on a terminal, or each width a Ray task with --ray; a run that diverged is the
+    user's to fix (exit 2, nothing written)."""
+    from actstat.coordcheck import coord_check_report
+    from actstat.render_coord import event_lines
+
+    executor = None
+    if ray is not None:
+        from actstat.executors import RayExecutor
+
+        executor = RayExecutor(None if ray == "local" else ray)
+
+    def measure() -> Any:
+        if quiet or not sys.stderr.isatty() or executor is not None:
+            return coord_check_report(resolved, executor=executor)
+        with _progress(no_color) as bar:
+            task = bar.add_task("coord check", total=None)
+
+            def step(width: int, seeds: Any, done: int, total: int) -> None:
+                label = (f"seed {seeds[0]}" if len(seeds) == 1
+                         else f"seeds {seeds[0]}-{seeds[-1]}")
+                bar.update(task, completed=done, total=total,
+                           description=f"width {width}, {label}, step")
+
+            return coord_check_report(resolved, on_progress=step, executor=executor)
+
+    report = _guarded(measure)
+    lines = event_lines(report.coord_check)
+    if lines:
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise _fail(f"coord-check: {lines[0]}{more}; lower --lr, or drop that width: the "
+                    "other widths trained, nothing was written")
+    return report
+
+
 def _progress(no_color: bool, loss: bool = False) -> Any:
     """A progress bar on stderr that goes when it is done (a terminal's: callers check)."""
     from rich.console import Console
@@ -486,6 +574,8 @@ def _measured_for_check(plan: Any, *, quiet: bool, force: bool, no_color: bool) 
     baseline (Ctrl-C there: nothing is compared, exit 130)."""
     for note in () if quiet else plan.notes:
         typer.echo(note, err=True)
+    if plan.coord:
+        return _coord_checked(plan.config, None, quiet=quiet, no_color=no_color)
     if not plan.training:
         return _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
     report = _train_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
@@ -554,6 +644,20 @@ def _emit_training(report: Any, format: str, output: Path | None, quiet: bool,
     _wrote(report, format, output)
 
 
+def _emit_coord(report: Any, format: str, output: Path | None, quiet: bool,
+                display: Display) -> None:
+    from actstat.outputs import coord_view
+    from actstat.render_coord import verdict_line
+
+    _deliver(format, output, coord_view(report, format), display)
+    if quiet or (format == "table" and output is None):
+        return
+    typer.echo(verdict_line(report.coord_check), err=True)
+    if output is not None:
+        typer.echo(f"wrote {output} ({format}, coord check of "
+                   f"{len(report.coord_check.widths)} widths)", err=True)
+
+
 def _wrote(report: Any, format: str, output: Path | None) -> None:
     if output is not None:
         typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
@@ -607,6 +711,19 @@ def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:
         # two short lines, not one that an 80-column terminal breaks inside a name
         typer.echo(f"actstat: --fail-on: {len(hits)} flagged layer(s) in {len(schemes)} "
                    f"scheme(s)\n  first: {scheme}, layer {index}, {flag}", err=True)
+    raise typer.Exit(EXIT_FLAGGED)
+
+
+def _exit_on_width_flags(report: Any, failing: set[str], quiet: bool) -> None:
+    from actstat.outputs import width_flagged
+
+    hits = width_flagged(report, failing)
+    if not hits:
+        return
+    if not quiet:
+        layer, flag, step = hits[0]
+        typer.echo(f"actstat: --fail-on: {len(hits)} flagged layer(s)\n  first: layer {layer}, "
+                   f"{flag} from step {step}", err=True)
     raise typer.Exit(EXIT_FLAGGED)
 
 

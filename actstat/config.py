@@ -317,6 +317,22 @@ class Thresholds(_Section):
     # actstat train: the loss fell by at least this fraction of step 0's: the scheme trained
     # (MNIST's 10 classes start at ln 10 ≈ 2.3; a net that learns is below 1 within 300 steps)
     trained: float = Field(0.25, gt=0, lt=1)
+    # actstat coord-check: a layer whose mean |x| grows (shrinks) faster than width**this
+    # grows_with_width (shrinks_with_width). Tensor Programs V's MLP reads 1.1 at the logits
+    # under SP + Adam, within ±0.2 everywhere under μP (docs/coord-check.md)
+    width_slope: float = Field(0.3, gt=0)
+
+
+def thresholds_from(given: Thresholds | Mapping[str, float] | None) -> Thresholds:
+    """The Python API's `thresholds=`: a Thresholds, a mapping of its keys, or None (defaults)."""
+    if given is None:
+        return Thresholds()
+    if isinstance(given, Thresholds):
+        return given
+    try:
+        return Thresholds.model_validate(dict(given))
+    except ValidationError as err:
+        raise ConfigError(validation_message(err, Thresholds, "thresholds")) from None
 
 
 # at init (every baseline), then through training (a baseline written by `actstat train`)
@@ -344,6 +360,9 @@ class CheckConfig(_Section):
     atol: float = Field(0.05, ge=0)
     metrics: list[Metric] = Field(default_factory=lambda: list(METRIC_NAMES))
     tolerances: dict[Metric, MetricTolerance] = Field(default_factory=dict)  # per metric
+    # a coord check's baseline: a slope may move this much (its seeds' spread is 0.05 to 0.25
+    # under SP at the default widths; the same seeds on one machine repeat it exactly)
+    slope_atol: float = Field(0.1, gt=0)
 
 
 MAX_TRAIN_STEPS = 1_000_000
@@ -380,6 +399,43 @@ class TrainConfig(_Section):
         return self.momentum if self.momentum is not None else DEFAULT_MOMENTUM[self.optimizer]
 
 
+# actstat coord-check: the widths when none are given (each twice the last), and the hidden
+# layers of the built-in MLP when neither the config nor --depth sets model.depth (the
+# reference figures' 784 -> w -> w -> 10; model.depth's own default, 20, is for `run`)
+DEFAULT_WIDTHS = [64, 128, 256, 512, 1024]
+COORD_CHECK_DEPTH = 2
+MAX_WIDTH = 1 << 20
+
+
+class CoordCheckConfig(_Section):
+    """actstat coord-check: train copies of the model at several widths for a few steps and
+    follow each layer's mean |x| (definitions: actstat/coordcheck.py)."""
+
+    widths: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+        default_factory=lambda: list(DEFAULT_WIDTHS))  # at least 3, different
+    steps: int = Field(4, ge=0, le=10_000)  # updates; each layer is measured at init and after each
+    seeds: int = Field(3, ge=1, le=64)  # copies per width, seeds seed, seed + 1, ...
+    # sp: the scheme's init and one learning rate; mup: Tensor Programs V's μP
+    # (actstat/parametrisation.py), for the built-in MLP
+    param: Literal["sp", "mup"] = "sp"
+    base_width: int | None = Field(None, ge=1, le=MAX_WIDTH)  # μP's base; None: the smallest width
+    optimizer: Literal["sgd", "adam"] = "adam"  # Adam: where SP's updates grow with width
+    lr: float = Field(0.01, gt=0, le=10)  # the base learning rate (μP scales it per layer)
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH)  # mini-batches, from the data's pool
+    # a model factory's keyword argument that sets its width (d_model, channels)
+    width_arg: str | None = None
+
+    @field_validator("widths")
+    @classmethod
+    def _three_widths(cls, widths: list[int]) -> list[int]:
+        if len(set(widths)) < 3:
+            raise ValueError("give at least three different widths (a slope of two points "
+                             "has no spread)")
+        if len(set(widths)) != len(widths):
+            raise ValueError("a width is listed twice")
+        return sorted(widths)
+
+
 class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     init: list[InitSpec] = Field(default_factory=lambda: [InitSpec()])  # every init x every act
@@ -395,6 +451,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     check: CheckConfig = Field(default_factory=CheckConfig)
+    coord_check: CoordCheckConfig = Field(default_factory=CoordCheckConfig)
 
     @field_validator("init", "activation", mode="before")
     @classmethod
@@ -495,7 +552,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None, *,
-                default_schemes: list[dict[str, Any]] | None = None) -> Config:
+                default_schemes: list[dict[str, Any]] | None = None,
+                defaults: Mapping[str, Any] | None = None) -> Config:
     """Validate a YAML file (None: the defaults) with command-line overrides applied on top.
 
     `overrides` maps dotted keys to values, e.g. {"model.depth": 30, "init": ["kaiming"]}, and
@@ -504,10 +562,14 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
 
     Schemes: the init × activation grid when either is given (file or options), plus the
     `compare:` list. With neither, `default_schemes` (as a compare list) if given, else the
-    default grid (kaiming × relu). The result always spells its schemes out.
+    default grid (kaiming × relu). The result always spells its schemes out. `defaults`: dotted
+    keys set where neither the file nor the overrides set them (a command's own defaults).
     """
     path = Path(path) if path is not None else None
     raw = read_yaml(path) if path is not None else {}
+    for dotted, value in (defaults or {}).items():
+        if dotted not in (overrides or {}) and not _has_dotted(raw, dotted):
+            _set_dotted(raw, dotted, value)
     origin = str(path) if path is not None else "defaults"
     if path is not None:
         raw = _anchor_factory_path(_anchor_data_path(raw, path.parent), path.parent)
@@ -705,6 +767,15 @@ def _named_from(entries: Any, names: list[Any], section: str) -> list[Any]:
     return [by_name.get(key(name), name) if isinstance(name, str) else name for name in names]
 
 
+def _has_dotted(raw: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = raw
+    for key in dotted.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     """`raw[a][b] = value` for "a.b"; a mapping (--model-arg's keywords) is merged into the
     file's mapping there, key by key, rather than replacing it."""
@@ -857,6 +928,15 @@ OPTION_NAMES = {
     "check.rtol": "--rtol",
     "check.atol": "--atol",
     "check.metrics": "--metrics",
+    "coord_check.widths": "--widths",
+    "coord_check.steps": "--steps",
+    "coord_check.seeds": "--seeds",
+    "coord_check.param": "--param",
+    "coord_check.base_width": "--base-width",
+    "coord_check.optimizer": "--optimizer",
+    "coord_check.lr": "--lr",
+    "coord_check.batch_size": "--train-batch",
+    "coord_check.width_arg": "--width-arg",
 }
 
 

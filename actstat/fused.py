@@ -67,8 +67,8 @@ def takes(view: torch.Tensor) -> bool:
 def reduce(view: torch.Tensor, *, channels: bool, near_zero: float,
            edges: tuple[float | None, float | None] | None, spread: bool,
            units: bool = True, dead_below: float | None = None) -> tuple[float, ...] | None:
-    """(mean, std, min, max, near-zero count, saturated count, gap, dead fraction) of `view`, a
-    non-empty C-contiguous float32 CPU tensor: (samples, units), or (batch, channels,
+    """(mean, std, min, max, near-zero count, saturated count, gap, dead fraction, mean |x|) of
+    `view`, a non-empty C-contiguous float32 CPU tensor: (samples, units), or (batch, channels,
     positions) with `channels`; None when it holds NaN or ±inf (reduce it with torch).
 
     `edges`: the saturation edges (lo, hi) of Activation.saturation_edges, None without a
@@ -93,14 +93,14 @@ def reduce(view: torch.Tensor, *, channels: bool, near_zero: float,
         batch, width, positions = view.shape
     else:
         (batch, width), positions = view.shape, 1
-    count, mean, m2, lo, hi, small, saturated, gap, dead = _kernels.reduce(
+    count, mean, m2, lo, hi, small, saturated, gap, dead, magnitude = _kernels.reduce(
         view.data_ptr(), batch, width, positions, channels, near_zero, mid, half, lo_edge,
         hi_edge, kind, spread, (1 if dead_below is None else 2) if units else 0,
         0.0 if dead_below is None else dead_below, SEGMENT, torch.get_num_threads())
     if not (math.isfinite(mean) and math.isfinite(m2)):
         return None
     return (mean, math.sqrt(m2 / count), lo, hi, small, saturated, gap,
-            dead / width if units else math.nan)
+            dead / width if units else math.nan, magnitude / count)
 
 
 def relative_gap(lo: float, hi: float, gap: float) -> float:

@@ -12,17 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from actstat.check import (
+    COORD_SCHEME,
     METRICS,
     TRAJECTORY_METRICS,
     CheckResult,
     compare,
+    compare_slopes,
     compare_trajectories,
     config_changes,
     consistent,
     drift_bound,
     headless,
 )
-from actstat.config import config_from_dict, load_config
+from actstat.config import COORD_CHECK_DEPTH, config_from_dict, load_config
 from actstat.errors import ActstatError
 from actstat.pipeline import schemes
 from actstat.records import API_SOURCE, DEAD_BY_FLOOR_VERSION
@@ -53,6 +55,7 @@ class CheckPlan:
     changes: tuple[str, ...]  # the measured config against the baseline's, `key: old → new`
     notes: tuple[str, ...]  # one line each, for stderr: which config ran and why
     training: bool = False  # the baseline holds trajectories: train again, not only measure
+    coord: bool = False  # the baseline is a coord check's: check the widths again
 
 
 def is_baseline(path: Path | None) -> bool:
@@ -88,6 +91,8 @@ def plan(request: CheckRequest) -> CheckPlan:
         raise ActstatError(f"{target}: was made by actstat.profile in Python: there is no config "
                            "to measure again; save a baseline with `actstat baseline --model "
                            "FILE.py:FACTORY` to check it here")
+    if base.coord_check is not None:
+        return _coord_plan(request, base, target)
     own = config_from_dict(base.config, str(target))
     interrupted = [run for run in base.runs
                    if run.trajectory is not None and run.trajectory.stopped == "interrupted"]
@@ -136,8 +141,62 @@ def plan(request: CheckRequest) -> CheckPlan:
     return CheckPlan(request, resolved, config_path, base, changes, tuple(notes), training)
 
 
+def _coord_plan(request: CheckRequest, base: Report, target: Path) -> CheckPlan:
+    """A coord check's baseline: its config file re-read (the command's own depth default
+    applied, as it was), or the stored copy; --max-drift bounds a run's layers, not slopes."""
+    if base.config.get("source") == "actstat.coord_check":
+        raise ActstatError(f"{target}: was made by actstat.coord_check in Python: there is no "
+                           "config to check again; write the baseline with `actstat "
+                           "coord-check --model FILE.py:FACTORY --width-arg NAME -f json -o "
+                           "FILE`")
+    if request.max_drift is not None:
+        raise ActstatError("--max-drift bounds a run's layers; a coord check's baseline is "
+                           "checked on its slopes (check.slope_atol)")
+    own = config_from_dict(base.config, str(target))
+    notes: list[str] = []
+    config_path = request.config
+    recorded = config_file_of(base, target)
+    if config_path is None and recorded is not None and not request.stored_config:
+        if recorded.is_file():
+            config_path = recorded
+        else:
+            notes.append(f"actstat: {target}: its config file {recorded} is gone; checking the "
+                         "config stored in the baseline")
+    overrides = dict(request.overrides)
+    if config_path is not None:
+        resolved = load_config(config_path, overrides,
+                               defaults={"model.depth": COORD_CHECK_DEPTH})
+    else:
+        resolved = config_from_dict(base.config, str(target), overrides)
+    changes = tuple(config_changes(own.model_dump(mode="json"), resolved.model_dump(mode="json")))
+    if changes:
+        source = f"{config_path}" if config_path is not None else f"the config stored in {target}"
+        notes.append(f"actstat: checking {source}: {len(changes)} change(s) against the "
+                     f"baseline; first: {changes[0]}")
+    return CheckPlan(request, resolved, config_path, base, changes, tuple(notes), coord=True)
+
+
+def _coord_result(plan: CheckPlan, report: Report) -> CheckResult:
+    assert plan.baseline is not None
+    compared, drifts, changes = compare_slopes(plan.baseline, report,
+                                               atol=plan.config.check.slope_atol)
+    check = report.coord_check
+    flagged = tuple((COORD_SCHEME, index, flag) for index, layer in enumerate(
+        check.layers if check is not None else (), start=1)
+        for flag in layer.flags if flag in plan.request.fail_on)
+    return CheckResult(
+        compared=0, drifts=tuple(drifts), breaches=(), flagged=flagged,
+        config_changes=plan.changes, schemes=(COORD_SCHEME,), metrics=(),
+        flags_checked=bool(plan.request.fail_on),
+        updated=plan.request.update and not flagged,
+        trajectory_compared=compared, trajectory_metrics=("slope",),
+        steps_changes=tuple(changes), trained=True, coord=True)
+
+
 def evaluate(plan: CheckPlan, report: Report) -> CheckResult:
     """The measured report against the plan's baseline, drift bound and flags."""
+    if plan.coord:
+        return _coord_result(plan, report)
     settings = plan.config.check
     request = plan.request
     compared, drifts, labels = 0, [], [run.scheme for run in report.runs]

@@ -135,6 +135,23 @@ def build_normed_mlp(*, in_features: int, widths: list[int], num_classes: int, b
     return nn.Sequential(OrderedDict(layers))
 
 
+class ReadoutLinear(nn.Linear):
+    """μP's readout (the mup package's `MuReadout`): a Linear whose input is multiplied by
+    `multiplier` (base width / width: actstat/parametrisation.py) before the weight, so the
+    logits' bias is not scaled. Still an nn.Linear to the engine and the inits."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, multiplier: float,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.multiplier = multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * self.multiplier)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, multiplier={self.multiplier:g}"
+
+
 class StackedLinear(nn.Module):
     """K Linear layers of one shape side by side: weight (K, out, in), bias (K, out).
 
@@ -142,18 +159,22 @@ class StackedLinear(nn.Module):
     laid end to end); a (K, batch, in) input gives each its own (one batched matmul). Either way
     the output is (K, batch, out), contiguous. `stacked`: how the measurement engine knows it
     (actstat/capture.py measures each group k of its outputs and of its weight as model k's).
+    `multiplier`: a ReadoutLinear's, applied to the input as it does.
     """
 
     stacked = True
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, multiplier: float = 1.0):
         super().__init__()
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(bias) if bias is not None else None
         self.groups, self.out_features, self.in_features = weight.shape
+        self.multiplier = multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, out, fan_in = self.weight.shape
+        if self.multiplier != 1.0:
+            x = x * self.multiplier
         if x.dim() == 2:
             bias = self.bias.reshape(k * out) if self.bias is not None else None
             y = F.linear(x, self.weight.reshape(k * out, fan_in), bias)  # (batch, K * out)
@@ -179,7 +200,7 @@ def stack_mlps(models: list[nn.Sequential]) -> nn.Sequential:
             bias = (torch.stack([m.bias.detach() for m in same_place])
                     if first.bias is not None else None)
             layers.append(StackedLinear(torch.stack([m.weight.detach() for m in same_place]),
-                                        bias))
+                                        bias, getattr(first, "multiplier", 1.0)))
         else:
             layers.append(first)
     return nn.Sequential(*layers).eval()

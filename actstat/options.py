@@ -17,6 +17,7 @@ import typer
 
 from actstat.errors import ConfigError
 from actstat.records import FLAGS as FLAG_NAMES  # torch-free, like everything imported here
+from actstat.records import WIDTH_FLAGS
 
 ConfigArg = Annotated[Path | None, typer.Argument(
     help="YAML config file (default: the built-in defaults, spelled out in configs/default.yaml).",
@@ -207,6 +208,52 @@ HeatOpt = Annotated[str | None, typer.Option(
     help="With --hist: the layers to draw the colorful dimension of (default: first and last).")]
 
 
+# coord-check (their parameter names are their own: --steps, --lr and --optimizer set
+# coord_check's keys here, train's elsewhere)
+WidthsOpt = Annotated[str | None, typer.Option(
+    "--widths", metavar="INT,INT,INT[,...]", show_default=False,
+    help="The widths to train copies at, at least three (default 64,128,256,512,1024).")]
+CoordStepsOpt = Annotated[str | None, typer.Option(
+    "--steps", metavar="INT", show_default=False,
+    help="Updates to train; every layer is measured at init and after each (default 4).")]
+SeedsOpt = Annotated[str | None, typer.Option(
+    "--seeds", metavar="INT", show_default=False,
+    help="Copies per width, seeds --seed, --seed + 1, ... (default 3).")]
+ParamOpt = Annotated[str | None, typer.Option(
+    "--param", metavar="NAME", show_default=False,
+    help="sp (PyTorch's standard parameterisation, default) or mup (Tensor Programs V's μP: "
+    "init, readout multiplier and per-layer learning rates by width).")]
+BaseWidthOpt = Annotated[str | None, typer.Option(
+    "--base-width", metavar="INT", show_default=False,
+    help="μP's base width, where it equals SP (default: the smallest width).")]
+WidthArgOpt = Annotated[str | None, typer.Option(
+    "--width-arg", metavar="NAME", show_default=False,
+    help="With --model: the factory's keyword argument that sets the width (d_model).")]
+CoordOptimizerOpt = Annotated[str | None, typer.Option(
+    "--optimizer", metavar="NAME", show_default=False, help="adam (default) or sgd.")]
+CoordLrOpt = Annotated[str | None, typer.Option(
+    "--lr", metavar="FLOAT", show_default=False,
+    help="The base learning rate (default 0.01; μP scales it per layer).")]
+CoordBatchOpt = Annotated[str | None, typer.Option(
+    "--train-batch", metavar="INT", show_default=False,
+    help="Mini-batch size, drawn from all of the data source's samples (default 256).")]
+SlopeOpt = Annotated[str | None, typer.Option(
+    "--max-slope", metavar="FLOAT", show_default=False,
+    help="Flag a layer whose slope goes past this, up or down (default 0.3).")]
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", metavar="ADDRESS", show_default=False,
+    help="Run each width as a Ray task: 'local' (a local instance) or a cluster's address "
+    "(needs actstat\\[ray]).")]
+WidthFailOnOpt = Annotated[str | None, typer.Option(
+    "--fail-on", metavar="FLAG[,FLAG...]", show_default=False,
+    help="Exit 1 if any layer carries one of these flags (or 'any'): "
+    + ", ".join(WIDTH_FLAGS))]
+CoordPlotOpt = Annotated[Path | None, typer.Option(
+    "--plot", help="Also draw the coordinate-check figure (.png, .svg or .pdf; needs "
+    "actstat\\[plot]): a panel per step, a line per layer.", show_default=False,
+    dir_okay=False)]
+
+
 def names(option: str, value: str) -> list[str]:
     """`kaiming,lecun` -> ["kaiming", "lecun"]; an empty list or an empty name is an error."""
     listed = [name.strip() for name in value.split(",")]
@@ -240,6 +287,10 @@ def _number(option: str, value: str) -> Any:
 def _widths(option: str, value: str) -> Any:
     widths = [scalar(width) for width in names(option, value)]
     return widths[0] if len(widths) == 1 else widths
+
+
+def _width_list(option: str, value: str) -> Any:
+    return [scalar(width) for width in names(option, value)]
 
 
 def _repeated_names(option: str, values: list[str]) -> list[str]:
@@ -292,6 +343,14 @@ OVERRIDES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     # check
     "rtol": ("check.rtol", _number), "atol": ("check.atol", _number),
     "metrics": ("check.metrics", names),
+    # coord-check
+    "widths": ("coord_check.widths", _width_list), "coord_steps": ("coord_check.steps", _number),
+    "seeds": ("coord_check.seeds", _number), "param": ("coord_check.param", _given),
+    "base_width": ("coord_check.base_width", _number),
+    "width_arg": ("coord_check.width_arg", _given),
+    "coord_optimizer": ("coord_check.optimizer", _given),
+    "coord_lr": ("coord_check.lr", _number), "coord_batch": ("coord_check.batch_size", _number),
+    "max_slope": ("thresholds.width_slope", _number),
 }
 
 
@@ -345,6 +404,20 @@ def fail_on(value: str | None) -> set[str]:
     if unknown:
         raise ConfigError(f"--fail-on: unknown flag '{unknown[0]}'; choose from: "
                           f"{', '.join(FLAG_NAMES)}, any")
+    return set(chosen)
+
+
+def width_fail_on(value: str | None) -> set[str]:
+    """coord-check's --fail-on: its width flags ('any': both)."""
+    if value is None:
+        return set()
+    chosen = names("--fail-on", value)
+    if "any" in chosen:
+        return set(WIDTH_FLAGS)
+    unknown = [name for name in chosen if name not in WIDTH_FLAGS]
+    if unknown:
+        raise ConfigError(f"--fail-on: unknown flag '{unknown[0]}'; coord-check flags: "
+                          f"{', '.join(WIDTH_FLAGS)}, any")
     return set(chosen)
 
 

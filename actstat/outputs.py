@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from actstat import render, render_check, render_compare, render_watch
+from actstat import render, render_check, render_compare, render_coord, render_watch
 from actstat.records import Report
 
 CHECK_FORMATS = ("table", "json", "markdown")
@@ -60,6 +60,25 @@ def training_view(report: Report, format: str, heat: Sequence[str] | None) -> Vi
     return View(lambda: render.to_json(report) if format == "json"
                 else render.plain_text(render_watch.training_renderables(report, None, heat), 1000),
                 lambda width: render_watch.training_renderables(report, width, heat))
+
+
+def coord_view(report: Report, format: str) -> View:
+    """`coord-check`: the slopes (layers × steps), the log-log picture and the verdict; JSON is
+    the Report, CSV every size (layer, width, step, seed)."""
+    texts = {"table": lambda: render_coord.coord_text(report),
+             "json": lambda: render.to_json(report),
+             "csv": lambda: render_coord.coord_csv(report),
+             "markdown": lambda: render_coord.coord_markdown(report)}
+    return View(texts[format], lambda width: render_coord.coord_tables(report, width))
+
+
+def width_flagged(report: Report, failing: set[str]) -> list[tuple[str, str, int]]:
+    """(layer, flag, first step) for every coord-check layer carrying a --fail-on flag."""
+    check = report.coord_check
+    if check is None:
+        return []
+    return [(layer.name, flag, layer.first_step or 0) for layer in check.layers
+            for flag in layer.flags if flag in failing]
 
 
 def flagged(report: Report, failing: set[str]) -> list[tuple[str, str, str]]:

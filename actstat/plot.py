@@ -78,6 +78,9 @@ def draw(report: Report, path: Path | str) -> None:
     path = Path(path)
     check_figure(path)
     plt = _pyplot()
+    if report.coord_check is not None:
+        _save(plt, _coord_figure(plt, report), path)
+        return
     if any(run.trajectory is not None for run in report.runs):
         figure = _training_figure(plt, report)
         _save(plt, figure, path)
@@ -145,6 +148,54 @@ def _save(plt: Any, figure: Any, path: Path) -> None:
     figure.savefig(buffer, format=path.suffix.lower().lstrip("."))
     plt.close(figure)
     write_atomic(path, buffer.getvalue())
+
+
+MAX_PANELS = 6  # steps drawn in a coord-check figure: the first, the last and between
+
+
+def _coord_figure(plt: Any, report: Report) -> Any:
+    """The coordinate check as its authors draw it: a panel per step, width on a log x-axis,
+    mean |x| on a log y-axis (seeds averaged, their range shaded), a line per layer, each
+    labelled with its slope."""
+    check = report.coord_check
+    assert check is not None
+    steps = list(check.steps)
+    if len(steps) > MAX_PANELS:
+        picked = {round(i * (len(steps) - 1) / (MAX_PANELS - 1)) for i in range(MAX_PANELS)}
+        steps = [steps[i] for i in sorted(picked)]
+    figure = plt.figure(figsize=(3.2 * len(steps) + 1.5, 4.0), dpi=DPI, layout="constrained")
+    axes = figure.subplots(1, len(steps), sharey=True, squeeze=False)[0]
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, step in zip(axes, steps):
+        i = check.steps.index(step)
+        for j, layer in enumerate(check.layers):
+            points = [(w, [s for s in layer.sizes[k][i] if s is not None and s > 0])
+                      for k, w in enumerate(check.widths)]
+            points = [(w, sizes) for w, sizes in points if sizes]
+            if not points:
+                continue
+            slope = layer.slope[i]
+            label = f"{layer.name} ({'—' if slope is None else f'{slope:+.2f}'})"
+            widths = [w for w, _ in points]
+            colour = palette[j % len(palette)]
+            ax.plot(widths, [sum(s) / len(s) for _, s in points], marker="o", color=colour,
+                    label=label)
+            ax.fill_between(widths, [min(s) for _, s in points], [max(s) for _, s in points],
+                            color=colour, alpha=0.15, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(check.widths), [str(w) for w in check.widths], minor=False)
+        ax.xaxis.set_minor_locator(plt.NullLocator())
+        ax.set_yscale("log")
+        ax.set_title(f"step {step}")
+        ax.set_xlabel("width")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small", title="layer (slope)", title_fontsize="small")
+    axes[0].set_ylabel("mean |x|")
+    param = {"sp": "SP", "mup": f"μP (base {check.base_width})", "own": "the model's own"}[
+        check.param]
+    figure.suptitle(f"coordinate check: {param}, {check.optimizer} lr {check.lr:g}, "
+                    f"{len(check.seeds)} seed(s): {check.verdict}")
+    return figure
 
 
 MAX_TRAINED = 4  # schemes drawn in a training figure (the JSON has them all)

@@ -41,6 +41,10 @@ STREAM_ROLES = ("start", "block")
 HEALTHY = "healthy"
 # what can happen during training (actstat/analysis.py, "Training"), in the order they are told
 EVENT_KINDS = ("nonfinite_loss", "interrupted", "dead", "std_jump")
+# what a layer's coordinate size can do with width (actstat/coordcheck.py), and the verdict of
+# a coord check that none of its layers does
+WIDTH_FLAGS = ("grows_with_width", "shrinks_with_width")
+WIDTH_STABLE = "width-stable"
 # `config["source"]` of a report made by actstat.profile in Python: there is no YAML behind it,
 # so `actstat check` cannot measure it again (it says so)
 API_SOURCE = "actstat.profile"
@@ -188,6 +192,9 @@ class TrajectoryLayer:
     grad_std: tuple[float | None, ...]
     hist_range: tuple[float, float] | None = field(default=None, kw_only=True)
     histogram: tuple[tuple[int, ...], ...] | None = field(default=None, kw_only=True)
+    # mean |x| per recorded step (actstat coord-check's coordinate size); None: a file
+    # written before it was recorded
+    abs_mean: tuple[float | None, ...] | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -266,6 +273,43 @@ class InputStats:
     shape: tuple[int, ...] | None = field(default=None, kw_only=True)
 
 
+@dataclass(frozen=True)
+class CoordLayer:
+    """One layer of a coord check (definitions: actstat/coordcheck.py): its coordinate size
+    (mean |x| of the row's `post`) per width, step and seed, and per step the slope of log size
+    against log width (the mean of the seeds' slopes) and its spread (their population std).
+    A slope is None where a size is 0 or missing (a zero readout at init; a diverged run)."""
+
+    name: str
+    sizes: tuple[tuple[tuple[float | None, ...], ...], ...]  # [width][step][seed]
+    slope: tuple[float | None, ...]  # per step
+    spread: tuple[float | None, ...]  # per step
+    flags: tuple[str, ...]  # WIDTH_FLAGS it carries at some step
+    first_step: int | None  # the first step it is flagged at; None: never
+
+
+@dataclass(frozen=True)
+class CoordCheck:
+    """`actstat coord-check`: copies of one model at several widths, trained for a few steps
+    (definitions: actstat/coordcheck.py)."""
+
+    param: str  # sp, mup (actstat/parametrisation.py), or own: a factory's model as it is
+    optimizer: str
+    lr: float
+    base_width: int | None  # μP's base; None under sp
+    widths: tuple[int, ...]
+    steps: tuple[int, ...]  # 0 (init), 1, ..., after each update
+    seeds: tuple[int, ...]
+    batch_size: int
+    threshold: float  # thresholds.width_slope
+    layers: tuple[CoordLayer, ...]
+    loss: tuple[tuple[tuple[float | None, ...], ...], ...]  # [width][step][seed]
+    verdict: str  # WIDTH_STABLE, or the first flag of the worst layer
+    # runs whose loss went non-finite: kind "nonfinite_loss", at `step`, layer "width W, seed S"
+    events: tuple[Event, ...] = ()
+    model: str | None = None  # a factory's spec; None: the built-in MLP
+
+
 @dataclass(frozen=True, repr=False)
 class Report:
     """Everything one run measured, as plain numbers (`to_dict` / `from_dict`). The Report that
@@ -286,8 +330,13 @@ class Report:
     # kernel, for float32 CPU tensors) or "torch (...)" with why; None: not recorded (a file
     # written before schema version 3)
     reduction: str | None = None
+    # `actstat coord-check`'s record (its runs are empty); None: any other command's report
+    coord_check: CoordCheck | None = None
 
     def __repr__(self) -> str:
+        if self.coord_check is not None:
+            return (f"<actstat Report, coord check of {len(self.coord_check.widths)} widths on "
+                    f"{self.device}: {self.coord_check.verdict}>")
         runs = "; ".join(f"{run.scheme}: {run.verdict}" for run in self.runs)
         return f"<actstat Report, {len(self.runs)} run(s) on {self.device}: {runs}>"
 
@@ -296,6 +345,10 @@ class Report:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
+        """The report's keys; `coord_check` only in a coord check's report (schema version 4:
+        docs/json-schema.md)."""
+        extra = ({} if self.coord_check is None
+                 else {"coord_check": coord_check_dict(self.coord_check)})
         return {
             "schema_version": self.schema_version,
             "actstat_version": self.actstat_version,
@@ -307,7 +360,43 @@ class Report:
             "runs": [_run_dict(run) for run in self.runs],
             "config_file": self.config_file,
             "reduction": self.reduction,
+            **extra,
         }
+
+
+def coord_check_dict(c: CoordCheck) -> dict[str, Any]:
+    def nested(values: Any) -> Any:
+        return [nested(v) for v in values] if isinstance(values, tuple) else values
+
+    return {
+        **{name: getattr(c, name) for name in ("param", "optimizer", "lr", "base_width",
+                                               "batch_size", "threshold", "verdict", "model")},
+        "widths": list(c.widths), "steps": list(c.steps), "seeds": list(c.seeds),
+        "loss": nested(c.loss),
+        "layers": [{"name": layer.name, "sizes": nested(layer.sizes),
+                    "slope": list(layer.slope), "spread": list(layer.spread),
+                    "flags": list(layer.flags), "first_step": layer.first_step}
+                   for layer in c.layers],
+        "events": [asdict(event) for event in c.events],
+    }
+
+
+def coord_check_from(raw: Mapping[str, Any]) -> CoordCheck:
+    def nested(values: Any) -> Any:
+        return tuple(nested(v) for v in values) if isinstance(values, list) else values
+
+    return CoordCheck(
+        **{name: raw[name] for name in ("param", "optimizer", "lr", "base_width", "batch_size",
+                                        "threshold", "verdict")},
+        model=raw.get("model"),
+        widths=tuple(raw["widths"]), steps=tuple(raw["steps"]), seeds=tuple(raw["seeds"]),
+        loss=nested(raw["loss"]),
+        layers=tuple(CoordLayer(name=layer["name"], sizes=nested(layer["sizes"]),
+                                slope=tuple(layer["slope"]), spread=tuple(layer["spread"]),
+                                flags=tuple(layer["flags"]), first_step=layer["first_step"])
+                     for layer in raw["layers"]),
+        events=tuple(Event(**_only(Event, event)) for event in raw.get("events", [])),
+    )
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -377,6 +466,7 @@ def _trajectory_dict(t: Trajectory) -> dict[str, Any]:
             **{stat: list(getattr(layer, stat)) for stat in ("mean", "std", "near_zero",
                                                               "grad_std")},
             "dead": None if layer.dead is None else list(layer.dead),
+            "abs_mean": None if layer.abs_mean is None else list(layer.abs_mean),
             "hist_range": None if layer.hist_range is None else list(layer.hist_range),
             "histogram": None if layer.histogram is None else [list(h) for h in layer.histogram],
         } for layer in t.layers],
@@ -400,6 +490,7 @@ def _trajectory_from(raw: Mapping[str, Any]) -> Trajectory:
             name=layer["name"],
             **{stat: tuple(layer[stat]) for stat in ("mean", "std", "near_zero", "grad_std")},
             dead=column(layer["dead"]),
+            abs_mean=column(layer.get("abs_mean")),
             hist_range=column(layer["hist_range"]),
             histogram=None if layer["histogram"] is None else tuple(
                 tuple(h) for h in layer["histogram"]),

@@ -55,13 +55,14 @@ def _trajectory_summary(result: CheckResult) -> list[str]:
     (overall, and per scheme when there are several), schemes whose recorded steps differ."""
     lines = []
     along = result.trajectory_drifts
+    what = "slopes" if result.coord else "values through training"
     if along:
         first = min(along, key=lambda d: d.step or 0)  # the earliest step; ties: scheme order
-        lines.append(f"{len(along)} of {result.trajectory_compared} values through training "
-                     f"drifted; first at step {first.step} ({first.scheme}, {_point(first)})")
+        lines.append(f"{len(along)} of {result.trajectory_compared} {what} drifted; first at "
+                     f"step {first.step} ({first.scheme}, {_point(first)})")
     elif result.trajectory_compared:
-        lines.append(f"all {result.trajectory_compared} values through training within "
-                     f"tolerance ({', '.join(result.trajectory_metrics)})")
+        lines.append(f"all {result.trajectory_compared} {what} within tolerance "
+                     f"({', '.join(result.trajectory_metrics)})")
     # the config keys that set the recorded steps, when a config changed them
     cause = [change for change in result.config_changes
              if change.startswith(("train.steps:", "train.every:"))]

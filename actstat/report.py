@@ -19,6 +19,7 @@ from actstat import records
 from actstat.errors import ActstatError
 from actstat.records import READABLE_VERSIONS
 from actstat.render import table_text, tables, to_html
+from actstat.render_coord import coord_tables, coord_text
 
 
 @dataclass(frozen=True, repr=False)
@@ -28,12 +29,19 @@ class Report(records.Report):
     check`, `plot` and `compare --from` read."""
 
     def __str__(self) -> str:
-        return table_text(self)
+        return coord_text(self) if self.coord_check is not None else table_text(self)
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
-        yield from tables(self, options.max_width)
+        if self.coord_check is not None:
+            yield from coord_tables(self, options.max_width)
+        else:
+            yield from tables(self, options.max_width)
 
     def _repr_html_(self) -> str:
+        if self.coord_check is not None:  # its table as text, whole
+            import html
+
+            return f"<pre>{html.escape(coord_text(self))}</pre>"
         return to_html(self)
 
     @classmethod
@@ -62,6 +70,8 @@ class Report(records.Report):
             runs=tuple(records.run_from(run) for run in raw["runs"]),
             config_file=raw.get("config_file"),
             reduction=raw.get("reduction"),
+            coord_check=(None if raw.get("coord_check") is None
+                         else records.coord_check_from(raw["coord_check"])),
         )
 
     def save(self, path: Path | str) -> Path:

@@ -14,10 +14,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from actstat.errors import ActstatError
-from actstat.records import EVENT_KINDS, FLAGS, HEALTHY, LAYER_KINDS
+from actstat.records import (
+    EVENT_KINDS,
+    FLAGS,
+    HEALTHY,
+    LAYER_KINDS,
+    WIDTH_FLAGS,
+    WIDTH_STABLE,
+)
 
 # strict: "0.5" is not a number and 1 is not true; a JSON integer is still a valid float
 _STRICT = ConfigDict(strict=True, extra="ignore")
@@ -127,6 +134,7 @@ class TrajectoryLayerModel(_Model):
     grad_std: list[NonNegative]
     hist_range: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     histogram: list[list[Annotated[int, Field(ge=0)]]] | None = None
+    abs_mean: list[NonNegative] | None = None  # added in version 4: mean |x| per step
 
 
 class EventModel(_Model):
@@ -186,6 +194,37 @@ class InputModel(_Model):
     shape: list[Count] | None = None  # schema version 2
 
 
+Size = list[list[NonNegative]]  # [step][seed] of one width
+
+
+class CoordLayerModel(_Model):
+    name: str
+    sizes: Annotated[list[Size], Field(min_length=3)]
+    slope: list[Number]
+    spread: list[NonNegative]
+    flags: list[Literal[WIDTH_FLAGS]]  # type: ignore[valid-type]
+    first_step: Annotated[int, Field(ge=0)] | None
+
+
+class CoordCheckModel(_Model):
+    """`actstat coord-check`'s record (added in schema version 4: absent elsewhere)."""
+
+    param: Literal["sp", "mup", "own"]
+    optimizer: str
+    lr: Annotated[float, Field(gt=0)]
+    base_width: Count | None
+    widths: Annotated[list[Count], Field(min_length=3)]
+    steps: list[Annotated[int, Field(ge=0)]]
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    batch_size: Count
+    threshold: Annotated[float, Field(gt=0)]
+    layers: Annotated[list[CoordLayerModel], Field(min_length=1)]
+    loss: list[list[list[Number]]]
+    verdict: Literal[(WIDTH_STABLE, *WIDTH_FLAGS)]  # type: ignore[valid-type]
+    events: list[EventModel] = []
+    model: str | None = None
+
+
 class ReportModel(_Model):
     schema_version: int
     actstat_version: str
@@ -193,9 +232,17 @@ class ReportModel(_Model):
     device: str
     config: dict[str, Any]  # validated as a Config by whoever re-runs it (check)
     input: InputModel
-    runs: Annotated[list[RunModel], Field(min_length=1)]
+    # a coord check's report has none (its record is coord_check)
+    runs: list[RunModel]
     config_file: str | None = None
     reduction: str | None = None  # added in version 3: absent from earlier reports
+    coord_check: CoordCheckModel | None = None  # added in version 4
+
+    @model_validator(mode="after")
+    def _something_measured(self) -> ReportModel:
+        if not self.runs and self.coord_check is None:
+            raise ValueError("runs: a report holds at least one run (or a coord check)")
+        return self
 
 
 def validate(raw: Any, origin: str) -> None:

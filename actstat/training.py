@@ -112,7 +112,7 @@ def watch_report(config: Config, on_scheme: Progress | None = None,
             models.append(model)
         targets, chosen = (model_loss(models[0], pool, config.seed)
                            if config.model.factory is not None else (pool.labels, None))
-        loss = _training_loss(pool.labelled, config.model.output,
+        loss = training_loss(pool.labelled, config.model.output,
                               causal=chosen is next_token_loss)
         options = {"loss": loss, "labelled": pool.labelled, "near_zero": config.thresholds.near_zero,
                    "saturation_cut": config.thresholds.saturation_cut,
@@ -210,6 +210,6 @@ class _TrainingLoss:
         return value
 
 
-def _training_loss(labelled: bool, output: int | str | None, *,
-                   causal: bool = False) -> _TrainingLoss:
+def training_loss(labelled: bool, output: int | str | None, *,
+                  causal: bool = False) -> _TrainingLoss:
     return _TrainingLoss(labelled, output, causal)

@@ -8,10 +8,10 @@ step is a pass of the measurement engine (actstat/capture.py's Probe), with the 
 definitions of `actstat run` (actstat/analysis.py): the same network on the same batch gives the
 same numbers at step 0 as `run`. What is new here:
 
-- the statistics are those of each row's `post` tensor (mean, std, near-zero fraction, dead
-  fraction: on that step's mini-batch, so on 64 samples a unit reads dead more easily than on
-  run's 1,000: compare trajectories at one batch size), and the std of the gradient at the row's
-  first tensor (dL/d(pre) where the row has one);
+- the statistics are those of each row's `post` tensor (mean, std, near-zero fraction, mean
+  |x|, dead fraction: on that step's mini-batch, so on 64 samples a unit reads dead more
+  easily than on run's 1,000: compare trajectories at one batch size), and the std of the
+  gradient at the row's first tensor (dL/d(pre) where the row has one);
 - **histogram**: counts in `bins` equal bins over a range fixed per layer at step 0 (the
   activation's range where it has one: tanh's [-1, 1]; otherwise step 0's [min, max] widened by
   half its span on each unbounded side, and from 0 where step 0 has no negative value). Values
@@ -40,7 +40,7 @@ from actstat.capture import Probe, eager, select_output
 from actstat.records import CapturedLayer, Trajectory, TrajectoryLayer, finite_or_none
 
 # the statistics recorded per row and step, in buffer order
-LAYER_STATS = ("mean", "std", "near_zero", "dead", "grad_std")
+LAYER_STATS = ("mean", "std", "near_zero", "dead", "grad_std", "abs_mean")
 HIST_WIDEN = 0.5  # an unbounded side of the histogram's range: step 0's span times this, added
 
 
@@ -66,10 +66,17 @@ class Schedule:
         return steps
 
     def lr_at(self, step: int) -> float:
-        return self.lr * min(1.0, (step + 1) / self.warmup) if self.warmup else self.lr
+        return self.lr * self.warmup_factor(step)
+
+    def warmup_factor(self, step: int) -> float:
+        """What every learning rate is multiplied by at `step` (1 after the warm-up)."""
+        return min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
 
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# the optimiser of a model, its parameter groups at their learning rates (μP's per layer, or a
+# user's mup.MuAdam); the warm-up scales each group's own rate
+Optimiser = Callable[[nn.Module], torch.optim.Optimizer]
 # called after every step the host knows the loss of: (steps done, steps in all, the loss)
 StepProgress = Callable[[int, int, float], None]
 # called with each recorded step as it is recorded: a Trajectory of that one step (no events)
@@ -80,7 +87,7 @@ def watch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedul
           loss: Loss, *, labelled: bool, near_zero: float, saturation_cut: float = 0.97,
           bins: int = 0, numbered: bool = False, on_step: StepProgress | None = None,
           on_record: StepRecord | None = None, output: int | str | None = None,
-          keyword: str | None = None) -> Trajectory:
+          keyword: str | None = None, optimiser: Optimiser | None = None) -> Trajectory:
     """Train `model` (in train mode; left in the mode it was in) on mini-batches drawn from
     `inputs`/`targets` in a seeded order, epoch after epoch, recording its rows as `schedule`
     says. A non-finite loss stops the run at that step (`stopped` "nonfinite"), Ctrl-C at the
@@ -90,18 +97,21 @@ def watch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedul
     output as it returns it (a Hugging Face `ModelOutput` too); `output` picks the tensor of a
     tuple or dict output whose accuracy is counted (capture.select_output); `keyword`: the
     forward takes the mini-batch as this keyword argument. A `torch.compile`d model trains as
-    its original module (capture.eager): hooks coming and going would recompile it."""
+    its original module (capture.eager): hooks coming and going would recompile it.
+    `optimiser`: makes the optimiser (default: the schedule's, one learning rate for every
+    parameter)."""
     return _train(model, inputs, targets, schedule, loss, groups=0, labelled=labelled,
                   near_zero=near_zero, saturation_cut=saturation_cut, bins=bins,
                   numbered=numbered, on_step=on_step, on_record=[on_record], output=output,
-                  keyword=keyword)[0]
+                  keyword=keyword, optimiser=optimiser)[0]
 
 
 def watch_stacked(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                   schedule: Schedule, loss: Loss, *, groups: int, labelled: bool,
                   near_zero: float, saturation_cut: float = 0.97, bins: int = 0,
                   numbered: bool = False, on_step: StepProgress | None = None,
-                  on_record: Sequence[StepRecord | None] | None = None) -> list[Trajectory]:
+                  on_record: Sequence[StepRecord | None] | None = None,
+                  optimiser: Optimiser | None = None) -> list[Trajectory]:
     """`watch` for K plain MLPs trained side by side as one stacked model (actstat.model
     .stack_mlps: every layer's output is (K, batch, units)): one Trajectory per model, in stack
     order, with the numbers that K separate `watch` runs give (to float rounding: a batched
@@ -115,14 +125,15 @@ def watch_stacked(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     steps."""
     return _train(model, inputs, targets, schedule, loss, groups=groups, labelled=labelled,
                   near_zero=near_zero, saturation_cut=saturation_cut, bins=bins,
-                  numbered=numbered, on_step=on_step, on_record=on_record)
+                  numbered=numbered, on_step=on_step, on_record=on_record, optimiser=optimiser)
 
 
 def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedule: Schedule,
            loss: Loss, *, groups: int, labelled: bool, near_zero: float, saturation_cut: float,
            bins: int, numbered: bool, on_step: StepProgress | None,
            on_record: Sequence[StepRecord | None] | None = None,
-           output: int | str | None = None, keyword: str | None = None) -> list[Trajectory]:
+           output: int | str | None = None, keyword: str | None = None,
+           optimiser: Optimiser | None = None) -> list[Trajectory]:
     """groups: 0 for one model, K for a stack of K. The host buffer holds, per recorded step,
     one row of numbers per model: one copy per recorded step for the whole stack."""
     k = max(groups, 1)
@@ -131,7 +142,8 @@ def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedu
                          saturation_cut=saturation_cut, bins=bins, labelled=labelled,
                          numbered=numbered)
     recorded = schedule.recorded()
-    optimiser = _optimiser(model, schedule)
+    optimiser_ = optimiser(model) if optimiser is not None else _optimiser(model, schedule)
+    base_rates = [group["lr"] for group in optimiser_.param_groups]
     order = _Order(inputs.shape[0], schedule.batch_size, schedule.seed, inputs.device)
     device_is_cpu = inputs.device.type == "cpu"
     was_training = model.training
@@ -149,9 +161,10 @@ def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedu
             rows = order.next()
             x, y = inputs[rows], targets[rows]
             recording = slot < len(recorded) and recorded[slot] == step
-            for group in optimiser.param_groups:
-                group["lr"] = schedule.lr_at(step)
-            optimiser.zero_grad(set_to_none=True)
+            factor = schedule.warmup_factor(step)
+            for group, rate in zip(optimiser_.param_groups, base_rates):
+                group["lr"] = rate * factor
+            optimiser_.zero_grad(set_to_none=True)
             with recorder.probe.hooks(x) if recording else nullcontext():
                 out = model(x) if keyword is None else model(**{keyword: x})
             if groups:
@@ -188,7 +201,7 @@ def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedu
                             last[j] = (step, recorder.row_of_loss(known[j]))
                 if all(why is not None for why in stopped):
                     break
-            optimiser.step()
+            optimiser_.step()
             if on_step is not None and known is not None:
                 on_step(step + 1, schedule.steps,
                         next(known[j] for j in range(k) if stopped[j] is None))
@@ -198,7 +211,7 @@ def _train(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, schedu
                 stopped[j], stopped_at[j] = "interrupted", step
     finally:
         model.train(was_training)
-        optimiser.zero_grad(set_to_none=True)
+        optimiser_.zero_grad(set_to_none=True)
     values_of = host.tolist() if host is not None else []
     trajectories = []
     for j in range(k):
@@ -296,7 +309,8 @@ class _Recorder:
         for pre, post in rows:
             grad = (pre or post).grad
             values += [post.stats["mean"], post.stats["std"], post.stats["near_zero"],
-                       post.stats["dead"], grad["std"] if grad is not None else nan]
+                       post.stats["dead"], grad["std"] if grad is not None else nan,
+                       post.stats["abs_mean"]]
             if self.bins:
                 hists += list(post.histogram or [nan] * self.bins)
         return values + hists
@@ -324,6 +338,7 @@ class _Recorder:
             per_layer.append(TrajectoryLayer(
                 name=name, mean=columns[0], std=columns[1], near_zero=columns[2],
                 dead=columns[3] if self.can_die[j] else None, grad_std=columns[4],
+                abs_mean=columns[5],
                 hist_range=ranges if histogram is not None else None,
                 histogram=histogram))
         accuracy = tuple(finite_or_none(row[1]) for row in host)

@@ -313,9 +313,10 @@ def test_assert_healthy_allows_named_flags():
 
 
 def test_the_public_names():
-    assert set(actstat.__all__) == {"Report", "Thresholds", "__version__", "profile",
-                                    "read_report"}
-    assert {"profile", "Report", "read_report", "Thresholds"} <= set(dir(actstat))
+    assert set(actstat.__all__) == {"Report", "Thresholds", "__version__", "coord_check",
+                                    "profile", "read_report"}
+    assert {"coord_check", "profile", "Report", "read_report", "Thresholds"} <= set(dir(actstat))
+    assert callable(actstat.coord_check)
     with pytest.raises(AttributeError):
         actstat.measure  # noqa: B018
 

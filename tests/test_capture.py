@@ -83,7 +83,8 @@ def numpy_stats(a: np.ndarray, unit: int, saturated=None, spread=False,
     else:  # compared in float32, as a float32 network's outputs are
         dead_fraction = np.mean(np.all(per_unit.astype(np.float32) <= np.float32(dead), axis=1))
     stats = {"mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max(),
-             "near_zero": np.mean(np.abs(a) < NEAR_ZERO), "dead": dead_fraction}
+             "near_zero": np.mean(np.abs(a) < NEAR_ZERO), "abs_mean": np.abs(a).mean(),
+             "dead": dead_fraction}
     if spread:
         per_sample = np.moveaxis(a, unit % a.ndim, -1).reshape(-1, a.shape[unit])
         gap = np.max(per_sample.max(axis=1) - per_sample.min(axis=1))

@@ -93,7 +93,8 @@ def numpy_stats(a: np.ndarray, floor: float | str | None) -> dict[str, float]:
     else:
         dead = np.mean(np.all(a <= floor, axis=0))
     return {"mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max(),
-            "near_zero": np.mean(np.abs(a) < NEAR_ZERO), "dead": dead}
+            "near_zero": np.mean(np.abs(a) < NEAR_ZERO), "abs_mean": np.abs(a).mean(),
+            "dead": dead}
 
 
 def spread(a: np.ndarray) -> float:

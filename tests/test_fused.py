@@ -36,6 +36,7 @@ def reference(a: np.ndarray, unit_axis: int, spread_axis: int) -> dict[str, floa
     position)."""
     units = np.moveaxis(a, unit_axis, 0).reshape(a.shape[unit_axis], -1)
     return {"mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max(),
+            "abs_mean": np.abs(a).mean(),
             "near": float((np.abs(a.astype(np.float32)) < np.float32(NEAR)).sum()),
             "gap": float((a.max(axis=spread_axis) - a.min(axis=spread_axis)).max()),
             "dead": float((units == 0).all(axis=1).mean())}
@@ -44,9 +45,9 @@ def reference(a: np.ndarray, unit_axis: int, spread_axis: int) -> dict[str, floa
 def numbers(view: torch.Tensor, channels: bool) -> dict[str, float]:
     got = fused.reduce(view, channels=channels, near_zero=NEAR, edges=None, spread=True)
     assert got is not None
-    mean, std, lo, hi, small, _, gap, dead = got
-    return {"mean": mean, "std": std, "min": lo, "max": hi, "near": small, "gap": gap,
-            "dead": dead}
+    mean, std, lo, hi, small, _, gap, dead, abs_mean = got
+    return {"mean": mean, "std": std, "min": lo, "max": hi, "abs_mean": abs_mean, "near": small,
+            "gap": gap, "dead": dead}
 
 
 def data(shape: tuple[int, ...], unit_axis: int) -> torch.Tensor:
@@ -80,6 +81,7 @@ def test_the_numbers_are_numpys_on_any_number_of_threads(threads, count, layout)
     want = reference(x.double().numpy(), unit_axis, spread_axis)
     for key in ("min", "max", "near", "gap", "dead"):
         assert got[key] == pytest.approx(want[key], rel=1e-7), key
+    assert got["abs_mean"] == pytest.approx(want["abs_mean"], rel=1e-7)  # float32 blocks
     assert got["mean"] == pytest.approx(want["mean"], rel=1e-9)
     assert got["std"] == pytest.approx(want["std"], rel=1e-7)  # float32 block sums of squares
     assert want["dead"] == pytest.approx(1 / x.shape[unit_axis])  # one dead, one alive late

@@ -13,7 +13,8 @@ from actstat.options import OVERRIDES, RUN_OPTIONS
 COMMANDS = typer.main.get_command(app).commands  # type: ignore[attr-defined]
 # the commands that measure, and the run options each leaves out
 MEASURING = {"run": (), "compare": (), "baseline": (), "check": (),
-             "train": ("layers", "batch_size", "grad", "theory")}
+             "train": ("layers", "batch_size", "grad", "theory"),
+             "coord-check": ("layers", "width", "batch_size", "grad", "theory")}
 # every run option on a command line, and what the config must receive
 GIVEN = [
     ("init", ["-i", "kaiming,lecun", "--init", "xavier"], "init", ["kaiming", "lecun", "xavier"]),
@@ -44,7 +45,7 @@ GIVEN = [
 # options that choose what a command does or writes, not a config value
 NOT_CONFIG = {"config", "target", "plot", "format", "output", "fail_on", "force", "quiet", "wide",
               "no_color", "sort", "detail", "max_drift", "stored_config", "update", "junit_xml",
-              "heatmap", "tensorboard"}
+              "heatmap", "tensorboard", "ray"}
 
 
 def test_every_run_option_is_given_and_read():
