@@ -400,8 +400,8 @@ def tables(report: Report, width: int | None = None) -> list[RenderableType]:
 # by module path (`0`, `1`, `4:input`): without the module column they say nothing, so it stays
 # until only the std columns are left.
 LAYER_COLUMNS_LEAVING = ("units", "still sym", "grad:data", "near 0", "exp std", "pre mean",
-                         "meas/exp", "sat", "dead", "pre std", "module", "ΔW", "attn H",
-                         "branch", "grad std", "post mean")
+                         "meas/exp", "sat", "dead", "pre std", "attn H", "branch", "module", "ΔW",
+                         "grad std", "post mean")
 
 
 def column_rank(name: str, leaving: tuple[str, ...]) -> int:

@@ -187,7 +187,7 @@ def break_baseline(path, how: str) -> None:
     elif how == "empty":
         path.write_text("")
     elif how == "schema":
-        raw["schema_version"] = 4
+        raw["schema_version"] = 5
         path.write_text(json.dumps(raw))
     elif how == "layers":
         raw["runs"][0]["layers"].pop()
@@ -204,7 +204,7 @@ def break_baseline(path, how: str) -> None:
     ("truncated", "not valid JSON at line"),
     ("not json", "not valid JSON at line 1, column 1"),
     ("empty", "is empty"),
-    ("schema", "schema_version is 4"),
+    ("schema", "schema_version is 5"),
     ("layers", "has 10 rows but its config says depth 10 (10 hidden layers and the head)"),
     ("schemes", "holds 2 scheme(s) but its config describes 1"),
     ("config", "model.depth: must be a whole number"),
