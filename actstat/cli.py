@@ -38,11 +38,24 @@ class _PlainHelpFlag:
         return params
 
 
-class _Command(_PlainHelpFlag, TyperCommand):
+class _FittedHelp:
+    """--help drawn by actstat/helpview.py: fitted to the terminal, options in panels."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from rich.console import Console
+
+        from actstat.helpview import help_renderables
+
+        console = Console(highlight=False, soft_wrap=False)
+        for renderable in help_renderables(self, ctx, console.width):
+            console.print(renderable)
+
+
+class _Command(_FittedHelp, _PlainHelpFlag, TyperCommand):
     pass
 
 
-class _OneLineErrors(_PlainHelpFlag, TyperGroup):
+class _OneLineErrors(_FittedHelp, _PlainHelpFlag, TyperGroup):
     """Typer's group, with usage errors (unknown option, missing value) as one line on stderr."""
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
@@ -62,7 +75,7 @@ class _OneLineErrors(_PlainHelpFlag, TyperGroup):
                 code = EXIT_OK
             else:
                 path = ctx.command_path if ctx is not None else "actstat"
-                typer.echo(f"{path}: error: {err.format_message()} (see '{path} --help')",
+                typer.echo(f"{path}: error: {_usage_message(err)} (see '{path} --help')",
                            err=True)
                 code = getattr(err, "exit_code", EXIT_USAGE)
         except typer.Abort:
@@ -80,11 +93,34 @@ class _OneLineErrors(_PlainHelpFlag, TyperGroup):
 app = typer.Typer(
     name="actstat",
     cls=_OneLineErrors,
-    help="Per-layer activation statistics of an MLP: does your init keep the signal alive?",
+    help="Per-layer activation statistics of a neural network (the built-in MLP or your own "
+    "PyTorch model): does your init keep the signal alive?",
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
 )
+
+
+def _usage_message(err: Any) -> str:
+    """Click's message, but an unknown option suggests the one option it most looks like (not
+    Click's three loosest matches: `--dept` is `--depth`, not `--plot` or `--wide`)."""
+    name = getattr(err, "option_name", None)
+    if type(err).__name__ != "NoSuchOption" or not name:
+        return err.format_message()
+    from actstat.registry import closest
+
+    ctx = getattr(err, "ctx", None)
+    known = [option for param in (ctx.command.get_params(ctx) if ctx is not None else [])
+             for option in (*param.opts, *param.secondary_opts) if option.startswith("--")]
+    group = ctx.parent.command if ctx is not None and ctx.parent is not None else None
+    elsewhere = [command for command, cmd in getattr(group, "commands", {}).items()
+                 if any(name in (*param.opts, *param.secondary_opts)
+                        for param in cmd.params)] if ctx is not None else []
+    if elsewhere:
+        return (f"{ctx.info_name} has no option {name} (it is an option of "
+                f"{', '.join(elsewhere)})")
+    guess = closest(name, known)
+    return f"no such option {name}" + (f" (did you mean {guess}?)" if guess else "")
 
 
 def _crashed(err: Exception) -> int:
@@ -301,7 +337,7 @@ def train(
     heatmap: opt.HeatOpt = None,
     plot: opt.PlotOpt = None,
     tensorboard: opt.TensorBoardOpt = None,
-    format: opt.FormatOpt = "table",
+    format: opt.TrainFormatOpt = "table",
     output: opt.OutputOpt = None,
     force: opt.ForceOpt = False,
     quiet: opt.QuietOpt = False,

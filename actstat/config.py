@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -586,6 +587,7 @@ def config_from_dict(raw: Mapping[str, Any], origin: str,
     for section in ("init", "activation"):
         if section in overrides:
             overrides[section] = _named_from(raw.get(section), overrides[section], section)
+    raw = _labels_read(raw, origin)
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
     raw = _named_model_data(raw, origin, overrides)
@@ -774,6 +776,32 @@ def _has_dotted(raw: Mapping[str, Any], dotted: str) -> bool:
             return False
         node = node[key]
     return True
+def _labels_read(raw: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Init and activation entries written as tables print them (`general_relu(subtract=0.5)`)
+    as the mappings they stand for, validated from there on as any entry is."""
+    from actstat.registry import parse_label
+
+    def read(entry: Any, key: str) -> Any:
+        if not isinstance(entry, str):
+            return entry
+        try:
+            return parse_label(entry)
+        except ConfigError as err:
+            raise ConfigError(f"{origin}: {key}: {err}") from None
+
+    raw = dict(raw)
+    for section in ("init", "activation"):
+        entries = raw.get(section)
+        if isinstance(entries, list):
+            raw[section] = [read(entry, f"{section}[{i}]") for i, entry in enumerate(entries)]
+        elif entries is not None:
+            raw[section] = read(entries, section)
+    if isinstance(raw.get("compare"), list):
+        raw["compare"] = [
+            {**scheme, **{part: read(scheme[part], f"compare[{i}].{part}")
+                          for part in ("init", "activation") if part in scheme}}
+            if isinstance(scheme, Mapping) else scheme for i, scheme in enumerate(raw["compare"])]
+    return raw
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -937,6 +965,13 @@ OPTION_NAMES = {
     "coord_check.lr": "--lr",
     "coord_check.batch_size": "--train-batch",
     "coord_check.width_arg": "--width-arg",
+    "model.norm_position": "--norm-position",
+    "model.multiplier": "--multiplier",
+    "train.every": "--every",
+    "train.momentum": "--momentum",
+    "train.warmup": "--warmup",
+    "train.batch_size": "--train-batch",
+    "train.optimizer": "--optimizer",
 }
 
 
@@ -948,7 +983,8 @@ def _one_line(err: ValidationError, model: type[BaseModel], origin: str,
               overrides: Mapping[str, Any], kind: str = "", prefix: str = "") -> str:
     """The first error as `origin: key: problem (got value)`, plus how many more there are."""
     # an unknown key usually explains a missing one (a typo): report it first
-    errors = sorted(err.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+    errors = sorted(_union_arms_merged(err.errors(include_url=False), model, kind),
+                    key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
     loc = tuple(first["loc"])
     key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
@@ -956,15 +992,71 @@ def _one_line(err: ValidationError, model: type[BaseModel], origin: str,
     where = origin
     for dotted in overrides:
         if key == dotted or key.startswith(dotted + ".") or key.startswith(dotted + "["):
-            where = OPTION_NAMES.get(dotted, dotted)
+            where = OPTION_NAMES.get(dotted, origin)
     inside = [OPTION_NAMES.get(d, d) for d in overrides if not key or d.startswith(key + ".")]
     if inside:  # a rule across keys, broken by options: name every source
         where = f"{origin} with {', '.join(inside)}" if origin != "defaults" else ", ".join(inside)
-    problem = _problem(first, model, loc, kind)
+    problem = first.get("problem") or _problem(first, model, loc, kind)
     quiet = first["type"] in ("extra_forbidden", "missing") or isinstance(first["input"], Mapping)
     got = "" if quiet else f" (got {_show(first['input'])})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {key + ': ' if key else ''}{problem}{got}{more}"
+
+
+def _union_arms_merged(errors: list[Any], model: type[BaseModel], kind: str) -> list[Any]:
+    """pydantic's errors with the arms of a union (`width: int | list[int]`) told as one: the
+    arm tag left out of the key, the arm that got furthest into the value kept (`--width 100,x`:
+    `model.width[1]: must be a whole number (got 'x')`), arms that failed at once merged (`must be
+    a whole number or a list`)."""
+    merged: dict[tuple, list[Any]] = {}
+    plain = []
+    for error in errors:
+        loc, tag_at = _without_union_tags(model, tuple(error["loc"]))
+        error = {**error, "loc": loc}
+        if tag_at is None:
+            plain.append(error)
+        else:
+            merged.setdefault(loc[:tag_at], []).append(error)
+    for arms in merged.values():
+        deepest = max(len(arm["loc"]) for arm in arms)
+        kept = [arm for arm in arms if len(arm["loc"]) == deepest]
+        if len(kept) > 1 and len({arm["loc"] for arm in kept}) == 1:
+            problems = [_problem(arm, model, arm["loc"], kind) for arm in kept]
+            text = problems[0] + "".join(
+                f" or {p.removeprefix('must be ')}" for p in problems[1:] if p != problems[0])
+            kept = [{**kept[0], "problem": text}]
+        plain += kept
+    return plain
+
+
+def _without_union_tags(model: type[BaseModel], loc: tuple) -> tuple[tuple, int | None]:
+    """`loc` without the tags pydantic puts in it for the arm of a union it tried, and where the
+    first tag was (None: none)."""
+    current: Any = model
+    kept: list[Any] = []
+    tag_at = None
+    for part in loc:
+        while get_origin(current) is Annotated:
+            current = get_args(current)[0]
+        arms = [arg for arg in get_args(current) if arg is not type(None)] \
+            if get_origin(current) in (Union, types.UnionType) else []
+        if len(arms) > 1 and isinstance(part, str):
+            tag_at = len(kept) if tag_at is None else tag_at
+            current = next((arm for arm in arms if _arm_tag(arm) == part), None)
+            continue
+        kept.append(part)
+        if isinstance(part, int):
+            current = get_args(current)[0] if get_origin(current) is list else None
+        elif isinstance(current, type) and issubclass(current, BaseModel) \
+                and part in current.model_fields:
+            current = current.model_fields[part].annotation
+        else:
+            current = None
+    return tuple(kept), tag_at
+
+
+def _arm_tag(arm: Any) -> str:
+    return arm.__name__ if isinstance(arm, type) else str(arm)
 
 
 def validation_message(err: ValidationError, model: type[BaseModel], origin: str) -> str:

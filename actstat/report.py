@@ -52,6 +52,11 @@ class Report(records.Report):
             kind = "a list" if isinstance(raw, list) else type(raw).__name__
             raise ActstatError(f"{origin}: not an actstat report: the top level is {kind}, not a "
                                "JSON object")
+        if "schema_version" not in raw:
+            keys = ", ".join(map(str, list(raw)[:3])) + (", ..." if len(raw) > 3 else "")
+            raise ActstatError(f"{origin}: not an actstat report: it has no schema_version key "
+                               f"(its keys: {keys or 'none'}); reports are written by run, compare "
+                               "or baseline with -f json, and by train -f json")
         version = raw.get("schema_version")
         if version not in READABLE_VERSIONS or isinstance(version, bool):
             readable = ", ".join(map(str, READABLE_VERSIONS[:-1])) + f" and {READABLE_VERSIONS[-1]}"
