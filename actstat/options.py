@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from actstat import completion as complete  # torch-free: a TAB answers at once
 from actstat.errors import ConfigError
 from actstat.records import FLAGS as FLAG_NAMES  # torch-free, like everything imported here
 from actstat.records import WIDTH_FLAGS
@@ -25,11 +26,13 @@ ConfigArg = Annotated[Path | None, typer.Argument(
 # a repeated --init/--act adds to the list: `-i kaiming -i xavier` is `-i kaiming,xavier`
 InitOpt = Annotated[list[str] | None, typer.Option(
     "--init", "-i", metavar="NAME[,NAME...]", show_default=False,
+    autocompletion=complete.inits,
     rich_help_panel="Model",
     help="Init name(s), comma-separated or repeated; with parameters as tables print them: "
     "'kaiming(mode=fan_out)' (default kaiming).")]
 ActOpt = Annotated[list[str] | None, typer.Option(
     "--act", "-a", metavar="NAME[,NAME...]", show_default=False,
+    autocompletion=complete.activations,
     rich_help_panel="Model",
     help="Activation name(s), comma-separated or repeated; with parameters as tables print "
     "them: 'general_relu(subtract=0.5)' (default relu).")]
@@ -54,15 +57,18 @@ WidthOpt = Annotated[str | None, typer.Option(
     show_default=False, rich_help_panel="Model")]
 BlockOpt = Annotated[str | None, typer.Option(
     "--block", metavar="KIND", help="plain (default) or residual (x + branch(x)).",
+    autocompletion=complete.blocks,
     show_default=False, rich_help_panel="Model")]
 BranchDepthOpt = Annotated[str | None, typer.Option(
     "--branch-depth", metavar="INT", show_default=False, rich_help_panel="Model",
     help="Linear+activation layers per residual branch (default 2).")]
 NormOpt = Annotated[str | None, typer.Option(
     "--norm", metavar="NAME", help="none (default), batchnorm, layernorm or rmsnorm.",
+    autocompletion=complete.norms,
     show_default=False, rich_help_panel="Model")]
 NormPositionOpt = Annotated[str | None, typer.Option(
     "--norm-position", metavar="WHERE", show_default=False, rich_help_panel="Model",
+    autocompletion=complete.norm_positions,
     help="pre (default: before each branch or activation) or post (after the add).")]
 MultiplierOpt = Annotated[str | None, typer.Option(
     "--multiplier", metavar="FLOAT", show_default=False, rich_help_panel="Model",
@@ -72,6 +78,7 @@ BatchOpt = Annotated[str | None, typer.Option(
     show_default=False, rich_help_panel="Data")]
 DataOpt = Annotated[str | None, typer.Option(
     "--data", metavar="SOURCE", show_default=False, rich_help_panel="Data",
+    autocompletion=complete.data_sources,
     help="mnist (default, bundled), gaussian, tokens (ids, for a --model that starts with an "
     "Embedding), or a .npy, .npz or .pt file or a directory of MNIST IDX files.")]
 VocabOpt = Annotated[str | None, typer.Option(
@@ -83,9 +90,11 @@ LengthOpt = Annotated[str | None, typer.Option(
     help="--data tokens: ids per sample (default: 128 or the hf: model's context, else 32).")]
 DeviceOpt = Annotated[str | None, typer.Option(
     "--device", metavar="DEVICE", show_default=False, rich_help_panel="Data",
+    autocompletion=complete.devices,
     help="auto (default: cuda if available), cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str | None, typer.Option(
     "--dtype", metavar="DTYPE", help="float32 (default), float64, float16 or bfloat16.",
+    autocompletion=complete.dtypes,
     show_default=False, rich_help_panel="Data")]
 SeedOpt = Annotated[str | None, typer.Option(
     "--seed", "-s", metavar="INT", help="Seed of the batch and the weights (default 0).",
@@ -126,9 +135,11 @@ LrOpt = Annotated[str | None, typer.Option(
     rich_help_panel="Measure")]
 FormatOpt = Annotated[str, typer.Option(
     "--format", "-f", metavar="FORMAT", help="table, json, csv or markdown.",
+    autocompletion=complete.formats,
     rich_help_panel="Output")]
 TrainFormatOpt = Annotated[str, typer.Option(
-    "--format", "-f", metavar="FORMAT", help="table or json.", rich_help_panel="Output")]
+    "--format", "-f", metavar="FORMAT", help="table or json.", rich_help_panel="Output",
+    autocompletion=complete.train_formats)]
 TensorBoardOpt = Annotated[Path | None, typer.Option(
     "--tensorboard", metavar="DIR", show_default=False, file_okay=False, rich_help_panel="Output",
     help="Also write each recorded step as TensorBoard events, a run per scheme under DIR "
@@ -138,6 +149,7 @@ OutputOpt = Annotated[Path | None, typer.Option(
     show_default=False, dir_okay=False, metavar="FILE", rich_help_panel="Output")]
 FailOnOpt = Annotated[str | None, typer.Option(
     "--fail-on", metavar="FLAG[,FLAG...]", show_default=False, rich_help_panel="CI",
+    autocompletion=complete.fail_on_flags,
     help="Exit 1 if any layer carries one of these flags (or 'any'): " + ", ".join(FLAG_NAMES))]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", rich_help_panel="Measure", help="Run even if the memory pre-flight says it will not fit.")]
@@ -153,6 +165,7 @@ NoColorOpt = Annotated[bool, typer.Option(
 # compare
 SortOpt = Annotated[str, typer.Option(
     "--sort", metavar="ORDER", rich_help_panel="Output",
+    autocompletion=complete.sorts,
     help="verdict (healthy first), gain (closest to 1 first) or name.")]
 DetailOpt = Annotated[bool, typer.Option(
     "--detail", rich_help_panel="Output", help="Also print every scheme's per-layer table.")]
@@ -177,6 +190,7 @@ AtolOpt = Annotated[str | None, typer.Option(
     help="Mean metrics: |difference| <= atol x the expected std. Default 0.05.")]
 MetricsOpt = Annotated[str | None, typer.Option(
     "--metrics", metavar="NAME[,NAME...]", show_default=False, rich_help_panel="CI",
+    autocompletion=complete.metrics,
     help="pre_std, post_std, grad_std, pre_mean, post_mean, grad_mean; through training: "
     "loss, train_std, train_mean, train_grad_std, train_near_zero, train_dead (default: all).")]
 MaxDriftOpt = Annotated[str | None, typer.Option(
@@ -191,6 +205,7 @@ UpdateOpt = Annotated[bool, typer.Option(
     help="Rewrite the baseline with the new values (after showing what changed).")]
 CheckFormatOpt = Annotated[str, typer.Option(
     "--format", "-f", metavar="FORMAT", help="table, json or markdown (CI summary page).",
+    autocompletion=complete.check_formats,
     rich_help_panel="Output")]
 JunitOpt = Annotated[Path | None, typer.Option(
     "--junit-xml", help="Also write a JUnit XML report here.", show_default=False,
@@ -214,6 +229,7 @@ TrainLrOpt = Annotated[str | None, typer.Option(
     help="Learning rate (default: sgd 0.1, adam 0.001).")]
 OptimizerOpt = Annotated[str | None, typer.Option(
     "--optimizer", metavar="NAME", show_default=False, rich_help_panel="Training",
+    autocompletion=complete.optimizers,
     help="sgd (default) or adam.")]
 MomentumOpt = Annotated[str | None, typer.Option(
     "--momentum", metavar="FLOAT", show_default=False, rich_help_panel="Training",
