@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -80,10 +81,13 @@ class ModelConfig(_Section):
 
     @field_validator("layers")
     @classmethod
-    def _some_layers(cls, layers: list[str] | None) -> list[str] | None:
+    def _some_layers(cls, layers: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if layers is not None and not layers:
             raise ValueError("an empty list selects nothing: leave layers out to measure the "
                              "default layers")
+        if layers is not None and info.data.get("factory") is None and "factory" in info.data:
+            raise ValueError("selects modules of your own model (--model, model.factory); the "
+                             "built-in MLP is measured whole: leave layers out, or give a model")
         return layers
 
     @field_validator("width")
@@ -573,7 +577,7 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
             _set_dotted(raw, dotted, value)
     origin = str(path) if path is not None else "defaults"
     if path is not None:
-        raw = _anchor_factory_path(_anchor_data_path(raw, path.parent), path.parent)
+        raw = anchored(raw, path.parent)
     return config_from_dict(raw, origin, overrides, default_schemes=default_schemes)
 
 
@@ -714,6 +718,43 @@ def check_data_source(config: Config) -> None:
                 stream.read(1)
     except OSError as err:
         raise DataError(f"data '{source}': cannot read ({err.strerror})") from None
+
+
+def anchored(raw: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """A config's relative file paths (data.source, model.factory's file) taken relative to
+    `base`, the config file's directory, as `load_config` reads them."""
+    return _anchor_factory_path(_anchor_data_path(dict(raw), base), base)
+
+
+def config_paths(raw: Mapping[str, Any]) -> dict[str, str]:
+    """The file paths a config names: {"data.source": ..., "model.factory": the file of a
+    `file.py:factory`} (named sources and module factories are not paths)."""
+    from actstat.errors import ModelSourceError
+    from actstat.sources import parse
+
+    paths = {}
+    source = (raw.get("data") or {}).get("source")
+    if isinstance(source, str) and source not in DATA_SOURCES:
+        paths["data.source"] = source
+    factory = (raw.get("model") or {}).get("factory")
+    if isinstance(factory, str):
+        try:
+            spec = parse(factory)
+        except ModelSourceError:
+            spec = None
+        if spec is not None and spec.path is not None:
+            paths["model.factory"] = str(spec.path)
+    return paths
+
+
+def with_paths(raw: Mapping[str, Any], rewrite: Any) -> dict[str, Any]:
+    """The config with each file path it names (`config_paths`) replaced by `rewrite(path)`."""
+    raw = copy.deepcopy(dict(raw))
+    for key, path in config_paths(raw).items():
+        section, field = key.split(".")
+        value = raw[section][field]
+        raw[section][field] = value.replace(path, rewrite(path), 1)
+    return raw
 
 
 def _anchor_data_path(raw: dict[str, Any], base: Path) -> dict[str, Any]:

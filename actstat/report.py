@@ -117,13 +117,30 @@ def located(report: Report, config: Path | str | None, destination: Path | str |
         return replace(report, config_file=None)
     absolute = Path(config).resolve()
     if destination is None:
-        return replace(report, config_file=str(absolute))
+        return replace(report, config_file=str(absolute),
+                       config=_relative_to(report.config, absolute.parent))
     here = Path(destination).resolve().parent
     try:
         recorded = os.path.relpath(absolute, here)
     except ValueError:  # Windows: another drive has no relative path
         recorded = str(absolute)
-    return replace(report, config_file=Path(recorded).as_posix())
+    return replace(report, config_file=Path(recorded).as_posix(),
+                   config=_relative_to(report.config, absolute.parent))
+
+
+def _relative_to(config: Any, directory: Path) -> Any:
+    """The config's file paths (data, a factory's file) relative to `directory`, the config
+    file's, as its YAML names them: a baseline then reads the same on every machine and from any
+    working directory, and `check` takes them relative to the config file again."""
+    from actstat.config import with_paths  # pydantic: loaded only with a config file
+
+    def relative(path: str) -> str:
+        try:
+            return Path(os.path.relpath(Path(path).resolve(), directory)).as_posix()
+        except ValueError:  # Windows: another drive
+            return path
+
+    return with_paths(config, relative)
 
 
 def config_file_of(report: records.Report, report_path: Path | str) -> Path | None:

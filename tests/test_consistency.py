@@ -1,0 +1,42 @@
+"""Options behave one way across commands: every output's directory must exist (the output
+itself is made), and an option that does not apply is refused with the reason."""
+
+from __future__ import annotations
+
+import pytest
+
+SMALL = ["--depth", "2", "--width", "8", "--batch-size", "16", "--data", "gaussian",
+         "--device", "cpu"]
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "-o", "{missing}/r.json"],
+    ["run", "--plot", "{missing}/r.png"],
+    ["baseline", "-o", "{missing}/b.json"],
+    ["check", "{config}", "--fail-on", "any", "--junit-xml", "{missing}/j.xml"],
+    ["train", "--tensorboard", "{missing}/runs"],
+])
+def test_every_output_refuses_a_missing_directory_the_same_way(cli, tmp_path, args):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {depth: 2, width: 8}\ndata: {batch_size: 16, source: gaussian}\n")
+    missing = tmp_path / "nowhere" / "deeper"
+    given = [arg.format(missing=missing, config=config) for arg in args]
+    small = [] if args[0] == "check" else SMALL[:4] + SMALL[6:] if args[0] == "train" else SMALL
+    result = cli(*given, *small, code=2)
+    assert f"directory '{missing}' does not exist" in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "nowhere").exists()  # nothing made on the way
+
+
+def test_a_tensorboard_directory_in_an_existing_one_is_made(tmp_path):
+    from actstat.tensorboard_log import check_tensorboard
+
+    check_tensorboard(tmp_path / "runs")
+    assert (tmp_path / "runs").is_dir()
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "baseline"])
+def test_layers_without_a_model_is_refused_with_the_reason(cli, command):
+    result = cli(command, "--layers", "fc1", *SMALL, code=2)
+    assert result.stderr.startswith("actstat: error: --layers: model.layers: selects modules of "
+                                    "your own model (--model, model.factory)")
