@@ -40,3 +40,27 @@ def test_layers_without_a_model_is_refused_with_the_reason(cli, command):
     result = cli(command, "--layers", "fc1", *SMALL, code=2)
     assert result.stderr.startswith("actstat: error: --layers: model.layers: selects modules of "
                                     "your own model (--model, model.factory)")
+
+
+def test_a_model_in_training_mode_is_measured_with_dropout_off_and_batchnorm_as_it_is():
+    import torch
+    from torch import nn
+
+    import actstat
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(16, 4))
+    inputs = torch.randn(32, 8)
+    model.train()
+    stds = [[layer.post.std for layer in actstat.profile(model, inputs).runs[0].layers]
+            for _ in range(2)]
+    assert stds[0] == stds[1]  # dropout drew nothing: one set of numbers
+    assert model.training and all(m.training for m in model.modules())  # left as it was
+    # BatchNorm kept its training behaviour (the batch's statistics), dropout alone went off
+    model[3].eval()
+    with torch.no_grad():
+        expected = model(inputs).std(unbiased=False).item()
+    model[3].train()
+    head = actstat.profile(model, inputs).runs[0].layers[-1]
+    assert abs(head.post.std - expected) <= 1e-5 * expected
