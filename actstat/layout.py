@@ -128,19 +128,29 @@ def _wrapped(cells: Sequence[Text], width: int) -> list[Text]:
     return out
 
 
+NOTHING = ("", "—", "-")  # a cell that says nothing (symbols.py writes `—` as `-`)
+
+
+def _says_nothing(column: Column) -> bool:
+    return column.spark is None and bool(column.cells) and all(
+        cell.plain.strip() in NOTHING for cell in column.cells)
+
+
 def fit(columns: Sequence[Column], width: int | None, *, title: str | None = None,
         styles: Sequence[str] = ()) -> Fitted:
     """The table of `columns` in at most `width` cells (None: every column at full width).
 
-    Columns with the highest rank leave first (ties: the rightmost first) until the rest fit;
+    Columns that say nothing in any row leave first, then those with the highest rank (ties:
+    the rightmost first) until the rest fit;
     the rank-0 columns stay even when they do not fit (a terminal narrower than them wraps).
     `styles`: one row style per row (may be empty).
     """
     kept = list(columns)
     widths = _widths(kept, width)
     while widths is None:
-        leaving = max((c for c in kept if c.rank > 0), key=lambda c: (c.rank, kept.index(c)),
-                      default=None)
+        # a column that says nothing in any row (`—` throughout) leaves before any that does
+        leaving = max((c for c in kept if c.rank > 0),
+                      key=lambda c: (_says_nothing(c), c.rank, kept.index(c)), default=None)
         if leaving is None:
             widths = {c.name: c.narrowest() for c in kept}
             break
@@ -177,3 +187,30 @@ def left_out_note(left_out: Sequence[str], width: int | None) -> Text | None:
         return None
     return Text(f"left out to fit {width} columns: {', '.join(left_out)} "
                 "(all columns: --wide, or -f markdown / -f json)", style="dim")
+
+
+# a symbol between two words binds them: `χ₁ = 0.9801`, `0.8738 → 0.7608`, `(×0.8489;` stay on
+# one line, so that a wrapped line never starts with `=` or `→`
+_GLUE = re.compile(r" (=|→|->|×|/|<|>|≤|≥) ")
+_NBSP = "\u00a0"
+
+
+def wrap_message(text: str, width: int) -> str:
+    """`text` wrapped to `width` columns at word boundaries, as actstat wraps what it prints to a
+    terminal (the terminal would break a line inside a number or a name): a number or name is
+    never split (one longer than the line stands on its own), each continuation is indented two
+    spaces more than its line, and the lines that fit are left as they are."""
+    import textwrap
+
+    lines = []
+    for line in text.split("\n"):
+        if cell_len(line) <= width:
+            lines.append(line)
+            continue
+        indent = line[:len(line) - len(line.lstrip(" "))]
+        glued = _GLUE.sub(lambda m: f"{_NBSP}{m.group(1)}{_NBSP}", line.strip(" "))
+        wrapped = textwrap.wrap(glued, width=max(width, 20), initial_indent=indent,
+                                subsequent_indent=indent + "  ", break_long_words=False,
+                                break_on_hyphens=False)
+        lines += [part.replace(_NBSP, " ") for part in wrapped] or [line]
+    return "\n".join(lines)

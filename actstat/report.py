@@ -18,7 +18,7 @@ from typing import Any
 from actstat import records
 from actstat.errors import ActstatError
 from actstat.records import READABLE_VERSIONS
-from actstat.render import table_text, tables, to_html
+from actstat.render import plain_text, table_text, tables, to_html
 from actstat.render_coord import coord_tables, coord_text
 
 
@@ -29,7 +29,13 @@ class Report(records.Report):
     check`, `plot` and `compare --from` read."""
 
     def __str__(self) -> str:
-        return coord_text(self) if self.coord_check is not None else table_text(self)
+        # `print(report)` in a terminal: fitted to its width, as the CLI's tables are (columns
+        # leave, lines wrap at words); anywhere else (a file, a log, a string): at full width
+        coord = self.coord_check is not None
+        width = _terminal_width()
+        if width is None:
+            return coord_text(self) if coord else table_text(self)
+        return plain_text((coord_tables if coord else tables)(self, width), width, wrap=True)
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
         if self.coord_check is not None:
@@ -85,6 +91,19 @@ class Report(records.Report):
 
         write_atomic(Path(path), self.to_json())
         return Path(path)
+
+
+def _terminal_width() -> int | None:
+    """The width of the terminal stdout is, or None when stdout is not one."""
+    import shutil
+    import sys
+
+    try:
+        if not sys.stdout.isatty():
+            return None
+    except (AttributeError, ValueError):
+        return None
+    return shutil.get_terminal_size().columns
 
 
 def read_report(path: Path | str) -> Report:

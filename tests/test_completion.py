@@ -15,15 +15,15 @@ from actstat.registry import parameters_model
 
 
 def test_the_tables_are_the_registries():
-    assert completion.INIT_PARAMETERS == {
+    assert {
         **{name: tuple(parameters_model(factory).model_fields)
-           for name, factory in inits.ALL_INITS.items()}, config.KEEP: ()}
-    assert completion.ACTIVATION_PARAMETERS == {
+           for name, factory in inits.ALL_INITS.items()}, config.KEEP: ()} == completion.INIT_PARAMETERS
+    assert {
         name: tuple(parameters_model(factory).model_fields)
-        for name, factory in activations.ACTIVATIONS.items()}
+        for name, factory in activations.ACTIVATIONS.items()} == completion.ACTIVATION_PARAMETERS
     assert completion.METRICS == config.METRIC_NAMES
     assert completion.DTYPES == config.DTYPES and completion.DATA_SOURCES == config.DATA_SOURCES
-    assert completion.FORMATS == render.FORMATS and completion.SORTS == tuple(render.SORTS)
+    assert completion.FORMATS == render.FORMATS and tuple(render.SORTS) == completion.SORTS
     assert (completion.CHECK_FORMATS, completion.TRAIN_FORMATS) == (CHECK_FORMATS, TRAIN_FORMATS)
     assert set(completion.NORMS) == set(config.ModelConfig.model_fields["norm"].annotation.__args__)
     assert all(config.DEVICE_PATTERN.match(device) for device in completion.DEVICES)

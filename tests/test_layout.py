@@ -320,3 +320,12 @@ def test_no_color_reaches_the_progress_bar_too():
     assert code == 0, raw
     assert "measured" in ANSI.sub("", raw)
     assert not COLOUR.search(raw)
+
+
+def test_a_column_that_says_nothing_in_any_row_leaves_first():
+    says = Column("units", [Text("100"), Text("100")], rank=9)
+    nothing = Column("sat", [Text("—"), Text("—")], rank=1)
+    kept = Column("layer", [Text("1"), Text("2")])
+    fitted = fit([kept, nothing, says], 12)
+    assert fitted.left_out == ("sat",)
+    assert fit([kept, nothing, says], None).left_out == ()  # wide enough: nothing leaves
