@@ -48,12 +48,14 @@ class Column:
         return max([cell_len(self.name), *(cell_len(cell.plain) for cell in self.cells)])
 
     def narrowest(self) -> int:
-        """The fewest cells this column can take without cutting anything."""
+        """The fewest cells this column can take without cutting anything (its header may wrap
+        between words, never inside one)."""
+        word = max((cell_len(part) for part in self.name.split()), default=1)
         if self.spark is not None:
-            return max(min(SPARK_MIN, self.spark_width), 1)
+            return max(min(SPARK_MIN, self.spark_width), word, 1)
         if not self.wrap:
             return self.natural()
-        return min(self.natural(), max(self.min_width, 1))
+        return min(self.natural(), max(self.min_width, word, 1))
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,13 @@ def _wrapped(cells: Sequence[Text], width: int) -> list[Text]:
 NOTHING = ("", "—", "-")  # a cell that says nothing (symbols.py writes `—` as `-`)
 
 
+def _constant(column: Column) -> bool:
+    """A column of more than one row that reads the same in every row (and says something)."""
+    return (column.rank > 0 and column.spark is None and len(column.cells) > 1
+            and len({cell.plain.strip() for cell in column.cells}) == 1
+            and not _says_nothing(column))
+
+
 def _says_nothing(column: Column) -> bool:
     return column.spark is None and bool(column.cells) and all(
         cell.plain.strip() in NOTHING for cell in column.cells)
@@ -156,9 +165,21 @@ def fit(columns: Sequence[Column], width: int | None, *, title: str | None = Non
             break
         kept.remove(leaving)
         widths = _widths(kept, width)
+    # a column that reads the same in every row (check's tolerance) leaves rather than a name
+    # wrap onto more lines; the note then gives its one value
+    constants: list[Column] = []
+    if widths is not None and width is not None:
+        for column in [c for c in kept if _constant(c)]:
+            wrapped = [c for c in kept if c.wrap and widths[c.name] < c.natural()]
+            trial = [c for c in kept if c is not column]
+            trial_widths = _widths(trial, width) if wrapped else None
+            if trial_widths is not None and any(trial_widths[c.name] >= c.natural()
+                                                for c in wrapped):
+                kept, widths = trial, trial_widths
+                constants.append(column)
     # a wide column leaving (a user's long module names) can make room for narrower ones that
     # left before it: they come back, the most important (lowest rank) first
-    for column in sorted((c for c in columns if all(c is not k for k in kept)),
+    for column in sorted((c for c in columns if all(c is not k for k in (*kept, *constants))),
                          key=lambda c: c.rank):
         trial = [c for c in columns if c is column or any(c is k for k in kept)]
         trial_widths = _widths(trial, width) if widths is not None else None
@@ -169,7 +190,9 @@ def fit(columns: Sequence[Column], width: int | None, *, title: str | None = Non
     cells: list[Sequence[Text]] = []
     for column in kept:
         size = widths[column.name]
-        table.add_column(column.name, justify=column.justify, width=size, no_wrap=not column.wrap,
+        header = column.name if cell_len(column.name) <= size else Text(
+            wrap_text(column.name, size))  # between words: `grad std` / `over steps`
+        table.add_column(header, justify=column.justify, width=size, no_wrap=not column.wrap,
                          overflow="fold")
         if column.spark is not None:
             cells.append(column.spark(size))
@@ -177,7 +200,9 @@ def fit(columns: Sequence[Column], width: int | None, *, title: str | None = Non
             cells.append(_wrapped(column.cells, size) if column.wrap else column.cells)
     for index, row in enumerate(zip(*cells)):
         table.add_row(*row, style=styles[index] if index < len(styles) else None)
-    left_out = tuple(c.name for c in columns if c not in kept)
+    left_out = tuple(f"{c.name} ({c.cells[0].plain.strip()} in every row)"
+                     if _constant(c) else c.name
+                     for c in columns if c not in kept)
     return Fitted(table, left_out)
 
 

@@ -329,3 +329,15 @@ def test_a_column_that_says_nothing_in_any_row_leaves_first():
     fitted = fit([kept, nothing, says], 12)
     assert fitted.left_out == ("sat",)
     assert fit([kept, nothing, says], None).left_out == ()  # wide enough: nothing leaves
+
+
+def test_a_column_that_reads_the_same_in_every_row_leaves_rather_than_a_name_wrap():
+    name = Column("scheme", [Text("kaiming + relu → kaiming + tanh")] * 2, justify="left",
+                  wrap=True, min_width=12)
+    value = Column("obtained", [Text("0.7418"), Text("1.145")])
+    tolerance = Column("tolerance", [Text("×1.05"), Text("×1.05")], rank=3)
+    fitted = fit([name, value, tolerance], 45)
+    assert fitted.left_out == ("tolerance (×1.05 in every row)",)
+    # where the name fits whole beside it, or nothing would be gained, the column stays
+    assert fit([name, value, tolerance], 60).left_out == ()
+    assert fit([name, value, tolerance], 20).left_out == ("tolerance (×1.05 in every row)",)
