@@ -383,9 +383,11 @@ def train(
     if format not in TRAIN_FORMATS:
         raise _fail(f"--format: train writes {' or '.join(TRAIN_FORMATS)}, not {format!r}")
     resolved = _resolved(config, _overrides(ctx, plot), (output,), plot)
+    heat = _guarded(opt.names, "--heatmap", heatmap) if heatmap else None
+    if heat and not resolved.hist:  # before training: a refusal costs no run
+        raise _fail("--heatmap draws histograms: add --hist (or --plot), or leave --heatmap out")
     report = located(_trained(resolved, tensorboard, quiet=quiet, force=force,
                               no_color=no_color), config, output)
-    heat = _guarded(opt.names, "--heatmap", heatmap) if heatmap else None
     _guarded(_emit_training, report, format, output, quiet, Display(wide, no_color), heat)
     _figure(report, plot, quiet)
     if _interrupted(report):

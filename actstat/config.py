@@ -630,6 +630,7 @@ def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Conf
             for part in ("init", "activation")})
         for i, scheme in enumerate(config.compare)
     ]
+    _check_applies(config, origin, overrides)
     for i, spec in enumerate(specs["init"]):
         _check_structural(spec, config.model, f"{_origin_of('init', overrides, origin)}: init"
                           + (f"[{i}]" if len(specs["init"]) > 1 else ""))
@@ -662,6 +663,21 @@ def _scheme_model(config: Config, scheme: SchemeSpec, key: str, where: str,
         source = f"{where} with {', '.join(OPTION_NAMES.get(k, k) for k in sorted(given))}" \
             if given and not err.errors()[0]["loc"] else where
         raise ConfigError(_one_line(err, ModelConfig, source, {}, prefix=key)) from None
+
+
+def _check_applies(config: Config, origin: str, overrides: Mapping[str, Any]) -> None:
+    """A model key that describes a part no scheme's model has (a residual branch's depth with
+    plain blocks only, a norm's position without a norm) is refused, not ignored."""
+    models = [config.model, *(config.scheme_model(scheme) for scheme in config.compare)]
+    defaults = ModelConfig.model_fields
+    for key, needs, part in (("branch_depth", lambda m: m.block == "residual",
+                              "counts the layers of a residual branch: set model.block residual "
+                              "(--block residual)"),
+                             ("norm_position", lambda m: m.norm != "none",
+                              "places a norm layer: set model.norm (--norm layernorm, ...)")):
+        if getattr(config.model, key) != defaults[key].default and not any(map(needs, models)):
+            where = _origin_of(f"model.{key}", overrides, origin)
+            raise ConfigError(f"{where}: model.{key}: {part}, or leave {key} out")
 
 
 def _check_structural(spec: InitSpec, model: ModelConfig, where: str) -> None:

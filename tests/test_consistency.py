@@ -64,3 +64,27 @@ def test_a_model_in_training_mode_is_measured_with_dropout_off_and_batchnorm_as_
     model[3].train()
     head = actstat.profile(model, inputs).runs[0].layers[-1]
     assert abs(head.post.std - expected) <= 1e-5 * expected
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--branch-depth", "3"], "actstat: error: --branch-depth: model.branch_depth: counts "
+     "the layers of a residual branch: set model.block residual (--block residual), or leave "
+     "branch_depth out"),
+    (["run", "--norm-position", "post"], "actstat: error: --norm-position: model.norm_position: "
+     "places a norm layer: set model.norm (--norm layernorm, ...), or leave norm_position out"),
+    (["train", "--heatmap", "1", "--steps", "2"], "actstat: error: --heatmap draws histograms: "
+     "add --hist (or --plot), or leave --heatmap out"),
+])
+def test_an_option_that_does_not_apply_is_refused_with_the_reason(cli, args, message):
+    result = cli(*args, "--depth", "2", code=2)
+    assert result.stderr.strip() == message
+
+
+def test_a_key_that_applies_to_some_compare_scheme_is_accepted(tmp_path):
+    from actstat.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {branch_depth: 3, depth: 2}\ncompare:\n"
+                    "  - {init: kaiming, activation: relu}\n"
+                    "  - {init: kaiming, activation: relu, model: {block: residual}}\n")
+    assert load_config(path).model.branch_depth == 3
