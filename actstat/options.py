@@ -21,6 +21,7 @@ from actstat.records import FLAGS as FLAG_NAMES  # torch-free, like everything i
 from actstat.records import WIDTH_FLAGS
 
 ConfigArg = Annotated[Path | None, typer.Argument(
+    metavar="CONFIG",
     help="YAML config file (default: the built-in defaults, spelled out in configs/default.yaml).",
     show_default=False, dir_okay=False)]
 # a repeated --init/--act adds to the list: `-i kaiming -i xavier` is `-i kaiming,xavier`
@@ -177,6 +178,7 @@ BaselineOutOpt = Annotated[Path, typer.Option(
 
 # check
 TargetArg = Annotated[Path | None, typer.Argument(
+    metavar="TARGET",
     help="A baseline (.json report), or a YAML config for --max-drift / --fail-on alone.",
     show_default=False, dir_okay=False)]
 CheckConfigOpt = Annotated[Path | None, typer.Option(
@@ -215,7 +217,8 @@ JunitOpt = Annotated[Path | None, typer.Option(
 ReportArg = Annotated[Path, typer.Argument(
     help="A JSON report written by run, compare or baseline.", dir_okay=False)]
 FigureOpt = Annotated[Path, typer.Option(
-    "--output", "-o", help="The figure: .png, .svg or .pdf.", dir_okay=False, metavar="FILE")]
+    "--output", "-o", help="The figure: .png, .svg or .pdf.", dir_okay=False, metavar="FILE",
+    rich_help_panel="Output")]
 
 # train
 TrainStepsOpt = Annotated[str | None, typer.Option(
