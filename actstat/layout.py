@@ -20,6 +20,7 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
+WIDE = 16  # a column narrowest at more than this (a user's module names) may stay out alone
 GAP = 2  # cells between two columns: one of padding, one of the (blank) divider
 SPARK_MIN = 8  # a sparkline narrower than this no longer shows a trend
 
@@ -179,12 +180,15 @@ def fit(columns: Sequence[Column], width: int | None, *, title: str | None = Non
                 constants.append(column)
     # a wide column leaving (a user's long module names) can make room for narrower ones that
     # left before it: they come back, the most important (lowest rank) first
+    # (past a wide column that stays out, never past a narrow one: the stated order holds)
     for column in sorted((c for c in columns if all(c is not k for k in (*kept, *constants))),
                          key=lambda c: c.rank):
         trial = [c for c in columns if c is column or any(c is k for k in kept)]
         trial_widths = _widths(trial, width) if widths is not None else None
         if trial_widths is not None:
             kept, widths = trial, trial_widths
+        elif column.narrowest() <= WIDE:
+            break
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, padding=(0, 1, 0, 0), collapse_padding=False)
     cells: list[Sequence[Text]] = []

@@ -215,7 +215,7 @@ def test_wrap_text_breaks_a_module_path_after_a_dot_but_never_a_number():
 
 
 def test_columns_leave_in_rank_order_and_rank_zero_stays():
-    cells = [Text("1.234e+05")] * 3
+    cells = [Text("1.234e+05"), Text("2.345e+05"), Text("3.456e+05")]  # not the same in every row
     spec = [Column("a", cells), Column("b", cells, rank=1), Column("c", cells, rank=3),
             Column("d", cells, rank=2)]
     fitted = fit(spec, 9 * 3 + 2 * 2)
@@ -341,3 +341,15 @@ def test_a_column_that_reads_the_same_in_every_row_leaves_rather_than_a_name_wra
     # where the name fits whole beside it, or nothing would be gained, the column stays
     assert fit([name, value, tolerance], 60).left_out == ()
     assert fit([name, value, tolerance], 20).left_out == ("tolerance (×1.05 in every row)",)
+
+
+def test_a_column_does_not_come_back_past_a_more_important_one_as_narrow():
+    scheme = Column("scheme", [Text("kaiming + relu")], justify="left")
+    gain = Column("gain", [Text("0.92871")], rank=6)  # a cell wider than dead's
+    dead = Column("dead", [Text("20.0%")], rank=7)
+    module = Column("module", [Text("x" * 40)], rank=8)
+    fitted = fit([scheme, gain, dead, module], 14 + 2 + 6)  # dead would fit, gain would not
+    assert fitted.left_out == ("gain", "dead", "module")
+    # a wide column that stays out lets a narrower, less important one back
+    names = Column("module", [Text("x" * 40)], rank=5)  # more important than gain, and wide
+    assert fit([scheme, names, gain], 14 + 2 + 7).left_out == ("module",)
