@@ -82,8 +82,7 @@ class _OneLineErrors(_FittedHelp, _PlainHelpFlag, TyperGroup):
         except Exception as err:  # a bug: exit 3, so CI can tell a crash from a regression (1)
             code = _crashed(err)
         if code == 130:  # Ctrl-C: Typer turns KeyboardInterrupt into exit code 130
-            _say("actstat: interrupted; no output was written (an existing file is as it "
-                       "was)")
+            _say("actstat: interrupted; no output was written (an existing file is as it was)")
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else EXIT_OK)
@@ -151,8 +150,8 @@ def _crashed(err: Exception) -> int:
         traceback.print_exception(err)
     message = str(err).strip().splitlines()
     _say(f"actstat: internal error: {type(err).__name__}"
-               f"{': ' + message[0] if message else ''}"
-               + ("" if _debug else " (run again with --debug for the traceback)"))
+         f"{': ' + message[0] if message else ''}"
+         + ("" if _debug else " (run again with --debug for the traceback)"))
     return EXIT_CRASH
 
 
@@ -392,7 +391,7 @@ def train(
     _figure(report, plot, quiet)
     if _interrupted(report):
         _say("actstat: interrupted; the steps recorded before are shown"
-                   + (f" and written to {output}" if output is not None else ""))
+             + (f" and written to {output}" if output is not None else ""))
         raise typer.Exit(130)
 
 
@@ -768,7 +767,7 @@ def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:
         scheme, index, flag = hits[0]
         # two short lines, not one that an 80-column terminal breaks inside a name
         _say(f"actstat: --fail-on: {len(hits)} flagged layer(s) in {len(schemes)} "
-                   f"scheme(s)\n  first: {scheme}, layer {index}, {flag}")
+             f"scheme(s)\n  first: {scheme}, layer {index}, {flag}")
     raise typer.Exit(EXIT_FLAGGED)
 
 
