@@ -343,7 +343,8 @@ def _labels(option: str, values: list[str]) -> list[Any]:
     chosen = []
     for given in values:
         listed = [name.strip() for name in split_top_level(given)]
-        names(option, ",".join(listed) if all(listed) else given)  # the empty-name errors
+        if not all(listed):
+            names(option, given)  # raises: no name, or an empty one
         try:
             chosen += [parse_label(name) for name in listed]
         except ConfigError as err:
