@@ -630,7 +630,6 @@ def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Conf
             for part in ("init", "activation")})
         for i, scheme in enumerate(config.compare)
     ]
-    _check_applies(config, origin, overrides)
     for i, spec in enumerate(specs["init"]):
         _check_structural(spec, config.model, f"{_origin_of('init', overrides, origin)}: init"
                           + (f"[{i}]" if len(specs["init"]) > 1 else ""))
@@ -638,6 +637,7 @@ def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Conf
         where = _origin_of("compare", overrides, origin)
         model = _scheme_model(config, scheme, f"compare[{i}].model", where, overrides)
         _check_structural(scheme.init, model, f"{where}: compare[{i}].init")
+    _check_applies(config, origin, overrides)
     return config.model_copy(update=specs)
 
 

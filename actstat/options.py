@@ -22,31 +22,30 @@ from actstat.records import WIDTH_FLAGS
 
 ConfigArg = Annotated[Path | None, typer.Argument(
     metavar="CONFIG",
-    help="YAML config file (default: the built-in defaults, spelled out in configs/default.yaml).",
+    help="YAML config file (default: the built-in defaults, as configs/default.yaml).",
     show_default=False, dir_okay=False)]
 # a repeated --init/--act adds to the list: `-i kaiming -i xavier` is `-i kaiming,xavier`
 InitOpt = Annotated[list[str] | None, typer.Option(
     "--init", "-i", metavar="NAME[,NAME...]", show_default=False,
     autocompletion=complete.inits,
     rich_help_panel="Model",
-    help="Init name(s), comma-separated or repeated; with parameters as tables print them: "
+    help="Init name(s), comma-separated or repeated, or as tables print them: "
     "'kaiming(mode=fan_out)' (default kaiming).")]
 ActOpt = Annotated[list[str] | None, typer.Option(
     "--act", "-a", metavar="NAME[,NAME...]", show_default=False,
     autocompletion=complete.activations,
     rich_help_panel="Model",
-    help="Activation name(s), comma-separated or repeated; with parameters as tables print "
-    "them: 'general_relu(subtract=0.5)' (default relu).")]
+    help="Activation(s), comma-separated or repeated, or as tables print them: "
+    "'general_relu(subtract=0.5)' (default relu).")]
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", metavar="FILE.py:FN", show_default=False, rich_help_panel="Model",
-    help="Your own model instead of the built-in MLP: a factory function, as nets.py:make_cnn "
-    "or mypkg.nets:make, or a Hugging Face model by name, built from its config (nothing "
-    "downloaded): hf:gpt2, hf:bert, hf:vit.")]
+    help="Your own model: a factory (nets.py:make_cnn, mypkg.nets:make) or a Hugging Face "
+    "model by name, built offline from its config (hf:gpt2, hf:bert, hf:vit).")]
 # repeated: `--model-arg n_layer=4 --model-arg n_embd=64`
 ModelArgOpt = Annotated[list[str] | None, typer.Option(
     "--model-arg", metavar="KEY=VALUE", show_default=False, rich_help_panel="Model",
-    help="A keyword argument of --model's factory or Hugging Face config (repeat for more): "
-    "n_layer=4. Values read as YAML: numbers, true/false, \\[lists], else text.")]
+    help="A keyword argument of the factory or Hugging Face config, read as YAML (repeat for "
+    "more): n_layer=4.")]
 LayersOpt = Annotated[str | None, typer.Option(
     "--layers", metavar="NAME[,NAME...]", show_default=False, rich_help_panel="Model",
     help="With --model: measure only these modules, by class (Conv2d) or name (blocks.*).")]
@@ -62,7 +61,7 @@ BlockOpt = Annotated[str | None, typer.Option(
     show_default=False, rich_help_panel="Model")]
 BranchDepthOpt = Annotated[str | None, typer.Option(
     "--branch-depth", metavar="INT", show_default=False, rich_help_panel="Model",
-    help="Linear+activation layers per residual branch (default 2).")]
+    help="Layers per residual branch (default 2).")]
 NormOpt = Annotated[str | None, typer.Option(
     "--norm", metavar="NAME", help="none (default), batchnorm, layernorm or rmsnorm.",
     autocompletion=complete.norms,
@@ -80,8 +79,8 @@ BatchOpt = Annotated[str | None, typer.Option(
 DataOpt = Annotated[str | None, typer.Option(
     "--data", metavar="SOURCE", show_default=False, rich_help_panel="Data",
     autocompletion=complete.data_sources,
-    help="mnist (default, bundled), gaussian, tokens (ids, for a --model that starts with an "
-    "Embedding), or a .npy, .npz or .pt file or a directory of MNIST IDX files.")]
+    help="mnist (default, bundled), gaussian, tokens (ids, for a --model with an Embedding), "
+    "or a .npy, .npz or .pt file or MNIST IDX directory.")]
 VocabOpt = Annotated[str | None, typer.Option(
     "--vocab", metavar="INT", show_default=False, rich_help_panel="Data",
     help="--data tokens: ids drawn from \\[0, INT) (default: the hf: model's vocabulary, else "

@@ -81,7 +81,7 @@ def test_help_fits_the_terminal_and_reads_as_paragraphs(cli, name, columns):
 
 def test_run_help_is_short_and_grouped(cli):
     shown = cli("run", "--help", env={"COLUMNS": "80"}).stdout
-    assert len(shown.splitlines()) <= 85
+    assert len(shown.splitlines()) <= 90  # Typer drew 141 (with the hf: options)
     for panel in ("Model", "Data", "Measure", "Output", "CI"):
         assert f"─ {panel} ─" in shown
 
