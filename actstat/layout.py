@@ -222,6 +222,8 @@ def left_out_note(left_out: Sequence[str], width: int | None) -> Text | None:
 # one line, so that a wrapped line never starts with `=` or `→`
 _GLUE = re.compile(r" (=|→|->|×|/|<|>|≤|≥) ")
 _NBSP = "\u00a0"
+# `layer 1`, `step 30`, `3 layers`, `2 values` stay whole
+_NAMED = re.compile(r"\b(layers?|steps?) (?=[\w.-]*\d)|(?<=\d) (?=(?:layers?|steps?|values?)\b)")
 
 
 def wrap_message(text: str, width: int) -> str:
@@ -238,6 +240,7 @@ def wrap_message(text: str, width: int) -> str:
             continue
         indent = line[:len(line) - len(line.lstrip(" "))]
         glued = _GLUE.sub(lambda m: f"{_NBSP}{m.group(1)}{_NBSP}", line.strip(" "))
+        glued = _NAMED.sub(lambda m: f"{m.group(1) or ''}{_NBSP}", glued)
         wrapped = textwrap.wrap(glued, width=max(width, 20), initial_indent=indent,
                                 subsequent_indent=indent + "  ", break_long_words=False,
                                 break_on_hyphens=False)

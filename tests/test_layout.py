@@ -353,3 +353,18 @@ def test_a_column_does_not_come_back_past_a_more_important_one_as_narrow():
     # a wide column that stays out lets a narrower, less important one back
     names = Column("module", [Text("x" * 40)], rank=5)  # more important than gain, and wide
     assert fit([scheme, names, gain], 14 + 2 + 7).left_out == ("module",)
+
+
+@pytest.mark.parametrize("width", [40, 60, 80])
+def test_a_message_wraps_at_words_and_keeps_numbers_with_their_symbols(width):
+    from actstat.layout import wrap_message
+
+    line = ("kaiming + relu: healthy — post std 0.8738 → 0.9149 over 3 layers; grad std layer 1 "
+            "/ layer 3 = 1.059; mean field: critical (χ₁ = 1.031); no flags")
+    wrapped = wrap_message(line, width).split("\n")
+    assert len(wrapped) > 1 and all(len(part) <= width for part in wrapped)
+    assert all(part.startswith("  ") for part in wrapped[1:])  # continuations indented
+    assert " ".join(part.strip() for part in wrapped) == line  # nothing lost or cut
+    for whole in ("(χ₁ = 1.031)", "0.8738 → 0.9149", "3 layers", "layer 1 / layer 3 = 1.059"):
+        assert any(whole in part for part in wrapped), whole
+    assert wrap_message("short", width) == "short"
