@@ -709,10 +709,9 @@ def _emit_coord(report: Any, format: str, output: Path | None, quiet: bool,
     _deliver(format, output, coord_view(report, format), display)
     if quiet or (format == "table" and output is None):
         return
-    typer.echo(verdict_line(report.coord_check), err=True)
+    _say(verdict_line(report.coord_check))
     if output is not None:
-        typer.echo(f"wrote {output} ({format}, coord check of "
-                   f"{len(report.coord_check.widths)} widths)", err=True)
+        _say(f"wrote {output} ({format}, coord check of {len(report.coord_check.widths)} widths)")
 
 
 def _wrote(report: Any, format: str, output: Path | None) -> None:
@@ -779,8 +778,8 @@ def _exit_on_width_flags(report: Any, failing: set[str], quiet: bool) -> None:
         return
     if not quiet:
         layer, flag, step = hits[0]
-        typer.echo(f"actstat: --fail-on: {len(hits)} flagged layer(s)\n  first: layer {layer}, "
-                   f"{flag} from step {step}", err=True)
+        _say(f"actstat: --fail-on: {len(hits)} flagged layer(s)\n  first: layer {layer}, "
+             f"{flag} from step {step}")
     raise typer.Exit(EXIT_FLAGGED)
 
 

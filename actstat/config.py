@@ -1022,6 +1022,7 @@ OPTION_NAMES = {
     "coord_check.lr": "--lr",
     "coord_check.batch_size": "--train-batch",
     "coord_check.width_arg": "--width-arg",
+    "thresholds.width_slope": "--max-slope",
     "model.norm_position": "--norm-position",
     "model.multiplier": "--multiplier",
     "train.every": "--every",

@@ -332,8 +332,6 @@ def _width_list(option: str, value: str) -> Any:
     return [scalar(width) for width in names(option, value)]
 
 
-def _repeated_names(option: str, values: list[str]) -> list[str]:
-    return [name for given in values for name in names(option, given)]
 def _labels(option: str, values: list[str]) -> list[Any]:
     """--init/--act: names, or labels as a table prints them (`general_relu(subtract=0.5)`,
     read back to `{name: general_relu, subtract: 0.5}`), comma-separated or repeated."""
