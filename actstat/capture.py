@@ -106,6 +106,10 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
     nn.Sequential, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
     nn.AlphaDropout,
 )
+# modules that draw random numbers in training mode: measured in eval mode (dropout off), so
+# that one seed gives one set of numbers; the model's other modules keep their mode (BatchNorm in
+# training mode normalises by the batch's own statistics, as it does in training)
+STOCHASTIC: tuple[type[nn.Module], ...] = (nn.modules.dropout._DropoutNd, nn.MultiheadAttention)
 # elements of a tensor reduced at a time on the CPU: a chunk and the scratch it is worked in
 # (4 MiB each in float32) stay in the caches across the ten or so passes of its statistics,
 # where a whole 50 MB feature map came from memory once per pass. 2**18 to 2**20 were within
@@ -995,11 +999,15 @@ class Probe:
 
 @contextmanager
 def preserved(model: nn.Module, inputs: Any, grads: bool = True) -> Iterator[None]:
-    """Leaves the model as it was: `training` (every module's), buffers (a forward in train mode
+    """Dropout off for the pass (`STOCHASTIC` modules in eval mode), and the model left as it
+    was: `training` (every module's), buffers (a forward in train mode
     moves BatchNorm's running statistics), and (`grads`: for a pass with a backward) the `.grad`
     of every parameter and input tensor, which are set aside so that the pass's backward
     accumulates into fresh tensors."""
     modes = [(m, m.training) for m in model.modules()]
+    for module, _ in modes:  # dropout measured off, BatchNorm left as it is (docs/models.md)
+        if module.training and isinstance(module, STOCHASTIC):
+            module.training = False
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     leaves = (list(model.parameters()) + [t for t in _tensors(inputs) if t.requires_grad]
               if grads else [])

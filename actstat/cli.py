@@ -38,11 +38,24 @@ class _PlainHelpFlag:
         return params
 
 
-class _Command(_PlainHelpFlag, TyperCommand):
+class _FittedHelp:
+    """--help drawn by actstat/helpview.py: fitted to the terminal, options in panels."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from rich.console import Console
+
+        from actstat.helpview import help_renderables
+
+        console = Console(highlight=False, soft_wrap=False)
+        for renderable in help_renderables(self, ctx, console.width):
+            console.print(renderable)
+
+
+class _Command(_FittedHelp, _PlainHelpFlag, TyperCommand):
     pass
 
 
-class _OneLineErrors(_PlainHelpFlag, TyperGroup):
+class _OneLineErrors(_FittedHelp, _PlainHelpFlag, TyperGroup):
     """Typer's group, with usage errors (unknown option, missing value) as one line on stderr."""
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
@@ -53,7 +66,7 @@ class _OneLineErrors(_PlainHelpFlag, TyperGroup):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except ActstatError as err:  # a user's mistake that no command caught: still one line
-            typer.echo(f"actstat: error: {err}", err=True)
+            _say(f"actstat: error: {err}")
             code = EXIT_USAGE
         except typer.TyperException as err:  # Typer's usage errors: bad option, missing value
             ctx = getattr(err, "ctx", None)
@@ -62,16 +75,14 @@ class _OneLineErrors(_PlainHelpFlag, TyperGroup):
                 code = EXIT_OK
             else:
                 path = ctx.command_path if ctx is not None else "actstat"
-                typer.echo(f"{path}: error: {err.format_message()} (see '{path} --help')",
-                           err=True)
+                _say(f"{path}: error: {_usage_message(err)} (see '{path} --help')")
                 code = getattr(err, "exit_code", EXIT_USAGE)
         except typer.Abort:
             code = 130
         except Exception as err:  # a bug: exit 3, so CI can tell a crash from a regression (1)
             code = _crashed(err)
         if code == 130:  # Ctrl-C: Typer turns KeyboardInterrupt into exit code 130
-            typer.echo("actstat: interrupted; no output was written (an existing file is as it "
-                       "was)", err=True)
+            _say("actstat: interrupted; no output was written (an existing file is as it was)")
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else EXIT_OK)
@@ -80,11 +91,55 @@ class _OneLineErrors(_PlainHelpFlag, TyperGroup):
 app = typer.Typer(
     name="actstat",
     cls=_OneLineErrors,
-    help="Per-layer activation statistics of an MLP: does your init keep the signal alive?",
+    help="Per-layer activation statistics of a neural network (the built-in MLP or your own "
+    "PyTorch model): does your init keep the signal alive?",
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
 )
+
+
+def _usage_message(err: Any) -> str:
+    """Click's message, but an unknown option suggests the one option it most looks like (not
+    Click's three loosest matches: `--dept` is `--depth`, not `--plot` or `--wide`)."""
+    name = getattr(err, "option_name", None)
+    if type(err).__name__ != "NoSuchOption" or not name:
+        return err.format_message()
+    from actstat.registry import closest
+
+    ctx = getattr(err, "ctx", None)
+    known = [option for param in (ctx.command.get_params(ctx) if ctx is not None else [])
+             for option in (*param.opts, *param.secondary_opts) if option.startswith("--")]
+    group = ctx.parent.command if ctx is not None and ctx.parent is not None else None
+    elsewhere = [command for command, cmd in getattr(group, "commands", {}).items()
+                 if any(name in (*param.opts, *param.secondary_opts)
+                        for param in cmd.params)] if ctx is not None else []
+    if elsewhere:
+        return (f"{ctx.info_name} has no option {name} (it is an option of "
+                f"{', '.join(elsewhere)})")
+    guess = closest(name, known)
+    return f"no such option {name}" + (f" (did you mean {guess}?)" if guess else "")
+
+
+def _say(message: str) -> None:
+    """A message on stderr; on a terminal, wrapped at word boundaries to its width (the terminal
+    would break it inside a number or a name); in a pipe or a CI log, as it is."""
+    if sys.stderr.isatty():
+        from actstat.layout import wrap_message
+
+        message = wrap_message(message, _width(sys.stderr))
+    typer.echo(message, err=True)
+
+
+def _width(stream: Any) -> int:
+    """The width of the terminal `stream` writes to (COLUMNS first, as Rich reads it)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 80
 
 
 def _crashed(err: Exception) -> int:
@@ -94,9 +149,9 @@ def _crashed(err: Exception) -> int:
 
         traceback.print_exception(err)
     message = str(err).strip().splitlines()
-    typer.echo(f"actstat: internal error: {type(err).__name__}"
-               f"{': ' + message[0] if message else ''}"
-               + ("" if _debug else " (run again with --debug for the traceback)"), err=True)
+    _say(f"actstat: internal error: {type(err).__name__}"
+         f"{': ' + message[0] if message else ''}"
+         + ("" if _debug else " (run again with --debug for the traceback)"))
     return EXIT_CRASH
 
 
@@ -128,7 +183,7 @@ def _root(
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"actstat: error: {message}", err=True)
+    _say(f"actstat: error: {message}")
     return typer.Exit(EXIT_USAGE)
 
 
@@ -230,9 +285,9 @@ def baseline(
     _guarded(write_atomic, output, to_json(report))
     if not quiet:
         for scheme in report.runs:
-            typer.echo(verdict_line(scheme, report), err=True)
+            _say(verdict_line(scheme, report))
         layers = sum(len(run.layers) for run in report.runs)
-        typer.echo(f"wrote {output} ({len(report.runs)} scheme(s), {layers} layers)", err=True)
+        _say(f"wrote {output} ({len(report.runs)} scheme(s), {layers} layers)")
 
 
 @app.command(cls=_Command)
@@ -280,6 +335,8 @@ def check(
     report = _measured_for_check(plan, quiet=quiet, force=force, no_color=no_color)
     result = checking.evaluate(plan, report)
     _guarded(_emit_check, result, format, output, junit_xml, Display(wide, no_color))
+    for note in () if quiet else plan.notes:  # after the table, where the README shows them
+        _say(note)
     _check_verdict(plan, result, report, quiet)
 
 
@@ -301,7 +358,7 @@ def train(
     heatmap: opt.HeatOpt = None,
     plot: opt.PlotOpt = None,
     tensorboard: opt.TensorBoardOpt = None,
-    format: opt.FormatOpt = "table",
+    format: opt.TrainFormatOpt = "table",
     output: opt.OutputOpt = None,
     force: opt.ForceOpt = False,
     quiet: opt.QuietOpt = False,
@@ -325,14 +382,16 @@ def train(
     if format not in TRAIN_FORMATS:
         raise _fail(f"--format: train writes {' or '.join(TRAIN_FORMATS)}, not {format!r}")
     resolved = _resolved(config, _overrides(ctx, plot), (output,), plot)
+    heat = _guarded(opt.names, "--heatmap", heatmap) if heatmap else None
+    if heat and not resolved.hist:  # before training: a refusal costs no run
+        raise _fail("--heatmap draws histograms: add --hist (or --plot), or leave --heatmap out")
     report = located(_trained(resolved, tensorboard, quiet=quiet, force=force,
                               no_color=no_color), config, output)
-    heat = _guarded(opt.names, "--heatmap", heatmap) if heatmap else None
     _guarded(_emit_training, report, format, output, quiet, Display(wide, no_color), heat)
     _figure(report, plot, quiet)
     if _interrupted(report):
-        typer.echo("actstat: interrupted; the steps recorded before are shown"
-                   + (f" and written to {output}" if output is not None else ""), err=True)
+        _say("actstat: interrupted; the steps recorded before are shown"
+             + (f" and written to {output}" if output is not None else ""))
         raise typer.Exit(130)
 
 
@@ -478,7 +537,7 @@ def _profile_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool
         from actstat.render import lsuv_warnings
 
         for line in lsuv_warnings(report):
-            typer.echo(f"actstat: warning: {line}", err=True)
+            _say(f"actstat: warning: {line}")
     return report
 
 
@@ -570,17 +629,15 @@ def _progress(no_color: bool, loss: bool = False) -> Any:
 
 
 def _measured_for_check(plan: Any, *, quiet: bool, force: bool, no_color: bool) -> Any:
-    """The check's notes on stderr, then its config measured, or trained again for a training
-    baseline (Ctrl-C there: nothing is compared, exit 130)."""
-    for note in () if quiet else plan.notes:
-        typer.echo(note, err=True)
+    """The check's config measured, or trained again for a training baseline (Ctrl-C there:
+    nothing is compared, exit 130)."""
     if plan.coord:
         return _coord_checked(plan.config, None, quiet=quiet, no_color=no_color)
     if not plan.training:
         return _profile_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
     report = _train_resolved(plan.config, quiet=quiet, force=force, no_color=no_color)
     if _interrupted(report):
-        typer.echo("actstat: interrupted; nothing was compared", err=True)
+        _say("actstat: interrupted; nothing was compared")
         raise typer.Exit(130)
     return report
 
@@ -604,9 +661,9 @@ def _emit(report: Any, format: str, output: Path | None, quiet: bool,
     if quiet or (format == "table" and output is None):
         return
     if precision_note(report):
-        typer.echo(precision_note(report), err=True)
+        _say(precision_note(report))
     for scheme in report.runs:
-        typer.echo(verdict_line(scheme, report), err=True)
+        _say(verdict_line(scheme, report))
     _wrote(report, format, output)
 
 
@@ -640,7 +697,7 @@ def _emit_training(report: Any, format: str, output: Path | None, quiet: bool,
         return
     for run in report.runs:
         if run.trajectory is not None:
-            typer.echo(summary_line(run), err=True)
+            _say(summary_line(run))
     _wrote(report, format, output)
 
 
@@ -652,15 +709,14 @@ def _emit_coord(report: Any, format: str, output: Path | None, quiet: bool,
     _deliver(format, output, coord_view(report, format), display)
     if quiet or (format == "table" and output is None):
         return
-    typer.echo(verdict_line(report.coord_check), err=True)
+    _say(verdict_line(report.coord_check))
     if output is not None:
-        typer.echo(f"wrote {output} ({format}, coord check of "
-                   f"{len(report.coord_check.widths)} widths)", err=True)
+        _say(f"wrote {output} ({format}, coord check of {len(report.coord_check.widths)} widths)")
 
 
 def _wrote(report: Any, format: str, output: Path | None) -> None:
     if output is not None:
-        typer.echo(f"wrote {output} ({format}, {len(report.runs)} scheme(s))", err=True)
+        _say(f"wrote {output} ({format}, {len(report.runs)} scheme(s))")
 
 
 def _deliver(format: str, output: Path | None, view: Any, display: Display) -> None:
@@ -692,7 +748,7 @@ def _figure(report: Any, path: Path | None, quiet: bool) -> None:
 
     _guarded(draw, report, path)
     if not quiet:
-        typer.echo(f"wrote {path} (figure)", err=True)
+        _say(f"wrote {path} (figure)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -709,8 +765,8 @@ def _exit_on_flags(report: Any, failing: set[str], quiet: bool) -> None:
         schemes = sorted({scheme for scheme, _, _ in hits})
         scheme, index, flag = hits[0]
         # two short lines, not one that an 80-column terminal breaks inside a name
-        typer.echo(f"actstat: --fail-on: {len(hits)} flagged layer(s) in {len(schemes)} "
-                   f"scheme(s)\n  first: {scheme}, layer {index}, {flag}", err=True)
+        _say(f"actstat: --fail-on: {len(hits)} flagged layer(s) in {len(schemes)} "
+             f"scheme(s)\n  first: {scheme}, layer {index}, {flag}")
     raise typer.Exit(EXIT_FLAGGED)
 
 
@@ -722,8 +778,8 @@ def _exit_on_width_flags(report: Any, failing: set[str], quiet: bool) -> None:
         return
     if not quiet:
         layer, flag, step = hits[0]
-        typer.echo(f"actstat: --fail-on: {len(hits)} flagged layer(s)\n  first: layer {layer}, "
-                   f"{flag} from step {step}", err=True)
+        _say(f"actstat: --fail-on: {len(hits)} flagged layer(s)\n  first: layer {layer}, "
+             f"{flag} from step {step}")
     raise typer.Exit(EXIT_FLAGGED)
 
 
@@ -741,11 +797,11 @@ def _check_verdict(plan: Any, result: Any, report: Any, quiet: bool) -> None:
         if not quiet:
             changed = (f"{len(result.drifts)} value(s) were out of tolerance" if result.drifts
                        else "all values were within tolerance")
-            typer.echo(f"actstat: updated {target} with the new values ({changed})", err=True)
+            _say(f"actstat: updated {target} with the new values ({changed})")
         return
     if not result.passed:
         for line in check_failure_lines(result):
-            typer.echo(f"actstat: {line}" if not line.startswith(" ") else line, err=True)
+            _say(f"actstat: {line}" if not line.startswith(" ") else line)
         raise typer.Exit(EXIT_FLAGGED)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -20,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -79,10 +81,13 @@ class ModelConfig(_Section):
 
     @field_validator("layers")
     @classmethod
-    def _some_layers(cls, layers: list[str] | None) -> list[str] | None:
+    def _some_layers(cls, layers: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if layers is not None and not layers:
             raise ValueError("an empty list selects nothing: leave layers out to measure the "
                              "default layers")
+        if layers is not None and info.data.get("factory") is None and "factory" in info.data:
+            raise ValueError("selects modules of your own model (--model, model.factory); the "
+                             "built-in MLP is measured whole: leave layers out, or give a model")
         return layers
 
     @field_validator("width")
@@ -572,7 +577,7 @@ def load_config(path: Path | str | None = None, overrides: Mapping[str, Any] | N
             _set_dotted(raw, dotted, value)
     origin = str(path) if path is not None else "defaults"
     if path is not None:
-        raw = _anchor_factory_path(_anchor_data_path(raw, path.parent), path.parent)
+        raw = anchored(raw, path.parent)
     return config_from_dict(raw, origin, overrides, default_schemes=default_schemes)
 
 
@@ -586,6 +591,7 @@ def config_from_dict(raw: Mapping[str, Any], origin: str,
     for section in ("init", "activation"):
         if section in overrides:
             overrides[section] = _named_from(raw.get(section), overrides[section], section)
+    raw = _labels_read(raw, origin)
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
     raw = _named_model_data(raw, origin, overrides)
@@ -631,6 +637,7 @@ def _resolved(config: Config, origin: str, overrides: Mapping[str, Any]) -> Conf
         where = _origin_of("compare", overrides, origin)
         model = _scheme_model(config, scheme, f"compare[{i}].model", where, overrides)
         _check_structural(scheme.init, model, f"{where}: compare[{i}].init")
+    _check_applies(config, origin, overrides)
     return config.model_copy(update=specs)
 
 
@@ -656,6 +663,21 @@ def _scheme_model(config: Config, scheme: SchemeSpec, key: str, where: str,
         source = f"{where} with {', '.join(OPTION_NAMES.get(k, k) for k in sorted(given))}" \
             if given and not err.errors()[0]["loc"] else where
         raise ConfigError(_one_line(err, ModelConfig, source, {}, prefix=key)) from None
+
+
+def _check_applies(config: Config, origin: str, overrides: Mapping[str, Any]) -> None:
+    """A model key that describes a part no scheme's model has (a residual branch's depth with
+    plain blocks only, a norm's position without a norm) is refused, not ignored."""
+    models = [config.model, *(config.scheme_model(scheme) for scheme in config.compare)]
+    defaults = ModelConfig.model_fields
+    for key, needs, part in (("branch_depth", lambda m: m.block == "residual",
+                              "counts the layers of a residual branch: set model.block residual "
+                              "(--block residual)"),
+                             ("norm_position", lambda m: m.norm != "none",
+                              "places a norm layer: set model.norm (--norm layernorm, ...)")):
+        if getattr(config.model, key) != defaults[key].default and not any(map(needs, models)):
+            where = _origin_of(f"model.{key}", overrides, origin)
+            raise ConfigError(f"{where}: model.{key}: {part}, or leave {key} out")
 
 
 def _check_structural(spec: InitSpec, model: ModelConfig, where: str) -> None:
@@ -712,6 +734,43 @@ def check_data_source(config: Config) -> None:
                 stream.read(1)
     except OSError as err:
         raise DataError(f"data '{source}': cannot read ({err.strerror})") from None
+
+
+def anchored(raw: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """A config's relative file paths (data.source, model.factory's file) taken relative to
+    `base`, the config file's directory, as `load_config` reads them."""
+    return _anchor_factory_path(_anchor_data_path(dict(raw), base), base)
+
+
+def config_paths(raw: Mapping[str, Any]) -> dict[str, str]:
+    """The file paths a config names: {"data.source": ..., "model.factory": the file of a
+    `file.py:factory`} (named sources and module factories are not paths)."""
+    from actstat.errors import ModelSourceError
+    from actstat.sources import parse
+
+    paths = {}
+    source = (raw.get("data") or {}).get("source")
+    if isinstance(source, str) and source not in DATA_SOURCES:
+        paths["data.source"] = source
+    factory = (raw.get("model") or {}).get("factory")
+    if isinstance(factory, str):
+        try:
+            spec = parse(factory)
+        except ModelSourceError:
+            spec = None
+        if spec is not None and spec.path is not None:
+            paths["model.factory"] = str(spec.path)
+    return paths
+
+
+def with_paths(raw: Mapping[str, Any], rewrite: Any) -> dict[str, Any]:
+    """The config with each file path it names (`config_paths`) replaced by `rewrite(path)`."""
+    raw = copy.deepcopy(dict(raw))
+    for key, path in config_paths(raw).items():
+        section, field = key.split(".")
+        value = raw[section][field]
+        raw[section][field] = value.replace(path, rewrite(path), 1)
+    return raw
 
 
 def _anchor_data_path(raw: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -774,6 +833,32 @@ def _has_dotted(raw: Mapping[str, Any], dotted: str) -> bool:
             return False
         node = node[key]
     return True
+def _labels_read(raw: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Init and activation entries written as tables print them (`general_relu(subtract=0.5)`)
+    as the mappings they stand for, validated from there on as any entry is."""
+    from actstat.registry import parse_label
+
+    def read(entry: Any, key: str) -> Any:
+        if not isinstance(entry, str):
+            return entry
+        try:
+            return parse_label(entry)
+        except ConfigError as err:
+            raise ConfigError(f"{origin}: {key}: {err}") from None
+
+    raw = dict(raw)
+    for section in ("init", "activation"):
+        entries = raw.get(section)
+        if isinstance(entries, list):
+            raw[section] = [read(entry, f"{section}[{i}]") for i, entry in enumerate(entries)]
+        elif entries is not None:
+            raw[section] = read(entries, section)
+    if isinstance(raw.get("compare"), list):
+        raw["compare"] = [
+            {**scheme, **{part: read(scheme[part], f"compare[{i}].{part}")
+                          for part in ("init", "activation") if part in scheme}}
+            if isinstance(scheme, Mapping) else scheme for i, scheme in enumerate(raw["compare"])]
+    return raw
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -937,6 +1022,14 @@ OPTION_NAMES = {
     "coord_check.lr": "--lr",
     "coord_check.batch_size": "--train-batch",
     "coord_check.width_arg": "--width-arg",
+    "thresholds.width_slope": "--max-slope",
+    "model.norm_position": "--norm-position",
+    "model.multiplier": "--multiplier",
+    "train.every": "--every",
+    "train.momentum": "--momentum",
+    "train.warmup": "--warmup",
+    "train.batch_size": "--train-batch",
+    "train.optimizer": "--optimizer",
 }
 
 
@@ -948,7 +1041,8 @@ def _one_line(err: ValidationError, model: type[BaseModel], origin: str,
               overrides: Mapping[str, Any], kind: str = "", prefix: str = "") -> str:
     """The first error as `origin: key: problem (got value)`, plus how many more there are."""
     # an unknown key usually explains a missing one (a typo): report it first
-    errors = sorted(err.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+    errors = sorted(_union_arms_merged(err.errors(include_url=False), model, kind),
+                    key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
     loc = tuple(first["loc"])
     key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
@@ -956,15 +1050,71 @@ def _one_line(err: ValidationError, model: type[BaseModel], origin: str,
     where = origin
     for dotted in overrides:
         if key == dotted or key.startswith(dotted + ".") or key.startswith(dotted + "["):
-            where = OPTION_NAMES.get(dotted, dotted)
+            where = OPTION_NAMES.get(dotted, origin)
     inside = [OPTION_NAMES.get(d, d) for d in overrides if not key or d.startswith(key + ".")]
     if inside:  # a rule across keys, broken by options: name every source
         where = f"{origin} with {', '.join(inside)}" if origin != "defaults" else ", ".join(inside)
-    problem = _problem(first, model, loc, kind)
+    problem = first.get("problem") or _problem(first, model, loc, kind)
     quiet = first["type"] in ("extra_forbidden", "missing") or isinstance(first["input"], Mapping)
     got = "" if quiet else f" (got {_show(first['input'])})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {key + ': ' if key else ''}{problem}{got}{more}"
+
+
+def _union_arms_merged(errors: list[Any], model: type[BaseModel], kind: str) -> list[Any]:
+    """pydantic's errors with the arms of a union (`width: int | list[int]`) told as one: the
+    arm tag left out of the key, the arm that got furthest into the value kept (`--width 100,x`:
+    `model.width[1]: must be a whole number (got 'x')`), arms that failed at once merged (`must be
+    a whole number or a list`)."""
+    merged: dict[tuple, list[Any]] = {}
+    plain = []
+    for error in errors:
+        loc, tag_at = _without_union_tags(model, tuple(error["loc"]))
+        error = {**error, "loc": loc}
+        if tag_at is None:
+            plain.append(error)
+        else:
+            merged.setdefault(loc[:tag_at], []).append(error)
+    for arms in merged.values():
+        deepest = max(len(arm["loc"]) for arm in arms)
+        kept = [arm for arm in arms if len(arm["loc"]) == deepest]
+        if len(kept) > 1 and len({arm["loc"] for arm in kept}) == 1:
+            problems = [_problem(arm, model, arm["loc"], kind) for arm in kept]
+            text = problems[0] + "".join(
+                f" or {p.removeprefix('must be ')}" for p in problems[1:] if p != problems[0])
+            kept = [{**kept[0], "problem": text}]
+        plain += kept
+    return plain
+
+
+def _without_union_tags(model: type[BaseModel], loc: tuple) -> tuple[tuple, int | None]:
+    """`loc` without the tags pydantic puts in it for the arm of a union it tried, and where the
+    first tag was (None: none)."""
+    current: Any = model
+    kept: list[Any] = []
+    tag_at = None
+    for part in loc:
+        while get_origin(current) is Annotated:
+            current = get_args(current)[0]
+        arms = [arg for arg in get_args(current) if arg is not type(None)] \
+            if get_origin(current) in (Union, types.UnionType) else []
+        if len(arms) > 1 and isinstance(part, str):
+            tag_at = len(kept) if tag_at is None else tag_at
+            current = next((arm for arm in arms if _arm_tag(arm) == part), None)
+            continue
+        kept.append(part)
+        if isinstance(part, int):
+            current = get_args(current)[0] if get_origin(current) is list else None
+        elif isinstance(current, type) and issubclass(current, BaseModel) \
+                and part in current.model_fields:
+            current = current.model_fields[part].annotation
+        else:
+            current = None
+    return tuple(kept), tag_at
+
+
+def _arm_tag(arm: Any) -> str:
+    return arm.__name__ if isinstance(arm, type) else str(arm)
 
 
 def validation_message(err: ValidationError, model: type[BaseModel], origin: str) -> str:

@@ -6,6 +6,7 @@ Usage mistakes raise an ActstatError; only the CLI prints and chooses the exit c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,7 +25,14 @@ from actstat.check import (
     drift_bound,
     headless,
 )
-from actstat.config import COORD_CHECK_DEPTH, config_from_dict, load_config
+from actstat.config import (
+    COORD_CHECK_DEPTH,
+    anchored,
+    config_from_dict,
+    config_paths,
+    load_config,
+    with_paths,
+)
 from actstat.errors import ActstatError
 from actstat.pipeline import schemes
 from actstat.records import API_SOURCE, DEAD_BY_FLOOR_VERSION
@@ -93,7 +101,9 @@ def plan(request: CheckRequest) -> CheckPlan:
                            "FILE.py:FACTORY` to check it here")
     if base.coord_check is not None:
         return _coord_plan(request, base, target)
-    own = config_from_dict(base.config, str(target))
+    recorded = config_file_of(base, target)
+    stored = _stored_config(base.config, recorded)
+    own = config_from_dict(stored, str(target))
     interrupted = [run for run in base.runs
                    if run.trajectory is not None and run.trajectory.stopped == "interrupted"]
     if interrupted:
@@ -115,7 +125,6 @@ def plan(request: CheckRequest) -> CheckPlan:
                      f"{base.schema_version}), it holds no head row: the hidden layers are "
                      "compared; `actstat baseline` again to hold the head to it too")
     config_path = request.config
-    recorded = config_file_of(base, target)
     if config_path is None and recorded is not None and not request.stored_config:
         if recorded.is_file():
             config_path = recorded
@@ -125,10 +134,11 @@ def plan(request: CheckRequest) -> CheckPlan:
     if config_path is not None:
         resolved = load_config(config_path, overrides)
     else:
-        resolved = config_from_dict(base.config, str(target), overrides)
+        resolved = config_from_dict(stored, str(target), overrides)
     # against the baseline's config as read today (`own`): a key added since it was written
-    # (data.vocab in a schema 1 report) is at its default on both sides, not a change
-    changes = tuple(config_changes(own.model_dump(mode="json"), resolved.model_dump(mode="json")))
+    # (data.vocab in a schema 1 report) is at its default on both sides, not a change; file
+    # paths compared as the files they name (`sub/nets.py` and `/abs/sub/nets.py` are one)
+    changes = _changes(own, resolved)
     source = (f"{config_path}" if config_path is not None
               else f"the config stored in {target}")
     if changes:
@@ -152,10 +162,11 @@ def _coord_plan(request: CheckRequest, base: Report, target: Path) -> CheckPlan:
     if request.max_drift is not None:
         raise ActstatError("--max-drift bounds a run's layers; a coord check's baseline is "
                            "checked on its slopes (check.slope_atol)")
-    own = config_from_dict(base.config, str(target))
+    recorded = config_file_of(base, target)
+    stored = _stored_config(base.config, recorded)
+    own = config_from_dict(stored, str(target))
     notes: list[str] = []
     config_path = request.config
-    recorded = config_file_of(base, target)
     if config_path is None and recorded is not None and not request.stored_config:
         if recorded.is_file():
             config_path = recorded
@@ -167,8 +178,8 @@ def _coord_plan(request: CheckRequest, base: Report, target: Path) -> CheckPlan:
         resolved = load_config(config_path, overrides,
                                defaults={"model.depth": COORD_CHECK_DEPTH})
     else:
-        resolved = config_from_dict(base.config, str(target), overrides)
-    changes = tuple(config_changes(own.model_dump(mode="json"), resolved.model_dump(mode="json")))
+        resolved = config_from_dict(stored, str(target), overrides)
+    changes = _changes(own, resolved)
     if changes:
         source = f"{config_path}" if config_path is not None else f"the config stored in {target}"
         notes.append(f"actstat: checking {source}: {len(changes)} change(s) against the "
@@ -191,6 +202,29 @@ def _coord_result(plan: CheckPlan, report: Report) -> CheckResult:
         updated=plan.request.update and not flagged,
         trajectory_compared=compared, trajectory_metrics=("slope",),
         steps_changes=tuple(changes), trained=True, coord=True)
+
+
+def _stored_config(config: Mapping[str, Any], recorded: Path | None) -> dict[str, Any]:
+    """A baseline's stored config with its file paths taken relative to its config file's
+    directory, as they are stored (`report.located`); a baseline from before, which stored them
+    relative to the working directory where it was made, as it is when they name files here."""
+    if recorded is None:
+        return dict(config)
+    now = anchored(config, recorded.parent)
+    before, after = config_paths(config), config_paths(now)
+    if any(Path(before[key]).exists() and not Path(after[key]).exists() for key in before):
+        return dict(config)
+    return now
+
+
+def _changes(own: Any, resolved: Any) -> tuple[str, ...]:
+    """`key: old → new` for every config key that differs, as the two configs spell it; file
+    paths compared as the files they name (`sub/nets.py` and `/abs/sub/nets.py` are one)."""
+    before, after = own.model_dump(mode="json"), resolved.model_dump(mode="json")
+    changed = {change.split(": ", 1)[0] for change in config_changes(
+        with_paths(before, os.path.abspath), with_paths(after, os.path.abspath))}
+    return tuple(change for change in config_changes(before, after)
+                 if change.split(": ", 1)[0] in changed)
 
 
 def evaluate(plan: CheckPlan, report: Report) -> CheckResult:

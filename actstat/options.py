@@ -15,79 +15,99 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from actstat import completion as complete  # torch-free: a TAB answers at once
 from actstat.errors import ConfigError
 from actstat.records import FLAGS as FLAG_NAMES  # torch-free, like everything imported here
 from actstat.records import WIDTH_FLAGS
 
 ConfigArg = Annotated[Path | None, typer.Argument(
-    help="YAML config file (default: the built-in defaults, spelled out in configs/default.yaml).",
+    metavar="CONFIG",
+    help="YAML config file (default: the built-in defaults, as configs/default.yaml).",
     show_default=False, dir_okay=False)]
 # a repeated --init/--act adds to the list: `-i kaiming -i xavier` is `-i kaiming,xavier`
 InitOpt = Annotated[list[str] | None, typer.Option(
     "--init", "-i", metavar="NAME[,NAME...]", show_default=False,
-    help="Init name(s), comma-separated or repeated: kaiming,lecun,randn.")]
+    autocompletion=complete.inits,
+    rich_help_panel="Model",
+    help="Init name(s), comma-separated or repeated, or as tables print them: "
+    "'kaiming(mode=fan_out)' (default kaiming).")]
 ActOpt = Annotated[list[str] | None, typer.Option(
     "--act", "-a", metavar="NAME[,NAME...]", show_default=False,
-    help="Activation name(s), comma-separated or repeated: relu,tanh.")]
+    autocompletion=complete.activations,
+    rich_help_panel="Model",
+    help="Activation(s), comma-separated or repeated, or as tables print them: "
+    "'general_relu(subtract=0.5)' (default relu).")]
 ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", metavar="FILE.py:FN", show_default=False,
-    help="Profile your own model instead of the built-in MLP: a factory function in a file "
-    "or a module, e.g. nets.py:make_cnn or mypkg.nets:make, or a Hugging Face model by name, "
-    "built from its config (nothing downloaded): hf:gpt2, hf:bert, hf:vit.")]
+    "--model", "-m", metavar="FILE.py:FN", show_default=False, rich_help_panel="Model",
+    help="Your own model: a factory (nets.py:make_cnn, mypkg.nets:make) or a Hugging Face "
+    "model by name, built offline from its config (hf:gpt2, hf:bert, hf:vit).")]
 # repeated: `--model-arg n_layer=4 --model-arg n_embd=64`
 ModelArgOpt = Annotated[list[str] | None, typer.Option(
-    "--model-arg", metavar="KEY=VALUE", show_default=False,
-    help="A keyword argument of --model's factory or Hugging Face config (repeat for more): "
-    "n_layer=4. Values read as YAML: numbers, true/false, \\[lists], else text.")]
+    "--model-arg", metavar="KEY=VALUE", show_default=False, rich_help_panel="Model",
+    help="A keyword argument of the factory or Hugging Face config, read as YAML (repeat for "
+    "more): n_layer=4.")]
 LayersOpt = Annotated[str | None, typer.Option(
-    "--layers", metavar="NAME[,NAME...]", show_default=False,
-    help="With --model: measure only these modules: classes (Conv2d) or name patterns "
-    "(blocks.*).")]
+    "--layers", metavar="NAME[,NAME...]", show_default=False, rich_help_panel="Model",
+    help="With --model: measure only these modules, by class (Conv2d) or name (blocks.*).")]
 DepthOpt = Annotated[str | None, typer.Option(
-    "--depth", "-d", metavar="INT", help="Hidden Linear+activation blocks.", show_default=False)]
+    "--depth", "-d", metavar="INT", help="Hidden Linear+activation blocks (default 20).",
+    show_default=False, rich_help_panel="Model")]
 WidthOpt = Annotated[str | None, typer.Option(
-    "--width", "-w", metavar="INT[,INT...]", help="Hidden width, or one per layer.",
-    show_default=False)]
+    "--width", "-w", metavar="INT[,INT...]", help="Hidden width, or one per layer (default 100).",
+    show_default=False, rich_help_panel="Model")]
 BlockOpt = Annotated[str | None, typer.Option(
-    "--block", metavar="KIND", help="plain or residual (x + branch(x)).", show_default=False)]
+    "--block", metavar="KIND", help="plain (default) or residual (x + branch(x)).",
+    autocompletion=complete.blocks,
+    show_default=False, rich_help_panel="Model")]
 BranchDepthOpt = Annotated[str | None, typer.Option(
-    "--branch-depth", metavar="INT", help="Linear+activation layers per residual branch.",
-    show_default=False)]
+    "--branch-depth", metavar="INT", show_default=False, rich_help_panel="Model",
+    help="Layers per residual branch (default 2).")]
 NormOpt = Annotated[str | None, typer.Option(
-    "--norm", metavar="NAME", help="none, batchnorm, layernorm or rmsnorm.",
-    show_default=False)]
+    "--norm", metavar="NAME", help="none (default), batchnorm, layernorm or rmsnorm.",
+    autocompletion=complete.norms,
+    show_default=False, rich_help_panel="Model")]
 NormPositionOpt = Annotated[str | None, typer.Option(
-    "--norm-position", metavar="WHERE", show_default=False,
-    help="pre (before each branch or activation, default) or post (after the add).")]
+    "--norm-position", metavar="WHERE", show_default=False, rich_help_panel="Model",
+    autocompletion=complete.norm_positions,
+    help="pre (default: before each branch or activation) or post (after the add).")]
 MultiplierOpt = Annotated[str | None, typer.Option(
-    "--multiplier", metavar="FLOAT", show_default=False,
-    help="Residual: each branch's learnable scalar α starts here (0: ReZero's start).")]
+    "--multiplier", metavar="FLOAT", show_default=False, rich_help_panel="Model",
+    help="Residual: each branch's learnable scalar α starts here (0: ReZero).")]
 BatchOpt = Annotated[str | None, typer.Option(
-    "--batch-size", "-b", metavar="INT", help="Samples in the batch.", show_default=False)]
+    "--batch-size", "-b", metavar="INT", help="Samples in the batch (default 1000).",
+    show_default=False, rich_help_panel="Data")]
 DataOpt = Annotated[str | None, typer.Option(
-    "--data", metavar="SOURCE", show_default=False,
-    help="mnist, gaussian, or a path (.npy, .npz, .pt, a directory of MNIST IDX files).")]
+    "--data", metavar="SOURCE", show_default=False, rich_help_panel="Data",
+    autocompletion=complete.data_sources,
+    help="mnist (default, bundled), gaussian, tokens (ids, for a --model with an Embedding), "
+    "or a .npy, .npz or .pt file or MNIST IDX directory.")]
 VocabOpt = Annotated[str | None, typer.Option(
-    "--vocab", metavar="INT", show_default=False,
-    help="--data tokens: ids drawn from [0, INT) (default: the hf: model's vocabulary, else "
+    "--vocab", metavar="INT", show_default=False, rich_help_panel="Data",
+    help="--data tokens: ids drawn from \\[0, INT) (default: the hf: model's vocabulary, else "
     "1000).")]
 LengthOpt = Annotated[str | None, typer.Option(
-    "--length", metavar="INT", show_default=False,
+    "--length", metavar="INT", show_default=False, rich_help_panel="Data",
     help="--data tokens: ids per sample (default: 128 or the hf: model's context, else 32).")]
 DeviceOpt = Annotated[str | None, typer.Option(
-    "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.", show_default=False)]
+    "--device", metavar="DEVICE", show_default=False, rich_help_panel="Data",
+    autocompletion=complete.devices,
+    help="auto (default: cuda if available), cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str | None, typer.Option(
-    "--dtype", metavar="DTYPE", help="float32, float64, float16 or bfloat16.", show_default=False)]
+    "--dtype", metavar="DTYPE", help="float32 (default), float64, float16 or bfloat16.",
+    autocompletion=complete.dtypes,
+    show_default=False, rich_help_panel="Data")]
 SeedOpt = Annotated[str | None, typer.Option(
-    "--seed", "-s", metavar="INT", help="Seed of the batch and the weights.", show_default=False)]
+    "--seed", "-s", metavar="INT", help="Seed of the batch and the weights (default 0).",
+    show_default=False, rich_help_panel="Data")]
 BiasOpt = Annotated[bool | None, typer.Option(
-    "--bias/--no-bias", help="Linear layers with or without bias.", show_default=False)]
+    "--bias/--no-bias", help="Linear layers with bias (default) or without.",
+    show_default=False, rich_help_panel="Model")]
 GradOpt = Annotated[bool | None, typer.Option(
-    "--grad/--no-grad", show_default=False,
-    help="Measure one backward pass too (default), or only the forward pass, without autograd.")]
+    "--grad/--no-grad", show_default=False, rich_help_panel="Measure",
+    help="One backward pass too (default), or the forward pass alone.")]
 TheoryOpt = Annotated[bool | None, typer.Option(
-    "--theory/--no-theory", show_default=False,
-    help="Show the mean-field expected std and phase next to the measurement (default on).")]
+    "--theory/--no-theory", show_default=False, rich_help_panel="Measure",
+    help="The mean-field expected std and phase beside the measurement (default on).")]
 
 # The run options of every command that measures (run, compare, baseline, check, train), in
 # their --help order: `run_options` puts them in a command's signature, `overrides` reads them
@@ -102,109 +122,128 @@ RUN_OPTIONS: dict[str, Any] = {
 }
 
 HistOpt = Annotated[bool | None, typer.Option(
-    "--hist", show_default=False,
-    help="Also draw every layer's post-activation histogram, as a heat map over depth.")]
+    "--hist", show_default=False, rich_help_panel="Measure",
+    help="Every layer's post-activation histogram, as a heat map over depth.")]
 PlotOpt = Annotated[Path | None, typer.Option(
     "--plot", help="Also draw a figure (.png, .svg or .pdf; needs actstat\\[plot]); implies --hist.",
-    show_default=False, dir_okay=False)]
+    show_default=False, dir_okay=False, metavar="FILE", rich_help_panel="Output")]
 StepsOpt = Annotated[str | None, typer.Option(
-    "--steps", metavar="INT", show_default=False,
-    help="Then train with plain SGD for this many steps and report how the weights moved.")]
+    "--steps", metavar="INT", show_default=False, rich_help_panel="Measure",
+    help="Then train with SGD this many steps; report how the weights moved.")]
 LrOpt = Annotated[str | None, typer.Option(
-    "--lr", metavar="FLOAT", help="Learning rate of --steps (default 0.1).", show_default=False)]
+    "--lr", metavar="FLOAT", help="Learning rate of --steps (default 0.1).", show_default=False,
+    rich_help_panel="Measure")]
 FormatOpt = Annotated[str, typer.Option(
-    "--format", "-f", metavar="FORMAT", help="table, json, csv or markdown.")]
+    "--format", "-f", metavar="FORMAT", help="table, json, csv or markdown.",
+    autocompletion=complete.formats,
+    rich_help_panel="Output")]
+TrainFormatOpt = Annotated[str, typer.Option(
+    "--format", "-f", metavar="FORMAT", help="table or json.", rich_help_panel="Output",
+    autocompletion=complete.train_formats)]
 TensorBoardOpt = Annotated[Path | None, typer.Option(
-    "--tensorboard", metavar="DIR", show_default=False, file_okay=False,
+    "--tensorboard", metavar="DIR", show_default=False, file_okay=False, rich_help_panel="Output",
     help="Also write each recorded step as TensorBoard events, a run per scheme under DIR "
          "(needs actstat\\[tensorboard]).")]
 OutputOpt = Annotated[Path | None, typer.Option(
-    "--output", "-o", help="Write the report to this file (atomically) instead of stdout.",
-    show_default=False, dir_okay=False)]
+    "--output", "-o", help="Write to this file (atomically) instead of stdout.",
+    show_default=False, dir_okay=False, metavar="FILE", rich_help_panel="Output")]
 FailOnOpt = Annotated[str | None, typer.Option(
-    "--fail-on", metavar="FLAG[,FLAG...]", show_default=False,
+    "--fail-on", metavar="FLAG[,FLAG...]", show_default=False, rich_help_panel="CI",
+    autocompletion=complete.fail_on_flags,
     help="Exit 1 if any layer carries one of these flags (or 'any'): " + ", ".join(FLAG_NAMES))]
 ForceOpt = Annotated[bool, typer.Option(
-    "--force", help="Run even when the memory pre-flight estimates it will not fit.")]
+    "--force", rich_help_panel="Measure", help="Run even if the memory pre-flight says it will not fit.")]
 QuietOpt = Annotated[bool, typer.Option(
-    "--quiet", "-q", help="No messages on stderr (errors still appear).")]
+    "--quiet", "-q", rich_help_panel="Output", help="No messages on stderr (errors still appear).")]
 WideOpt = Annotated[bool, typer.Option(
-    "--wide", help="Tables at full width in a terminal, however narrow (lines wrap); by default "
-    "columns leave, least important first, so that every number shows whole.")]
+    "--wide", rich_help_panel="Output",
+    help="Tables at full width, however narrow the terminal (lines wrap); by default "
+    "columns leave so that every number shows whole.")]
 NoColorOpt = Annotated[bool, typer.Option(
-    "--no-color", help="No colour in tables or the progress bar (as the NO_COLOR environment "
-    "variable).")]
+    "--no-color", rich_help_panel="Output", help="No colour (as the NO_COLOR environment variable).")]
 
 # compare
 SortOpt = Annotated[str, typer.Option(
-    "--sort", metavar="ORDER", help="verdict (healthy first), gain (closest to 1 first) or name.")]
+    "--sort", metavar="ORDER", rich_help_panel="Output",
+    autocompletion=complete.sorts,
+    help="verdict (healthy first), gain (closest to 1 first) or name.")]
 DetailOpt = Annotated[bool, typer.Option(
-    "--detail", help="Also print every scheme's per-layer table.")]
+    "--detail", rich_help_panel="Output", help="Also print every scheme's per-layer table.")]
 
 # baseline
 BaselineOutOpt = Annotated[Path, typer.Option(
-    "--output", "-o", help="Where to write the baseline (atomically).", dir_okay=False)]
+    "--output", "-o", help="Where to write the baseline (atomically).", dir_okay=False,
+    metavar="FILE", rich_help_panel="Output")]
 
 # check
 TargetArg = Annotated[Path | None, typer.Argument(
+    metavar="TARGET",
     help="A baseline (.json report), or a YAML config for --max-drift / --fail-on alone.",
     show_default=False, dir_okay=False)]
 CheckConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="Run this config, not the baseline's config file (differences shown).",
-    show_default=False, dir_okay=False)]
+    show_default=False, dir_okay=False, metavar="FILE", rich_help_panel="CI")]
 RtolOpt = Annotated[str | None, typer.Option(
-    "--rtol", metavar="FLOAT", show_default=False,
+    "--rtol", metavar="FLOAT", show_default=False, rich_help_panel="CI",
     help="Std metrics: |ln(obtained/expected)| <= ln(1 + rtol). Default 0.05.")]
 AtolOpt = Annotated[str | None, typer.Option(
-    "--atol", metavar="FLOAT", show_default=False,
+    "--atol", metavar="FLOAT", show_default=False, rich_help_panel="CI",
     help="Mean metrics: |difference| <= atol x the expected std. Default 0.05.")]
 MetricsOpt = Annotated[str | None, typer.Option(
-    "--metrics", metavar="NAME[,NAME...]", show_default=False,
+    "--metrics", metavar="NAME[,NAME...]", show_default=False, rich_help_panel="CI",
+    autocompletion=complete.metrics,
     help="pre_std, post_std, grad_std, pre_mean, post_mean, grad_mean; through training: "
     "loss, train_std, train_mean, train_grad_std, train_near_zero, train_dead (default: all).")]
 MaxDriftOpt = Annotated[str | None, typer.Option(
-    "--max-drift", metavar="F", show_default=False,
+    "--max-drift", metavar="F", show_default=False, rich_help_panel="CI",
     help="Fail when a layer's post std leaves \\[s/F, s*F], s = the first hidden layer's.")]
 StoredConfigOpt = Annotated[bool, typer.Option(
-    "--stored-config", help="Re-run the config stored in the baseline, not its config file "
+    "--stored-config", rich_help_panel="CI",
+    help="Re-run the config stored in the baseline, not its config file "
     "(catches library and torch drift alone).")]
 UpdateOpt = Annotated[bool, typer.Option(
-    "--update", help="Rewrite the baseline with the new values (after showing what changed).")]
+    "--update", rich_help_panel="CI",
+    help="Rewrite the baseline with the new values (after showing what changed).")]
 CheckFormatOpt = Annotated[str, typer.Option(
-    "--format", "-f", metavar="FORMAT", help="table, json or markdown (CI summary page).")]
+    "--format", "-f", metavar="FORMAT", help="table, json or markdown (CI summary page).",
+    autocompletion=complete.check_formats,
+    rich_help_panel="Output")]
 JunitOpt = Annotated[Path | None, typer.Option(
     "--junit-xml", help="Also write a JUnit XML report here.", show_default=False,
-    dir_okay=False)]
+    dir_okay=False, metavar="FILE", rich_help_panel="Output")]
 
 # plot
 ReportArg = Annotated[Path, typer.Argument(
     help="A JSON report written by run, compare or baseline.", dir_okay=False)]
 FigureOpt = Annotated[Path, typer.Option(
-    "--output", "-o", help="The figure: .png, .svg or .pdf.", dir_okay=False)]
+    "--output", "-o", help="The figure: .png, .svg or .pdf.", dir_okay=False, metavar="FILE",
+    rich_help_panel="Output")]
 
 # train
 TrainStepsOpt = Annotated[str | None, typer.Option(
-    "--steps", metavar="INT", show_default=False,
+    "--steps", metavar="INT", show_default=False, rich_help_panel="Training",
     help="Training steps (default: train.steps of the config, or 200).")]
 EveryOpt = Annotated[str | None, typer.Option(
-    "--every", metavar="INT", show_default=False,
+    "--every", metavar="INT", show_default=False, rich_help_panel="Training",
     help="Record the statistics every this many steps, and the last (default 10).")]
 TrainLrOpt = Annotated[str | None, typer.Option(
-    "--lr", metavar="FLOAT", show_default=False,
+    "--lr", metavar="FLOAT", show_default=False, rich_help_panel="Training",
     help="Learning rate (default: sgd 0.1, adam 0.001).")]
 OptimizerOpt = Annotated[str | None, typer.Option(
-    "--optimizer", metavar="NAME", show_default=False, help="sgd (default) or adam.")]
+    "--optimizer", metavar="NAME", show_default=False, rich_help_panel="Training",
+    autocompletion=complete.optimizers,
+    help="sgd (default) or adam.")]
 MomentumOpt = Annotated[str | None, typer.Option(
-    "--momentum", metavar="FLOAT", show_default=False,
+    "--momentum", metavar="FLOAT", show_default=False, rich_help_panel="Training",
     help="SGD momentum (default 0) or Adam's beta1 (default 0.9).")]
 WarmupOpt = Annotated[str | None, typer.Option(
-    "--warmup", metavar="INT", show_default=False,
+    "--warmup", metavar="INT", show_default=False, rich_help_panel="Training",
     help="Steps of linear learning-rate warm-up (default 0).")]
 TrainBatchOpt = Annotated[str | None, typer.Option(
-    "--train-batch", metavar="INT", show_default=False,
+    "--train-batch", metavar="INT", show_default=False, rich_help_panel="Training",
     help="Mini-batch size, drawn from all of the data source's samples (default 64).")]
 HeatOpt = Annotated[str | None, typer.Option(
-    "--heatmap", metavar="LAYER[,LAYER...]", show_default=False,
+    "--heatmap", metavar="LAYER[,LAYER...]", show_default=False, rich_help_panel="Output",
     help="With --hist: the layers to draw the colorful dimension of (default: first and last).")]
 
 
@@ -293,8 +332,21 @@ def _width_list(option: str, value: str) -> Any:
     return [scalar(width) for width in names(option, value)]
 
 
-def _repeated_names(option: str, values: list[str]) -> list[str]:
-    return [name for given in values for name in names(option, given)]
+def _labels(option: str, values: list[str]) -> list[Any]:
+    """--init/--act: names, or labels as a table prints them (`general_relu(subtract=0.5)`,
+    read back to `{name: general_relu, subtract: 0.5}`), comma-separated or repeated."""
+    from actstat.registry import parse_label, split_top_level
+
+    chosen = []
+    for given in values:
+        listed = [name.strip() for name in split_top_level(given)]
+        if not all(listed):
+            names(option, given)  # raises: no name, or an empty one
+        try:
+            chosen += [parse_label(name) for name in listed]
+        except ConfigError as err:
+            raise ConfigError(f"{option}: {err}") from None
+    return chosen
 
 
 def _keywords(option: str, values: list[str]) -> dict[str, Any]:
@@ -330,9 +382,10 @@ OVERRIDES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "dtype": ("dtype", _given), "bias": ("model.bias", _given), "grad": ("grad", _given),
     "theory": ("theory", _given), "hist": ("hist", _given), "steps": ("train.steps", _number),
     "lr": ("train.lr", _number), "width": ("model.width", _widths),
-    "init": ("init", _repeated_names), "act": ("activation", _repeated_names),
+    "init": ("init", _labels), "act": ("activation", _labels),
     "model": ("model.factory", _given), "model_arg": ("model.kwargs", _keywords),
-    "vocab": ("data.vocab", _number), "length": ("data.length", _number), "block": ("model.block", _given),
+    "vocab": ("data.vocab", _number), "length": ("data.length", _number),
+    "block": ("model.block", _given),
     "norm": ("model.norm", _given), "norm_position": ("model.norm_position", _given),
     "multiplier": ("model.multiplier", _number), "branch_depth": ("model.branch_depth", _number),
     "layers": ("model.layers", names),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
 import inspect
+import re
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -132,3 +134,75 @@ def label(name: str, params: Mapping[str, Any], factory: Callable[..., Any]) -> 
     changed = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v:g}" if isinstance(v, float)
                else f"{k}={v}" for k, v in params.items() if k in fields and fields[k].default != v]
     return f"{name}({', '.join(changed)})" if changed else name
+
+
+_LABEL = re.compile(r"^\s*(?P<name>[^\s(\[]+)\s*(?:\((?P<params>.*)\))?\s*"
+                    r"(?:\[bias\s+(?P<bias>[^\]]*)\])?\s*$", re.DOTALL)
+
+
+def split_top_level(text: str, separator: str = ",") -> list[str]:
+    """`text` split at `separator`s outside brackets and quotes: `kaiming(mode=fan_out, gain=2),
+    xavier` -> ["kaiming(mode=fan_out, gain=2)", "xavier"]."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def label_value(text: str) -> Any:
+    """One parameter's value as a label prints it (`'fan_out'`, `0.5`, `1e-05`, `True`, `None`)
+    or as YAML writes it (`fan_out`, `true`)."""
+    import yaml
+
+    text = text.strip()
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, str)) or value is None else text
+
+
+def parse_label(text: str) -> str | dict[str, Any]:
+    """A scheme part as a table prints it, back to a config entry: `relu` -> "relu",
+    `general_relu(subtract=0.5)` -> {"name": "general_relu", "subtract": 0.5},
+    `kaiming [bias constant(value=0.1)]` -> {"name": "kaiming", "bias": {...}}. The entry is
+    then validated as YAML's is; a label that cannot be read is a ConfigError."""
+    if "(" not in text and "[" not in text and ")" not in text and "]" not in text:
+        return text
+    match = _LABEL.match(text)
+    if match is None:
+        raise ConfigError(f"'{text}' is not a name with parameters, such as "
+                          "general_relu(subtract=0.5)")
+    entry: dict[str, Any] = {"name": match["name"]}
+    params = match["params"] or ""
+    for part in split_top_level(params):
+        if not part.strip():
+            if params.strip():
+                raise ConfigError(f"'{text}': empty parameter (parameters are separated by "
+                                  "single commas)")
+            continue
+        key, equals, value = part.partition("=")
+        if not equals or not key.strip().isidentifier():
+            raise ConfigError(f"'{text}': write each parameter as key=value, as in "
+                              f"{match['name']}({part.strip() or 'key'}=...)")
+        if key.strip() in ("name", "bias"):
+            raise ConfigError(f"'{text}': '{key.strip()}' is not a parameter")
+        entry[key.strip()] = label_value(value)
+    if match["bias"] is not None:
+        entry["bias"] = parse_label(match["bias"].strip())
+    return entry if len(entry) > 1 else entry["name"]

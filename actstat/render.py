@@ -442,12 +442,14 @@ def table_text(report: Report) -> str:
     return plain_text(tables(report), 1000)
 
 
-def plain_text(renderables: list[RenderableType], width: int) -> str:
+def plain_text(renderables: list[RenderableType], width: int, wrap: bool = False) -> str:
+    """The renderables as plain text; `wrap`: every line within `width` (a terminal's), else
+    a line as long as its content (a file's)."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False,
                       highlight=False, legacy_windows=False)
     for renderable in renderables:
-        console.print(renderable, soft_wrap=True)
+        console.print(renderable, soft_wrap=not wrap)
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from actstat import records
 from actstat.errors import ActstatError
 from actstat.records import READABLE_VERSIONS
-from actstat.render import table_text, tables, to_html
+from actstat.render import plain_text, table_text, tables, to_html
 from actstat.render_coord import coord_tables, coord_text
 
 
@@ -29,7 +29,13 @@ class Report(records.Report):
     check`, `plot` and `compare --from` read."""
 
     def __str__(self) -> str:
-        return coord_text(self) if self.coord_check is not None else table_text(self)
+        # `print(report)` in a terminal: fitted to its width, as the CLI's tables are (columns
+        # leave, lines wrap at words); anywhere else (a file, a log, a string): at full width
+        coord = self.coord_check is not None
+        width = _terminal_width()
+        if width is None:
+            return coord_text(self) if coord else table_text(self)
+        return plain_text((coord_tables if coord else tables)(self, width), width, wrap=True)
 
     def __rich_console__(self, console: Any, options: Any) -> Any:
         if self.coord_check is not None:
@@ -52,6 +58,11 @@ class Report(records.Report):
             kind = "a list" if isinstance(raw, list) else type(raw).__name__
             raise ActstatError(f"{origin}: not an actstat report: the top level is {kind}, not a "
                                "JSON object")
+        if "schema_version" not in raw:
+            keys = ", ".join(map(str, list(raw)[:3])) + (", ..." if len(raw) > 3 else "")
+            raise ActstatError(f"{origin}: not an actstat report: it has no schema_version key "
+                               f"(its keys: {keys or 'none'}); reports are written by run, compare "
+                               "or baseline with -f json, and by train -f json")
         version = raw.get("schema_version")
         if version not in READABLE_VERSIONS or isinstance(version, bool):
             readable = ", ".join(map(str, READABLE_VERSIONS[:-1])) + f" and {READABLE_VERSIONS[-1]}"
@@ -80,6 +91,19 @@ class Report(records.Report):
 
         write_atomic(Path(path), self.to_json())
         return Path(path)
+
+
+def _terminal_width() -> int | None:
+    """The width of the terminal stdout is, or None when stdout is not one."""
+    import shutil
+    import sys
+
+    try:
+        if not sys.stdout.isatty():
+            return None
+    except (AttributeError, ValueError):
+        return None
+    return shutil.get_terminal_size().columns
 
 
 def read_report(path: Path | str) -> Report:
@@ -112,13 +136,30 @@ def located(report: Report, config: Path | str | None, destination: Path | str |
         return replace(report, config_file=None)
     absolute = Path(config).resolve()
     if destination is None:
-        return replace(report, config_file=str(absolute))
+        return replace(report, config_file=str(absolute),
+                       config=_relative_to(report.config, absolute.parent))
     here = Path(destination).resolve().parent
     try:
         recorded = os.path.relpath(absolute, here)
     except ValueError:  # Windows: another drive has no relative path
         recorded = str(absolute)
-    return replace(report, config_file=Path(recorded).as_posix())
+    return replace(report, config_file=Path(recorded).as_posix(),
+                   config=_relative_to(report.config, absolute.parent))
+
+
+def _relative_to(config: Any, directory: Path) -> Any:
+    """The config's file paths (data, a factory's file) relative to `directory`, the config
+    file's, as its YAML names them: a baseline then reads the same on every machine and from any
+    working directory, and `check` takes them relative to the config file again."""
+    from actstat.config import with_paths  # pydantic: loaded only with a config file
+
+    def relative(path: str) -> str:
+        try:
+            return Path(os.path.relpath(Path(path).resolve(), directory)).as_posix()
+        except ValueError:  # Windows: another drive
+            return path
+
+    return with_paths(config, relative)
 
 
 def config_file_of(report: records.Report, report_path: Path | str) -> Path | None:

@@ -34,14 +34,20 @@ class TensorBoardError(ActstatError):
 def check_tensorboard(directory: Path | str) -> None:
     """A TensorBoardError now if `TensorBoardLog(directory)` could not write later: no
     tensorboard package (looked up, not imported: torch's writer takes seconds to import), or
-    `directory` is a file or cannot be made."""
+    `directory` is a file, its parent directory is missing, or it cannot be made."""
     if importlib.util.find_spec("tensorboard") is None:
         raise TensorBoardError(MISSING_TENSORBOARD)
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise TensorBoardError(f"--tensorboard {directory}: is a file; give a directory")
+    # as every output (-o, --plot, --junit-xml): the output is made, the directory it goes in
+    # must exist, so that a typo makes no tree of directories
+    parent = directory.parent if str(directory.parent) else Path(".")
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise TensorBoardError(f"--tensorboard {directory}: directory '{parent}' {what}")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(exist_ok=True)
     except OSError as err:
         raise TensorBoardError(f"--tensorboard {directory}: cannot make it ({err.strerror})"
                                ) from None

@@ -36,17 +36,18 @@ def _default_ctrl_c() -> None:
 
 
 class Terminal:
-    """`python -m actstat *args` with stdout and stderr on one pseudo-terminal, 120 columns wide,
-    read as the process writes (stdin is closed, so nothing waits for a key)."""
+    """`python -m actstat *args` with stdout and stderr on one pseudo-terminal (`columns` wide),
+    run in `cwd`, read as the process writes (stdin is closed, so nothing waits for a key)."""
 
-    def __init__(self, *args: str, env: dict[str, str | None] | None = None):
+    def __init__(self, *args: str, env: dict[str, str | None] | None = None, columns: int = 120,
+                 cwd: object = ROOT):
         base = {k: v for k, v in os.environ.items()
                 if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES", "TERM")}
         merged = {**base, "TERM": "xterm-256color", **(env or {})}
         master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "actstat", *args], cwd=ROOT, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "actstat", *args], cwd=cwd, stdin=subprocess.DEVNULL,
             stdout=slave, stderr=slave, env={k: v for k, v in merged.items() if v is not None},
             preexec_fn=_default_ctrl_c)
         os.close(slave)

@@ -166,3 +166,51 @@ def test_a_model_by_name_without_transformers_says_the_extra(cli, monkeypatch):
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
     assert "hf: models need the transformers library" in line
     assert "pip install 'actstat[hf]'" in line
+
+
+# the second-contact messages: each says what is wrong once, in the words the user typed
+OPTION_CASES = [
+    (["run", "--width", "100,x"], "actstat: error: --width: model.width[1]: must be a whole "
+     "number (got 'x')"),
+    (["run", "--width", "x"], "actstat: error: --width: model.width: must be a whole number or "
+     "a list (got 'x')"),
+    (["train", "--optimizer", "foo"], "actstat: error: --optimizer: train.optimizer: must be one "
+     "of 'sgd' or 'adam' (got 'foo')"),
+    (["train", "--every", "x"], "actstat: error: --every: train.every: must be a whole number "
+     "(got 'x')"),
+    (["run", "--dept", "3"], "actstat run: error: no such option --dept (did you mean --depth?) "
+     "(see 'actstat run --help')"),
+    (["train", "--layers", "x"], "actstat train: error: train has no option --layers (it is an "
+     "option of run, compare, baseline, check) (see 'actstat train --help')"),
+    (["run", "--act", "general_relu(subtract=x)"], "actstat: error: --act: activation.subtract: "
+     "must be a number (got 'x')"),
+    (["run", "--act", "general_relu(sub=1)"], "actstat: error: --act: activation.sub: unknown "
+     "key (valid keys for activation 'general_relu': leak, subtract, clamp_max)"),
+    (["run", "--init", "kaiming(fan_out)"], "actstat: error: --init: 'kaiming(fan_out)': write "
+     "each parameter as key=value, as in kaiming(fan_out=...)"),
+    (["run", "--init", "kaiming(mode=fan_in"], "actstat: error: --init: 'kaiming(mode=fan_in' "
+     "is not a name with parameters, such as general_relu(subtract=0.5)"),
+]
+
+
+@pytest.mark.parametrize("args, message", OPTION_CASES, ids=[" ".join(c[0]) for c in OPTION_CASES])
+def test_option_mistakes_are_told_once_in_the_users_words(cli, args, message):
+    result = cli(*args, code=2)
+    assert result.stderr.strip() == message and result.stdout == ""
+
+
+@pytest.mark.parametrize("content", ['{"a": 1}', "{}"])
+def test_a_json_file_that_is_not_a_report_says_so(cli, tmp_path, content):
+    path = tmp_path / "other.json"
+    path.write_text(content)
+    result = cli("check", str(path), code=2)
+    assert "not an actstat report: it has no schema_version key" in result.stderr
+    assert "None" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_label_in_yaml_is_read_as_its_mapping(cli, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("activation: general_relu(subtract=x)\n")
+    result = cli("run", str(path), code=2)
+    assert result.stderr.strip() == (f"actstat: error: {path}: activation.subtract: must be a "
+                                     "number (got 'x')")

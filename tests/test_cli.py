@@ -184,7 +184,7 @@ def test_fail_on_still_writes_the_report(cli, tmp_path):
 
 # every documented user error: exit 2, one line on stderr, no traceback, the key words
 ERRORS = [
-    (["--dpeth", "3"], "No such option: --dpeth"),
+    (["--dpeth", "3"], "no such option --dpeth (did you mean --depth?)"),
     (["--depth"], "requires an argument"),
     (["--depth", "0"], "--depth: model.depth: must be ≥ 1 (got 0)"),
     (["--depth", "abc"], "must be a whole number (got 'abc')"),

@@ -136,3 +136,31 @@ def test_config_and_stored_config_exclude_each_other(cli, project):
     result = cli("check", str(baseline), "--config", str(config), "--stored-config", code=2)
     assert result.stderr == ("actstat: error: --config and --stored-config: choose one config "
                              "to run\n")
+
+
+NETS = """\
+import torch
+
+
+def make():
+    return torch.nn.Sequential(torch.nn.Linear(784, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+"""
+
+
+def test_a_factory_path_is_stored_relative_to_its_config_and_checked_from_anywhere(
+        cli, tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / "configs" / "nets.py").write_text(NETS)
+    config = tmp_path / "configs" / "net.yaml"
+    config.write_text("model: {factory: nets.py:make}\ndata: {batch_size: 32}\ndevice: cpu\n")
+    monkeypatch.chdir(tmp_path)
+    cli("baseline", "configs/net.yaml", "-o", "baselines/net.json", "-q")
+    stored = json.loads((tmp_path / "baselines" / "net.json").read_text())["config"]
+    assert stored["model"]["factory"] == "nets.py:make"  # as the YAML says, on every machine
+    for where, target, extra in [(tmp_path, "baselines/net.json", ()),
+                                 (tmp_path / "configs", "../baselines/net.json", ()),
+                                 (tmp_path, "baselines/net.json", ("--config", str(config)))]:
+        monkeypatch.chdir(where)
+        result = cli("check", target, *extra)
+        assert "change(s) against the baseline" not in result.stderr, result.stderr

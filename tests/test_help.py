@@ -32,7 +32,7 @@ def test_every_help_text_shows_whole(cli, name):
         if not getattr(param, "help", None):
             continue
         # what the reader must see: Rich escapes (\[) are the only markup in our help texts
-        intended = " ".join(param.help.replace("\\[", "[").split())
+        intended = " ".join(param.help.replace("\\[", "[").split()).rstrip(".")
         assert intended in shown, f"{name} --help lost part of: {intended!r}"
         checked += 1
     assert checked
@@ -66,3 +66,52 @@ def test_completion_answers_the_shell(words, cword, expected):
         "_ACTSTAT_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)})
     assert done.exit_code == 0, done.output
     assert done.stdout.split() == [expected]
+
+
+@pytest.mark.parametrize("columns", [60, 80, 100])
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_fits_the_terminal_and_reads_as_paragraphs(cli, name, columns):
+    shown = cli(*([name] if name else []), "--help", env={"COLUMNS": str(columns)}).stdout
+    assert max(len(line) for line in shown.splitlines()) <= columns
+    command = COMMAND.commands[name] if name else COMMAND  # type: ignore[attr-defined]
+    # a docstring's paragraph is one paragraph on screen, not broken where the source broke it
+    first = " ".join(command.help.split("\n\n")[0].split())
+    assert first in flat(shown)
+
+
+def test_run_help_is_short_and_grouped(cli):
+    shown = cli("run", "--help", env={"COLUMNS": "80"}).stdout
+    assert len(shown.splitlines()) <= 90  # Typer drew 141 (with the hf: options)
+    for panel in ("Model", "Data", "Measure", "Output", "CI"):
+        assert f"─ {panel} ─" in shown
+
+
+def test_help_shows_the_defaults_the_config_has():
+    from actstat.config import Config
+
+    config = Config()
+    shown = {param.name: " ".join(param.help.split()) for param in params("run") if param.help}
+    assert f"(default {config.model.depth})" in shown["depth"]
+    assert f"(default {config.model.width})" in shown["width"]
+    assert f"(default {config.data.batch_size})" in shown["batch_size"]
+    assert f"(default {config.seed})" in shown["seed"]
+    assert f"{config.data.source} (default" in shown["data"]
+    assert f"{config.dtype} (default)" in shown["dtype"]
+
+
+def test_every_data_source_and_format_is_listed_where_it_is_accepted(cli):
+    from actstat.config import DATA_SOURCES
+    from actstat.outputs import CHECK_FORMATS, TRAIN_FORMATS
+    from actstat.render import FORMATS
+
+    shown = {param.name: param.help for param in params("run") if param.help}
+    assert all(source in shown["data"] for source in DATA_SOURCES)
+    for name, formats in (("run", FORMATS), ("compare", FORMATS), ("check", CHECK_FORMATS),
+                          ("train", TRAIN_FORMATS)):
+        text = next(param.help for param in params(name) if param.name == "format")
+        listed = set(text.replace(" or ", ", ").rstrip(".").split(" (")[0].split(", "))
+        assert listed == set(formats), (name, text)
+
+
+def test_top_level_help_does_not_say_mlp_only(cli):
+    assert "of an MLP" not in flat(cli("--help").stdout)

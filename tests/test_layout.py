@@ -215,7 +215,7 @@ def test_wrap_text_breaks_a_module_path_after_a_dot_but_never_a_number():
 
 
 def test_columns_leave_in_rank_order_and_rank_zero_stays():
-    cells = [Text("1.234e+05")] * 3
+    cells = [Text("1.234e+05"), Text("2.345e+05"), Text("3.456e+05")]  # not the same in every row
     spec = [Column("a", cells), Column("b", cells, rank=1), Column("c", cells, rank=3),
             Column("d", cells, rank=2)]
     fitted = fit(spec, 9 * 3 + 2 * 2)
@@ -320,3 +320,51 @@ def test_no_color_reaches_the_progress_bar_too():
     assert code == 0, raw
     assert "measured" in ANSI.sub("", raw)
     assert not COLOUR.search(raw)
+
+
+def test_a_column_that_says_nothing_in_any_row_leaves_first():
+    says = Column("units", [Text("100"), Text("100")], rank=9)
+    nothing = Column("sat", [Text("—"), Text("—")], rank=1)
+    kept = Column("layer", [Text("1"), Text("2")])
+    fitted = fit([kept, nothing, says], 12)
+    assert fitted.left_out == ("sat",)
+    assert fit([kept, nothing, says], None).left_out == ()  # wide enough: nothing leaves
+
+
+def test_a_column_that_reads_the_same_in_every_row_leaves_rather_than_a_name_wrap():
+    name = Column("scheme", [Text("kaiming + relu → kaiming + tanh")] * 2, justify="left",
+                  wrap=True, min_width=12)
+    value = Column("obtained", [Text("0.7418"), Text("1.145")])
+    tolerance = Column("tolerance", [Text("×1.05"), Text("×1.05")], rank=3)
+    fitted = fit([name, value, tolerance], 45)
+    assert fitted.left_out == ("tolerance (×1.05 in every row)",)
+    # where the name fits whole beside it, or nothing would be gained, the column stays
+    assert fit([name, value, tolerance], 60).left_out == ()
+    assert fit([name, value, tolerance], 20).left_out == ("tolerance (×1.05 in every row)",)
+
+
+def test_a_column_does_not_come_back_past_a_more_important_one_as_narrow():
+    scheme = Column("scheme", [Text("kaiming + relu")], justify="left")
+    gain = Column("gain", [Text("0.92871")], rank=6)  # a cell wider than dead's
+    dead = Column("dead", [Text("20.0%")], rank=7)
+    module = Column("module", [Text("x" * 40)], rank=8)
+    fitted = fit([scheme, gain, dead, module], 14 + 2 + 6)  # dead would fit, gain would not
+    assert fitted.left_out == ("gain", "dead", "module")
+    # a wide column that stays out lets a narrower, less important one back
+    names = Column("module", [Text("x" * 40)], rank=5)  # more important than gain, and wide
+    assert fit([scheme, names, gain], 14 + 2 + 7).left_out == ("module",)
+
+
+@pytest.mark.parametrize("width", [40, 60, 80])
+def test_a_message_wraps_at_words_and_keeps_numbers_with_their_symbols(width):
+    from actstat.layout import wrap_message
+
+    line = ("kaiming + relu: healthy — post std 0.8738 → 0.9149 over 3 layers; grad std layer 1 "
+            "/ layer 3 = 1.059; mean field: critical (χ₁ = 1.031); no flags")
+    wrapped = wrap_message(line, width).split("\n")
+    assert len(wrapped) > 1 and all(len(part) <= width for part in wrapped)
+    assert all(part.startswith("  ") for part in wrapped[1:])  # continuations indented
+    assert " ".join(part.strip() for part in wrapped) == line  # nothing lost or cut
+    for whole in ("(χ₁ = 1.031)", "0.8738 → 0.9149", "3 layers", "layer 1 / layer 3 = 1.059"):
+        assert any(whole in part for part in wrapped), whole
+    assert wrap_message("short", width) == "short"

@@ -77,8 +77,9 @@ def test_each_run_option_reaches_the_config(cli, monkeypatch, command):
         received.append(args[1] if len(args) > 1 else args[0].overrides)
         raise ConfigError("stopped here")
 
-    monkeypatch.setattr("actstat.config.load_config", stop)
+    # gate first: importing it while load_config is the stub would bind the stub for good
     monkeypatch.setattr("actstat.gate.plan", stop)
+    monkeypatch.setattr("actstat.config.load_config", stop)
     given = [(args, key, value) for name, args, key, value in GIVEN
              if name not in MEASURING[command]]
     result = cli(command, *[word for args, _, _ in given for word in args], code=2)

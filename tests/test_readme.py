@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -239,9 +240,27 @@ def example_dirs(tmp_path_factory):
     for page in PAGES:
         directory = tmp_path_factory.mktemp(page.stem)
         (directory / "configs").symlink_to(ROOT / "configs")
-        (directory / "examples").symlink_to(ROOT / "examples")
+        # a copy: importing a factory writes __pycache__ beside it, here and not in the repository
+        shutil.copytree(ROOT / "examples", directory / "examples",
+                        ignore=shutil.ignore_patterns("__pycache__"))
         directories[page] = directory
     return directories
+
+
+OUTPUT_OPTIONS = ("-o", "--output", "--plot", "--junit-xml", "--tensorboard")
+COMMAND = re.compile(r"(?:^\$ |`)(actstat [^`\n]*)", flags=re.M)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_examples_write_only_into_the_directory_they_run_in(page):
+    """A reader following a page in a clone of the repository, as the docs check does in its
+    scratch directory, writes no tracked file and nothing outside the working directory."""
+    for command in COMMAND.findall(_text(page)):
+        words = shlex.split(command.split("#")[0].replace("...", ""))
+        for option, value in zip(words, words[1:]):
+            if option in OUTPUT_OPTIONS:
+                assert "/" not in value and not value.startswith(("~", "..")), (
+                    f"{page.name}: `{command}` writes {value} outside its working directory")
 
 
 def test_the_pages_have_examples():
