@@ -124,13 +124,7 @@ def plan(request: CheckRequest) -> CheckPlan:
         notes.append(f"actstat: {target}: written by an earlier actstat (schema version "
                      f"{base.schema_version}), it holds no head row: the hidden layers are "
                      "compared; `actstat baseline` again to hold the head to it too")
-    config_path = request.config
-    if config_path is None and recorded is not None and not request.stored_config:
-        if recorded.is_file():
-            config_path = recorded
-        else:
-            notes.append(f"actstat: {target}: its config file {recorded} is gone; checking the "
-                         "config stored in the baseline")
+    config_path = _config_path(request, recorded, target, notes)
     if config_path is not None:
         resolved = load_config(config_path, overrides)
     else:
@@ -151,6 +145,19 @@ def plan(request: CheckRequest) -> CheckPlan:
     return CheckPlan(request, resolved, config_path, base, changes, tuple(notes), training)
 
 
+def _config_path(request: CheckRequest, recorded: Path | None, target: Path,
+                 notes: list[str]) -> Path | None:
+    """The config to check against: the one asked for, else the baseline's own file while it
+    exists (a note when it is gone), else None: the copy stored in the baseline."""
+    if request.config is not None or recorded is None or request.stored_config:
+        return request.config
+    if recorded.is_file():
+        return recorded
+    notes.append(f"actstat: {target}: its config file {recorded} is gone; checking the config "
+                 "stored in the baseline")
+    return None
+
+
 def _coord_plan(request: CheckRequest, base: Report, target: Path) -> CheckPlan:
     """A coord check's baseline: its config file re-read (the command's own depth default
     applied, as it was), or the stored copy; --max-drift bounds a run's layers, not slopes."""
@@ -166,13 +173,7 @@ def _coord_plan(request: CheckRequest, base: Report, target: Path) -> CheckPlan:
     stored = _stored_config(base.config, recorded)
     own = config_from_dict(stored, str(target))
     notes: list[str] = []
-    config_path = request.config
-    if config_path is None and recorded is not None and not request.stored_config:
-        if recorded.is_file():
-            config_path = recorded
-        else:
-            notes.append(f"actstat: {target}: its config file {recorded} is gone; checking the "
-                         "config stored in the baseline")
+    config_path = _config_path(request, recorded, target, notes)
     overrides = dict(request.overrides)
     if config_path is not None:
         resolved = load_config(config_path, overrides,
