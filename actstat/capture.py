@@ -83,7 +83,7 @@ from actstat.reduce import (
     saturated_fraction,
     unit_spread,
 )
-from actstat.stream import Watch, attention_numbers, rms
+from actstat.stream import Watch, rms
 
 WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
@@ -177,9 +177,10 @@ def _capture(model: nn.Module, inputs: Any, targets: torch.Tensor | None, *,
             recorder.check_measured()
             values = None
             if grad:
-                selected = select_output(out, output)
-                values = (torch.stack([_loss(part, targets, loss) for part in selected.unbind(0)])
-                          if groups else _loss(selected, targets, loss).reshape(1))
+                values = _losses(select_output(out, output), targets, loss, groups)
+                # the output is not kept through the backward pass (a language model's logits
+                # are its largest tensor), as a training step keeps only its loss
+                del out
                 if values.requires_grad:
                     values.sum().backward()
                 else:
@@ -649,8 +650,8 @@ class Probe:
     def _in_attention(self) -> bool:
         return bool(self.stack) and self.modules[self.stack[-1].module].attention
 
-    def _on_attention(self, logits: torch.Tensor, probabilities: torch.Tensor) -> None:
-        self.stack[-1].attention = attention_numbers(logits, probabilities)
+    def _on_attention(self, numbers: torch.Tensor) -> None:
+        self.stack[-1].attention = numbers
 
     def _again(self, module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The module's output computed afresh on the same input, unseen by the hooks."""
@@ -1198,6 +1199,13 @@ def select_output(out: Any, output: int | str | None) -> torch.Tensor:
         raise ModelError(f"{what} holds no floating-point tensor to take a loss of "
                          f"(got {type(out).__name__}); select one with output=")
     return tensor
+
+
+def _losses(out: torch.Tensor, targets: Any, loss: Callable | None, groups: int) -> torch.Tensor:
+    """The loss of each group's output (K,), or of the one model's (1,)."""
+    if groups:
+        return torch.stack([_loss(part, targets, loss) for part in out.unbind(0)])
+    return _loss(out, targets, loss).reshape(1)
 
 
 def _loss(out: torch.Tensor, targets: Any, loss: Callable | None) -> torch.Tensor:

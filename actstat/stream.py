@@ -8,10 +8,10 @@ it where the stream is (a block's input, and what the block makes of it); `Watch
 - `on_add(branch, stream, block)` before an add whose one operand is the stream and whose other
   is a tensor of the same shape (`x + f(x)`, `f(x) + x`, `out += x`, `torch.add`): the branch.
   The add's result (for an in-place add, the same tensor) is the stream from then on.
-- `on_attention(logits, probabilities)` for a softmax over the last dimension taken inside an
-  attention module (eager attention), or for a scaled-dot-product attention call, whose
-  probabilities it computes from the query, the key, the mask and the scale (SDPA keeps them
-  to itself).
+- `on_attention(numbers)` for a softmax over the last dimension taken inside an attention
+  module (eager attention), or for a scaled-dot-product attention call, whose probabilities it
+  computes from the query, the key, the mask and the scale (SDPA keeps them to itself):
+  `attention_numbers`, taken a piece of queries at a time (PIECE_BYTES).
 
 Nothing here hooks a module (that is capture.py's alone); nothing here copies to the host: the
 arithmetic (`rms`, `attention_numbers`) stays on the tensors' device.
@@ -20,7 +20,7 @@ arithmetic (`rms`, `attention_numbers`) stays on the tensors' device.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -40,13 +40,13 @@ class Watch(TorchFunctionMode):
     """The function mode of one pass. `is_stream(t)`: whether `t` is the current block's stream;
     `mark(t)`: `t` is the stream from now on; `in_attention()`: whether the innermost module
     call is an attention module's; `active()`: whether to look at all (inside a block, not
-    paused)."""
+    paused); `on_attention(numbers)`: an attention call's `attention_numbers`."""
 
     def __init__(self, *, active: Callable[[], bool], is_stream: Callable[[torch.Tensor], bool],
                  mark: Callable[[torch.Tensor], None],
                  on_add: Callable[[torch.Tensor, torch.Tensor], None],
                  in_attention: Callable[[], bool],
-                 on_attention: Callable[[torch.Tensor, torch.Tensor], None]):
+                 on_attention: Callable[[torch.Tensor], None]):
         super().__init__()
         self.active = active
         self.is_stream = is_stream
@@ -61,27 +61,26 @@ class Watch(TorchFunctionMode):
             return self._add(func, args, kwargs)
         if func is SDPA and self.active():
             out = func(*args, **kwargs)
-            with torch.no_grad():
-                logits = sdpa_logits(*args, **kwargs)
-                if logits is not None:
-                    self.on_attention(logits, torch.softmax(logits.float(), dim=-1))
+            self._attention(sdpa_pieces(*args, **kwargs))
             return out
         if func is MHA and self.active():
             # nn.MultiheadAttention's: its softmax runs while the mode is off (inside this
             # handler), so its logits are computed from its arguments
             out = func(*args, **kwargs)
-            with torch.no_grad():
-                logits = mha_logits(*args, **kwargs)
-                if logits is not None:
-                    self.on_attention(logits, torch.softmax(logits, dim=-1))
+            self._attention(mha_pieces(*args, **kwargs))
             return out
         out = func(*args, **kwargs)
         if func in SOFTMAXES and self.active() and self.in_attention() and _last_dim(args, kwargs):
             logits = args[0]
             if isinstance(logits, torch.Tensor) and logits.dim() >= 3:
-                with torch.no_grad():
-                    self.on_attention(logits.detach(), out.detach())
+                self._attention(softmax_pieces(logits, out))
         return out
+
+    def _attention(self, pieces: Iterator[Piece]) -> None:
+        with torch.no_grad():
+            numbers = attention_numbers(pieces)
+        if numbers is not None:
+            self.on_attention(numbers)
 
     def _add(self, func, args, kwargs):
         a = args[0] if args else kwargs.get("input")
@@ -109,37 +108,104 @@ def _last_dim(args: tuple, kwargs: dict) -> bool:
             and dim in (-1, logits.dim() - 1))
 
 
-def sdpa_logits(query: torch.Tensor, key: torch.Tensor, value: Any = None,
+# -- attention, a piece at a time ----------------------------------------------------------------
+#
+# An attention's logits are (batch, heads, queries, keys): GPT-2 small's, 4 x 12 x 256 x 256
+# floats (12.6 MB) per layer, a long context's far more. Every number taken of them (the softmax,
+# each query's entropy and allowed keys, the largest logit) is per query, so they are taken a
+# piece of queries at a time, each piece at most PIECE_BYTES of float32 logits: the piece's
+# passes stay in the processor's cache, and a pass holds one piece at a time beside the model's
+# own tensors, never a second copy of a layer's attention.
+
+PIECE_BYTES = 4 << 20
+
+# a piece of an attention's logits (pieces, heads, queries, keys), float32 with -inf or the
+# dtype's lowest value at masked keys, and its probabilities (None: the softmax of the logits)
+Piece = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _spans(batch: int, queries: int, per_query: int) -> Iterator[tuple[slice, slice]]:
+    """(batch slice, query slice) pieces of at most PIECE_BYTES, `per_query` bytes a query: whole
+    samples where one fits, else a sample's queries in runs."""
+    per_sample = queries * per_query
+    if per_sample <= PIECE_BYTES:
+        step = max(1, PIECE_BYTES // per_sample)
+        for b in range(0, batch, step):
+            yield slice(b, b + step), slice(None)
+        return
+    step = max(1, PIECE_BYTES // per_query)
+    for b in range(batch):
+        for q in range(0, queries, step):
+            yield slice(b, b + 1), slice(q, q + step)
+
+
+def _as_4d(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+
+
+def _part(mask: torch.Tensor, rows: slice, queries: slice) -> torch.Tensor:
+    """A (1 or batch, 1 or heads, 1 or queries, keys) mask's part for a piece: sliced along
+    the dims it has in full, broadcast along the others."""
+    if mask.shape[0] > 1:
+        mask = mask[rows]
+    if mask.shape[-2] > 1:
+        mask = mask[..., queries, :]
+    return mask
+
+
+def _logit_pieces(q: torch.Tensor, k: torch.Tensor, scale: float,
+                  masks: list[torch.Tensor], causal: bool) -> Iterator[Piece]:
+    """The logits q kᵀ · scale, masked, a piece at a time. q: (batch, heads, queries, dim);
+    k: (batch, heads or a divisor of them (grouped-query attention), keys, dim); masks: 4-D,
+    broadcastable to the logits, boolean (True: the key takes part) or added to them; `causal`:
+    the keys after each query are masked (top-left aligned, as SDPA's is_causal)."""
+    batch, heads, queries, _ = q.shape
+    keys = k.shape[-2]
+    repeat = heads // k.shape[1]
+    for rows, span in _spans(batch, queries, heads * keys * 4):
+        qp = q[rows, :, span].float() * scale  # (the scale on the smaller operand)
+        kp = k[rows].float()
+        if repeat > 1:
+            kp = kp.repeat_interleave(repeat, dim=1)
+        logits = qp @ kp.transpose(-2, -1)
+        if causal:
+            first = span.start or 0
+            position = torch.arange(first, first + logits.shape[-2], device=logits.device)
+            future = torch.arange(keys, device=logits.device) > position[:, None]
+            logits.masked_fill_(future, -math.inf)
+        for mask in masks:
+            part = _part(mask, rows, span)
+            if part.dtype == torch.bool:
+                logits.masked_fill_(~part, -math.inf)
+            else:
+                logits += part.float()
+        yield logits, None
+
+
+def sdpa_pieces(query: torch.Tensor, key: torch.Tensor, value: Any = None,
                 attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
                 is_causal: bool = False, scale: float | None = None,
-                enable_gqa: bool = False, **_: Any) -> torch.Tensor | None:
-    """The attention logits that `F.scaled_dot_product_attention(query, key, ...)` softmaxes:
-    q kᵀ · scale plus the mask (a boolean mask's False and the causal mask's future: -inf),
-    key heads repeated for grouped-query attention; (..., heads, L, S). None for shapes it does
-    not take (nested tensors, fewer than 3 dimensions)."""
-    if query.dim() < 3 or key.dim() != query.dim() or getattr(query, "is_nested", False):
-        return None
-    q, k = query.detach().float(), key.detach().float()
-    if q.dim() >= 4 and k.shape[-3] != q.shape[-3]:
-        if k.shape[-3] == 0 or q.shape[-3] % k.shape[-3]:
-            return None
-        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-    factor = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
-    logits = (q * factor) @ k.transpose(-2, -1)  # (the scale on the smaller operand)
-    length, source = logits.shape[-2], logits.shape[-1]
-    if is_causal:
-        future = torch.ones(length, source, dtype=torch.bool, device=logits.device).triu_(1)
-        logits.masked_fill_(future, -math.inf)
+                enable_gqa: bool = False, **_: Any) -> Iterator[Piece]:
+    """The attention logits that `F.scaled_dot_product_attention(query, key, ...)` softmaxes, a
+    piece at a time: q kᵀ · scale plus the mask (a boolean mask's False and the causal mask's
+    future: -inf), key heads repeated for grouped-query attention. Nothing for what it does not
+    take (nested tensors, other than 3 or 4 dimensions: a 3-D query is (heads, queries, dim))."""
+    if (query.dim() not in (3, 4) or key.dim() != query.dim()
+            or getattr(query, "is_nested", False)):
+        return iter(())
+    q, k = _as_4d(query.detach()), _as_4d(key.detach())
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        return iter(())
+    masks = []
     if attn_mask is not None:
-        mask = attn_mask.detach()
-        if mask.dtype == torch.bool:
-            logits.masked_fill_(~mask, -math.inf)
-        else:
-            logits += mask.float()
-    return logits
+        if attn_mask.dim() > 4:
+            return iter(())
+        masks.append(_as_4d(attn_mask.detach()))
+    factor = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
+    return _logit_pieces(q, k, factor, masks, is_causal)
 
 
-def mha_logits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+def mha_pieces(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                embed_dim_to_check: int, num_heads: int, in_proj_weight: torch.Tensor | None,
                in_proj_bias: torch.Tensor | None, bias_k: torch.Tensor | None = None,
                bias_v: torch.Tensor | None = None, add_zero_attn: bool = False,
@@ -147,47 +213,92 @@ def mha_logits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                attn_mask: torch.Tensor | None = None, use_separate_proj_weight: bool = False,
                q_proj_weight: torch.Tensor | None = None,
                k_proj_weight: torch.Tensor | None = None, static_k: torch.Tensor | None = None,
-               is_causal: bool = False, **_: Any) -> torch.Tensor | None:
+               is_causal: bool = False, **_: Any) -> Iterator[Piece]:
     """The attention logits of `F.multi_head_attention_forward(query, key, ...)` (its inputs
-    (L, E) or (L, N, E), as nn.MultiheadAttention passes them): the projected query and key,
-    split into heads, q kᵀ / √head_dim, plus the masks; (N, heads, L, S). None for what it
-    does not take: extra key biases, a zero attention row, static keys."""
+    (L, E) or (L, N, E), as nn.MultiheadAttention passes them), a piece at a time: the
+    projected query and key, split into heads, q kᵀ / √head_dim, plus the masks (a boolean
+    one's True: masked out). Nothing for what it does not take: extra key biases, a zero
+    attention row, static keys."""
     if bias_k is not None or add_zero_attn or static_k is not None or query.dim() not in (2, 3):
-        return None
+        return iter(())
     q_in, k_in = query.detach().float(), key.detach().float()
     if q_in.dim() == 2:
         q_in, k_in = q_in.unsqueeze(1), k_in.unsqueeze(1)
     length, batch, embed = q_in.shape
     if use_separate_proj_weight:
         if q_proj_weight is None or k_proj_weight is None:
-            return None
-        w_q, w_k = q_proj_weight.float(), k_proj_weight.float()
+            return iter(())
+        w_q, w_k = q_proj_weight.detach().float(), k_proj_weight.detach().float()
     elif in_proj_weight is not None:
         w_q, w_k, _ = in_proj_weight.detach().float().chunk(3)
     else:
-        return None
+        return iter(())
     b_q = b_k = None
     if in_proj_bias is not None:
         b_q, b_k, _ = in_proj_bias.detach().float().chunk(3)
     head = embed // num_heads
-    q = F.linear(q_in, w_q.detach(), b_q).reshape(length, batch * num_heads, head)
-    k = F.linear(k_in, w_k.detach(), b_k).reshape(k_in.shape[0], batch * num_heads, head)
-    logits = (q.transpose(0, 1) @ k.transpose(0, 1).transpose(1, 2)) / math.sqrt(head)
-    logits = logits.reshape(batch, num_heads, length, k_in.shape[0])
+    # (L, N, E) -> (N, heads, L, head)
+    q = F.linear(q_in, w_q, b_q).reshape(length, batch, num_heads, head).permute(1, 2, 0, 3)
+    k = F.linear(k_in, w_k, b_k).reshape(k_in.shape[0], batch, num_heads, head).permute(1, 2, 0, 3)
+    masks = []
     if attn_mask is not None:
         mask = attn_mask.detach()
-        mask = mask.reshape(batch, num_heads, length, -1) if mask.dim() == 3 else mask
-        logits = (logits.masked_fill(mask, -math.inf) if mask.dtype == torch.bool
-                  else logits + mask.float())
-    elif is_causal:
-        allowed = torch.ones(length, logits.shape[-1], dtype=torch.bool,
-                             device=logits.device).tril()
-        logits = logits.masked_fill(~allowed, -math.inf)
+        mask = mask.reshape(batch, num_heads, length, -1) if mask.dim() == 3 else _as_4d(mask)
+        masks.append(~mask if mask.dtype == torch.bool else mask)
     if key_padding_mask is not None:
         pad = key_padding_mask.detach().reshape(batch, 1, 1, -1)
-        logits = (logits.masked_fill(pad, -math.inf) if pad.dtype == torch.bool
-                  else logits + pad.float())
-    return logits
+        masks.append(~pad if pad.dtype == torch.bool else pad)
+    return _logit_pieces(q, k, 1 / math.sqrt(head), masks, is_causal and attn_mask is None)
+
+
+def softmax_pieces(logits: torch.Tensor, probabilities: torch.Tensor) -> Iterator[Piece]:
+    """A softmax's logits (..., heads, queries, keys) and its output, a piece at a time (all but
+    the last three dimensions are the batch; 3-D: (heads, queries, keys))."""
+    lg, p = logits.detach(), probabilities.detach()
+    lg = lg.reshape(-1, *lg.shape[-3:])
+    p = p.reshape(lg.shape)
+    for rows, span in _spans(lg.shape[0], lg.shape[2], lg.shape[1] * lg.shape[3] * 4):
+        yield lg[rows, :, span], p[rows, :, span]
+
+
+def attention_numbers(pieces: Iterable[Piece]) -> torch.Tensor | None:
+    """(heads + 1,) float64: each head's mean normalised entropy, then the largest logit; None
+    when there are no pieces.
+
+    pieces: (logits, probabilities or None: their softmax) of an attention, (batch, heads,
+    queries, keys) each. A query's entropy -Σ p ln p is divided by ln of its allowed keys (those
+    whose logit is above the dtype's lowest tenth: a masked key's is -inf or the dtype's lowest
+    value): 1 is uniform attention over them, 0 all of it on one key. Queries with fewer than
+    two allowed keys (the first query of a causal mask) are left out. The largest logit is over
+    the allowed ones."""
+    total = counted_total = top = None
+    for logits, probabilities in pieces:
+        floor = torch.finfo(logits.dtype if logits.is_floating_point()
+                            else torch.float32).min / 10
+        lg = logits.float()
+        p = torch.softmax(lg, dim=-1) if probabilities is None else probabilities.float()
+        # a masked key's logit is -inf or its dtype's lowest value (NaN and -inf compare False)
+        allowed = lg > floor
+        keys = allowed.sum(dim=-1)
+        counted = keys >= 2
+        # -p ln p (0 at p = 0, so a masked key adds nothing)
+        entropy = torch.special.entr(p).sum(dim=-1)
+        normalised = torch.where(counted, entropy / torch.log(keys.clamp_min(2).float()), 0.0)
+        sums = normalised.sum(dim=(0, 2), dtype=torch.float64)
+        counts = counted.sum(dim=(0, 2))
+        # the largest allowed logit: a masked one is never above an allowed one
+        largest = torch.where(allowed.any(), lg.amax(),
+                              torch.full((), -math.inf, device=lg.device)).double()
+        if total is None:
+            total, counted_total, top = sums, counts, largest
+        else:
+            total, counted_total = total + sums, counted_total + counts
+            top = torch.maximum(top, largest)
+    if total is None:
+        return None
+    per_head = torch.where(counted_total > 0, total / counted_total.clamp_min(1),
+                           torch.full_like(total, math.nan))
+    return torch.cat([per_head, top.reshape(1)])
 
 
 def rms(t: torch.Tensor, groups: int = 0) -> torch.Tensor:
@@ -195,37 +306,3 @@ def rms(t: torch.Tensor, groups: int = 0) -> torch.Tensor:
     flat = t.reshape(groups, -1) if groups else t.reshape(1, -1)
     norm = torch.linalg.vector_norm(flat, dim=1, dtype=torch.float64)  # one pass, in float64
     return norm / math.sqrt(flat.shape[1])
-
-
-def attention_numbers(logits: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
-    """(heads + 1,) float64: each head's mean normalised entropy, then the largest logit.
-
-    logits, probabilities: (batch, heads, queries, keys) (or (heads, queries, keys), or with
-    more leading dims: all but the last three are the batch). A query's entropy -Σ p ln p is
-    divided by ln of its allowed keys (those whose logit is above the dtype's lowest tenth: a
-    masked key's is -inf or the dtype's lowest value): 1 is uniform attention over them, 0 all of
-    it on one key. Queries with fewer than two allowed keys (the first query of a causal mask)
-    are left out. The largest logit is over the allowed ones."""
-    lg = logits.detach().float()
-    p = probabilities.detach().float()
-    if lg.dim() == 3:
-        lg, p = lg.unsqueeze(0), p.unsqueeze(0)
-    heads = lg.shape[-3]
-    lg = lg.reshape(-1, heads, lg.shape[-2], lg.shape[-1])
-    p = p.reshape(lg.shape)
-    # a masked key's logit is -inf or its dtype's lowest value (NaN and -inf compare False)
-    floor = torch.finfo(logits.dtype if logits.is_floating_point() else torch.float32).min / 10
-    allowed = lg > floor
-    keys = allowed.sum(dim=-1)
-    # -p ln p (0 at p = 0, so a masked key adds nothing)
-    entropy = torch.special.entr(p).sum(dim=-1)
-    counted = keys >= 2
-    normalised = entropy / torch.log(keys.clamp_min(2).float())
-    per_head = ((normalised * counted).sum(dim=(0, 2))
-                / counted.sum(dim=(0, 2)).clamp_min(1)).double()
-    per_head = torch.where(counted.any(dim=2).any(dim=0), per_head,
-                           torch.full_like(per_head, math.nan))
-    # the largest allowed logit: a masked one is never above an allowed one
-    top = torch.where(allowed.any(), lg.amax(), torch.full((), -math.inf,
-                                                           device=lg.device)).double().reshape(1)
-    return torch.cat([per_head, top])

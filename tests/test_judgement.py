@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import actstat
+from actstat import stream
 from actstat.analysis import analyse_captured
 from actstat.capture import capture
 from actstat.config import Thresholds
@@ -177,6 +178,54 @@ def test_multihead_attention_entropy_and_logits_are_numpys(causal):
     assert np.allclose(row.attention[:-1], heads, rtol=1e-5)
     assert row.attention[-1] == pytest.approx(top, rel=1e-5)
     assert min(heads) < 0.9  # a test that can fail: not uniform attention
+
+
+@pytest.mark.parametrize("piece_bytes", [stream.PIECE_BYTES, 4 * 5 * 4 * 3, 1])
+@pytest.mark.parametrize("mask", ["causal", "bool", "float", "padding"])
+def test_sdpa_attention_numbers_are_numpys_whatever_the_pieces(piece_bytes, mask, monkeypatch):
+    """SDPA's logits computed again from its query and key (grouped-query: 4 query heads on 2
+    key heads) and its mask, a piece at a time: whole samples, runs of 3 queries, one query;
+    each head's entropy and the largest logit as NumPy computes them at once."""
+    monkeypatch.setattr(stream, "PIECE_BYTES", piece_bytes)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 4, 5, 8, generator=g) * 3, torch.randn(2, 2, 5, 8, generator=g)
+    future = np.triu(np.ones((5, 5), dtype=bool), 1)
+    kwargs: dict = {"is_causal": True} if mask == "causal" else {}
+    if mask == "bool":
+        kwargs["attn_mask"] = torch.from_numpy(~future)  # (L, S): True takes part
+    if mask == "float":
+        kwargs["attn_mask"] = torch.randn(2, 1, 5, 5, generator=g)
+    if mask == "padding":  # the last key of sample 1 is padding
+        allowed = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+        allowed[1, ..., -1] = False
+        kwargs["attn_mask"] = allowed
+    got = stream.attention_numbers(stream.sdpa_pieces(q, k, k, enable_gqa=True, **kwargs))
+    a, b = q.double().numpy(), np.repeat(k.double().numpy(), 2, axis=1)
+    logits = a @ b.transpose(0, 1, 3, 2) / math.sqrt(8)
+    if mask in ("causal", "bool"):
+        logits = np.where(future, -np.inf, logits)
+    if mask == "float":
+        logits = logits + kwargs["attn_mask"].double().numpy()
+    if mask == "padding":
+        logits[1, ..., -1] = -np.inf
+    heads, top = entropy_reference(logits)
+    assert np.allclose(got[:-1].numpy(), heads, rtol=1e-5)
+    assert float(got[-1]) == pytest.approx(top, rel=1e-5)
+    assert min(heads) < 0.9
+
+
+@pytest.mark.parametrize("piece_bytes", [stream.PIECE_BYTES, 7])
+def test_a_softmax_is_read_a_piece_at_a_time(piece_bytes, monkeypatch):
+    """Eager attention's own softmax (batch, heads, L, S), read in pieces: the numbers of the
+    whole."""
+    monkeypatch.setattr(stream, "PIECE_BYTES", piece_bytes)
+    logits = torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(2)) * 4
+    logits.masked_fill_(torch.ones(6, 6, dtype=torch.bool).triu(1), -math.inf)
+    got = stream.attention_numbers(stream.softmax_pieces(logits, logits.softmax(-1)))
+    heads, top = entropy_reference(logits.double().numpy())
+    assert np.allclose(got[:-1].numpy(), heads, rtol=1e-5)
+    assert float(got[-1]) == pytest.approx(top, rel=1e-5)
+    assert stream.attention_numbers(iter(())) is None
 
 
 def _step(block, kind, x):
