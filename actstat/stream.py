@@ -287,7 +287,7 @@ def attention_numbers(pieces: Iterable[Piece]) -> torch.Tensor | None:
         sums = normalised.sum(dim=(0, 2), dtype=torch.float64)
         counts = counted.sum(dim=(0, 2))
         # the largest allowed logit: a masked one is never above an allowed one
-        largest = torch.where(allowed.any(), lg.amax(),
+        largest = torch.where(keys.amax() > 0, lg.amax(),
                               torch.full((), -math.inf, device=lg.device)).double()
         if total is None:
             total, counted_total, top = sums, counts, largest

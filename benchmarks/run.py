@@ -113,8 +113,10 @@ def bare_forward(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def bare_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    model.zero_grad(set_to_none=True)
     nn.functional.cross_entropy(model(x), y).backward()
+    # as a measurement leaves the model: without gradients (it sets aside any it finds and
+    # keeps them for the model while it runs: memory a bare pass after a bare pass does not hold)
+    model.zero_grad(set_to_none=True)
 
 
 def fastai_style(model: nn.Module, x: torch.Tensor) -> None:
