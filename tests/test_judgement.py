@@ -216,12 +216,12 @@ def test_sdpa_attention_numbers_are_numpys_whatever_the_pieces(piece_bytes, mask
 
 @pytest.mark.parametrize("piece_bytes", [stream.PIECE_BYTES, 7])
 def test_a_softmax_is_read_a_piece_at_a_time(piece_bytes, monkeypatch):
-    """Eager attention's own softmax (batch, heads, L, S), read in pieces: the numbers of the
-    whole."""
+    """Eager attention's softmax (batch, heads, L, S), its logits read in pieces: the numbers
+    NumPy takes of the whole; a masked key (-inf) adds nothing."""
     monkeypatch.setattr(stream, "PIECE_BYTES", piece_bytes)
     logits = torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(2)) * 4
     logits.masked_fill_(torch.ones(6, 6, dtype=torch.bool).triu(1), -math.inf)
-    got = stream.attention_numbers(stream.softmax_pieces(logits, logits.softmax(-1)))
+    got = stream.attention_numbers(stream.softmax_pieces(logits))
     heads, top = entropy_reference(logits.double().numpy())
     assert np.allclose(got[:-1].numpy(), heads, rtol=1e-5)
     assert float(got[-1]) == pytest.approx(top, rel=1e-5)
