@@ -102,12 +102,14 @@ def _widths(columns: list[Column], width: int | None) -> dict[str, int] | None:
 
 def wrap_text(text: str, width: int) -> str:
     """`text` broken into lines of at most `width` cells, after a space, a '(' or a ',' where
-    possible (`kaiming + general_relu(` / `subtract=0.5)`), or after a '.' that follows a
-    letter (a module path: `blocks.0.branch.` / `fc1`; never inside a number such as 0.5),
-    folding only a longer word."""
+    possible (`kaiming + general_relu(` / `subtract=0.5)`; a '(' after a space opens the next
+    line: `lsuv + relu` / `(plain)`), or after a '.' that follows a letter (a module path:
+    `blocks.0.branch.` / `fc1`; never inside a number such as 0.5), folding only a longer
+    word."""
     lines: list[str] = []
     line = ""
-    for token in re.findall(r"(?:[^ (,.]|(?<![A-Za-z_])\.)*(?:[ (,]+|(?<=[A-Za-z_])\.)?", text):
+    for token in re.findall(r"\(?(?:[^ (,.]|(?<![A-Za-z_])\.)*(?:[ ,]+|\(|(?<=[A-Za-z_])\.)?",
+                            text):
         if not token:
             continue
         if line and cell_len((line + token).rstrip()) > width:

@@ -202,6 +202,9 @@ def test_merged_bins_keep_every_count():
 def test_wrap_text_breaks_at_spaces_and_brackets():
     assert wrap_text("kaiming + general_relu(subtract=0.5)", 16) == \
         "kaiming +\ngeneral_relu(\nsubtract=0.5)"
+    assert wrap_text("lsuv + relu (plain)", 16) == "lsuv + relu\n(plain)"  # never `relu (`
+    assert wrap_text("default + relu (residual, layernorm)", 16) == \
+        "default + relu\n(residual,\nlayernorm)"
     assert wrap_text("short", 16) == "short"
     assert wrap_text("abcdefghij", 4) == "abcd\nefgh\nij"
 
