@@ -124,15 +124,24 @@ def _usage_message(err: Any) -> str:
 def _say(message: str) -> None:
     """A message on stderr; on a terminal, wrapped at word boundaries to its width (the terminal
     would break it inside a number or a name); in a pipe or a CI log, as it is."""
-    if sys.stderr.isatty():
+    columns = _terminal_columns(sys.stderr)
+    if columns is not None:
         from actstat.layout import wrap_message
 
-        message = wrap_message(message, _width(sys.stderr))
+        message = wrap_message(message, columns)
     typer.echo(message, err=True)
 
 
-def _width(stream: Any) -> int:
-    """The width of the terminal `stream` writes to (COLUMNS first, as Rich reads it)."""
+def _terminal_columns(stream: Any) -> int | None:
+    """How many columns wide the terminal `stream` writes to is (COLUMNS first, as Rich reads
+    it), or None when it writes to a pipe, a file or a CI log. The one place the CLI asks: tables
+    are fitted to it, messages wrapped at it, and a progress bar shows only on a terminal; the
+    docs check makes it answer 80 for every stream (tests/test_readme.py)."""
+    try:
+        if not stream.isatty():
+            return None
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return None
     columns = os.environ.get("COLUMNS", "")
     if columns.isdigit() and int(columns) > 0:
         return int(columns)
@@ -525,7 +534,7 @@ def _profile_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool
     from actstat.plan import schemes
 
     def measure() -> Any:
-        if quiet or not sys.stderr.isatty():
+        if quiet or _terminal_columns(sys.stderr) is None:
             return profile(resolved, force=force)
         with _progress(no_color) as bar:
             task = bar.add_task("measuring", total=len(schemes(resolved)))
@@ -562,7 +571,7 @@ def _train_resolved(resolved: Any, *, quiet: bool, force: bool, no_color: bool,
     from actstat.training import watch_report
 
     def train() -> Any:
-        if quiet or not sys.stderr.isatty():
+        if quiet or _terminal_columns(sys.stderr) is None:
             return watch_report(resolved, on_record=on_record, force=force)
         with _progress(no_color, loss=True) as bar:
             task = bar.add_task("measuring at init", total=None, loss="")
@@ -594,7 +603,7 @@ def _coord_checked(resolved: Any, ray: str | None, *, quiet: bool, no_color: boo
         executor = RayExecutor(None if ray == "local" else ray)
 
     def measure() -> Any:
-        if quiet or not sys.stderr.isatty() or executor is not None:
+        if quiet or _terminal_columns(sys.stderr) is None or executor is not None:
             return coord_check_report(resolved, executor=executor)
         with _progress(no_color) as bar:
             task = bar.add_task("coord check", total=None)
@@ -617,15 +626,17 @@ def _coord_checked(resolved: Any, ray: str | None, *, quiet: bool, no_color: boo
 
 
 def _progress(no_color: bool, loss: bool = False) -> Any:
-    """A progress bar on stderr that goes when it is done (a terminal's: callers check)."""
+    """A progress bar on stderr that goes when it is done (a terminal's: callers check
+    `_terminal_columns`). Drawn only where Rich can move the cursor back over it: anywhere else
+    (the docs check's 80-column stand-in) it would leave a blank line behind."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
     if loss:
         columns.append(TextColumn("{task.fields[loss]}"))
-    return Progress(*columns, console=Console(stderr=True, no_color=no_color or None),
-                    transient=True)
+    console = Console(stderr=True, no_color=no_color or None)
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
 
 
 def _measured_for_check(plan: Any, *, quiet: bool, force: bool, no_color: bool) -> Any:
@@ -725,16 +736,16 @@ def _deliver(format: str, output: Path | None, view: Any, display: Display) -> N
     the chosen format reaches stdout."""
     from actstat.atomic import write_atomic
 
+    columns = _terminal_columns(sys.stdout)
     if output is not None:
         write_atomic(output, view.text())
-    elif format == "table" and sys.stdout.isatty():
+    elif format == "table" and columns is not None:
         from rich.console import Console
 
-        console = Console(highlight=False, no_color=display.no_color or None)
-        width = None if display.wide else console.width
-        if width is None:  # --wide: as wide as the table; the terminal wraps what it must
-            console.width = 10_000
-        for renderable in view.renderables(width):
+        # --wide: as wide as the table; the terminal wraps what it must
+        console = Console(file=sys.stdout, width=10_000 if display.wide else columns,
+                          highlight=False, no_color=display.no_color or None)
+        for renderable in view.renderables(None if display.wide else columns):
             console.print(renderable)
     else:
         sys.stdout.write(view.text())

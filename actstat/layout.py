@@ -102,12 +102,14 @@ def _widths(columns: list[Column], width: int | None) -> dict[str, int] | None:
 
 def wrap_text(text: str, width: int) -> str:
     """`text` broken into lines of at most `width` cells, after a space, a '(' or a ',' where
-    possible (`kaiming + general_relu(` / `subtract=0.5)`), or after a '.' that follows a
-    letter (a module path: `blocks.0.branch.` / `fc1`; never inside a number such as 0.5),
-    folding only a longer word."""
+    possible (`kaiming + general_relu(` / `subtract=0.5)`; a '(' after a space opens the next
+    line: `lsuv + relu` / `(plain)`), or after a '.' that follows a letter (a module path:
+    `blocks.0.branch.` / `fc1`; never inside a number such as 0.5), folding only a longer
+    word."""
     lines: list[str] = []
     line = ""
-    for token in re.findall(r"(?:[^ (,.]|(?<![A-Za-z_])\.)*(?:[ (,]+|(?<=[A-Za-z_])\.)?", text):
+    for token in re.findall(r"\(?(?:[^ (,.]|(?<![A-Za-z_])\.)*(?:[ ,]+|\(|(?<=[A-Za-z_])\.)?",
+                            text):
         if not token:
             continue
         if line and cell_len((line + token).rstrip()) > width:
@@ -178,6 +180,9 @@ def fit(columns: Sequence[Column], width: int | None, *, title: str | None = Non
                                                 for c in wrapped):
                 kept, widths = trial, trial_widths
                 constants.append(column)
+    # the names a constant column left for stay whole: nothing comes back to wrap them again
+    whole = [c for c in kept if c.wrap and widths is not None and widths[c.name] >= c.natural()
+             ] if constants else []
     # a wide column leaving (a user's long module names) can make room for narrower ones that
     # left before it: they come back, the most important (lowest rank) first
     # (past a wide column that stays out, never past a narrow one: the stated order holds)
@@ -185,7 +190,7 @@ def fit(columns: Sequence[Column], width: int | None, *, title: str | None = Non
                          key=lambda c: c.rank):
         trial = [c for c in columns if c is column or any(c is k for k in kept)]
         trial_widths = _widths(trial, width) if widths is not None else None
-        if trial_widths is not None:
+        if trial_widths is not None and all(trial_widths[c.name] >= c.natural() for c in whole):
             kept, widths = trial, trial_widths
         elif column.narrowest() <= WIDE:
             break

@@ -36,7 +36,9 @@ def coord_tables(report: Report, width: int | None = None) -> list[RenderableTyp
     """The table of slopes, a note when step columns left, the picture and the verdict."""
     check = _check(report)
     fitted = _table(check, width)
-    renderables: list[RenderableType] = [fitted.table]
+    # the title on a line of its own: as the table's title it would wrap at the table's width,
+    # narrower than the terminal's
+    renderables: list[RenderableType] = [Text(title(check), style="italic"), fitted.table]
     note = left_out_note(fitted.left_out, width)
     if note:
         renderables.append(note)
@@ -77,7 +79,7 @@ def _table(check: CoordCheck, width: int | None) -> Any:
                                                      for f in layer.flags)
                                     for layer in check.layers],
                           justify="left", wrap=True, min_width=len("shrinks_with_width")))
-    return fit(columns, width, title=title(check))
+    return fit(columns, width)
 
 
 def _spread(layer: CoordLayer) -> str:

@@ -202,6 +202,9 @@ def test_merged_bins_keep_every_count():
 def test_wrap_text_breaks_at_spaces_and_brackets():
     assert wrap_text("kaiming + general_relu(subtract=0.5)", 16) == \
         "kaiming +\ngeneral_relu(\nsubtract=0.5)"
+    assert wrap_text("lsuv + relu (plain)", 16) == "lsuv + relu\n(plain)"  # never `relu (`
+    assert wrap_text("default + relu (residual, layernorm)", 16) == \
+        "default + relu\n(residual,\nlayernorm)"
     assert wrap_text("short", 16) == "short"
     assert wrap_text("abcdefghij", 4) == "abcd\nefgh\nij"
 
@@ -341,6 +344,21 @@ def test_a_column_that_reads_the_same_in_every_row_leaves_rather_than_a_name_wra
     # where the name fits whole beside it, or nothing would be gained, the column stays
     assert fit([name, value, tolerance], 60).left_out == ()
     assert fit([name, value, tolerance], 20).left_out == ("tolerance (×1.05 in every row)",)
+
+
+def test_no_column_comes_back_to_wrap_a_name_that_a_constant_column_left_for():
+    # README.md's compare of a CNN at 80 columns: `verdict` (healthy in every row) left so that
+    # the scheme names fit whole; `gain`, gone before it, must not come back and wrap them again
+    name = Column("scheme", [Text("nets.py:make_cnn + kaiming")] * 2, justify="left",
+                  wrap=True, min_width=16)
+    verdict = Column("verdict", [Text("healthy")] * 2, justify="left", rank=1)
+    value = Column("obtained", [Text("0.7418"), Text("1.145")])
+    gain = Column("gain", [Text("1.048"), Text("0.961")], rank=5)
+    fitted = fit([name, verdict, value, gain], 40)  # name whole beside obtained, not with gain
+    assert fitted.left_out == ("verdict (healthy in every row)", "gain")
+    assert [c.width for c in fitted.table.columns] == [26, 8]
+    # wide enough for the name and gain together: gain stays
+    assert fit([name, verdict, value, gain], 45).left_out == ("verdict (healthy in every row)",)
 
 
 def test_a_column_does_not_come_back_past_a_more_important_one_as_narrow():

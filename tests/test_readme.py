@@ -9,11 +9,14 @@ import re
 import shlex
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from rich.cells import cell_len
+from typer.testing import CliRunner
 
+from actstat import cli
 from actstat.activations import ACTIVATIONS
-from actstat.cli import app
 from actstat.inits import BIAS_INITS, DATA_INITS, INITS, RESIDUAL_INITS
 from actstat.records import FLAGS
 from actstat.render import FORMATS, NOISE
@@ -268,17 +271,46 @@ def test_the_pages_have_examples():
     assert len(EXAMPLES) >= 10
 
 
-def _run(command: str) -> str:
-    """What `$ actstat ...` prints (stdout, then stderr), its exit code checked: N for a command
-    ending in `# exit N`, else 0."""
-    from typer.testing import CliRunner
+# The terminal every page shows: STYLE.md's reader's, 80 columns wide.
+COLUMNS = 80
 
+
+def too_wide(shown: str) -> list[str]:
+    """The lines of an example's output that an 80-column terminal could not show: every line
+    longer than 80 cells but one word that nothing may break (a message's file path stands on
+    its own line; a table folds a longer cell)."""
+    return [line for line in shown.splitlines()
+            if cell_len(line) > COLUMNS and " " in line.strip()]
+
+
+def test_the_check_of_widths_sees_a_long_line():
+    assert too_wide("a b\n" + "x " * 41) == ["x " * 41]
+    assert too_wide("/" + "p" * 90) == []  # one word: wrapping cannot shorten it
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_every_example_shows_an_80_column_terminal(page):
+    """What the pages show is what a reader's 80-column terminal shows (`_run`): tables fitted,
+    their left-out columns named, messages wrapped; not a pipe's full width."""
+    for _, command, shown in [example for example in EXAMPLES if example[0] == page]:
+        assert not too_wide(shown), (
+            f"{page.name}: `{command}` shows lines wider than {COLUMNS} columns; run pytest "
+            "--update-golden:\n" + "\n".join(too_wide(shown)))
+
+
+def _run(command: str) -> str:
+    """What `$ actstat ...` shows in an 80-column terminal without colour: tables fitted to 80
+    columns, messages on stderr wrapped at 80, stdout and stderr in the order they came, no space
+    at a line's end; its exit code checked: N for a command ending in `# exit N`, else 0. The CLI
+    asks one function whether a stream is a terminal and how wide (`cli._terminal_columns`);
+    here every stream answers 80 (tests/test_width.py runs the examples on real ones)."""
     args = shlex.split(command.split("#")[0])[1:]
     match = re.search(r"# exit (\d+)", command)
     expected_code = int(match.group(1)) if match else 0
-    result = CliRunner().invoke(app, args, env={"NO_COLOR": "1"})
-    assert result.exit_code == expected_code, result.stderr
-    return result.stdout + result.stderr
+    with mock.patch.object(cli, "_terminal_columns", lambda stream: COLUMNS):
+        result = CliRunner().invoke(cli.app, args, env={"NO_COLOR": "1"})
+    assert result.exit_code == expected_code, result.output
+    return "\n".join(line.rstrip() for line in result.output.splitlines())
 
 
 @pytest.mark.slow
@@ -309,7 +341,8 @@ NOISY = [(page, command, shown) for page, command, shown in EXAMPLES if NOISE in
 
 
 def test_some_examples_show_a_noise_mean():
-    assert len(NOISY) >= 2  # a LayerNorm's (docs/commands.md) and a BatchNorm's (docs/models.md)
+    # LayerNorms' means: the residual MLP's (docs/commands.md) and GPT-2's (docs/transformers.md)
+    assert len(NOISY) >= 2
 
 
 @pytest.mark.slow
