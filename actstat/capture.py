@@ -83,7 +83,7 @@ from actstat.reduce import (
     saturated_fraction,
     unit_spread,
 )
-from actstat.stream import Watch, rms
+from actstat.stream import Watch, rms, unwatched
 
 WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
@@ -485,6 +485,20 @@ class Probe:
     def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self.paused:
             return
+        # the hooks' own tensor work is not the model's: the function mode does not see it
+        with unwatched(self.watch):
+            self._look_before(module, args, kwargs)
+
+    def _after(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+        if self.paused:
+            return None
+        with unwatched(self.watch):
+            replaced = self._look_after(module, args, kwargs, out)
+        if not self.stack:
+            self._unwatch()  # the forward's outermost call has returned
+        return replaced
+
+    def _look_before(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         key = id(module)
         info = self.modules.get(key) or self._describe(module)
         if not self.stack and self.watched and self.watch is None:
@@ -532,15 +546,11 @@ class Probe:
             self._measure(module, f"{name}:input", "input", x, channels=(
                 x.dim() - bool(self.groups) >= 3 and info.channel_type), rules=None)
 
-    def _after(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-        if self.paused:
-            return None
+    def _look_after(self, module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
         # calls whose forward raised and whose caller caught it never reach their forward hook
         while len(self.stack) > 1 and self.stack[-1].module != id(module):
             self.stack.pop()
         call = self.stack.pop()
-        if not self.stack:
-            self._unwatch()  # the forward's outermost call returns
         info = self.modules[call.module]
         frame = (self.frames.pop() if info.block and self.frames
                  and self.frames[-1].name == call.name else None)
@@ -644,8 +654,20 @@ class Probe:
             # a sum or a product, not an activation: its dead units are not counted
             record = self._measure(self.model, f"{frame.name}:branch{suffix}", "branch", branch,
                                    channels=frame.channels, rules=NOT_AN_ACTIVATION)
-        ratio = rms(branch.detach(), self.groups) / rms(stream.detach(), self.groups)
-        record.branch = list(ratio.unbind(0)) if self.groups else [ratio.reshape(1)]
+        stream_seen = self._seen(stream)
+        of_stream = (stream_seen.record if stream_seen is not None
+                     and stream_seen.version == stream._version else None)
+        record.branch = [_ratio(b, s) for b, s in zip(self._rms(branch, record),
+                                                       self._rms(stream, of_stream))]
+
+    def _rms(self, t: torch.Tensor, record: _Record | None) -> list[float | torch.Tensor]:
+        """Per group, the root mean square of `t`: √(mean² + std²) of the numbers `record`
+        already holds of it (the same tensor, unchanged), else read again (stream.rms)."""
+        if record is not None:
+            return [math.hypot(row[0], row[1]) if isinstance(row, list)
+                    else torch.hypot(row[0], row[1]) for row in record.stats]
+        values = rms(t.detach(), self.groups)
+        return list(values.unbind(0)) if self.groups else [values.reshape(())]
 
     def _in_attention(self) -> bool:
         return bool(self.stack) and self.modules[self.stack[-1].module].attention
@@ -1112,6 +1134,14 @@ def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
     if edges is not None:
         parts.append(saturated / count)
     return parts
+
+
+def _ratio(a: float | torch.Tensor, b: float | torch.Tensor) -> Row:
+    """a / b as a row of one: a host float where both are (inf or NaN where b is 0, as a
+    device division gives), else a device vector."""
+    if isinstance(a, float) and isinstance(b, float):
+        return [a / b if b else (math.nan if a == 0 else math.inf)]
+    return (torch.as_tensor(a, dtype=torch.float64) / b).reshape(1)
 
 
 def _host(rows: list[Row]) -> list[float]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -101,6 +102,23 @@ class Watch(TorchFunctionMode):
         if stream is not None and isinstance(out, torch.Tensor):
             self.mark(out)
         return out
+
+
+# torch's own way to step out of the innermost function mode for a while (private: where a
+# torch lacks it, the hooks' work is seen by the mode, and ignored by it, as before)
+_pop_mode = getattr(torch.overrides, "_pop_mode_temporarily", None)
+_current_mode = getattr(torch.overrides, "_get_current_function_mode", None)
+
+
+def unwatched(watch: Watch | None) -> AbstractContextManager:
+    """A context in which `watch`, while it is the innermost function mode, sees nothing: the
+    capture's hooks run their own tensor work (a reshape, a shape, a reduction) in it. Every
+    torch call under a function mode goes through its Python `__torch_function__` (tensor
+    attributes included): the hooks of a depth-50 residual model made 7,000 such calls a pass,
+    more than the model itself."""
+    if watch is None or _pop_mode is None or _current_mode is None or _current_mode() is not watch:
+        return nullcontext()
+    return _pop_mode()
 
 
 def _last_dim(args: tuple, kwargs: dict) -> bool:
