@@ -117,8 +117,11 @@ def unwatched(watch: Watch | None) -> AbstractContextManager:
     attributes included): the hooks of a depth-50 residual model made 7,000 such calls a pass,
     more than the model itself."""
     if watch is None or _pop_mode is None or _current_mode is None or _current_mode() is not watch:
-        return nullcontext()
+        return _AS_IT_IS
     return _pop_mode()
+
+
+_AS_IT_IS = nullcontext()  # (reusable: entering it does nothing)
 
 
 def _last_dim(args: tuple, kwargs: dict) -> bool:
