@@ -38,6 +38,16 @@ class _PlainHelpFlag:
         return params
 
 
+class _PlainUsage:
+    """A required argument named in the usage line as Click names it (`actstat plot [OPTIONS]
+    REPORT`), not in the braces Typer adds (`{REPORT}`), which read as a placeholder to type."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+                for piece in pieces]
+
+
 class _FittedHelp:
     """--help drawn by actstat/helpview.py: fitted to the terminal, options in panels."""
 
@@ -51,7 +61,7 @@ class _FittedHelp:
             console.print(renderable)
 
 
-class _Command(_FittedHelp, _PlainHelpFlag, TyperCommand):
+class _Command(_FittedHelp, _PlainUsage, _PlainHelpFlag, TyperCommand):
     pass
 
 
@@ -340,7 +350,8 @@ def check(
         max_drift=(_guarded(opt.at_least, "--max-drift", max_drift, 1.0)
                    if max_drift is not None else None),
         fail_on=frozenset(_guarded(opt.fail_on, fail_on)), update=update))
-    _preflight(plan.config, (output, junit_xml, target if update else None))
+    _preflight(plan.config, (output, junit_xml, target if update else None),
+               data_from=_data_from(plan.request.overrides, plan.config_path or target))
     report = _measured_for_check(plan, quiet=quiet, force=force, no_color=no_color)
     result = checking.evaluate(plan, report)
     _guarded(_emit_check, result, format, output, junit_xml, Display(wide, no_color))
@@ -488,11 +499,16 @@ def _check_output_options(format: str, fail_on: str | None) -> set[str]:
     return _guarded(opt.fail_on, fail_on)
 
 
-def _preflight(resolved: Any, outputs: tuple[Path | None, ...], figure: Path | None = None
-               ) -> None:
+def _preflight(resolved: Any, outputs: tuple[Path | None, ...], figure: Path | None = None,
+               data_from: str = "") -> None:
     from actstat.outputs import preflight
 
-    _guarded(preflight, resolved, outputs, figure)
+    _guarded(preflight, resolved, outputs, figure, data_from)
+
+
+def _data_from(overrides: dict[str, Any], config: Path | None) -> str:
+    """What set the data source, as a message names it: the option, else the config file."""
+    return "--data" if "data.source" in overrides else str(config) if config is not None else ""
 
 
 def _resolved(config: Path | None, overrides: dict[str, Any], outputs: tuple[Path | None, ...],
@@ -505,7 +521,7 @@ def _resolved(config: Path | None, overrides: dict[str, Any], outputs: tuple[Pat
 
     resolved = _guarded(lambda: load_config(config, overrides, default_schemes=default_schemes,
                                             defaults=defaults))
-    _preflight(resolved, outputs, figure)
+    _preflight(resolved, outputs, figure, _data_from(overrides, config))
     return resolved
 
 

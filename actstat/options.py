@@ -214,7 +214,8 @@ JunitOpt = Annotated[Path | None, typer.Option(
 
 # plot
 ReportArg = Annotated[Path, typer.Argument(
-    help="A JSON report written by run, compare or baseline.", dir_okay=False)]
+    metavar="REPORT", dir_okay=False,
+    help="A JSON report written by run, compare, baseline, train or coord-check.")]
 FigureOpt = Annotated[Path, typer.Option(
     "--output", "-o", help="The figure: .png, .svg or .pdf.", dir_okay=False, metavar="FILE",
     rich_help_panel="Output")]

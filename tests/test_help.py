@@ -86,6 +86,14 @@ def test_run_help_is_short_and_grouped(cli):
         assert f"─ {panel} ─" in shown
 
 
+@pytest.mark.parametrize("name", COMMANDS)
+def test_usage_names_arguments_as_words(cli, name):
+    """`actstat plot [OPTIONS] REPORT`, not Typer's `{report}`, which reads as text to type."""
+    usage = next(line for line in cli(*([name] if name else []), "--help").stdout.splitlines()
+                 if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage, usage
+
+
 def test_help_shows_the_defaults_the_config_has():
     from actstat.config import Config
 
