@@ -415,30 +415,32 @@ def train(
         raise typer.Exit(130)
 
 
-# coord-check sets the width itself (--widths) and draws its own mini-batches (--train-batch)
+# coord-check sets the width itself (--widths), draws its own mini-batches (--train-batch) and
+# has its own default depth
 @app.command(name="coord-check", cls=_Command)
-@opt.run_options(without=("layers", "width", "batch_size", "grad", "theory"))
+@opt.run_options(without=("layers", "width", "batch_size", "grad", "theory"),
+                 own={"depth": opt.CoordDepthOpt})
 def coord_check(
     ctx: typer.Context,
     config: opt.ConfigArg = None,
     widths: opt.WidthsOpt = None,
-    coord_steps: opt.CoordStepsOpt = None,
     seeds: opt.SeedsOpt = None,
     param: opt.ParamOpt = None,
     base_width: opt.BaseWidthOpt = None,
     width_arg: opt.WidthArgOpt = None,
+    coord_steps: opt.CoordStepsOpt = None,
     coord_optimizer: opt.CoordOptimizerOpt = None,
     coord_lr: opt.CoordLrOpt = None,
     coord_batch: opt.CoordBatchOpt = None,
-    max_slope: opt.SlopeOpt = None,
     ray: opt.RayOpt = None,
     plot: opt.CoordPlotOpt = None,
     format: opt.FormatOpt = "table",
     output: opt.OutputOpt = None,
-    fail_on: opt.WidthFailOnOpt = None,
     quiet: opt.QuietOpt = False,
     wide: opt.WideOpt = False,
     no_color: opt.NoColorOpt = False,
+    max_slope: opt.SlopeOpt = None,
+    fail_on: opt.WidthFailOnOpt = None,
 ) -> None:
     """Train copies of the model at several widths and follow each layer's mean |x|: does its
     scale stay put as the network gets wider (μP's coordinate check)?
@@ -450,11 +452,12 @@ def coord_check(
     or input error, a width the model rejects, or a run whose loss diverged (nothing written).
     """
     from actstat.config import COORD_CHECK_DEPTH
-    from actstat.render import FORMATS
+    from actstat.outputs import COORD_FORMATS
     from actstat.report import located
 
-    if format not in FORMATS:
-        raise _fail(f"--format: unknown format '{format}'; choose from: {', '.join(FORMATS)}")
+    if format not in COORD_FORMATS:
+        raise _fail(f"--format: unknown format '{format}'; choose from: "
+                    f"{', '.join(COORD_FORMATS)}")
     failing = _guarded(opt.width_fail_on, fail_on)
     resolved = _resolved(config, _overrides(ctx), (output,), plot,
                          defaults={"model.depth": COORD_CHECK_DEPTH})

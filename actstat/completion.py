@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from actstat.records import FLAGS
+from actstat.records import FLAGS, WIDTH_FLAGS
 
 # registry name -> its parameters, in signature order (actstat/inits.py, actstat/activations.py)
 INIT_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -32,6 +32,9 @@ DTYPES = ("float32", "float64", "float16", "bfloat16")
 DATA_SOURCES = ("mnist", "gaussian", "tokens")
 DATA_SUFFIXES = (".npy", ".npz", ".pt")
 OPTIMIZERS = ("sgd", "adam")
+PARAMETRISATIONS = ("sp", "mup")  # coord-check --param
+WIDTHS = (64, 128, 256, 512, 1024)  # coord-check's default --widths (actstat/config.py)
+RAY_ADDRESSES = ("local",)
 SORTS = ("verdict", "gain", "name")
 METRICS = ("pre_std", "post_std", "grad_std", "pre_mean", "post_mean", "grad_mean", "loss",
            "train_std", "train_mean", "train_grad_std", "train_near_zero", "train_dead")
@@ -100,6 +103,16 @@ def data_sources(incomplete: str) -> list[tuple[str, str]]:
     return named + [(path, "") for path in paths]
 
 
+def widths(incomplete: str) -> list[tuple[str, str]]:
+    """coord-check's --widths: the default list, or after `64,128,` the next doubling."""
+    if not incomplete:
+        return [(",".join(map(str, WIDTHS)), "the default widths")]
+    *done, last = incomplete.split(",")
+    if done and not last and done[-1].isdigit():
+        return [(f"{incomplete}{2 * int(done[-1])}", "twice the last width")]
+    return []
+
+
 inits = _labelled(INIT_PARAMETERS)
 activations = _labelled(ACTIVATION_PARAMETERS)
 norms = _choices(NORMS)
@@ -112,5 +125,8 @@ sorts = _choices(SORTS)
 formats = _choices(FORMATS)
 check_formats = _choices(CHECK_FORMATS)
 train_formats = _choices(TRAIN_FORMATS)
+parametrisations = _choices(PARAMETRISATIONS)
+ray_addresses = _choices(RAY_ADDRESSES)
 fail_on_flags = _choices((*FLAGS, "any"), listed=True)
+width_fail_on_flags = _choices((*WIDTH_FLAGS, "any"), listed=True)
 metrics = _choices(METRICS, listed=True)

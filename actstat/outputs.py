@@ -17,6 +17,7 @@ from actstat.records import Report
 
 CHECK_FORMATS = ("table", "json", "markdown")
 TRAIN_FORMATS = ("table", "json")
+COORD_FORMATS = ("table", "json", "csv", "markdown")  # coord_view's
 
 
 class View(NamedTuple):
