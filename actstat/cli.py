@@ -97,6 +97,56 @@ class _OneLineErrors(_FittedHelp, _PlainHelpFlag, TyperGroup):
             return code
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
+    def _main_shell_completion(self, ctx_args: Any, prog_name: str,
+                               complete_var: str | None = None) -> None:
+        """bash as actstat's own script asks (`completion.BASH_SCRIPT`: the command line itself,
+        not bash's COMP_WORDS, which splits `'general_relu(su` and `--act=gen` at `(` and `=`);
+        every other shell, and a bash script installed by an earlier actstat, as Typer answers."""
+        var = complete_var or f"_{prog_name}_COMPLETE".replace("-", "_").upper()
+        instruction = os.environ.get(var, "")
+        if instruction == "source_bash":
+            from typer._completion_shared import get_completion_script
+
+            typer.echo(get_completion_script(prog_name=prog_name, complete_var=var,
+                                             shell="bash"))
+            sys.exit(0)
+        if instruction == "complete_bash" and "COMP_LINE" in os.environ:
+            for reply in _bash_completions(self, ctx_args, prog_name, var):
+                typer.echo(reply)
+            sys.exit(0)
+        super()._main_shell_completion(ctx_args, prog_name, complete_var)  # type: ignore[misc]
+
+
+def _bash_completions(command: Any, ctx_args: Any, prog_name: str, var: str) -> list[str]:
+    """What bash's TAB offers for the word at COMP_POINT of COMP_LINE, as readline takes it."""
+    from typer._completion_classes import BashComplete  # Typer's Click completion, bash's class
+
+    from actstat.completion import BASH_BREAKS, bash_replies, bash_word
+
+    line = os.environ.get("COMP_LINE", "")
+    point = os.environ.get("COMP_POINT", "")
+    word = bash_word(line[:int(point)] if point.isdigit() else line,
+                     os.environ.get("COMP_WORDBREAKS") or BASH_BREAKS)
+    args, incomplete, head = word.args, word.word, ""
+    if incomplete.startswith("-") and "=" in incomplete:  # --act=gen: the value completes
+        name, _, incomplete = incomplete.partition("=")
+        args, head = [*args, name], name + "="
+    items = BashComplete(command, ctx_args, prog_name, var).get_completions(args, incomplete)
+    # a file or a directory: no answer, and bash completes it itself (`complete -o default`)
+    return bash_replies(word, [head + str(item.value) for item in items if item.type == "plain"])
+
+
+def _own_bash_script() -> None:
+    """--install-completion and --show-completion write actstat's bash script (Typer keeps its
+    scripts in one table, read when either runs; tests/test_completion.py runs what they print)."""
+    from typer import _completion_shared
+
+    from actstat.completion import BASH_SCRIPT
+
+    _completion_shared._completion_scripts["bash"] = BASH_SCRIPT
+
+
+_own_bash_script()
 
 app = typer.Typer(
     name="actstat",

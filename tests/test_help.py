@@ -60,7 +60,8 @@ def test_shell_completion_is_offered(cli):
                                                     ("actstat compare --so", 2, "--sort"),
                                                     ("actstat check --stor", 2, "--stored-config")])
 def test_completion_answers_the_shell(words, cword, expected):
-    """What bash's completion function asks (the script --show-completion prints sets these)."""
+    """What a bash script installed by an earlier actstat asks (Typer's: COMP_WORDS and
+    COMP_CWORD) is still answered; today's script sends the line (tests/test_completion.py)."""
     from typer.testing import CliRunner
 
     done = CliRunner().invoke(app, [], prog_name="actstat", env={
