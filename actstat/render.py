@@ -594,18 +594,22 @@ OUTLIER_MADS = 3.0
 
 def shrunk(logs: list[float | None], cells: int, levels: int) -> list[float | None]:
     """`logs` (a row's log values, None: none) in `cells` equal stretches, in order, each drawn
-    as one value: its outlier farthest from the row's median, if it holds one (more than
-    OUTLIER_MADS median absolute deviations away, and at least one of `levels` bar heights),
-    else the middle of its smallest and largest value. So a one-layer spike or dip keeps its
-    height and its place, a ramp still rises from bottom to top, a peak stays where it was, and
-    repeated blocks (a residual net's rows, each at its own scale) read the same in every
-    cell, whichever of a block's rows a stretch starts on, as long as a stretch holds a block.
-    Taking every k-th value instead lost spikes, and drew a block's rows in whatever order the
-    stride fell on them. A stretch with no value is blank."""
+    as one value: its outlier farthest from the row's median, if it holds one, else the middle
+    of its smallest and largest value. An outlier lies more than OUTLIER_MADS median absolute
+    deviations (and one of `levels` bar heights) from the median, in a row that has fewer of
+    them than half its cells: more are the row's own pattern (a block's row that sits apart
+    from the others), not spikes. So a one-layer spike or dip keeps its height and its place, a
+    ramp still rises from bottom to top, a peak stays where it was, and repeated blocks (a
+    residual net's rows, each at its own scale) read the same in every cell, whichever of a
+    block's rows a stretch starts on, as long as a stretch holds a block. Taking every k-th
+    value instead lost spikes, and drew a block's rows in whatever order the stride fell on
+    them. A stretch with no value is blank."""
     present = [v for v in logs if v is not None]
     middle = statistics.median(present)
     spread = statistics.median(abs(v - middle) for v in present)
     outlying = max(OUTLIER_MADS * spread, (max(present) - min(present)) / levels)
+    if 2 * sum(abs(v - middle) > outlying for v in present) >= cells:
+        outlying = math.inf
     out: list[float | None] = []
     for cell in range(cells):
         stretch = [v for v in logs[cell * len(logs) // cells:(cell + 1) * len(logs) // cells]

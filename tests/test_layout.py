@@ -432,6 +432,15 @@ def test_identical_blocks_stay_flat(cells):
     assert len(set(render.sparkline(rows, cells))) == 1, render.sparkline(rows, cells)
 
 
+def test_a_block_row_that_sits_apart_is_the_pattern_not_a_dip():
+    """Fixup + tanh's residual blocks: the stream, a branch row at half its std, a row of exact
+    zeros (no value), 8 times. A third of the rows sit apart from the rest, in every block: no
+    spike, so the row reads flat between the two, not as a dip in every cell."""
+    rows = [0.7418, 0.38, 0.0] * 8 + [0.7418]
+    drawn = levels(render.sparkline(rows, 8))
+    assert len(set(drawn)) == 1 and 0 < drawn[0] < len(render.SPARK) - 1, drawn
+
+
 @pytest.mark.parametrize("cells", SHRUNK)
 @pytest.mark.parametrize("at", [0, 57, 131, 199])
 def test_a_one_layer_spike_or_dip_keeps_its_height_and_place(cells, at):
