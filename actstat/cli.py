@@ -38,6 +38,16 @@ class _PlainHelpFlag:
         return params
 
 
+class _PlainUsage:
+    """A required argument named in the usage line as Click names it (`actstat plot [OPTIONS]
+    REPORT`), not in the braces Typer adds (`{REPORT}`), which read as a placeholder to type."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+                for piece in pieces]
+
+
 class _FittedHelp:
     """--help drawn by actstat/helpview.py: fitted to the terminal, options in panels."""
 
@@ -51,7 +61,7 @@ class _FittedHelp:
             console.print(renderable)
 
 
-class _Command(_FittedHelp, _PlainHelpFlag, TyperCommand):
+class _Command(_FittedHelp, _PlainUsage, _PlainHelpFlag, TyperCommand):
     pass
 
 
@@ -87,6 +97,56 @@ class _OneLineErrors(_FittedHelp, _PlainHelpFlag, TyperGroup):
             return code
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
+    def _main_shell_completion(self, ctx_args: Any, prog_name: str,
+                               complete_var: str | None = None) -> None:
+        """bash as actstat's own script asks (`completion.BASH_SCRIPT`: the command line itself,
+        not bash's COMP_WORDS, which splits `'general_relu(su` and `--act=gen` at `(` and `=`);
+        every other shell, and a bash script installed by an earlier actstat, as Typer answers."""
+        var = complete_var or f"_{prog_name}_COMPLETE".replace("-", "_").upper()
+        instruction = os.environ.get(var, "")
+        if instruction == "source_bash":
+            from typer._completion_shared import get_completion_script
+
+            typer.echo(get_completion_script(prog_name=prog_name, complete_var=var,
+                                             shell="bash"))
+            sys.exit(0)
+        if instruction == "complete_bash" and "COMP_LINE" in os.environ:
+            for reply in _bash_completions(self, ctx_args, prog_name, var):
+                typer.echo(reply)
+            sys.exit(0)
+        super()._main_shell_completion(ctx_args, prog_name, complete_var)  # type: ignore[misc]
+
+
+def _bash_completions(command: Any, ctx_args: Any, prog_name: str, var: str) -> list[str]:
+    """What bash's TAB offers for the word at COMP_POINT of COMP_LINE, as readline takes it."""
+    from typer._completion_classes import BashComplete  # Typer's Click completion, bash's class
+
+    from actstat.completion import BASH_BREAKS, bash_replies, bash_word
+
+    line = os.environ.get("COMP_LINE", "")
+    point = os.environ.get("COMP_POINT", "")
+    word = bash_word(line[:int(point)] if point.isdigit() else line,
+                     os.environ.get("COMP_WORDBREAKS") or BASH_BREAKS)
+    args, incomplete, head = word.args, word.word, ""
+    if incomplete.startswith("-") and "=" in incomplete:  # --act=gen: the value completes
+        name, _, incomplete = incomplete.partition("=")
+        args, head = [*args, name], name + "="
+    items = BashComplete(command, ctx_args, prog_name, var).get_completions(args, incomplete)
+    # a file or a directory: no answer, and bash completes it itself (`complete -o default`)
+    return bash_replies(word, [head + str(item.value) for item in items if item.type == "plain"])
+
+
+def _own_bash_script() -> None:
+    """--install-completion and --show-completion write actstat's bash script (Typer keeps its
+    scripts in one table, read when either runs; tests/test_completion.py runs what they print)."""
+    from typer import _completion_shared
+
+    from actstat.completion import BASH_SCRIPT
+
+    _completion_shared._completion_scripts["bash"] = BASH_SCRIPT
+
+
+_own_bash_script()
 
 app = typer.Typer(
     name="actstat",
@@ -340,7 +400,8 @@ def check(
         max_drift=(_guarded(opt.at_least, "--max-drift", max_drift, 1.0)
                    if max_drift is not None else None),
         fail_on=frozenset(_guarded(opt.fail_on, fail_on)), update=update))
-    _preflight(plan.config, (output, junit_xml, target if update else None))
+    _preflight(plan.config, (output, junit_xml, target if update else None),
+               data_from=_data_from(plan.request.overrides, plan.config_path or target))
     report = _measured_for_check(plan, quiet=quiet, force=force, no_color=no_color)
     result = checking.evaluate(plan, report)
     _guarded(_emit_check, result, format, output, junit_xml, Display(wide, no_color))
@@ -404,30 +465,32 @@ def train(
         raise typer.Exit(130)
 
 
-# coord-check sets the width itself (--widths) and draws its own mini-batches (--train-batch)
+# coord-check sets the width itself (--widths), draws its own mini-batches (--train-batch) and
+# has its own default depth
 @app.command(name="coord-check", cls=_Command)
-@opt.run_options(without=("layers", "width", "batch_size", "grad", "theory"))
+@opt.run_options(without=("layers", "width", "batch_size", "grad", "theory"),
+                 own={"depth": opt.CoordDepthOpt})
 def coord_check(
     ctx: typer.Context,
     config: opt.ConfigArg = None,
     widths: opt.WidthsOpt = None,
-    coord_steps: opt.CoordStepsOpt = None,
     seeds: opt.SeedsOpt = None,
     param: opt.ParamOpt = None,
     base_width: opt.BaseWidthOpt = None,
     width_arg: opt.WidthArgOpt = None,
+    coord_steps: opt.CoordStepsOpt = None,
     coord_optimizer: opt.CoordOptimizerOpt = None,
     coord_lr: opt.CoordLrOpt = None,
     coord_batch: opt.CoordBatchOpt = None,
-    max_slope: opt.SlopeOpt = None,
     ray: opt.RayOpt = None,
     plot: opt.CoordPlotOpt = None,
     format: opt.FormatOpt = "table",
     output: opt.OutputOpt = None,
-    fail_on: opt.WidthFailOnOpt = None,
     quiet: opt.QuietOpt = False,
     wide: opt.WideOpt = False,
     no_color: opt.NoColorOpt = False,
+    max_slope: opt.SlopeOpt = None,
+    fail_on: opt.WidthFailOnOpt = None,
 ) -> None:
     """Train copies of the model at several widths and follow each layer's mean |x|: does its
     scale stay put as the network gets wider (μP's coordinate check)?
@@ -439,11 +502,12 @@ def coord_check(
     or input error, a width the model rejects, or a run whose loss diverged (nothing written).
     """
     from actstat.config import COORD_CHECK_DEPTH
-    from actstat.render import FORMATS
+    from actstat.outputs import COORD_FORMATS
     from actstat.report import located
 
-    if format not in FORMATS:
-        raise _fail(f"--format: unknown format '{format}'; choose from: {', '.join(FORMATS)}")
+    if format not in COORD_FORMATS:
+        raise _fail(f"--format: unknown format '{format}'; choose from: "
+                    f"{', '.join(COORD_FORMATS)}")
     failing = _guarded(opt.width_fail_on, fail_on)
     resolved = _resolved(config, _overrides(ctx), (output,), plot,
                          defaults={"model.depth": COORD_CHECK_DEPTH})
@@ -488,11 +552,16 @@ def _check_output_options(format: str, fail_on: str | None) -> set[str]:
     return _guarded(opt.fail_on, fail_on)
 
 
-def _preflight(resolved: Any, outputs: tuple[Path | None, ...], figure: Path | None = None
-               ) -> None:
+def _preflight(resolved: Any, outputs: tuple[Path | None, ...], figure: Path | None = None,
+               data_from: str = "") -> None:
     from actstat.outputs import preflight
 
-    _guarded(preflight, resolved, outputs, figure)
+    _guarded(preflight, resolved, outputs, figure, data_from)
+
+
+def _data_from(overrides: dict[str, Any], config: Path | None) -> str:
+    """What set the data source, as a message names it: the option, else the config file."""
+    return "--data" if "data.source" in overrides else str(config) if config is not None else ""
 
 
 def _resolved(config: Path | None, overrides: dict[str, Any], outputs: tuple[Path | None, ...],
@@ -505,7 +574,7 @@ def _resolved(config: Path | None, overrides: dict[str, Any], outputs: tuple[Pat
 
     resolved = _guarded(lambda: load_config(config, overrides, default_schemes=default_schemes,
                                             defaults=defaults))
-    _preflight(resolved, outputs, figure)
+    _preflight(resolved, outputs, figure, _data_from(overrides, config))
     return resolved
 
 

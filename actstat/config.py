@@ -715,17 +715,16 @@ def _keeps(spec: InitSpec, where: str, origin: str) -> bool:
     return True
 
 
-def check_data_source(config: Config) -> None:
+def check_data_source(config: Config, where: str = "") -> None:
     """A DataError now if the data source is a path that cannot be read, before torch starts and
-    any model is built (actstat/data.py reads it; this only opens it)."""
+    any model is built (actstat/data.py reads it; this only opens it). `where`: what set it, for
+    the message (`--data`, or the config file)."""
     source = config.data.source
     if source in DATA_SOURCES:
         return
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError(f"data '{source}': no such file or directory (sources: mnist, gaussian, "
-                        "tokens, or a path to a .npy, .npz or .pt file or a directory of MNIST "
-                        "IDX files)")
+        raise no_such_source(source, where)
     try:
         if path.is_dir():
             next(iter(path.iterdir()), None)
@@ -733,7 +732,16 @@ def check_data_source(config: Config) -> None:
             with path.open("rb") as stream:
                 stream.read(1)
     except OSError as err:
-        raise DataError(f"data '{source}': cannot read ({err.strerror})") from None
+        raise DataError(f"{where + ': ' if where else ''}data.source: cannot read '{source}' "
+                        f"({err.strerror})") from None
+
+
+def no_such_source(source: str, where: str = "") -> DataError:
+    """The one message for a data source that is neither a named source nor an existing path:
+    the option or file that set it, the valid sources, what was given."""
+    return DataError(f"{where + ': ' if where else ''}data.source: must be "
+                     f"{', '.join(DATA_SOURCES)}, or an existing .npy, .npz or .pt file or MNIST "
+                     f"IDX directory (got '{source}': no such file or directory)")
 
 
 def anchored(raw: Mapping[str, Any], base: Path) -> dict[str, Any]:

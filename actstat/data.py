@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from actstat.config import DTYPES, DataConfig
+from actstat.config import DTYPES, DataConfig, no_such_source
 from actstat.errors import DataError, DeviceError
 
 IMAGE_KEYS = ("images", "inputs", "x", "X", "data", "features")
@@ -215,9 +215,7 @@ def _read_source(source: str) -> tuple[np.ndarray, np.ndarray | None, str]:
         return images, labels, "mnist: the bundled 5,000-image MNIST sample"
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError(f"data '{source}': no such file or directory (sources: mnist, gaussian, "
-                        "tokens, or a path to a .npy, .npz or .pt file or a directory of MNIST "
-                        "IDX files)")
+        raise no_such_source(source)
     if path.is_dir():
         features, labels = _read_idx_dir(path)
     elif path.suffix == ".npy":

@@ -76,6 +76,9 @@ def plan(request: CheckRequest) -> CheckPlan:
     stored inside it; `--config` names another file, `--stored-config` forces the stored copy.
     Usage mistakes raise an ActstatError."""
     target, baseline = request.target, is_baseline(request.target)
+    for yaml_path in (None if baseline else target, request.config):  # before what is missing
+        if yaml_path is not None and not yaml_path.exists():
+            raise ActstatError(f"{yaml_path}: config file not found")  # as load_config says it
     if target is not None and not baseline and request.config is not None:
         raise ActstatError(f"give the config once: '{target}' is not a .json baseline, and "
                            "--config names another config")

@@ -4,7 +4,7 @@ Rich, given a table wider than the terminal, shrinks every column and cuts what 
 with an ellipsis: `9.40e+06` becomes `9.40…`, a different number. Here the widths are decided
 before Rich sees the table. Every column gets a fixed width: a number column its natural width
 (no wrapping, ever); a text column (a scheme's name, flags) at least `min_width`, wrapping onto
-more lines when it must; a sparkline column shrinks, by sampling fewer layers, down to
+more lines when it must; a sparkline column shrinks (render.shrunk: a cell per stretch), down to
 `SPARK_MIN` cells. When even that does not fit, whole columns leave, least important first, and
 the caller says which ones left (`left_out_note`).
 """

@@ -214,7 +214,8 @@ JunitOpt = Annotated[Path | None, typer.Option(
 
 # plot
 ReportArg = Annotated[Path, typer.Argument(
-    help="A JSON report written by run, compare or baseline.", dir_okay=False)]
+    metavar="REPORT", dir_okay=False,
+    help="A JSON report written by run, compare, baseline, train or coord-check.")]
 FigureOpt = Annotated[Path, typer.Option(
     "--output", "-o", help="The figure: .png, .svg or .pdf.", dir_okay=False, metavar="FILE",
     rich_help_panel="Output")]
@@ -248,49 +249,58 @@ HeatOpt = Annotated[str | None, typer.Option(
 
 
 # coord-check (their parameter names are their own: --steps, --lr and --optimizer set
-# coord_check's keys here, train's elsewhere)
+# coord_check's keys here, train's elsewhere); panels: Model, Data, Widths, Training, Output, CI
+CoordDepthOpt = Annotated[str | None, typer.Option(
+    "--depth", "-d", metavar="INT", show_default=False, rich_help_panel="Model",
+    help="Hidden Linear+activation blocks (default 2 in a coord check).")]
 WidthsOpt = Annotated[str | None, typer.Option(
-    "--widths", metavar="INT,INT,INT[,...]", show_default=False,
+    "--widths", metavar="INT,INT,INT[,...]", show_default=False, rich_help_panel="Widths",
+    autocompletion=complete.widths,
     help="The widths to train copies at, at least three (default 64,128,256,512,1024).")]
-CoordStepsOpt = Annotated[str | None, typer.Option(
-    "--steps", metavar="INT", show_default=False,
-    help="Updates to train; every layer is measured at init and after each (default 4).")]
 SeedsOpt = Annotated[str | None, typer.Option(
-    "--seeds", metavar="INT", show_default=False,
+    "--seeds", metavar="INT", show_default=False, rich_help_panel="Widths",
     help="Copies per width, seeds --seed, --seed + 1, ... (default 3).")]
 ParamOpt = Annotated[str | None, typer.Option(
-    "--param", metavar="NAME", show_default=False,
+    "--param", metavar="NAME", show_default=False, rich_help_panel="Widths",
+    autocompletion=complete.parametrisations,
     help="sp (PyTorch's standard parameterisation, default) or mup (Tensor Programs V's μP: "
     "init, readout multiplier and per-layer learning rates by width).")]
 BaseWidthOpt = Annotated[str | None, typer.Option(
-    "--base-width", metavar="INT", show_default=False,
+    "--base-width", metavar="INT", show_default=False, rich_help_panel="Widths",
     help="μP's base width, where it equals SP (default: the smallest width).")]
 WidthArgOpt = Annotated[str | None, typer.Option(
-    "--width-arg", metavar="NAME", show_default=False,
+    "--width-arg", metavar="NAME", show_default=False, rich_help_panel="Widths",
     help="With --model: the factory's keyword argument that sets the width (d_model).")]
+CoordStepsOpt = Annotated[str | None, typer.Option(
+    "--steps", metavar="INT", show_default=False, rich_help_panel="Training",
+    help="Updates to train; every layer is measured at init and after each (default 4).")]
 CoordOptimizerOpt = Annotated[str | None, typer.Option(
-    "--optimizer", metavar="NAME", show_default=False, help="adam (default) or sgd.")]
+    "--optimizer", metavar="NAME", show_default=False, rich_help_panel="Training",
+    autocompletion=complete.optimizers,
+    help="adam (default) or sgd.")]
 CoordLrOpt = Annotated[str | None, typer.Option(
-    "--lr", metavar="FLOAT", show_default=False,
+    "--lr", metavar="FLOAT", show_default=False, rich_help_panel="Training",
     help="The base learning rate (default 0.01; μP scales it per layer).")]
 CoordBatchOpt = Annotated[str | None, typer.Option(
-    "--train-batch", metavar="INT", show_default=False,
+    "--train-batch", metavar="INT", show_default=False, rich_help_panel="Training",
     help="Mini-batch size, drawn from all of the data source's samples (default 256).")]
-SlopeOpt = Annotated[str | None, typer.Option(
-    "--max-slope", metavar="FLOAT", show_default=False,
-    help="Flag a layer whose slope goes past this, up or down (default 0.3).")]
 RayOpt = Annotated[str | None, typer.Option(
-    "--ray", metavar="ADDRESS", show_default=False,
+    "--ray", metavar="ADDRESS", show_default=False, rich_help_panel="Training",
+    autocompletion=complete.ray_addresses,
     help="Run each width as a Ray task: 'local' (a local instance) or a cluster's address "
     "(needs actstat\\[ray]).")]
-WidthFailOnOpt = Annotated[str | None, typer.Option(
-    "--fail-on", metavar="FLAG[,FLAG...]", show_default=False,
-    help="Exit 1 if any layer carries one of these flags (or 'any'): "
-    + ", ".join(WIDTH_FLAGS))]
 CoordPlotOpt = Annotated[Path | None, typer.Option(
     "--plot", help="Also draw the coordinate-check figure (.png, .svg or .pdf; needs "
     "actstat\\[plot]): a panel per step, a line per layer.", show_default=False,
-    dir_okay=False)]
+    dir_okay=False, metavar="FILE", rich_help_panel="Output")]
+SlopeOpt = Annotated[str | None, typer.Option(
+    "--max-slope", metavar="FLOAT", show_default=False, rich_help_panel="CI",
+    help="Flag a layer whose slope goes past this, up or down (default 0.3).")]
+WidthFailOnOpt = Annotated[str | None, typer.Option(
+    "--fail-on", metavar="FLAG[,FLAG...]", show_default=False, rich_help_panel="CI",
+    autocompletion=complete.width_fail_on_flags,
+    help="Exit 1 if any layer carries one of these flags (or 'any'): "
+    + ", ".join(WIDTH_FLAGS))]
 
 
 def names(option: str, value: str) -> list[str]:
@@ -421,10 +431,13 @@ def overrides(params: Mapping[str, Any]) -> dict[str, Any]:
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
-def run_options(*, without: tuple[str, ...] = ()) -> Callable[[Command], Command]:
-    """Add the shared RUN_OPTIONS (less `without`) to a command's parameters, right after its
+def run_options(*, without: tuple[str, ...] = (), own: Mapping[str, Any] | None = None
+                ) -> Callable[[Command], Command]:
+    """Add the shared RUN_OPTIONS (less `without`; `own`: a command's own alias of one, such as
+    coord-check's --depth with its default) to a command's parameters, right after its
     `config`. The command itself does not take them: it reads them with `overrides(ctx.params)`."""
-    shared = {name: alias for name, alias in RUN_OPTIONS.items() if name not in without}
+    shared = {name: (own or {}).get(name, alias) for name, alias in RUN_OPTIONS.items()
+              if name not in without}
 
     def decorate(command: Command) -> Command:
         signature = inspect.signature(command, eval_str=True)

@@ -17,6 +17,7 @@ from actstat.records import Report
 
 CHECK_FORMATS = ("table", "json", "markdown")
 TRAIN_FORMATS = ("table", "json")
+COORD_FORMATS = ("table", "json", "csv", "markdown")  # coord_view's
 
 
 class View(NamedTuple):
@@ -88,9 +89,11 @@ def flagged(report: Report, failing: set[str]) -> list[tuple[str, str, str]]:
             for layer in run.layers for flag in layer.flags if flag in failing]
 
 
-def preflight(resolved: Any, outputs: Sequence[Path | None], figure: Path | None = None) -> None:
+def preflight(resolved: Any, outputs: Sequence[Path | None], figure: Path | None = None,
+              data_from: str = "") -> None:
     """What would fail after the measurement, checked before it: output paths, the figure's
-    type and matplotlib, the data file (so a typo costs no run and prints nothing else)."""
+    type and matplotlib, the data file (so a typo costs no run and prints nothing else;
+    `data_from`: the option or file that named it)."""
     from actstat.atomic import check_writable
     from actstat.config import check_data_source
     from actstat.plot import check_figure
@@ -101,4 +104,4 @@ def preflight(resolved: Any, outputs: Sequence[Path | None], figure: Path | None
     if figure is not None:
         check_figure(figure)
     if resolved is not None:
-        check_data_source(resolved)
+        check_data_source(resolved, data_from)

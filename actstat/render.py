@@ -6,6 +6,7 @@ import csv
 import html
 import io
 import math
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -570,18 +571,55 @@ def quantise(values: list[float | None], levels: int, lo: float, hi: float) -> l
 
 
 def sparkline(values: list[float | None], width: int = 40) -> str:
-    """log10 of each value as one of eight bar heights, scaled to the row's own range; a value
-    that is 0, missing or not finite is a space. A constant row is a flat middle bar. More than
-    `width` values are sampled at evenly spaced layers (the first and the last always)."""
-    if len(values) > width:
-        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    """log10 of each value as one of eight bar heights, scaled to the row's own range (its
+    smallest to its largest value, the same at every width); a value that is 0, missing or not
+    finite is a space. A constant row is a flat middle bar. More than `width` values shrink to
+    `width` cells by `shrunk`, which keeps the curve's shape."""
     logs = [math.log10(v) if v is not None and v > 0 and math.isfinite(v) else None
             for v in values]
     present = [v for v in logs if v is not None]
     if not present:
-        return " " * len(values)
-    levels = quantise(logs, len(SPARK), min(present), max(present))
+        return " " * min(len(values), width)
+    lo, hi = min(present), max(present)
+    if len(logs) > width:
+        logs = shrunk(logs, width, levels=len(SPARK))
+    levels = quantise(logs, len(SPARK), lo, hi)
     return "".join(" " if level is None else SPARK[level] for level in levels)
+
+
+# an outlier lies this many median absolute deviations from the row's median: the robust rule
+# of Leys et al. 2013 (Journal of Experimental Social Psychology 49), at its conservative 3
+OUTLIER_MADS = 3.0
+
+
+def shrunk(logs: list[float | None], cells: int, levels: int) -> list[float | None]:
+    """`logs` (a row's log values, None: none) in `cells` equal stretches, in order, each drawn
+    as one value: its outlier farthest from the row's median, if it holds one, else the middle
+    of its smallest and largest value. An outlier lies more than OUTLIER_MADS median absolute
+    deviations (and one of `levels` bar heights) from the median, in a row that has fewer of
+    them than half its cells: more are the row's own pattern (a block's row that sits apart
+    from the others), not spikes. So a one-layer spike or dip keeps its height and its place, a
+    ramp still rises from bottom to top, a peak stays where it was, and repeated blocks (a
+    residual net's rows, each at its own scale) read the same in every cell, whichever of a
+    block's rows a stretch starts on, as long as a stretch holds a block. Taking every k-th
+    value instead lost spikes, and drew a block's rows in whatever order the stride fell on
+    them. A stretch with no value is blank."""
+    present = [v for v in logs if v is not None]
+    middle = statistics.median(present)
+    spread = statistics.median(abs(v - middle) for v in present)
+    outlying = max(OUTLIER_MADS * spread, (max(present) - min(present)) / levels)
+    if 2 * sum(abs(v - middle) > outlying for v in present) >= cells:
+        outlying = math.inf
+    out: list[float | None] = []
+    for cell in range(cells):
+        stretch = [v for v in logs[cell * len(logs) // cells:(cell + 1) * len(logs) // cells]
+                   if v is not None]
+        outliers = [v for v in stretch if abs(v - middle) > outlying]
+        if outliers:  # the farthest; a tie goes to the larger
+            out.append(max(outliers, key=lambda v: (abs(v - middle), v)))
+        else:
+            out.append((min(stretch) + max(stretch)) / 2 if stretch else None)
+    return out
 
 
 SHADES = " ░▒▓█"

@@ -59,7 +59,7 @@ COMPARE_COLUMNS = ("scheme", "verdict", "first flag", "post std 1 → L", "gain"
 
 # The order in which compare's columns leave a narrow terminal: the first named here leave first;
 # the scheme always stays. At 80 columns the name, verdict, first flag, post std 1 -> L and
-# grad 1/L remain; the sparklines shrink (fewer layers sampled) before any number leaves.
+# grad 1/L remain; the sparklines shrink (a cell per stretch of layers) before any number leaves.
 # With --steps the training loss (first → last) stays longest after the verdict: it is what
 # the training probe is run for.
 COMPARE_COLUMNS_LEAVING = ("phase", "log grad", "χ₁", "sat", "dead", "gain", "log std",

@@ -190,6 +190,13 @@ OPTION_CASES = [
      "each parameter as key=value, as in kaiming(fan_out=...)"),
     (["run", "--init", "kaiming(mode=fan_in"], "actstat: error: --init: 'kaiming(mode=fan_in' "
      "is not a name with parameters, such as general_relu(subtract=0.5)"),
+    (["run", "--data", "nope"], "actstat: error: --data: data.source: must be mnist, gaussian, "
+     "tokens, or an existing .npy, .npz or .pt file or MNIST IDX directory (got 'nope': no such "
+     "file or directory)"),
+    (["check", "missing.yaml"], "actstat: error: missing.yaml: config file not found"),
+    (["check", "--config", "missing.yaml"], "actstat: error: missing.yaml: config file not found"),
+    (["check", "missing.json"], "actstat: error: missing.json: no such file"),
+    (["plot"], "actstat plot: error: Missing argument 'REPORT'. (see 'actstat plot --help')"),
 ]
 
 

@@ -11,7 +11,8 @@ import typer.main
 from actstat.cli import app
 
 COMMAND = typer.main.get_command(app)
-COMMANDS = ["", *COMMAND.commands]  # type: ignore[attr-defined]
+SUBCOMMANDS = list(COMMAND.commands)  # type: ignore[attr-defined]
+COMMANDS = ["", *SUBCOMMANDS]
 
 
 def flat(text: str) -> str:
@@ -59,7 +60,8 @@ def test_shell_completion_is_offered(cli):
                                                     ("actstat compare --so", 2, "--sort"),
                                                     ("actstat check --stor", 2, "--stored-config")])
 def test_completion_answers_the_shell(words, cword, expected):
-    """What bash's completion function asks (the script --show-completion prints sets these)."""
+    """What a bash script installed by an earlier actstat asks (Typer's: COMP_WORDS and
+    COMP_CWORD) is still answered; today's script sends the line (tests/test_completion.py)."""
     from typer.testing import CliRunner
 
     done = CliRunner().invoke(app, [], prog_name="actstat", env={
@@ -86,11 +88,48 @@ def test_run_help_is_short_and_grouped(cli):
         assert f"─ {panel} ─" in shown
 
 
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_option_stands_in_a_named_panel(cli, name):
+    """No command's options fall into a catch-all 'Options' panel (coord-check's did)."""
+    loose = [param.opts[0] for param in params(name) if param.param_type_name == "option"
+             and not getattr(param, "rich_help_panel", None)]
+    assert loose == [], f"{name}: options without a help panel: {loose}"
+    shown = cli(name, "--help", env={"COLUMNS": "80"}).stdout
+    assert "─ Options ─" not in shown
+
+
+def test_coord_check_help_groups_its_options(cli):
+    shown = cli("coord-check", "--help", env={"COLUMNS": "80"}).stdout
+    panels = re.findall(r"╭─ (\w+) ─", shown)
+    assert panels == ["Arguments", "Model", "Data", "Widths", "Training", "Output", "CI"]
+    grouped = {param.name: param.rich_help_panel for param in params("coord-check")
+               if param.param_type_name == "option" and param.name != "help"}
+    assert {name for name, panel in grouped.items() if panel == "Widths"} == {
+        "widths", "seeds", "param", "base_width", "width_arg"}
+    assert {name for name, panel in grouped.items() if panel == "CI"} == {"max_slope", "fail_on"}
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_usage_names_arguments_as_words(cli, name):
+    """`actstat plot [OPTIONS] REPORT`, not Typer's `{report}`, which reads as text to type."""
+    usage = next(line for line in cli(*([name] if name else []), "--help").stdout.splitlines()
+                 if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage, usage
+
+
 def test_help_shows_the_defaults_the_config_has():
-    from actstat.config import Config
+    from actstat.config import COORD_CHECK_DEPTH, Config
 
     config = Config()
     shown = {param.name: " ".join(param.help.split()) for param in params("run") if param.help}
+    coord = {param.name: " ".join(param.help.split()) for param in params("coord-check")
+             if param.help}
+    assert f"(default {COORD_CHECK_DEPTH} in a coord check)" in coord["depth"]
+    assert f"(default {','.join(map(str, config.coord_check.widths))})" in coord["widths"]
+    assert f"(default {config.coord_check.steps})" in coord["coord_steps"]
+    assert f"(default {config.coord_check.seeds})" in coord["seeds"]
+    assert f"{config.coord_check.optimizer} (default)" in coord["coord_optimizer"]
+    assert f"{config.coord_check.param} (" in coord["param"] and "default" in coord["param"]
     assert f"(default {config.model.depth})" in shown["depth"]
     assert f"(default {config.model.width})" in shown["width"]
     assert f"(default {config.data.batch_size})" in shown["batch_size"]
@@ -99,18 +138,35 @@ def test_help_shows_the_defaults_the_config_has():
     assert f"{config.dtype} (default)" in shown["dtype"]
 
 
-def test_every_data_source_and_format_is_listed_where_it_is_accepted(cli):
+def test_every_data_source_is_listed(cli):
     from actstat.config import DATA_SOURCES
-    from actstat.outputs import CHECK_FORMATS, TRAIN_FORMATS
-    from actstat.render import FORMATS
 
     shown = {param.name: param.help for param in params("run") if param.help}
     assert all(source in shown["data"] for source in DATA_SOURCES)
-    for name, formats in (("run", FORMATS), ("compare", FORMATS), ("check", CHECK_FORMATS),
-                          ("train", TRAIN_FORMATS)):
-        text = next(param.help for param in params(name) if param.name == "format")
-        listed = set(text.replace(" or ", ", ").rstrip(".").split(" (")[0].split(", "))
-        assert listed == set(formats), (name, text)
+
+
+KNOWN_FORMATS = ("table", "json", "csv", "markdown", "html", "junit")
+# options that make each command stop with a usage error right after it has read --format
+AFTER_FORMAT = {"check": ["--max-drift", "2", "--seed", "x"]}
+
+
+def accepts(cli, name: str, format: str) -> bool:
+    """Whether `name` takes `-f format`: the command refuses an unknown format first, so a
+    bad --seed after a format it takes is the error it stops at."""
+    result = cli(name, "-f", format, *AFTER_FORMAT.get(name, ["--seed", "x"]), code=2)
+    return not result.stderr.startswith("actstat: error: --format")
+
+
+@pytest.mark.parametrize("name", [name for name in SUBCOMMANDS
+                                  if any(param.name == "format" for param in params(name))])
+def test_each_command_lists_and_completes_the_formats_it_accepts(cli, name):
+    from test_completion import offered
+
+    accepted = {format for format in KNOWN_FORMATS if accepts(cli, name, format)}
+    text = next(param.help for param in params(name) if param.name == "format")
+    listed = set(text.replace(" or ", ", ").rstrip(".").split(" (")[0].split(", "))
+    assert listed == accepted, (name, text)
+    assert set(offered(f"actstat {name} -f ")) == accepted
 
 
 def test_top_level_help_does_not_say_mlp_only(cli):

@@ -386,3 +386,109 @@ def test_a_message_wraps_at_words_and_keeps_numbers_with_their_symbols(width):
     for whole in ("(χ₁ = 1.031)", "0.8738 → 0.9149", "3 layers", "layer 1 / layer 3 = 1.059"):
         assert any(whole in part for part in wrapped), whole
     assert wrap_message("short", width) == "short"
+
+
+# ----------------------------------------------------------------------------------------------
+# a sparkline with more points than cells keeps its curve's shape (every sparkline, compare's
+# log std and log grad, train's std and loss over steps, is drawn by render.sparkline)
+
+SHRUNK = (8, 10, 13, 20, 40)
+
+
+def levels(line: str) -> list[int | None]:
+    return [None if cell == " " else render.SPARK.index(cell) for cell in line]
+
+
+def cell_of(index: int, points: int, cells: int) -> int:
+    """The cell whose stretch of points holds point `index` (equal stretches, in order)."""
+    return max(cell for cell in range(cells) if cell * points // cells <= index)
+
+
+@pytest.mark.parametrize("cells", SHRUNK)
+def test_a_shrunk_ramp_still_rises_from_bottom_to_top(cells):
+    ramp = [10 ** (i / 40) for i in range(200)]  # log std rising steadily over 200 layers
+    drawn = levels(render.sparkline(ramp, cells))
+    assert len(drawn) == cells
+    assert drawn == sorted(drawn) and (drawn[0], drawn[-1]) == (0, len(render.SPARK) - 1)
+
+
+@pytest.mark.parametrize("cells", SHRUNK)
+def test_a_rise_through_residual_blocks_still_rises(cells):
+    """202 rows of residual blocks (a period of 4 rows: fc1, act1, fc2, act2, each at its own
+    scale) on a steady rise: the shrunk row follows the rise, not which row of a block each
+    cell happened to land on."""
+    rows = [10 ** (i / 100 + 0.3 * (0.0, 1.0, 0.5, 0.8)[i % 4]) for i in range(202)]
+    drawn = levels(render.sparkline(rows, cells))
+    assert drawn == sorted(drawn), render.sparkline(rows, cells)
+    # from the bottom to the top, within a block's own spread (the lowest and the highest
+    # rows of all are one row of a block each)
+    assert drawn[0] <= 1 and drawn[-1] >= len(render.SPARK) - 2
+
+
+@pytest.mark.parametrize("cells", SHRUNK)
+def test_identical_blocks_stay_flat(cells):
+    """Every residual block alike (ReZero at init): one level all along at every width."""
+    rows = [(0.86, 0.5, 0.86, 0.3)[i % 4] for i in range(202)]
+    assert len(set(render.sparkline(rows, cells))) == 1, render.sparkline(rows, cells)
+
+
+def test_a_block_row_that_sits_apart_is_the_pattern_not_a_dip():
+    """Fixup + tanh's residual blocks: the stream, a branch row at half its std, a row of exact
+    zeros (no value), 8 times. A third of the rows sit apart from the rest, in every block: no
+    spike, so the row reads flat between the two, not as a dip in every cell."""
+    rows = [0.7418, 0.38, 0.0] * 8 + [0.7418]
+    drawn = levels(render.sparkline(rows, 8))
+    assert len(set(drawn)) == 1 and 0 < drawn[0] < len(render.SPARK) - 1, drawn
+
+
+@pytest.mark.parametrize("cells", SHRUNK)
+@pytest.mark.parametrize("at", [0, 57, 131, 199])
+def test_a_one_layer_spike_or_dip_keeps_its_height_and_place(cells, at):
+    top, bottom = len(render.SPARK) - 1, 0
+    for value, level in ((1e4, top), (1e-4, bottom)):  # an exploding layer, a dying one
+        rows = [1.0 + 0.01 * (i % 3) for i in range(200)]
+        rows[at] = value
+        drawn = levels(render.sparkline(rows, cells))
+        assert drawn.count(level) == 1, render.sparkline(rows, cells)
+        assert drawn.index(level) == cell_of(at, len(rows), cells)
+
+
+@pytest.mark.parametrize("cells", SHRUNK)
+def test_a_peak_keeps_its_place(cells):
+    rows = [10 ** (-abs(i - 130) / 30) for i in range(200)]
+    drawn = levels(render.sparkline(rows, cells))
+    peak = cell_of(130, 200, cells)
+    assert drawn[peak] == max(drawn) >= len(render.SPARK) - 2, render.sparkline(rows, cells)
+    assert drawn[:peak + 1] == sorted(drawn[:peak + 1])
+    assert drawn[peak:] == sorted(drawn[peak:], reverse=True)
+    assert drawn[0] <= 1  # the far end, 130 layers below the peak (the near one is 70 below)
+
+
+def test_a_stretch_with_no_value_is_blank_and_one_with_any_is_drawn():
+    rows = [1.0, None, 2.0, 0.0] * 10 + [None] * 40  # zero gradients, then none at all
+    drawn = render.sparkline(rows, 10)
+    assert drawn[5:] == " " * 5 and " " not in drawn[:5]
+
+
+@pytest.mark.parametrize("width", (60, 80, 120))
+def test_train_keeps_a_one_step_jump_at_every_width(width):
+    """train's std over 200 recorded steps, through whatever cells the terminal leaves: the
+    step where the std jumped stays the one tall bar, where it was."""
+    from actstat.records import Run, Trajectory, TrajectoryLayer
+    from actstat.render_watch import trajectory_table
+
+    steps = 200
+    std = [1.0 + 0.001 * (step % 5) for step in range(steps)]
+    std[131] = 50.0
+    layer = TrajectoryLayer(name="3", mean=(0.0,) * steps, std=tuple(std),
+                            near_zero=(0.0,) * steps, dead=None, grad_std=(1.0,) * steps)
+    trajectory = Trajectory(steps=tuple(range(steps)), loss=(2.3,) * steps, accuracy=None,
+                            layers=(layer,), planned_steps=steps, every=1, batch_size=8,
+                            optimizer="sgd", lr=0.1, momentum=0.0, warmup=0)
+    run = Run(scheme="kaiming + relu", init="kaiming", init_params={}, act="relu",
+              act_params={}, verdict="healthy", loss=None, layers=(), trajectory=trajectory)
+    row = next(line for line in render.plain_text(trajectory_table(run, width), width)
+               .splitlines() if line.startswith("3 "))
+    drawn = re.search(f"[{render.SPARK}]+", row).group()
+    assert len(drawn) < steps and drawn.count("█") == 1, row
+    assert drawn.index("█") == cell_of(131, steps, len(drawn))

@@ -82,12 +82,14 @@ def test_an_output_under_a_file_stops_before_measuring(cli, tmp_path, unmeasured
 def test_a_missing_data_file_stops_before_measuring(cli, tmp_path, unmeasured):
     missing = tmp_path / "features.npy"
     line = one_line(cli("run", *SMALL, "--data", str(missing), code=2))
-    assert line.startswith(f"actstat: error: data '{missing}': no such file or directory")
+    assert line.startswith("actstat: error: --data: data.source: must be mnist, gaussian, tokens")
+    assert line.endswith(f"(got '{missing}': no such file or directory)")
 
 
 def test_a_missing_data_file_in_a_config_stops_check_before_measuring(cli, tmp_path, unmeasured):
     config = tmp_path / "c.yaml"
     config.write_text("data: {source: gone.npz}\n")
     line = one_line(cli("check", str(config), "--max-drift", "10", *SMALL, code=2))
-    assert f"data '{tmp_path / 'gone.npz'}': no such file or directory" in line
+    assert line.startswith(f"actstat: error: {config}: data.source: must be mnist")
+    assert line.endswith(f"(got '{tmp_path / 'gone.npz'}': no such file or directory)")
 

@@ -226,7 +226,7 @@ def test_the_terminal_view_fits_the_terminal(tmp_path, width):
     report = watch_report(config)
     text = plain_text(training_renderables(report, width), width)
     assert max(len(line) for line in text.splitlines()) <= width
-    # 120 steps recorded every 5: the sparklines sample them to fit; the std column stays whole
+    # 120 steps recorded every 5: the sparklines shrink to fit; the std column stays whole
     assert "std start → end" in text and "did not train" in text
 
 
