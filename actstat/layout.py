@@ -219,8 +219,8 @@ def left_out_note(left_out: Sequence[str], width: int | None) -> Text | None:
     """One dim line under a table that lost columns: which, and how to see them all."""
     if not left_out:
         return None
-    return Text(f"left out to fit {width} columns: {', '.join(left_out)} "
-                "(all columns: --wide, or -f markdown / -f json)", style="dim")
+    return Text(f"left out to fit {width} columns: {', '.join(left_out)}; "
+                "all columns: --wide, or -f markdown / -f json", style="dim")
 
 
 # a symbol between two words binds them: `χ₁ = 0.9801`, `0.8738 → 0.7608`, `(×0.8489;` stay on
