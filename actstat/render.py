@@ -21,7 +21,7 @@ from actstat.analysis import (
     summarise,
     trend_rows,
 )
-from actstat.layout import Column, Fitted, fit, left_out_note
+from actstat.layout import Column, Fitted, fit, left_out_note, wrap_message
 from actstat.records import (
     FLAGS,
     HEALTHY,
@@ -385,7 +385,7 @@ def tables(report: Report, width: int | None = None) -> list[RenderableType]:
         left = left_out_note(fitted.left_out, width)
         if left:
             renderables.append(left)
-        renderables.append(_verdict_text(run, report))
+        renderables.append(_verdict_text(run, report, width))
         for line in (train_line(run), lsuv_line(run)):
             if line:
                 renderables.append(Text(line))
@@ -428,12 +428,18 @@ def _table(run: Run, width: int | None = None, dtype: str | None = "float32") ->
     return fit(spec, width, title=run.scheme)
 
 
-def _verdict_text(run: Run, report: Report) -> Text:
+def _verdict_text(run: Run, report: Report, width: int | None = None) -> Text:
+    """The verdict line, its scheme in bold and its verdict in the flag's colour; wrapped to
+    `width` as actstat wraps a message (layout.wrap_message: `χ₁ = 1.01` and `layer 4` whole,
+    continuations indented), not where Rich would break it."""
     line = verdict_line(run, report)
+    if width is not None:
+        line = wrap_message(line, width)
     head, _, rest = line.partition(": ")
+    word = rest.split(None, 1)[0] if rest.strip() else ""
     text = Text(head + ": ", style="bold")
-    text.append(rest.split(" ")[0], style=f"bold {FLAG_STYLES[run.verdict]}")
-    text.append(rest[len(rest.split(" ")[0]):])
+    text.append(word, style=f"bold {FLAG_STYLES[run.verdict]}")
+    text.append(rest[len(word):])
     return text
 
 
