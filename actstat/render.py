@@ -388,7 +388,7 @@ def tables(report: Report, width: int | None = None) -> list[RenderableType]:
         renderables.append(_verdict_text(run, report, width))
         for line in (train_line(run), lsuv_line(run)):
             if line:
-                renderables.append(Text(wrap_message(line, width) if width else line))
+                renderables.append(Text(line if width is None else wrap_message(line, width)))
         hist = histogram_block(run, width)
         if hist:
             renderables += [Text(""), *hist]

@@ -62,15 +62,10 @@ class Watch(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in ADDS and self.active():
             return self._add(func, args, kwargs)
-        if func is SDPA and self.active():
+        recomputed = RECOMPUTED.get(func)
+        if recomputed is not None and self.active():
             out = func(*args, **kwargs)
-            self._attention(sdpa_pieces(*args, **kwargs))
-            return out
-        if func is MHA and self.active():
-            # nn.MultiheadAttention's: its softmax runs while the mode is off (inside this
-            # handler), so its logits are computed from its arguments
-            out = func(*args, **kwargs)
-            self._attention(mha_pieces(*args, **kwargs))
+            self._attention(recomputed(*args, **kwargs))
             return out
         out = func(*args, **kwargs)
         if func in SOFTMAXES and self.active() and self.in_attention() and _last_dim(args, kwargs):
@@ -269,6 +264,13 @@ def mha_pieces(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return _logit_pieces(q, k, 1 / math.sqrt(head), masks, is_causal and attn_mask is None)
 
 
+# the attention calls that keep their probabilities to themselves: their logits are computed
+# again from their arguments (nn.MultiheadAttention's softmax runs inside the call, while the
+# mode is off)
+RECOMPUTED: dict[Callable, Callable[..., Iterator[torch.Tensor]]] = {SDPA: sdpa_pieces,
+                                                                     MHA: mha_pieces}
+
+
 def softmax_pieces(logits: torch.Tensor) -> Iterator[torch.Tensor]:
     """The logits (..., heads, queries, keys) of a softmax taken inside an attention module, a
     piece at a time (all but the last three dimensions are the batch; 3-D: (heads, queries,
@@ -323,7 +325,7 @@ def rms(t: torch.Tensor, groups: int = 0) -> torch.Tensor:
     """Root mean square of `t` in float64 (per group along dim 0 with `groups`): ‖t‖ / √n, or
     √(mean² + std²) from the C kernel's moments where it takes `t` (a float32 CPU tensor: one
     read in float32 blocks summed in float64, where torch's float64 norm converts every value
-    first and took 0.25 ms on a 256 × 1024 tensor, a fifth of the residual model's block)."""
+    first: 0.25 ms on a 256 × 1024 tensor)."""
     if not groups and t.dim() > 0 and fused.takes(t):
         moments = fused.reduce(t.reshape(t.shape[0], -1), channels=False, near_zero=0.0,
                                edges=None, spread=False, units=False)
