@@ -1,4 +1,5 @@
-/* Fused CPU reductions for actstat/fused.py: every statistic of a float32 tensor in one read.
+/* Fused CPU reductions for actstat/fused.py: every statistic of a float32 tensor in one read;
+   and the attention numbers of a piece of logits (`attention`, near the end of this file).
 
    Built by setup.py as the optional extension actstat._kernels; where it cannot be built (no C
    compiler), actstat keeps its torch reductions. The statistics' definitions live in
@@ -562,6 +563,141 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                          a.small, a.saturated, (double)a.gap, dead, a.abs);
 }
 
+/* Attention rows: the attention numbers of actstat/stream.py's `attention_numbers`, a row of
+   logits (one query's, over its keys) at a time. A key takes part where its logit is above
+   `floor` (a masked key's is -inf or its dtype's lowest); a row's max m is over all its
+   logits (a masked one is never above an allowed one). With d = l - m over the allowed keys,
+   e = exp(d), S = sum e and U = sum e d, the row's entropy -sum p ln p of p = e / S is
+   ln S - U / S (no logarithm per key); it is divided by ln of the allowed keys, and rows with
+   fewer than two are left out. exp is a degree-6 polynomial on [-ln2/2, ln2/2] times 2^n
+   (Cephes' expf, within 2 ulp), written so that it vectorises; below -87 (exp < 2^-125,
+   nothing beside the row's max of 1) it is 0. The caller checks that the logits hold no NaN
+   or +inf (their max is finite): a row's max is then finite, and every d is. */
+#define EXP_LOW -87.0f
+
+static inline float exp_nonpositive(float d) {
+    float x = d > EXP_LOW ? d : EXP_LOW;
+    int32_t n = -(int32_t)(0.5f - x * 1.44269504088896341f); /* round(x / ln 2), x <= 0 */
+    float fn = (float)n;
+    float r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+    float y = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r +
+                4.1665795894e-2f) * r + 1.6666665459e-1f) * r + 5.0000001201e-1f;
+    y = y * r * r + r + 1.0f;
+    uint32_t bits = (uint32_t)(n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return d > EXP_LOW ? y * scale : 0.0f;
+}
+
+typedef struct {
+    const float *x;
+    ptrdiff_t first, last, heads, queries, keys, stride_b, stride_h, stride_q;
+    float floor;
+    double *sums; /* 2 heads: per head the sum of normalised entropies, then the rows counted */
+} Rows;
+
+CLONES static void attention_part(Rows *t) {
+    const ptrdiff_t keys = t->keys, per_sample = t->heads * t->queries;
+    const float floor = t->floor;
+    for (ptrdiff_t row = t->first; row < t->last; row++) {
+        ptrdiff_t b = row / per_sample, h = row / t->queries % t->heads, q = row % t->queries;
+        const float *restrict l = t->x + b * t->stride_b + h * t->stride_h + q * t->stride_q;
+        float m = l[0];
+        int32_t n = 0;
+        for (ptrdiff_t i = 0; i < keys; i++) {
+            m = l[i] > m ? l[i] : m;
+            n += l[i] > floor;
+        }
+        if (n < 2) continue;
+        double total = 0.0, weighted = 0.0;
+        for (ptrdiff_t i = 0; i < keys; i += BLOCK) {
+            ptrdiff_t end = keys - i < BLOCK ? keys : i + BLOCK;
+            float s = 0.0f, u = 0.0f;
+            for (ptrdiff_t j = i; j < end; j++) {
+                float d = l[j] > floor ? l[j] - m : EXP_LOW;
+                d = d > EXP_LOW ? d : EXP_LOW;
+                float e = exp_nonpositive(d);
+                s += e;
+                u += e * d;
+            }
+            total += s;
+            weighted += u;
+        }
+        t->sums[h] += (log(total) - weighted / total) / log((double)n);
+        t->sums[t->heads + h] += 1.0;
+    }
+}
+
+typedef struct {
+    Rows *parts;
+    int count;
+} RowsTeam;
+
+#ifdef HAVE_POOL
+static void run_rows(void *arg) {
+    RowsTeam *team = arg;
+    int members = omp_num_threads();
+    for (int k = omp_thread_num(); k < team->count; k += members) attention_part(&team->parts[k]);
+}
+#endif
+
+static const char attention_doc[] =
+    "attention(address, batch, heads, queries, keys, stride_b, stride_h, stride_q, floor,\n"
+    "          sums, threads) -> None\n\n"
+    "Adds the attention numbers of the float32 logits at `address` (batch, heads, queries,\n"
+    "keys; the keys contiguous, the other strides in values) to the 2 heads float64s at\n"
+    "`sums`: per head the sum of the rows' normalised entropies, then per head the count of rows\n"
+    "with at least two allowed keys (above `floor`). The logits must\n"
+    "hold no NaN or +inf. `threads`: at most that many parts of rows, shared among threads of\n"
+    "torch's OpenMP pool where one is loaded; the numbers depend on the part count only.";
+
+static PyObject *attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "attention() takes 11 arguments");
+        return NULL;
+    }
+    const float *address = PyLong_AsVoidPtr(args[0]);
+    Py_ssize_t sizes[7];
+    for (int i = 0; i < 7; i++) sizes[i] = PyLong_AsSsize_t(args[1 + i]);
+    float floor = (float)PyFloat_AsDouble(args[8]);
+    double *sums = PyLong_AsVoidPtr(args[9]);
+    long threads = PyLong_AsLong(args[10]);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t batch = sizes[0], heads = sizes[1], queries = sizes[2], keys = sizes[3];
+    if (address == NULL || sums == NULL || batch < 1 || heads < 1 || queries < 1 || keys < 1) {
+        PyErr_SetString(PyExc_ValueError, "attention(): empty logits or a null address");
+        return NULL;
+    }
+    ptrdiff_t rows = batch * heads * queries, width = 2 * heads;
+    double values = (double)rows * (double)keys;
+    int count = (int)(values / PARALLEL < threads ? values / PARALLEL : threads);
+#ifdef HAVE_POOL
+    pthread_once(&pool_once, find_pool);
+#endif
+    count = count < 1 ? 1 : (count > rows ? (int)rows : (count > MAX_THREADS ? MAX_THREADS : count));
+    double *work = (double *)workspace_of((size_t)count * (size_t)width * sizeof(double));
+    if (!work) return PyErr_NoMemory();
+    Rows parts[MAX_THREADS];
+    for (int k = 0; k < count; k++) {
+        parts[k] = (Rows){address, rows * k / count, rows * (k + 1) / count, heads, queries, keys,
+                          sizes[4], sizes[5], sizes[6], floor, work + (size_t)k * width};
+        memset(parts[k].sums, 0, (size_t)width * sizeof(double));
+    }
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_POOL
+    if (count > 1 && omp_parallel) {
+        RowsTeam team = {parts, count};
+        omp_parallel(run_rows, &team, (unsigned)count, 0);
+    } else
+#endif
+        for (int k = 0; k < count; k++) attention_part(&parts[k]);
+    for (int k = 0; k < count; k++)
+        for (ptrdiff_t i = 0; i < width; i++) sums[i] += parts[k].sums[i];
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *pool(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
@@ -574,6 +710,7 @@ static PyObject *pool(PyObject *self, PyObject *unused) {
 
 static PyMethodDef methods[] = {
     {"reduce", (PyCFunction)(void (*)(void))reduce, METH_FASTCALL, reduce_doc},
+    {"attention", (PyCFunction)(void (*)(void))attention, METH_FASTCALL, attention_doc},
     {"pool", pool, METH_NOARGS,
      "pool() -> str | None\n\nThe file of the OpenMP runtime whose threads share a large tensor, "
      "or None: the calling thread reduces its parts alone. Looked up once, at the first call of "

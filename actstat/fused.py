@@ -1,4 +1,5 @@
-"""Fused CPU reductions for capture.py: every statistic of a float32 tensor in one read of it.
+"""Fused CPU reductions for capture.py: every statistic of a float32 tensor in one read of it;
+and for stream.py, the attention numbers of a piece of logits in one read of each query's row.
 
 The work is done by the C extension actstat._kernels (actstat/_kernels.c, built by setup.py at
 install time, optional: without a C compiler the install goes on without it). `AVAILABLE` says
@@ -101,6 +102,26 @@ def reduce(view: torch.Tensor, *, channels: bool, near_zero: float,
         return None
     return (mean, math.sqrt(m2 / count), lo, hi, small, saturated, gap,
             dead / width if units else math.nan, magnitude / count)
+
+
+def takes_logits(logits: torch.Tensor) -> bool:
+    """Whether `attention` takes `logits`: built and ENABLED, a non-empty 4-D float32 CPU tensor
+    whose last dimension (the keys) is contiguous."""
+    return (ENABLED and logits.is_cpu and logits.dtype == torch.float32 and logits.dim() == 4
+            and logits.numel() > 0 and logits.stride(-1) == 1)
+
+
+def attention(logits: torch.Tensor, floor: float, sums: torch.Tensor) -> None:
+    """Adds the attention numbers of `logits` (batch, heads, queries, keys; `takes_logits`, and
+    holding no NaN or +inf) to `sums`, a contiguous float64 CPU tensor of 2 heads: per head the
+    sum of the queries' normalised entropies, then per head the count of queries with at least
+    two allowed keys (logits above `floor`). stream.py's
+    `attention_numbers` states the definitions; _kernels.c how the kernel computes them. Parts
+    of rows are shared among threads as `reduce`'s are; the sums depend on their count only."""
+    batch, heads, queries, keys = logits.shape
+    stride_b, stride_h, stride_q, _ = logits.stride()
+    _kernels.attention(logits.data_ptr(), batch, heads, queries, keys, stride_b, stride_h,
+                       stride_q, floor, sums.data_ptr(), torch.get_num_threads())
 
 
 def relative_gap(lo: float, hi: float, gap: float) -> float:

@@ -291,31 +291,45 @@ def attention_numbers(pieces: Iterable[torch.Tensor]) -> torch.Tensor | None:
     above the dtype's lowest tenth: a masked key's is -inf or the dtype's lowest value): 1 is
     uniform attention over them, 0 all of it on one key. Queries with fewer than two allowed
     keys (the first query of a causal mask) are left out. The largest logit is over the
-    allowed ones. (The entropy is -Σ p · log_softmax(logits): a masked key's log-probability,
-    -inf, is raised to -1e30, which its p of 0 cancels; no logarithm of each probability.)"""
-    total = counted_total = top = None
+    allowed ones. A float32 CPU piece holding no NaN or +inf is read by the C kernel
+    (fused.attention: ln S - U / S per query, S = Σ e, U = Σ e d, e = exp(d), d = logit - max;
+    one read of each query's row); any other by torch, as -Σ p · log_softmax(logits) (a masked
+    key's log-probability, -inf, raised to -1e30, which its p of 0 cancels). The two agree to
+    float32 rounding; NaN and +inf follow torch's softmax."""
+    total = counted_total = top = kernel_sums = None
     for logits in pieces:
         floor = torch.finfo(logits.dtype if logits.is_floating_point()
                             else torch.float32).min / 10
         lg = logits.float()
-        # a masked key's logit is -inf or its dtype's lowest value (NaN and -inf compare False)
-        keys = (lg > floor).sum(dim=-1)
-        counted = keys >= 2
-        log_p = torch.log_softmax(lg, dim=-1).clamp_(min=-1e30)
-        entropy = -torch.linalg.vecdot(torch.softmax(lg, dim=-1), log_p)
-        normalised = torch.where(counted, entropy / torch.log(keys.clamp_min(2).float()), 0.0)
-        sums = normalised.sum(dim=(0, 2), dtype=torch.float64)
-        counts = counted.sum(dim=(0, 2))
-        # the largest allowed logit: a masked one is never above an allowed one
-        largest = torch.where(keys.amax() > 0, lg.amax(),
-                              torch.full((), -math.inf, device=lg.device)).double()
-        if total is None:
-            total, counted_total, top = sums, counts, largest
+        largest = lg.amax()  # (NaN where one is NaN)
+        if fused.takes_logits(lg) and math.isfinite(largest):
+            # the C kernel: each row read once into the cache, no tensor made of the piece
+            if kernel_sums is None:
+                kernel_sums = torch.zeros(2 * lg.shape[1], dtype=torch.float64)
+            fused.attention(lg, floor, kernel_sums)
         else:
-            total, counted_total = total + sums, counted_total + counts
-            top = torch.maximum(top, largest)
-    if total is None:
+            # a masked key's logit is -inf or its dtype's lowest value (NaN and -inf compare
+            # False)
+            keys = (lg > floor).sum(dim=-1)
+            counted = keys >= 2
+            log_p = torch.log_softmax(lg, dim=-1).clamp_(min=-1e30)
+            entropy = -torch.linalg.vecdot(torch.softmax(lg, dim=-1), log_p)
+            normalised = torch.where(counted, entropy / torch.log(keys.clamp_min(2).float()), 0.0)
+            sums = normalised.sum(dim=(0, 2), dtype=torch.float64)
+            counts = counted.sum(dim=(0, 2))
+            total = sums if total is None else total + sums
+            counted_total = counts if counted_total is None else counted_total + counts
+        # the largest allowed logit: a masked one is never above an allowed one, so where the
+        # largest is masked no key is allowed
+        largest = torch.where(largest <= floor, torch.full((), -math.inf, device=lg.device),
+                              largest).double()
+        top = largest if top is None else torch.maximum(top, largest)
+    if top is None:
         return None
+    if kernel_sums is not None:
+        sums, counts = kernel_sums.chunk(2)
+        total = sums if total is None else total + sums.to(total.device)
+        counted_total = counts if counted_total is None else counted_total + counts
     per_head = torch.where(counted_total > 0, total / counted_total.clamp_min(1),
                            torch.full_like(total, math.nan))
     return torch.cat([per_head, top.reshape(1)])

@@ -209,3 +209,76 @@ def test_path_follows_the_environment_of_the_process(setting):
         assert got == "torch (ACTSTAT_KERNELS=0)"
     else:
         assert got == ("kernel" if fused.AVAILABLE else "torch (actstat._kernels not built)")
+
+
+# -- attention rows (stream.attention_numbers' kernel) -------------------------------------------
+
+def attention_reference(logits: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per head, the sum of the queries' entropies over ln of their allowed keys (those above
+    `floor`) and the count of queries with two or more, in float64 NumPy: logits (batch, heads,
+    queries, keys)."""
+    allowed = logits > floor
+    top = np.where(allowed, logits, -np.inf).max(-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)  # (a query with no key allowed)
+    e = np.where(allowed, np.exp(np.where(allowed, logits - top, 0.0)), 0.0)
+    p = e / np.maximum(e.sum(-1, keepdims=True), 1e-300)
+    entropy = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(-1)
+    keys = allowed.sum(-1)
+    counted = keys >= 2
+    normalised = np.where(counted, entropy / np.log(np.maximum(keys, 2)), 0.0)
+    return normalised.sum(axis=(0, 2)), counted.sum(axis=(0, 2)).astype(float)
+
+
+@needs_kernel
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("keys", [1, 7, 256, 700])
+def test_attention_rows_are_numpys_on_any_number_of_threads(threads, count, keys):
+    """Each head's summed normalised entropy and counted queries, as NumPy takes them, on rows
+    shorter and longer than the kernel's blocks, with keys masked by -inf and by float32's
+    lowest value (a whole query of them: not counted), logits from near-uniform to one-hot
+    (scale 40: exp of most keys far below float32's smallest), on a strided view (a piece of
+    queries), and on 1 to 3 threads (a tensor large enough to be shared)."""
+    threads(count)
+    g = torch.Generator().manual_seed(keys)
+    scale = torch.tensor([0.01, 1.0, 5.0, 40.0]).reshape(1, 4, 1, 1)
+    whole = torch.randn(6, 4, 90, keys, generator=g) * scale
+    whole[0, :, 3, keys // 2:] = -math.inf
+    whole[1, 2, 5, :] = torch.finfo(torch.float32).min
+    whole[2, :, :, -1] = torch.finfo(torch.float32).min
+    floor = torch.finfo(torch.float32).min / 10
+    for logits in (whole, whole[:, :, 10:50]):
+        sums = torch.zeros(8, dtype=torch.float64)
+        fused.attention(logits, floor, sums)
+        entropy, counted = attention_reference(logits.double().numpy(), floor)
+        assert np.allclose(sums[:4].numpy(), entropy, rtol=2e-6, atol=1e-9)
+        assert np.array_equal(sums[4:].numpy(), counted)
+    assert fused.takes_logits(whole[:, :, 10:50]) and not fused.takes_logits(whole[..., ::2])
+
+
+@needs_kernel
+def test_attention_rows_add_to_what_the_sums_held():
+    """A second call adds its numbers to the first's (the pieces of one attention)."""
+    logits = torch.randn(2, 3, 5, 9, generator=torch.Generator().manual_seed(3))
+    once, twice = torch.zeros(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+    fused.attention(logits, -1e37, once)
+    fused.attention(logits[:1], -1e37, twice)
+    fused.attention(logits[1:], -1e37, twice)
+    assert torch.allclose(once, twice, rtol=1e-12)
+    assert once[3:].tolist() == [10.0, 10.0, 10.0]
+
+
+@needs_kernel
+def test_the_attention_entry_checks_its_arguments():
+    from actstat import _kernels
+
+    logits, sums = torch.zeros(1, 1, 2, 2), torch.zeros(2, dtype=torch.float64)
+    args = [logits.data_ptr(), 1, 1, 2, 2, 4, 4, 2, -1e37, sums.data_ptr(), 1]
+    _kernels.attention(*args)
+    assert sums.tolist() == [2.0, 2.0]  # two queries of two equal logits: 1 each
+    with pytest.raises(TypeError, match="11 arguments"):
+        _kernels.attention(*args[:-1])
+    for position in (0, 1, 2, 3, 4, 9):
+        wrong = list(args)
+        wrong[position] = 0
+        with pytest.raises(ValueError, match="empty logits"):
+            _kernels.attention(*wrong)
