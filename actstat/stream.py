@@ -11,7 +11,10 @@ it where the stream is (a block's input, and what the block makes of it); `Watch
 - `on_attention(numbers)` for a softmax over the last dimension taken inside an attention
   module (eager attention), or for a scaled-dot-product attention call, whose probabilities it
   computes from the query, the key, the mask and the scale (SDPA keeps them to itself):
-  `attention_numbers`, taken a piece of queries at a time (PIECE_BYTES).
+  `attention_numbers`, taken a piece of queries at a time (PIECE_BYTES). An
+  `F.multi_head_attention_forward` call (nn.MultiheadAttention's) runs its projections and
+  attention inside it, unseen by a function mode: a dispatcher mode watches it while it runs
+  (`_InsideAttention`) and reads the attention operation it ends in, or its softmax.
 
 Nothing here hooks a module (that is capture.py's alone); nothing here copies to the host: the
 arithmetic (`rms`, `attention_numbers`) stays on the tensors' device.
@@ -27,6 +30,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from actstat import fused
 
@@ -62,10 +66,19 @@ class Watch(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in ADDS and self.active():
             return self._add(func, args, kwargs)
-        recomputed = RECOMPUTED.get(func)
-        if recomputed is not None and self.active():
+        if func is MHA and self.active():
+            # its inner calls run unseen by this mode: they are looked at by the dispatcher
+            inside = _InsideAttention(_heads(args, kwargs))
+            with inside:
+                out = func(*args, **kwargs)
+            if inside.numbers is not None:
+                self.on_attention(inside.numbers)
+            else:  # no operation of them known: the logits from its projections again
+                self._attention(mha_pieces(*args, **kwargs))
+            return out
+        if func is SDPA and self.active():
             out = func(*args, **kwargs)
-            self._attention(recomputed(*args, **kwargs))
+            self._attention(sdpa_pieces(*args, **kwargs))
             return out
         out = func(*args, **kwargs)
         if func in SOFTMAXES and self.active() and self.in_attention() and _last_dim(args, kwargs):
@@ -264,11 +277,81 @@ def mha_pieces(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return _logit_pieces(q, k, 1 / math.sqrt(head), masks, is_causal and attn_mask is None)
 
 
-# the attention calls that keep their probabilities to themselves: their logits are computed
-# again from their arguments (nn.MultiheadAttention's softmax runs inside the call, while the
-# mode is off)
-RECOMPUTED: dict[Callable, Callable[..., Iterator[torch.Tensor]]] = {SDPA: sdpa_pieces,
-                                                                     MHA: mha_pieces}
+# -- inside nn.MultiheadAttention ------------------------------------------------------------
+#
+# `F.multi_head_attention_forward` is one call to the function mode: its projections, its
+# attention and its softmax run inside it, unseen. Computing its query and key again from its
+# projections costs about what the call's own in-projection does (on the test zoo's transformer,
+# as much as the rest of the pass's statistics together), so while it runs a dispatcher mode
+# watches its operations: the attention operation it ends in (its query and key, projected and
+# split into heads, and the mask it built) or, with need_weights, its softmax (the logits
+# themselves). Where neither comes (an operation of a torch not known here), `mha_pieces`
+# computes the logits again.
+
+
+def _flash(query, key, value=None, dropout_p=0.0, is_causal=False, *_, attn_mask=None,
+           scale=None, **__):
+    return sdpa_pieces(query, key, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+
+
+def _math(query, key, value=None, attn_mask=None, dropout_p=0.0, is_causal=False, *_,
+          scale=None, enable_gqa=False, **__):
+    return sdpa_pieces(query, key, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                       enable_gqa=enable_gqa)
+
+
+def _with_bias(query, key, value=None, attn_bias=None, compute_log_sumexp=False, dropout_p=0.0,
+               is_causal=False, *_, scale=None, **__):
+    return sdpa_pieces(query, key, attn_mask=attn_bias, is_causal=is_causal, scale=scale)
+
+
+# aten's scaled-dot-product attention operations (one per backend), as SDPA's arguments
+_ATEN_ATTENTION = {"_scaled_dot_product_flash_attention_for_cpu": _flash,
+                   "_scaled_dot_product_flash_attention": _flash,
+                   "_scaled_dot_product_attention_math": _math,
+                   "_scaled_dot_product_attention_math_for_mps": _math,
+                   "_scaled_dot_product_efficient_attention": _with_bias,
+                   "_scaled_dot_product_cudnn_attention": _with_bias}
+ATTENTION_OPERATIONS = {getattr(torch.ops.aten, name): read
+                        for name, read in _ATEN_ATTENTION.items() if hasattr(torch.ops.aten, name)}
+SOFTMAX_OPERATIONS = {getattr(torch.ops.aten, name) for name in ("_softmax", "_safe_softmax")
+                      if hasattr(torch.ops.aten, name)}
+
+
+def _heads(args: tuple, kwargs: dict) -> int:
+    heads = args[4] if len(args) > 4 else kwargs.get("num_heads", 1)
+    return heads if isinstance(heads, int) and heads > 0 else 1
+
+
+class _InsideAttention(TorchDispatchMode):
+    """The dispatcher's view of one `F.multi_head_attention_forward` call: `numbers`, the
+    `attention_numbers` of the first attention operation or softmax over keys it runs (None
+    where it runs neither)."""
+
+    def __init__(self, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.numbers: torch.Tensor | None = None
+        self.done = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not self.done:
+            packet = func.overloadpacket
+            read = ATTENTION_OPERATIONS.get(packet)
+            pieces = None
+            if read is not None:
+                pieces = read(*args, **kwargs)
+            elif packet in SOFTMAX_OPERATIONS and _last_dim(args, kwargs):
+                logits = args[0]  # (batch × heads, queries, keys)
+                if logits.dim() == 3 and logits.shape[0] % self.heads == 0:
+                    pieces = softmax_pieces(logits.reshape(-1, self.heads, *logits.shape[1:]))
+            if pieces is not None:
+                self.done = True
+                with torch.no_grad():
+                    self.numbers = attention_numbers(pieces)
+        return out
 
 
 def softmax_pieces(logits: torch.Tensor) -> Iterator[torch.Tensor]:

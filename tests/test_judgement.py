@@ -129,12 +129,14 @@ def test_the_plain_mlp_keeps_its_references():
 
 
 class Attend(nn.Module):
-    def __init__(self, dim: int = 16, heads: int = 4):
+    def __init__(self, dim: int = 16, heads: int = 4, need_weights: bool = False):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.need_weights = need_weights
 
-    def forward(self, x, mask=None):
-        return self.attn(x, x, x, attn_mask=mask, need_weights=False)[0]
+    def forward(self, x, mask=None, padding=None):
+        return self.attn(x, x, x, attn_mask=mask, key_padding_mask=padding,
+                         need_weights=self.need_weights, average_attn_weights=False)[0]
 
 
 def entropy_reference(logits: np.ndarray) -> tuple[np.ndarray, float]:
@@ -153,18 +155,29 @@ def entropy_reference(logits: np.ndarray) -> tuple[np.ndarray, float]:
     return per_head, float(np.where(allowed, logits, -np.inf).max())
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_multihead_attention_entropy_and_logits_are_numpys(causal):
-    """nn.MultiheadAttention (its SDPA path: need_weights=False) gives each head's entropy and
-    the largest logit as NumPy computes them from its projections; a causal mask leaves the
-    first query (one key) out."""
+@pytest.mark.parametrize("mask", ["none", "causal", "padding"])
+@pytest.mark.parametrize("path", ["attention", "softmax", "again"])
+def test_multihead_attention_entropy_and_logits_are_numpys(mask, path, monkeypatch):
+    """nn.MultiheadAttention gives each head's entropy and the largest logit as NumPy computes
+    them from its projections, whichever way they are read: from the attention operation its
+    function ends in (need_weights=False), from its softmax (need_weights=True), or, where
+    neither is one the dispatcher knows, from its projections done again. A causal mask leaves
+    the first query (one key) out; a padded key takes no part."""
     torch.manual_seed(0)
-    model = Attend().eval()
+    model = Attend(need_weights=path == "softmax").eval()
     with torch.no_grad():
         model.attn.in_proj_weight.mul_(4)  # logits of a few units, entropies well below 1
+    if path == "again":
+        monkeypatch.setattr(stream, "ATTENTION_OPERATIONS", {})
+        monkeypatch.setattr(stream, "SOFTMAX_OPERATIONS", set())
+    else:  # read inside the call: its projections are not done again
+        monkeypatch.setattr(stream, "mha_pieces", None)
     x = torch.randn(3, 6, 16, generator=torch.Generator().manual_seed(1))
-    mask = torch.ones(6, 6, dtype=torch.bool).triu(1) if causal else None
-    got = capture(model, (x, mask) if causal else x, grad=False).layers
+    future = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    padding = torch.zeros(3, 6, dtype=torch.bool)
+    padding[1, -2:] = True
+    inputs = {"none": x, "causal": (x, future), "padding": (x, None, padding)}[mask]
+    got = capture(model, inputs, grad=path != "attention").layers
     row = next(layer for layer in got if layer.kind == "attention")
     w_q, w_k, _ = model.attn.in_proj_weight.detach().double().numpy().reshape(3, 16, 16)
     b_q, b_k, _ = model.attn.in_proj_bias.detach().double().numpy().reshape(3, 16)
@@ -172,8 +185,10 @@ def test_multihead_attention_entropy_and_logits_are_numpys(causal):
     q = (a @ w_q.T + b_q).reshape(3, 6, 4, 4).transpose(0, 2, 1, 3)
     k = (a @ w_k.T + b_k).reshape(3, 6, 4, 4).transpose(0, 2, 1, 3)
     logits = q @ k.transpose(0, 1, 3, 2) / 2.0
-    if causal:
-        logits = np.where(np.triu(np.ones((6, 6), dtype=bool), 1), -np.inf, logits)
+    if mask == "causal":
+        logits = np.where(future.numpy(), -np.inf, logits)
+    if mask == "padding":
+        logits[1, ..., -2:] = -np.inf
     heads, top = entropy_reference(logits)
     assert np.allclose(row.attention[:-1], heads, rtol=1e-5)
     assert row.attention[-1] == pytest.approx(top, rel=1e-5)
