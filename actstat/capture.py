@@ -772,7 +772,8 @@ class Probe:
             x = x.reshape(1)
         channels = unit != x.dim() - 1
         # (samples, units), or (batch, channels, positions) with the positions contiguous
-        view = x.reshape(x.shape[0], x.shape[1], -1) if channels else x.reshape(-1, x.shape[-1])
+        view = (x.reshape(x.shape[0], x.shape[1], -1) if channels
+                else _rows(x).reshape(-1, x.shape[-1]))
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         edges = rules.saturation_edges(self.cut) if rules is not None else None
         # the dead rule: a known activation's floor (a unit never above it), none for a known
@@ -1134,6 +1135,18 @@ def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
     if edges is not None:
         parts.append(saturated / count)
     return parts
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """`x` with its leading dimensions (all but the units, the last) in the order of its memory
+    where that makes it contiguous: the same rows in another order, so that a transposed
+    output (nn.MultiheadAttention's batch-first one) is read in place rather than copied. No
+    statistic depends on the order of the rows but for float rounding."""
+    if x.dim() < 3 or x.is_contiguous() or x.stride(-1) != 1:
+        return x
+    order = sorted(range(x.dim() - 1), key=lambda d: -x.stride(d))
+    rows = x.permute(*order, x.dim() - 1)
+    return rows if rows.is_contiguous() else x
 
 
 def _ratio(a: float | torch.Tensor, b: float | torch.Tensor) -> Row:

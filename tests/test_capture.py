@@ -752,3 +752,27 @@ def test_std_of_a_large_offset_is_exact_to_float64(reductions):
     rtol = 1e-9 if reductions == "fused" else 1e-5
     assert abs(got["std"] - a.std()) <= rtol * a.std()
     assert abs(got["mean"] - a.mean()) <= 1e-9 * abs(a.mean())
+
+
+class Transposed(nn.Module):
+    """A batch-first output made as nn.MultiheadAttention makes it: (L, N, E) transposed."""
+
+    def forward(self, x):
+        return torch.tanh(x).transpose(0, 1)
+
+
+def test_a_transposed_output_is_read_in_place_with_the_numbers_of_its_copy(monkeypatch):
+    """A transposed output's rows are read in the order of its memory (no copy made of it), and
+    its numbers are those of the same tensor made contiguous, as NumPy takes them."""
+    import actstat.capture as engine
+
+    x = torch.randn(7, 5, 6, generator=torch.Generator().manual_seed(0))
+    out = torch.tanh(x).transpose(0, 1)
+    rows = engine._rows(out)
+    assert rows.is_contiguous() and rows.data_ptr() == out.data_ptr()
+    assert not engine._rows(torch.randn(4, 6, 5)[:, ::2]).is_contiguous()  # strided: as it is
+    got = capture(Transposed(), x, grad=False, layers=Transposed).layers[-1].stats
+    a = np.tanh(x.double().numpy())
+    assert got["mean"] == pytest.approx(a.mean(), abs=1e-7)
+    assert got["std"] == pytest.approx(a.std(), rel=1e-6)
+    assert (got["min"], got["max"]) == pytest.approx((a.min(), a.max()), rel=1e-6)
