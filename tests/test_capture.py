@@ -776,3 +776,55 @@ def test_a_transposed_output_is_read_in_place_with_the_numbers_of_its_copy(monke
     assert got["mean"] == pytest.approx(a.mean(), abs=1e-7)
     assert got["std"] == pytest.approx(a.std(), rel=1e-6)
     assert (got["min"], got["max"]) == pytest.approx((a.min(), a.max()), rel=1e-6)
+
+
+def _relu_models() -> dict:
+    """(model or stack, inputs, groups) makers: a CNN whose ReLU follows its BatchNorm, a
+    ResNet whose in-place ReLU follows one (and one it is called after `out += identity`), the
+    built-in MLP alone and stacked."""
+    def mlps():
+        activation = make_activation("relu", {})
+        return [initialise(build_mlp(in_features=32, widths=[24, 24, 24], num_classes=10,
+                                     bias=True, activation=activation),
+                           make_init(init), make_bias_init("normal"), act_gain=activation.gain,
+                           seed=1, device=torch.device("cpu"), dtype=torch.float32)
+                for init in ("kaiming", "randn")]
+
+    return {"cnn": lambda: (SmallCNN(channels=4).train(), mnist_images(8), 0),
+            "resnet": lambda: (InplaceResNet(c=4).eval(), mnist_images(4), 0),
+            "mlp": lambda: (mlps()[0], gaussian(64, 32), 0),
+            "stacked": lambda: (stack_mlps(mlps()), gaussian(64, 32), 2)}
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet", "mlp", "stacked"])
+def test_a_relus_numbers_taken_in_its_inputs_read_equal_its_own(name, reductions, monkeypatch):
+    """A ReLU module's numbers, taken by the kernel in the read of the layer it consumes, are
+    exactly those of a read of its own output (and its gradients alike); with the kernel, the
+    ReLUs' own reads are saved. Without it nothing changes."""
+    import actstat.capture as engine
+    import actstat.fused
+
+    reads = []
+    for reader in ("reduce", "reduce_with_relu"):  # each call one read of a tensor
+        kernel = getattr(actstat.fused, reader)
+        monkeypatch.setattr(actstat.fused, reader,
+                            lambda *a, kernel=kernel, **k: reads.append(1) or kernel(*a, **k))
+    torch.manual_seed(0)
+    model, inputs, groups = _relu_models()[name]()
+
+    def measured():
+        reads.clear()
+        if groups:
+            captures = capture_stacked(model, inputs, labels(inputs.shape[0], 10), groups=groups)
+        else:
+            captures = [capture(model, inputs, labels(inputs.shape[0], 10))]
+        rows = [(layer.name, layer.stats, layer.grad) for c in captures for layer in c.layers]
+        return rows, len(reads)
+
+    together, fewer = measured()
+    monkeypatch.setattr(engine, "before_relu", lambda model: set())
+    apart, every = measured()
+    assert together == apart
+    # the ReLUs that consume a measured layer's output (per group of a stack): not read again
+    saved = {"cnn": 2, "resnet": 3, "mlp": 3, "stacked": 6}[name]
+    assert every - fewer == (saved if reductions == "fused" else 0)
