@@ -50,8 +50,6 @@
 /* values per thread below which a tensor is not shared among threads, and the most threads */
 #define PARALLEL (1 << 16)
 #define MAX_THREADS 64
-/* values of relu(x) made at a time with `relu_too` (256 KiB: in L2 while it is read) */
-#define RELU_BLOCK (1 << 16)
 
 /* Threads: torch's own OpenMP pool, found among the libraries loaded in the process (torch
    loaded it before any tensor reached us) and driven through the entry point that GCC's
@@ -361,7 +359,7 @@ CLONES static void reduce_channels(const float *x, ptrdiff_t batch, ptrdiff_t ch
 
 /* One part of a tensor: samples [first, last) of it, reduced by one thread into its own Acc,
    alive flags and position extremes. */
-typedef struct Part {
+typedef struct {
     const float *x;
     ptrdiff_t first, last, units, positions, segment;
     int channels, spread;
@@ -370,46 +368,17 @@ typedef struct Part {
     uint8_t *alive;
     int32_t *dead; /* rows only: room for the units not yet known alive (reduce_rows) */
     float *lows, *highs;
-    /* relu(x)'s numbers too (`reduce`'s `relu_too`): the follower's own part (its numbers, alive
-       flags and dead indices) and room for `block` samples of relu(x) */
-    struct Part *follower;
-    float *relu;
-    ptrdiff_t block;
 } Part;
 
-static void reduce_samples(Part *t, const float *x, ptrdiff_t samples) {
-    if (t->channels)
-        reduce_channels(x, samples, t->units, t->positions, t->segment, t->p, &t->a, t->alive,
-                        t->lows, t->highs);
-    else
-        reduce_rows(x, samples, t->units, t->segment, t->p, t->spread, &t->a, t->alive, t->dead);
-}
-
-/* relu(x) as torch's relu makes it: 0 below 0, x itself elsewhere (-0.0 and NaN kept) */
-CLONES static void relu_of(const float *restrict x, float *restrict y, ptrdiff_t n) {
-    for (ptrdiff_t i = 0; i < n; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i];
-}
-
 static void reduce_part(Part *t) {
-    ptrdiff_t size = t->units * (t->channels ? t->positions : 1);
-    const float *x = t->x + t->first * size;
+    const float *x = t->x + t->first * t->units * (t->channels ? t->positions : 1);
     t->a = (Acc){0.0, 0.0, 0.0, 0.0, 0.0, 0.0, x[0], x[0], 0.0f};
-    Part *f = t->follower;
-    if (!f) {
-        reduce_samples(t, x, t->last - t->first);
-        return;
-    }
-    /* a block of samples at a time, last first (as one call takes them: the same numbers), its
-       relu made while the block is in the caches and reduced as the follower's */
-    float first = x[0] < 0.0f ? 0.0f : x[0];
-    f->a = (Acc){0.0, 0.0, 0.0, 0.0, 0.0, 0.0, first, first, 0.0f};
-    for (ptrdiff_t end = t->last - t->first; end > 0; end -= t->block) {
-        ptrdiff_t start = end > t->block ? end - t->block : 0;
-        const float *part = x + start * size;
-        reduce_samples(t, part, end - start);
-        relu_of(part, t->relu, (end - start) * size);
-        reduce_samples(f, t->relu, end - start);
-    }
+    if (t->channels)
+        reduce_channels(x, t->last - t->first, t->units, t->positions, t->segment, t->p, &t->a,
+                        t->alive, t->lows, t->highs);
+    else
+        reduce_rows(x, t->last - t->first, t->units, t->segment, t->p, t->spread, &t->a,
+                    t->alive, t->dead);
 }
 
 typedef struct {
@@ -503,37 +472,21 @@ static unsigned char *workspace_of(size_t size) {
     return fresh->data;
 }
 
-/* a part's numbers, combined, as reduce returns them */
-static PyObject *numbers_of(const Part *t, int want_alive) {
-    Acc a = t->a;
-    double dead = -1.0;
-    if (want_alive) {
-        Py_ssize_t none = 0;
-        for (Py_ssize_t i = 0; i < t->units; i++) none += !t->alive[i];
-        dead = (double)none;
-    }
-    return Py_BuildValue("(dddddddddd)", a.count, a.mean, a.m2, (double)a.lo, (double)a.hi,
-                         a.small, a.saturated, (double)a.gap, dead, a.abs);
-}
-
 static const char reduce_doc[] =
     "reduce(address, batch, units, positions, channels, near, mid, half, lo_edge, hi_edge,\n"
-    "       saturation, spread, alive_rule, alive_above, segment, threads, relu_too) -> (count,\n"
-    "       mean, m2, min, max, near_count, saturated_count, gap, dead_units, abs_sum)\n\n"
+    "       saturation, spread, alive_rule, alive_above, segment, threads) -> (count, mean,\n"
+    "       m2, min, max, near_count, saturated_count, gap, dead_units, abs_sum)\n\n"
     "The statistics of the C-contiguous float32 tensor at `address` (which the caller keeps\n"
     "alive): (batch, units) when `channels` is false (positions ignored), else (batch,\n"
     "channels=units, positions). A unit is alive where one of its values is nonzero\n"
     "(alive_rule 1) or above alive_above (2); dead_units is -1 with alive_rule 0. `threads`: at most\n"
     "that many parts of samples (each of at least PARALLEL values), shared among threads of\n"
-    "torch's OpenMP pool where one is loaded; the numbers depend on the part count only.\n"
-    "With `relu_too` (and a sample of at most RELU_BLOCK values), a pair: those numbers and\n"
-    "relu(x)'s as a call on torch.relu(x) would give them (no saturation, alive above 0, no\n"
-    "gap), relu(x) made a block of samples at a time while the block is in the caches.";
+    "torch's OpenMP pool where one is loaded; the numbers depend on the part count only.";
 
 static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 17) {
-        PyErr_SetString(PyExc_TypeError, "reduce() takes 17 arguments");
+    if (nargs != 16) {
+        PyErr_SetString(PyExc_TypeError, "reduce() takes 16 arguments");
         return NULL;
     }
     void *address = PyLong_AsVoidPtr(args[0]);
@@ -553,7 +506,6 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int want_alive = p.alive_rule != 0;
     Py_ssize_t segment = PyLong_AsSsize_t(args[14]);
     long threads = PyLong_AsLong(args[15]);
-    int relu_too = PyObject_IsTrue(args[16]);
     if (PyErr_Occurred()) return NULL;
     if (address == NULL || batch < 1 || units < 1 || (channels && positions < 1) || segment < 1) {
         PyErr_SetString(PyExc_ValueError,
@@ -576,40 +528,14 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                          ? ((size_t)units * sizeof(int32_t) + 63) / 64 * 64
                          : 0;
     size_t extremes = channels && spread ? ((size_t)positions * sizeof(float) + 63) / 64 * 64 : 0;
-    /* relu(x) too: its own flags and indices, and room for a block of samples of it (at
-       least one sample, of at most RELU_BLOCK values: else not taken) */
-    ptrdiff_t sample = units * positions,
-              block = sample <= RELU_BLOCK ? RELU_BLOCK / sample : 0;
-    relu_too = relu_too && block > 0;
-    size_t relu_flags = relu_too ? ((size_t)units + 63) / 64 * 64 : 0;
-    size_t relu_indices = relu_too && !channels && units <= INT32_MAX
-                              ? ((size_t)units * sizeof(int32_t) + 63) / 64 * 64
-                              : 0;
-    size_t relu_room = relu_too ? ((size_t)(block * sample) * sizeof(float) + 63) / 64 * 64 : 0;
-    size_t per_part = flags + indices + 2 * extremes + relu_flags + relu_indices + relu_room;
+    size_t per_part = flags + indices + 2 * extremes;
     unsigned char *work = workspace_of(per_part * (size_t)count + 1);
     if (!work) return PyErr_NoMemory();
-    Params pf = p; /* relu's rules: no saturation, alive above its floor 0 */
-    pf.saturation = 0;
-    pf.alive_rule = 2;
-    pf.alive_above = 0.0f;
-    Part followers[MAX_THREADS];
     for (int k = 0; k < count; k++) {
         Part *t = &parts[k];
         unsigned char *mine = work + per_part * (size_t)k;
         *t = (Part){address, batch * k / count, batch * (k + 1) / count, units, positions,
                     segment, channels, spread, &p};
-        if (relu_too) {
-            Part *f = &followers[k];
-            unsigned char *theirs = mine + flags + indices + 2 * extremes;
-            *f = (Part){address, t->first, t->last, units, positions, segment, channels, 0, &pf};
-            f->alive = theirs;
-            memset(f->alive, 0, (size_t)units);
-            if (relu_indices) f->dead = (int32_t *)(theirs + relu_flags);
-            t->follower = f;
-            t->relu = (float *)(theirs + relu_flags + relu_indices);
-            t->block = block;
-        }
         if (want_alive) {
             t->alive = mine;
             memset(t->alive, 0, (size_t)units);
@@ -629,16 +555,16 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 #endif
         for (int k = 0; k < count; k++) reduce_part(&parts[k]);
     combine(parts, count);
-    if (relu_too) combine(followers, count);
     Py_END_ALLOW_THREADS
-    PyObject *numbers = numbers_of(&parts[0], want_alive);
-    if (!relu_too || !numbers) return numbers;
-    PyObject *relu = numbers_of(&followers[0], 1);
-    if (!relu) {
-        Py_DECREF(numbers);
-        return NULL;
+    Acc a = parts[0].a;
+    double dead = -1.0;
+    if (want_alive) {
+        Py_ssize_t none = 0;
+        for (Py_ssize_t i = 0; i < units; i++) none += !parts[0].alive[i];
+        dead = (double)none;
     }
-    return Py_BuildValue("(NN)", numbers, relu);
+    return Py_BuildValue("(dddddddddd)", a.count, a.mean, a.m2, (double)a.lo, (double)a.hi,
+                         a.small, a.saturated, (double)a.gap, dead, a.abs);
 }
 
 /* Attention rows: the attention numbers of actstat/stream.py's `attention_numbers`, a row of

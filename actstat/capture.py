@@ -297,8 +297,6 @@ class _Pending:
     consumer: bool
     source: str | None = None  # the weight or norm layer call whose output it is
     record: _Record | None = None  # the record that measured it
-    # relu of it, taken in the same read (`Probe._measure`): (its layout, its rows per group)
-    relu: tuple[bool, list[Row]] | None = None
 
 
 class _Module(NamedTuple):
@@ -401,8 +399,6 @@ class Probe:
         self.names = {id(m): name or type(model).__name__ for name, m in model.named_modules()}
         self.blocks = repeated_blocks(model) | {id(block) for block in blocks}
         self.convolutional = convolutional(model)
-        # the weight and norm layers a ReLU module is likely to consume (`_measure`)
-        self.before_relu = before_relu(model) if not bins and selection is None else set()
         self.modules: dict[int, _Module] = {}
         self.scratch = Scratch()  # one buffer for every reduction of every pass
         self.zeros: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
@@ -603,8 +599,7 @@ class Probe:
                     x = new
             record = self._measure(module, call.name, kind, x, channels,
                                    info.rules if kind in ("activation", "selected") else None,
-                                   consumes=call.consumes if kind == "activation" else None,
-                                   relu=self._relu_rows(module, call, x, kind, channels))
+                                   consumes=call.consumes if kind == "activation" else None)
             if residual:
                 record.stream, record.block = "block", call.name
             record.attention = call.attention
@@ -735,24 +730,12 @@ class Probe:
     # -- reductions -------------------------------------------------------------------------
 
     def _measure(self, module: nn.Module, name: str, kind: str, x: torch.Tensor, channels: bool,
-                 rules: Activation | None, consumes: str | None = None,
-                 relu: list[Row] | None = None) -> _Record:
-        """A record of `x`, reduced per group (`relu`: a ReLU's rows taken already)."""
+                 rules: Activation | None, consumes: str | None = None) -> _Record:
         groups = self._groups(x.detach())  # detached: no graph
         sample = groups[0]
         unit = 1 if channels else max(sample.dim() - 1, 0)
         spread = kind == "weight"
-        following = None
-        if relu is not None:
-            stats = relu
-        elif id(module) in self.before_relu and kind in ("weight", "norm"):
-            # a ReLU module is likely to consume it: relu of it is reduced in the same read
-            pairs = [self._reduce_with_relu(group, unit, spread) for group in groups]
-            stats = [row for row, _ in pairs]
-            if all(rows is not None for _, rows in pairs):
-                following = (channels, [rows for _, rows in pairs])
-        else:
-            stats = [self._reduce(group, unit, spread, rules) for group in groups]
+        stats = [self._reduce(group, unit, spread, rules) for group in groups]
         if self.bins:
             stats = [self._with_histogram(name, k, group, row, rules)
                      for k, (group, row) in enumerate(zip(groups, stats))]
@@ -762,43 +745,14 @@ class Probe:
         self.records.append(record)
         seen = self._seen(x)
         if seen is not None:
-            seen.version, seen.record, seen.relu = x._version, record, following
+            seen.version, seen.record = x._version, record
         else:
             self.tensors[id(x)] = _Pending(weakref.ref(x), x._version, channels, False,
-                                           record=record, relu=following)
+                                           record=record)
         if self.grad and x.requires_grad:
             record.differentiable = True
             x.register_hook(lambda g, record=record: self._on_grad(record, g))
         return record
-
-    def _relu_rows(self, module: nn.Module, call: _Call, x: torch.Tensor, kind: str | None,
-                   channels: bool) -> list[Row] | None:
-        """A ReLU module's rows taken in its input's read, where they stand for its output: it
-        consumed that tensor as it was measured (its version checked when it was called: an
-        in-place ReLU has not overwritten it yet), its output has that shape and is read in
-        that layout. (torch.relu's values are the kernel's: the rows are equal.)"""
-        consumed = call.consumed
-        if (kind != "activation" or type(module) is not nn.ReLU or consumed is None
-                or consumed.relu is None or tuple(x.shape) != call.shape):
-            return None
-        layout, rows = consumed.relu
-        return rows if layout == channels else None
-
-    def _reduce_with_relu(self, x: torch.Tensor, unit: int, spread: bool) -> tuple[Row, Row | None]:
-        """`_reduce`'s row of `x`, a weight or norm layer's output (no activation rules), and
-        the one it would give of relu(x) as a ReLU's output (no saturation, dead below 0), in
-        one read by the kernel where it takes `x`; else `_reduce`'s row and None."""
-        if x.dim() == 0:
-            return self._reduce(x, unit, spread, None), None
-        view, channels = _view(x, unit)
-        if fused.takes(view):
-            numbers, relu = fused.reduce_with_relu(view, channels=channels,
-                                                   near_zero=self.near_zero, edges=None,
-                                                   spread=spread)
-            if numbers is not None:
-                return (_row(numbers, view.numel(), spread, False),
-                        None if relu is None else _row(relu, view.numel(), False, False))
-        return self._reduce(x, unit, spread, None), None
 
     def _groups(self, t: torch.Tensor) -> list[torch.Tensor]:
         """`t` as the list of its groups: itself for one model, t[0], ..., t[K-1] for a stack."""
@@ -816,7 +770,10 @@ class Probe:
         counts and dead units exactly; mean and std as `_Moments` says)."""
         if x.dim() == 0:
             x = x.reshape(1)
-        view, channels = _view(x, unit)
+        channels = unit != x.dim() - 1
+        # (samples, units), or (batch, channels, positions) with the positions contiguous
+        view = (x.reshape(x.shape[0], x.shape[1], -1) if channels
+                else _rows(x).reshape(-1, x.shape[-1]))
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         edges = rules.saturation_edges(self.cut) if rules is not None else None
         # the dead rule: a known activation's floor (a unit never above it), none for a known
@@ -1168,27 +1125,16 @@ def _fused_row(view: torch.Tensor, channels: bool, spread: bool,
     or None for a tensor holding NaN or ±inf (torch's reductions say how those propagate)."""
     numbers = fused.reduce(view, channels=channels, near_zero=near_zero, edges=edges,
                            spread=spread, units=units, dead_below=floor)
-    return None if numbers is None else _row(numbers, view.numel(), spread, edges is not None)
-
-
-def _row(numbers: tuple[float, ...], count: int, spread: bool, saturation: bool) -> list[float]:
-    """The kernel's numbers of `count` values as a row: MOMENTS, dead, [spread], [saturated]."""
+    if numbers is None:
+        return None
     mean, std, lo, hi, small, saturated, gap, dead, magnitude = numbers
+    count = view.numel()
     parts = [mean, std, lo, hi, small / count, magnitude, dead]
     if spread:
         parts.append(fused.relative_gap(lo, hi, gap))
-    if saturation:
+    if edges is not None:
         parts.append(saturated / count)
     return parts
-
-
-def _view(x: torch.Tensor, unit: int) -> tuple[torch.Tensor, bool]:
-    """`x` (1-D or more) as the reductions read it, and whether its unit is the channel:
-    (samples, units), or (batch, channels, positions) with the positions contiguous."""
-    channels = unit != x.dim() - 1
-    if channels:
-        return x.reshape(x.shape[0], x.shape[1], -1), True
-    return _rows(x).reshape(-1, x.shape[-1]), False
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -1201,14 +1147,6 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     order = sorted(range(x.dim() - 1), key=lambda d: -x.stride(d))
     rows = x.permute(*order, x.dim() - 1)
     return rows if rows.is_contiguous() else x
-
-
-def before_relu(model: nn.Module) -> set[int]:
-    """The modules (ids) registered just before a ReLU module, among those without
-    submodules: in the order a Sequential, or a model's __init__, builds them, what the ReLU
-    is likely to be called on. A guess: `Probe._relu_rows` checks each use."""
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    return {id(a) for a, b in zip(leaves, leaves[1:]) if type(b) is nn.ReLU}
 
 
 def _ratio(a: float | torch.Tensor, b: float | torch.Tensor) -> Row:

@@ -81,23 +81,6 @@ def reduce(view: torch.Tensor, *, channels: bool, near_zero: float,
     (torch.get_num_threads()), shared among threads of torch's OpenMP pool where one is loaded
     (_kernels.c says how); its numbers depend on that count only. Several Python threads may
     call this at once."""
-    return _reduce(view, channels, near_zero, edges, spread, units, dead_below, False)[0]
-
-
-def reduce_with_relu(view: torch.Tensor, *, channels: bool, near_zero: float,
-                     edges: tuple[float | None, float | None] | None, spread: bool,
-                     units: bool = True, dead_below: float | None = None
-                     ) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
-    """`reduce`'s numbers of `view`, and those `reduce` would give of torch.relu(view) (no
-    saturation rule, units dead that are never above 0, no gap), equal to them: relu(view) is
-    made a block of samples at a time while the block is in the caches, and reduced in the
-    same order. capture.py takes a ReLU's numbers so when it consumes the tensor as it was
-    measured: one read of both. The second is None where the first is, or where one sample is
-    too large to make in the caches (RELU_BLOCK values, _kernels.c)."""
-    return _reduce(view, channels, near_zero, edges, spread, units, dead_below, True)
-
-
-def _reduce(view, channels, near_zero, edges, spread, units, dead_below, relu_too):
     kind, mid, half, lo_edge, hi_edge = 0, 0.0, _INF, -_INF, _INF
     if edges is not None:
         lo, hi = edges
@@ -111,18 +94,10 @@ def _reduce(view, channels, near_zero, edges, spread, units, dead_below, relu_to
         batch, width, positions = view.shape
     else:
         (batch, width), positions = view.shape, 1
-    result = _kernels.reduce(
+    count, mean, m2, lo, hi, small, saturated, gap, dead, magnitude = _kernels.reduce(
         view.data_ptr(), batch, width, positions, channels, near_zero, mid, half, lo_edge,
         hi_edge, kind, spread, (1 if dead_below is None else 2) if units else 0,
-        0.0 if dead_below is None else dead_below, SEGMENT, torch.get_num_threads(), relu_too)
-    numbers, relu = result if isinstance(result[0], tuple) else (result, None)
-    first = _numbers(numbers, width, units)
-    return first, (_numbers(relu, width, True) if relu is not None and first is not None
-                   else None)
-
-
-def _numbers(numbers: tuple[float, ...], width: int, units: bool) -> tuple[float, ...] | None:
-    count, mean, m2, lo, hi, small, saturated, gap, dead, magnitude = numbers
+        0.0 if dead_below is None else dead_below, SEGMENT, torch.get_num_threads())
     if not (math.isfinite(mean) and math.isfinite(m2)):
         return None
     return (mean, math.sqrt(m2 / count), lo, hi, small, saturated, gap,

@@ -132,9 +132,9 @@ def test_the_extension_checks_its_arguments():
 
     x = torch.ones(4, 4)
     args = [x.data_ptr(), 4, 4, 1, False, NEAR, 0.0, math.inf, -math.inf, math.inf, 0, False,
-            1, 0.0, fused.SEGMENT, 1, False]
+            1, 0.0, fused.SEGMENT, 1]
     assert _kernels.reduce(*args)[0] == 16
-    with pytest.raises(TypeError, match="17 arguments"):
+    with pytest.raises(TypeError, match="16 arguments"):
         _kernels.reduce(*args[:-1])
     for position, bad in [(1, 0), (2, 0), (14, 0), (0, 0)]:
         wrong = list(args)
