@@ -124,6 +124,29 @@ def test_kernel_called_from_threads_at_once_gives_each_its_own_numbers(channels)
         assert all(got == alone[k] for got in together[k]), k
 
 
+@pytest.mark.skipif(not fused.AVAILABLE, reason="actstat._kernels was not built")
+def test_kernel_attention_from_threads_at_once_gives_each_its_own_numbers():
+    """fused.attention (with fused.reduce between) on different tensors from several threads at
+    once: each call's numbers are the ones the same tensor gives alone (both use the calling
+    thread's working memory)."""
+    logits, maps = [], []
+    for k in range(THREADS):
+        g = torch.Generator().manual_seed(20 + k)
+        logits.append(torch.randn(4, 3 + k, 64, 100 + 30 * k, generator=g) * (1 + k))
+        maps.append(torch.randn(32, 8 + 4 * k, 400, generator=g) - 0.5 * k)
+
+    def numbers(k: int) -> tuple:
+        sums = torch.zeros(2 * logits[k].shape[1], dtype=torch.float64)
+        fused.attention(logits[k], -1e37, sums)
+        reduced = fused.reduce(maps[k], channels=True, near_zero=0.01, edges=None, spread=True)
+        return tuple(sums.tolist()), reduced
+
+    alone = [numbers(k) for k in range(THREADS)]
+    together = run_threads(lambda k: [numbers(k) for _ in range(30)], THREADS)
+    for k in range(THREADS):
+        assert all(got == alone[k] for got in together[k]), k
+
+
 @pytest.mark.skipif(not fused.AVAILABLE or not hasattr(os, "fork"), reason="needs the kernel and fork")
 def test_a_forked_child_on_one_thread_reduces_as_its_parent(threads):
     """A child made by fork after the parent's pool ran (a DataLoader worker) reduces on one
