@@ -542,3 +542,25 @@ def test_eager_and_sdpa_attention_give_the_same_numbers(name):
     for (h_e, top_e), (h_s, top_s) in zip(eager, sdpa):
         assert np.allclose(h_e, h_s, rtol=1e-4) and top_e == pytest.approx(top_s, rel=1e-4)
     assert min(min(h) for h, _ in eager) < 0.95
+
+
+def test_an_attention_operation_of_another_making_falls_back_to_the_projections(monkeypatch):
+    """Where the attention operation nn.MultiheadAttention's function runs takes arguments this
+    torch's schema does not (another version's), its numbers come from its projections, and
+    the forward goes on: the same numbers."""
+    model = Attend().eval()
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(3))
+    expected = next(layer for layer in capture(model, x, grad=False).layers
+                    if layer.kind == "attention").attention
+
+    def wrong(*args, unknown, **kwargs):  # a signature that never matches
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(stream, "ATTENTION_OPERATIONS",
+                        dict.fromkeys(stream.ATTENTION_OPERATIONS, wrong))
+    again = []
+    pieces = stream.mha_pieces
+    monkeypatch.setattr(stream, "mha_pieces", lambda *a, **k: again.append(1) or pieces(*a, **k))
+    got = next(layer for layer in capture(model, x, grad=False).layers
+               if layer.kind == "attention").attention
+    assert again and np.allclose(got, expected, rtol=1e-6)
