@@ -381,8 +381,13 @@ static void reduce_part(Part *t) {
                     t->alive, t->dead);
 }
 
+/* `count` parts of `size` bytes each at `parts`, each done by `work`: on the threads of torch's
+   OpenMP pool where one is loaded and there is more than one part, else one after another on
+   the calling thread. Call it with the GIL released. */
 typedef struct {
-    Part *parts;
+    void (*work)(void *);
+    char *parts;
+    size_t size;
     int count;
 } Team;
 
@@ -390,9 +395,23 @@ typedef struct {
 static void run_team(void *arg) {
     Team *team = arg;
     int members = omp_num_threads();
-    for (int k = omp_thread_num(); k < team->count; k += members) reduce_part(&team->parts[k]);
+    for (int k = omp_thread_num(); k < team->count; k += members)
+        team->work(team->parts + (size_t)k * team->size);
 }
 #endif
+
+static void run_parts(void (*work)(void *), void *parts, size_t size, int count) {
+    Team team = {work, parts, size, count};
+#ifdef HAVE_POOL
+    if (count > 1 && omp_parallel) {
+        omp_parallel(run_team, &team, (unsigned)count, 0);
+        return;
+    }
+#endif
+    for (int k = 0; k < count; k++) work(team.parts + (size_t)k * size);
+}
+
+static void reduce_part_of(void *part) { reduce_part(part); }
 
 /* the parts' numbers into the first's */
 static void combine(Part *parts, int count) {
@@ -547,13 +566,7 @@ static PyObject *reduce(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     Py_BEGIN_ALLOW_THREADS
-#ifdef HAVE_POOL
-    if (count > 1 && omp_parallel) {
-        Team team = {parts, count};
-        omp_parallel(run_team, &team, (unsigned)count, 0);
-    } else
-#endif
-        for (int k = 0; k < count; k++) reduce_part(&parts[k]);
+    run_parts(reduce_part_of, parts, sizeof(Part), count);
     combine(parts, count);
     Py_END_ALLOW_THREADS
     Acc a = parts[0].a;
@@ -648,28 +661,17 @@ CLONES_FMA static void attention_part(Rows *t) {
     }
 }
 
-typedef struct {
-    Rows *parts;
-    int count;
-} RowsTeam;
-
-#ifdef HAVE_POOL
-static void run_rows(void *arg) {
-    RowsTeam *team = arg;
-    int members = omp_num_threads();
-    for (int k = omp_thread_num(); k < team->count; k += members) attention_part(&team->parts[k]);
-}
-#endif
+static void attention_part_of(void *part) { attention_part(part); }
 
 static const char attention_doc[] =
     "attention(address, batch, heads, queries, keys, stride_b, stride_h, stride_q, floor,\n"
     "          sums, threads) -> None\n\n"
     "Adds the attention numbers of the float32 logits at `address` (batch, heads, queries,\n"
     "keys; the keys contiguous, the other strides in values) to the 2 heads float64s at\n"
-    "`sums`: per head the sum of the rows' normalised entropies, then per head the count of rows\n"
-    "with at least two allowed keys (above `floor`). The logits must\n"
-    "hold no NaN or +inf. `threads`: at most that many parts of rows, shared among threads of\n"
-    "torch's OpenMP pool where one is loaded; the numbers depend on the part count only.";
+    "`sums`: per head the sum of the rows' normalised entropies, then per head the count of\n"
+    "rows with at least two allowed keys (above `floor`). The logits must hold no NaN or +inf.\n"
+    "`threads`: at most that many parts of rows, shared among threads of torch's OpenMP pool\n"
+    "where one is loaded; the numbers depend on the part count only.";
 
 static PyObject *attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -705,13 +707,7 @@ static PyObject *attention(PyObject *self, PyObject *const *args, Py_ssize_t nar
         memset(parts[k].sums, 0, (size_t)width * sizeof(double));
     }
     Py_BEGIN_ALLOW_THREADS
-#ifdef HAVE_POOL
-    if (count > 1 && omp_parallel) {
-        RowsTeam team = {parts, count};
-        omp_parallel(run_rows, &team, (unsigned)count, 0);
-    } else
-#endif
-        for (int k = 0; k < count; k++) attention_part(&parts[k]);
+    run_parts(attention_part_of, parts, sizeof(Rows), count);
     for (int k = 0; k < count; k++)
         for (ptrdiff_t i = 0; i < width; i++) sums[i] += parts[k].sums[i];
     Py_END_ALLOW_THREADS
