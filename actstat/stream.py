@@ -323,16 +323,6 @@ def _heads(args: tuple, kwargs: dict) -> int:
     return heads if isinstance(heads, int) and heads > 0 else 1
 
 
-def _read(read: Callable[..., Iterator[torch.Tensor]], args: tuple,
-          kwargs: dict) -> Iterator[torch.Tensor] | None:
-    """`read`'s pieces of an attention operation's arguments; None where they are not as this
-    torch's schema has them (another version's): the call's projections then serve."""
-    try:
-        return read(*args, **kwargs)
-    except (TypeError, ValueError):
-        return None
-
-
 class _InsideAttention(TorchDispatchMode):
     """The dispatcher's view of one `F.multi_head_attention_forward` call: `numbers`, the
     `attention_numbers` of the first attention operation or softmax over keys it runs (None
@@ -347,24 +337,24 @@ class _InsideAttention(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if not self.done:
-            packet = func.overloadpacket
-            read = ATTENTION_OPERATIONS.get(packet)
-            pieces = None
-            if read is not None:
-                pieces = _read(read, args, kwargs)
-            elif packet in SOFTMAX_OPERATIONS and _last_dim(args, kwargs):
-                logits = args[0]  # (batch × heads, queries, keys)
-                if logits.dim() == 3 and logits.shape[0] % self.heads == 0:
-                    pieces = softmax_pieces(logits.reshape(-1, self.heads, *logits.shape[1:]))
-            if pieces is not None:
-                self.done = True
-                try:
-                    with torch.no_grad():
-                        self.numbers = attention_numbers(pieces)
-                except (TypeError, ValueError, RuntimeError):
-                    # arguments of another torch's making: its projections serve instead
-                    self.numbers = None
+        if self.done:
+            return out
+        packet = func.overloadpacket
+        read = ATTENTION_OPERATIONS.get(packet)
+        logits = args[0] if args else None  # a softmax's: (batch × heads, queries, keys)
+        softmax = (read is None and packet in SOFTMAX_OPERATIONS and _last_dim(args, kwargs)
+                   and logits.dim() == 3 and logits.shape[0] % self.heads == 0)
+        if read is not None or softmax:
+            self.done = True
+            try:
+                with torch.no_grad():
+                    self.numbers = attention_numbers(
+                        read(*args, **kwargs) if read is not None
+                        else softmax_pieces(logits.reshape(-1, self.heads, *logits.shape[1:])))
+            except (TypeError, ValueError, RuntimeError):
+                # arguments not as this torch's schema has them (another version's): the
+                # call's projections serve instead (numbers None)
+                self.numbers = None
         return out
 
 

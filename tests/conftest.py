@@ -21,6 +21,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="rewrite tests/golden/* from the current output instead of comparing")
 
 
+@pytest.fixture(params=["fused", "torch"])
+def reductions(request, monkeypatch):
+    """Both ways a float32 CPU tensor is reduced: actstat/fused.py's C kernel (built at install
+    where a C compiler exists; skipped where not) and the torch reductions that serve without it
+    (and on a GPU, in half precision and float64). The value: "fused" or "torch"."""
+    import actstat.fused
+
+    if request.param == "fused" and not actstat.fused.AVAILABLE:
+        pytest.skip("actstat._kernels was not built (no C compiler at install)")
+    monkeypatch.setattr(actstat.fused, "ENABLED", request.param == "fused")
+    return request.param
+
+
 @pytest.fixture
 def cli():
     """cli(*args, code=0) -> result; asserts the exit code, showing the output when it differs."""

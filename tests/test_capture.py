@@ -38,17 +38,11 @@ from models import (
 NEAR_ZERO = 0.01  # Thresholds' default
 
 
-@pytest.fixture(autouse=True, params=["fused", "torch"])
-def reductions(request, monkeypatch):
-    """Every test of this file runs on both ways a CPU tensor is reduced: actstat/fused.py's
-    C kernel (built at install where a C compiler exists) and the torch reductions that serve
-    without it (and on a GPU, in half precision and float64)."""
-    import actstat.fused
-
-    if request.param == "fused" and not actstat.fused.AVAILABLE:
-        pytest.skip("actstat._kernels was not built (no C compiler at install)")
-    monkeypatch.setattr(actstat.fused, "ENABLED", request.param == "fused")
-    return request.param
+@pytest.fixture(autouse=True)
+def both_reductions(reductions):
+    """Every test of this file runs on both ways a CPU tensor is reduced (conftest.py's
+    `reductions`)."""
+    return reductions
 
 
 def dead_rule(module: nn.Module, kind: str) -> float | str:

@@ -195,19 +195,10 @@ def test_multihead_attention_entropy_and_logits_are_numpys(mask, path, monkeypat
     assert min(heads) < 0.9  # a test that can fail: not uniform attention
 
 
-@pytest.fixture(params=["kernel", "torch"])
-def reduction(request, monkeypatch):
-    """The attention numbers taken by the C kernel (where built) and by torch."""
-    if request.param == "kernel" and not actstat.fused.AVAILABLE:
-        pytest.skip("actstat._kernels was not built")
-    monkeypatch.setattr(actstat.fused, "ENABLED", request.param == "kernel")
-    return request.param
-
-
 @pytest.mark.parametrize("piece_bytes", [stream.PIECE_BYTES, 4 * 5 * 4 * 3, 1])
 @pytest.mark.parametrize("mask", ["causal", "bool", "float", "padding"])
 def test_sdpa_attention_numbers_are_numpys_whatever_the_pieces(piece_bytes, mask, monkeypatch,
-                                                                reduction):
+                                                                reductions):
     """SDPA's logits computed again from its query and key (grouped-query: 4 query heads on 2
     key heads) and its mask, a piece at a time: whole samples, runs of 3 queries, one query;
     each head's entropy and the largest logit as NumPy computes them at once."""
@@ -240,7 +231,7 @@ def test_sdpa_attention_numbers_are_numpys_whatever_the_pieces(piece_bytes, mask
 
 
 @pytest.mark.parametrize("piece_bytes", [stream.PIECE_BYTES, 7])
-def test_a_softmax_is_read_a_piece_at_a_time(piece_bytes, monkeypatch, reduction):
+def test_a_softmax_is_read_a_piece_at_a_time(piece_bytes, monkeypatch, reductions):
     """Eager attention's softmax (batch, heads, L, S), its logits read in pieces: the numbers
     NumPy takes of the whole; a masked key (-inf) adds nothing."""
     monkeypatch.setattr(stream, "PIECE_BYTES", piece_bytes)
@@ -254,7 +245,7 @@ def test_a_softmax_is_read_a_piece_at_a_time(piece_bytes, monkeypatch, reduction
 
 
 @pytest.mark.parametrize("poison", [math.nan, math.inf])
-def test_a_poisoned_logit_reads_as_torch_reads_it_on_either_path(poison, reduction):
+def test_a_poisoned_logit_reads_as_torch_reads_it_on_either_path(poison, reductions):
     """Logits holding NaN or +inf are taken by torch's rules whatever the path (the kernel
     refuses them): the poisoned head's entropy and the largest logit are what torch's softmax
     makes of them, the other heads' as before; and logits with no key allowed at all have no

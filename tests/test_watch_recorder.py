@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import actstat.fused
 from actstat.activations import make_activation
 from actstat.inits import make_bias_init, make_init
 from actstat.model import build_mlp, hidden_linears, initialise
@@ -22,15 +21,6 @@ from actstat.watch import Schedule, _Recorder, watch
 
 NEAR_ZERO, CUT, BINS = 0.05, 0.97, 8
 BATCH = 48
-
-
-@pytest.fixture(params=["fused", "torch"])
-def reductions(request, monkeypatch):
-    """The engine's two ways of reducing a float32 CPU tensor, as in tests/test_capture.py."""
-    if request.param == "fused" and not actstat.fused.AVAILABLE:
-        pytest.skip("actstat._kernels was not built (no C compiler at install)")
-    monkeypatch.setattr(actstat.fused, "ENABLED", request.param == "fused")
-    return request.param
 
 
 def mlp(act: str, *, bias: float | None = None):
